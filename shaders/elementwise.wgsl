@@ -1,0 +1,71 @@
+// Elementwise kernels over flat f32 arrays: add, scale, axpy, fill.
+// One invocation per element; the grid may be folded into two dimensions when the element count
+// needs more than max_compute_workgroups_per_dimension workgroups, so every kernel recovers its
+// linear index from (workgroup_id, num_workgroups) and skips indices past the end.
+
+struct Params {
+    n: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+// out = a + b
+@group(0) @binding(1) var<storage, read> add_a: array<f32>;
+@group(0) @binding(2) var<storage, read> add_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> add_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        add_out[i] = add_a[i] + add_b[i];
+    }
+}
+
+// out = alpha * x
+@group(0) @binding(1) var<storage, read> scale_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> scale_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        scale_out[i] = params.alpha * scale_x[i];
+    }
+}
+
+// y = y + alpha * x
+@group(0) @binding(1) var<storage, read> axpy_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> axpy_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        axpy_y[i] = axpy_y[i] + params.alpha * axpy_x[i];
+    }
+}
+
+// out = alpha
+@group(0) @binding(1) var<storage, read_write> fill_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        fill_out[i] = params.alpha;
+    }
+}

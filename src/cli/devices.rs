@@ -1,0 +1,68 @@
+//! `wgdistill devices`: every adapter, its driver, and the limits and features we use.
+
+use wgdistill::gpu::caps::Capabilities;
+use wgdistill::gpu::{AdapterQuery, GpuError, select};
+
+use super::CliError;
+
+fn mib(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Prints each adapter matching the query (text or JSON); none is an error naming the fix.
+pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
+    let instance = select::create_instance(query.backends);
+    let all = select::enumerate(&instance, query.backends);
+    let caps: Vec<Capabilities> = all
+        .iter()
+        .filter(|a| query.matches(&a.get_info()))
+        .map(Capabilities::of_adapter)
+        .collect();
+    if caps.is_empty() {
+        // Reuse the adapter search's message: what was tried and how to fix it.
+        return Err(select::choose(&instance, query).err().map_or_else(
+            || CliError::Message("no adapter found".into()),
+            |e: GpuError| e.into(),
+        ));
+    }
+    if json {
+        let text =
+            serde_json::to_string_pretty(&caps).map_err(|e| CliError::Message(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    for (i, c) in caps.iter().enumerate() {
+        let l = &c.limits;
+        println!("[{i}] {}", c.name);
+        println!(
+            "    backend {}, device type {}, driver {} {}",
+            c.backend, c.device_type, c.driver, c.driver_info
+        );
+        println!(
+            "    kernel style {}, timestamp queries {}, shader f16 {}, subgroup size {}..{}",
+            c.kernel_style,
+            yes(c.timestamp_query),
+            yes(c.shader_f16),
+            c.subgroup_sizes[0],
+            c.subgroup_sizes[1]
+        );
+        println!(
+            "    storage binding {}, buffer {}, storage buffers/stage {}, workgroup memory {} KiB, invocations/workgroup {}, workgroups/dimension {}",
+            mib(l.max_storage_buffer_binding_size),
+            mib(l.max_buffer_size),
+            l.max_storage_buffers_per_shader_stage,
+            l.max_compute_workgroup_storage_size / 1024,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroups_per_dimension
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Subcommands and the options they share.
+
+mod check;
+mod devices;
+
+use clap::{Parser, Subcommand};
+use wgdistill::gpu::{AdapterQuery, Gpu, GpuError};
+
+/// Knowledge distillation on any GPU, with hand-written WGSL kernels.
+#[derive(Parser)]
+#[command(name = "wgdistill", version, about)]
+struct Cli {
+    /// GPU backend(s): vulkan, metal, dx12, gl, or a comma-separated list.
+    #[arg(long, global = true, env = "WGPU_BACKEND", value_name = "NAME")]
+    backend: Option<String>,
+    /// Use the adapter whose name contains this text (case-insensitive).
+    #[arg(long, global = true, env = "WGPU_ADAPTER_NAME", value_name = "NAME")]
+    adapter: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every adapter on every backend with the limits and features wgdistill uses.
+    Devices {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every kernel against its CPU reference on the chosen adapter.
+    Check,
+}
+
+/// Process-wide set-up done before any thread starts.
+pub fn prepare_process() {
+    // A panic is a bug in wgdistill; report it in one line rather than with a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        eprintln!("wgdistill: internal error (please report): {message}");
+    }));
+    // Mesa prints "XDG_RUNTIME_DIR is invalid or not set" when it is missing, which users read
+    // as our error; give it a private folder.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join(format!("wgdistill-runtime-{}", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_ok() {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            }
+            // SAFETY: called first thing in main, before any other thread exists.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
+}
+
+/// Errors the CLI reports: the library's, and its own.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// From the engine.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// Something the CLI itself checked.
+    #[error("{0}")]
+    Message(String),
+}
+
+/// Parses the command line and runs the subcommand. No subcommand runs the default job.
+pub fn run() -> Result<(), CliError> {
+    let cli = Cli::parse();
+    let query = AdapterQuery::new(cli.backend.as_deref(), cli.adapter.as_deref())?;
+    match cli.command {
+        Some(Command::Devices { json }) => devices::run(&query, json),
+        Some(Command::Check) | None => check::run(&Gpu::new(&query)?),
+    }
+}

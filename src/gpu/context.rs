@@ -1,0 +1,457 @@
+//! The GPU context: one adapter, its device and queue, the buffer pool, the pipeline cache and the
+//! runtime's counters. Everything that touches wgpu objects goes through here.
+
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use super::caps::{Capabilities, wanted_features};
+use super::error::{GpuError, Result, one_line, shape_error};
+use super::pipeline::{Kernel, KernelSpec, PipelineCache};
+use super::pool::{BufferPool, Counters, RuntimeStats};
+use super::select::{AdapterQuery, choose, create_instance};
+use super::tensor::{DType, Element, Tensor, numel};
+
+/// Usage of every tensor buffer: bindable as storage, and a copy source and destination.
+const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+const STAGING_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
+
+/// How long a wait on the GPU may take before it is an error rather than a hang.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Folds a 1-D count of workgroups into a grid no dimension of which exceeds `max`
+/// (`max_compute_workgroups_per_dimension`, 65535 on most adapters). Kernels recover the linear
+/// workgroup index as `wid.x + wid.y * num_workgroups.x` and skip indices past the end.
+pub fn fold_grid(workgroups: u64, max: u32) -> Option<[u32; 3]> {
+    let max = u64::from(max.max(1));
+    if workgroups <= max {
+        return Some([workgroups as u32, 1, 1]);
+    }
+    let y = workgroups.div_ceil(max);
+    if y > max {
+        return None;
+    }
+    Some([workgroups.div_ceil(y) as u32, y as u32, 1])
+}
+
+/// A GPU ready for kernels.
+pub struct Gpu {
+    _instance: wgpu::Instance,
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    caps: Capabilities,
+    limits: wgpu::Limits,
+    pool: BufferPool,
+    pipelines: PipelineCache,
+    counters: Arc<Counters>,
+    errors: Arc<Mutex<Vec<String>>>,
+    timeout: Duration,
+}
+
+impl Gpu {
+    /// Opens the best adapter answering `query`, with the adapter's own limits and the optional
+    /// features wgdistill uses (timestamp queries, f16) where it has them.
+    pub fn new(query: &AdapterQuery) -> Result<Gpu> {
+        let instance = create_instance(query.backends);
+        let adapter = choose(&instance, query)?;
+        let info = adapter.get_info();
+        let features = adapter.features() & wanted_features();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgdistill"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| GpuError::RequestDevice {
+            adapter: info.name.clone(),
+            reason: one_line(&e.to_string()),
+        })?;
+        // wgpu's default handler panics on any error; keep them as values instead and report them
+        // at the next synchronisation point.
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(one_line(&e.to_string()));
+            }
+        }));
+        let lost = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut v) = lost.lock() {
+                v.push(format!("device lost ({reason:?}): {}", one_line(&message)));
+            }
+        });
+        let limits = device.limits();
+        let caps = Capabilities::describe(&info, device.features(), &limits);
+        let counters = Arc::new(Counters::default());
+        Ok(Gpu {
+            _instance: instance,
+            adapter,
+            device,
+            queue,
+            caps,
+            limits,
+            pool: BufferPool::new(counters.clone()),
+            pipelines: PipelineCache::default(),
+            counters,
+            errors,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Opens the adapter named by `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` (or the best one).
+    pub fn from_env() -> Result<Gpu> {
+        Gpu::new(&AdapterQuery::from_env()?)
+    }
+
+    /// What this adapter is and can do.
+    pub fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// The device's full limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The wgpu adapter.
+    pub fn adapter(&self) -> &wgpu::Adapter {
+        &self.adapter
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The buffer pool.
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    /// Counts of buffers, bind groups and pipelines created and submissions made so far.
+    pub fn stats(&self) -> RuntimeStats {
+        self.counters.snapshot()
+    }
+
+    /// Sets how long a wait on the GPU may take before it is a [`GpuError::Timeout`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Fails with a clear error if a storage binding of `bytes` would exceed the adapter's limits.
+    pub fn check_storage_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let checks = [
+            (
+                self.limits.max_storage_buffer_binding_size,
+                "max_storage_buffer_binding_size",
+            ),
+            (self.limits.max_buffer_size, "max_buffer_size"),
+        ];
+        for (limit, limit_name) in checks {
+            if bytes > limit {
+                return Err(GpuError::TooLarge {
+                    what: what.to_string(),
+                    requested: bytes,
+                    limit,
+                    limit_name,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A tensor with unspecified contents (a pooled buffer may hold old data).
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = (numel(shape) as u64).saturating_mul(dtype.size());
+        self.check_storage_size(&format!("tensor {}{:?}", dtype.name(), shape), bytes)?;
+        let buffer = self.pool.acquire(
+            &self.device,
+            bytes,
+            TENSOR_USAGE,
+            self.limits.max_buffer_size,
+        );
+        Ok(Tensor::new(buffer, shape.to_vec(), dtype))
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.empty(shape, dtype)?;
+        let mut encoder = self.encoder("zeros");
+        encoder.clear_buffer(
+            t.buffer(),
+            t.offset(),
+            Some(t.byte_len().next_multiple_of(4)),
+        );
+        self.submit(encoder)?;
+        Ok(t)
+    }
+
+    /// Uploads host data into a new tensor of `shape`.
+    pub fn upload<T: Element>(&self, shape: &[usize], data: &[T]) -> Result<Tensor> {
+        let t = self.empty(shape, T::DTYPE)?;
+        self.write(&t, data)?;
+        Ok(t)
+    }
+
+    /// Overwrites a tensor's contents with host data (no allocation: the per-step batch upload).
+    pub fn write<T: Element>(&self, tensor: &Tensor, data: &[T]) -> Result<()> {
+        if tensor.dtype() != T::DTYPE || tensor.numel() != data.len() {
+            return Err(shape_error(
+                "write",
+                format!(
+                    "tensor is {}{:?} but {} {} values were given",
+                    tensor.dtype().name(),
+                    tensor.shape(),
+                    data.len(),
+                    T::DTYPE.name()
+                ),
+            ));
+        }
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(tensor.buffer(), tensor.offset(), bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Copies a tensor back to the host, waiting for the GPU (with a timeout).
+    pub fn read<T: Element>(&self, tensor: &Tensor) -> Result<Vec<T>> {
+        if tensor.dtype() != T::DTYPE {
+            return Err(shape_error(
+                "read",
+                format!(
+                    "tensor is {} but {} was asked for",
+                    tensor.dtype().name(),
+                    T::DTYPE.name()
+                ),
+            ));
+        }
+        let bytes = tensor.byte_len();
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.pool.acquire(
+            &self.device,
+            bytes,
+            STAGING_USAGE,
+            self.limits.max_buffer_size,
+        );
+        let mut encoder = self.encoder("readback");
+        encoder.copy_buffer_to_buffer(tensor.buffer(), tensor.offset(), staging.raw(), 0, bytes);
+        let index = self.submit(encoder)?;
+        let slice = staging.raw().slice(0..bytes);
+        let (tx, rx) = mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(index, "a readback")?;
+        let mapped = rx
+            .recv_timeout(self.timeout)
+            .map_err(|_| GpuError::Timeout {
+                what: "mapping a readback buffer".to_string(),
+                timeout: self.timeout,
+            })?
+            .map_err(|e| GpuError::Wgpu {
+                context: "mapping a readback buffer".to_string(),
+                message: one_line(&e.to_string()),
+            })
+            .and_then(|()| {
+                slice.get_mapped_range().map_err(|e| GpuError::Wgpu {
+                    context: "reading a mapped buffer".to_string(),
+                    message: one_line(&e.to_string()),
+                })
+            })?;
+        let out: Vec<T> = bytemuck::cast_slice(&mapped).to_vec();
+        drop(mapped);
+        staging.raw().unmap();
+        Ok(out)
+    }
+
+    /// The compiled kernel for `spec` (created and cached on first use).
+    pub fn kernel(&self, spec: &KernelSpec, constants: &[(&str, f64)]) -> Result<Arc<Kernel>> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let kernel =
+            self.pipelines
+                .get(&self.device, spec, constants, self.caps.shader_f16, || {
+                    Counters::bump(&self.counters.pipelines);
+                });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Kernel {
+                kernel: spec.name(),
+                message: one_line(&e.to_string()),
+            });
+        }
+        kernel
+    }
+
+    /// A uniform buffer holding `value` (kernel parameters).
+    pub fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
+        Counters::bump(&self.counters.buffers);
+        let bytes = bytemuck::bytes_of(value);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgdistill params"),
+            size: (bytes.len() as u64).next_multiple_of(16),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buffer, 0, bytes);
+        buffer
+    }
+
+    /// A bind group for `kernel`: the uniform (if its first binding is one) then the tensors, in
+    /// the order of the kernel's bindings.
+    pub fn bind_group(
+        &self,
+        kernel: &Kernel,
+        uniform: Option<&wgpu::Buffer>,
+        tensors: &[&Tensor],
+    ) -> Result<wgpu::BindGroup> {
+        let mut resources: Vec<wgpu::BindingResource<'_>> = Vec::new();
+        if let Some(u) = uniform {
+            resources.push(u.as_entire_binding());
+        }
+        resources.extend(tensors.iter().map(|t| t.binding()));
+        if resources.len() != kernel.spec.bindings.len() {
+            return Err(GpuError::Kernel {
+                kernel: kernel.spec.name(),
+                message: format!(
+                    "needs {} bindings, {} were given",
+                    kernel.spec.bindings.len(),
+                    resources.len()
+                ),
+            });
+        }
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+            .into_iter()
+            .enumerate()
+            .map(|(i, resource)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource,
+            })
+            .collect();
+        Counters::bump(&self.counters.bind_groups);
+        Ok(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("wgdistill bind group"),
+            layout: &kernel.layout,
+            entries: &entries,
+        }))
+    }
+
+    /// The dispatch grid for a 1-D count of workgroups, folded into two dimensions past the
+    /// adapter's per-dimension limit.
+    pub fn grid(&self, kernel: &str, workgroups: u64) -> Result<[u32; 3]> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        fold_grid(workgroups, max).ok_or_else(|| GpuError::GridTooLarge {
+            kernel: kernel.to_string(),
+            workgroups,
+            max,
+        })
+    }
+
+    /// A new command encoder.
+    pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Finishes and submits an encoder: one submission.
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
+        Counters::bump(&self.counters.submissions);
+        let index = self.queue.submit([encoder.finish()]);
+        self.take_errors("a submission")?;
+        Ok(index)
+    }
+
+    /// Waits until a submission has finished, or fails after the timeout.
+    pub fn wait(&self, index: wgpu::SubmissionIndex, what: &str) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: Some(self.timeout),
+            })
+            .map_err(|e| match e {
+                wgpu::PollError::Timeout => GpuError::Timeout {
+                    what: what.to_string(),
+                    timeout: self.timeout,
+                },
+                other => GpuError::Wgpu {
+                    context: format!("waiting for {what}"),
+                    message: one_line(&other.to_string()),
+                },
+            })?;
+        self.take_errors(what)
+    }
+
+    /// Returns the first error wgpu reported since the last check, if any.
+    pub fn take_errors(&self, context: &str) -> Result<()> {
+        let first = self.errors.lock().ok().and_then(|mut v| {
+            let first = v.first().cloned();
+            v.clear();
+            first
+        });
+        match first {
+            Some(message) => Err(GpuError::Wgpu {
+                context: context.to_string(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one kernel now: binds `params` (as a uniform) and `tensors`, dispatches `workgroups`
+    /// (folded into a legal grid), submits and waits. For ops run one at a time (`op`, `check`,
+    /// tests); compiled steps record their dispatches once instead.
+    pub fn run<P: bytemuck::Pod>(
+        &self,
+        spec: &KernelSpec,
+        params: &P,
+        tensors: &[&Tensor],
+        workgroups: u64,
+    ) -> Result<()> {
+        let kernel = self.kernel(spec, &[])?;
+        let uniform = self.uniform(params);
+        let bind_group = self.bind_group(&kernel, Some(&uniform), tensors)?;
+        let grid = self.grid(&spec.name(), workgroups)?;
+        let mut encoder = self.encoder(&spec.name());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(spec.entry),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        }
+        let index = self.submit(encoder)?;
+        self.wait(index, &spec.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold_grid;
+
+    #[test]
+    fn grids_fold_into_two_dimensions() {
+        assert_eq!(fold_grid(0, 65535), Some([0, 1, 1]));
+        assert_eq!(fold_grid(65535, 65535), Some([65535, 1, 1]));
+        let g = fold_grid(65536, 65535).unwrap();
+        assert!(g[0] <= 65535 && g[1] == 2 && u64::from(g[0]) * u64::from(g[1]) >= 65536);
+        let g = fold_grid(1_000_000_007, 65535).unwrap();
+        assert!(g[0] <= 65535 && g[1] <= 65535);
+        assert!(u64::from(g[0]) * u64::from(g[1]) >= 1_000_000_007);
+        assert_eq!(fold_grid(65535u64 * 65535 + 1, 65535), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! The GPU runtime: adapter choice, device capabilities, tensors and the buffer pool,
+//! upload/readback, the shader registry and pipeline cache, and timing.
+
+pub mod caps;
+pub mod context;
+pub mod error;
+pub mod pipeline;
+pub mod pool;
+pub mod profiler;
+pub mod select;
+pub mod shaders;
+pub mod tensor;
+
+pub use caps::{Capabilities, KernelStyle};
+pub use context::Gpu;
+pub use error::{GpuError, Result};
+pub use pipeline::{Binding, Kernel, KernelSpec};
+pub use pool::RuntimeStats;
+pub use profiler::{Measurement, TimingSource, measure};
+pub use select::AdapterQuery;
+pub use tensor::{DType, Element, Tensor};

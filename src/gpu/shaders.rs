@@ -1,0 +1,163 @@
+//! The shader registry: every `shaders/*.wgsl` file embedded in the binary, validated by naga with
+//! errors located by file and line, and translatable to every backend's language.
+
+use super::error::{GpuError, Result, one_line};
+
+/// One WGSL file: a kernel family.
+#[derive(Clone, Copy, Debug)]
+pub struct ShaderFile {
+    /// The family name (file stem), e.g. `elementwise`.
+    pub name: &'static str,
+    /// The path in the source tree, used in error messages.
+    pub path: &'static str,
+    /// The WGSL source.
+    pub source: &'static str,
+}
+
+macro_rules! shader_file {
+    ($name:literal) => {
+        ShaderFile {
+            name: $name,
+            path: concat!("shaders/", $name, ".wgsl"),
+            source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+        }
+    };
+}
+
+/// Every kernel family. A test checks that this list and the `shaders/` folder agree.
+pub const SHADER_FILES: &[ShaderFile] = &[shader_file!("elementwise")];
+
+/// The registered shader file called `name`.
+pub fn find(name: &str) -> Option<&'static ShaderFile> {
+    SHADER_FILES.iter().find(|s| s.name == name)
+}
+
+/// A module naga has parsed and validated.
+pub struct Validated {
+    /// The IR.
+    pub module: naga::Module,
+    /// Validation results (per-entry-point resource use among them).
+    pub info: naga::valid::ModuleInfo,
+}
+
+fn located(path: &str, loc: Option<naga::SourceLocation>, message: String) -> GpuError {
+    let (line, column) = loc.map_or((0, 0), |l| (l.line_number, l.line_position));
+    GpuError::Shader {
+        path: path.to_string(),
+        line,
+        column,
+        message: one_line(&message),
+    }
+}
+
+/// Parses and validates WGSL as naga does for wgpu, against the portable (WebGPU) capability set
+/// plus f16 when `f16` is set.
+pub fn validate(path: &str, source: &str, f16: bool) -> Result<Validated> {
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| located(path, e.location(source), e.message().to_string()))?;
+    let mut caps = naga::valid::Capabilities::default();
+    if f16 {
+        caps |= naga::valid::Capabilities::SHADER_FLOAT16;
+    }
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .map_err(|e| {
+            let message = format!("{}", e.as_inner());
+            let mut detail = message.clone();
+            let mut source_err: Option<&dyn std::error::Error> =
+                std::error::Error::source(e.as_inner());
+            while let Some(inner) = source_err {
+                detail.push_str(": ");
+                detail.push_str(&inner.to_string());
+                source_err = inner.source();
+            }
+            located(path, e.location(source), detail)
+        })?;
+    Ok(Validated { module, info })
+}
+
+/// Translates every compute entry point of a validated module to SPIR-V (Vulkan), MSL (Metal),
+/// HLSL (DX12) and GLSL ES 3.1 (GL), as wgpu's back ends would. Returns the first failure as
+/// `language: entry: message`.
+pub fn translate_all(v: &Validated) -> std::result::Result<(), String> {
+    use naga::back::{glsl, hlsl, msl, spv};
+    let constants = Default::default();
+    for ep in &v.module.entry_points {
+        let stage = ep.stage;
+        let name = ep.name.clone();
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &v.module,
+            &v.info,
+            Some((stage, &name)),
+            &constants,
+        )
+        .map_err(|e| format!("overrides: {name}: {e}"))?;
+        let fail = |lang: &str, e: &dyn std::fmt::Display| {
+            format!("{lang}: {name}: {}", one_line(&e.to_string()))
+        };
+
+        let spv_pipeline = spv::PipelineOptions {
+            shader_stage: stage,
+            entry_point: name.clone(),
+        };
+        spv::write_vec(
+            &module,
+            &info,
+            &spv::Options::default(),
+            Some(&spv_pipeline),
+        )
+        .map_err(|e| fail("SPIR-V", &e))?;
+
+        let msl_options = msl::Options {
+            lang_version: (2, 1),
+            ..Default::default()
+        };
+        let msl_pipeline = msl::PipelineOptions {
+            entry_point: Some((stage, name.clone())),
+            ..Default::default()
+        };
+        msl::write_string(&module, &info, &msl_options, &msl_pipeline)
+            .map_err(|e| fail("MSL", &e))?;
+
+        // wgpu's DX12 back end binds a hidden constant buffer for builtins HLSL lacks
+        // (num_workgroups); give the translator one the same way.
+        let hlsl_options = hlsl::Options {
+            shader_model: hlsl::ShaderModel::V5_1,
+            special_constants_binding: Some(hlsl::BindTarget {
+                space: 0,
+                register: 0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let hlsl_pipeline = hlsl::PipelineOptions {
+            entry_point: Some((stage, name.clone())),
+        };
+        let mut hlsl_out = String::new();
+        hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl_pipeline)
+            .write(&module, &info, None)
+            .map_err(|e| fail("HLSL", &e))?;
+
+        let glsl_options = glsl::Options {
+            version: glsl::Version::new_gles(310),
+            ..Default::default()
+        };
+        let glsl_pipeline = glsl::PipelineOptions {
+            shader_stage: stage,
+            entry_point: name.clone(),
+            multiview: None,
+        };
+        let mut glsl_out = String::new();
+        glsl::Writer::new(
+            &mut glsl_out,
+            &module,
+            &info,
+            &glsl_options,
+            &glsl_pipeline,
+            naga::proc::BoundsCheckPolicies::default(),
+        )
+        .and_then(|mut w| w.write())
+        .map_err(|e| fail("GLSL", &e))?;
+    }
+    Ok(())
+}

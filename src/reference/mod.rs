@@ -1,0 +1,30 @@
+//! f64 CPU twins of every kernel: what the tests and `wgdistill check` compare the GPU against.
+
+pub mod elementwise;
+
+/// Whether `got` is within `atol + rtol·|want|` of `want` everywhere; on failure, the first index
+/// that is not and both values.
+pub fn allclose(got: &[f32], want: &[f64], rtol: f64, atol: f64) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("length {} != {}", got.len(), want.len()));
+    }
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let g = f64::from(g);
+        // Written so that NaN on either side fails.
+        let close = (g - w).abs() <= atol + rtol * w.abs();
+        if !close {
+            return Err(format!("index {i}: got {g}, want {w}"));
+        }
+    }
+    Ok(())
+}
+
+/// Largest absolute and relative error of `got` against `want`.
+pub fn max_errors(got: &[f32], want: &[f64]) -> (f64, f64) {
+    got.iter()
+        .zip(want)
+        .fold((0.0, 0.0), |(abs, rel), (&g, &w)| {
+            let e = (f64::from(g) - w).abs();
+            (f64::max(abs, e), f64::max(rel, e / w.abs().max(1e-30)))
+        })
+}

@@ -1,0 +1,138 @@
+//! Portability without a GPU: every WGSL file is parsed and validated by naga and translated to
+//! SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES (GL). This is the evidence on Linux that
+//! Metal and DX12 accept every kernel.
+
+use std::collections::BTreeSet;
+
+use wgdistill::gpu::GpuError;
+use wgdistill::gpu::pipeline::check_spec;
+use wgdistill::gpu::shaders::{SHADER_FILES, translate_all, validate};
+use wgdistill::kernels;
+
+/// What the test applies to each file: validate, then translate to every language.
+fn portability(path: &str, source: &str) -> Result<(), String> {
+    let v = validate(path, source, false).map_err(|e| e.to_string())?;
+    translate_all(&v)
+}
+
+#[test]
+fn every_shader_file_is_registered() {
+    let on_disk: BTreeSet<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
+            .expect("shaders/ exists")
+            .map(|e| {
+                e.expect("readable entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|n| n.ends_with(".wgsl"))
+            .collect();
+    let registered: BTreeSet<String> = SHADER_FILES
+        .iter()
+        .map(|s| format!("{}.wgsl", s.name))
+        .collect();
+    assert!(!on_disk.is_empty());
+    assert_eq!(
+        on_disk, registered,
+        "shaders/ and gpu::shaders::SHADER_FILES disagree"
+    );
+}
+
+#[test]
+fn every_shader_validates_and_translates_to_all_backends() {
+    for file in SHADER_FILES {
+        // Read from disk so the test sees exactly the files in the tree.
+        let source = std::fs::read_to_string(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + file.path,
+        )
+        .expect("shader file readable");
+        assert_eq!(
+            source, file.source,
+            "{} differs from the embedded copy",
+            file.path
+        );
+        if let Err(e) = portability(file.path, &source) {
+            panic!("{}: {e}", file.path);
+        }
+    }
+}
+
+#[test]
+fn every_launcher_matches_its_wgsl_bindings() {
+    for spec in kernels::elementwise::KERNELS {
+        let file = wgdistill::gpu::shaders::find(spec.family).expect("family registered");
+        let v = validate(file.path, file.source, false).expect("valid");
+        let size = check_spec(spec, &v).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            size.iter().product::<u32>() <= 256,
+            "{}: workgroup over WebGPU's default 256",
+            spec.name()
+        );
+    }
+}
+
+#[test]
+fn a_syntax_error_fails_with_file_and_line() {
+    let broken = "@compute @workgroup_size(64)\nfn main() {\n    let x = ;\n}\n";
+    let err = validate("shaders/broken.wgsl", broken, false)
+        .err()
+        .expect("must fail");
+    match &err {
+        GpuError::Shader { path, line, .. } => {
+            assert_eq!(path, "shaders/broken.wgsl");
+            assert_eq!(*line, 3);
+        }
+        other => panic!("wrong error kind: {other}"),
+    }
+    assert!(
+        err.to_string().starts_with("shaders/broken.wgsl:3:"),
+        "{err}"
+    );
+    assert!(portability("shaders/broken.wgsl", broken).is_err());
+}
+
+#[test]
+fn a_type_error_fails_validation_with_its_line() {
+    // Parses, but writing an f32 into a u32 array is a validation error.
+    let broken = "@group(0) @binding(0) var<storage, read_write> out: array<u32>;\n\
+                  @compute @workgroup_size(64)\n\
+                  fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
+                  out[id.x] = 1.5;\n}\n";
+    let err = portability("shaders/typed.wgsl", broken).expect_err("must fail");
+    assert!(err.starts_with("shaders/typed.wgsl:"), "{err}");
+}
+
+#[test]
+fn a_kernel_spec_that_disagrees_with_wgsl_is_an_error() {
+    use wgdistill::gpu::{Binding, KernelSpec};
+    let file = wgdistill::gpu::shaders::find("elementwise").expect("registered");
+    let v = validate(file.path, file.source, false).expect("valid");
+    let wrong = KernelSpec {
+        family: "elementwise",
+        entry: "add",
+        bindings: &[Binding::Uniform, Binding::ReadOnly],
+    };
+    let err = check_spec(&wrong, &v).expect_err("must fail").to_string();
+    assert!(err.contains("elementwise::add"), "{err}");
+    let missing = KernelSpec {
+        family: "elementwise",
+        entry: "nope",
+        bindings: &[],
+    };
+    assert!(check_spec(&missing, &v).is_err());
+}
+
+#[test]
+fn translation_catches_what_validation_allows() {
+    // Valid WGSL for an adapter with f16, but GLSL ES 3.1 (wgpu's GL back end) has no 16-bit
+    // floats: only the translation step can tell.
+    let f16 = "enable f16;\n\
+               @group(0) @binding(0) var<storage, read_write> out: array<f16>;\n\
+               @compute @workgroup_size(64)\n\
+               fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
+               out[id.x] = out[id.x] * 2.0h;\n}\n";
+    let v = validate("shaders/half.wgsl", f16, true).expect("valid with f16");
+    let err = translate_all(&v).expect_err("GLSL must refuse f16");
+    assert!(err.starts_with("GLSL"), "{err}");
+}
