@@ -20,5 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod gpu;
+pub mod io;
 pub mod kernels;
+pub mod ops;
 pub mod reference;

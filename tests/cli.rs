@@ -113,3 +113,152 @@ fn devices_text_names_backend_driver_and_limits() {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
 }
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/golden/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn op_runs_a_golden_case_from_file_to_file() {
+    let out_path =
+        std::env::temp_dir().join(format!("wgdistill-op-{}.safetensors", std::process::id()));
+    let backend = std::env::var("WGPU_BACKEND").unwrap_or_default();
+    let out = Command::new(env!("CARGO_BIN_EXE_wgdistill"))
+        .args([
+            "op",
+            "dkd",
+            "--input",
+            &fixture("dkd_default.in.safetensors"),
+        ])
+        .args([
+            "--output",
+            out_path.to_str().unwrap(),
+            "--attr",
+            "alpha=1",
+            "--attr",
+            "beta=8",
+        ])
+        .args(["--attr", "temperature=4", "--backend", &backend])
+        .output()
+        .expect("runs");
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !common::in_ci() && stderr.contains("no GPU adapter"),
+            "{stderr}"
+        );
+        return;
+    }
+    let got = wgdistill::io::read_safetensors(&out_path).unwrap();
+    let want = wgdistill::io::read_safetensors(std::path::Path::new(&fixture(
+        "dkd_default.expected.safetensors",
+    )))
+    .unwrap();
+    for name in ["loss", "grad_student"] {
+        let w: Vec<f64> = want[name]
+            .as_f32()
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        wgdistill::reference::allclose(got[name].as_f32().unwrap(), &w, 1e-4, 1e-5).unwrap();
+    }
+    let _ = std::fs::remove_file(out_path);
+}
+
+#[test]
+fn op_input_errors_are_one_line_before_any_gpu_work() {
+    let input = fixture("kd_t4.in.safetensors");
+    for args in [
+        vec![
+            "op",
+            "kd",
+            "--input",
+            "/no/such/file.safetensors",
+            "--output",
+            "/tmp/x.safetensors",
+        ],
+        vec![
+            "op",
+            "kd",
+            "--input",
+            &input,
+            "--output",
+            "/tmp/x.safetensors",
+            "--attr",
+            "temperature",
+        ],
+        vec![
+            "op",
+            "kd",
+            "--input",
+            &input,
+            "--output",
+            "/tmp/x.safetensors",
+            "--attr",
+            "t=4",
+        ],
+        vec![
+            "op",
+            "ce",
+            "--input",
+            &input,
+            "--output",
+            "/tmp/x.safetensors",
+        ],
+        vec![
+            "op",
+            "nope",
+            "--input",
+            &input,
+            "--output",
+            "/tmp/x.safetensors",
+        ],
+        vec![
+            "op",
+            "kd",
+            "--input",
+            &input,
+            "--output",
+            "/no/such/dir/x.safetensors",
+        ],
+    ] {
+        // An adapter that cannot exist: each error must come before the GPU is touched.
+        let mut full = vec!["--adapter", "no-such-adapter-anywhere"];
+        full.extend(args.iter().copied());
+        let out = wgdistill(&full);
+        assert_one_line_error(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("no GPU adapter"),
+            "input error expected first: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn op_list_names_every_loss_with_its_contract() {
+    let out = wgdistill(&["op", "--list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "ce",
+        "kd",
+        "dkd",
+        "hint",
+        "at",
+        "sp",
+        "rkd_distance",
+        "rkd_angle",
+        "pkt",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(text.contains("temperature=4") && text.contains("grad_student"));
+}

@@ -60,15 +60,36 @@ fn every_shader_validates_and_translates_to_all_backends() {
 
 #[test]
 fn every_launcher_matches_its_wgsl_bindings() {
-    for spec in kernels::elementwise::KERNELS {
+    for spec in kernels::all_kernels() {
         let file = wgdistill::gpu::shaders::find(spec.family).expect("family registered");
         let v = validate(file.path, file.source, false).expect("valid");
-        let size = check_spec(spec, &v).unwrap_or_else(|e| panic!("{e}"));
+        let size = check_spec(&spec, &v).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             size.iter().product::<u32>() <= 256,
             "{}: workgroup over WebGPU's default 256",
             spec.name()
         );
+        // WebGPU guarantees 8 storage buffers per stage, and Metal keeps one for itself.
+        assert!(
+            spec.bindings.len() <= 7,
+            "{}: too many bindings for portable limits",
+            spec.name()
+        );
+    }
+}
+
+#[test]
+fn every_entry_point_has_a_launcher() {
+    let launched: BTreeSet<String> = kernels::all_kernels().iter().map(|k| k.name()).collect();
+    for file in SHADER_FILES {
+        let v = validate(file.path, file.source, false).expect("valid");
+        for ep in &v.module.entry_points {
+            let name = format!("{}::{}", file.name, ep.name);
+            assert!(
+                launched.contains(&name),
+                "{name} has no KernelSpec in kernels::all_kernels()"
+            );
+        }
     }
 }
 

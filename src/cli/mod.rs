@@ -2,6 +2,9 @@
 
 mod check;
 mod devices;
+mod op;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use wgdistill::gpu::{AdapterQuery, Gpu, GpuError};
@@ -30,6 +33,24 @@ enum Command {
     },
     /// Check every kernel against its CPU reference on the chosen adapter.
     Check,
+    /// Run one op (kernel or loss) on tensors from a safetensors file.
+    Op {
+        /// The op's name (see --list).
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// Print every op with its inputs, attributes and outputs.
+        #[arg(long)]
+        list: bool,
+        /// Input tensors (safetensors).
+        #[arg(long, required_unless_present = "list", value_name = "IN.safetensors")]
+        input: Option<PathBuf>,
+        /// Where to write the outputs (safetensors).
+        #[arg(long, required_unless_present = "list", value_name = "OUT.safetensors")]
+        output: Option<PathBuf>,
+        /// An attribute, e.g. --attr temperature=4 (repeatable).
+        #[arg(long = "attr", value_name = "KEY=VALUE")]
+        attrs: Vec<String>,
+    },
 }
 
 /// Process-wide set-up done before any thread starts.
@@ -77,5 +98,23 @@ pub fn run() -> Result<(), CliError> {
     match cli.command {
         Some(Command::Devices { json }) => devices::run(&query, json),
         Some(Command::Check) | None => check::run(&Gpu::new(&query)?),
+        Some(Command::Op { list: true, .. }) => {
+            op::list();
+            Ok(())
+        }
+        Some(Command::Op {
+            name,
+            input,
+            output,
+            attrs,
+            ..
+        }) => match (name, input, output) {
+            (Some(name), Some(input), Some(output)) => {
+                op::run(&query, &name, &input, &output, &attrs)
+            }
+            _ => Err(CliError::Message(
+                "op needs NAME, --input and --output (or --list)".into(),
+            )),
+        },
     }
 }

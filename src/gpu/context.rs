@@ -298,8 +298,12 @@ impl Gpu {
 
     /// A uniform buffer holding `value` (kernel parameters).
     pub fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
+        self.uniform_bytes(bytemuck::bytes_of(value))
+    }
+
+    /// A uniform buffer holding `bytes`.
+    pub fn uniform_bytes(&self, bytes: &[u8]) -> wgpu::Buffer {
         Counters::bump(&self.counters.buffers);
-        let bytes = bytemuck::bytes_of(value);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgdistill params"),
             size: (bytes.len() as u64).next_multiple_of(16),
@@ -410,9 +414,78 @@ impl Gpu {
         }
     }
 
-    /// Runs one kernel now: binds `params` (as a uniform) and `tensors`, dispatches `workgroups`
-    /// (folded into a legal grid), submits and waits. For ops run one at a time (`op`, `check`,
-    /// tests); compiled steps record their dispatches once instead.
+    /// Prepares one launch of `spec`: the compiled kernel, its parameters, its tensors (in binding
+    /// order after the uniform) and a grid for `workgroups` workgroups (folded past the
+    /// per-dimension limit). Nothing is sent to the GPU until [`Gpu::execute`].
+    pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        spec: &KernelSpec,
+        params: &P,
+        tensors: &[&Tensor],
+        workgroups: u64,
+    ) -> Result<Dispatch> {
+        let kernel = self.kernel(spec, &[])?;
+        if tensors.len() + 1 != spec.bindings.len() {
+            return Err(GpuError::Kernel {
+                kernel: spec.name(),
+                message: format!(
+                    "needs {} tensors, {} were given",
+                    spec.bindings.len() - 1,
+                    tensors.len()
+                ),
+            });
+        }
+        Ok(Dispatch {
+            grid: self.grid(&spec.name(), workgroups)?,
+            kernel,
+            params: bytemuck::bytes_of(params).to_vec(),
+            tensors: tensors.iter().map(|t| (*t).clone()).collect(),
+        })
+    }
+
+    /// Creates the uniforms and bind groups of prepared launches once, so they can be recorded
+    /// into any number of passes without creating anything more.
+    pub fn bind_plan(&self, plan: &[Dispatch]) -> Result<BoundPlan> {
+        let mut steps = Vec::with_capacity(plan.len());
+        let mut uniforms = Vec::with_capacity(plan.len());
+        for d in plan {
+            let uniform = self.uniform_bytes(&d.params);
+            let tensors: Vec<&Tensor> = d.tensors.iter().collect();
+            steps.push((
+                d.kernel.clone(),
+                self.bind_group(&d.kernel, Some(&uniform), &tensors)?,
+                d.grid,
+            ));
+            uniforms.push(uniform);
+        }
+        let tensors = plan
+            .iter()
+            .flat_map(|d| d.tensors.iter().cloned())
+            .collect();
+        Ok(BoundPlan {
+            steps,
+            _uniforms: uniforms,
+            _tensors: tensors,
+        })
+    }
+
+    /// Runs prepared launches in order, in one compute pass and one submission, and waits.
+    /// For ops run one at a time (`op`, `check`, tests); compiled steps bind once and replay.
+    pub fn execute(&self, plan: &[Dispatch]) -> Result<()> {
+        let bound = self.bind_plan(plan)?;
+        let mut encoder = self.encoder("execute");
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("execute"),
+                timestamp_writes: None,
+            });
+            bound.record(&mut pass);
+        }
+        let index = self.submit(encoder)?;
+        self.wait(index, "a kernel launch")
+    }
+
+    /// Runs one kernel now: [`Gpu::dispatch`] then [`Gpu::execute`].
     pub fn run<P: bytemuck::Pod>(
         &self,
         spec: &KernelSpec,
@@ -420,23 +493,49 @@ impl Gpu {
         tensors: &[&Tensor],
         workgroups: u64,
     ) -> Result<()> {
-        let kernel = self.kernel(spec, &[])?;
-        let uniform = self.uniform(params);
-        let bind_group = self.bind_group(&kernel, Some(&uniform), tensors)?;
-        let grid = self.grid(&spec.name(), workgroups)?;
-        let mut encoder = self.encoder(&spec.name());
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(spec.entry),
-                timestamp_writes: None,
-            });
+        self.execute(&[self.dispatch(spec, params, tensors, workgroups)?])
+    }
+}
+
+/// Launches with their bind groups created: recording them creates nothing.
+pub struct BoundPlan {
+    steps: Vec<(Arc<Kernel>, wgpu::BindGroup, [u32; 3])>,
+    // Kept alive for as long as the bind groups that reference them.
+    _uniforms: Vec<wgpu::Buffer>,
+    _tensors: Vec<Tensor>,
+}
+
+impl BoundPlan {
+    /// Records every launch, in order, into a compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for (kernel, bind_group, grid) in &self.steps {
             pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
+            pass.set_bind_group(0, bind_group, &[]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         }
-        let index = self.submit(encoder)?;
-        self.wait(index, &spec.name())
     }
+
+    /// Number of launches.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether there are no launches.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// One prepared kernel launch.
+pub struct Dispatch {
+    /// The compiled kernel.
+    pub kernel: Arc<Kernel>,
+    /// Bytes of its uniform parameters.
+    pub params: Vec<u8>,
+    /// Tensors bound after the uniform, in binding order.
+    pub tensors: Vec<Tensor>,
+    /// Workgroup grid.
+    pub grid: [u32; 3],
 }
 
 #[cfg(test)]

@@ -86,6 +86,14 @@ pub enum GpuError {
         /// How long we waited.
         timeout: Duration,
     },
+    /// Bad user input outside the GPU: a tensor file, an attribute, label values.
+    #[error("{what}: {message}")]
+    Input {
+        /// Which file, field or argument.
+        what: String,
+        /// What was expected and what came.
+        message: String,
+    },
     /// wgpu reported a validation, memory or internal error.
     #[error("wgpu error during {context}: {message}")]
     Wgpu {
@@ -102,6 +110,14 @@ pub type Result<T, E = GpuError> = std::result::Result<T, E>;
 /// Folds a multi-line message from wgpu or naga into one line.
 pub(crate) fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A [`GpuError::Input`] naming a file, field or argument.
+pub(crate) fn input_error(what: impl Into<String>, message: impl Into<String>) -> GpuError {
+    GpuError::Input {
+        what: what.into(),
+        message: message.into(),
+    }
 }
 
 /// A [`GpuError::Shape`] from an op name and a message.

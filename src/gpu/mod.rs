@@ -12,7 +12,7 @@ pub mod shaders;
 pub mod tensor;
 
 pub use caps::{Capabilities, KernelStyle};
-pub use context::Gpu;
+pub use context::{BoundPlan, Dispatch, Gpu};
 pub use error::{GpuError, Result};
 pub use pipeline::{Binding, Kernel, KernelSpec};
 pub use pool::RuntimeStats;

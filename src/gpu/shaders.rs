@@ -25,7 +25,13 @@ macro_rules! shader_file {
 }
 
 /// Every kernel family. A test checks that this list and the `shaders/` folder agree.
-pub const SHADER_FILES: &[ShaderFile] = &[shader_file!("elementwise")];
+pub const SHADER_FILES: &[ShaderFile] = &[
+    shader_file!("elementwise"),
+    shader_file!("feature"),
+    shader_file!("reduce"),
+    shader_file!("relation"),
+    shader_file!("response"),
+];
 
 /// The registered shader file called `name`.
 pub fn find(name: &str) -> Option<&'static ShaderFile> {

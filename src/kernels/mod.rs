@@ -2,3 +2,15 @@
 //! records or runs the kernel; its WGSL lives in `shaders/` and its CPU twin in `reference/`.
 
 pub mod elementwise;
+pub mod losses;
+pub mod reduce;
+
+use crate::gpu::KernelSpec;
+
+/// Every kernel the launchers use, for the portability and binding tests.
+pub fn all_kernels() -> Vec<KernelSpec> {
+    let mut all = vec![reduce::SUM_CHUNKS];
+    all.extend_from_slice(elementwise::KERNELS);
+    all.extend_from_slice(losses::KERNELS);
+    all
+}

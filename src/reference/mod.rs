@@ -1,6 +1,26 @@
 //! f64 CPU twins of every kernel: what the tests and `wgdistill check` compare the GPU against.
 
 pub mod elementwise;
+pub mod losses;
+
+/// Deterministic pseudo-random values in [-1, 1) (xorshift): the inputs of `check`, the tests
+/// and the benches, reproducible across runs and machines.
+pub fn sample(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// f32 values widened to f64, for the references.
+pub fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
 
 /// Whether `got` is within `atol + rtol·|want|` of `want` everywhere; on failure, the first index
 /// that is not and both values.

@@ -26,23 +26,74 @@ pub fn gpu() -> Option<&'static Gpu> {
     }
 }
 
-/// Deterministic data in [-1, 1).
-pub fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+#[allow(unused_imports)]
+pub use wgdistill::reference::{sample as data, widen};
+
+/// Shapes that are not multiples of any workgroup or tile size.
+pub const ODD_SIZES: &[usize] = &[1, 7, 33, 129, 1000, 65_537];
+
+/// A golden case from `tests/fixtures/golden/manifest.json`.
+#[derive(serde::Deserialize)]
+pub struct GoldenCase {
+    /// Case name (file stem).
+    pub name: String,
+    /// Op name.
+    pub op: String,
+    /// Attributes.
+    pub attrs: std::collections::BTreeMap<String, f64>,
+    /// Relative tolerance.
+    pub rtol: f64,
+    /// Absolute tolerance.
+    pub atol: f64,
+}
+
+/// The golden cases with their inputs and expected outputs.
+pub fn golden_cases() -> Vec<(
+    GoldenCase,
+    wgdistill::io::TensorMap,
+    wgdistill::io::TensorMap,
+)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    let cases: Vec<GoldenCase> = serde_json::from_str(&manifest).expect("manifest parses");
+    cases
+        .into_iter()
+        .map(|c| {
+            let input =
+                wgdistill::io::read_safetensors(&dir.join(format!("{}.in.safetensors", c.name)))
+                    .expect("input");
+            let expected = wgdistill::io::read_safetensors(
+                &dir.join(format!("{}.expected.safetensors", c.name)),
+            )
+            .expect("expected");
+            (c, input, expected)
         })
         .collect()
 }
 
-/// f32 to f64.
-pub fn widen(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
+/// Central finite differences of `f` at `x`, step `h`.
+pub fn finite_difference(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut x = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = x[i];
+            x[i] = orig + h;
+            let up = f(&x);
+            x[i] = orig - h;
+            let down = f(&x);
+            x[i] = orig;
+            (up - down) / (2.0 * h)
+        })
+        .collect()
 }
 
-/// Shapes that are not multiples of any workgroup or tile size.
-pub const ODD_SIZES: &[usize] = &[1, 7, 33, 129, 1000, 65_537];
+/// Asserts two f64 vectors agree within `atol + rtol·|want|`.
+pub fn assert_close_f64(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}

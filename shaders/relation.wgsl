@@ -1,0 +1,458 @@
+// Relation-based losses over (B, D) embeddings: similarity preserving (SP), RKD distance and
+// angle, and PKT. Everything is built from B×B Gram matrices, so no kernel ever holds a B×B×D
+// tensor: RKD angle's A_ijk = (e_j − e_i)·(e_k − e_i) / (‖e_j − e_i‖‖e_k − e_i‖) is read off
+// the Gram matrix of the centred embeddings, and every gradient ends as C·E for a B×B
+// coefficient matrix C (coef_matmul).
+
+struct Params {
+    batch: u32,
+    dim: u32,
+    // coef_matmul: 1 to use C + Cᵀ.
+    flag: u32,
+    _pad: u32,
+}
+
+const WG: u32 = 64u;
+const EPS_CLAMP: f32 = 1e-12;
+const PKT_EPS: f32 = 1e-7;
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+fn smooth_l1(x: f32) -> f32 {
+    return select(abs(x) - 0.5, 0.5 * x * x, abs(x) < 1.0);
+}
+
+fn smooth_l1_grad(x: f32) -> f32 {
+    return select(sign(x), x, abs(x) < 1.0);
+}
+
+// ---- shared building blocks -----------------------------------------------------------------
+
+// out = f − mean over rows (per column). RKD is translation-invariant; centring first keeps the
+// Gram-matrix differences well conditioned in f32.
+@group(0) @binding(1) var<storage, read> center_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> center_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn center(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let d = linear_index(wid, nwg, lid);
+    let dim = params.dim;
+    if (d >= dim) {
+        return;
+    }
+    var sum = 0.0;
+    for (var i = 0u; i < params.batch; i = i + 1u) {
+        sum = sum + center_in[i * dim + d];
+    }
+    let mean = sum / f32(params.batch);
+    for (var i = 0u; i < params.batch; i = i + 1u) {
+        center_out[i * dim + d] = center_in[i * dim + d] - mean;
+    }
+}
+
+// G = F Fᵀ, one invocation per entry.
+@group(0) @binding(1) var<storage, read> gram_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> gram_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn gram(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let k = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    if (k >= b * b) {
+        return;
+    }
+    let i = k / b;
+    let j = k % b;
+    let dim = params.dim;
+    var acc = 0.0;
+    for (var d = 0u; d < dim; d = d + 1u) {
+        acc = acc + gram_in[i * dim + d] * gram_in[j * dim + d];
+    }
+    gram_out[k] = acc;
+}
+
+// out = C F, or (C + Cᵀ) F when flag = 1; one invocation per output element.
+@group(0) @binding(1) var<storage, read> cm_coef: array<f32>;
+@group(0) @binding(2) var<storage, read> cm_f: array<f32>;
+@group(0) @binding(3) var<storage, read_write> cm_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn coef_matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let k = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    let dim = params.dim;
+    if (k >= b * dim) {
+        return;
+    }
+    let i = k / dim;
+    let d = k % dim;
+    let sym = params.flag == 1u;
+    var acc = 0.0;
+    for (var j = 0u; j < b; j = j + 1u) {
+        let c = cm_coef[i * b + j] + select(0.0, cm_coef[j * b + i], sym);
+        acc = acc + c * cm_f[j * dim + d];
+    }
+    cm_out[k] = acc;
+}
+
+// ---- SP: G = normalize(F Fᵀ) row-wise; loss Σ (G_s − G_t)² / B² -----------------------------
+@group(0) @binding(1) var<storage, read> sp_gs: array<f32>;
+@group(0) @binding(2) var<storage, read> sp_gt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sp_dg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sp_row_loss: array<f32>;
+
+@compute @workgroup_size(64)
+fn sp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    if (i >= b) {
+        return;
+    }
+    var ss = 0.0;
+    var st = 0.0;
+    for (var j = 0u; j < b; j = j + 1u) {
+        ss = ss + sp_gs[i * b + j] * sp_gs[i * b + j];
+        st = st + sp_gt[i * b + j] * sp_gt[i * b + j];
+    }
+    let ns = sqrt(ss);
+    let ns_c = max(ns, EPS_CLAMP);
+    let nt_c = max(sqrt(st), EPS_CLAMP);
+    let scale = 2.0 / f32(b * b);
+    var loss = 0.0;
+    var dot = 0.0;
+    for (var j = 0u; j < b; j = j + 1u) {
+        let gs = sp_gs[i * b + j] / ns_c;
+        let d = gs - sp_gt[i * b + j] / nt_c;
+        loss = loss + d * d;
+        dot = dot + gs * d * scale;
+    }
+    for (var j = 0u; j < b; j = j + 1u) {
+        let gs = sp_gs[i * b + j] / ns_c;
+        let h = (gs - sp_gt[i * b + j] / nt_c) * scale;
+        sp_dg[i * b + j] = select(h / ns_c, (h - gs * dot) / ns_c, ns > EPS_CLAMP);
+    }
+    sp_row_loss[i] = loss;
+}
+
+// ---- RKD distance -------------------------------------------------------------------------------
+// d_ij = sqrt(max(G_ii + G_jj − 2 G_ij, 1e-12)), d_ii = 0, divided by the mean positive entry.
+
+fn squared_distance(g: f32, gii: f32, gjj: f32) -> f32 {
+    return gii + gjj - 2.0 * g;
+}
+
+@group(0) @binding(1) var<storage, read> rd_gs: array<f32>;
+@group(0) @binding(2) var<storage, read> rd_gt: array<f32>;
+// [mean_s, count_s, Σ h·d_s / mean_s², mean_t]
+@group(0) @binding(3) var<storage, read_write> rd_stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rd_loss: array<f32>;
+
+fn rd_distance_s(i: u32, j: u32) -> f32 {
+    let b = params.batch;
+    if (i == j) {
+        return 0.0;
+    }
+    return sqrt(max(squared_distance(rd_gs[i * b + j], rd_gs[i * b + i], rd_gs[j * b + j]), EPS_CLAMP));
+}
+
+fn rd_distance_t(i: u32, j: u32) -> f32 {
+    let b = params.batch;
+    if (i == j) {
+        return 0.0;
+    }
+    return sqrt(max(squared_distance(rd_gt[i * b + j], rd_gt[i * b + i], rd_gt[j * b + j]), EPS_CLAMP));
+}
+
+// One invocation: the means couple every entry, and B² is small next to the Gram matrices.
+@compute @workgroup_size(1)
+fn rkd_distance_loss() {
+    let b = params.batch;
+    var sum_s = 0.0;
+    var count_s = 0.0;
+    var sum_t = 0.0;
+    var count_t = 0.0;
+    for (var i = 0u; i < b; i = i + 1u) {
+        for (var j = 0u; j < b; j = j + 1u) {
+            let ds = rd_distance_s(i, j);
+            let dt = rd_distance_t(i, j);
+            if (ds > 0.0) {
+                sum_s = sum_s + ds;
+                count_s = count_s + 1.0;
+            }
+            if (dt > 0.0) {
+                sum_t = sum_t + dt;
+                count_t = count_t + 1.0;
+            }
+        }
+    }
+    let mean_s = sum_s / count_s;
+    let mean_t = sum_t / count_t;
+    let inv_bb = 1.0 / f32(b * b);
+    var loss = 0.0;
+    var hd = 0.0;
+    for (var i = 0u; i < b; i = i + 1u) {
+        for (var j = 0u; j < b; j = j + 1u) {
+            let ds = rd_distance_s(i, j);
+            let x = ds / mean_s - rd_distance_t(i, j) / mean_t;
+            loss = loss + smooth_l1(x);
+            hd = hd + smooth_l1_grad(x) * inv_bb * ds;
+        }
+    }
+    rd_stats[0] = mean_s;
+    rd_stats[1] = count_s;
+    rd_stats[2] = hd / (mean_s * mean_s);
+    rd_stats[3] = mean_t;
+    rd_loss[0] = loss * inv_bb;
+}
+
+@group(0) @binding(1) var<storage, read> rc_gs: array<f32>;
+@group(0) @binding(2) var<storage, read> rc_gt: array<f32>;
+@group(0) @binding(3) var<storage, read> rc_stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rc_coef: array<f32>;
+
+// Row x of C with grad = C·E: grad_x = Σ_j W_xj (e_x − e_j), W symmetric.
+@compute @workgroup_size(64)
+fn rkd_distance_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let x = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    if (x >= b) {
+        return;
+    }
+    let mean_s = rc_stats[0];
+    let count_s = rc_stats[1];
+    let hd = rc_stats[2];
+    let mean_t = rc_stats[3];
+    let inv_bb = 1.0 / f32(b * b);
+    var diag = 0.0;
+    for (var j = 0u; j < b; j = j + 1u) {
+        var w = 0.0;
+        let q = squared_distance(rc_gs[x * b + j], rc_gs[x * b + x], rc_gs[j * b + j]);
+        if (j != x && q > EPS_CLAMP) {
+            let ds = sqrt(q);
+            let qt = squared_distance(rc_gt[x * b + j], rc_gt[x * b + x], rc_gt[j * b + j]);
+            let dt = sqrt(max(qt, EPS_CLAMP));
+            let h = smooth_l1_grad(ds / mean_s - dt / mean_t) * inv_bb;
+            let dd = h / mean_s - hd / count_s;
+            // Both (x, j) and (j, x) entries of the distance matrix depend on this pair.
+            w = 2.0 * dd / ds;
+        }
+        rc_coef[x * b + j] = -w;
+        diag = diag + w;
+    }
+    rc_coef[x * b + x] = diag;
+}
+
+// ---- RKD angle ----------------------------------------------------------------------------------
+
+fn pair_norm(g_ij: f32, g_ii: f32, g_jj: f32) -> f32 {
+    return max(sqrt(max(squared_distance(g_ij, g_ii, g_jj), 0.0)), EPS_CLAMP);
+}
+
+@group(0) @binding(1) var<storage, read> ap_gs: array<f32>;
+@group(0) @binding(2) var<storage, read> ap_gt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ap_r: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ap_b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ap_loss: array<f32>;
+
+// A_ijk for a Gram matrix (zero when j = i or k = i is handled by the callers).
+fn angle_s(i: u32, j: u32, k: u32) -> f32 {
+    let b = params.batch;
+    let gii = ap_gs[i * b + i];
+    let num = ap_gs[j * b + k] - ap_gs[i * b + j] - ap_gs[i * b + k] + gii;
+    return num / (pair_norm(ap_gs[i * b + j], gii, ap_gs[j * b + j]) * pair_norm(ap_gs[i * b + k], gii, ap_gs[k * b + k]));
+}
+
+fn angle_t(i: u32, j: u32, k: u32) -> f32 {
+    let b = params.batch;
+    let gii = ap_gt[i * b + i];
+    let num = ap_gt[j * b + k] - ap_gt[i * b + j] - ap_gt[i * b + k] + gii;
+    return num / (pair_norm(ap_gt[i * b + j], gii, ap_gt[j * b + j]) * pair_norm(ap_gt[i * b + k], gii, ap_gt[k * b + k]));
+}
+
+// Per pair (i, j): r_ij = Σ_k M_ijk, b_ij = (Σ_k 2h_ijk A_ijk) / n_ij² and the loss over k,
+// where h = smoothl1'(A_s − A_t)/B³ and M_ijk = 2h_ijk / (n_ij n_ik).
+@compute @workgroup_size(64)
+fn rkd_angle_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let p = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    if (p >= b * b) {
+        return;
+    }
+    let i = p / b;
+    let j = p % b;
+    var r = 0.0;
+    var c = 0.0;
+    var loss = 0.0;
+    let inv_bbb = 1.0 / (f32(b) * f32(b) * f32(b));
+    let gii = ap_gs[i * b + i];
+    let q_ij = squared_distance(ap_gs[i * b + j], gii, ap_gs[j * b + j]);
+    let n_ij = pair_norm(ap_gs[i * b + j], gii, ap_gs[j * b + j]);
+    if (i != j) {
+        for (var k = 0u; k < b; k = k + 1u) {
+            if (k == i) {
+                continue;
+            }
+            let a_s = angle_s(i, j, k);
+            let x = a_s - angle_t(i, j, k);
+            loss = loss + smooth_l1(x);
+            let h2 = 2.0 * smooth_l1_grad(x) * inv_bbb;
+            r = r + h2 / (n_ij * pair_norm(ap_gs[i * b + k], gii, ap_gs[k * b + k]));
+            c = c + h2 * a_s;
+        }
+    }
+    ap_r[p] = r;
+    // A clamped norm has no projection term (u = v / eps).
+    ap_b[p] = select(0.0, c / (n_ij * n_ij), sqrt(max(q_ij, 0.0)) > EPS_CLAMP);
+    ap_loss[p] = loss;
+}
+
+@group(0) @binding(1) var<storage, read> ac_gs: array<f32>;
+@group(0) @binding(2) var<storage, read> ac_gt: array<f32>;
+@group(0) @binding(3) var<storage, read> ac_r: array<f32>;
+@group(0) @binding(4) var<storage, read> ac_b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ac_coef: array<f32>;
+
+fn angle_from(g: u32, i: u32, j: u32, k: u32) -> f32 {
+    let b = params.batch;
+    if (g == 0u) {
+        let gii = ac_gs[i * b + i];
+        let num = ac_gs[j * b + k] - ac_gs[i * b + j] - ac_gs[i * b + k] + gii;
+        return num / (pair_norm(ac_gs[i * b + j], gii, ac_gs[j * b + j]) * pair_norm(ac_gs[i * b + k], gii, ac_gs[k * b + k]));
+    }
+    let gii = ac_gt[i * b + i];
+    let num = ac_gt[j * b + k] - ac_gt[i * b + j] - ac_gt[i * b + k] + gii;
+    return num / (pair_norm(ac_gt[i * b + j], gii, ac_gt[j * b + j]) * pair_norm(ac_gt[i * b + k], gii, ac_gt[k * b + k]));
+}
+
+// C[x, y] = Σ_i M_ixy − r_yx + b_yx − r_xy + b_xy, plus on the diagonal
+// Σ_j r_xj − Σ_i b_ix − Σ_j b_xj; the gradient is C·E.
+@compute @workgroup_size(64)
+fn rkd_angle_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let p = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    if (p >= b * b) {
+        return;
+    }
+    let x = p / b;
+    let y = p % b;
+    let inv_bbb = 1.0 / (f32(b) * f32(b) * f32(b));
+    var acc = 0.0;
+    for (var i = 0u; i < b; i = i + 1u) {
+        if (i == x || i == y) {
+            continue;
+        }
+        let xa = angle_from(0u, i, x, y) - angle_from(1u, i, x, y);
+        let gii = ac_gs[i * b + i];
+        let n_ix = pair_norm(ac_gs[i * b + x], gii, ac_gs[x * b + x]);
+        let n_iy = pair_norm(ac_gs[i * b + y], gii, ac_gs[y * b + y]);
+        acc = acc + 2.0 * smooth_l1_grad(xa) * inv_bbb / (n_ix * n_iy);
+    }
+    acc = acc - ac_r[y * b + x] + ac_b[y * b + x] - ac_r[x * b + y] + ac_b[x * b + y];
+    if (x == y) {
+        for (var j = 0u; j < b; j = j + 1u) {
+            acc = acc + ac_r[x * b + j] - ac_b[j * b + x] - ac_b[x * b + j];
+        }
+    }
+    ac_coef[p] = acc;
+}
+
+// ---- PKT ----------------------------------------------------------------------------------------
+
+// x̂ = x / (‖x‖ + 1e-7) per row, keeping ‖x‖ for the backward pass.
+@group(0) @binding(1) var<storage, read> nr_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> nr_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> nr_norms: array<f32>;
+
+@compute @workgroup_size(64)
+fn normalize_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let dim = params.dim;
+    if (i >= params.batch) {
+        return;
+    }
+    var ss = 0.0;
+    for (var d = 0u; d < dim; d = d + 1u) {
+        ss = ss + nr_in[i * dim + d] * nr_in[i * dim + d];
+    }
+    let n = sqrt(ss);
+    for (var d = 0u; d < dim; d = d + 1u) {
+        nr_out[i * dim + d] = nr_in[i * dim + d] / (n + PKT_EPS);
+    }
+    nr_norms[i] = n;
+}
+
+@group(0) @binding(1) var<storage, read> pk_ks: array<f32>;
+@group(0) @binding(2) var<storage, read> pk_kt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> pk_dk: array<f32>;
+@group(0) @binding(4) var<storage, read_write> pk_row_loss: array<f32>;
+
+// Row i: P = S / Σ_row S with S = (K + 1)/2; the loss and dL/dK.
+@compute @workgroup_size(64)
+fn pkt_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    if (i >= b) {
+        return;
+    }
+    var sum_s = 0.0;
+    var sum_t = 0.0;
+    for (var j = 0u; j < b; j = j + 1u) {
+        sum_s = sum_s + (pk_ks[i * b + j] + 1.0) * 0.5;
+        sum_t = sum_t + (pk_kt[i * b + j] + 1.0) * 0.5;
+    }
+    let inv_bb = 1.0 / f32(b * b);
+    var loss = 0.0;
+    var gp = 0.0;
+    for (var j = 0u; j < b; j = j + 1u) {
+        let ps = (pk_ks[i * b + j] + 1.0) * 0.5 / sum_s;
+        let pt = (pk_kt[i * b + j] + 1.0) * 0.5 / sum_t;
+        loss = loss + pt * log((pt + PKT_EPS) / (ps + PKT_EPS));
+        gp = gp - pt / (ps + PKT_EPS) * inv_bb * ps;
+    }
+    for (var j = 0u; j < b; j = j + 1u) {
+        let ps = (pk_ks[i * b + j] + 1.0) * 0.5 / sum_s;
+        let pt = (pk_kt[i * b + j] + 1.0) * 0.5 / sum_t;
+        let g = -pt / (ps + PKT_EPS) * inv_bb;
+        pk_dk[i * b + j] = (g - gp) / sum_s * 0.5;
+    }
+    pk_row_loss[i] = loss;
+}
+
+@group(0) @binding(1) var<storage, read> nb_x: array<f32>;
+@group(0) @binding(2) var<storage, read> nb_norms: array<f32>;
+@group(0) @binding(3) var<storage, read> nb_dxh: array<f32>;
+@group(0) @binding(4) var<storage, read_write> nb_grad: array<f32>;
+
+// Backward of normalize_rows: dx = dx̂/(n + ε) − x (x·dx̂) / (n (n + ε)²).
+@compute @workgroup_size(64)
+fn normalize_rows_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let dim = params.dim;
+    if (i >= params.batch) {
+        return;
+    }
+    let n = nb_norms[i];
+    var xg = 0.0;
+    for (var d = 0u; d < dim; d = d + 1u) {
+        xg = xg + nb_x[i * dim + d] * nb_dxh[i * dim + d];
+    }
+    let ne = n + PKT_EPS;
+    for (var d = 0u; d < dim; d = d + 1u) {
+        let g = nb_dxh[i * dim + d] / ne - nb_x[i * dim + d] * xg / (n * ne * ne);
+        nb_grad[i * dim + d] = select(0.0, g, n > 0.0);
+    }
+}

@@ -1,0 +1,182 @@
+// Response-based losses, fused: one invocation per row reads the row's logits, keeps running
+// log-sum-exp states (max, Σ exp(z − max)) in registers, then writes the gradient and the row's
+// loss partial in a second sweep over the same row. No probability tensor is ever written.
+// The batch sum of the partials is done by reduce.wgsl, deterministically.
+//
+// grad_scale is 1/B for ce and T/B for kd and dkd; the loss scale (1/B or T²/B) is applied by
+// the reduction.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    temperature: f32,
+    alpha: f32,
+    beta: f32,
+    grad_scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WG: u32 = 64u;
+const LOWEST: f32 = -3.402823e38;
+// DKD pushes the target logit out of the non-target softmax by this much (mdistiller).
+const DKD_MASK: f32 = 1000.0;
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+fn nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+// Adds z to a running log-sum-exp state (max, Σ exp(z − max)).
+fn lse_push(state: vec2<f32>, z: f32) -> vec2<f32> {
+    if (z <= state.x) {
+        return vec2<f32>(state.x, state.y + exp(z - state.x));
+    }
+    return vec2<f32>(z, state.y * exp(state.x - z) + 1.0);
+}
+
+fn lse_value(state: vec2<f32>) -> f32 {
+    return state.x + log(state.y);
+}
+
+fn lse_empty() -> vec2<f32> {
+    return vec2<f32>(LOWEST, 0.0);
+}
+
+// p (log p − log q), with 0 log 0 = 0.
+fn kl_term(log_p: f32, log_q: f32) -> f32 {
+    let p = exp(log_p);
+    return select(0.0, p * (log_p - log_q), p > 0.0);
+}
+
+// ---- ce: −log_softmax(s)[y]; gradient softmax(s) − onehot(y) -------------------------------
+@group(0) @binding(1) var<storage, read> ce_student: array<f32>;
+@group(0) @binding(2) var<storage, read> ce_labels: array<i32>;
+@group(0) @binding(3) var<storage, read_write> ce_grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ce_row_loss: array<f32>;
+
+@compute @workgroup_size(64)
+fn ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+      @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= params.rows) {
+        return;
+    }
+    let cols = params.cols;
+    let base = r * cols;
+    let label = ce_labels[r];
+    // Launchers check labels on the host; a bad one still never reads out of bounds, and
+    // poisons the loss rather than giving a plausible wrong answer.
+    let valid = label >= 0 && u32(label) < cols;
+    let y = select(0u, u32(label), valid);
+    var st = lse_empty();
+    for (var c = 0u; c < cols; c = c + 1u) {
+        st = lse_push(st, ce_student[base + c]);
+    }
+    let lse = lse_value(st);
+    ce_row_loss[r] = select(nan(), lse - ce_student[base + y], valid);
+    for (var c = 0u; c < cols; c = c + 1u) {
+        let onehot = select(0.0, 1.0, c == y);
+        ce_grad[base + c] = (exp(ce_student[base + c] - lse) - onehot) * params.grad_scale;
+    }
+}
+
+// ---- kd: Σ p_t (log p_t − log p_s) at temperature T; gradient p_s − p_t ----------------------
+@group(0) @binding(1) var<storage, read> kd_student: array<f32>;
+@group(0) @binding(2) var<storage, read> kd_teacher: array<f32>;
+@group(0) @binding(3) var<storage, read_write> kd_grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> kd_row_loss: array<f32>;
+
+@compute @workgroup_size(64)
+fn kd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+      @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= params.rows) {
+        return;
+    }
+    let base = r * params.cols;
+    let inv_t = 1.0 / params.temperature;
+    var ss = lse_empty();
+    var st = lse_empty();
+    for (var c = 0u; c < params.cols; c = c + 1u) {
+        ss = lse_push(ss, kd_student[base + c] * inv_t);
+        st = lse_push(st, kd_teacher[base + c] * inv_t);
+    }
+    let lse_s = lse_value(ss);
+    let lse_t = lse_value(st);
+    var loss = 0.0;
+    for (var c = 0u; c < params.cols; c = c + 1u) {
+        let log_ps = kd_student[base + c] * inv_t - lse_s;
+        let log_pt = kd_teacher[base + c] * inv_t - lse_t;
+        loss = loss + kl_term(log_pt, log_ps);
+        kd_grad[base + c] = (exp(log_ps) - exp(log_pt)) * params.grad_scale;
+    }
+    kd_row_loss[r] = loss;
+}
+
+// ---- dkd: alpha·TCKD + beta·NCKD (decoupled KD) ---------------------------------------------
+@group(0) @binding(1) var<storage, read> dkd_student: array<f32>;
+@group(0) @binding(2) var<storage, read> dkd_teacher: array<f32>;
+@group(0) @binding(3) var<storage, read> dkd_labels: array<i32>;
+@group(0) @binding(4) var<storage, read_write> dkd_grad: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dkd_row_loss: array<f32>;
+
+@compute @workgroup_size(64)
+fn dkd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= params.rows) {
+        return;
+    }
+    let cols = params.cols;
+    let base = r * cols;
+    let label = dkd_labels[r];
+    let valid = label >= 0 && u32(label) < cols;
+    let y = select(0u, u32(label), valid);
+    let inv_t = 1.0 / params.temperature;
+    // Non-target log-sum-exp states; the full and masked states add the target back.
+    var nts = lse_empty();
+    var ntt = lse_empty();
+    for (var c = 0u; c < cols; c = c + 1u) {
+        if (c != y) {
+            nts = lse_push(nts, dkd_student[base + c] * inv_t);
+            ntt = lse_push(ntt, dkd_teacher[base + c] * inv_t);
+        }
+    }
+    let zs_y = dkd_student[base + y] * inv_t;
+    let zt_y = dkd_teacher[base + y] * inv_t;
+    let lse_nt_s = lse_value(nts);
+    let lse_nt_t = lse_value(ntt);
+    let lse_s = lse_value(lse_push(nts, zs_y));
+    let lse_t = lse_value(lse_push(ntt, zt_y));
+    let lse_mask_s = lse_value(lse_push(nts, zs_y - DKD_MASK));
+    let lse_mask_t = lse_value(lse_push(ntt, zt_y - DKD_MASK));
+
+    // TCKD over the binary masses [target, rest], each in log space.
+    let log_bs = vec2<f32>(zs_y - lse_s, lse_nt_s - lse_s);
+    let log_bt = vec2<f32>(zt_y - lse_t, lse_nt_t - lse_t);
+    let tckd = kl_term(log_bt.x, log_bs.x) + kl_term(log_bt.y, log_bs.y);
+    let bt = exp(log_bt);
+
+    var nckd = 0.0;
+    for (var c = 0u; c < cols; c = c + 1u) {
+        let is_y = c == y;
+        let zs = dkd_student[base + c] * inv_t;
+        let zt = dkd_teacher[base + c] * inv_t;
+        let shift = select(0.0, DKD_MASK, is_y);
+        let log_qs = zs - shift - lse_mask_s;
+        let log_qt = zt - shift - lse_mask_t;
+        nckd = nckd + kl_term(log_qt, log_qs);
+        let ps = exp(zs - lse_s);
+        // d TCKD / dz: p_s − b_t[0] at the target; p_s − b_t[1]·softmax_non-target(s) elsewhere.
+        let d_tckd = select(ps - bt.y * exp(zs - lse_nt_s), ps - bt.x, is_y);
+        let d_nckd = exp(log_qs) - exp(log_qt);
+        dkd_grad[base + c] = (params.alpha * d_tckd + params.beta * d_nckd) * params.grad_scale;
+    }
+    dkd_row_loss[r] = select(nan(), params.alpha * tckd + params.beta * nckd, valid);
+}

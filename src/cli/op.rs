@@ -1,0 +1,79 @@
+//! `wgdistill op`: run one kernel on the chosen adapter, tensors in and out as safetensors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use wgdistill::gpu::{AdapterQuery, Gpu};
+use wgdistill::io;
+use wgdistill::ops::{self, OPS};
+
+use super::CliError;
+
+/// Prints every op with its inputs, attributes and outputs.
+pub fn list() {
+    for op in OPS {
+        let attrs: Vec<String> = op.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{:<13} {}", op.name, op.summary);
+        println!(
+            "{:<13} inputs: {}; attrs: {}; outputs: {}",
+            "",
+            op.inputs.join(", "),
+            if attrs.is_empty() {
+                "none".to_string()
+            } else {
+                attrs.join(", ")
+            },
+            op.outputs.join(", ")
+        );
+    }
+}
+
+/// Parses `key=value` attributes.
+fn parse_attrs(attrs: &[String]) -> Result<BTreeMap<String, f64>, CliError> {
+    attrs
+        .iter()
+        .map(|a| {
+            let (k, v) = a
+                .split_once('=')
+                .ok_or_else(|| CliError::Message(format!("--attr '{a}': expected KEY=VALUE")))?;
+            let value: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| CliError::Message(format!("--attr '{a}': '{v}' is not a number")))?;
+            Ok((k.trim().to_string(), value))
+        })
+        .collect()
+}
+
+/// Reads and checks everything on the host first, then runs the op and writes its outputs.
+pub fn run(
+    query: &AdapterQuery,
+    name: &str,
+    input: &Path,
+    output: &Path,
+    attrs: &[String],
+) -> Result<(), CliError> {
+    let info = ops::find(name)?;
+    let attrs = parse_attrs(attrs)?;
+    let inputs = io::read_safetensors(input)?;
+    ops::validate(info, &inputs, &attrs)?;
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(CliError::Message(format!(
+                "{}: output folder does not exist",
+                dir.display()
+            )));
+        }
+    }
+    let gpu = Gpu::new(query)?;
+    let outputs = ops::run(&gpu, name, &inputs, &attrs)?;
+    io::write_safetensors(output, &outputs)?;
+    let names: Vec<&str> = outputs.keys().map(String::as_str).collect();
+    println!(
+        "{name} on {}: wrote {} to {}",
+        gpu.caps().name,
+        names.join(", "),
+        output.display()
+    );
+    Ok(())
+}

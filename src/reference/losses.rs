@@ -1,0 +1,507 @@
+//! f64 references for the distillation losses, written directly from `KD_SPEC.md` (the
+//! RepDistiller and mdistiller definitions). Each returns the loss and its gradient with respect to
+//! the student input; the teacher side is a constant. Matrices are row-major `[rows][cols]` slices.
+
+/// Loss value and gradient with respect to the student.
+#[derive(Clone, Debug)]
+pub struct LossGrad {
+    /// The scalar loss.
+    pub loss: f64,
+    /// `dL/d student`, shaped like the student.
+    pub grad: Vec<f64>,
+}
+
+fn rows(x: &[f64], cols: usize) -> impl Iterator<Item = &[f64]> {
+    x.chunks(cols.max(1))
+}
+
+/// Stable softmax of a row.
+pub fn softmax(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Stable log-softmax of a row.
+pub fn log_softmax(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    z.iter().map(|v| v - lse).collect()
+}
+
+/// `Σ p (log p − log q)` with `0 log 0 = 0`.
+fn kl(p: &[f64], log_p: &[f64], log_q: &[f64]) -> f64 {
+    p.iter()
+        .zip(log_p)
+        .zip(log_q)
+        .map(|((&p, &lp), &lq)| if p > 0.0 { p * (lp - lq) } else { 0.0 })
+        .sum()
+}
+
+/// Cross-entropy: `−(1/B) Σ_b log_softmax(s)_b[y_b]`.
+pub fn ce(s: &[f64], labels: &[usize], classes: usize) -> LossGrad {
+    let b = labels.len() as f64;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(s.len());
+    for (row, &y) in rows(s, classes).zip(labels) {
+        let ls = log_softmax(row);
+        loss -= ls[y] / b;
+        grad.extend(
+            ls.iter()
+                .enumerate()
+                .map(|(c, l)| (l.exp() - f64::from(c == y)) / b),
+        );
+    }
+    LossGrad { loss, grad }
+}
+
+/// Hinton KD: `T²/B Σ KL(softmax(t/T) ‖ softmax(s/T))`.
+pub fn kd(s: &[f64], t: &[f64], classes: usize, temperature: f64) -> LossGrad {
+    let b = (s.len() / classes) as f64;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(s.len());
+    for (rs, rt) in rows(s, classes).zip(rows(t, classes)) {
+        let zs: Vec<f64> = rs.iter().map(|v| v / temperature).collect();
+        let zt: Vec<f64> = rt.iter().map(|v| v / temperature).collect();
+        let (ls, lt) = (log_softmax(&zs), log_softmax(&zt));
+        let pt: Vec<f64> = lt.iter().map(|v| v.exp()).collect();
+        loss += temperature * temperature / b * kl(&pt, &lt, &ls);
+        grad.extend(
+            ls.iter()
+                .zip(&pt)
+                .map(|(l, p)| temperature / b * (l.exp() - p)),
+        );
+    }
+    LossGrad { loss, grad }
+}
+
+/// Decoupled KD: `alpha·TCKD + beta·NCKD` (mdistiller).
+pub fn dkd(
+    s: &[f64],
+    t: &[f64],
+    labels: &[usize],
+    classes: usize,
+    alpha: f64,
+    beta: f64,
+    temperature: f64,
+) -> LossGrad {
+    let b = labels.len() as f64;
+    let scale = temperature * temperature / b;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(s.len());
+    for ((rs, rt), &y) in rows(s, classes).zip(rows(t, classes)).zip(labels) {
+        let zs: Vec<f64> = rs.iter().map(|v| v / temperature).collect();
+        let zt: Vec<f64> = rt.iter().map(|v| v / temperature).collect();
+        let (ps, pt) = (softmax(&zs), softmax(&zt));
+        // Binary masses [target, rest].
+        let bs = [ps[y], 1.0 - ps[y]];
+        let bt = [pt[y], 1.0 - pt[y]];
+        let tckd: f64 = (0..2)
+            .map(|k| {
+                if bt[k] > 0.0 {
+                    bt[k] * (bt[k].ln() - bs[k].ln())
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        // Non-target distributions: the target logit pushed out by 1000 before the softmax.
+        let mask = |z: &[f64]| -> Vec<f64> {
+            z.iter()
+                .enumerate()
+                .map(|(c, v)| v - 1000.0 * f64::from(c == y))
+                .collect()
+        };
+        let (lqs, lqt) = (log_softmax(&mask(&zs)), log_softmax(&mask(&zt)));
+        let qt: Vec<f64> = lqt.iter().map(|v| v.exp()).collect();
+        let nckd = kl(&qt, &lqt, &lqs);
+        loss += scale * (alpha * tckd + beta * nckd);
+        // d TCKD / dz_c = ps_c − bt0 [c = y] − bt1 [c ≠ y] qs'_c, qs' = softmax over non-targets.
+        for c in 0..classes {
+            let d_tckd = if c == y {
+                ps[c] - bt[0]
+            } else {
+                ps[c] - bt[1] * ps[c] / bs[1]
+            };
+            let d_nckd = lqs[c].exp() - qt[c];
+            grad.push(temperature / b * (alpha * d_tckd + beta * d_nckd));
+        }
+    }
+    LossGrad { loss, grad }
+}
+
+/// FitNet hint: `mean((s − t)²)`.
+pub fn hint(s: &[f64], t: &[f64]) -> LossGrad {
+    let n = s.len() as f64;
+    let loss = s.iter().zip(t).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / n;
+    let grad = s.iter().zip(t).map(|(a, b)| 2.0 * (a - b) / n).collect();
+    LossGrad { loss, grad }
+}
+
+/// `x^p` as PyTorch's `pow` computes it for real `p`.
+fn powf(x: f64, p: f64) -> f64 {
+    x.powf(p)
+}
+
+/// Attention maps `normalize(mean_c(f^p))` per sample, for `f` of shape (B, C, HW); also returns
+/// the unnormalised maps and their norms.
+fn attention(
+    f: &[f64],
+    batch: usize,
+    channels: usize,
+    hw: usize,
+    p: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut m = vec![0.0; batch * hw];
+    for b in 0..batch {
+        for c in 0..channels {
+            for i in 0..hw {
+                m[b * hw + i] += powf(f[(b * channels + c) * hw + i], p) / channels as f64;
+            }
+        }
+    }
+    let norms: Vec<f64> = m
+        .chunks(hw)
+        .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12))
+        .collect();
+    let a = m
+        .iter()
+        .enumerate()
+        .map(|(k, v)| v / norms[k / hw])
+        .collect();
+    (a, m, norms)
+}
+
+/// Attention transfer: `mean((a(s) − a(t))²)` over B·H·W. Shapes (B, Cs, HW) and (B, Ct, HW).
+pub fn at(s: &[f64], t: &[f64], batch: usize, cs: usize, ct: usize, hw: usize, p: f64) -> LossGrad {
+    let (a_s, m_s, n_s) = attention(s, batch, cs, hw, p);
+    let (a_t, _, _) = attention(t, batch, ct, hw, p);
+    let count = (batch * hw) as f64;
+    let loss = a_s
+        .iter()
+        .zip(&a_t)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        / count;
+    let mut grad = vec![0.0; s.len()];
+    for b in 0..batch {
+        let g: Vec<f64> = (0..hw)
+            .map(|i| 2.0 * (a_s[b * hw + i] - a_t[b * hw + i]) / count)
+            .collect();
+        let row_norm = m_s[b * hw..(b + 1) * hw]
+            .iter()
+            .map(|v| v * v)
+            .sum::<f64>()
+            .sqrt();
+        let dot: f64 = (0..hw).map(|i| a_s[b * hw + i] * g[i]).sum();
+        for i in 0..hw {
+            // Through normalize: (g − a (a·g)) / n, or g / eps when the norm was clamped.
+            let dm = if row_norm > 1e-12 {
+                (g[i] - a_s[b * hw + i] * dot) / n_s[b]
+            } else {
+                g[i] / n_s[b]
+            };
+            for c in 0..cs {
+                let k = (b * cs + c) * hw + i;
+                grad[k] = dm * p * powf(s[k], p - 1.0) / cs as f64;
+            }
+        }
+    }
+    LossGrad { loss, grad }
+}
+
+fn gram(f: &[f64], batch: usize) -> Vec<f64> {
+    let d = f.len() / batch;
+    let mut g = vec![0.0; batch * batch];
+    for i in 0..batch {
+        for j in 0..batch {
+            g[i * batch + j] = (0..d).map(|k| f[i * d + k] * f[j * d + k]).sum();
+        }
+    }
+    g
+}
+
+/// `(M + Mᵀ) F` for a B×B matrix M and F of shape (B, D).
+fn sym_times(m: &[f64], f: &[f64], batch: usize) -> Vec<f64> {
+    let d = f.len() / batch;
+    let mut out = vec![0.0; f.len()];
+    for i in 0..batch {
+        for j in 0..batch {
+            let w = m[i * batch + j] + m[j * batch + i];
+            for k in 0..d {
+                out[i * d + k] += w * f[j * d + k];
+            }
+        }
+    }
+    out
+}
+
+/// Similarity preserving: `Σ (G_s − G_t)² / B²`, `G = normalize(F Fᵀ)` row-wise.
+pub fn sp(s: &[f64], t: &[f64], batch: usize) -> LossGrad {
+    let norm_rows = |g: Vec<f64>| -> (Vec<f64>, Vec<f64>) {
+        let n: Vec<f64> = g
+            .chunks(batch)
+            .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt())
+            .collect();
+        let gn = g
+            .iter()
+            .enumerate()
+            .map(|(k, v)| v / n[k / batch].max(1e-12))
+            .collect();
+        (gn, n)
+    };
+    let (gs, ns) = norm_rows(gram(s, batch));
+    let (gt, _) = norm_rows(gram(t, batch));
+    let bb = (batch * batch) as f64;
+    let loss = gs
+        .iter()
+        .zip(&gt)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        / bb;
+    let mut dg = vec![0.0; batch * batch];
+    for i in 0..batch {
+        let h: Vec<f64> = (0..batch)
+            .map(|j| 2.0 * (gs[i * batch + j] - gt[i * batch + j]) / bb)
+            .collect();
+        let dot: f64 = (0..batch).map(|j| gs[i * batch + j] * h[j]).sum();
+        for j in 0..batch {
+            dg[i * batch + j] = if ns[i] > 1e-12 {
+                (h[j] - gs[i * batch + j] * dot) / ns[i]
+            } else {
+                h[j] / 1e-12
+            };
+        }
+    }
+    LossGrad {
+        loss,
+        grad: sym_times(&dg, s, batch),
+    }
+}
+
+fn smooth_l1(x: f64) -> f64 {
+    if x.abs() < 1.0 {
+        0.5 * x * x
+    } else {
+        x.abs() - 0.5
+    }
+}
+
+fn smooth_l1_grad(x: f64) -> f64 {
+    if x.abs() < 1.0 { x } else { x.signum() }
+}
+
+/// Pairwise distances `sqrt(max(|e_i|²+|e_j|²−2e_i·e_j, 1e-12))` with a zero diagonal, and whether
+/// each entry was clamped.
+fn pdist(e: &[f64], batch: usize) -> (Vec<f64>, Vec<bool>) {
+    let g = gram(e, batch);
+    let mut d = vec![0.0; batch * batch];
+    let mut clamped = vec![true; batch * batch];
+    for i in 0..batch {
+        for j in 0..batch {
+            if i == j {
+                continue;
+            }
+            let q = g[i * batch + i] + g[j * batch + j] - 2.0 * g[i * batch + j];
+            clamped[i * batch + j] = q <= 1e-12;
+            d[i * batch + j] = q.max(1e-12).sqrt();
+        }
+    }
+    (d, clamped)
+}
+
+/// RKD distance: smooth-L1 between mean-normalised pairwise distance matrices, mean over B².
+pub fn rkd_distance(s: &[f64], t: &[f64], batch: usize) -> LossGrad {
+    let normalise = |d: &[f64]| -> (Vec<f64>, f64, f64) {
+        let positive: Vec<f64> = d.iter().copied().filter(|&v| v > 0.0).collect();
+        let mean = positive.iter().sum::<f64>() / positive.len() as f64;
+        (
+            d.iter().map(|v| v / mean).collect(),
+            mean,
+            positive.len() as f64,
+        )
+    };
+    let (ds_raw, clamped) = pdist(s, batch);
+    let (dt_raw, _) = pdist(t, batch);
+    let (ds, mean, count) = normalise(&ds_raw);
+    let (dt, _, _) = normalise(&dt_raw);
+    let bb = (batch * batch) as f64;
+    let loss = ds
+        .iter()
+        .zip(&dt)
+        .map(|(a, b)| smooth_l1(a - b))
+        .sum::<f64>()
+        / bb;
+    let h: Vec<f64> = ds
+        .iter()
+        .zip(&dt)
+        .map(|(a, b)| smooth_l1_grad(a - b) / bb)
+        .collect();
+    // Through d / mean, where the mean is over the positive entries.
+    let hd: f64 = h.iter().zip(&ds_raw).map(|(h, d)| h * d).sum::<f64>() / (mean * mean);
+    let dd: Vec<f64> = (0..batch * batch)
+        .map(|k| {
+            if ds_raw[k] > 0.0 {
+                h[k] / mean - hd / count
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let dcols = s.len() / batch;
+    let mut grad = vec![0.0; s.len()];
+    for i in 0..batch {
+        for j in 0..batch {
+            let k = i * batch + j;
+            if i == j || clamped[k] {
+                continue;
+            }
+            // d_ij = sqrt(|e_i − e_j|²): d d_ij / d e_i = (e_i − e_j) / d_ij.
+            let w = dd[k] / ds_raw[k];
+            for c in 0..dcols {
+                let diff = s[i * dcols + c] - s[j * dcols + c];
+                grad[i * dcols + c] += w * diff;
+                grad[j * dcols + c] -= w * diff;
+            }
+        }
+    }
+    LossGrad { loss, grad }
+}
+
+/// Unit difference vectors `u_ij = normalize(e_j − e_i)` (zero for j = i) and the norms used.
+fn unit_differences(e: &[f64], batch: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let d = e.len() / batch;
+    let mut u = vec![vec![0.0; d]; batch * batch];
+    let mut n = vec![1e-12; batch * batch];
+    for i in 0..batch {
+        for j in 0..batch {
+            if i == j {
+                continue;
+            }
+            let v: Vec<f64> = (0..d).map(|k| e[j * d + k] - e[i * d + k]).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+            n[i * batch + j] = norm;
+            u[i * batch + j] = v.iter().map(|x| x / norm).collect();
+        }
+    }
+    (u, n)
+}
+
+/// RKD angle: smooth-L1 between angle tensors `A_ijk = u_ij · u_ik`, mean over B³. The reference
+/// materialises every u_ij (O(B²D)); the GPU kernel does not.
+pub fn rkd_angle(s: &[f64], t: &[f64], batch: usize) -> LossGrad {
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let (us, ns) = unit_differences(s, batch);
+    let (ut, _) = unit_differences(t, batch);
+    let bbb = (batch * batch * batch) as f64;
+    let d = s.len() / batch;
+    let mut loss = 0.0;
+    // dL/du_ij accumulated as D-vectors.
+    let mut du = vec![vec![0.0; d]; batch * batch];
+    for i in 0..batch {
+        for j in 0..batch {
+            for k in 0..batch {
+                let (ij, ik) = (i * batch + j, i * batch + k);
+                let a_s = dot(&us[ij], &us[ik]);
+                let a_t = dot(&ut[ij], &ut[ik]);
+                loss += smooth_l1(a_s - a_t) / bbb;
+                let h = smooth_l1_grad(a_s - a_t) / bbb;
+                for c in 0..d {
+                    du[ij][c] += h * us[ik][c];
+                    du[ik][c] += h * us[ij][c];
+                }
+            }
+        }
+    }
+    let mut grad = vec![0.0; s.len()];
+    for i in 0..batch {
+        for j in 0..batch {
+            let ij = i * batch + j;
+            if i == j {
+                continue;
+            }
+            // Through u = v / max(|v|, eps): (du − u (u·du)) / |v|, or du / eps when clamped.
+            let proj = if ns[ij] > 1e-12 {
+                dot(&us[ij], &du[ij])
+            } else {
+                0.0
+            };
+            for c in 0..d {
+                let dv = (du[ij][c] - us[ij][c] * proj) / ns[ij];
+                grad[j * d + c] += dv;
+                grad[i * d + c] -= dv;
+            }
+        }
+    }
+    LossGrad { loss, grad }
+}
+
+/// PKT: KL-like divergence between row-normalised cosine-similarity distributions.
+pub fn pkt(s: &[f64], t: &[f64], batch: usize) -> LossGrad {
+    const EPS: f64 = 1e-7;
+    let unit = |f: &[f64]| -> (Vec<f64>, Vec<f64>) {
+        let d = f.len() / batch;
+        let n: Vec<f64> = f
+            .chunks(d)
+            .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt())
+            .collect();
+        (
+            f.iter()
+                .enumerate()
+                .map(|(k, v)| v / (n[k / d] + EPS))
+                .collect(),
+            n,
+        )
+    };
+    let probs = |xh: &[f64]| -> (Vec<f64>, Vec<f64>) {
+        let k = gram(xh, batch);
+        let sim: Vec<f64> = k.iter().map(|v| (v + 1.0) / 2.0).collect();
+        let sums: Vec<f64> = sim.chunks(batch).map(|r| r.iter().sum()).collect();
+        (
+            sim.iter()
+                .enumerate()
+                .map(|(k, v)| v / sums[k / batch])
+                .collect(),
+            sums,
+        )
+    };
+    let (xs, norms) = unit(s);
+    let (xt, _) = unit(t);
+    let (ps, sums) = probs(&xs);
+    let (pt, _) = probs(&xt);
+    let bb = (batch * batch) as f64;
+    let loss = pt
+        .iter()
+        .zip(&ps)
+        .map(|(t, s)| t * ((t + EPS) / (s + EPS)).ln())
+        .sum::<f64>()
+        / bb;
+    let mut dk = vec![0.0; batch * batch];
+    for i in 0..batch {
+        let g: Vec<f64> = (0..batch)
+            .map(|j| -pt[i * batch + j] / (ps[i * batch + j] + EPS) / bb)
+            .collect();
+        let gp: f64 = (0..batch).map(|j| g[j] * ps[i * batch + j]).sum();
+        for j in 0..batch {
+            // Through P = S / rowsum(S), then S = (K + 1) / 2.
+            dk[i * batch + j] = (g[j] - gp) / sums[i] / 2.0;
+        }
+    }
+    let dxh = sym_times(&dk, &xs, batch);
+    let d = s.len() / batch;
+    let mut grad = vec![0.0; s.len()];
+    for i in 0..batch {
+        let n = norms[i];
+        if n == 0.0 {
+            continue;
+        }
+        let xg: f64 = (0..d).map(|c| s[i * d + c] * dxh[i * d + c]).sum();
+        for c in 0..d {
+            // x̂ = x / (|x| + eps).
+            grad[i * d + c] =
+                dxh[i * d + c] / (n + EPS) - s[i * d + c] * xg / (n * (n + EPS) * (n + EPS));
+        }
+    }
+    LossGrad { loss, grad }
+}
