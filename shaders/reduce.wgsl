@@ -1,4 +1,5 @@
-// Deterministic sums: each workgroup adds a fixed 4096-element chunk in a fixed order (strided
+// Deterministic reductions.
+// sum_chunks: a whole array to a scalar. Each workgroup adds a fixed 4096-element chunk in a fixed order (strided
 // per-thread sums, then a tree in workgroup memory) and writes one scaled partial. Repeating the
 // pass until one value is left gives the same bits on every run: no float atomics anywhere.
 
@@ -16,6 +17,38 @@ const CHUNK: u32 = 4096u;
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> input: array<f32>;
 @group(0) @binding(2) var<storage, read_write> output: array<f32>;
+
+// Axis reductions view the input as [outer, len, inner] and reduce the middle axis, one
+// invocation per (outer, inner) pair, in order along the axis. Adjacent invocations read
+// adjacent inner elements, so reducing axis 0 of a matrix (a bias gradient) is coalesced.
+struct AxisParams {
+    outer: u32,
+    len: u32,
+    inner: u32,
+    // 0 sum, 1 mean, 2 max.
+    op: u32,
+}
+
+@group(0) @binding(0) var<uniform> axis_params: AxisParams;
+@group(0) @binding(1) var<storage, read> axis_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> axis_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn reduce_axis(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let o = (wid.x + wid.y * nwg.x) * WG + lid;
+    let inner = axis_params.inner;
+    if (o >= axis_params.outer * inner) {
+        return;
+    }
+    let base = (o / inner) * axis_params.len * inner + o % inner;
+    var acc = select(0.0, -3.402823e38, axis_params.op == 2u);
+    for (var i = 0u; i < axis_params.len; i = i + 1u) {
+        let v = axis_in[base + i * inner];
+        acc = select(acc + v, max(acc, v), axis_params.op == 2u);
+    }
+    axis_out[o] = select(acc, acc / f32(axis_params.len), axis_params.op == 1u);
+}
 
 var<workgroup> partial: array<f32, 256>;
 

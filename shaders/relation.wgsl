@@ -1,15 +1,14 @@
 // Relation-based losses over (B, D) embeddings: similarity preserving (SP), RKD distance and
-// angle, and PKT. Everything is built from B×B Gram matrices, so no kernel ever holds a B×B×D
-// tensor: RKD angle's A_ijk = (e_j − e_i)·(e_k − e_i) / (‖e_j − e_i‖‖e_k − e_i‖) is read off
-// the Gram matrix of the centred embeddings, and every gradient ends as C·E for a B×B
-// coefficient matrix C (coef_matmul).
+// angle, and PKT. Everything is built from B×B Gram matrices (computed by matmul.wgsl), so no
+// kernel ever holds a B×B×D tensor: RKD angle's A_ijk = (e_j − e_i)·(e_k − e_i) /
+// (‖e_j − e_i‖‖e_k − e_i‖) is read off the Gram matrix of the centred embeddings, and every
+// gradient ends as C·E for a B×B coefficient matrix C (again a matmul).
 
 struct Params {
     batch: u32,
     dim: u32,
-    // coef_matmul: 1 to use C + Cᵀ.
-    flag: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const WG: u32 = 64u;
@@ -55,51 +54,19 @@ fn center(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
-// G = F Fᵀ, one invocation per entry.
-@group(0) @binding(1) var<storage, read> gram_in: array<f32>;
-@group(0) @binding(2) var<storage, read_write> gram_out: array<f32>;
+// out = C + Cᵀ for a B×B matrix (the Gram matrix's gradient flows to both of its factors).
+@group(0) @binding(1) var<storage, read> sym_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sym_out: array<f32>;
 
 @compute @workgroup_size(64)
-fn gram(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+fn symmetrize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
     let k = linear_index(wid, nwg, lid);
     let b = params.batch;
     if (k >= b * b) {
         return;
     }
-    let i = k / b;
-    let j = k % b;
-    let dim = params.dim;
-    var acc = 0.0;
-    for (var d = 0u; d < dim; d = d + 1u) {
-        acc = acc + gram_in[i * dim + d] * gram_in[j * dim + d];
-    }
-    gram_out[k] = acc;
-}
-
-// out = C F, or (C + Cᵀ) F when flag = 1; one invocation per output element.
-@group(0) @binding(1) var<storage, read> cm_coef: array<f32>;
-@group(0) @binding(2) var<storage, read> cm_f: array<f32>;
-@group(0) @binding(3) var<storage, read_write> cm_out: array<f32>;
-
-@compute @workgroup_size(64)
-fn coef_matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let k = linear_index(wid, nwg, lid);
-    let b = params.batch;
-    let dim = params.dim;
-    if (k >= b * dim) {
-        return;
-    }
-    let i = k / dim;
-    let d = k % dim;
-    let sym = params.flag == 1u;
-    var acc = 0.0;
-    for (var j = 0u; j < b; j = j + 1u) {
-        let c = cm_coef[i * b + j] + select(0.0, cm_coef[j * b + i], sym);
-        acc = acc + c * cm_f[j * dim + d];
-    }
-    cm_out[k] = acc;
+    sym_out[k] = sym_in[k] + sym_in[(k % b) * b + k / b];
 }
 
 // ---- SP: G = normalize(F Fᵀ) row-wise; loss Σ (G_s − G_t)² / B² -----------------------------

@@ -424,7 +424,29 @@ impl Gpu {
         tensors: &[&Tensor],
         workgroups: u64,
     ) -> Result<Dispatch> {
-        let kernel = self.kernel(spec, &[])?;
+        let grid = self.grid(&spec.name(), workgroups)?;
+        self.dispatch_grid(spec, &[], params, tensors, grid)
+    }
+
+    /// Like [`Gpu::dispatch`], with an explicit grid (checked against the adapter's limits) and
+    /// override constants for the pipeline.
+    pub fn dispatch_grid<P: bytemuck::Pod>(
+        &self,
+        spec: &KernelSpec,
+        constants: &[(&str, f64)],
+        params: &P,
+        tensors: &[&Tensor],
+        grid: [u32; 3],
+    ) -> Result<Dispatch> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if let Some(&too_big) = grid.iter().find(|&&g| g > max) {
+            return Err(GpuError::GridTooLarge {
+                kernel: spec.name(),
+                workgroups: u64::from(too_big),
+                max,
+            });
+        }
+        let kernel = self.kernel(spec, constants)?;
         if tensors.len() + 1 != spec.bindings.len() {
             return Err(GpuError::Kernel {
                 kernel: spec.name(),
@@ -436,7 +458,7 @@ impl Gpu {
             });
         }
         Ok(Dispatch {
-            grid: self.grid(&spec.name(), workgroups)?,
+            grid,
             kernel,
             params: bytemuck::bytes_of(params).to_vec(),
             tensors: tensors.iter().map(|t| (*t).clone()).collect(),

@@ -12,22 +12,34 @@ pub struct ShaderFile {
     pub path: &'static str,
     /// The WGSL source.
     pub source: &'static str,
+    /// Compiled without naga's runtime bounds checks and loop bounding: only for families whose
+    /// indexing is in bounds by construction and proven by tests at odd shapes.
+    pub trusted: bool,
 }
 
 macro_rules! shader_file {
     ($name:literal) => {
+        shader_file!($name, false)
+    };
+    ($name:literal, trusted) => {
+        shader_file!($name, true)
+    };
+    ($name:literal, $trusted:expr) => {
         ShaderFile {
             name: $name,
             path: concat!("shaders/", $name, ".wgsl"),
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            trusted: $trusted,
         }
     };
 }
 
 /// Every kernel family. A test checks that this list and the `shaders/` folder agree.
 pub const SHADER_FILES: &[ShaderFile] = &[
+    shader_file!("activation"),
     shader_file!("elementwise"),
     shader_file!("feature"),
+    shader_file!("matmul", trusted),
     shader_file!("reduce"),
     shader_file!("relation"),
     shader_file!("response"),

@@ -8,6 +8,7 @@
 
 use crate::gpu::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, GpuError, KernelSpec, Result, Tensor};
+use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::reduce;
 
 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -78,17 +79,11 @@ pub const CENTER: KernelSpec = KernelSpec {
     entry: "center",
     bindings: &[U, R, W],
 };
-/// Gram matrix.
-pub const GRAM: KernelSpec = KernelSpec {
+/// `C + Cᵀ`.
+pub const SYMMETRIZE: KernelSpec = KernelSpec {
     family: "relation",
-    entry: "gram",
+    entry: "symmetrize",
     bindings: &[U, R, W],
-};
-/// `C·F` or `(C + Cᵀ)·F`.
-pub const COEF_MATMUL: KernelSpec = KernelSpec {
-    family: "relation",
-    entry: "coef_matmul",
-    bindings: &[U, R, R, W],
 };
 /// SP per row.
 pub const SP_ROWS: KernelSpec = KernelSpec {
@@ -149,8 +144,7 @@ pub const KERNELS: &[KernelSpec] = &[
     AT_ROWS,
     AT_GRAD,
     CENTER,
-    GRAM,
-    COEF_MATMUL,
+    SYMMETRIZE,
     SP_ROWS,
     RKD_DISTANCE_LOSS,
     RKD_DISTANCE_COEF,
@@ -190,8 +184,7 @@ struct FeatureParams {
 struct RelationParams {
     batch: u32,
     dim: u32,
-    flag: u32,
-    pad: u32,
+    pad: [u32; 2],
 }
 
 const RESPONSE_WG: u64 = 64;
@@ -481,31 +474,23 @@ fn relation_inputs(op: &str, student: &Tensor, teacher: &Tensor) -> Result<(usiz
     Ok((b, ds, dt))
 }
 
-fn rparams(op: &str, batch: usize, dim: usize, flag: u32) -> Result<RelationParams> {
+fn rparams(op: &str, batch: usize, dim: usize) -> Result<RelationParams> {
     Ok(RelationParams {
         batch: u32_of(op, "batch", batch)?,
         dim: u32_of(op, "features", dim)?,
-        flag,
-        pad: 0,
+        pad: [0; 2],
     })
 }
 
-/// Appends `G = F Fᵀ` for `f` (B, D) and returns G.
-fn gram(
-    gpu: &Gpu,
-    plan: &mut Vec<Dispatch>,
-    op: &str,
-    f: &Tensor,
-    b: usize,
-    d: usize,
-) -> Result<Tensor> {
-    let g = gpu.empty(&[b, b], DType::F32)?;
-    plan.push(gpu.dispatch(
-        &GRAM,
-        &rparams(op, b, d, 0)?,
-        &[f, &g],
-        groups(b * b, RELATION_WG),
-    )?);
+/// Appends `G = F Fᵀ` for `f` viewed as (B, D) and returns G.
+fn gram(gpu: &Gpu, plan: &mut Vec<Dispatch>, f: &Tensor, b: usize, d: usize) -> Result<Tensor> {
+    let options = MatmulOptions {
+        trans_b: true,
+        ..Default::default()
+    };
+    let flat = f.reshape(&[b, d])?;
+    let (dispatch, g) = matmul(gpu, &flat, &flat, None, options)?;
+    plan.push(dispatch);
     Ok(g)
 }
 
@@ -521,14 +506,15 @@ fn centered(
     let c = gpu.empty(&[b, d], DType::F32)?;
     plan.push(gpu.dispatch(
         &CENTER,
-        &rparams(op, b, d, 0)?,
+        &rparams(op, b, d)?,
         &[f, &c],
         groups(d, RELATION_WG),
     )?);
     Ok(c)
 }
 
-/// Appends `out = C·F` (or `(C + Cᵀ)·F`) and returns out, shaped like `shape`.
+/// Appends `C·F` (or `(C + Cᵀ)·F`) for a B×B `coef` and `f` viewed as (B, D); returns it shaped
+/// like `shape`.
 #[allow(clippy::too_many_arguments)]
 fn coef_times(
     gpu: &Gpu,
@@ -541,15 +527,27 @@ fn coef_times(
     symmetric: bool,
     shape: &[usize],
 ) -> Result<Tensor> {
-    let out = gpu.empty(shape, DType::F32)?;
-    let params = rparams(op, b, d, u32::from(symmetric))?;
-    plan.push(gpu.dispatch(
-        &COEF_MATMUL,
-        &params,
-        &[coef, f, &out],
-        groups(b * d, RELATION_WG),
-    )?);
-    Ok(out)
+    let coef = if symmetric {
+        let sym = gpu.empty(&[b, b], DType::F32)?;
+        plan.push(gpu.dispatch(
+            &SYMMETRIZE,
+            &rparams(op, b, d)?,
+            &[coef, &sym],
+            groups(b * b, RELATION_WG),
+        )?);
+        sym
+    } else {
+        coef.clone()
+    };
+    let (dispatch, out) = matmul(
+        gpu,
+        &coef,
+        &f.reshape(&[b, d])?,
+        None,
+        MatmulOptions::default(),
+    )?;
+    plan.push(dispatch);
+    out.reshape(shape)
 }
 
 /// Similarity preserving: `Σ (G_s − G_t)² / B²` with `G = normalize(F Fᵀ)` row-wise.
@@ -557,13 +555,13 @@ pub fn sp(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     let op = "sp";
     let (b, ds, dt) = relation_inputs(op, student, teacher)?;
     let mut plan = Vec::new();
-    let gs = gram(gpu, &mut plan, op, student, b, ds)?;
-    let gt = gram(gpu, &mut plan, op, teacher, b, dt)?;
+    let gs = gram(gpu, &mut plan, student, b, ds)?;
+    let gt = gram(gpu, &mut plan, teacher, b, dt)?;
     let dg = gpu.empty(&[b, b], DType::F32)?;
     let row_loss = gpu.empty(&[b], DType::F32)?;
     plan.push(gpu.dispatch(
         &SP_ROWS,
-        &rparams(op, b, 0, 0)?,
+        &rparams(op, b, 0)?,
         &[&gs, &gt, &dg, &row_loss],
         groups(b, RELATION_WG),
     )?);
@@ -594,20 +592,20 @@ pub fn rkd_distance(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<Los
     let mut plan = Vec::new();
     let es = centered(gpu, &mut plan, op, student, b, ds)?;
     let et = centered(gpu, &mut plan, op, teacher, b, dt)?;
-    let gs = gram(gpu, &mut plan, op, &es, b, ds)?;
-    let gt = gram(gpu, &mut plan, op, &et, b, dt)?;
+    let gs = gram(gpu, &mut plan, &es, b, ds)?;
+    let gt = gram(gpu, &mut plan, &et, b, dt)?;
     let stats = gpu.empty(&[4], DType::F32)?;
     let loss = gpu.empty(&[1], DType::F32)?;
     plan.push(gpu.dispatch(
         &RKD_DISTANCE_LOSS,
-        &rparams(op, b, 0, 0)?,
+        &rparams(op, b, 0)?,
         &[&gs, &gt, &stats, &loss],
         1,
     )?);
     let coef = gpu.empty(&[b, b], DType::F32)?;
     plan.push(gpu.dispatch(
         &RKD_DISTANCE_COEF,
-        &rparams(op, b, 0, 0)?,
+        &rparams(op, b, 0)?,
         &[&gs, &gt, &stats, &coef],
         groups(b, RELATION_WG),
     )?);
@@ -637,12 +635,12 @@ pub fn rkd_angle(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPl
     let mut plan = Vec::new();
     let es = centered(gpu, &mut plan, op, student, b, ds)?;
     let et = centered(gpu, &mut plan, op, teacher, b, dt)?;
-    let gs = gram(gpu, &mut plan, op, &es, b, ds)?;
-    let gt = gram(gpu, &mut plan, op, &et, b, dt)?;
+    let gs = gram(gpu, &mut plan, &es, b, ds)?;
+    let gt = gram(gpu, &mut plan, &et, b, dt)?;
     let r = gpu.empty(&[b, b], DType::F32)?;
     let bcoef = gpu.empty(&[b, b], DType::F32)?;
     let pair_loss = gpu.empty(&[b, b], DType::F32)?;
-    let p = rparams(op, b, 0, 0)?;
+    let p = rparams(op, b, 0)?;
     plan.push(gpu.dispatch(
         &RKD_ANGLE_PAIRS,
         &p,
@@ -687,23 +685,23 @@ pub fn pkt(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     let nt = gpu.empty(&[b], DType::F32)?;
     plan.push(gpu.dispatch(
         &NORMALIZE_ROWS,
-        &rparams(op, b, ds, 0)?,
+        &rparams(op, b, ds)?,
         &[student, &xs, &ns],
         groups(b, RELATION_WG),
     )?);
     plan.push(gpu.dispatch(
         &NORMALIZE_ROWS,
-        &rparams(op, b, dt, 0)?,
+        &rparams(op, b, dt)?,
         &[teacher, &xt, &nt],
         groups(b, RELATION_WG),
     )?);
-    let ks = gram(gpu, &mut plan, op, &xs, b, ds)?;
-    let kt = gram(gpu, &mut plan, op, &xt, b, dt)?;
+    let ks = gram(gpu, &mut plan, &xs, b, ds)?;
+    let kt = gram(gpu, &mut plan, &xt, b, dt)?;
     let dk = gpu.empty(&[b, b], DType::F32)?;
     let row_loss = gpu.empty(&[b], DType::F32)?;
     plan.push(gpu.dispatch(
         &PKT_ROWS,
-        &rparams(op, b, 0, 0)?,
+        &rparams(op, b, 0)?,
         &[&ks, &kt, &dk, &row_loss],
         groups(b, RELATION_WG),
     )?);
@@ -711,7 +709,7 @@ pub fn pkt(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     let grad = gpu.empty(student.shape(), DType::F32)?;
     plan.push(gpu.dispatch(
         &NORMALIZE_ROWS_BACKWARD,
-        &rparams(op, b, ds, 0)?,
+        &rparams(op, b, ds)?,
         &[student, &ns, &dxh, &grad],
         groups(b, RELATION_WG),
     )?);

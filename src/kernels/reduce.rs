@@ -13,6 +13,80 @@ pub const SUM_CHUNKS: KernelSpec = KernelSpec {
     bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite],
 };
 
+/// Sum, mean or max over the middle axis of `[outer, len, inner]`.
+pub const REDUCE_AXIS: KernelSpec = KernelSpec {
+    family: "reduce",
+    entry: "reduce_axis",
+    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite],
+};
+
+/// Both kernels.
+pub const KERNELS: &[KernelSpec] = &[SUM_CHUNKS, REDUCE_AXIS];
+
+/// What an axis reduction computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AxisOp {
+    /// Sum.
+    Sum,
+    /// Mean.
+    Mean,
+    /// Maximum.
+    Max,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AxisParams {
+    outer: u32,
+    len: u32,
+    inner: u32,
+    op: u32,
+}
+
+/// Prepares the reduction of `input` over `axis` into a new tensor without that axis (a bias
+/// gradient is `reduce_axis(dy, 0, Sum)`). Deterministic: each output is reduced in order.
+pub fn reduce_axis(
+    gpu: &Gpu,
+    input: &Tensor,
+    axis: usize,
+    op: AxisOp,
+) -> Result<(Dispatch, Tensor)> {
+    let shape = input.shape();
+    if axis >= shape.len() || shape[axis] == 0 {
+        return Err(crate::gpu::error::shape_error(
+            "reduce_axis",
+            format!("axis {axis} is not a non-empty axis of {shape:?}"),
+        ));
+    }
+    input.expect("reduce_axis", "input", DType::F32, shape)?;
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let out_shape: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != axis)
+        .map(|(_, d)| *d)
+        .collect();
+    let out = gpu.empty(&out_shape, DType::F32)?;
+    let params = AxisParams {
+        outer: outer as u32,
+        len: shape[axis] as u32,
+        inner: inner as u32,
+        op: match op {
+            AxisOp::Sum => 0,
+            AxisOp::Mean => 1,
+            AxisOp::Max => 2,
+        },
+    };
+    let d = gpu.dispatch(
+        &REDUCE_AXIS,
+        &params,
+        &[input, &out],
+        ((outer * inner) as u64).div_ceil(256),
+    )?;
+    Ok((d, out))
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {

@@ -1,0 +1,75 @@
+// Activations, forward and backward, elementwise over flat f32 arrays.
+// GELU is the exact (erf) form, PyTorch's default; erf is approximated to |error| < 1.5e-7.
+
+struct Params {
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const WG: u32 = 256u;
+const INV_SQRT2: f32 = 0.70710678118654752;
+const INV_SQRT_2PI: f32 = 0.39894228040143268;
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+fn erf_approx(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let y = 1.0 - poly * exp(-x * x);
+    return select(-y, y, x >= 0.0);
+}
+
+// y = f(x)
+@group(0) @binding(1) var<storage, read> fwd_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> fwd_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        fwd_y[i] = max(fwd_x[i], 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        let x = fwd_x[i];
+        fwd_y[i] = 0.5 * x * (1.0 + erf_approx(x * INV_SQRT2));
+    }
+}
+
+// dx = dy · f'(x), where x is the activation's input.
+@group(0) @binding(1) var<storage, read> bwd_x: array<f32>;
+@group(0) @binding(2) var<storage, read> bwd_dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bwd_dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        bwd_dx[i] = select(0.0, bwd_dy[i], bwd_x[i] > 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        let x = bwd_x[i];
+        let cdf = 0.5 * (1.0 + erf_approx(x * INV_SQRT2));
+        let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+        bwd_dx[i] = bwd_dy[i] * (cdf + x * pdf);
+    }
+}

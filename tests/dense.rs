@@ -1,0 +1,288 @@
+//! Dense kernels against the f64 references: matmul (both kernel styles, every transpose, bias and
+//! activation epilogues) at shapes that are not tile multiples, activations, axis reductions, and
+//! the Linear layer's backward pass checked by finite differences.
+
+mod common;
+
+use common::{assert_close_f64, data, finite_difference, gpu, widen};
+use wgdistill::gpu::{Gpu, KernelStyle, Tensor};
+use wgdistill::kernels::activation::{self, Kind};
+use wgdistill::kernels::matmul::{Activation, MatmulOptions, matmul};
+use wgdistill::kernels::reduce::{AxisOp, reduce_axis};
+use wgdistill::reference::allclose;
+use wgdistill::reference::dense::{self as cpu, Act, LinearShape};
+
+const STYLES: [KernelStyle; 2] = [KernelStyle::RegisterBlocked, KernelStyle::WorkgroupTiled];
+
+fn up(gpu: &Gpu, shape: &[usize], v: &[f32]) -> Tensor {
+    gpu.upload(shape, v).unwrap()
+}
+
+fn run(gpu: &Gpu, (d, out): (wgdistill::gpu::Dispatch, Tensor)) -> Vec<f32> {
+    gpu.execute(&[d]).unwrap();
+    gpu.read::<f32>(&out).unwrap()
+}
+
+#[test]
+fn matmul_matches_reference_for_every_style_transpose_and_odd_shape() {
+    let Some(gpu) = gpu() else { return };
+    for (m, n, k) in [
+        (1, 1, 1),
+        (7, 33, 129),
+        (129, 7, 33),
+        (65, 130, 67),
+        (3, 257, 2),
+        (70, 68, 9),
+    ] {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (av, bv) = (data(m * k, 1), data(k * n, 2));
+            let a = up(gpu, &if trans_a { [k, m] } else { [m, k] }, &av);
+            let b = up(gpu, &if trans_b { [n, k] } else { [k, n] }, &bv);
+            let want = cpu::matmul(&widen(&av), &widen(&bv), m, n, k, trans_a, trans_b);
+            for style in STYLES {
+                let options = MatmulOptions {
+                    trans_a,
+                    trans_b,
+                    style: Some(style),
+                    ..Default::default()
+                };
+                let got = run(gpu, matmul(gpu, &a, &b, None, options).unwrap());
+                allclose(&got, &want, 1e-5, 1e-5).unwrap_or_else(|e| {
+                    panic!("{style:?} {m}x{n}x{k} ta={trans_a} tb={trans_b}: {e}")
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_epilogue_adds_bias_and_applies_the_activation() {
+    let Some(gpu) = gpu() else { return };
+    let (m, n, k) = (33, 65, 17);
+    let (xv, wv, bv) = (data(m * k, 3), data(n * k, 4), data(n, 5));
+    let (x, w, b) = (
+        up(gpu, &[m, k], &xv),
+        up(gpu, &[n, k], &wv),
+        up(gpu, &[n], &bv),
+    );
+    for (act, cpu_act) in [
+        (Activation::None, Act::Identity),
+        (Activation::Relu, Act::Relu),
+        (Activation::Gelu, Act::Gelu),
+    ] {
+        let (_, want) = cpu::linear_forward(
+            &widen(&xv),
+            &widen(&wv),
+            &widen(&bv),
+            LinearShape { m, n, k },
+            cpu_act,
+        );
+        for style in STYLES {
+            let options = MatmulOptions {
+                trans_b: true,
+                activation: act,
+                style: Some(style),
+                ..Default::default()
+            };
+            let got = run(gpu, matmul(gpu, &x, &w, Some(&b), options).unwrap());
+            allclose(&got, &want, 1e-5, 1e-5).unwrap_or_else(|e| panic!("{style:?} {act:?}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn matmul_shape_errors_name_both_operands() {
+    let Some(gpu) = gpu() else { return };
+    let (a, b) = (
+        up(gpu, &[3, 4], &data(12, 1)),
+        up(gpu, &[5, 6], &data(30, 2)),
+    );
+    let e = matmul(gpu, &a, &b, None, MatmulOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("[3, 4]") && e.contains("[5, 6]") && e.contains("inner"),
+        "{e}"
+    );
+    let bias = up(gpu, &[5], &data(5, 3));
+    let b2 = up(gpu, &[4, 6], &data(24, 2));
+    let e = matmul(gpu, &a, &b2, Some(&bias), MatmulOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("bias"), "{e}");
+}
+
+#[test]
+fn activations_match_reference_forward_and_backward() {
+    let Some(gpu) = gpu() else { return };
+    for &n in common::ODD_SIZES {
+        let xv: Vec<f32> = data(n, 6).iter().map(|v| 4.0 * v).collect();
+        let dyv = data(n, 7);
+        let (x, dy) = (up(gpu, &[n], &xv), up(gpu, &[n], &dyv));
+        for (kind, act) in [(Kind::Relu, Act::Relu), (Kind::Gelu, Act::Gelu)] {
+            let want: Vec<f64> = widen(&xv).iter().map(|&v| act.apply(v)).collect();
+            allclose(
+                &run(gpu, activation::forward(gpu, kind, &x).unwrap()),
+                &want,
+                1e-6,
+                1e-6,
+            )
+            .unwrap_or_else(|e| panic!("{kind:?} forward n={n}: {e}"));
+            let want: Vec<f64> = widen(&xv)
+                .iter()
+                .zip(widen(&dyv))
+                .map(|(&v, g)| g * act.grad(v))
+                .collect();
+            allclose(
+                &run(gpu, activation::backward(gpu, kind, &x, &dy).unwrap()),
+                &want,
+                1e-6,
+                1e-6,
+            )
+            .unwrap_or_else(|e| panic!("{kind:?} backward n={n}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn activation_reference_derivatives_match_finite_differences() {
+    for act in [Act::Relu, Act::Gelu] {
+        for x in [-3.0, -0.7, 0.3, 1.9, 5.0] {
+            let fd = (act.apply(x + 1e-6) - act.apply(x - 1e-6)) / 2e-6;
+            assert!(
+                (fd - act.grad(x)).abs() < 1e-7,
+                "{act:?} at {x}: {fd} vs {}",
+                act.grad(x)
+            );
+        }
+    }
+}
+
+#[test]
+fn axis_reductions_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let shape = [3, 5, 7];
+    let xv = data(105, 8);
+    let x = up(gpu, &shape, &xv);
+    for axis in 0..3 {
+        for (op, name) in [
+            (AxisOp::Sum, "sum"),
+            (AxisOp::Mean, "mean"),
+            (AxisOp::Max, "max"),
+        ] {
+            let want = cpu::reduce_axis(&widen(&xv), &shape, axis, name);
+            allclose(
+                &run(gpu, reduce_axis(gpu, &x, axis, op).unwrap()),
+                &want,
+                1e-6,
+                1e-6,
+            )
+            .unwrap_or_else(|e| panic!("{name} over axis {axis}: {e}"));
+        }
+    }
+    assert!(reduce_axis(gpu, &x, 3, AxisOp::Sum).is_err());
+}
+
+#[test]
+fn linear_reference_backward_matches_finite_differences() {
+    let (m, n, k) = (4, 3, 5);
+    let (x, w, b) = (
+        widen(&data(m * k, 9)),
+        widen(&data(n * k, 10)),
+        widen(&data(n, 11)),
+    );
+    let r = widen(&data(m * n, 12));
+    for act in [Act::Identity, Act::Relu, Act::Gelu] {
+        // L = Σ r ⊙ f(x Wᵀ + b).
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+            cpu::linear_forward(x, w, b, LinearShape { m, n, k }, act)
+                .1
+                .iter()
+                .zip(&r)
+                .map(|(y, r)| y * r)
+                .sum()
+        };
+        let (z, _) = cpu::linear_forward(&x, &w, &b, LinearShape { m, n, k }, act);
+        let g = cpu::linear_backward(&x, &w, &z, &r, LinearShape { m, n, k }, act);
+        assert_close_f64(
+            "dx",
+            &g.dx,
+            &finite_difference(&x, 1e-6, |x| loss(x, &w, &b)),
+            1e-5,
+            1e-7,
+        );
+        assert_close_f64(
+            "dw",
+            &g.dw,
+            &finite_difference(&w, 1e-6, |w| loss(&x, w, &b)),
+            1e-5,
+            1e-7,
+        );
+        assert_close_f64(
+            "db",
+            &g.db,
+            &finite_difference(&b, 1e-6, |b| loss(&x, &w, b)),
+            1e-5,
+            1e-7,
+        );
+    }
+}
+
+#[test]
+fn linear_backward_on_the_gpu_matches_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    let (m, n, k) = (37, 19, 70);
+    let (xv, wv, bv, rv) = (
+        data(m * k, 13),
+        data(n * k, 14),
+        data(n, 15),
+        data(m * n, 16),
+    );
+    let (x, w, b, r) = (
+        up(gpu, &[m, k], &xv),
+        up(gpu, &[n, k], &wv),
+        up(gpu, &[n], &bv),
+        up(gpu, &[m, n], &rv),
+    );
+    for (kind, act) in [(Kind::Relu, Act::Relu), (Kind::Gelu, Act::Gelu)] {
+        let (z_ref, _) = cpu::linear_forward(
+            &widen(&xv),
+            &widen(&wv),
+            &widen(&bv),
+            LinearShape { m, n, k },
+            act,
+        );
+        let want = cpu::linear_backward(
+            &widen(&xv),
+            &widen(&wv),
+            &z_ref,
+            &widen(&rv),
+            LinearShape { m, n, k },
+            act,
+        );
+        for style in STYLES {
+            let opt = |trans_a, trans_b| MatmulOptions {
+                trans_a,
+                trans_b,
+                style: Some(style),
+                ..Default::default()
+            };
+            let (fwd, z) = matmul(gpu, &x, &w, Some(&b), opt(false, true)).unwrap();
+            let (act_bwd, dz) = activation::backward(gpu, kind, &z, &r).unwrap();
+            let (dx_d, dx) = matmul(gpu, &dz, &w, None, opt(false, false)).unwrap();
+            let (dw_d, dw) = matmul(gpu, &dz, &x, None, opt(true, false)).unwrap();
+            let (db_d, db) = reduce_axis(gpu, &dz, 0, AxisOp::Sum).unwrap();
+            gpu.execute(&[fwd, act_bwd, dx_d, dw_d, db_d]).unwrap();
+            for (name, t, want) in [
+                ("dx", &dx, &want.dx),
+                ("dw", &dw, &want.dw),
+                ("db", &db, &want.db),
+            ] {
+                allclose(&gpu.read::<f32>(t).unwrap(), want, 1e-4, 1e-5)
+                    .unwrap_or_else(|e| panic!("{style:?} {kind:?} {name}: {e}"));
+            }
+        }
+    }
+}
