@@ -106,8 +106,8 @@ pub struct LinearShape {
     pub k: usize,
 }
 
-/// Linear layer forward: `z = x·Wᵀ + b`, `y = f(z)`, with x [m, k], W [n, k] (PyTorch layout),
-/// b [n]. Returns (z, y).
+/// Linear layer forward: `z = x·Wᵀ + b`, `y = f(z)`, with x `[m, k]`, W `[n, k]` (PyTorch layout),
+/// b `[n]`. Returns (z, y).
 pub fn linear_forward(
     x: &[f64],
     w: &[f64],
@@ -127,11 +127,11 @@ pub fn linear_forward(
 /// Gradients of a Linear layer.
 #[derive(Clone, Debug)]
 pub struct LinearGrads {
-    /// dL/dx [m, k].
+    /// dL/dx, `[m, k]`.
     pub dx: Vec<f64>,
-    /// dL/dW [n, k].
+    /// dL/dW, `[n, k]`.
     pub dw: Vec<f64>,
-    /// dL/db [n].
+    /// dL/db, `[n]`.
     pub db: Vec<f64>,
 }
 
