@@ -2,10 +2,13 @@
 //! records or runs the kernel; its WGSL lives in `shaders/` and its CPU twin in `reference/`.
 
 pub mod activation;
+pub mod dropout;
 pub mod elementwise;
 pub mod losses;
 pub mod matmul;
+pub mod optimizer;
 pub mod reduce;
+pub mod softmax;
 
 use crate::gpu::KernelSpec;
 
@@ -15,6 +18,9 @@ pub fn all_kernels() -> Vec<KernelSpec> {
     all.extend_from_slice(elementwise::KERNELS);
     all.extend_from_slice(activation::KERNELS);
     all.extend_from_slice(matmul::KERNELS);
+    all.extend_from_slice(softmax::KERNELS);
+    all.extend_from_slice(dropout::KERNELS);
+    all.extend_from_slice(optimizer::KERNELS);
     all.extend_from_slice(losses::KERNELS);
     all
 }

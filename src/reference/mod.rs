@@ -3,6 +3,8 @@
 pub mod dense;
 pub mod elementwise;
 pub mod losses;
+pub mod optim;
+pub mod softmax;
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift): the inputs of `check`, the tests
 /// and the benches, reproducible across runs and machines.
