@@ -37,11 +37,14 @@ macro_rules! shader_file {
 /// Every kernel family. A test checks that this list and the `shaders/` folder agree.
 pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("activation"),
+    shader_file!("batchnorm"),
+    shader_file!("conv"),
     shader_file!("dropout"),
     shader_file!("elementwise"),
     shader_file!("feature"),
     shader_file!("matmul", trusted),
     shader_file!("optimizer"),
+    shader_file!("pool"),
     shader_file!("reduce"),
     shader_file!("relation"),
     shader_file!("response"),

@@ -2,11 +2,14 @@
 //! records or runs the kernel; its WGSL lives in `shaders/` and its CPU twin in `reference/`.
 
 pub mod activation;
+pub mod batchnorm;
+pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod losses;
 pub mod matmul;
 pub mod optimizer;
+pub mod pool;
 pub mod reduce;
 pub mod softmax;
 
@@ -21,6 +24,9 @@ pub fn all_kernels() -> Vec<KernelSpec> {
     all.extend_from_slice(softmax::KERNELS);
     all.extend_from_slice(dropout::KERNELS);
     all.extend_from_slice(optimizer::KERNELS);
+    all.extend_from_slice(pool::KERNELS);
+    all.extend_from_slice(batchnorm::KERNELS);
+    all.extend_from_slice(conv::KERNELS);
     all.extend_from_slice(losses::KERNELS);
     all
 }

@@ -1,5 +1,6 @@
 //! f64 CPU twins of every kernel: what the tests and `wgdistill check` compare the GPU against.
 
+pub mod conv;
 pub mod dense;
 pub mod elementwise;
 pub mod losses;

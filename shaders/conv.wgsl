@@ -1,0 +1,178 @@
+// 2-D convolution over NCHW tensors with weight [Cout, Cin, KH, KW] (PyTorch's layout), stride
+// and zero padding; forward, gradient of the input and gradient of the weight. The bias gradient
+// is a reduction of dy (reduce.wgsl).
+//
+// conv_forward is an implicit GEMM: rows are output positions, columns output channels, and the
+// inner dimension runs over (ci, kh, kw) with the input patch read in place (no im2col buffer).
+// Each invocation keeps a 4-position × 8-channel block in registers.
+
+struct Params {
+    n: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    bias: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WG: u32 = 64u;
+const POS: u32 = 4u;
+const CH: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+@group(0) @binding(1) var<storage, read> fw_x: array<f32>;
+@group(0) @binding(2) var<storage, read> fw_w: array<f32>;
+@group(0) @binding(3) var<storage, read> fw_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> fw_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let t = linear_index(wid, nwg, lid);
+    let per_image = params.ho * params.wo;
+    let pos_blocks = (per_image + POS - 1u) / POS;
+    let ch_blocks = (params.cout + CH - 1u) / CH;
+    if (t >= params.n * pos_blocks * ch_blocks) {
+        return;
+    }
+    // Channel blocks vary fastest, so neighbouring invocations share the same input patch.
+    let cb = t % ch_blocks;
+    let pb = (t / ch_blocks) % pos_blocks;
+    let img = t / (ch_blocks * pos_blocks);
+    let co0 = cb * CH;
+    var ih0: array<i32, 4>;
+    var iw0: array<i32, 4>;
+    for (var p = 0u; p < POS; p = p + 1u) {
+        let pos = min(pb * POS + p, per_image - 1u);
+        ih0[p] = i32((pos / params.wo) * params.sh) - i32(params.ph);
+        iw0[p] = i32((pos % params.wo) * params.sw) - i32(params.pw);
+    }
+    var acc: array<array<f32, 8>, 4>;
+    let ksize = params.cin * params.kh * params.kw;
+    for (var ci = 0u; ci < params.cin; ci = ci + 1u) {
+        let plane = (img * params.cin + ci) * params.h * params.w;
+        for (var i = 0u; i < params.kh; i = i + 1u) {
+            for (var j = 0u; j < params.kw; j = j + 1u) {
+                var xv: array<f32, 4>;
+                for (var p = 0u; p < POS; p = p + 1u) {
+                    let ih = ih0[p] + i32(i);
+                    let iw = iw0[p] + i32(j);
+                    let inside = ih >= 0 && ih < i32(params.h) && iw >= 0 && iw < i32(params.w);
+                    let idx = plane + u32(clamp(ih, 0, i32(params.h) - 1)) * params.w + u32(clamp(iw, 0, i32(params.w) - 1));
+                    xv[p] = select(0.0, fw_x[idx], inside);
+                }
+                let kidx = (ci * params.kh + i) * params.kw + j;
+                for (var q = 0u; q < CH; q = q + 1u) {
+                    let wv = fw_w[min(co0 + q, params.cout - 1u) * ksize + kidx];
+                    for (var p = 0u; p < POS; p = p + 1u) {
+                        acc[p][q] = fma(xv[p], wv, acc[p][q]);
+                    }
+                }
+            }
+        }
+    }
+    for (var p = 0u; p < POS; p = p + 1u) {
+        let pos = pb * POS + p;
+        for (var q = 0u; q < CH; q = q + 1u) {
+            let co = co0 + q;
+            if (pos < per_image && co < params.cout) {
+                let b = select(0.0, fw_bias[co], params.bias == 1u);
+                fw_y[(img * params.cout + co) * per_image + pos] = acc[p][q] + b;
+            }
+        }
+    }
+}
+
+// dx[n, ci, ih, iw] = Σ_{co, kh, kw} dy[n, co, oh, ow] · w[co, ci, kh, kw], where
+// oh·sh = ih + ph − kh (and likewise for columns) must land on an output position.
+@group(0) @binding(1) var<storage, read> bi_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> bi_w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bi_dx: array<f32>;
+
+@compute @workgroup_size(64)
+fn conv_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let x = linear_index(wid, nwg, lid);
+    let per_plane = params.h * params.w;
+    if (x >= params.n * params.cin * per_plane) {
+        return;
+    }
+    let img = x / (params.cin * per_plane);
+    let ci = (x / per_plane) % params.cin;
+    let ih = i32((x % per_plane) / params.w) + i32(params.ph);
+    let iw = i32(x % params.w) + i32(params.pw);
+    let ksize = params.cin * params.kh * params.kw;
+    var acc = 0.0;
+    for (var i = 0u; i < params.kh; i = i + 1u) {
+        let th = ih - i32(i);
+        if (th < 0 || th % i32(params.sh) != 0 || th / i32(params.sh) >= i32(params.ho)) {
+            continue;
+        }
+        let oh = u32(th) / params.sh;
+        for (var j = 0u; j < params.kw; j = j + 1u) {
+            let tw = iw - i32(j);
+            if (tw < 0 || tw % i32(params.sw) != 0 || tw / i32(params.sw) >= i32(params.wo)) {
+                continue;
+            }
+            let ow = u32(tw) / params.sw;
+            let kidx = (ci * params.kh + i) * params.kw + j;
+            for (var co = 0u; co < params.cout; co = co + 1u) {
+                acc = acc + bi_dy[((img * params.cout + co) * params.ho + oh) * params.wo + ow] * bi_w[co * ksize + kidx];
+            }
+        }
+    }
+    bi_dx[x] = acc;
+}
+
+// dw[co, ci, kh, kw] = Σ_{n, oh, ow} dy[n, co, oh, ow] · x[n, ci, oh·sh + kh − ph, ow·sw + kw − pw]
+@group(0) @binding(1) var<storage, read> bw_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> bw_x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
+
+@compute @workgroup_size(64)
+fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let k = linear_index(wid, nwg, lid);
+    let ksize = params.cin * params.kh * params.kw;
+    if (k >= params.cout * ksize) {
+        return;
+    }
+    let co = k / ksize;
+    let ci = (k / (params.kh * params.kw)) % params.cin;
+    let i = (k / params.kw) % params.kh;
+    let j = k % params.kw;
+    var acc = 0.0;
+    for (var img = 0u; img < params.n; img = img + 1u) {
+        let plane = (img * params.cin + ci) * params.h * params.w;
+        let out_plane = (img * params.cout + co) * params.ho * params.wo;
+        for (var oh = 0u; oh < params.ho; oh = oh + 1u) {
+            let ih = i32(oh * params.sh + i) - i32(params.ph);
+            if (ih < 0 || ih >= i32(params.h)) {
+                continue;
+            }
+            for (var ow = 0u; ow < params.wo; ow = ow + 1u) {
+                let iw = i32(ow * params.sw + j) - i32(params.pw);
+                if (iw < 0 || iw >= i32(params.w)) {
+                    continue;
+                }
+                acc = acc + bw_dy[out_plane + oh * params.wo + ow] * bw_x[plane + u32(ih) * params.w + u32(iw)];
+            }
+        }
+    }
+    bw_dw[k] = acc;
+}

@@ -1,0 +1,170 @@
+// 2-D pooling over NCHW tensors, forward and backward, as PyTorch computes it (floor mode;
+// max pooling ignores padding, average pooling counts it: count_include_pad = true).
+// Backward passes gather rather than scatter: each input element sums over the output windows
+// that contain it, so no atomics are needed and results are deterministic.
+
+struct Params {
+    planes: u32,
+    h: u32,
+    w: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    _pad: u32,
+}
+
+const WG: u32 = 256u;
+const LOWEST: f32 = -3.402823e38;
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+// Output rows (or columns) whose window covers input index i: [first, last], possibly empty.
+fn covering(i: u32, pad: u32, k: u32, stride: u32, out: u32) -> vec2<i32> {
+    let ip = i32(i + pad);
+    let first = max((ip - i32(k) + i32(stride)) / i32(stride), 0);
+    let last = min(ip / i32(stride), i32(out) - 1);
+    return vec2<i32>(first, last);
+}
+
+// ---- max pooling ----------------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read> max_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> max_y: array<f32>;
+// Index of the maximum within its plane (ih·W + iw), for the backward pass.
+@group(0) @binding(3) var<storage, read_write> max_arg: array<i32>;
+
+@compute @workgroup_size(256)
+fn max_pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wid, nwg, lid);
+    let per_plane = params.ho * params.wo;
+    if (o >= params.planes * per_plane) {
+        return;
+    }
+    let plane = o / per_plane;
+    let oh = (o % per_plane) / params.wo;
+    let ow = o % params.wo;
+    var best = LOWEST;
+    var arg = -1;
+    for (var i = 0u; i < params.kh; i = i + 1u) {
+        let ih = i32(oh * params.sh + i) - i32(params.ph);
+        if (ih < 0 || ih >= i32(params.h)) {
+            continue;
+        }
+        for (var j = 0u; j < params.kw; j = j + 1u) {
+            let iw = i32(ow * params.sw + j) - i32(params.pw);
+            if (iw < 0 || iw >= i32(params.w)) {
+                continue;
+            }
+            let idx = ih * i32(params.w) + iw;
+            let v = max_x[plane * params.h * params.w + u32(idx)];
+            // Strictly greater keeps the first maximum, as PyTorch does.
+            if (v > best || arg < 0) {
+                best = v;
+                arg = idx;
+            }
+        }
+    }
+    max_y[o] = best;
+    max_arg[o] = arg;
+}
+
+@group(0) @binding(1) var<storage, read> maxb_arg: array<i32>;
+@group(0) @binding(2) var<storage, read> maxb_dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> maxb_dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn max_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let x = linear_index(wid, nwg, lid);
+    let per_plane = params.h * params.w;
+    if (x >= params.planes * per_plane) {
+        return;
+    }
+    let plane = x / per_plane;
+    let ih = (x % per_plane) / params.w;
+    let iw = x % params.w;
+    let rows = covering(ih, params.ph, params.kh, params.sh, params.ho);
+    let cols = covering(iw, params.pw, params.kw, params.sw, params.wo);
+    let me = i32(ih * params.w + iw);
+    var acc = 0.0;
+    for (var oh = rows.x; oh <= rows.y; oh = oh + 1) {
+        for (var ow = cols.x; ow <= cols.y; ow = ow + 1) {
+            let o = plane * params.ho * params.wo + u32(oh) * params.wo + u32(ow);
+            if (maxb_arg[o] == me) {
+                acc = acc + maxb_dy[o];
+            }
+        }
+    }
+    maxb_dx[x] = acc;
+}
+
+// ---- average pooling ------------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read> avg_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> avg_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn avg_pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wid, nwg, lid);
+    let per_plane = params.ho * params.wo;
+    if (o >= params.planes * per_plane) {
+        return;
+    }
+    let plane = o / per_plane;
+    let oh = (o % per_plane) / params.wo;
+    let ow = o % params.wo;
+    var acc = 0.0;
+    for (var i = 0u; i < params.kh; i = i + 1u) {
+        let ih = i32(oh * params.sh + i) - i32(params.ph);
+        for (var j = 0u; j < params.kw; j = j + 1u) {
+            let iw = i32(ow * params.sw + j) - i32(params.pw);
+            if (ih >= 0 && ih < i32(params.h) && iw >= 0 && iw < i32(params.w)) {
+                acc = acc + avg_in[plane * params.h * params.w + u32(ih) * params.w + u32(iw)];
+            }
+        }
+    }
+    avg_out[o] = acc / f32(params.kh * params.kw);
+}
+
+@compute @workgroup_size(256)
+fn avg_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let x = linear_index(wid, nwg, lid);
+    let per_plane = params.h * params.w;
+    if (x >= params.planes * per_plane) {
+        return;
+    }
+    let plane = x / per_plane;
+    let ih = (x % per_plane) / params.w;
+    let iw = x % params.w;
+    let rows = covering(ih, params.ph, params.kh, params.sh, params.ho);
+    let cols = covering(iw, params.pw, params.kw, params.sw, params.wo);
+    var acc = 0.0;
+    for (var oh = rows.x; oh <= rows.y; oh = oh + 1) {
+        for (var ow = cols.x; ow <= cols.y; ow = ow + 1) {
+            acc = acc + avg_in[plane * params.ho * params.wo + u32(oh) * params.wo + u32(ow)];
+        }
+    }
+    avg_out[x] = acc / f32(params.kh * params.kw);
+}
+
+// ---- global average pooling backward: dx[plane, i] = dy[plane] / (H·W) ----------------------
+// (The forward pass is a mean over the last axis: reduce.wgsl's reduce_axis.)
+@compute @workgroup_size(256)
+fn global_avg_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let x = linear_index(wid, nwg, lid);
+    let per_plane = params.h * params.w;
+    if (x < params.planes * per_plane) {
+        avg_out[x] = avg_in[x / per_plane] / f32(per_plane);
+    }
+}

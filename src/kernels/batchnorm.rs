@@ -1,0 +1,206 @@
+//! Batch normalisation (`shaders/batchnorm.wgsl`) over (N, C) features or (N, C, H, W) maps, as
+//! PyTorch's BatchNorm1d/2d: batch statistics and running-stat updates in training, running
+//! statistics in evaluation; the training backward pass.
+
+use crate::gpu::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+/// Batch mean and inverse std; running-stat update.
+pub const BATCH_STATS: KernelSpec = KernelSpec {
+    family: "batchnorm",
+    entry: "batch_stats",
+    bindings: &[U, R, W, W, W],
+};
+/// Normalise with batch statistics.
+pub const NORMALIZE_TRAIN: KernelSpec = KernelSpec {
+    family: "batchnorm",
+    entry: "normalize_train",
+    bindings: &[U, R, R, R, R, W],
+};
+/// Normalise with running statistics.
+pub const NORMALIZE_EVAL: KernelSpec = KernelSpec {
+    family: "batchnorm",
+    entry: "normalize_eval",
+    bindings: &[U, R, R, R, R, R, W],
+};
+/// dgamma and dbeta.
+pub const BACKWARD_REDUCE: KernelSpec = KernelSpec {
+    family: "batchnorm",
+    entry: "backward_reduce",
+    bindings: &[U, R, R, W, W, W],
+};
+/// dx.
+pub const BACKWARD_INPUT: KernelSpec = KernelSpec {
+    family: "batchnorm",
+    entry: "backward_input",
+    bindings: &[U, R, R, R, R, W],
+};
+
+/// Every kernel of the family.
+pub const KERNELS: &[KernelSpec] = &[
+    BATCH_STATS,
+    NORMALIZE_TRAIN,
+    NORMALIZE_EVAL,
+    BACKWARD_REDUCE,
+    BACKWARD_INPUT,
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    s: u32,
+    pad: u32,
+    eps: f32,
+    momentum: f32,
+    pad1: [u32; 2],
+}
+
+/// A BatchNorm layer's tensors: affine parameters and running statistics, each `[C]`.
+pub struct BatchNormState<'a> {
+    /// Scale γ.
+    pub gamma: &'a Tensor,
+    /// Shift β.
+    pub beta: &'a Tensor,
+    /// Running mean (updated in place in training).
+    pub running_mean: &'a Tensor,
+    /// Running variance (updated in place in training).
+    pub running_var: &'a Tensor,
+    /// ε.
+    pub eps: f32,
+    /// Running-stat momentum (PyTorch's default 0.1).
+    pub momentum: f32,
+}
+
+/// What a training forward pass leaves for its backward pass.
+pub struct BatchNormSaved {
+    /// `[4, C]`: mean, 1/sqrt(var + eps); rows 2 and 3 are filled by the backward pass.
+    pub stats: Tensor,
+}
+
+fn params(op: &str, x: &Tensor, st: &BatchNormState<'_>) -> Result<Params> {
+    let (n, c, s) = match (x.dtype(), x.shape()) {
+        (DType::F32, &[n, c]) => (n, c, 1),
+        (DType::F32, &[n, c, h, w]) => (n, c, h * w),
+        _ => {
+            return Err(shape_error(
+                op,
+                format!(
+                    "x must be f32 (N, C) or (N, C, H, W), got {}{:?}",
+                    x.dtype().name(),
+                    x.shape()
+                ),
+            ));
+        }
+    };
+    if n * c * s == 0 {
+        return Err(shape_error(op, format!("x {:?} is empty", x.shape())));
+    }
+    for (what, t) in [
+        ("gamma", st.gamma),
+        ("beta", st.beta),
+        ("running_mean", st.running_mean),
+        ("running_var", st.running_var),
+    ] {
+        t.expect(op, what, DType::F32, &[c])?;
+    }
+    Ok(Params {
+        n: n as u32,
+        c: c as u32,
+        s: s as u32,
+        pad: 0,
+        eps: st.eps,
+        momentum: st.momentum,
+        pad1: [0; 2],
+    })
+}
+
+fn groups(n: usize, wg: u64) -> u64 {
+    (n as u64).div_ceil(wg)
+}
+
+/// Prepares the training forward pass: batch statistics (and the running-stat update), then
+/// normalisation. Returns the launches, y and what the backward pass needs.
+pub fn forward_train(
+    gpu: &Gpu,
+    x: &Tensor,
+    st: &BatchNormState<'_>,
+) -> Result<(Vec<Dispatch>, Tensor, BatchNormSaved)> {
+    let p = params("batch_norm", x, st)?;
+    let c = p.c as usize;
+    let stats = gpu.zeros(&[4, c], DType::F32)?;
+    let y = gpu.empty(x.shape(), DType::F32)?;
+    let plan = vec![
+        gpu.dispatch(
+            &BATCH_STATS,
+            &p,
+            &[x, &stats, st.running_mean, st.running_var],
+            groups(c, 64),
+        )?,
+        gpu.dispatch(
+            &NORMALIZE_TRAIN,
+            &p,
+            &[x, &stats, st.gamma, st.beta, &y],
+            groups(x.numel(), 256),
+        )?,
+    ];
+    Ok((plan, y, BatchNormSaved { stats }))
+}
+
+/// Prepares the evaluation forward pass with the running statistics.
+pub fn forward_eval(gpu: &Gpu, x: &Tensor, st: &BatchNormState<'_>) -> Result<(Dispatch, Tensor)> {
+    let p = params("batch_norm", x, st)?;
+    let y = gpu.empty(x.shape(), DType::F32)?;
+    let tensors = [x, st.running_mean, st.running_var, st.gamma, st.beta, &y];
+    Ok((
+        gpu.dispatch(&NORMALIZE_EVAL, &p, &tensors, groups(x.numel(), 256))?,
+        y,
+    ))
+}
+
+/// Gradients of a training-mode BatchNorm.
+pub struct BatchNormGrads {
+    /// dL/dx.
+    pub dx: Tensor,
+    /// dL/dγ.
+    pub dgamma: Tensor,
+    /// dL/dβ.
+    pub dbeta: Tensor,
+}
+
+/// Prepares the training backward pass from x, dy and the forward's saved statistics.
+pub fn backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    dy: &Tensor,
+    st: &BatchNormState<'_>,
+    saved: &BatchNormSaved,
+) -> Result<(Vec<Dispatch>, BatchNormGrads)> {
+    let p = params("batch_norm_backward", x, st)?;
+    let c = p.c as usize;
+    dy.expect("batch_norm_backward", "dy", DType::F32, x.shape())?;
+    saved
+        .stats
+        .expect("batch_norm_backward", "stats", DType::F32, &[4, c])?;
+    let dgamma = gpu.empty(&[c], DType::F32)?;
+    let dbeta = gpu.empty(&[c], DType::F32)?;
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    let plan = vec![
+        gpu.dispatch(
+            &BACKWARD_REDUCE,
+            &p,
+            &[x, dy, &saved.stats, &dgamma, &dbeta],
+            groups(c, 64),
+        )?,
+        gpu.dispatch(
+            &BACKWARD_INPUT,
+            &p,
+            &[x, dy, &saved.stats, st.gamma, &dx],
+            groups(x.numel(), 256),
+        )?,
+    ];
+    Ok((plan, BatchNormGrads { dx, dgamma, dbeta }))
+}

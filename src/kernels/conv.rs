@@ -1,0 +1,197 @@
+//! 2-D convolution over NCHW tensors (`shaders/conv.wgsl`): forward as an implicit GEMM,
+//! gradients of the input and the weight, and the bias gradient as a reduction of dy.
+
+use crate::gpu::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::kernels::reduce::{AxisOp, reduce_axis};
+
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+/// Forward (implicit GEMM, 4 positions × 8 channels per invocation).
+pub const CONV_FORWARD: KernelSpec = KernelSpec {
+    family: "conv",
+    entry: "conv_forward",
+    bindings: &[U, R, R, R, W],
+};
+/// Gradient of the input.
+pub const CONV_BACKWARD_INPUT: KernelSpec = KernelSpec {
+    family: "conv",
+    entry: "conv_backward_input",
+    bindings: &[U, R, R, W],
+};
+/// Gradient of the weight.
+pub const CONV_BACKWARD_WEIGHT: KernelSpec = KernelSpec {
+    family: "conv",
+    entry: "conv_backward_weight",
+    bindings: &[U, R, R, W],
+};
+
+/// Every kernel of the family.
+pub const KERNELS: &[KernelSpec] = &[CONV_FORWARD, CONV_BACKWARD_INPUT, CONV_BACKWARD_WEIGHT];
+
+/// Stride and zero padding of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Stride (height, width).
+    pub stride: [usize; 2],
+    /// Zero padding (height, width).
+    pub padding: [usize; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    bias: u32,
+    pad: [u32; 2],
+}
+
+/// Checks x (N, Cin, H, W) and w (Cout, Cin, KH, KW); returns the parameters and output shape.
+fn params(op: &str, x: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<(Params, [usize; 4])> {
+    let four = |what: &str, t: &Tensor| -> Result<[usize; 4]> {
+        match (t.dtype(), t.shape()) {
+            (DType::F32, &[a, b, c, d]) if a * b * c * d > 0 => Ok([a, b, c, d]),
+            _ => Err(shape_error(
+                op,
+                format!(
+                    "{what} must be a non-empty f32 4-D tensor, got {}{:?}",
+                    t.dtype().name(),
+                    t.shape()
+                ),
+            )),
+        }
+    };
+    let [n, cin, h, wd] = four("x", x)?;
+    let [cout, wcin, kh, kw] = four("weight", w)?;
+    if wcin != cin {
+        return Err(shape_error(
+            op,
+            format!(
+                "x {:?} has {cin} channels but weight {:?} expects {wcin}",
+                x.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    let [sh, sw] = conv.stride;
+    let [ph, pw] = conv.padding;
+    let out = |i: usize, k: usize, s: usize, p: usize| {
+        (i + 2 * p)
+            .checked_sub(k)
+            .filter(|_| s > 0)
+            .map(|v| v / s + 1)
+    };
+    let (Some(ho), Some(wo)) = (out(h, kh, sh, ph), out(wd, kw, sw, pw)) else {
+        return Err(shape_error(
+            op,
+            format!("a {kh}×{kw} kernel with {conv:?} does not fit a {h}×{wd} input"),
+        ));
+    };
+    let u = |v: usize| v as u32;
+    let p = Params {
+        n: u(n),
+        cin: u(cin),
+        h: u(h),
+        w: u(wd),
+        cout: u(cout),
+        ho: u(ho),
+        wo: u(wo),
+        kh: u(kh),
+        kw: u(kw),
+        sh: u(sh),
+        sw: u(sw),
+        ph: u(ph),
+        pw: u(pw),
+        bias: 0,
+        pad: [0; 2],
+    };
+    Ok((p, [n, cout, ho, wo]))
+}
+
+/// Prepares `y = conv2d(x, w) + bias`.
+pub fn forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    conv: &Conv2d,
+) -> Result<(Dispatch, Tensor)> {
+    let (mut p, out_shape) = params("conv2d", x, w, conv)?;
+    if let Some(b) = bias {
+        b.expect("conv2d", "bias", DType::F32, &[out_shape[1]])?;
+        p.bias = 1;
+    }
+    let y = gpu.empty(&out_shape, DType::F32)?;
+    let blocks =
+        out_shape[0] * (out_shape[2] * out_shape[3]).div_ceil(4) * out_shape[1].div_ceil(8);
+    // Without a bias the binding is never read; any read-only buffer satisfies the layout.
+    let d = gpu.dispatch(
+        &CONV_FORWARD,
+        &p,
+        &[x, w, bias.unwrap_or(w), &y],
+        (blocks as u64).div_ceil(64),
+    )?;
+    Ok((d, y))
+}
+
+/// Gradients of a convolution.
+pub struct ConvGrads {
+    /// dL/dx.
+    pub dx: Tensor,
+    /// dL/dw.
+    pub dw: Tensor,
+    /// dL/dbias (when the layer has a bias).
+    pub dbias: Option<Tensor>,
+}
+
+/// Prepares the backward pass: dx, dw and (with `bias`) dbias from dy.
+pub fn backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    bias: bool,
+    conv: &Conv2d,
+) -> Result<(Vec<Dispatch>, ConvGrads)> {
+    let (p, out_shape) = params("conv2d_backward", x, w, conv)?;
+    dy.expect("conv2d_backward", "dy", DType::F32, &out_shape)?;
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    let dw = gpu.empty(w.shape(), DType::F32)?;
+    let mut plan = vec![
+        gpu.dispatch(
+            &CONV_BACKWARD_INPUT,
+            &p,
+            &[dy, w, &dx],
+            (dx.numel() as u64).div_ceil(64),
+        )?,
+        gpu.dispatch(
+            &CONV_BACKWARD_WEIGHT,
+            &p,
+            &[dy, x, &dw],
+            (dw.numel() as u64).div_ceil(64),
+        )?,
+    ];
+    let dbias = if bias {
+        let [n, c, ho, wo] = out_shape;
+        let (per_image, partial) =
+            reduce_axis(gpu, &dy.reshape(&[n, c, ho * wo])?, 2, AxisOp::Sum)?;
+        let (total, db) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
+        plan.extend([per_image, total]);
+        Some(db)
+    } else {
+        None
+    };
+    Ok((plan, ConvGrads { dx, dw, dbias }))
+}

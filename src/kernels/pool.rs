@@ -1,0 +1,232 @@
+//! Max, average and global average pooling over NCHW tensors (`shaders/pool.wgsl`).
+
+use crate::gpu::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::kernels::reduce::{AxisOp, reduce_axis};
+
+use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+
+/// Max pooling, writing the argmax.
+pub const MAX_POOL_FORWARD: KernelSpec = KernelSpec {
+    family: "pool",
+    entry: "max_pool_forward",
+    bindings: &[U, R, W, W],
+};
+/// Max pooling backward (gather by argmax).
+pub const MAX_POOL_BACKWARD: KernelSpec = KernelSpec {
+    family: "pool",
+    entry: "max_pool_backward",
+    bindings: &[U, R, R, W],
+};
+/// Average pooling.
+pub const AVG_POOL_FORWARD: KernelSpec = KernelSpec {
+    family: "pool",
+    entry: "avg_pool_forward",
+    bindings: &[U, R, W],
+};
+/// Average pooling backward.
+pub const AVG_POOL_BACKWARD: KernelSpec = KernelSpec {
+    family: "pool",
+    entry: "avg_pool_backward",
+    bindings: &[U, R, W],
+};
+/// Global average pooling backward.
+pub const GLOBAL_AVG_POOL_BACKWARD: KernelSpec = KernelSpec {
+    family: "pool",
+    entry: "global_avg_pool_backward",
+    bindings: &[U, R, W],
+};
+
+/// Every kernel of the family.
+pub const KERNELS: &[KernelSpec] = &[
+    MAX_POOL_FORWARD,
+    MAX_POOL_BACKWARD,
+    AVG_POOL_FORWARD,
+    AVG_POOL_BACKWARD,
+    GLOBAL_AVG_POOL_BACKWARD,
+];
+
+/// Window, stride and padding of a 2-D pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2d {
+    /// Window (height, width).
+    pub kernel: [usize; 2],
+    /// Stride (height, width).
+    pub stride: [usize; 2],
+    /// Zero padding (height, width).
+    pub padding: [usize; 2],
+}
+
+impl Pool2d {
+    /// Output (height, width) for an input of (h, w): floor mode, as PyTorch's default.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<[usize; 2]> {
+        let out =
+            |i: usize, k: usize, s: usize, p: usize| (i + 2 * p).checked_sub(k).map(|v| v / s + 1);
+        Some([
+            out(h, self.kernel[0], self.stride[0], self.padding[0])?,
+            out(w, self.kernel[1], self.stride[1], self.padding[1])?,
+        ])
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    planes: u32,
+    h: u32,
+    w: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    pad: u32,
+}
+
+fn nchw(op: &str, x: &Tensor) -> Result<[usize; 4]> {
+    match (x.dtype(), x.shape()) {
+        (DType::F32, &[n, c, h, w]) if n * c * h * w > 0 => Ok([n, c, h, w]),
+        _ => Err(shape_error(
+            op,
+            format!(
+                "x must be a non-empty f32 (N, C, H, W) tensor, got {}{:?}",
+                x.dtype().name(),
+                x.shape()
+            ),
+        )),
+    }
+}
+
+fn params(op: &str, x: &Tensor, pool: &Pool2d) -> Result<(Params, [usize; 4])> {
+    let [n, c, h, w] = nchw(op, x)?;
+    let valid = pool.kernel.iter().chain(&pool.stride).all(|&v| v > 0)
+        && pool.padding[0] * 2 <= pool.kernel[0]
+        && pool.padding[1] * 2 <= pool.kernel[1];
+    let [ho, wo] = pool.output_size(h, w).filter(|_| valid).ok_or_else(|| {
+        shape_error(
+            op,
+            format!(
+                "{pool:?} does not fit a {h}×{w} input (kernel and stride ≥ 1, padding ≤ kernel/2)"
+            ),
+        )
+    })?;
+    let u = |v: usize| v as u32;
+    Ok((
+        Params {
+            planes: u(n * c),
+            h: u(h),
+            w: u(w),
+            ho: u(ho),
+            wo: u(wo),
+            kh: u(pool.kernel[0]),
+            kw: u(pool.kernel[1]),
+            sh: u(pool.stride[0]),
+            sw: u(pool.stride[1]),
+            ph: u(pool.padding[0]),
+            pw: u(pool.padding[1]),
+            pad: 0,
+        },
+        [n, c, ho, wo],
+    ))
+}
+
+fn groups(n: usize) -> u64 {
+    (n as u64).div_ceil(256)
+}
+
+/// Prepares max pooling; returns the launch, the output and the argmax (i32, same shape) that
+/// the backward pass needs.
+pub fn max_pool_forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    pool: &Pool2d,
+) -> Result<(Dispatch, Tensor, Tensor)> {
+    let (p, out_shape) = params("max_pool", x, pool)?;
+    let y = gpu.empty(&out_shape, DType::F32)?;
+    let arg = gpu.empty(&out_shape, DType::I32)?;
+    let d = gpu.dispatch(&MAX_POOL_FORWARD, &p, &[x, &y, &arg], groups(y.numel()))?;
+    Ok((d, y, arg))
+}
+
+/// Prepares max pooling's backward pass into a tensor shaped like the input `x`.
+pub fn max_pool_backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    pool: &Pool2d,
+    arg: &Tensor,
+    dy: &Tensor,
+) -> Result<(Dispatch, Tensor)> {
+    let (p, out_shape) = params("max_pool_backward", x, pool)?;
+    arg.expect("max_pool_backward", "argmax", DType::I32, &out_shape)?;
+    dy.expect("max_pool_backward", "dy", DType::F32, &out_shape)?;
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    Ok((
+        gpu.dispatch(&MAX_POOL_BACKWARD, &p, &[arg, dy, &dx], groups(dx.numel()))?,
+        dx,
+    ))
+}
+
+/// Prepares average pooling (padding counted in the divisor, as PyTorch's default).
+pub fn avg_pool_forward(gpu: &Gpu, x: &Tensor, pool: &Pool2d) -> Result<(Dispatch, Tensor)> {
+    let (p, out_shape) = params("avg_pool", x, pool)?;
+    let y = gpu.empty(&out_shape, DType::F32)?;
+    Ok((
+        gpu.dispatch(&AVG_POOL_FORWARD, &p, &[x, &y], groups(y.numel()))?,
+        y,
+    ))
+}
+
+/// Prepares average pooling's backward pass into a tensor shaped like the input `x`.
+pub fn avg_pool_backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    pool: &Pool2d,
+    dy: &Tensor,
+) -> Result<(Dispatch, Tensor)> {
+    let (p, out_shape) = params("avg_pool_backward", x, pool)?;
+    dy.expect("avg_pool_backward", "dy", DType::F32, &out_shape)?;
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    Ok((
+        gpu.dispatch(&AVG_POOL_BACKWARD, &p, &[dy, &dx], groups(dx.numel()))?,
+        dx,
+    ))
+}
+
+/// Prepares global average pooling: (N, C, H, W) → (N, C).
+pub fn global_avg_pool_forward(gpu: &Gpu, x: &Tensor) -> Result<(Dispatch, Tensor)> {
+    let [n, c, h, w] = nchw("global_avg_pool", x)?;
+    reduce_axis(gpu, &x.reshape(&[n, c, h * w])?, 2, AxisOp::Mean)
+}
+
+/// Prepares global average pooling's backward pass: dx = dy / (H·W) broadcast over each plane.
+pub fn global_avg_pool_backward(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<(Dispatch, Tensor)> {
+    let [n, c, h, w] = nchw("global_avg_pool_backward", x)?;
+    dy.expect("global_avg_pool_backward", "dy", DType::F32, &[n, c])?;
+    let p = Params {
+        planes: (n * c) as u32,
+        h: h as u32,
+        w: w as u32,
+        ho: 1,
+        wo: 1,
+        kh: 0,
+        kw: 0,
+        sh: 0,
+        sw: 0,
+        ph: 0,
+        pw: 0,
+        pad: 0,
+    };
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    Ok((
+        gpu.dispatch(
+            &GLOBAL_AVG_POOL_BACKWARD,
+            &p,
+            &[dy, &dx],
+            groups(dx.numel()),
+        )?,
+        dx,
+    ))
+}
