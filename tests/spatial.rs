@@ -20,22 +20,33 @@ fn read(gpu: &Gpu, plan: &[Dispatch], t: &Tensor) -> Vec<f32> {
     gpu.read::<f32>(t).unwrap()
 }
 
-/// (n, cin, h, w, cout, k, stride, pad)
-const CONV_CASES: &[(
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    [usize; 2],
-    [usize; 2],
-    [usize; 2],
-)] = &[
-    (1, 1, 1, 1, 1, [1, 1], [1, 1], [0, 0]),
-    (2, 3, 7, 5, 9, [3, 3], [1, 1], [1, 1]),
-    (3, 5, 9, 11, 4, [3, 2], [2, 1], [1, 0]),
-    (2, 4, 8, 8, 13, [1, 1], [2, 2], [0, 0]),
-    (1, 2, 6, 7, 3, [5, 5], [2, 3], [2, 2]),
+const fn win(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 2],
+) -> Window {
+    Window {
+        n,
+        c,
+        h,
+        w,
+        k,
+        s,
+        p,
+    }
+}
+
+/// Input windows and output channels.
+const CONV_CASES: &[(Window, usize)] = &[
+    (win(1, 1, 1, 1, [1, 1], [1, 1], [0, 0]), 1),
+    (win(2, 3, 7, 5, [3, 3], [1, 1], [1, 1]), 9),
+    (win(3, 5, 9, 11, [3, 2], [2, 1], [1, 0]), 4),
+    (win(2, 4, 8, 8, [1, 1], [2, 2], [0, 0]), 13),
+    (win(1, 2, 6, 7, [5, 5], [2, 3], [2, 2]), 3),
 ];
 
 #[test]
@@ -165,19 +176,11 @@ fn conv2d_shape_errors_are_clear() {
     );
 }
 
-const POOL_CASES: &[(
-    usize,
-    usize,
-    usize,
-    usize,
-    [usize; 2],
-    [usize; 2],
-    [usize; 2],
-)] = &[
-    (1, 1, 2, 2, [2, 2], [2, 2], [0, 0]),
-    (2, 3, 7, 9, [3, 3], [2, 2], [1, 1]),
-    (3, 2, 5, 6, [2, 3], [1, 2], [1, 0]),
-    (1, 4, 9, 9, [3, 3], [3, 3], [0, 0]),
+const POOL_CASES: &[Window] = &[
+    win(1, 1, 2, 2, [2, 2], [2, 2], [0, 0]),
+    win(2, 3, 7, 9, [3, 3], [2, 2], [1, 1]),
+    win(3, 2, 5, 6, [2, 3], [1, 2], [1, 0]),
+    win(1, 4, 9, 9, [3, 3], [3, 3], [0, 0]),
 ];
 
 #[test]
