@@ -52,8 +52,8 @@ const CONV_CASES: &[(Window, usize)] = &[
 #[test]
 fn conv2d_forward_and_backward_match_reference() {
     let Some(gpu) = gpu() else { return };
-    for &(n, cin, h, w, cout, k, s, p) in CONV_CASES {
-        let win = Window {
+    for &(win, cout) in CONV_CASES {
+        let Window {
             n,
             c: cin,
             h,
@@ -61,7 +61,7 @@ fn conv2d_forward_and_backward_match_reference() {
             k,
             s,
             p,
-        };
+        } = win;
         let [ho, wo] = win.out();
         let (xv, wv, bv) = (
             data(n * cin * h * w, 1),
@@ -186,8 +186,8 @@ const POOL_CASES: &[Window] = &[
 #[test]
 fn pooling_matches_reference_forward_and_backward() {
     let Some(gpu) = gpu() else { return };
-    for &(n, c, h, w, k, s, p) in POOL_CASES {
-        let win = Window {
+    for &win in POOL_CASES {
+        let Window {
             n,
             c,
             h,
@@ -195,7 +195,7 @@ fn pooling_matches_reference_forward_and_backward() {
             k,
             s,
             p,
-        };
+        } = win;
         let [ho, wo] = win.out();
         let xv = data(n * c * h * w, 8);
         let dyv = data(n * c * ho * wo, 9);
