@@ -5,9 +5,16 @@
 use std::collections::BTreeMap;
 
 use crate::gpu::error::input_error;
+use crate::gpu::{DType, Dispatch};
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::io::{HostData, HostTensor, TensorMap};
-use crate::kernels::{elementwise, losses};
+use crate::kernels::activation::{self, Kind};
+use crate::kernels::batchnorm::{self, BatchNormState};
+use crate::kernels::conv::{self, Conv2d};
+use crate::kernels::matmul::{Activation, MatmulOptions, matmul};
+use crate::kernels::pool::{self, Pool2d};
+use crate::kernels::reduce::{AxisOp, reduce_axis};
+use crate::kernels::{dropout, elementwise, losses, optimizer, softmax};
 
 /// What an op takes and gives.
 #[derive(Clone, Copy, Debug)]
@@ -16,8 +23,10 @@ pub struct OpInfo {
     pub name: &'static str,
     /// One line on what it computes.
     pub summary: &'static str,
-    /// Input tensor names (`labels` is integer, the rest f32).
+    /// Required input tensor names (`labels` and `argmax` are integer, the rest f32).
     pub inputs: &'static [&'static str],
+    /// Optional input tensor names.
+    pub optional: &'static [&'static str],
     /// Attributes and their defaults.
     pub attrs: &'static [(&'static str, f64)],
     /// Output tensor names.
@@ -26,86 +35,270 @@ pub struct OpInfo {
 
 const LOSS_OUT: &[&str] = &["loss", "grad_student"];
 const ST: &[&str] = &["student", "teacher"];
+const NONE: &[&str] = &[];
+const POOL_ATTRS: &[(&str, f64)] = &[("kernel", 2.0), ("stride", 2.0), ("padding", 0.0)];
+const AXIS: &[(&str, f64)] = &[("axis", 0.0)];
+
+macro_rules! op {
+    ($name:literal, $summary:literal, $inputs:expr, $optional:expr, $attrs:expr, $outputs:expr) => {
+        OpInfo {
+            name: $name,
+            summary: $summary,
+            inputs: $inputs,
+            optional: $optional,
+            attrs: $attrs,
+            outputs: $outputs,
+        }
+    };
+}
 
 /// Every op.
 pub const OPS: &[OpInfo] = &[
-    OpInfo {
-        name: "add",
-        summary: "out = a + b",
-        inputs: &["a", "b"],
-        attrs: &[],
-        outputs: &["out"],
-    },
-    OpInfo {
-        name: "scale",
-        summary: "out = alpha · x",
-        inputs: &["x"],
-        attrs: &[("alpha", 1.0)],
-        outputs: &["out"],
-    },
-    OpInfo {
-        name: "ce",
-        summary: "cross-entropy from logits, mean over the batch",
-        inputs: &["student", "labels"],
-        attrs: &[],
-        outputs: LOSS_OUT,
-    },
-    OpInfo {
-        name: "kd",
-        summary: "Hinton KD: T²/B Σ KL(softmax(t/T) ‖ softmax(s/T))",
-        inputs: ST,
-        attrs: &[("temperature", 4.0)],
-        outputs: LOSS_OUT,
-    },
-    OpInfo {
-        name: "dkd",
-        summary: "decoupled KD: alpha·TCKD + beta·NCKD",
-        inputs: &["student", "teacher", "labels"],
-        attrs: &[("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0)],
-        outputs: LOSS_OUT,
-    },
-    OpInfo {
-        name: "hint",
-        summary: "FitNet hint: mean((s − t)²)",
-        inputs: ST,
-        attrs: &[],
-        outputs: LOSS_OUT,
-    },
-    OpInfo {
-        name: "at",
-        summary: "attention transfer between (B, C, H, W) maps",
-        inputs: ST,
-        attrs: &[("p", 2.0)],
-        outputs: LOSS_OUT,
-    },
-    OpInfo {
-        name: "sp",
-        summary: "similarity-preserving KD",
-        inputs: ST,
-        attrs: &[],
-        outputs: LOSS_OUT,
-    },
-    OpInfo {
-        name: "rkd_distance",
-        summary: "relational KD, distance term",
-        inputs: ST,
-        attrs: &[],
-        outputs: LOSS_OUT,
-    },
-    OpInfo {
-        name: "rkd_angle",
-        summary: "relational KD, angle term",
-        inputs: ST,
-        attrs: &[],
-        outputs: LOSS_OUT,
-    },
-    OpInfo {
-        name: "pkt",
-        summary: "probabilistic knowledge transfer",
-        inputs: ST,
-        attrs: &[],
-        outputs: LOSS_OUT,
-    },
+    op!("add", "out = a + b", &["a", "b"], NONE, &[], &["out"]),
+    op!(
+        "scale",
+        "out = alpha · x",
+        &["x"],
+        NONE,
+        &[("alpha", 1.0)],
+        &["out"]
+    ),
+    op!(
+        "matmul",
+        "out = op(a)·op(b) (+ bias) then activation (0 none, 1 ReLU, 2 GELU)",
+        &["a", "b"],
+        &["bias"],
+        &[("trans_a", 0.0), ("trans_b", 0.0), ("activation", 0.0)],
+        &["out"]
+    ),
+    op!("relu", "out = max(x, 0)", &["x"], NONE, &[], &["out"]),
+    op!("gelu", "out = x·Φ(x) (exact)", &["x"], NONE, &[], &["out"]),
+    op!(
+        "relu_backward",
+        "grad_x = grad_out·[x > 0]",
+        &["x", "grad_out"],
+        NONE,
+        &[],
+        &["grad_x"]
+    ),
+    op!(
+        "gelu_backward",
+        "grad_x = grad_out·GELU'(x)",
+        &["x", "grad_out"],
+        NONE,
+        &[],
+        &["grad_x"]
+    ),
+    op!(
+        "softmax",
+        "out = softmax(x / T) over the last axis",
+        &["x"],
+        NONE,
+        &[("temperature", 1.0)],
+        &["out"]
+    ),
+    op!(
+        "log_softmax",
+        "out = log_softmax(x / T) over the last axis",
+        &["x"],
+        NONE,
+        &[("temperature", 1.0)],
+        &["out"]
+    ),
+    op!("sum", "sum over an axis", &["x"], NONE, AXIS, &["out"]),
+    op!("mean", "mean over an axis", &["x"], NONE, AXIS, &["out"]),
+    op!("max", "maximum over an axis", &["x"], NONE, AXIS, &["out"]),
+    op!(
+        "conv2d",
+        "NCHW convolution, weight [Cout, Cin, KH, KW]",
+        &["x", "weight"],
+        &["bias"],
+        &[("stride", 1.0), ("padding", 0.0)],
+        &["out"]
+    ),
+    op!(
+        "conv2d_backward",
+        "gradients of conv2d from grad_out",
+        &["x", "weight", "grad_out"],
+        NONE,
+        &[("stride", 1.0), ("padding", 0.0), ("bias", 1.0)],
+        &["grad_x", "grad_weight", "grad_bias"]
+    ),
+    op!(
+        "max_pool2d",
+        "max pooling (argmax for the backward pass)",
+        &["x"],
+        NONE,
+        POOL_ATTRS,
+        &["out", "argmax"]
+    ),
+    op!(
+        "max_pool2d_backward",
+        "max pooling's input gradient",
+        &["x", "argmax", "grad_out"],
+        NONE,
+        POOL_ATTRS,
+        &["grad_x"]
+    ),
+    op!(
+        "avg_pool2d",
+        "average pooling (padding counted)",
+        &["x"],
+        NONE,
+        POOL_ATTRS,
+        &["out"]
+    ),
+    op!(
+        "avg_pool2d_backward",
+        "average pooling's input gradient",
+        &["x", "grad_out"],
+        NONE,
+        POOL_ATTRS,
+        &["grad_x"]
+    ),
+    op!(
+        "global_avg_pool",
+        "(N, C, H, W) → (N, C) mean",
+        &["x"],
+        NONE,
+        &[],
+        &["out"]
+    ),
+    op!(
+        "batch_norm",
+        "training batch norm; also returns the updated running statistics",
+        &["x", "weight", "bias", "running_mean", "running_var"],
+        NONE,
+        &[("eps", 1e-5), ("momentum", 0.1)],
+        &["out", "running_mean", "running_var"]
+    ),
+    op!(
+        "batch_norm_eval",
+        "batch norm with running statistics",
+        &["x", "weight", "bias", "running_mean", "running_var"],
+        NONE,
+        &[("eps", 1e-5)],
+        &["out"]
+    ),
+    op!(
+        "batch_norm_backward",
+        "training batch norm's gradients from grad_out",
+        &["x", "weight", "grad_out"],
+        NONE,
+        &[("eps", 1e-5)],
+        &["grad_x", "grad_weight", "grad_bias"]
+    ),
+    op!(
+        "dropout",
+        "inverted dropout with a counter-based RNG",
+        &["x"],
+        NONE,
+        &[("p", 0.5), ("seed", 0.0)],
+        &["out"]
+    ),
+    op!(
+        "sgd_step",
+        "one torch.optim.SGD step (step = 1 on the first)",
+        &["param", "grad"],
+        &["momentum_buffer"],
+        &[
+            ("lr", 0.01),
+            ("momentum", 0.0),
+            ("dampening", 0.0),
+            ("weight_decay", 0.0),
+            ("nesterov", 0.0),
+            ("step", 1.0)
+        ],
+        &["param", "momentum_buffer"]
+    ),
+    op!(
+        "adamw_step",
+        "one torch.optim.AdamW step (step = 1 on the first)",
+        &["param", "grad"],
+        &["exp_avg", "exp_avg_sq"],
+        &[
+            ("lr", 1e-3),
+            ("beta1", 0.9),
+            ("beta2", 0.999),
+            ("eps", 1e-8),
+            ("weight_decay", 0.01),
+            ("step", 1.0)
+        ],
+        &["param", "exp_avg", "exp_avg_sq"]
+    ),
+    op!(
+        "clip_grad_norm",
+        "grad scaled to global norm ≤ max_norm",
+        &["grad"],
+        NONE,
+        &[("max_norm", 1.0)],
+        &["grad", "total_norm_squared"]
+    ),
+    op!(
+        "ce",
+        "cross-entropy from logits, mean over the batch",
+        &["student", "labels"],
+        NONE,
+        &[],
+        LOSS_OUT
+    ),
+    op!(
+        "kd",
+        "Hinton KD: T²/B Σ KL(softmax(t/T) ‖ softmax(s/T))",
+        ST,
+        NONE,
+        &[("temperature", 4.0)],
+        LOSS_OUT
+    ),
+    op!(
+        "dkd",
+        "decoupled KD: alpha·TCKD + beta·NCKD",
+        &["student", "teacher", "labels"],
+        NONE,
+        &[("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0)],
+        LOSS_OUT
+    ),
+    op!(
+        "hint",
+        "FitNet hint: mean((s − t)²)",
+        ST,
+        NONE,
+        &[],
+        LOSS_OUT
+    ),
+    op!(
+        "at",
+        "attention transfer between (B, C, H, W) maps",
+        ST,
+        NONE,
+        &[("p", 2.0)],
+        LOSS_OUT
+    ),
+    op!("sp", "similarity-preserving KD", ST, NONE, &[], LOSS_OUT),
+    op!(
+        "rkd_distance",
+        "relational KD, distance term",
+        ST,
+        NONE,
+        &[],
+        LOSS_OUT
+    ),
+    op!(
+        "rkd_angle",
+        "relational KD, angle term",
+        ST,
+        NONE,
+        &[],
+        LOSS_OUT
+    ),
+    op!(
+        "pkt",
+        "probabilistic knowledge transfer",
+        ST,
+        NONE,
+        &[],
+        LOSS_OUT
+    ),
 ];
 
 /// The op called `name`.
@@ -128,34 +321,34 @@ pub fn validate(
     attrs: &BTreeMap<String, f64>,
 ) -> Result<BTreeMap<String, f64>> {
     let op = info.name;
+    let all: Vec<&str> = info.inputs.iter().chain(info.optional).copied().collect();
     for name in inputs.keys() {
-        if !info.inputs.contains(&name.as_str()) {
+        if !all.contains(&name.as_str()) {
             return Err(input_error(
                 format!("{op}: input '{name}'"),
-                format!("not an input of {op}; expected {}", info.inputs.join(", ")),
+                format!("not an input of {op}; expected {}", all.join(", ")),
             ));
         }
     }
     for &name in info.inputs {
-        let t = inputs.get(name).ok_or_else(|| {
-            input_error(
-                format!("{op}: input '{name}'"),
-                format!("missing; {op} takes {}", info.inputs.join(", ")),
-            )
-        })?;
-        let want_int = name == "labels";
-        if want_int != matches!(t.data, HostData::I32(_)) {
+        if !inputs.contains_key(name) {
             return Err(input_error(
                 format!("{op}: input '{name}'"),
-                format!(
-                    "expected {}, got {}",
-                    if want_int {
-                        "an integer tensor (i32 or i64)"
-                    } else {
-                        "f32"
-                    },
-                    t.dtype_name()
-                ),
+                format!("missing; {op} takes {}", all.join(", ")),
+            ));
+        }
+    }
+    for (name, t) in inputs {
+        let want_int = name == "labels" || name == "argmax";
+        if want_int != matches!(t.data, HostData::I32(_)) {
+            let expected = if want_int {
+                "an integer tensor (i32 or i64)"
+            } else {
+                "f32"
+            };
+            return Err(input_error(
+                format!("{op}: input '{name}'"),
+                format!("expected {expected}, got {}", t.dtype_name()),
             ));
         }
     }
@@ -210,7 +403,272 @@ fn upload(gpu: &Gpu, t: &HostTensor) -> Result<Tensor> {
 }
 
 fn download(gpu: &Gpu, t: &Tensor) -> Result<HostTensor> {
-    Ok(HostTensor::f32(t.shape(), gpu.read::<f32>(t)?))
+    Ok(match t.dtype() {
+        DType::I32 => HostTensor::i32(t.shape(), gpu.read::<i32>(t)?),
+        _ => HostTensor::f32(t.shape(), gpu.read::<f32>(t)?),
+    })
+}
+
+/// Attribute access with the checks the kernels' integer and flag attributes need.
+struct Attrs<'a> {
+    op: &'a str,
+    values: &'a BTreeMap<String, f64>,
+}
+
+impl Attrs<'_> {
+    fn f32(&self, k: &str) -> f32 {
+        self.values[k] as f32
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        self.values[k] != 0.0
+    }
+
+    fn count(&self, k: &str, min: usize) -> Result<usize> {
+        let v = self.values[k];
+        if v.fract() != 0.0 || v < min as f64 || v > f64::from(u32::MAX) {
+            return Err(input_error(
+                format!("{}: attr '{k}'", self.op),
+                format!("must be a whole number ≥ {min}, got {v}"),
+            ));
+        }
+        Ok(v as usize)
+    }
+}
+
+type Outputs = Vec<(&'static str, Tensor)>;
+
+/// The launches of op `name` on device tensors, and its named outputs.
+fn plan(
+    gpu: &Gpu,
+    name: &str,
+    dev: &BTreeMap<&str, Tensor>,
+    a: &Attrs<'_>,
+) -> Result<(Vec<Dispatch>, Outputs)> {
+    let t = |k: &str| &dev[k];
+    let one = |(d, out): (Dispatch, Tensor), key: &'static str| (vec![d], vec![(key, out)]);
+    let pool = || -> Result<Pool2d> {
+        let (k, s, p) = (
+            a.count("kernel", 1)?,
+            a.count("stride", 1)?,
+            a.count("padding", 0)?,
+        );
+        Ok(Pool2d {
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+        })
+    };
+    let conv = || -> Result<Conv2d> {
+        let (s, p) = (a.count("stride", 1)?, a.count("padding", 0)?);
+        Ok(Conv2d {
+            stride: [s, s],
+            padding: [p, p],
+        })
+    };
+    let loss = |l: losses::LossPlan| {
+        (
+            l.dispatches,
+            vec![("loss", l.loss), ("grad_student", l.grad)],
+        )
+    };
+    Ok(match name {
+        "matmul" => {
+            let activation = match a.count("activation", 0)? {
+                0 => Activation::None,
+                1 => Activation::Relu,
+                2 => Activation::Gelu,
+                other => {
+                    return Err(input_error(
+                        "matmul: attr 'activation'",
+                        format!("expected 0, 1 or 2, got {other}"),
+                    ));
+                }
+            };
+            let options = MatmulOptions {
+                trans_a: a.flag("trans_a"),
+                trans_b: a.flag("trans_b"),
+                activation,
+                style: None,
+            };
+            one(
+                matmul(gpu, t("a"), t("b"), dev.get("bias"), options)?,
+                "out",
+            )
+        }
+        "relu" => one(activation::forward(gpu, Kind::Relu, t("x"))?, "out"),
+        "gelu" => one(activation::forward(gpu, Kind::Gelu, t("x"))?, "out"),
+        "relu_backward" => one(
+            activation::backward(gpu, Kind::Relu, t("x"), t("grad_out"))?,
+            "grad_x",
+        ),
+        "gelu_backward" => one(
+            activation::backward(gpu, Kind::Gelu, t("x"), t("grad_out"))?,
+            "grad_x",
+        ),
+        "softmax" | "log_softmax" => one(
+            softmax::forward(gpu, t("x"), a.f32("temperature"), name == "log_softmax")?,
+            "out",
+        ),
+        "sum" | "mean" | "max" => {
+            let op = match name {
+                "sum" => AxisOp::Sum,
+                "mean" => AxisOp::Mean,
+                _ => AxisOp::Max,
+            };
+            one(reduce_axis(gpu, t("x"), a.count("axis", 0)?, op)?, "out")
+        }
+        "conv2d" => one(
+            conv::forward(gpu, t("x"), t("weight"), dev.get("bias"), &conv()?)?,
+            "out",
+        ),
+        "conv2d_backward" => {
+            let (plan, g) = conv::backward(
+                gpu,
+                t("x"),
+                t("weight"),
+                t("grad_out"),
+                a.flag("bias"),
+                &conv()?,
+            )?;
+            let mut outs = vec![("grad_x", g.dx), ("grad_weight", g.dw)];
+            outs.extend(g.dbias.map(|b| ("grad_bias", b)));
+            (plan, outs)
+        }
+        "max_pool2d" => {
+            let (d, y, arg) = pool::max_pool_forward(gpu, t("x"), &pool()?)?;
+            (vec![d], vec![("out", y), ("argmax", arg)])
+        }
+        "max_pool2d_backward" => one(
+            pool::max_pool_backward(gpu, t("x"), &pool()?, t("argmax"), t("grad_out"))?,
+            "grad_x",
+        ),
+        "avg_pool2d" => one(pool::avg_pool_forward(gpu, t("x"), &pool()?)?, "out"),
+        "avg_pool2d_backward" => one(
+            pool::avg_pool_backward(gpu, t("x"), &pool()?, t("grad_out"))?,
+            "grad_x",
+        ),
+        "global_avg_pool" => one(pool::global_avg_pool_forward(gpu, t("x"))?, "out"),
+        "batch_norm" | "batch_norm_eval" | "batch_norm_backward" => {
+            let c = t("x").shape().get(1).copied().unwrap_or(0);
+            let zeros = gpu.zeros(&[c], DType::F32)?;
+            let st = BatchNormState {
+                gamma: t("weight"),
+                beta: dev.get("bias").unwrap_or(&zeros),
+                running_mean: dev.get("running_mean").unwrap_or(&zeros),
+                running_var: dev.get("running_var").unwrap_or(&zeros),
+                eps: a.f32("eps"),
+                momentum: a.values.get("momentum").map_or(0.1, |&m| m as f32),
+            };
+            match name {
+                "batch_norm" => {
+                    let (plan, y, _) = batchnorm::forward_train(gpu, t("x"), &st)?;
+                    (
+                        plan,
+                        vec![
+                            ("out", y),
+                            ("running_mean", t("running_mean").clone()),
+                            ("running_var", t("running_var").clone()),
+                        ],
+                    )
+                }
+                "batch_norm_eval" => one(batchnorm::forward_eval(gpu, t("x"), &st)?, "out"),
+                _ => {
+                    let (mut plan, _, saved) = batchnorm::forward_train(gpu, t("x"), &st)?;
+                    let (back, g) = batchnorm::backward(gpu, t("x"), t("grad_out"), &st, &saved)?;
+                    plan.extend(back);
+                    (
+                        plan,
+                        vec![
+                            ("grad_x", g.dx),
+                            ("grad_weight", g.dgamma),
+                            ("grad_bias", g.dbeta),
+                        ],
+                    )
+                }
+            }
+        }
+        "dropout" => one(
+            dropout::dropout(gpu, t("x"), a.f32("p"), a.count("seed", 0)? as u32)?,
+            "out",
+        ),
+        "sgd_step" | "adamw_step" => {
+            let step = gpu.upload(&[1], &[a.count("step", 1)? as u32])?;
+            let state = |k: &str| -> Result<Tensor> {
+                dev.get(k)
+                    .cloned()
+                    .map_or_else(|| gpu.zeros(t("param").shape(), DType::F32), Ok)
+            };
+            if name == "sgd_step" {
+                let s = optimizer::Sgd {
+                    lr: a.f32("lr"),
+                    momentum: a.f32("momentum"),
+                    dampening: a.f32("dampening"),
+                    weight_decay: a.f32("weight_decay"),
+                    nesterov: a.flag("nesterov"),
+                };
+                let buf = state("momentum_buffer")?;
+                let d = optimizer::sgd(gpu, &s, t("param"), t("grad"), &buf, &step)?;
+                (
+                    vec![d],
+                    vec![("param", t("param").clone()), ("momentum_buffer", buf)],
+                )
+            } else {
+                let s = optimizer::AdamW {
+                    lr: a.f32("lr"),
+                    beta1: a.values["beta1"],
+                    beta2: a.values["beta2"],
+                    eps: a.f32("eps"),
+                    weight_decay: a.f32("weight_decay"),
+                };
+                let (m, v) = (state("exp_avg")?, state("exp_avg_sq")?);
+                let d = optimizer::adamw(gpu, &s, t("param"), t("grad"), &m, &v, &step)?;
+                (
+                    vec![d],
+                    vec![
+                        ("param", t("param").clone()),
+                        ("exp_avg", m),
+                        ("exp_avg_sq", v),
+                    ],
+                )
+            }
+        }
+        "clip_grad_norm" => {
+            let (plan, norm_sq) = optimizer::clip_grad_norm(gpu, t("grad"), a.f32("max_norm"))?;
+            (
+                plan,
+                vec![("grad", t("grad").clone()), ("total_norm_squared", norm_sq)],
+            )
+        }
+        "ce" => loss(losses::ce(gpu, t("student"), t("labels"))?),
+        "kd" => loss(losses::kd(
+            gpu,
+            t("student"),
+            t("teacher"),
+            a.f32("temperature"),
+        )?),
+        "dkd" => loss(losses::dkd(
+            gpu,
+            t("student"),
+            t("teacher"),
+            t("labels"),
+            a.f32("alpha"),
+            a.f32("beta"),
+            a.f32("temperature"),
+        )?),
+        "hint" => loss(losses::hint(gpu, t("student"), t("teacher"))?),
+        "at" => loss(losses::at(gpu, t("student"), t("teacher"), a.f32("p"))?),
+        "sp" => loss(losses::sp(gpu, t("student"), t("teacher"))?),
+        "rkd_distance" => loss(losses::rkd_distance(gpu, t("student"), t("teacher"))?),
+        "rkd_angle" => loss(losses::rkd_angle(gpu, t("student"), t("teacher"))?),
+        "pkt" => loss(losses::pkt(gpu, t("student"), t("teacher"))?),
+        other => {
+            return Err(input_error(
+                format!("op '{other}'"),
+                "registered but has no runner",
+            ));
+        }
+    })
 }
 
 /// Runs op `name` on host tensors and returns its outputs by name.
@@ -224,13 +682,12 @@ pub fn run(
     let attrs = validate(info, inputs, attrs)?;
     let mut dev = BTreeMap::new();
     for (k, v) in inputs {
+        let len = match &v.data {
+            HostData::F32(d) => d.len(),
+            HostData::I32(d) => d.len(),
+        };
         // Wrong shapes are caught by the launchers, which name the op and both shapes.
-        if v.shape.iter().product::<usize>()
-            != match &v.data {
-                HostData::F32(d) => d.len(),
-                HostData::I32(d) => d.len(),
-            }
-        {
+        if v.shape.iter().product::<usize>() != len {
             return Err(input_error(
                 format!("{name}: input '{k}'"),
                 "element count does not match its shape",
@@ -238,49 +695,38 @@ pub fn run(
         }
         dev.insert(k.as_str(), upload(gpu, v)?);
     }
-    let attr = |k: &str| attrs[k] as f32;
     let mut out = TensorMap::new();
-    let plan = match name {
+    match name {
         "add" => {
             out.insert(
                 "out".into(),
                 download(gpu, &elementwise::add(gpu, &dev["a"], &dev["b"])?)?,
             );
-            return Ok(out);
         }
         "scale" => {
             out.insert(
                 "out".into(),
-                download(gpu, &elementwise::scale(gpu, &dev["x"], attr("alpha"))?)?,
+                download(
+                    gpu,
+                    &elementwise::scale(gpu, &dev["x"], attrs["alpha"] as f32)?,
+                )?,
             );
-            return Ok(out);
         }
-        "ce" => losses::ce(gpu, &dev["student"], &dev["labels"])?,
-        "kd" => losses::kd(gpu, &dev["student"], &dev["teacher"], attr("temperature"))?,
-        "dkd" => losses::dkd(
-            gpu,
-            &dev["student"],
-            &dev["teacher"],
-            &dev["labels"],
-            attr("alpha"),
-            attr("beta"),
-            attr("temperature"),
-        )?,
-        "hint" => losses::hint(gpu, &dev["student"], &dev["teacher"])?,
-        "at" => losses::at(gpu, &dev["student"], &dev["teacher"], attr("p"))?,
-        "sp" => losses::sp(gpu, &dev["student"], &dev["teacher"])?,
-        "rkd_distance" => losses::rkd_distance(gpu, &dev["student"], &dev["teacher"])?,
-        "rkd_angle" => losses::rkd_angle(gpu, &dev["student"], &dev["teacher"])?,
-        "pkt" => losses::pkt(gpu, &dev["student"], &dev["teacher"])?,
-        other => {
-            return Err(input_error(
-                format!("op '{other}'"),
-                "registered but has no runner",
-            ));
+        _ => {
+            let (dispatches, outputs) = plan(
+                gpu,
+                name,
+                &dev,
+                &Attrs {
+                    op: name,
+                    values: &attrs,
+                },
+            )?;
+            gpu.execute(&dispatches)?;
+            for (k, t) in outputs {
+                out.insert(k.to_string(), download(gpu, &t)?);
+            }
         }
-    };
-    let (loss, grad) = plan.run(gpu)?;
-    out.insert("loss".into(), download(gpu, &loss)?);
-    out.insert("grad_student".into(), download(gpu, &grad)?);
+    }
     Ok(out)
 }

@@ -9,20 +9,27 @@ use wgdistill::ops::{self, OPS};
 
 use super::CliError;
 
-/// Prints every op with its inputs, attributes and outputs.
+/// Prints every op with its inputs (optional ones in brackets), attributes and outputs.
 pub fn list() {
     for op in OPS {
         let attrs: Vec<String> = op.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("{:<13} {}", op.name, op.summary);
+        let attrs = if attrs.is_empty() {
+            "none".to_string()
+        } else {
+            attrs.join(", ")
+        };
+        let optional = op.optional.iter().map(|o| format!("[{o}]"));
+        let inputs: Vec<String> = op
+            .inputs
+            .iter()
+            .map(|i| i.to_string())
+            .chain(optional)
+            .collect();
+        println!("{:<20}{}", op.name, op.summary);
         println!(
-            "{:<13} inputs: {}; attrs: {}; outputs: {}",
+            "{:<20}inputs: {}; attrs: {attrs}; outputs: {}",
             "",
-            op.inputs.join(", "),
-            if attrs.is_empty() {
-                "none".to_string()
-            } else {
-                attrs.join(", ")
-            },
+            inputs.join(", "),
             op.outputs.join(", ")
         );
     }

@@ -1,0 +1,222 @@
+//! The op runner's contract: every registered op runs on sample inputs and returns exactly the
+//! outputs it declares, with values that agree with the references for a sample of ops.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{data, gpu, widen};
+use wgdistill::io::{HostTensor, TensorMap};
+use wgdistill::ops::{self, OPS};
+use wgdistill::reference::{allclose, conv as cpu_conv, dense as cpu_dense, optim as cpu_optim};
+
+fn f(shape: &[usize], seed: u64) -> HostTensor {
+    HostTensor::f32(shape, data(shape.iter().product(), seed))
+}
+
+/// Plausible inputs for each op, by name.
+fn sample_inputs(op: &str) -> TensorMap {
+    let mut m = TensorMap::new();
+    let mut put = |k: &str, t: HostTensor| {
+        m.insert(k.to_string(), t);
+    };
+    match op {
+        "add" => {
+            put("a", f(&[5], 1));
+            put("b", f(&[5], 2));
+        }
+        "matmul" => {
+            put("a", f(&[3, 4], 1));
+            put("b", f(&[4, 5], 2));
+            put("bias", f(&[5], 3));
+        }
+        "relu_backward" | "gelu_backward" => {
+            put("x", f(&[2, 3], 1));
+            put("grad_out", f(&[2, 3], 2));
+        }
+        "conv2d" => {
+            put("x", f(&[2, 3, 5, 5], 1));
+            put("weight", f(&[4, 3, 3, 3], 2));
+            put("bias", f(&[4], 3));
+        }
+        "conv2d_backward" => {
+            put("x", f(&[2, 3, 5, 5], 1));
+            put("weight", f(&[4, 3, 3, 3], 2));
+            put("grad_out", f(&[2, 4, 3, 3], 3));
+        }
+        "max_pool2d_backward" => {
+            put("x", f(&[1, 2, 4, 4], 1));
+            put(
+                "argmax",
+                HostTensor::i32(&[1, 2, 2, 2], vec![0, 2, 8, 10, 5, 7, 13, 15]),
+            );
+            put("grad_out", f(&[1, 2, 2, 2], 2));
+        }
+        "avg_pool2d_backward" => {
+            put("x", f(&[1, 2, 4, 4], 1));
+            put("grad_out", f(&[1, 2, 2, 2], 2));
+        }
+        "max_pool2d" | "avg_pool2d" | "global_avg_pool" => put("x", f(&[1, 2, 4, 4], 1)),
+        "batch_norm" | "batch_norm_eval" => {
+            put("x", f(&[4, 3, 2, 2], 1));
+            put("weight", f(&[3], 2));
+            put("bias", f(&[3], 3));
+            put("running_mean", f(&[3], 4));
+            put("running_var", HostTensor::f32(&[3], vec![1.0, 2.0, 0.5]));
+        }
+        "batch_norm_backward" => {
+            put("x", f(&[4, 3], 1));
+            put("weight", f(&[3], 2));
+            put("grad_out", f(&[4, 3], 3));
+        }
+        "sgd_step" | "adamw_step" => {
+            put("param", f(&[7], 1));
+            put("grad", f(&[7], 2));
+        }
+        "clip_grad_norm" => put("grad", f(&[9], 1)),
+        "ce" => {
+            put("student", f(&[4, 5], 1));
+            put("labels", HostTensor::i32(&[4], vec![0, 4, 2, 1]));
+        }
+        "dkd" => {
+            put("student", f(&[4, 5], 1));
+            put("teacher", f(&[4, 5], 2));
+            put("labels", HostTensor::i32(&[4], vec![0, 4, 2, 1]));
+        }
+        "at" => {
+            put("student", f(&[2, 3, 4, 4], 1));
+            put("teacher", f(&[2, 5, 4, 4], 2));
+        }
+        "kd" | "hint" | "sp" | "rkd_distance" | "rkd_angle" | "pkt" => {
+            put("student", f(&[4, 6], 1));
+            put(
+                "teacher",
+                f(&[4, if op == "hint" || op == "kd" { 6 } else { 3 }], 2),
+            );
+        }
+        _ => put("x", f(&[3, 4], 1)),
+    }
+    m
+}
+
+#[test]
+fn every_op_runs_and_returns_exactly_its_declared_outputs() {
+    let Some(gpu) = gpu() else { return };
+    for info in OPS {
+        let inputs = sample_inputs(info.name);
+        let out = ops::run(gpu, info.name, &inputs, &BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{}: {e}", info.name));
+        let got: Vec<&str> = out.keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = info.outputs.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "{}: outputs", info.name);
+    }
+}
+
+fn values(t: &HostTensor) -> &[f32] {
+    t.as_f32().expect("f32 output")
+}
+
+fn attrs(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[test]
+fn op_outputs_agree_with_the_references() {
+    let Some(gpu) = gpu() else { return };
+    // matmul with transposed b, bias and GELU, as a Linear layer.
+    let mut inputs = TensorMap::new();
+    inputs.insert("a".into(), f(&[3, 4], 1));
+    inputs.insert("b".into(), f(&[5, 4], 2));
+    inputs.insert("bias".into(), f(&[5], 3));
+    let out = ops::run(
+        gpu,
+        "matmul",
+        &inputs,
+        &attrs(&[("trans_b", 1.0), ("activation", 2.0)]),
+    )
+    .unwrap();
+    let shape = cpu_dense::LinearShape { m: 3, n: 5, k: 4 };
+    let (_, want) = cpu_dense::linear_forward(
+        &widen(values(&inputs["a"])),
+        &widen(values(&inputs["b"])),
+        &widen(values(&inputs["bias"])),
+        shape,
+        cpu_dense::Act::Gelu,
+    );
+    allclose(values(&out["out"]), &want, 1e-5, 1e-6).unwrap();
+
+    // conv2d with stride 2 and padding 1.
+    let inputs = sample_inputs("conv2d");
+    let out = ops::run(
+        gpu,
+        "conv2d",
+        &inputs,
+        &attrs(&[("stride", 2.0), ("padding", 1.0)]),
+    )
+    .unwrap();
+    let win = cpu_conv::Window {
+        n: 2,
+        c: 3,
+        h: 5,
+        w: 5,
+        k: [3, 3],
+        s: [2, 2],
+        p: [1, 1],
+    };
+    let want = cpu_conv::conv2d(
+        &widen(values(&inputs["x"])),
+        &widen(values(&inputs["weight"])),
+        Some(&widen(values(&inputs["bias"]))),
+        &win,
+        4,
+    );
+    allclose(values(&out["out"]), &want, 1e-5, 1e-6).unwrap();
+
+    // One SGD step with momentum on step 3 of a buffer.
+    let mut inputs = sample_inputs("sgd_step");
+    inputs.insert("momentum_buffer".into(), f(&[7], 9));
+    let a = attrs(&[
+        ("lr", 0.1),
+        ("momentum", 0.9),
+        ("weight_decay", 1e-3),
+        ("step", 3.0),
+    ]);
+    let out = ops::run(gpu, "sgd_step", &inputs, &a).unwrap();
+    let mut p = widen(values(&inputs["param"]));
+    let mut buf = widen(values(&inputs["momentum_buffer"]));
+    cpu_optim::sgd(
+        &mut p,
+        &widen(values(&inputs["grad"])),
+        &mut buf,
+        3,
+        0.1,
+        0.9,
+        0.0,
+        1e-3,
+        false,
+    );
+    allclose(values(&out["param"]), &p, 1e-6, 1e-7).unwrap();
+    allclose(values(&out["momentum_buffer"]), &buf, 1e-6, 1e-7).unwrap();
+}
+
+#[test]
+fn integer_attributes_are_checked() {
+    let Some(gpu) = gpu() else { return };
+    let inputs = sample_inputs("max_pool2d");
+    for (k, v) in [("kernel", 0.0), ("stride", 1.5), ("padding", -1.0)] {
+        let e = ops::run(gpu, "max_pool2d", &inputs, &attrs(&[(k, v)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(k) && e.contains("whole number"), "{e}");
+    }
+    let e = ops::run(
+        gpu,
+        "matmul",
+        &sample_inputs("matmul"),
+        &attrs(&[("activation", 7.0)]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("activation"), "{e}");
+}
