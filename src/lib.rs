@@ -19,6 +19,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod gpu;
 pub mod io;
 pub mod kernels;

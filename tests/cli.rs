@@ -262,3 +262,70 @@ fn op_list_names_every_loss_with_its_contract() {
     }
     assert!(text.contains("temperature=4") && text.contains("grad_student"));
 }
+
+fn on_ci_backend(args: &[&str]) -> Option<Output> {
+    let backend = std::env::var("WGPU_BACKEND").unwrap_or_default();
+    let mut full = vec!["--backend", backend.as_str()];
+    full.extend_from_slice(args);
+    let out = wgdistill(&full);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("no GPU adapter") {
+        assert!(!common::in_ci(), "{stderr}");
+        return None;
+    }
+    Some(out)
+}
+
+#[test]
+fn check_passes_on_this_adapter() {
+    let Some(out) = on_ci_backend(&["check"]) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("kernel checks passed") && !stdout.contains("FAIL"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bench_writes_json_with_the_adapter_and_same_run_baselines() {
+    let path = std::env::temp_dir().join(format!("wgdistill-bench-{}.json", std::process::id()));
+    let Some(out) = on_ci_backend(&[
+        "bench",
+        "--filter",
+        "relu",
+        "--json",
+        path.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let rows = json.as_array().unwrap();
+    let relu = rows
+        .iter()
+        .find(|r| r["kernel"] == "relu")
+        .expect("relu row");
+    for key in [
+        "kernel", "shape", "seconds", "gbps", "adapter", "backend", "driver", "baseline", "ratio",
+    ] {
+        assert!(!relu[key].is_null(), "{key} missing: {relu}");
+    }
+    assert!(relu["seconds"].as_f64().unwrap() > 0.0);
+    assert!(
+        rows.iter().any(|r| r["kernel"] == "stream"),
+        "the baseline is measured in the same run"
+    );
+    let _ = std::fs::remove_file(path);
+}

@@ -3,9 +3,17 @@
 
 use std::time::Instant;
 
-use wgdistill::gpu::{Gpu, GpuError, Tensor};
-use wgdistill::kernels::{elementwise, losses};
-use wgdistill::reference::{self, losses as cpu, max_errors};
+use wgdistill::gpu::{DType, Dispatch, Gpu, GpuError, KernelStyle, Tensor};
+use wgdistill::kernels::batchnorm::{self, BatchNormState};
+use wgdistill::kernels::conv::{self, Conv2d};
+use wgdistill::kernels::matmul::{Activation, MatmulOptions, matmul};
+use wgdistill::kernels::pool::{self, Pool2d};
+use wgdistill::kernels::{activation, elementwise, losses, optimizer, softmax};
+use wgdistill::reference::conv::{self as cpu_conv, Window};
+use wgdistill::reference::dense::{self as cpu_dense, Act, LinearShape};
+use wgdistill::reference::{
+    self, losses as cpu, max_errors, optim as cpu_optim, softmax as cpu_softmax,
+};
 
 use super::CliError;
 
@@ -210,6 +218,272 @@ fn feature_and_relation_cases() -> Vec<Case> {
     cases
 }
 
+/// Runs launches and reads back several outputs, concatenated.
+fn run_read(gpu: &Gpu, plan: &[Dispatch], outputs: &[&Tensor]) -> Result<Vec<f32>, GpuError> {
+    gpu.execute(plan)?;
+    let mut got = Vec::new();
+    for t in outputs {
+        got.extend(gpu.read::<f32>(t)?);
+    }
+    Ok(got)
+}
+
+fn layer_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (m, n, k) in [(7usize, 33usize, 129usize), (65, 130, 67)] {
+        for style in [KernelStyle::RegisterBlocked, KernelStyle::WorkgroupTiled] {
+            let (x, w, b) = (data(m * k, 20), data(n * k, 21), data(n, 22));
+            cases.push(Case {
+                kernel: if style == KernelStyle::RegisterBlocked {
+                    "matmul (rb) +bias+gelu"
+                } else {
+                    "matmul (tiled) +bias+gelu"
+                },
+                shape: format!("{m}x{n}x{k}"),
+                rtol: 1e-4,
+                atol: 1e-5,
+                run: Box::new(move |gpu| {
+                    let (tx, tw, tb) = (
+                        gpu.upload(&[m, k], &x)?,
+                        gpu.upload(&[n, k], &w)?,
+                        gpu.upload(&[n], &b)?,
+                    );
+                    let options = MatmulOptions {
+                        trans_b: true,
+                        activation: Activation::Gelu,
+                        style: Some(style),
+                        ..Default::default()
+                    };
+                    let (d, y) = matmul(gpu, &tx, &tw, Some(&tb), options)?;
+                    let shape = LinearShape { m, n, k };
+                    Ok((
+                        run_read(gpu, &[d], &[&y])?,
+                        cpu_dense::linear_forward(
+                            &widen(&x),
+                            &widen(&w),
+                            &widen(&b),
+                            shape,
+                            Act::Gelu,
+                        )
+                        .1,
+                    ))
+                }),
+            });
+        }
+    }
+    let (n, xv, dyv) = (1000usize, data(1000, 23), data(1000, 24));
+    cases.push(Case {
+        kernel: "activation (relu, gelu)",
+        shape: format!("[{n}] fwd+bwd"),
+        rtol: 1e-5,
+        atol: 1e-6,
+        run: Box::new(move |gpu| {
+            let (x, dy) = (gpu.upload(&[n], &xv)?, gpu.upload(&[n], &dyv)?);
+            let (a, ya) = activation::forward(gpu, activation::Kind::Relu, &x)?;
+            let (b, yb) = activation::forward(gpu, activation::Kind::Gelu, &x)?;
+            let (c, dg) = activation::backward(gpu, activation::Kind::Gelu, &x, &dy)?;
+            let got = run_read(gpu, &[a, b, c], &[&ya, &yb, &dg])?;
+            let xs = widen(&xv);
+            let mut want: Vec<f64> = xs.iter().map(|&v| Act::Relu.apply(v)).collect();
+            want.extend(xs.iter().map(|&v| Act::Gelu.apply(v)));
+            want.extend(
+                xs.iter()
+                    .zip(widen(&dyv))
+                    .map(|(&v, g)| g * Act::Gelu.grad(v)),
+            );
+            Ok((got, want))
+        }),
+    });
+    let (rows, cols) = (33usize, 129usize);
+    let (sx, sdy) = (data(rows * cols, 25), data(rows * cols, 26));
+    cases.push(Case {
+        kernel: "softmax (T=2) fwd+bwd",
+        shape: format!("[{rows}, {cols}]"),
+        rtol: 1e-4,
+        atol: 1e-6,
+        run: Box::new(move |gpu| {
+            let (x, dy) = (
+                gpu.upload(&[rows, cols], &sx)?,
+                gpu.upload(&[rows, cols], &sdy)?,
+            );
+            let (f, y) = softmax::forward(gpu, &x, 2.0, false)?;
+            gpu.execute(&[f])?;
+            let (b, dx) = softmax::backward(gpu, &y, &dy, 2.0, false)?;
+            let got = run_read(gpu, &[b], &[&y, &dx])?;
+            let mut want = cpu_softmax::forward(&widen(&sx), cols, 2.0, false);
+            let back = cpu_softmax::backward(&want, &widen(&sdy), cols, 2.0, false);
+            want.extend(back);
+            Ok((got, want))
+        }),
+    });
+    let win = Window {
+        n: 2,
+        c: 3,
+        h: 7,
+        w: 9,
+        k: [3, 3],
+        s: [2, 1],
+        p: [1, 1],
+    };
+    let cout = 5;
+    let [ho, wo] = win.out();
+    let (cx, cw, cdy) = (
+        data(2 * 3 * 7 * 9, 27),
+        data(cout * 3 * 9, 28),
+        data(2 * cout * ho * wo, 29),
+    );
+    cases.push(Case {
+        kernel: "conv2d fwd+bwd",
+        shape: "[2, 3, 7, 9] 3x3/2,1 → 5".to_string(),
+        rtol: 1e-4,
+        atol: 1e-5,
+        run: Box::new(move |gpu| {
+            let (x, w, dy) = (
+                gpu.upload(&[2, 3, 7, 9], &cx)?,
+                gpu.upload(&[cout, 3, 3, 3], &cw)?,
+                gpu.upload(&[2, cout, ho, wo], &cdy)?,
+            );
+            let spec = Conv2d {
+                stride: [2, 1],
+                padding: [1, 1],
+            };
+            let (f, y) = conv::forward(gpu, &x, &w, None, &spec)?;
+            let (mut plan, g) = conv::backward(gpu, &x, &w, &dy, false, &spec)?;
+            plan.insert(0, f);
+            let got = run_read(gpu, &plan, &[&y, &g.dx, &g.dw])?;
+            let mut want = cpu_conv::conv2d(&widen(&cx), &widen(&cw), None, &win, cout);
+            let (dx, dw, _) =
+                cpu_conv::conv2d_backward(&widen(&cx), &widen(&cw), &widen(&cdy), &win, cout);
+            want.extend(dx);
+            want.extend(dw);
+            Ok((got, want))
+        }),
+    });
+    let pwin = Window {
+        n: 2,
+        c: 3,
+        h: 7,
+        w: 9,
+        k: [3, 3],
+        s: [2, 2],
+        p: [1, 1],
+    };
+    let px = data(2 * 3 * 7 * 9, 30);
+    cases.push(Case {
+        kernel: "max_pool2d, avg_pool2d",
+        shape: "[2, 3, 7, 9] 3x3/2 pad 1".to_string(),
+        rtol: 1e-5,
+        atol: 1e-6,
+        run: Box::new(move |gpu| {
+            let x = gpu.upload(&[2, 3, 7, 9], &px)?;
+            let spec = Pool2d {
+                kernel: [3, 3],
+                stride: [2, 2],
+                padding: [1, 1],
+            };
+            let (a, ym, _) = pool::max_pool_forward(gpu, &x, &spec)?;
+            let (b, ya) = pool::avg_pool_forward(gpu, &x, &spec)?;
+            let got = run_read(gpu, &[a, b], &[&ym, &ya])?;
+            let mut want = cpu_conv::max_pool(&widen(&px), &pwin).0;
+            want.extend(cpu_conv::avg_pool(&widen(&px), &pwin));
+            Ok((got, want))
+        }),
+    });
+    let (bx, bg, bb, bdy) = (
+        data(4 * 3 * 25, 31),
+        data(3, 32),
+        data(3, 33),
+        data(4 * 3 * 25, 34),
+    );
+    cases.push(Case {
+        kernel: "batch_norm train fwd+bwd",
+        shape: "[4, 3, 5, 5]".to_string(),
+        rtol: 1e-3,
+        atol: 1e-5,
+        run: Box::new(move |gpu| {
+            let (x, g, b, dy) = (
+                gpu.upload(&[4, 3, 5, 5], &bx)?,
+                gpu.upload(&[3], &bg)?,
+                gpu.upload(&[3], &bb)?,
+                gpu.upload(&[4, 3, 5, 5], &bdy)?,
+            );
+            let (rm, rv) = (gpu.zeros(&[3], DType::F32)?, gpu.zeros(&[3], DType::F32)?);
+            let st = BatchNormState {
+                gamma: &g,
+                beta: &b,
+                running_mean: &rm,
+                running_var: &rv,
+                eps: 1e-5,
+                momentum: 0.1,
+            };
+            let (mut plan, y, saved) = batchnorm::forward_train(gpu, &x, &st)?;
+            let (back, grads) = batchnorm::backward(gpu, &x, &dy, &st, &saved)?;
+            plan.extend(back);
+            let got = run_read(gpu, &plan, &[&y, &grads.dx, &grads.dgamma, &grads.dbeta])?;
+            let mut want =
+                cpu_conv::batch_norm(&widen(&bx), 4, 3, 25, &widen(&bg), &widen(&bb), 1e-5).0;
+            let (dx, dg, db) = cpu_conv::batch_norm_backward(
+                &widen(&bx),
+                &widen(&bdy),
+                4,
+                3,
+                25,
+                &widen(&bg),
+                1e-5,
+            );
+            want.extend(dx);
+            want.extend(dg);
+            want.extend(db);
+            Ok((got, want))
+        }),
+    });
+    let (op, og) = (data(1031, 35), data(1031, 36));
+    cases.push(Case {
+        kernel: "adamw (2 steps)",
+        shape: "[1031]".to_string(),
+        rtol: 2e-6,
+        atol: 1e-7,
+        run: Box::new(move |gpu| {
+            let (p, g) = (gpu.upload(&[1031], &op)?, gpu.upload(&[1031], &og)?);
+            let (m, v) = (
+                gpu.zeros(&[1031], DType::F32)?,
+                gpu.zeros(&[1031], DType::F32)?,
+            );
+            let step = gpu.zeros(&[1], DType::U32)?;
+            let s = optimizer::AdamW {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            };
+            let mut plan = Vec::new();
+            for _ in 0..2 {
+                plan.push(optimizer::advance_step(gpu, &step)?);
+                plan.push(optimizer::adamw(gpu, &s, &p, &g, &m, &v, &step)?);
+            }
+            let got = run_read(gpu, &plan, &[&p])?;
+            let (mut want, mut mm, mut vv) = (widen(&op), vec![0.0; 1031], vec![0.0; 1031]);
+            for t in 1..=2 {
+                cpu_optim::adamw(
+                    &mut want,
+                    &widen(&og),
+                    &mut mm,
+                    &mut vv,
+                    t,
+                    1e-2,
+                    0.9,
+                    0.999,
+                    1e-8,
+                    0.01,
+                );
+            }
+            Ok((got, want))
+        }),
+    });
+    cases
+}
+
 /// Runs every check and prints a table; any failure makes the command fail.
 pub fn run(gpu: &Gpu) -> Result<(), CliError> {
     println!("adapter: {}", gpu.caps().label());
@@ -218,6 +492,7 @@ pub fn run(gpu: &Gpu) -> Result<(), CliError> {
         "kernel", "shape", "max abs", "max rel", "result", "ms"
     );
     let mut cases = elementwise_cases();
+    cases.extend(layer_cases());
     cases.extend(response_cases());
     cases.extend(feature_and_relation_cases());
     let mut failures = 0;

@@ -1,5 +1,6 @@
 //! Subcommands and the options they share.
 
+mod bench;
 mod check;
 mod devices;
 mod op;
@@ -33,6 +34,15 @@ enum Command {
     },
     /// Check every kernel against its CPU reference on the chosen adapter.
     Check,
+    /// Time the kernels on the chosen adapter (GFLOP/s or GB/s, with same-run baselines).
+    Bench {
+        /// Only kernels whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Also write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Run one op (kernel or loss) on tensors from a safetensors file.
     Op {
         /// The op's name (see --list).
@@ -98,6 +108,19 @@ pub fn run() -> Result<(), CliError> {
     match cli.command {
         Some(Command::Devices { json }) => devices::run(&query, json),
         Some(Command::Check) | None => check::run(&Gpu::new(&query)?),
+        Some(Command::Bench { filter, json }) => {
+            if let Some(dir) = json
+                .as_deref()
+                .and_then(|p| p.parent())
+                .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                return Err(CliError::Message(format!(
+                    "{}: output folder does not exist",
+                    dir.display()
+                )));
+            }
+            bench::run(&Gpu::new(&query)?, filter.as_deref(), json.as_deref())
+        }
         Some(Command::Op { list: true, .. }) => {
             op::list();
             Ok(())
