@@ -21,7 +21,9 @@
 
 pub mod bench;
 pub mod gpu;
+pub mod graph;
 pub mod io;
 pub mod kernels;
+pub mod models;
 pub mod ops;
 pub mod reference;

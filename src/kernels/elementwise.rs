@@ -1,7 +1,7 @@
 //! Elementwise kernels (`shaders/elementwise.wgsl`): add, scale, axpy, fill.
 
 use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Gpu, KernelSpec, Result, Tensor};
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
 
 /// Invocations per workgroup in `elementwise.wgsl`.
 const WORKGROUP: u64 = 256;
@@ -63,34 +63,34 @@ fn workgroups(n: usize) -> u64 {
     (n as u64).div_ceil(WORKGROUP)
 }
 
-/// `out = a + b` into a new tensor.
-pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// Prepares `out = a + b` into a new tensor.
+pub fn add_plan(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<(Dispatch, Tensor)> {
     same_f32("add", ["a", "b"], a, b)?;
     let out = gpu.empty(a.shape(), DType::F32)?;
-    gpu.run(
+    let d = gpu.dispatch(
         &ADD,
         &params("add", a.numel(), 0.0)?,
         &[a, b, &out],
         workgroups(a.numel()),
     )?;
-    Ok(out)
+    Ok((d, out))
 }
 
-/// `alpha · x` into a new tensor.
-pub fn scale(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<Tensor> {
+/// Prepares `alpha · x` into a new tensor.
+pub fn scale_plan(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<(Dispatch, Tensor)> {
     x.expect("scale", "x", DType::F32, x.shape())?;
     let out = gpu.empty(x.shape(), DType::F32)?;
-    gpu.run(
+    let d = gpu.dispatch(
         &SCALE,
         &params("scale", x.numel(), alpha)?,
         &[x, &out],
         workgroups(x.numel()),
     )?;
-    Ok(out)
+    Ok((d, out))
 }
 
-/// `y += alpha · x` in place.
-pub fn axpy(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
+/// Prepares `y += alpha · x` in place.
+pub fn axpy_plan(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
     same_f32("axpy", ["x", "y"], x, y)?;
     if x.shares_buffer_with(y) {
         return Err(shape_error(
@@ -98,7 +98,7 @@ pub fn axpy(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
             "x and y must not share a buffer (y is written while x is read)",
         ));
     }
-    gpu.run(
+    gpu.dispatch(
         &AXPY,
         &params("axpy", x.numel(), alpha)?,
         &[x, y],
@@ -106,13 +106,37 @@ pub fn axpy(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     )
 }
 
-/// Sets every element of `out` to `value`.
-pub fn fill(gpu: &Gpu, out: &Tensor, value: f32) -> Result<()> {
+/// Prepares setting every element of `out` to `value`.
+pub fn fill_plan(gpu: &Gpu, out: &Tensor, value: f32) -> Result<Dispatch> {
     out.expect("fill", "out", DType::F32, out.shape())?;
-    gpu.run(
+    gpu.dispatch(
         &FILL,
         &params("fill", out.numel(), value)?,
         &[out],
         workgroups(out.numel()),
     )
+}
+
+/// `out = a + b` into a new tensor, now.
+pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (d, out) = add_plan(gpu, a, b)?;
+    gpu.execute(&[d])?;
+    Ok(out)
+}
+
+/// `alpha · x` into a new tensor, now.
+pub fn scale(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<Tensor> {
+    let (d, out) = scale_plan(gpu, x, alpha)?;
+    gpu.execute(&[d])?;
+    Ok(out)
+}
+
+/// `y += alpha · x` in place, now.
+pub fn axpy(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
+    gpu.execute(&[axpy_plan(gpu, alpha, x, y)?])
+}
+
+/// Sets every element of `out` to `value`, now.
+pub fn fill(gpu: &Gpu, out: &Tensor, value: f32) -> Result<()> {
+    gpu.execute(&[fill_plan(gpu, out, value)?])
 }

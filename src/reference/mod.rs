@@ -3,6 +3,7 @@
 pub mod conv;
 pub mod dense;
 pub mod elementwise;
+pub mod graph;
 pub mod losses;
 pub mod optim;
 pub mod softmax;

@@ -1,0 +1,390 @@
+//! Planning a graph's forward and backward passes into launches: the forward pass records each
+//! node's kernel and what its backward needs; the backward pass walks the nodes in reverse,
+//! computing gradients only where a trainable parameter lies upstream, and accumulating where a
+//! value feeds several consumers.
+
+use std::collections::BTreeMap;
+
+use crate::gpu::error::shape_error;
+use crate::gpu::{Dispatch, Gpu, Result, Tensor};
+use crate::kernels::activation::{self, Kind};
+use crate::kernels::batchnorm::{self, BatchNormSaved, BatchNormState};
+use crate::kernels::matmul::{MatmulOptions, matmul};
+use crate::kernels::reduce::{AxisOp, reduce_axis};
+use crate::kernels::{conv, elementwise, pool};
+
+use super::ir::{Graph, Op, Value};
+use super::weights::Weights;
+
+/// Training (batch statistics, gradients) or evaluation (running statistics, forward only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Training.
+    Train,
+    /// Evaluation.
+    Eval,
+}
+
+/// What a node's backward pass needs besides its inputs.
+enum Saved {
+    Argmax(Tensor),
+    BatchNorm(BatchNormSaved),
+}
+
+/// A planned forward pass: every value's tensor and what the backward pass needs.
+pub struct Forward {
+    /// Tensor of each value (parameters included), indexed by [`Value`].
+    pub values: Vec<Tensor>,
+    saved: BTreeMap<usize, Saved>,
+}
+
+impl Forward {
+    /// The tensor of a value.
+    pub fn get(&self, v: Value) -> &Tensor {
+        &self.values[v.0]
+    }
+}
+
+fn bn_state<'a>(
+    f: &'a [Tensor],
+    gamma: Value,
+    beta: Value,
+    rm: Value,
+    rv: Value,
+    eps: f32,
+    momentum: f32,
+) -> BatchNormState<'a> {
+    BatchNormState {
+        gamma: &f[gamma.0],
+        beta: &f[beta.0],
+        running_mean: &f[rm.0],
+        running_var: &f[rv.0],
+        eps,
+        momentum,
+    }
+}
+
+/// Appends the forward pass of `graph` to `plan`. `inputs` gives a tensor for every Input node.
+pub fn plan_forward(
+    gpu: &Gpu,
+    graph: &Graph,
+    weights: &Weights,
+    inputs: &BTreeMap<String, Tensor>,
+    mode: Mode,
+    plan: &mut Vec<Dispatch>,
+) -> Result<Forward> {
+    let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
+    let mut saved = BTreeMap::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let v = |x: Value| &values[x.0];
+        let out = match node.op {
+            Op::Input => {
+                let t = inputs
+                    .get(&node.name)
+                    .ok_or_else(|| shape_error(&node.name, "no tensor was given for this input"))?;
+                t.expect(&node.name, "input", node.dtype, &node.shape)?;
+                t.clone()
+            }
+            Op::Param { .. } => weights
+                .get(&node.name)
+                .cloned()
+                .ok_or_else(|| shape_error(&node.name, "missing from the weights"))?,
+            Op::Linear { x, weight, bias } => {
+                let options = MatmulOptions {
+                    trans_b: true,
+                    ..Default::default()
+                };
+                let (d, y) = matmul(gpu, v(x), v(weight), bias.map(|b| &values[b.0]), options)?;
+                plan.push(d);
+                y
+            }
+            Op::Conv2d {
+                x,
+                weight,
+                bias,
+                spec,
+            } => {
+                let (d, y) =
+                    conv::forward(gpu, v(x), v(weight), bias.map(|b| &values[b.0]), &spec)?;
+                plan.push(d);
+                y
+            }
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                eps,
+                momentum,
+            } => {
+                let st = bn_state(
+                    &values,
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    eps,
+                    momentum,
+                );
+                if mode == Mode::Train {
+                    let (p, y, s) = batchnorm::forward_train(gpu, v(x), &st)?;
+                    plan.extend(p);
+                    saved.insert(i, Saved::BatchNorm(s));
+                    y
+                } else {
+                    let (d, y) = batchnorm::forward_eval(gpu, v(x), &st)?;
+                    plan.push(d);
+                    y
+                }
+            }
+            Op::Relu { x } | Op::Gelu { x } => {
+                let kind = if matches!(node.op, Op::Relu { .. }) {
+                    Kind::Relu
+                } else {
+                    Kind::Gelu
+                };
+                let (d, y) = activation::forward(gpu, kind, v(x))?;
+                plan.push(d);
+                y
+            }
+            Op::MaxPool { x, pool } => {
+                let (d, y, arg) = pool::max_pool_forward(gpu, v(x), &pool)?;
+                plan.push(d);
+                saved.insert(i, Saved::Argmax(arg));
+                y
+            }
+            Op::AvgPool { x, pool } => {
+                let (d, y) = pool::avg_pool_forward(gpu, v(x), &pool)?;
+                plan.push(d);
+                y
+            }
+            Op::GlobalAvgPool { x } => {
+                let (d, y) = pool::global_avg_pool_forward(gpu, v(x))?;
+                plan.push(d);
+                y
+            }
+            Op::Flatten { x } => v(x).reshape(&node.shape)?,
+            Op::Add { a, b } => {
+                let (d, y) = elementwise::add_plan(gpu, v(a), v(b))?;
+                plan.push(d);
+                y
+            }
+        };
+        values.push(out);
+    }
+    Ok(Forward { values, saved })
+}
+
+/// Which values need a gradient: those downstream of a trainable parameter.
+pub fn needs_grad(graph: &Graph) -> Vec<bool> {
+    let mut needs = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        needs[i] = match node.op {
+            Op::Param { trainable, .. } => trainable,
+            Op::Input => false,
+            ref op => op.inputs().iter().any(|x| needs[x.0]),
+        };
+    }
+    needs
+}
+
+/// Gradient accumulators: a tensor per value, and whether the tensor is ours to update in place
+/// (a tensor shared with another value, such as both operands of an Add, is not).
+struct Grads {
+    slots: Vec<Option<(Tensor, bool)>>,
+}
+
+impl Grads {
+    fn add(
+        &mut self,
+        gpu: &Gpu,
+        plan: &mut Vec<Dispatch>,
+        v: Value,
+        t: Tensor,
+        owned: bool,
+    ) -> Result<()> {
+        match self.slots[v.0].take() {
+            None => self.slots[v.0] = Some((t, owned)),
+            Some((acc, true)) => {
+                plan.push(elementwise::axpy_plan(gpu, 1.0, &t, &acc)?);
+                self.slots[v.0] = Some((acc, true));
+            }
+            Some((acc, false)) => {
+                let (d, sum) = elementwise::add_plan(gpu, &acc, &t)?;
+                plan.push(d);
+                self.slots[v.0] = Some((sum, true));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends the backward pass: `seeds` are dL/dv for some values (from the loss terms, already
+/// weighted). Returns the gradient of every trainable parameter, and of every input named in
+/// `wrt_inputs`, by node name.
+pub fn plan_backward(
+    gpu: &Gpu,
+    graph: &Graph,
+    fwd: &Forward,
+    seeds: Vec<(Value, Tensor)>,
+    wrt_inputs: &[Value],
+    plan: &mut Vec<Dispatch>,
+) -> Result<BTreeMap<String, Tensor>> {
+    let mut needs = needs_grad(graph);
+    if !wrt_inputs.is_empty() {
+        for &v in wrt_inputs {
+            needs[v.0] = true;
+        }
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if !matches!(node.op, Op::Param { .. } | Op::Input) {
+                needs[i] = node.op.inputs().iter().any(|x| needs[x.0]);
+            }
+        }
+    }
+    let mut grads = Grads {
+        slots: vec![None; graph.nodes.len()],
+    };
+    for (v, t) in seeds {
+        if needs[v.0] {
+            grads.add(gpu, plan, v, t, false)?;
+        }
+    }
+    let f = &fwd.values;
+    for (i, node) in graph.nodes.iter().enumerate().rev() {
+        if matches!(node.op, Op::Param { .. } | Op::Input) {
+            continue;
+        }
+        let Some((dy, _)) = grads.slots[i].clone() else {
+            continue;
+        };
+        let want = |x: Value| needs[x.0];
+        match node.op {
+            Op::Linear { x, weight, bias } => {
+                if want(x) {
+                    let (d, dx) = matmul(gpu, &dy, &f[weight.0], None, MatmulOptions::default())?;
+                    plan.push(d);
+                    grads.add(gpu, plan, x, dx, true)?;
+                }
+                if want(weight) {
+                    let (d, dw) = matmul(
+                        gpu,
+                        &dy,
+                        &f[x.0],
+                        None,
+                        MatmulOptions {
+                            trans_a: true,
+                            ..Default::default()
+                        },
+                    )?;
+                    plan.push(d);
+                    grads.add(gpu, plan, weight, dw, true)?;
+                }
+                if let Some(b) = bias.filter(|b| want(*b)) {
+                    let (d, db) = reduce_axis(gpu, &dy, 0, AxisOp::Sum)?;
+                    plan.push(d);
+                    grads.add(gpu, plan, b, db, true)?;
+                }
+            }
+            Op::Conv2d {
+                x,
+                weight,
+                bias,
+                spec,
+            } => {
+                let (p, g) =
+                    conv::backward(gpu, &f[x.0], &f[weight.0], &dy, bias.is_some(), &spec)?;
+                plan.extend(p);
+                if want(x) {
+                    grads.add(gpu, plan, x, g.dx, true)?;
+                }
+                grads.add(gpu, plan, weight, g.dw, true)?;
+                if let (Some(b), Some(db)) = (bias, g.dbias) {
+                    grads.add(gpu, plan, b, db, true)?;
+                }
+            }
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                eps,
+                momentum,
+            } => {
+                let Some(Saved::BatchNorm(saved)) = fwd.saved.get(&i) else {
+                    return Err(shape_error(
+                        &node.name,
+                        "backward needs a training-mode forward pass",
+                    ));
+                };
+                let st = bn_state(f, gamma, beta, running_mean, running_var, eps, momentum);
+                let (p, g) = batchnorm::backward(gpu, &f[x.0], &dy, &st, saved)?;
+                plan.extend(p);
+                if want(x) {
+                    grads.add(gpu, plan, x, g.dx, true)?;
+                }
+                grads.add(gpu, plan, gamma, g.dgamma, true)?;
+                grads.add(gpu, plan, beta, g.dbeta, true)?;
+            }
+            Op::Relu { x } | Op::Gelu { x } => {
+                let kind = if matches!(node.op, Op::Relu { .. }) {
+                    Kind::Relu
+                } else {
+                    Kind::Gelu
+                };
+                let (d, dx) = activation::backward(gpu, kind, &f[x.0], &dy)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
+            }
+            Op::MaxPool { x, pool } => {
+                let Some(Saved::Argmax(arg)) = fwd.saved.get(&i) else {
+                    return Err(shape_error(
+                        &node.name,
+                        "backward needs the forward pass's argmax",
+                    ));
+                };
+                let (d, dx) = pool::max_pool_backward(gpu, &f[x.0], &pool, arg, &dy)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
+            }
+            Op::AvgPool { x, pool } => {
+                let (d, dx) = pool::avg_pool_backward(gpu, &f[x.0], &pool, &dy)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
+            }
+            Op::GlobalAvgPool { x } => {
+                let (d, dx) = pool::global_avg_pool_backward(gpu, &f[x.0], &dy)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
+            }
+            Op::Flatten { x } => grads.add(gpu, plan, x, dy.reshape(graph.shape(x))?, false)?,
+            Op::Add { a, b } => {
+                for operand in [a, b] {
+                    if want(operand) {
+                        grads.add(gpu, plan, operand, dy.clone(), false)?;
+                    }
+                }
+            }
+            Op::Input | Op::Param { .. } => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (v, node) in graph.params() {
+        if let (
+            Op::Param {
+                trainable: true, ..
+            },
+            Some((g, _)),
+        ) = (&node.op, grads.slots[v.0].take())
+        {
+            out.insert(node.name.clone(), g);
+        }
+    }
+    for &v in wrt_inputs {
+        if let Some((g, _)) = grads.slots[v.0].take() {
+            out.insert(graph.nodes[v.0].name.clone(), g);
+        }
+    }
+    Ok(out)
+}

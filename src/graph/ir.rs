@@ -1,0 +1,497 @@
+//! The graph IR: nodes are kernel-library ops over tensors with static shapes. Shapes are
+//! inferred and checked as the graph is built, so a bad model fails at construction with the
+//! node's name and the shapes involved, never at dispatch.
+
+use std::collections::BTreeMap;
+
+use crate::gpu::error::shape_error;
+use crate::gpu::{DType, Result};
+use crate::kernels::conv::Conv2d;
+use crate::kernels::pool::Pool2d;
+
+/// A value in a graph: the output of the node with this index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Value(pub usize);
+
+/// How a parameter or buffer starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Uniform in [−bound, bound] (PyTorch's default for Linear and Conv2d: 1/√fan_in).
+    Uniform(f32),
+}
+
+/// What a node computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Fed each step.
+    Input,
+    /// A tensor owned by the model: trainable parameters, or buffers such as running statistics.
+    Param {
+        /// Initial values.
+        init: Init,
+        /// Whether the optimizer updates it.
+        trainable: bool,
+    },
+    /// `x·Wᵀ + b`, W `[out, in]`.
+    Linear {
+        /// Input `[B, in]`.
+        x: Value,
+        /// Weight.
+        weight: Value,
+        /// Optional bias `[out]`.
+        bias: Option<Value>,
+    },
+    /// NCHW convolution.
+    Conv2d {
+        /// Input.
+        x: Value,
+        /// Weight `[Cout, Cin, KH, KW]`.
+        weight: Value,
+        /// Optional bias `[Cout]`.
+        bias: Option<Value>,
+        /// Stride and padding.
+        spec: Conv2d,
+    },
+    /// Batch normalisation (batch statistics in training, running statistics in evaluation).
+    BatchNorm {
+        /// Input `(N, C)` or `(N, C, H, W)`.
+        x: Value,
+        /// γ.
+        gamma: Value,
+        /// β.
+        beta: Value,
+        /// Running mean (buffer).
+        running_mean: Value,
+        /// Running variance (buffer).
+        running_var: Value,
+        /// ε.
+        eps: f32,
+        /// Running-stat momentum.
+        momentum: f32,
+    },
+    /// ReLU.
+    Relu {
+        /// Input.
+        x: Value,
+    },
+    /// Exact GELU.
+    Gelu {
+        /// Input.
+        x: Value,
+    },
+    /// Max pooling.
+    MaxPool {
+        /// Input.
+        x: Value,
+        /// Window.
+        pool: Pool2d,
+    },
+    /// Average pooling.
+    AvgPool {
+        /// Input.
+        x: Value,
+        /// Window.
+        pool: Pool2d,
+    },
+    /// (N, C, H, W) → (N, C).
+    GlobalAvgPool {
+        /// Input.
+        x: Value,
+    },
+    /// (N, …) → (N, ∏…), a view.
+    Flatten {
+        /// Input.
+        x: Value,
+    },
+    /// Elementwise sum (residual connections).
+    Add {
+        /// First operand.
+        a: Value,
+        /// Second operand.
+        b: Value,
+    },
+}
+
+impl Op {
+    /// The values this op reads.
+    pub fn inputs(&self) -> Vec<Value> {
+        match *self {
+            Op::Input | Op::Param { .. } => vec![],
+            Op::Linear { x, weight, bias }
+            | Op::Conv2d {
+                x, weight, bias, ..
+            } => {
+                let mut v = vec![x, weight];
+                v.extend(bias);
+                v
+            }
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } => vec![x, gamma, beta, running_mean, running_var],
+            Op::Relu { x } | Op::Gelu { x } | Op::MaxPool { x, .. } | Op::AvgPool { x, .. } => {
+                vec![x]
+            }
+            Op::GlobalAvgPool { x } | Op::Flatten { x } => vec![x],
+            Op::Add { a, b } => vec![a, b],
+        }
+    }
+}
+
+/// A square convolution layer's settings, as `nn.Conv2d`'s arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvLayer {
+    /// Output channels.
+    pub out: usize,
+    /// Kernel size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding.
+    pub padding: usize,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+}
+
+/// A node: a named op and the shape of its output.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Unique name (parameters use PyTorch's `module.weight` names).
+    pub name: String,
+    /// What it computes.
+    pub op: Op,
+    /// Output shape.
+    pub shape: Vec<usize>,
+    /// Output dtype.
+    pub dtype: DType,
+}
+
+/// A model as a graph of ops, built in topological order.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    /// Nodes; a [`Value`] indexes this list.
+    pub nodes: Vec<Node>,
+    /// Named outputs any loss term can read (`hidden.0`, `logits`, …).
+    pub taps: BTreeMap<String, Value>,
+    /// The model's output (its logits).
+    pub output: Option<Value>,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shape of a value.
+    pub fn shape(&self, v: Value) -> &[usize] {
+        &self.nodes[v.0].shape
+    }
+
+    /// The node called `name`.
+    pub fn find(&self, name: &str) -> Option<Value> {
+        self.nodes.iter().position(|n| n.name == name).map(Value)
+    }
+
+    fn push(&mut self, name: String, op: Op, shape: Vec<usize>, dtype: DType) -> Result<Value> {
+        if self.nodes.iter().any(|n| n.name == name) {
+            return Err(shape_error(&name, "a node with this name already exists"));
+        }
+        self.nodes.push(Node {
+            name,
+            op,
+            shape,
+            dtype,
+        });
+        Ok(Value(self.nodes.len() - 1))
+    }
+
+    fn auto_name(&self, kind: &str) -> String {
+        format!("{kind}.{}", self.nodes.len())
+    }
+
+    /// A per-step input.
+    pub fn input(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Value> {
+        self.push(name.to_string(), Op::Input, shape.to_vec(), dtype)
+    }
+
+    /// A trainable parameter.
+    pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Value> {
+        self.push(
+            name.to_string(),
+            Op::Param {
+                init,
+                trainable: true,
+            },
+            shape.to_vec(),
+            DType::F32,
+        )
+    }
+
+    /// A non-trainable buffer (exported with the model, not optimised).
+    pub fn buffer(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Value> {
+        self.push(
+            name.to_string(),
+            Op::Param {
+                init,
+                trainable: false,
+            },
+            shape.to_vec(),
+            DType::F32,
+        )
+    }
+
+    /// `prefix.weight` `[out, in]` and `prefix.bias`, as `nn.Linear(in, out)`.
+    pub fn linear(&mut self, prefix: &str, x: Value, out: usize, bias: bool) -> Result<Value> {
+        let &[b, inp] = self.shape(x) else {
+            return Err(shape_error(
+                prefix,
+                format!(
+                    "Linear needs a (batch, features) input, got {:?}",
+                    self.shape(x)
+                ),
+            ));
+        };
+        let bound = 1.0 / (inp as f32).sqrt();
+        let weight = self.param(
+            &format!("{prefix}.weight"),
+            &[out, inp],
+            Init::Uniform(bound),
+        )?;
+        let bias = if bias {
+            Some(self.param(&format!("{prefix}.bias"), &[out], Init::Uniform(bound))?)
+        } else {
+            None
+        };
+        self.push(
+            prefix.to_string(),
+            Op::Linear { x, weight, bias },
+            vec![b, out],
+            DType::F32,
+        )
+    }
+
+    /// `prefix.weight` `[out, in, k, k]` (and `prefix.bias`), as
+    /// `nn.Conv2d(in, out, k, stride, padding, bias)`.
+    pub fn conv2d(&mut self, prefix: &str, x: Value, layer: ConvLayer) -> Result<Value> {
+        let ConvLayer {
+            out,
+            kernel: k,
+            stride,
+            padding,
+            bias,
+        } = layer;
+        let &[n, cin, h, w] = self.shape(x) else {
+            return Err(shape_error(
+                prefix,
+                format!(
+                    "Conv2d needs an (N, C, H, W) input, got {:?}",
+                    self.shape(x)
+                ),
+            ));
+        };
+        let size = |i: usize| {
+            (i + 2 * padding)
+                .checked_sub(k)
+                .filter(|_| stride > 0)
+                .map(|v| v / stride + 1)
+        };
+        let (Some(ho), Some(wo)) = (size(h), size(w)) else {
+            return Err(shape_error(
+                prefix,
+                format!(
+                    "a {k}×{k} kernel (stride {stride}, padding {padding}) does not fit {h}×{w}"
+                ),
+            ));
+        };
+        let bound = 1.0 / ((cin * k * k) as f32).sqrt();
+        let weight = self.param(
+            &format!("{prefix}.weight"),
+            &[out, cin, k, k],
+            Init::Uniform(bound),
+        )?;
+        let bias = if bias {
+            Some(self.param(&format!("{prefix}.bias"), &[out], Init::Uniform(bound))?)
+        } else {
+            None
+        };
+        let spec = Conv2d {
+            stride: [stride, stride],
+            padding: [padding, padding],
+        };
+        self.push(
+            prefix.to_string(),
+            Op::Conv2d {
+                x,
+                weight,
+                bias,
+                spec,
+            },
+            vec![n, out, ho, wo],
+            DType::F32,
+        )
+    }
+
+    /// `prefix.weight`, `prefix.bias`, `prefix.running_mean`, `prefix.running_var`, as
+    /// `nn.BatchNorm1d/2d(C)`.
+    pub fn batch_norm(&mut self, prefix: &str, x: Value) -> Result<Value> {
+        let shape = self.shape(x).to_vec();
+        if !(shape.len() == 2 || shape.len() == 4) {
+            return Err(shape_error(
+                prefix,
+                format!("BatchNorm needs (N, C) or (N, C, H, W), got {shape:?}"),
+            ));
+        }
+        let c = shape[1];
+        let gamma = self.param(&format!("{prefix}.weight"), &[c], Init::Ones)?;
+        let beta = self.param(&format!("{prefix}.bias"), &[c], Init::Zeros)?;
+        let running_mean = self.buffer(&format!("{prefix}.running_mean"), &[c], Init::Zeros)?;
+        let running_var = self.buffer(&format!("{prefix}.running_var"), &[c], Init::Ones)?;
+        let op = Op::BatchNorm {
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            eps: 1e-5,
+            momentum: 0.1,
+        };
+        self.push(prefix.to_string(), op, shape, DType::F32)
+    }
+
+    /// ReLU.
+    pub fn relu(&mut self, x: Value) -> Result<Value> {
+        let shape = self.shape(x).to_vec();
+        self.push(self.auto_name("relu"), Op::Relu { x }, shape, DType::F32)
+    }
+
+    /// Exact GELU.
+    pub fn gelu(&mut self, x: Value) -> Result<Value> {
+        let shape = self.shape(x).to_vec();
+        self.push(self.auto_name("gelu"), Op::Gelu { x }, shape, DType::F32)
+    }
+
+    fn pooled(&self, kind: &str, x: Value, pool: &Pool2d) -> Result<Vec<usize>> {
+        let &[n, c, h, w] = self.shape(x) else {
+            return Err(shape_error(
+                kind,
+                format!(
+                    "pooling needs an (N, C, H, W) input, got {:?}",
+                    self.shape(x)
+                ),
+            ));
+        };
+        let [ho, wo] = pool
+            .output_size(h, w)
+            .ok_or_else(|| shape_error(kind, format!("{pool:?} does not fit {h}×{w}")))?;
+        Ok(vec![n, c, ho, wo])
+    }
+
+    /// Max pooling with a square window.
+    pub fn max_pool(&mut self, x: Value, k: usize, stride: usize, padding: usize) -> Result<Value> {
+        let pool = Pool2d {
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [padding, padding],
+        };
+        let name = self.auto_name("max_pool");
+        let shape = self.pooled(&name, x, &pool)?;
+        self.push(name, Op::MaxPool { x, pool }, shape, DType::F32)
+    }
+
+    /// Average pooling with a square window.
+    pub fn avg_pool(&mut self, x: Value, k: usize, stride: usize, padding: usize) -> Result<Value> {
+        let pool = Pool2d {
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [padding, padding],
+        };
+        let name = self.auto_name("avg_pool");
+        let shape = self.pooled(&name, x, &pool)?;
+        self.push(name, Op::AvgPool { x, pool }, shape, DType::F32)
+    }
+
+    /// (N, C, H, W) → (N, C).
+    pub fn global_avg_pool(&mut self, x: Value) -> Result<Value> {
+        let name = self.auto_name("global_avg_pool");
+        let &[n, c, _, _] = self.shape(x) else {
+            return Err(shape_error(
+                &name,
+                format!("needs an (N, C, H, W) input, got {:?}", self.shape(x)),
+            ));
+        };
+        self.push(name, Op::GlobalAvgPool { x }, vec![n, c], DType::F32)
+    }
+
+    /// (N, …) → (N, ∏…).
+    pub fn flatten(&mut self, x: Value) -> Result<Value> {
+        let shape = self.shape(x);
+        let n = shape.first().copied().unwrap_or(1);
+        let rest = shape.iter().skip(1).product();
+        self.push(
+            self.auto_name("flatten"),
+            Op::Flatten { x },
+            vec![n, rest],
+            DType::F32,
+        )
+    }
+
+    /// `a + b` (same shapes).
+    pub fn add(&mut self, a: Value, b: Value) -> Result<Value> {
+        let name = self.auto_name("add");
+        if self.shape(a) != self.shape(b) {
+            return Err(shape_error(
+                &name,
+                format!(
+                    "operands differ: {:?} and {:?}",
+                    self.shape(a),
+                    self.shape(b)
+                ),
+            ));
+        }
+        let shape = self.shape(a).to_vec();
+        self.push(name, Op::Add { a, b }, shape, DType::F32)
+    }
+
+    /// Names a value so loss terms can read it.
+    pub fn tap(&mut self, name: &str, v: Value) -> Result<()> {
+        if self.taps.insert(name.to_string(), v).is_some() {
+            return Err(shape_error(name, "a tap with this name already exists"));
+        }
+        Ok(())
+    }
+
+    /// Sets the model's output (also tapped as `logits`).
+    pub fn set_output(&mut self, v: Value) -> Result<()> {
+        self.output = Some(v);
+        self.tap("logits", v)
+    }
+
+    /// The value behind a tap, or an error listing the taps there are.
+    pub fn tapped(&self, name: &str) -> Result<Value> {
+        self.taps.get(name).copied().ok_or_else(|| {
+            let names: Vec<&str> = self.taps.keys().map(String::as_str).collect();
+            shape_error(
+                &format!("tap '{name}'"),
+                format!("no such tap; this model has {}", names.join(", ")),
+            )
+        })
+    }
+
+    /// Parameters and buffers, in order: (value, node).
+    pub fn params(&self) -> impl Iterator<Item = (Value, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.op, Op::Param { .. }))
+            .map(|(i, n)| (Value(i), n))
+    }
+}

@@ -1,0 +1,13 @@
+//! The graph executor: models as graphs of kernel-library ops ([`ir`]), their weights by PyTorch
+//! name ([`weights`]), forward and reverse-mode backward planning ([`exec`]), and compiled steps
+//! that replay a whole training step with one submission ([`step`]).
+
+pub mod exec;
+pub mod ir;
+pub mod step;
+pub mod weights;
+
+pub use exec::Mode;
+pub use ir::{ConvLayer, Graph, Init, Op, Value};
+pub use step::{Adapter, EvalStep, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep};
+pub use weights::Weights;

@@ -1,0 +1,451 @@
+//! Compiled steps. A training step (teacher forward, student forward, every loss term, student
+//! backward, optimizer update) is planned and bound once; each call then writes the batch,
+//! records the bound launches into one compute pass and submits once: no buffer, bind-group or
+//! pipeline is created per step, and nothing is read back unless asked.
+
+use std::collections::BTreeMap;
+
+use crate::gpu::error::shape_error;
+use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, GpuError, Result, Tensor};
+use crate::kernels::{elementwise, losses, optimizer};
+
+use super::exec::{Mode, plan_backward, plan_forward};
+use super::ir::{ConvLayer, Graph, Op, Value};
+use super::weights::Weights;
+
+/// A distillation or task loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LossKind {
+    /// Cross-entropy with the labels.
+    Ce,
+    /// Hinton KD toward the teacher.
+    Kd {
+        /// Temperature.
+        temperature: f32,
+    },
+    /// Decoupled KD toward the teacher.
+    Dkd {
+        /// TCKD weight.
+        alpha: f32,
+        /// NCKD weight.
+        beta: f32,
+        /// Temperature.
+        temperature: f32,
+    },
+    /// FitNet hint (MSE) toward a teacher tap.
+    Hint,
+    /// Attention transfer.
+    At {
+        /// Exponent.
+        p: f32,
+    },
+    /// Similarity preserving.
+    Sp,
+    /// RKD distance.
+    RkdDistance,
+    /// RKD angle.
+    RkdAngle,
+    /// PKT.
+    Pkt,
+}
+
+impl LossKind {
+    fn needs_teacher(self) -> bool {
+        self != LossKind::Ce
+    }
+}
+
+/// A trainable regressor between a student tap and the teacher's (FitNet): it trains with the
+/// student and is not part of the student's exported weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adapter {
+    /// `nn.Linear` for (B, D) taps.
+    Linear,
+    /// 1×1 `nn.Conv2d` for (B, C, H, W) taps.
+    Conv1x1,
+}
+
+/// One weighted loss term over taps.
+#[derive(Clone, Debug)]
+pub struct LossSpec {
+    /// What to compute.
+    pub kind: LossKind,
+    /// Its weight in the total.
+    pub weight: f32,
+    /// Student tap (`logits` when `None`).
+    pub student_tap: Option<String>,
+    /// Teacher tap (`logits` when `None`).
+    pub teacher_tap: Option<String>,
+    /// A regressor from the student tap to the teacher tap's shape.
+    pub adapter: Option<Adapter>,
+}
+
+impl LossSpec {
+    /// A term on the logits.
+    pub fn logits(kind: LossKind, weight: f32) -> Self {
+        Self {
+            kind,
+            weight,
+            student_tap: None,
+            teacher_tap: None,
+            adapter: None,
+        }
+    }
+}
+
+/// The optimizer of a step.
+#[derive(Clone, Copy, Debug)]
+pub enum OptimizerSpec {
+    /// SGD.
+    Sgd(optimizer::Sgd),
+    /// AdamW.
+    AdamW(optimizer::AdamW),
+}
+
+/// Everything a training step is made of.
+pub struct StepSpec<'a> {
+    /// The model being trained; its input is `x`.
+    pub student: &'a Graph,
+    /// Its weights, updated in place by each step.
+    pub student_weights: &'a Weights,
+    /// A frozen teacher (forward only, evaluation mode), reading the same `x`.
+    pub teacher: Option<(&'a Graph, &'a Weights)>,
+    /// The loss terms.
+    pub losses: Vec<LossSpec>,
+    /// The optimizer.
+    pub optimizer: OptimizerSpec,
+    /// Seed for the adapters' initial weights.
+    pub seed: u64,
+}
+
+/// A compiled training step.
+pub struct TrainStep {
+    bound: BoundPlan,
+    x: Tensor,
+    labels: Tensor,
+    logits: Tensor,
+    losses: Vec<(String, f32, Tensor)>,
+    adapters: Vec<Weights>,
+}
+
+fn input_value(graph: &Graph, name: &str) -> Result<Value> {
+    graph
+        .find(name)
+        .filter(|v| graph.nodes[v.0].op == Op::Input)
+        .ok_or_else(|| shape_error(name, "the model has no input with this name"))
+}
+
+/// Builds the regressor graph of an adapter from a student tap's shape to the teacher's.
+fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> Result<Graph> {
+    let mut g = Graph::new();
+    let x = g.input("x", from, DType::F32)?;
+    let prefix = format!("adapters.{index}");
+    let y = match (kind, from, to) {
+        (Adapter::Linear, &[_, _], &[_, out]) => g.linear(&prefix, x, out, true)?,
+        (Adapter::Conv1x1, &[_, _, _, _], &[_, out, _, _]) => g.conv2d(
+            &prefix,
+            x,
+            ConvLayer {
+                out,
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+                bias: true,
+            },
+        )?,
+        _ => {
+            return Err(shape_error(
+                &prefix,
+                format!(
+                    "a {kind:?} adapter cannot map {from:?} to {to:?} (Linear: 2-D taps, Conv1x1: 4-D taps)"
+                ),
+            ));
+        }
+    };
+    if g.shape(y) != to {
+        return Err(shape_error(
+            &prefix,
+            format!(
+                "the adapter gives {:?} but the teacher tap is {to:?}",
+                g.shape(y)
+            ),
+        ));
+    }
+    g.set_output(y)?;
+    Ok(g)
+}
+
+/// Plans one loss term: returns its launches' loss and its gradient for the student side.
+fn loss_plan(
+    gpu: &Gpu,
+    kind: LossKind,
+    s: &Tensor,
+    t: Option<&Tensor>,
+    labels: &Tensor,
+) -> Result<losses::LossPlan> {
+    let teacher = || t.ok_or_else(|| shape_error("loss", "this loss needs a teacher"));
+    match kind {
+        LossKind::Ce => losses::ce(gpu, s, labels),
+        LossKind::Kd { temperature } => losses::kd(gpu, s, teacher()?, temperature),
+        LossKind::Dkd {
+            alpha,
+            beta,
+            temperature,
+        } => losses::dkd(gpu, s, teacher()?, labels, alpha, beta, temperature),
+        LossKind::Hint => losses::hint(gpu, s, teacher()?),
+        LossKind::At { p } => losses::at(gpu, s, teacher()?, p),
+        LossKind::Sp => losses::sp(gpu, s, teacher()?),
+        LossKind::RkdDistance => losses::rkd_distance(gpu, s, teacher()?),
+        LossKind::RkdAngle => losses::rkd_angle(gpu, s, teacher()?),
+        LossKind::Pkt => losses::pkt(gpu, s, teacher()?),
+    }
+}
+
+impl TrainStep {
+    /// Plans, allocates and binds everything once.
+    pub fn compile(gpu: &Gpu, spec: &StepSpec<'_>) -> Result<TrainStep> {
+        let student = spec.student;
+        let xv = input_value(student, "x")?;
+        let x_shape = student.shape(xv).to_vec();
+        let batch = x_shape[0];
+        let x = gpu.empty(&x_shape, DType::F32)?;
+        let labels = gpu.zeros(&[batch], DType::I32)?;
+        let inputs: BTreeMap<String, Tensor> = [("x".to_string(), x.clone())].into();
+        let mut plan: Vec<Dispatch> = Vec::new();
+
+        let teacher_fwd = match spec.teacher {
+            Some((tg, tw)) => {
+                let tx = input_value(tg, "x")?;
+                if tg.shape(tx) != x_shape.as_slice() {
+                    return Err(shape_error(
+                        "teacher",
+                        format!(
+                            "input x is {:?} but the student's is {x_shape:?}",
+                            tg.shape(tx)
+                        ),
+                    ));
+                }
+                Some((
+                    tg,
+                    plan_forward(gpu, tg, tw, &inputs, Mode::Eval, &mut plan)?,
+                ))
+            }
+            None => None,
+        };
+        let fwd = plan_forward(
+            gpu,
+            student,
+            spec.student_weights,
+            &inputs,
+            Mode::Train,
+            &mut plan,
+        )?;
+        let logits_value = student
+            .output
+            .ok_or_else(|| shape_error("student", "the model has no output"))?;
+
+        let mut seeds: Vec<(Value, Tensor)> = Vec::new();
+        let mut loss_values = Vec::new();
+        let mut adapter_parts = Vec::new();
+        for (i, term) in spec.losses.iter().enumerate() {
+            let label = format!(
+                "{}:{}",
+                i,
+                format!("{:?}", term.kind)
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap_or("loss")
+                    .to_lowercase()
+            );
+            let sv = student.tapped(term.student_tap.as_deref().unwrap_or("logits"))?;
+            let teacher_tensor = if term.kind.needs_teacher() {
+                let (tg, tf) = teacher_fwd
+                    .as_ref()
+                    .ok_or_else(|| shape_error(&label, "this loss needs a teacher"))?;
+                Some(
+                    tf.get(tg.tapped(term.teacher_tap.as_deref().unwrap_or("logits"))?)
+                        .clone(),
+                )
+            } else {
+                None
+            };
+            let (student_side, adapter) = match term.adapter {
+                Some(kind) => {
+                    let to = teacher_tensor
+                        .as_ref()
+                        .map(|t| t.shape().to_vec())
+                        .unwrap_or_default();
+                    let g = adapter_graph(kind, i, student.shape(sv), &to)?;
+                    let w = Weights::init(gpu, &g, spec.seed.wrapping_add(i as u64))?;
+                    let ins: BTreeMap<String, Tensor> =
+                        [("x".to_string(), fwd.get(sv).clone())].into();
+                    let f = plan_forward(gpu, &g, &w, &ins, Mode::Train, &mut plan)?;
+                    let out = f.get(g.output.expect("adapter output")).clone();
+                    (out, Some((g, w, f)))
+                }
+                None => (fwd.get(sv).clone(), None),
+            };
+            let lp = loss_plan(
+                gpu,
+                term.kind,
+                &student_side,
+                teacher_tensor.as_ref(),
+                &labels,
+            )?;
+            plan.extend(lp.dispatches);
+            let grad = if term.weight == 1.0 {
+                lp.grad
+            } else {
+                let (d, g) = elementwise::scale_plan(gpu, &lp.grad, term.weight)?;
+                plan.push(d);
+                g
+            };
+            loss_values.push((label, term.weight, lp.loss));
+            match adapter {
+                Some((g, w, f)) => {
+                    let gx = g.find("x").expect("adapter input");
+                    let out = g.output.expect("adapter output");
+                    let grads = plan_backward(gpu, &g, &f, vec![(out, grad)], &[gx], &mut plan)?;
+                    if let Some(dx) = grads.get("x") {
+                        seeds.push((sv, dx.clone()));
+                    }
+                    adapter_parts.push((w, grads));
+                }
+                None => seeds.push((sv, grad)),
+            }
+        }
+        let grads = plan_backward(gpu, student, &fwd, seeds, &[], &mut plan)?;
+
+        // Optimizer: the step counter first, then one fused update per parameter.
+        let step = gpu.zeros(&[1], DType::U32)?;
+        plan.push(optimizer::advance_step(gpu, &step)?);
+        let mut updates: Vec<(&Tensor, &Tensor)> = Vec::new();
+        for (name, g) in &grads {
+            let p = spec
+                .student_weights
+                .get(name)
+                .ok_or_else(|| shape_error(name, "missing from the weights"))?;
+            updates.push((p, g));
+        }
+        for (w, grads) in &adapter_parts {
+            for (name, g) in grads {
+                if let Some(p) = w.get(name) {
+                    updates.push((p, g));
+                }
+            }
+        }
+        for (p, g) in updates {
+            plan.push(match spec.optimizer {
+                OptimizerSpec::Sgd(s) => {
+                    optimizer::sgd(gpu, &s, p, g, &gpu.zeros(p.shape(), DType::F32)?, &step)?
+                }
+                OptimizerSpec::AdamW(s) => {
+                    let (m, v) = (
+                        gpu.zeros(p.shape(), DType::F32)?,
+                        gpu.zeros(p.shape(), DType::F32)?,
+                    );
+                    optimizer::adamw(gpu, &s, p, g, &m, &v, &step)?
+                }
+            });
+        }
+        let bound = gpu.bind_plan(&plan)?;
+        Ok(TrainStep {
+            bound,
+            x,
+            labels,
+            logits: fwd.get(logits_value).clone(),
+            losses: loss_values,
+            adapters: adapter_parts.into_iter().map(|(w, _)| w).collect(),
+        })
+    }
+
+    /// Runs one step on a batch: one upload of x and the labels, one command buffer, one submit.
+    /// Returns without waiting for the GPU.
+    pub fn run(&self, gpu: &Gpu, x: &[f32], labels: &[i32]) -> Result<()> {
+        gpu.write(&self.x, x)?;
+        gpu.write(&self.labels, labels)?;
+        let mut encoder = gpu.encoder("train step");
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("train step"),
+                timestamp_writes: None,
+            });
+            self.bound.record(&mut pass);
+        }
+        gpu.submit(encoder)?;
+        Ok(())
+    }
+
+    /// Each loss term's label, weight and value from the last step (waits for the GPU).
+    pub fn losses(&self, gpu: &Gpu) -> Result<Vec<(String, f32, f32)>> {
+        self.losses
+            .iter()
+            .map(|(name, w, t)| Ok((name.clone(), *w, gpu.read::<f32>(t)?[0])))
+            .collect::<Result<Vec<_>, GpuError>>()
+    }
+
+    /// The weighted total of the last step's losses (waits for the GPU).
+    pub fn total_loss(&self, gpu: &Gpu) -> Result<f32> {
+        Ok(self.losses(gpu)?.iter().map(|(_, w, l)| w * l).sum())
+    }
+
+    /// The student's logits from the last step.
+    pub fn logits(&self) -> &Tensor {
+        &self.logits
+    }
+
+    /// The adapters' weights (trained with the student, not exported with it).
+    pub fn adapters(&self) -> &[Weights] {
+        &self.adapters
+    }
+}
+
+/// A compiled forward pass in evaluation mode.
+pub struct EvalStep {
+    bound: BoundPlan,
+    x: Tensor,
+    output: Tensor,
+}
+
+impl EvalStep {
+    /// Plans and binds the forward pass of `graph` (input `x`) once.
+    pub fn compile(gpu: &Gpu, graph: &Graph, weights: &Weights) -> Result<EvalStep> {
+        let xv = input_value(graph, "x")?;
+        let x = gpu.empty(graph.shape(xv), DType::F32)?;
+        let mut plan = Vec::new();
+        let inputs: BTreeMap<String, Tensor> = [("x".to_string(), x.clone())].into();
+        let fwd = plan_forward(gpu, graph, weights, &inputs, Mode::Eval, &mut plan)?;
+        let output = fwd
+            .get(
+                graph
+                    .output
+                    .ok_or_else(|| shape_error("model", "the model has no output"))?,
+            )
+            .clone();
+        Ok(EvalStep {
+            bound: gpu.bind_plan(&plan)?,
+            x,
+            output,
+        })
+    }
+
+    /// Runs the forward pass on a batch and returns the output (waits for the GPU).
+    pub fn run(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
+        gpu.write(&self.x, x)?;
+        let mut encoder = gpu.encoder("eval step");
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("eval step"),
+                timestamp_writes: None,
+            });
+            self.bound.record(&mut pass);
+        }
+        gpu.submit(encoder)?;
+        gpu.read::<f32>(&self.output)
+    }
+
+    /// The output tensor.
+    pub fn output(&self) -> &Tensor {
+        &self.output
+    }
+}

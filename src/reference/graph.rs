@@ -1,0 +1,124 @@
+//! An f64 interpreter of the graph IR over the CPU references, in training mode (batch
+//! statistics): the reference the executor's gradients are checked against by finite differences.
+
+use std::collections::BTreeMap;
+
+use crate::graph::{Graph, Op};
+
+use super::conv::{self as cpu_conv, Window};
+use super::dense::{self, LinearShape};
+
+/// Runs the forward pass on host values (parameters and buffers by name, input `x`) and returns
+/// every value.
+pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) -> Vec<Vec<f64>> {
+    let mut values: Vec<Vec<f64>> = Vec::with_capacity(graph.nodes.len());
+    for node in &graph.nodes {
+        let shape = &node.shape;
+        let v = |i: crate::graph::Value| values[i.0].clone();
+        let out = match node.op {
+            Op::Input => x.to_vec(),
+            Op::Param { .. } => params[&node.name].clone(),
+            Op::Linear { x, weight, bias } => {
+                let [m, k] = [graph.shape(x)[0], graph.shape(x)[1]];
+                let n = shape[1];
+                let b = bias.map_or(vec![0.0; n], &v);
+                dense::linear_forward(
+                    &values[x.0],
+                    &values[weight.0],
+                    &b,
+                    LinearShape { m, n, k },
+                    dense::Act::Identity,
+                )
+                .1
+            }
+            Op::Conv2d {
+                x,
+                weight,
+                bias,
+                spec,
+            } => {
+                let s = graph.shape(x);
+                let ws = graph.shape(weight);
+                let win = Window {
+                    n: s[0],
+                    c: s[1],
+                    h: s[2],
+                    w: s[3],
+                    k: [ws[2], ws[3]],
+                    s: spec.stride,
+                    p: spec.padding,
+                };
+                let b = bias.map(&v);
+                cpu_conv::conv2d(&values[x.0], &values[weight.0], b.as_deref(), &win, ws[0])
+            }
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                eps,
+                ..
+            } => {
+                let s = graph.shape(x);
+                let spatial = s[2..].iter().product();
+                cpu_conv::batch_norm(
+                    &values[x.0],
+                    s[0],
+                    s[1],
+                    spatial,
+                    &values[gamma.0],
+                    &values[beta.0],
+                    f64::from(eps),
+                )
+                .0
+            }
+            Op::Relu { x } => values[x.0].iter().map(|&z| dense::relu(z)).collect(),
+            Op::Gelu { x } => values[x.0].iter().map(|&z| dense::gelu(z)).collect(),
+            Op::MaxPool { x, pool } | Op::AvgPool { x, pool } => {
+                let s = graph.shape(x);
+                let win = Window {
+                    n: s[0],
+                    c: s[1],
+                    h: s[2],
+                    w: s[3],
+                    k: pool.kernel,
+                    s: pool.stride,
+                    p: pool.padding,
+                };
+                if matches!(node.op, Op::MaxPool { .. }) {
+                    cpu_conv::max_pool(&values[x.0], &win).0
+                } else {
+                    cpu_conv::avg_pool(&values[x.0], &win)
+                }
+            }
+            Op::GlobalAvgPool { x } => {
+                let s = graph.shape(x);
+                let hw = s[2] * s[3];
+                values[x.0]
+                    .chunks(hw)
+                    .map(|p| p.iter().sum::<f64>() / hw as f64)
+                    .collect()
+            }
+            Op::Flatten { x } => v(x),
+            Op::Add { a, b } => values[a.0]
+                .iter()
+                .zip(&values[b.0])
+                .map(|(p, q)| p + q)
+                .collect(),
+        };
+        values.push(out);
+    }
+    values
+}
+
+/// Mean cross-entropy of the graph's output against `labels`.
+pub fn ce_loss(
+    graph: &Graph,
+    params: &BTreeMap<String, Vec<f64>>,
+    x: &[f64],
+    labels: &[usize],
+) -> f64 {
+    let values = forward(graph, params, x);
+    let out = graph.output.expect("a model output");
+    let classes = graph.shape(out)[1];
+    super::losses::ce(&values[out.0], labels, classes).loss
+}

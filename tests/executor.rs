@@ -1,0 +1,336 @@
+//! The graph executor: whole-model gradients against finite differences of an f64 reference,
+//! compiled steps that create nothing per step, learning on a synthetic task, and KD steps with
+//! a frozen teacher and a FitNet adapter.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{data, gpu, widen};
+use wgdistill::gpu::{DType, Gpu, Tensor};
+use wgdistill::graph::exec::{Mode, plan_backward, plan_forward};
+use wgdistill::graph::{
+    Adapter, ConvLayer, EvalStep, Graph, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep,
+    Weights,
+};
+use wgdistill::kernels::{losses, optimizer};
+use wgdistill::models;
+use wgdistill::reference::graph as cpu_graph;
+
+/// GPU gradients of mean cross-entropy for every trainable parameter.
+fn gpu_grads(
+    gpu: &Gpu,
+    g: &Graph,
+    w: &Weights,
+    x: &[f32],
+    labels: &[i32],
+) -> BTreeMap<String, Vec<f32>> {
+    let xs = g.shape(g.find("x").unwrap()).to_vec();
+    let tx = gpu.upload(&xs, x).unwrap();
+    let tl = gpu.upload(&[labels.len()], labels).unwrap();
+    let inputs: BTreeMap<String, Tensor> = [("x".to_string(), tx)].into();
+    let mut plan = Vec::new();
+    let fwd = plan_forward(gpu, g, w, &inputs, Mode::Train, &mut plan).unwrap();
+    let out = g.output.unwrap();
+    let lp = losses::ce(gpu, fwd.get(out), &tl).unwrap();
+    plan.extend(lp.dispatches);
+    let grads = plan_backward(gpu, g, &fwd, vec![(out, lp.grad)], &[], &mut plan).unwrap();
+    gpu.execute(&plan).unwrap();
+    grads
+        .iter()
+        .map(|(k, t)| (k.clone(), gpu.read::<f32>(t).unwrap()))
+        .collect()
+}
+
+/// Checks every parameter gradient against central differences of the f64 reference.
+fn check_model_gradients(name: &str, g: &Graph, seed: u64) {
+    let Some(gpu) = gpu() else { return };
+    let w = Weights::init(gpu, g, seed).unwrap();
+    let xs = g.shape(g.find("x").unwrap()).to_vec();
+    let batch = xs[0];
+    let classes = g.shape(g.output.unwrap())[1];
+    let x = data(xs.iter().product(), seed + 1);
+    let labels: Vec<i32> = (0..batch).map(|i| (i * 7 % classes) as i32).collect();
+    let got = gpu_grads(gpu, g, &w, &x, &labels);
+    let host: BTreeMap<String, Vec<f64>> = w
+        .to_host(gpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
+        .collect();
+    let ylabels: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
+    let xd = widen(&x);
+    let trainable: Vec<String> = g
+        .params()
+        .filter(|(_, n)| {
+            matches!(
+                n.op,
+                wgdistill::graph::Op::Param {
+                    trainable: true,
+                    ..
+                }
+            )
+        })
+        .map(|(_, n)| n.name.clone())
+        .collect();
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut t = trainable.clone();
+            t.sort();
+            t
+        },
+        "{name}: every trainable parameter gets a gradient"
+    );
+    for pname in &trainable {
+        let mut params = host.clone();
+        let n = params[pname].len();
+        for i in 0..n {
+            let orig = params[pname][i];
+            let h = 1e-5;
+            params.get_mut(pname).unwrap()[i] = orig + h;
+            let up = cpu_graph::ce_loss(g, &params, &xd, &ylabels);
+            params.get_mut(pname).unwrap()[i] = orig - h;
+            let down = cpu_graph::ce_loss(g, &params, &xd, &ylabels);
+            params.get_mut(pname).unwrap()[i] = orig;
+            let fd = (up - down) / (2.0 * h);
+            let gv = f64::from(got[pname][i]);
+            assert!(
+                (gv - fd).abs() <= 2e-4 + 2e-3 * fd.abs(),
+                "{name} {pname}[{i}]: gpu {gv}, finite difference {fd}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mlp_gradients_match_finite_differences() {
+    let g = models::mlp([3, 1, 2, 3], &[5, 4], 3).unwrap();
+    check_model_gradients("mlp", &g, 1);
+}
+
+#[test]
+fn cnn_gradients_match_finite_differences() {
+    let g = models::cnn([3, 2, 6, 6], &[3, 4], 3).unwrap();
+    check_model_gradients("cnn", &g, 2);
+}
+
+#[test]
+fn residual_gradients_accumulate_over_both_paths() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[4, 1, 1, 5], DType::F32).unwrap();
+    let flat = g.flatten(x).unwrap();
+    let z = g.linear("stem", flat, 5, true).unwrap();
+    let h = g.relu(z).unwrap();
+    let branch = g.linear("branch", h, 5, true).unwrap();
+    let sum = g.add(branch, h).unwrap();
+    let gelu = g.gelu(sum).unwrap();
+    let logits = g.linear("head", gelu, 3, true).unwrap();
+    g.set_output(logits).unwrap();
+    check_model_gradients("residual", &g, 3);
+}
+
+fn sgd(lr: f32) -> OptimizerSpec {
+    OptimizerSpec::Sgd(optimizer::Sgd {
+        lr,
+        momentum: 0.9,
+        dampening: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    })
+}
+
+#[test]
+fn a_compiled_step_creates_nothing_and_submits_once_per_step() {
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own: the shared one's counters also count the tests running beside this.
+    let own = Gpu::from_env().unwrap();
+    let gpu = &own;
+    let g = models::mlp([16, 1, 4, 4], &[8], 4).unwrap();
+    let w = Weights::init(gpu, &g, 4).unwrap();
+    let spec = StepSpec {
+        student: &g,
+        student_weights: &w,
+        teacher: None,
+        losses: vec![LossSpec::logits(LossKind::Ce, 1.0)],
+        optimizer: sgd(0.1),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let x = data(16 * 16, 5);
+    let y: Vec<i32> = (0..16).map(|i| i % 4).collect();
+    step.run(gpu, &x, &y).unwrap();
+    let before = gpu.stats();
+    for _ in 0..5 {
+        step.run(gpu, &x, &y).unwrap();
+    }
+    let after = gpu.stats();
+    assert_eq!(after.buffers, before.buffers, "buffers created per step");
+    assert_eq!(
+        after.bind_groups, before.bind_groups,
+        "bind groups created per step"
+    );
+    assert_eq!(
+        after.pipelines, before.pipelines,
+        "pipelines created per step"
+    );
+    assert_eq!(
+        after.submissions,
+        before.submissions + 5,
+        "one submission per step"
+    );
+    assert!(step.total_loss(gpu).unwrap().is_finite());
+}
+
+/// Four classes of 4×4 images: a bright quadrant per class, plus noise.
+fn synthetic(n: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
+    let noise = data(n * 16, seed);
+    let mut x = Vec::with_capacity(n * 16);
+    let mut y = Vec::with_capacity(n);
+    for i in 0..n {
+        let class = (i * 5 + 3) % 4;
+        for p in 0..16 {
+            let (r, c) = (p / 4, p % 4);
+            let quadrant = (r / 2) * 2 + c / 2;
+            x.push(if quadrant == class { 1.0 } else { 0.0 } + 0.3 * noise[i * 16 + p]);
+        }
+        y.push(class as i32);
+    }
+    (x, y)
+}
+
+fn accuracy(gpu: &Gpu, eval: &EvalStep, x: &[f32], y: &[i32], batch: usize) -> f64 {
+    let mut correct = 0;
+    for (xb, yb) in x.chunks(batch * 16).zip(y.chunks(batch)) {
+        let logits = eval.run(gpu, xb).unwrap();
+        for (row, &label) in logits.chunks(4).zip(yb) {
+            let pred = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0;
+            correct += usize::from(pred as i32 == label);
+        }
+    }
+    correct as f64 / y.len() as f64
+}
+
+#[test]
+fn a_tiny_model_learns_a_synthetic_task() {
+    let Some(gpu) = gpu() else { return };
+    let batch = 32;
+    let g = models::mlp([batch, 1, 4, 4], &[16], 4).unwrap();
+    let w = Weights::init(gpu, &g, 6).unwrap();
+    let spec = StepSpec {
+        student: &g,
+        student_weights: &w,
+        teacher: None,
+        losses: vec![LossSpec::logits(LossKind::Ce, 1.0)],
+        optimizer: sgd(0.05),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let (x, y) = synthetic(256, 7);
+    let first = {
+        step.run(gpu, &x[..batch * 16], &y[..batch]).unwrap();
+        step.total_loss(gpu).unwrap()
+    };
+    for epoch in 0..15 {
+        for (xb, yb) in x.chunks(batch * 16).zip(y.chunks(batch)) {
+            step.run(gpu, xb, yb).unwrap();
+        }
+        let _ = epoch;
+    }
+    let last = step.total_loss(gpu).unwrap();
+    assert!(last < first * 0.2, "loss {first} → {last}");
+    let eval = EvalStep::compile(gpu, &g, &w).unwrap();
+    let acc = accuracy(gpu, &eval, &x, &y, batch);
+    assert!(acc >= 0.99, "training accuracy {acc}");
+}
+
+#[test]
+fn kd_steps_with_a_frozen_teacher_and_a_fitnet_adapter_train_the_student() {
+    let Some(gpu) = gpu() else { return };
+    let batch = 32;
+    let teacher = models::mlp([batch, 1, 4, 4], &[32, 24], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 8).unwrap();
+    let student = models::mlp([batch, 1, 4, 4], &[8], 4).unwrap();
+    let sw = Weights::init(gpu, &student, 9).unwrap();
+    let frozen_before = tw.to_host(gpu).unwrap();
+    let hint = LossSpec {
+        kind: LossKind::Hint,
+        weight: 1.0,
+        student_tap: Some("hidden.0".into()),
+        teacher_tap: Some("hidden.1".into()),
+        adapter: Some(Adapter::Linear),
+    };
+    let spec = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![
+            LossSpec::logits(LossKind::Kd { temperature: 4.0 }, 1.0),
+            hint,
+        ],
+        optimizer: sgd(0.05),
+        seed: 1,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let (x, y) = synthetic(64, 10);
+    step.run(gpu, &x[..batch * 16], &y[..batch]).unwrap();
+    let first = step.losses(gpu).unwrap();
+    for _ in 0..60 {
+        step.run(gpu, &x[..batch * 16], &y[..batch]).unwrap();
+    }
+    let last = step.losses(gpu).unwrap();
+    for (a, b) in first.iter().zip(&last) {
+        assert!(b.2 < a.2, "{}: {} → {}", a.0, a.2, b.2);
+    }
+    assert_eq!(
+        tw.to_host(gpu).unwrap(),
+        frozen_before,
+        "the teacher is frozen"
+    );
+    assert_eq!(step.adapters().len(), 1);
+    assert!(step.adapters()[0].get("adapters.1.weight").is_some());
+    assert!(
+        sw.get("adapters.1.weight").is_none(),
+        "adapters are not part of the student"
+    );
+}
+
+#[test]
+fn graph_errors_name_the_node_and_shapes() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 3, 8, 8], DType::F32).unwrap();
+    let e = g.linear("fc", x, 4, true).unwrap_err().to_string();
+    assert!(e.starts_with("fc:") && e.contains("[2, 3, 8, 8]"), "{e}");
+    let e = g
+        .conv2d(
+            "conv",
+            x,
+            ConvLayer {
+                out: 4,
+                kernel: 11,
+                stride: 1,
+                padding: 0,
+                bias: false,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("conv:") && e.contains("11×11"), "{e}");
+    let m = models::mlp([2, 1, 4, 4], &[3], 2).unwrap();
+    let e = m.tapped("hidden.7").unwrap_err().to_string();
+    assert!(
+        e.contains("hidden.7") && e.contains("hidden.0") && e.contains("logits"),
+        "{e}"
+    );
+    let a = g.input("a", &[2, 3], DType::F32).unwrap();
+    let b = g.input("b", &[2, 4], DType::F32).unwrap();
+    let e = g.add(a, b).unwrap_err().to_string();
+    assert!(e.contains("[2, 3]") && e.contains("[2, 4]"), "{e}");
+}
