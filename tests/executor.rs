@@ -334,3 +334,100 @@ fn graph_errors_name_the_node_and_shapes() {
     let e = g.add(a, b).unwrap_err().to_string();
     assert!(e.contains("[2, 3]") && e.contains("[2, 4]"), "{e}");
 }
+
+#[test]
+fn feature_losses_on_cnn_taps_train_through_a_1x1_conv_adapter() {
+    let Some(gpu) = gpu() else { return };
+    let batch = 8;
+    let teacher = models::cnn([batch, 1, 8, 8], &[8, 12], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 20).unwrap();
+    let student = models::cnn([batch, 1, 8, 8], &[4, 6], 4).unwrap();
+    let sw = Weights::init(gpu, &student, 21).unwrap();
+    let tap = |kind, adapter| LossSpec {
+        kind,
+        weight: 1.0,
+        student_tap: Some("features.3".into()),
+        teacher_tap: Some("features.3".into()),
+        adapter,
+    };
+    let spec = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![
+            tap(LossKind::Hint, Some(Adapter::Conv1x1)),
+            tap(LossKind::At { p: 2.0 }, None),
+            LossSpec {
+                kind: LossKind::RkdDistance,
+                weight: 1.0,
+                student_tap: Some("features.7".into()),
+                teacher_tap: Some("features.7".into()),
+                adapter: None,
+            },
+        ],
+        optimizer: sgd(0.02),
+        seed: 3,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let x = data(batch * 64, 22);
+    let y: Vec<i32> = (0..batch as i32).map(|i| i % 4).collect();
+    step.run(gpu, &x, &y).unwrap();
+    let first = step.losses(gpu).unwrap();
+    for _ in 0..40 {
+        step.run(gpu, &x, &y).unwrap();
+    }
+    let last = step.losses(gpu).unwrap();
+    for (a, b) in first.iter().zip(&last) {
+        assert!(b.2.is_finite() && b.2 < a.2, "{}: {} → {}", a.0, a.2, b.2);
+    }
+    assert!(
+        step.adapters()[0]
+            .get("adapters.0.weight")
+            .is_some_and(|w| w.shape() == [8, 4, 1, 1])
+    );
+}
+
+#[test]
+fn mismatched_adapters_and_missing_teachers_are_compile_errors() {
+    let Some(gpu) = gpu() else { return };
+    let student = models::mlp([4, 1, 4, 4], &[8], 4).unwrap();
+    let sw = Weights::init(gpu, &student, 1).unwrap();
+    let spec = |losses| StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: None,
+        losses,
+        optimizer: sgd(0.1),
+        seed: 0,
+    };
+    let e = TrainStep::compile(
+        gpu,
+        &spec(vec![LossSpec::logits(
+            LossKind::Kd { temperature: 4.0 },
+            1.0,
+        )]),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("teacher"), "{e}");
+    let teacher = models::mlp([4, 1, 4, 4], &[16], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 2).unwrap();
+    let bad = LossSpec {
+        kind: LossKind::Hint,
+        weight: 1.0,
+        student_tap: Some("hidden.0".into()),
+        teacher_tap: Some("hidden.0".into()),
+        adapter: Some(Adapter::Conv1x1),
+    };
+    let s = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![bad],
+        optimizer: sgd(0.1),
+        seed: 0,
+    };
+    let e = TrainStep::compile(gpu, &s).err().unwrap().to_string();
+    assert!(e.contains("Conv1x1") && e.contains("[4, 8]"), "{e}");
+}
