@@ -431,3 +431,151 @@ fn mismatched_adapters_and_missing_teachers_are_compile_errors() {
     let e = TrainStep::compile(gpu, &s).err().unwrap().to_string();
     assert!(e.contains("Conv1x1") && e.contains("[4, 8]"), "{e}");
 }
+
+#[test]
+fn resnet_gradients_match_finite_differences_on_sampled_elements() {
+    let Some(gpu) = gpu() else { return };
+    let g = models::resnet([2, 1, 8, 8], 8, [2, 3, 4], 3).unwrap();
+    for name in [
+        "conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer3.0.bn2.running_var",
+        "fc.bias",
+    ] {
+        assert!(g.find(name).is_some(), "{name} missing");
+    }
+    let w = Weights::init(gpu, &g, 30).unwrap();
+    let x = data(2 * 64, 31);
+    let labels = [0i32, 2];
+    let got = gpu_grads(gpu, &g, &w, &x, &labels);
+    let host: BTreeMap<String, Vec<f64>> = w
+        .to_host(gpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
+        .collect();
+    let (xd, yl) = (widen(&x), [0usize, 2]);
+    for (pname, grad) in &got {
+        let mut params = host.clone();
+        let n = grad.len();
+        for i in [0, n / 2, n - 1] {
+            let orig = params[pname][i];
+            params.get_mut(pname).unwrap()[i] = orig + 1e-5;
+            let up = cpu_graph::ce_loss(&g, &params, &xd, &yl);
+            params.get_mut(pname).unwrap()[i] = orig - 1e-5;
+            let down = cpu_graph::ce_loss(&g, &params, &xd, &yl);
+            params.get_mut(pname).unwrap()[i] = orig;
+            let fd = (up - down) / 2e-5;
+            let gv = f64::from(grad[i]);
+            assert!(
+                (gv - fd).abs() <= 5e-4 + 5e-3 * fd.abs(),
+                "resnet {pname}[{i}]: gpu {gv}, finite difference {fd}"
+            );
+        }
+    }
+    assert!(models::resnet([2, 1, 8, 8], 10, [2, 3, 4], 3).is_err());
+}
+
+#[test]
+fn losses_are_fetched_in_the_background_without_creating_anything() {
+    if gpu().is_none() {
+        return;
+    }
+    let own = Gpu::from_env().unwrap();
+    let gpu = &own;
+    let g = models::mlp([16, 1, 4, 4], &[8], 4).unwrap();
+    let w = Weights::init(gpu, &g, 40).unwrap();
+    let spec = StepSpec {
+        student: &g,
+        student_weights: &w,
+        teacher: None,
+        losses: vec![LossSpec::logits(LossKind::Ce, 1.0)],
+        optimizer: sgd(0.1),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let (x, y) = synthetic(16, 41);
+    let before = gpu.stats();
+    assert!(step.run_fetching_losses(gpu, &x, &y).unwrap());
+    let blocking = step.losses(gpu).unwrap();
+    // A second request while the first is uncollected is declined, not queued.
+    assert!(!step.run_fetching_losses(gpu, &x, &y).unwrap());
+    let mut fetched = None;
+    for _ in 0..500 {
+        if let Some(v) = step.poll_losses(gpu).unwrap() {
+            fetched = Some(v);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let fetched = fetched.expect("the fetched losses arrive");
+    assert_eq!(fetched[0].2, blocking[0].2);
+    assert!(step.poll_losses(gpu).unwrap().is_none(), "collected once");
+    for _ in 0..3 {
+        step.run_fetching_losses(gpu, &x, &y).unwrap();
+        step.losses(gpu).unwrap();
+        while step.poll_losses(gpu).unwrap().is_none() {}
+    }
+    let after = gpu.stats();
+    // Only the blocking readbacks above borrow staging buffers (from the pool).
+    assert_eq!(after.bind_groups, before.bind_groups);
+    assert_eq!(after.pipelines, before.pipelines);
+    assert!(
+        after.buffers <= before.buffers + 1,
+        "{before:?} → {after:?}"
+    );
+}
+
+#[test]
+fn a_sibling_step_for_the_last_batch_shares_the_optimizer_and_adapters() {
+    let Some(gpu) = gpu() else { return };
+    let teacher = models::mlp([32, 1, 4, 4], &[16], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 50).unwrap();
+    let tail_teacher = models::mlp([8, 1, 4, 4], &[16], 4).unwrap();
+    let student = models::mlp([32, 1, 4, 4], &[8], 4).unwrap();
+    let tail_student = models::mlp([8, 1, 4, 4], &[8], 4).unwrap();
+    let sw = Weights::init(gpu, &student, 51).unwrap();
+    let losses = || {
+        vec![
+            LossSpec::logits(LossKind::Ce, 1.0),
+            LossSpec {
+                kind: LossKind::Hint,
+                weight: 1.0,
+                student_tap: Some("hidden.0".into()),
+                teacher_tap: Some("hidden.0".into()),
+                adapter: Some(Adapter::Linear),
+            },
+        ]
+    };
+    let main = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: losses(),
+        optimizer: sgd(0.05),
+        seed: 0,
+    };
+    let tail = StepSpec {
+        student: &tail_student,
+        student_weights: &sw,
+        teacher: Some((&tail_teacher, &tw)),
+        losses: losses(),
+        optimizer: sgd(0.05),
+        seed: 0,
+    };
+    let a = TrainStep::compile(gpu, &main).unwrap();
+    let b = TrainStep::compile_sibling(gpu, &tail, &a).unwrap();
+    let (x, y) = synthetic(40, 52);
+    a.run(gpu, &x[..32 * 16], &y[..32]).unwrap();
+    b.run(gpu, &x[32 * 16..], &y[32..]).unwrap();
+    assert_eq!(a.steps_taken(gpu).unwrap(), 2);
+    assert_eq!(b.steps_taken(gpu).unwrap(), 2);
+    let (wa, wb) = (
+        a.adapters()[0].get("adapters.1.weight").unwrap(),
+        b.adapters()[0].get("adapters.1.weight").unwrap(),
+    );
+    assert!(
+        wa.shares_buffer_with(wb),
+        "one adapter, trained by both steps"
+    );
+}

@@ -4,8 +4,11 @@
 //! pipeline is created per step, and nothing is read back unless asked.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::gpu::error::shape_error;
+use crate::gpu::pool::PooledBuffer;
 use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, GpuError, Result, Tensor};
 use crate::kernels::{elementwise, losses, optimizer};
 
@@ -125,7 +128,23 @@ pub struct TrainStep {
     labels: Tensor,
     logits: Tensor,
     losses: Vec<(String, f32, Tensor)>,
+    state: Arc<TrainState>,
+    fetch: LossFetch,
+}
+
+/// What successive steps share: the step counter, the optimizer's state per parameter, and the
+/// adapters' weights. A step compiled for a smaller last batch shares these with the main one.
+pub struct TrainState {
+    step: Tensor,
+    optimizer: BTreeMap<String, Vec<Tensor>>,
     adapters: Vec<Weights>,
+}
+
+/// A staging buffer the losses are copied into every so often, mapped without waiting.
+struct LossFetch {
+    staging: PooledBuffer,
+    // 0 idle, 1 copy submitted and mapping requested, 2 mapped and ready to read.
+    phase: Arc<AtomicU8>,
 }
 
 fn input_value(graph: &Graph, name: &str) -> Result<Value> {
@@ -201,9 +220,33 @@ fn loss_plan(
     }
 }
 
+impl Drop for LossFetch {
+    fn drop(&mut self) {
+        // The staging buffer goes back to the pool: never leave it mapped (or mapping).
+        if self.phase.load(Ordering::Acquire) != 0 {
+            self.staging.raw().unmap();
+        }
+    }
+}
+
 impl TrainStep {
     /// Plans, allocates and binds everything once.
     pub fn compile(gpu: &Gpu, spec: &StepSpec<'_>) -> Result<TrainStep> {
+        Self::compile_sharing(gpu, spec, None)
+    }
+
+    /// Compiles a step that shares `other`'s counter, optimizer state and adapters: the same
+    /// model at another batch size (the smaller last batch of an epoch), built over the same
+    /// [`Weights`].
+    pub fn compile_sibling(gpu: &Gpu, spec: &StepSpec<'_>, other: &TrainStep) -> Result<TrainStep> {
+        Self::compile_sharing(gpu, spec, Some(other.state.clone()))
+    }
+
+    fn compile_sharing(
+        gpu: &Gpu,
+        spec: &StepSpec<'_>,
+        shared: Option<Arc<TrainState>>,
+    ) -> Result<TrainStep> {
         let student = spec.student;
         let xv = input_value(student, "x")?;
         let x_shape = student.shape(xv).to_vec();
@@ -276,7 +319,13 @@ impl TrainStep {
                         .map(|t| t.shape().to_vec())
                         .unwrap_or_default();
                     let g = adapter_graph(kind, i, student.shape(sv), &to)?;
-                    let w = Weights::init(gpu, &g, spec.seed.wrapping_add(i as u64))?;
+                    let w = match shared
+                        .as_ref()
+                        .and_then(|s| s.adapters.get(adapter_parts.len()))
+                    {
+                        Some(existing) => existing.clone(),
+                        None => Weights::init(gpu, &g, spec.seed.wrapping_add(i as u64))?,
+                    };
                     let ins: BTreeMap<String, Tensor> =
                         [("x".to_string(), fwd.get(sv).clone())].into();
                     let f = plan_forward(gpu, &g, &w, &ins, Mode::Train, &mut plan)?;
@@ -317,37 +366,60 @@ impl TrainStep {
         let grads = plan_backward(gpu, student, &fwd, seeds, &[], &mut plan)?;
 
         // Optimizer: the step counter first, then one fused update per parameter.
-        let step = gpu.zeros(&[1], DType::U32)?;
+        let step = match &shared {
+            Some(st) => st.step.clone(),
+            None => gpu.zeros(&[1], DType::U32)?,
+        };
         plan.push(optimizer::advance_step(gpu, &step)?);
-        let mut updates: Vec<(&Tensor, &Tensor)> = Vec::new();
+        let mut updates: Vec<(String, &Tensor, &Tensor)> = Vec::new();
         for (name, g) in &grads {
             let p = spec
                 .student_weights
                 .get(name)
                 .ok_or_else(|| shape_error(name, "missing from the weights"))?;
-            updates.push((p, g));
+            updates.push((name.clone(), p, g));
         }
         for (w, grads) in &adapter_parts {
             for (name, g) in grads {
                 if let Some(p) = w.get(name) {
-                    updates.push((p, g));
+                    updates.push((name.clone(), p, g));
                 }
             }
         }
-        for (p, g) in updates {
+        let mut opt_state = BTreeMap::new();
+        for (name, p, g) in updates {
+            let slots = match spec.optimizer {
+                OptimizerSpec::Sgd(_) => 1,
+                OptimizerSpec::AdamW(_) => 2,
+            };
+            let state: Vec<Tensor> = match shared.as_ref().and_then(|s| s.optimizer.get(&name)) {
+                Some(existing) if existing.len() == slots => existing.clone(),
+                _ => (0..slots)
+                    .map(|_| gpu.zeros(p.shape(), DType::F32))
+                    .collect::<Result<_>>()?,
+            };
             plan.push(match spec.optimizer {
-                OptimizerSpec::Sgd(s) => {
-                    optimizer::sgd(gpu, &s, p, g, &gpu.zeros(p.shape(), DType::F32)?, &step)?
-                }
+                OptimizerSpec::Sgd(s) => optimizer::sgd(gpu, &s, p, g, &state[0], &step)?,
                 OptimizerSpec::AdamW(s) => {
-                    let (m, v) = (
-                        gpu.zeros(p.shape(), DType::F32)?,
-                        gpu.zeros(p.shape(), DType::F32)?,
-                    );
-                    optimizer::adamw(gpu, &s, p, g, &m, &v, &step)?
+                    optimizer::adamw(gpu, &s, p, g, &state[0], &state[1], &step)?
                 }
             });
+            opt_state.insert(name, state);
         }
+        let state = Arc::new(TrainState {
+            step,
+            optimizer: opt_state,
+            adapters: adapter_parts.into_iter().map(|(w, _)| w).collect(),
+        });
+        let fetch = LossFetch {
+            staging: gpu.pool().acquire(
+                gpu.device(),
+                4 * loss_values.len().max(1) as u64,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                gpu.limits().max_buffer_size,
+            ),
+            phase: Arc::new(AtomicU8::new(0)),
+        };
         let bound = gpu.bind_plan(&plan)?;
         Ok(TrainStep {
             bound,
@@ -355,13 +427,26 @@ impl TrainStep {
             labels,
             logits: fwd.get(logits_value).clone(),
             losses: loss_values,
-            adapters: adapter_parts.into_iter().map(|(w, _)| w).collect(),
+            state,
+            fetch,
         })
     }
 
     /// Runs one step on a batch: one upload of x and the labels, one command buffer, one submit.
     /// Returns without waiting for the GPU.
     pub fn run(&self, gpu: &Gpu, x: &[f32], labels: &[i32]) -> Result<()> {
+        self.run_inner(gpu, x, labels, false).map(|_| ())
+    }
+
+    /// Like [`TrainStep::run`], and also copies this step's losses into a staging buffer that is
+    /// mapped in the background; [`TrainStep::poll_losses`] returns them once the GPU is done,
+    /// without ever stalling the steps. Returns false (and fetches nothing) while an earlier
+    /// fetch has not been collected.
+    pub fn run_fetching_losses(&self, gpu: &Gpu, x: &[f32], labels: &[i32]) -> Result<bool> {
+        self.run_inner(gpu, x, labels, true)
+    }
+
+    fn run_inner(&self, gpu: &Gpu, x: &[f32], labels: &[i32], fetch: bool) -> Result<bool> {
         gpu.write(&self.x, x)?;
         gpu.write(&self.labels, labels)?;
         let mut encoder = gpu.encoder("train step");
@@ -372,8 +457,71 @@ impl TrainStep {
             });
             self.bound.record(&mut pass);
         }
+        let fetching = fetch
+            && self
+                .fetch
+                .phase
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if fetching {
+            for (i, (_, _, t)) in self.losses.iter().enumerate() {
+                encoder.copy_buffer_to_buffer(
+                    t.buffer(),
+                    t.offset(),
+                    self.fetch.staging.raw(),
+                    4 * i as u64,
+                    4,
+                );
+            }
+        }
         gpu.submit(encoder)?;
-        Ok(())
+        if fetching {
+            let phase = self.fetch.phase.clone();
+            self.fetch
+                .staging
+                .raw()
+                .slice(..)
+                .map_async(wgpu::MapMode::Read, move |r| {
+                    phase.store(if r.is_ok() { 2 } else { 0 }, Ordering::Release);
+                });
+        }
+        Ok(fetching)
+    }
+
+    /// The losses of the step that last fetched them, once the GPU has finished it (each term's
+    /// label, weight and value); `None` while it is still running or when nothing was fetched.
+    pub fn poll_losses(&self, gpu: &Gpu) -> Result<Option<Vec<(String, f32, f32)>>> {
+        if self.fetch.phase.load(Ordering::Acquire) == 1 {
+            gpu.device()
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| GpuError::Wgpu {
+                    context: "polling for losses".into(),
+                    message: e.to_string(),
+                })?;
+        }
+        if self.fetch.phase.load(Ordering::Acquire) != 2 {
+            return Ok(None);
+        }
+        let staging = self.fetch.staging.raw();
+        let values: Vec<f32> = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::Wgpu {
+                    context: "reading fetched losses".into(),
+                    message: e.to_string(),
+                })?;
+            bytemuck::cast_slice::<u8, f32>(&view)[..self.losses.len()].to_vec()
+        };
+        staging.unmap();
+        self.fetch.phase.store(0, Ordering::Release);
+        Ok(Some(
+            self.losses
+                .iter()
+                .zip(values)
+                .map(|((n, w, _), v)| (n.clone(), *w, v))
+                .collect(),
+        ))
     }
 
     /// Each loss term's label, weight and value from the last step (waits for the GPU).
@@ -396,7 +544,12 @@ impl TrainStep {
 
     /// The adapters' weights (trained with the student, not exported with it).
     pub fn adapters(&self) -> &[Weights] {
-        &self.adapters
+        &self.state.adapters
+    }
+
+    /// Optimizer steps taken so far (by this step and its siblings; waits for the GPU).
+    pub fn steps_taken(&self, gpu: &Gpu) -> Result<u32> {
+        Ok(gpu.read::<u32>(&self.state.step)?[0])
     }
 }
 

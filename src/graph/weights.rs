@@ -9,7 +9,8 @@ use crate::reference::sample;
 
 use super::ir::{Graph, Init, Op};
 
-/// Parameter and buffer tensors of one model.
+/// Parameter and buffer tensors of one model. Cloning shares the tensors.
+#[derive(Clone)]
 pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
 }

@@ -52,3 +52,66 @@ pub fn cnn(input: [usize; 4], channels: &[usize], classes: usize) -> Result<Grap
     g.set_output(logits)?;
     Ok(g)
 }
+
+/// A CIFAR-style ResNet (RepDistiller's `resnet8` … `resnet110`, with a width multiplier as in
+/// `wrn-16-2`-style models): a 3×3 stem, three stages of `(depth − 2) / 6` basic blocks at widths
+/// `widths` (stride 2 between stages; 1×1 conv + BN shortcuts where the shape changes), global
+/// average pooling and `fc`. Parameter names follow `torchvision`/RepDistiller (`conv1.weight`,
+/// `layer2.0.downsample.1.running_var`, `fc.bias`); taps `layer1`, `layer2`, `layer3`, `logits`.
+pub fn resnet(
+    input: [usize; 4],
+    depth: usize,
+    widths: [usize; 3],
+    classes: usize,
+) -> Result<Graph> {
+    if depth < 8 || (depth - 2) % 6 != 0 {
+        return Err(crate::gpu::error::shape_error(
+            "resnet",
+            format!("depth must be 6n + 2 (8, 14, 20, 32, …), got {depth}"),
+        ));
+    }
+    let blocks = (depth - 2) / 6;
+    let conv3 = |out, stride| ConvLayer {
+        out,
+        kernel: 3,
+        stride,
+        padding: 1,
+        bias: false,
+    };
+    let mut g = Graph::new();
+    let x = g.input("x", &input, DType::F32)?;
+    let stem = g.conv2d("conv1", x, conv3(widths[0], 1))?;
+    let stem = g.batch_norm("bn1", stem)?;
+    let mut h = g.relu(stem)?;
+    for (stage, &width) in widths.iter().enumerate() {
+        for b in 0..blocks {
+            let prefix = format!("layer{}.{b}", stage + 1);
+            let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+            let c1 = g.conv2d(&format!("{prefix}.conv1"), h, conv3(width, stride))?;
+            let b1 = g.batch_norm(&format!("{prefix}.bn1"), c1)?;
+            let r1 = g.relu(b1)?;
+            let c2 = g.conv2d(&format!("{prefix}.conv2"), r1, conv3(width, 1))?;
+            let b2 = g.batch_norm(&format!("{prefix}.bn2"), c2)?;
+            let shortcut = if g.shape(h) != g.shape(b2) {
+                let layer = ConvLayer {
+                    out: width,
+                    kernel: 1,
+                    stride,
+                    padding: 0,
+                    bias: false,
+                };
+                let d = g.conv2d(&format!("{prefix}.downsample.0"), h, layer)?;
+                g.batch_norm(&format!("{prefix}.downsample.1"), d)?
+            } else {
+                h
+            };
+            let sum = g.add(b2, shortcut)?;
+            h = g.relu(sum)?;
+        }
+        g.tap(&format!("layer{}", stage + 1), h)?;
+    }
+    let pooled = g.global_avg_pool(h)?;
+    let logits = g.linear("fc", pooled, classes, true)?;
+    g.set_output(logits)?;
+    Ok(g)
+}
