@@ -64,7 +64,7 @@ pub fn resnet(
     widths: [usize; 3],
     classes: usize,
 ) -> Result<Graph> {
-    if depth < 8 || (depth - 2) % 6 != 0 {
+    if depth < 8 || !(depth - 2).is_multiple_of(6) {
         return Err(crate::gpu::error::shape_error(
             "resnet",
             format!("depth must be 6n + 2 (8, 14, 20, 32, …), got {depth}"),
