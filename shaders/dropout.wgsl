@@ -40,3 +40,21 @@ fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         dropout_out[i] = select(0.0, dropout_in[i] * params.scale, keep(i));
     }
 }
+
+// The training-graph form: the seed also mixes in the on-GPU step counter, so a compiled step
+// draws a new mask every step with no per-step uniform write, and its backward pass (run before
+// the counter advances) recomputes the same one.
+@group(0) @binding(1) var<storage, read> step_counter: array<u32>;
+@group(0) @binding(2) var<storage, read> step_in: array<f32>;
+@group(0) @binding(3) var<storage, read_write> step_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn dropout_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i < params.n) {
+        let seed = mix32(params.seed ^ mix32(step_counter[0] + 0x9e3779b9u));
+        let kept = mix32(i ^ seed) >= params.threshold;
+        step_out[i] = select(0.0, step_in[i] * params.scale, kept);
+    }
+}

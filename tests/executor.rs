@@ -30,7 +30,7 @@ fn gpu_grads(
     let tl = gpu.upload(&[labels.len()], labels).unwrap();
     let inputs: BTreeMap<String, Tensor> = [("x".to_string(), tx)].into();
     let mut plan = Vec::new();
-    let fwd = plan_forward(gpu, g, w, &inputs, Mode::Train, &mut plan).unwrap();
+    let fwd = plan_forward(gpu, g, w, &inputs, Mode::Train, None, &mut plan).unwrap();
     let out = g.output.unwrap();
     let lp = losses::ce(gpu, fwd.get(out), &tl).unwrap();
     plan.extend(lp.dispatches);
@@ -577,5 +577,78 @@ fn a_sibling_step_for_the_last_batch_shares_the_optimizer_and_adapters() {
     assert!(
         wa.shares_buffer_with(wb),
         "one adapter, trained by both steps"
+    );
+}
+
+#[test]
+fn dropout_in_a_graph_masks_forward_and_backward_alike_and_changes_each_step() {
+    let Some(gpu) = gpu() else { return };
+    let mut g = Graph::new();
+    let w = g
+        .param("w", &[8, 64], wgdistill::graph::Init::Uniform(1.0))
+        .unwrap();
+    let d = g.dropout(w, 0.25).unwrap();
+    let logits = g.linear("head", d, 3, true).unwrap();
+    g.set_output(logits).unwrap();
+    let weights = Weights::init(gpu, &g, 60).unwrap();
+    let labels = gpu.upload(&[8], &[0i32, 1, 2, 0, 1, 2, 0, 1]).unwrap();
+    let step = gpu.zeros(&[1], DType::U32).unwrap();
+    let mut masks = Vec::new();
+    for k in 0..2u32 {
+        gpu.write(&step, &[k]).unwrap();
+        let mut plan = Vec::new();
+        let fwd = plan_forward(
+            gpu,
+            &g,
+            &weights,
+            &BTreeMap::new(),
+            Mode::Train,
+            Some(&step),
+            &mut plan,
+        )
+        .unwrap();
+        let lp = losses::ce(gpu, fwd.get(logits), &labels).unwrap();
+        plan.extend(lp.dispatches);
+        let grads = plan_backward(gpu, &g, &fwd, vec![(logits, lp.grad)], &[], &mut plan).unwrap();
+        gpu.execute(&plan).unwrap();
+        let (wv, yv, gw) = (
+            gpu.read::<f32>(fwd.get(w)).unwrap(),
+            gpu.read::<f32>(fwd.get(d)).unwrap(),
+            gpu.read::<f32>(&grads["w"]).unwrap(),
+        );
+        let mut kept = 0;
+        for i in 0..wv.len() {
+            let on = yv[i] != 0.0;
+            kept += usize::from(on);
+            if on {
+                assert!(
+                    (yv[i] - wv[i] / 0.75).abs() < 1e-5,
+                    "kept values are scaled by 1/(1-p)"
+                );
+            } else {
+                assert_eq!(gw[i], 0.0, "a dropped element gets no gradient");
+            }
+        }
+        let rate = kept as f64 / wv.len() as f64;
+        assert!((rate - 0.75).abs() < 0.1, "keep rate {rate}");
+        masks.push(yv.iter().map(|v| *v != 0.0).collect::<Vec<_>>());
+    }
+    assert_ne!(masks[0], masks[1], "a new mask each step");
+    // Evaluation mode is the identity.
+    let mut plan = Vec::new();
+    let fwd = plan_forward(
+        gpu,
+        &g,
+        &weights,
+        &BTreeMap::new(),
+        Mode::Eval,
+        None,
+        &mut plan,
+    )
+    .unwrap();
+    gpu.execute(&plan).unwrap();
+    assert_eq!(
+        gpu.read::<f32>(fwd.get(d)).unwrap(),
+        gpu.read::<f32>(fwd.get(w)).unwrap()
     );
 }

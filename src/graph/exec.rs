@@ -11,7 +11,7 @@ use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormSaved, BatchNormState};
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
-use crate::kernels::{conv, elementwise, pool};
+use crate::kernels::{conv, dropout, elementwise, pool};
 
 use super::ir::{Graph, Op, Value};
 use super::weights::Weights;
@@ -36,6 +36,7 @@ pub struct Forward {
     /// Tensor of each value (parameters included), indexed by [`Value`].
     pub values: Vec<Tensor>,
     saved: BTreeMap<usize, Saved>,
+    step: Option<Tensor>,
 }
 
 impl Forward {
@@ -64,13 +65,15 @@ fn bn_state<'a>(
     }
 }
 
-/// Appends the forward pass of `graph` to `plan`. `inputs` gives a tensor for every Input node.
+/// Appends the forward pass of `graph` to `plan`. `inputs` gives a tensor for every Input node;
+/// `step` is the training step counter (u32 `[1]`) that seeds dropout in training mode.
 pub fn plan_forward(
     gpu: &Gpu,
     graph: &Graph,
     weights: &Weights,
     inputs: &BTreeMap<String, Tensor>,
     mode: Mode,
+    step: Option<&Tensor>,
     plan: &mut Vec<Dispatch>,
 ) -> Result<Forward> {
     let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
@@ -165,6 +168,20 @@ pub fn plan_forward(
                 y
             }
             Op::Flatten { x } => v(x).reshape(&node.shape)?,
+            Op::Dropout { x, p } => match (mode, step) {
+                (Mode::Eval, _) => v(x).clone(),
+                (Mode::Train, Some(step)) => {
+                    let (d, y) = dropout::dropout_step(gpu, v(x), p, i as u32, step)?;
+                    plan.push(d);
+                    y
+                }
+                (Mode::Train, None) => {
+                    return Err(shape_error(
+                        &node.name,
+                        "training-mode dropout needs the step counter",
+                    ));
+                }
+            },
             Op::Add { a, b } => {
                 let (d, y) = elementwise::add_plan(gpu, v(a), v(b))?;
                 plan.push(d);
@@ -173,7 +190,11 @@ pub fn plan_forward(
         };
         values.push(out);
     }
-    Ok(Forward { values, saved })
+    Ok(Forward {
+        values,
+        saved,
+        step: step.cloned(),
+    })
 }
 
 /// Which values need a gradient: those downstream of a trainable parameter.
@@ -359,6 +380,16 @@ pub fn plan_backward(
                 grads.add(gpu, plan, x, dx, true)?;
             }
             Op::Flatten { x } => grads.add(gpu, plan, x, dy.reshape(graph.shape(x))?, false)?,
+            Op::Dropout { x, p } => {
+                let step = fwd
+                    .step
+                    .as_ref()
+                    .ok_or_else(|| shape_error(&node.name, "backward needs the step counter"))?;
+                // The same (salt, step) gives the same mask: dx = mask ⊙ dy / (1 − p).
+                let (d, dx) = dropout::dropout_step(gpu, &dy, p, i as u32, step)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
+            }
             Op::Add { a, b } => {
                 for operand in [a, b] {
                     if want(operand) {

@@ -107,6 +107,13 @@ pub enum Op {
         /// Input.
         x: Value,
     },
+    /// Inverted dropout in training (a new mask each step), identity in evaluation.
+    Dropout {
+        /// Input.
+        x: Value,
+        /// Drop probability.
+        p: f32,
+    },
     /// Elementwise sum (residual connections).
     Add {
         /// First operand.
@@ -140,7 +147,7 @@ impl Op {
             Op::Relu { x } | Op::Gelu { x } | Op::MaxPool { x, .. } | Op::AvgPool { x, .. } => {
                 vec![x]
             }
-            Op::GlobalAvgPool { x } | Op::Flatten { x } => vec![x],
+            Op::GlobalAvgPool { x } | Op::Flatten { x } | Op::Dropout { x, .. } => vec![x],
             Op::Add { a, b } => vec![a, b],
         }
     }
@@ -442,6 +449,16 @@ impl Graph {
             vec![n, rest],
             DType::F32,
         )
+    }
+
+    /// Dropout with drop probability `p` (0 ≤ p < 1).
+    pub fn dropout(&mut self, x: Value, p: f32) -> Result<Value> {
+        let name = self.auto_name("dropout");
+        if !(0.0..1.0).contains(&p) {
+            return Err(shape_error(&name, format!("p must be in [0, 1), got {p}")));
+        }
+        let shape = self.shape(x).to_vec();
+        self.push(name, Op::Dropout { x, p }, shape, DType::F32)
     }
 
     /// `a + b` (same shapes).

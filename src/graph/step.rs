@@ -255,6 +255,10 @@ impl TrainStep {
         let labels = gpu.zeros(&[batch], DType::I32)?;
         let inputs: BTreeMap<String, Tensor> = [("x".to_string(), x.clone())].into();
         let mut plan: Vec<Dispatch> = Vec::new();
+        let step = match &shared {
+            Some(st) => st.step.clone(),
+            None => gpu.zeros(&[1], DType::U32)?,
+        };
 
         let teacher_fwd = match spec.teacher {
             Some((tg, tw)) => {
@@ -270,7 +274,7 @@ impl TrainStep {
                 }
                 Some((
                     tg,
-                    plan_forward(gpu, tg, tw, &inputs, Mode::Eval, &mut plan)?,
+                    plan_forward(gpu, tg, tw, &inputs, Mode::Eval, None, &mut plan)?,
                 ))
             }
             None => None,
@@ -281,6 +285,7 @@ impl TrainStep {
             spec.student_weights,
             &inputs,
             Mode::Train,
+            Some(&step),
             &mut plan,
         )?;
         let logits_value = student
@@ -328,7 +333,7 @@ impl TrainStep {
                     };
                     let ins: BTreeMap<String, Tensor> =
                         [("x".to_string(), fwd.get(sv).clone())].into();
-                    let f = plan_forward(gpu, &g, &w, &ins, Mode::Train, &mut plan)?;
+                    let f = plan_forward(gpu, &g, &w, &ins, Mode::Train, Some(&step), &mut plan)?;
                     let out = f.get(g.output.expect("adapter output")).clone();
                     (out, Some((g, w, f)))
                 }
@@ -365,11 +370,8 @@ impl TrainStep {
         }
         let grads = plan_backward(gpu, student, &fwd, seeds, &[], &mut plan)?;
 
-        // Optimizer: the step counter first, then one fused update per parameter.
-        let step = match &shared {
-            Some(st) => st.step.clone(),
-            None => gpu.zeros(&[1], DType::U32)?,
-        };
+        // Optimizer: advance the step counter (read by dropout and the updates), then one fused
+        // update per parameter.
         plan.push(optimizer::advance_step(gpu, &step)?);
         let mut updates: Vec<(String, &Tensor, &Tensor)> = Vec::new();
         for (name, g) in &grads {
@@ -567,7 +569,7 @@ impl EvalStep {
         let x = gpu.empty(graph.shape(xv), DType::F32)?;
         let mut plan = Vec::new();
         let inputs: BTreeMap<String, Tensor> = [("x".to_string(), x.clone())].into();
-        let fwd = plan_forward(gpu, graph, weights, &inputs, Mode::Eval, &mut plan)?;
+        let fwd = plan_forward(gpu, graph, weights, &inputs, Mode::Eval, None, &mut plan)?;
         let output = fwd
             .get(
                 graph
