@@ -652,3 +652,83 @@ fn dropout_in_a_graph_masks_forward_and_backward_alike_and_changes_each_step() {
         gpu.read::<f32>(fwd.get(w)).unwrap()
     );
 }
+
+#[test]
+fn the_memory_planner_reuses_buffers_without_changing_results() {
+    let Some(gpu) = gpu() else { return };
+    for (name, g) in [
+        ("mlp", models::mlp([8, 1, 6, 6], &[32, 16], 5).unwrap()),
+        ("cnn", models::cnn([4, 2, 8, 8], &[4, 6], 5).unwrap()),
+        (
+            "resnet8",
+            models::resnet([2, 1, 8, 8], 8, [4, 4, 8], 5).unwrap(),
+        ),
+    ] {
+        let w = Weights::init(gpu, &g, 70).unwrap();
+        let xs = g.shape(g.find("x").unwrap()).to_vec();
+        let batch = xs[0];
+        let tx = gpu.upload(&xs, &data(xs.iter().product(), 71)).unwrap();
+        let tl = gpu
+            .upload(
+                &[batch],
+                &(0..batch as i32).map(|i| i % 5).collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let inputs: BTreeMap<String, Tensor> = [("x".to_string(), tx)].into();
+        let mut plan = Vec::new();
+        let fwd = plan_forward(gpu, &g, &w, &inputs, Mode::Train, None, &mut plan).unwrap();
+        let out = g.output.unwrap();
+        let lp = losses::ce(gpu, fwd.get(out), &tl).unwrap();
+        plan.extend(lp.dispatches);
+        let grads = plan_backward(gpu, &g, &fwd, vec![(out, lp.grad)], &[], &mut plan).unwrap();
+        let mut planned = plan.clone();
+        let mut pinned: Vec<&Tensor> = grads.values().collect();
+        pinned.push(&lp.loss);
+        let report = wgdistill::graph::plan_memory(gpu, &mut planned, &pinned).unwrap();
+        assert!(
+            report.slots < report.buffers && report.after < report.before,
+            "{name}: {report:?}"
+        );
+        let read_all = |gpu: &Gpu| -> Vec<Vec<f32>> {
+            let mut v: Vec<Vec<f32>> = grads
+                .values()
+                .map(|t| gpu.read::<f32>(t).unwrap())
+                .collect();
+            v.push(gpu.read::<f32>(&lp.loss).unwrap());
+            v
+        };
+        // Training-mode gradients use batch statistics, so the running statistics that each run
+        // moves do not change them: the two plans must agree bit for bit.
+        gpu.execute(&plan).unwrap();
+        let unplanned = read_all(gpu);
+        gpu.execute(&planned).unwrap();
+        assert_eq!(
+            read_all(gpu),
+            unplanned,
+            "{name}: planned and unplanned runs agree"
+        );
+    }
+}
+
+#[test]
+fn a_compiled_kd_step_folds_its_buffers() {
+    let Some(gpu) = gpu() else { return };
+    let teacher = models::mlp([64, 1, 8, 8], &[128, 128], 10).unwrap();
+    let tw = Weights::init(gpu, &teacher, 80).unwrap();
+    let student = models::mlp([64, 1, 8, 8], &[16], 10).unwrap();
+    let sw = Weights::init(gpu, &student, 81).unwrap();
+    let spec = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![
+            LossSpec::logits(LossKind::Ce, 0.1),
+            LossSpec::logits(LossKind::Kd { temperature: 4.0 }, 0.9),
+        ],
+        optimizer: sgd(0.1),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let m = step.memory();
+    assert!(m.after * 2 <= m.before, "{m:?}");
+}

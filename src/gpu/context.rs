@@ -549,6 +549,7 @@ impl BoundPlan {
 }
 
 /// One prepared kernel launch.
+#[derive(Clone)]
 pub struct Dispatch {
     /// The compiled kernel.
     pub kernel: Arc<Kernel>,

@@ -14,8 +14,11 @@ pub enum Binding {
     Uniform,
     /// `var<storage, read>`.
     ReadOnly,
-    /// `var<storage, read_write>`.
+    /// `var<storage, read_write>` that the kernel reads and writes (in-place updates).
     ReadWrite,
+    /// `var<storage, read_write>` that the kernel only writes, never reading what was there:
+    /// the memory planner may give it a buffer another tensor used before.
+    Output,
 }
 
 /// A kernel: which file, which entry point, and its bindings in order (binding i of group 0).
@@ -114,6 +117,20 @@ pub fn check_spec(spec: &KernelSpec, v: &Validated) -> Result<[u32; 3]> {
         .enumerate()
         .map(|(i, b)| (i as u32, *b))
         .collect();
+    // WGSL cannot say "write-only": an Output is a read_write binding by the launcher's word.
+    let declared: Vec<(u32, Binding)> = declared
+        .into_iter()
+        .map(|(i, b)| {
+            (
+                i,
+                if b == Binding::Output {
+                    Binding::ReadWrite
+                } else {
+                    b
+                },
+            )
+        })
+        .collect();
     if used != declared {
         return Err(err(format!(
             "WGSL uses bindings {used:?} but the launcher declares {declared:?}"
@@ -203,7 +220,9 @@ impl PipelineCache {
                     ty: match b {
                         Binding::Uniform => wgpu::BufferBindingType::Uniform,
                         Binding::ReadOnly => wgpu::BufferBindingType::Storage { read_only: true },
-                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                        Binding::ReadWrite | Binding::Output => {
+                            wgpu::BufferBindingType::Storage { read_only: false }
+                        }
                     },
                     has_dynamic_offset: false,
                     min_binding_size: None,

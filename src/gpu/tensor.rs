@@ -153,6 +153,26 @@ impl Tensor {
         }
     }
 
+    /// An identity for the device buffer behind this view (equal for views of one buffer).
+    pub fn buffer_id(&self) -> usize {
+        Arc::as_ptr(&self.buffer) as usize
+    }
+
+    /// Bytes this view needs from the start of its buffer.
+    pub fn extent(&self) -> u64 {
+        self.offset + self.byte_len()
+    }
+
+    /// The same view (offset, shape, dtype) over another tensor's buffer, which must be large
+    /// enough (the memory planner moves tensors into shared buffers this way).
+    pub fn rebased(&self, onto: &Tensor) -> Tensor {
+        debug_assert!(onto.buffer().size() >= self.extent());
+        Tensor {
+            buffer: onto.buffer.clone(),
+            ..self.clone()
+        }
+    }
+
     /// Whether two tensors view the same device buffer.
     pub fn shares_buffer_with(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buffer, &other.buffer)

@@ -1,13 +1,16 @@
 //! The graph executor: models as graphs of kernel-library ops ([`ir`]), their weights by PyTorch
-//! name ([`weights`]), forward and reverse-mode backward planning ([`exec`]), and compiled steps
-//! that replay a whole training step with one submission ([`step`]).
+//! name ([`weights`]), forward and reverse-mode backward planning ([`exec`]), buffer reuse by
+//! liveness ([`memory`]), and compiled steps that replay a whole training step with one
+//! submission ([`step`]).
 
 pub mod exec;
 pub mod ir;
+pub mod memory;
 pub mod step;
 pub mod weights;
 
 pub use exec::Mode;
 pub use ir::{ConvLayer, Graph, Init, Op, Value};
+pub use memory::{MemoryReport, plan_memory};
 pub use step::{Adapter, EvalStep, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep};
 pub use weights::Weights;

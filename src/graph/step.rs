@@ -14,6 +14,7 @@ use crate::kernels::{elementwise, losses, optimizer};
 
 use super::exec::{Mode, plan_backward, plan_forward};
 use super::ir::{ConvLayer, Graph, Op, Value};
+use super::memory::{MemoryReport, plan_memory};
 use super::weights::Weights;
 
 /// A distillation or task loss.
@@ -130,6 +131,7 @@ pub struct TrainStep {
     losses: Vec<(String, f32, Tensor)>,
     state: Arc<TrainState>,
     fetch: LossFetch,
+    memory: MemoryReport,
 }
 
 /// What successive steps share: the step counter, the optimizer's state per parameter, and the
@@ -422,16 +424,30 @@ impl TrainStep {
             ),
             phase: Arc::new(AtomicU8::new(0)),
         };
+        // Fold intermediate buffers by liveness, then give the ones they replaced back.
+        let logits = fwd.get(logits_value).clone();
+        drop((fwd, teacher_fwd, grads));
+        let mut pinned: Vec<&Tensor> = vec![&logits];
+        pinned.extend(loss_values.iter().map(|(_, _, t)| t));
+        let memory = plan_memory(gpu, &mut plan, &pinned)?;
         let bound = gpu.bind_plan(&plan)?;
+        drop(plan);
+        gpu.pool().trim();
         Ok(TrainStep {
             bound,
             x,
             labels,
-            logits: fwd.get(logits_value).clone(),
+            logits,
             losses: loss_values,
             state,
             fetch,
+            memory,
         })
+    }
+
+    /// What the memory planner saved for this step.
+    pub fn memory(&self) -> MemoryReport {
+        self.memory
     }
 
     /// Runs one step on a batch: one upload of x and the labels, one command buffer, one submit.
@@ -577,11 +593,12 @@ impl EvalStep {
                     .ok_or_else(|| shape_error("model", "the model has no output"))?,
             )
             .clone();
-        Ok(EvalStep {
-            bound: gpu.bind_plan(&plan)?,
-            x,
-            output,
-        })
+        drop(fwd);
+        plan_memory(gpu, &mut plan, &[&output])?;
+        let bound = gpu.bind_plan(&plan)?;
+        drop(plan);
+        gpu.pool().trim();
+        Ok(EvalStep { bound, x, output })
     }
 
     /// Runs the forward pass on a batch and returns the output (waits for the GPU).

@@ -3,7 +3,7 @@
 use crate::gpu::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// `y = max(x, 0)`.
 pub const RELU_FORWARD: KernelSpec = KernelSpec {

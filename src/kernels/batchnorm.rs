@@ -5,13 +5,13 @@
 use crate::gpu::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
 /// Batch mean and inverse std; running-stat update.
 pub const BATCH_STATS: KernelSpec = KernelSpec {
     family: "batchnorm",
     entry: "batch_stats",
-    bindings: &[U, R, W, W, W],
+    bindings: &[U, R, W, RW, RW],
 };
 /// Normalise with batch statistics.
 pub const NORMALIZE_TRAIN: KernelSpec = KernelSpec {
@@ -29,7 +29,7 @@ pub const NORMALIZE_EVAL: KernelSpec = KernelSpec {
 pub const BACKWARD_REDUCE: KernelSpec = KernelSpec {
     family: "batchnorm",
     entry: "backward_reduce",
-    bindings: &[U, R, R, W, W, W],
+    bindings: &[U, R, R, RW, W, W],
 };
 /// dx.
 pub const BACKWARD_INPUT: KernelSpec = KernelSpec {

@@ -5,7 +5,7 @@ use crate::gpu::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// Forward (implicit GEMM, 4 positions × 8 channels per invocation).
 pub const CONV_FORWARD: KernelSpec = KernelSpec {

@@ -9,7 +9,7 @@ use crate::gpu::{Binding, DType, Dispatch, Gpu, GpuError, KernelSpec, Result, Te
 pub const DROPOUT: KernelSpec = KernelSpec {
     family: "dropout",
     entry: "dropout",
-    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite],
+    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
 };
 
 /// The same with the seed mixed with an on-GPU step counter (for compiled training steps).
@@ -20,7 +20,7 @@ pub const DROPOUT_STEP: KernelSpec = KernelSpec {
         Binding::Uniform,
         Binding::ReadOnly,
         Binding::ReadOnly,
-        Binding::ReadWrite,
+        Binding::Output,
     ],
 };
 

@@ -14,7 +14,7 @@ struct Params {
     pad: [u32; 2],
 }
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
 /// `out = a + b`.
 pub const ADD: KernelSpec = KernelSpec {
@@ -32,7 +32,7 @@ pub const SCALE: KernelSpec = KernelSpec {
 pub const AXPY: KernelSpec = KernelSpec {
     family: "elementwise",
     entry: "axpy",
-    bindings: &[U, R, W],
+    bindings: &[U, R, RW],
 };
 /// `out = alpha`.
 pub const FILL: KernelSpec = KernelSpec {

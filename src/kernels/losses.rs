@@ -11,7 +11,7 @@ use crate::gpu::{Binding, DType, Dispatch, Gpu, GpuError, KernelSpec, Result, Te
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::reduce;
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// A loss ready to run: its launches and the tensors they write.
 pub struct LossPlan {

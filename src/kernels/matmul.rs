@@ -4,7 +4,7 @@
 use crate::gpu::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, KernelStyle, Result, Tensor};
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// Barrier-free, 8×8 outputs per invocation (CPU-like drivers).
 pub const MATMUL_RB: KernelSpec = KernelSpec {

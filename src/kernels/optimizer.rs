@@ -6,25 +6,25 @@ use crate::gpu::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
 use crate::kernels::reduce;
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
 /// `step += 1`.
 pub const ADVANCE_STEP: KernelSpec = KernelSpec {
     family: "optimizer",
     entry: "advance_step",
-    bindings: &[U, W],
+    bindings: &[U, RW],
 };
 /// SGD update.
 pub const SGD: KernelSpec = KernelSpec {
     family: "optimizer",
     entry: "sgd",
-    bindings: &[U, W, R, W, R],
+    bindings: &[U, RW, R, RW, R],
 };
 /// AdamW update.
 pub const ADAMW: KernelSpec = KernelSpec {
     family: "optimizer",
     entry: "adamw",
-    bindings: &[U, W, R, W, W, R],
+    bindings: &[U, RW, R, RW, RW, R],
 };
 /// Elementwise square (for the gradient norm).
 pub const SQUARE: KernelSpec = KernelSpec {
@@ -36,7 +36,7 @@ pub const SQUARE: KernelSpec = KernelSpec {
 pub const CLIP: KernelSpec = KernelSpec {
     family: "optimizer",
     entry: "clip",
-    bindings: &[U, W, R],
+    bindings: &[U, RW, R],
 };
 
 /// Every kernel of the family.

@@ -4,7 +4,7 @@ use crate::gpu::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// Max pooling, writing the argmax.
 pub const MAX_POOL_FORWARD: KernelSpec = KernelSpec {

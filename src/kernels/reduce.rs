@@ -10,14 +10,14 @@ const CHUNK: usize = 4096;
 pub const SUM_CHUNKS: KernelSpec = KernelSpec {
     family: "reduce",
     entry: "sum_chunks",
-    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite],
+    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
 };
 
 /// Sum, mean or max over the middle axis of `[outer, len, inner]`.
 pub const REDUCE_AXIS: KernelSpec = KernelSpec {
     family: "reduce",
     entry: "reduce_axis",
-    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite],
+    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
 };
 
 /// Both kernels.

@@ -3,7 +3,7 @@
 use crate::gpu::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, GpuError, KernelSpec, Result, Tensor};
 
-use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// `softmax(x/T)`.
 pub const SOFTMAX_FORWARD: KernelSpec = KernelSpec {
