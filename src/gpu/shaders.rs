@@ -38,7 +38,7 @@ macro_rules! shader_file {
 pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("activation"),
     shader_file!("batchnorm"),
-    shader_file!("conv"),
+    shader_file!("conv", trusted),
     shader_file!("dropout"),
     shader_file!("elementwise"),
     shader_file!("feature"),
