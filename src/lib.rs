@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod data;
 pub mod gpu;
 pub mod graph;
 pub mod io;

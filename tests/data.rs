@@ -1,0 +1,122 @@
+//! The data pipeline: IDX parsing and its error paths, Fashion-MNIST from the Debian package,
+//! seeded shuffling and augmentation.
+
+mod common;
+
+use std::io::Write;
+
+use wgdistill::data::{self, idx};
+
+fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    b.extend_from_slice(data);
+    b
+}
+
+#[test]
+fn idx_round_trips_and_rejects_bad_headers() {
+    let ok = idx::parse_idx("t", &idx_bytes(&[2, 3], &[1, 2, 3, 4, 5, 6])).unwrap();
+    assert_eq!(ok.dims, vec![2, 3]);
+    assert_eq!(ok.data, vec![1, 2, 3, 4, 5, 6]);
+    let cases: [(Vec<u8>, &str); 5] = [
+        (vec![0, 0, 9, 1, 0, 0, 0, 1, 7], "bad magic"),
+        (vec![0, 0], "too short"),
+        (vec![0, 0, 8, 3, 0, 0, 0, 1], "truncated header"),
+        (
+            idx_bytes(&[2, 3], &[1, 2, 3]),
+            "2×3 = 6 bytes of data, the file has 3",
+        ),
+        (vec![0, 0, 8, 0], "0 dimensions"),
+    ];
+    for (bytes, needle) in cases {
+        let e = idx::parse_idx("file.idx", &bytes).unwrap_err().to_string();
+        assert!(e.starts_with("file.idx:") && e.contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn idx_files_are_read_raw_or_gzipped() {
+    let dir = std::env::temp_dir().join(format!("wgdistill-idx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = idx_bytes(&[4], &[9, 8, 7, 6]);
+    std::fs::write(dir.join("raw.idx"), &bytes).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&bytes).unwrap();
+    std::fs::write(dir.join("packed.idx.gz"), gz.finish().unwrap()).unwrap();
+    assert_eq!(
+        idx::read_idx(&dir.join("raw.idx")).unwrap().data,
+        vec![9, 8, 7, 6]
+    );
+    assert_eq!(
+        idx::read_idx(&dir.join("packed.idx.gz")).unwrap().data,
+        vec![9, 8, 7, 6]
+    );
+    std::fs::write(dir.join("broken.gz"), [0x1f, 0x8b, 1, 2, 3]).unwrap();
+    assert!(
+        idx::read_idx(&dir.join("broken.gz"))
+            .unwrap_err()
+            .to_string()
+            .contains("gzip")
+    );
+    let e = data::load_idx_split(&dir, true).unwrap_err().to_string();
+    assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn fashion_mnist_from_the_debian_package_loads_and_checks_out() {
+    let dir = std::path::Path::new(data::DEBIAN_FASHION_MNIST);
+    if !dir.is_dir() {
+        assert!(!common::in_ci(), "CI installs dataset-fashion-mnist");
+        eprintln!("SKIP: {} not installed", dir.display());
+        return;
+    }
+    let test = data::load_idx_split(dir, false).unwrap();
+    assert_eq!(test.len(), 10_000);
+    assert_eq!(test.shape, [1, 28, 28]);
+    let mut counts = [0usize; 10];
+    for &y in &test.labels {
+        counts[y as usize] += 1;
+    }
+    assert_eq!(counts, [1000; 10], "Fashion-MNIST's test split is balanced");
+    let mean: f64 =
+        test.images.iter().map(|&v| f64::from(v)).sum::<f64>() / test.images.len() as f64;
+    assert!(mean.abs() < 0.05, "normalised mean {mean}");
+    assert_eq!(test.truncated(Some(123)).len(), 123);
+}
+
+#[test]
+fn epochs_are_seeded_permutations() {
+    let a = data::epoch_order(1000, 7, 0);
+    let mut sorted = a.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+    assert_eq!(a, data::epoch_order(1000, 7, 0));
+    assert_ne!(a, data::epoch_order(1000, 7, 1));
+    assert_ne!(a, data::epoch_order(1000, 8, 0));
+}
+
+#[test]
+fn augmentation_crops_and_flips_and_plain_batches_copy() {
+    let ds = data::synthetic(6, 3);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    data::fill_batch(&ds, &[4, 1], None, &mut x, &mut y);
+    assert_eq!(&x[..784], &ds.images[4 * 784..5 * 784]);
+    assert_eq!(y, vec![ds.labels[4], ds.labels[1]]);
+    // With no padding a crop is the identity: each image is itself or its mirror.
+    data::fill_batch(&ds, &[0, 1, 2, 3, 4, 5], Some((0, 11)), &mut x, &mut y);
+    let mut flips = 0;
+    for i in 0..6 {
+        let img = &ds.images[i * 784..(i + 1) * 784];
+        let got = &x[i * 784..(i + 1) * 784];
+        let mirrored: Vec<f32> = (0..784).map(|p| img[(p / 28) * 28 + 27 - p % 28]).collect();
+        assert!(got == img || got == mirrored.as_slice(), "image {i}");
+        flips += usize::from(got != img);
+    }
+    assert!(flips > 0 && flips < 6, "flips are random: {flips} of 6");
+    data::fill_batch(&ds, &[0, 1], Some((2, 12)), &mut x, &mut y);
+    assert_eq!(x.len(), 2 * 784);
+}
