@@ -28,3 +28,4 @@ pub mod kernels;
 pub mod models;
 pub mod ops;
 pub mod reference;
+pub mod train;

@@ -732,3 +732,40 @@ fn a_compiled_kd_step_folds_its_buffers() {
     let m = step.memory();
     assert!(m.after * 2 <= m.before, "{m:?}");
 }
+
+#[test]
+fn several_seeds_on_one_value_sum_like_one_seed() {
+    let Some(gpu) = gpu() else { return };
+    let g = models::mlp([6, 1, 2, 2], &[5], 3).unwrap();
+    let w = Weights::init(gpu, &g, 90).unwrap();
+    let x = gpu.upload(&[6, 1, 2, 2], &data(24, 91)).unwrap();
+    let inputs: BTreeMap<String, Tensor> = [("x".to_string(), x)].into();
+    let out = g.output.unwrap();
+    let hidden = g.tapped("hidden.0").unwrap();
+    let seeds_host = [data(18, 92), data(18, 93), data(18, 94)];
+    let hidden_seed = data(30, 95);
+    let run = |seeds: Vec<Vec<f32>>| -> BTreeMap<String, Vec<f32>> {
+        let mut plan = Vec::new();
+        let fwd = plan_forward(gpu, &g, &w, &inputs, Mode::Train, None, &mut plan).unwrap();
+        let mut s: Vec<(wgdistill::graph::Value, Tensor)> = seeds
+            .iter()
+            .map(|v| (out, gpu.upload(&[6, 3], v).unwrap()))
+            .collect();
+        s.push((hidden, gpu.upload(&[6, 5], &hidden_seed).unwrap()));
+        let grads = plan_backward(gpu, &g, &fwd, s, &[], &mut plan).unwrap();
+        gpu.execute(&plan).unwrap();
+        grads
+            .iter()
+            .map(|(k, t)| (k.clone(), gpu.read::<f32>(t).unwrap()))
+            .collect()
+    };
+    let separate = run(seeds_host.to_vec());
+    let summed: Vec<f32> = (0..18)
+        .map(|i| seeds_host.iter().map(|s| s[i]).sum())
+        .collect();
+    let together = run(vec![summed]);
+    for (k, v) in &separate {
+        wgdistill::reference::allclose(v, &widen(&together[k]), 1e-5, 1e-6)
+            .unwrap_or_else(|e| panic!("{k}: {e}"));
+    }
+}

@@ -4,6 +4,7 @@ mod bench;
 mod check;
 mod devices;
 mod op;
+mod train;
 
 use std::path::PathBuf;
 
@@ -14,6 +15,9 @@ use wgdistill::gpu::{AdapterQuery, Gpu, GpuError};
 #[derive(Parser)]
 #[command(name = "wgdistill", version, about)]
 struct Cli {
+    /// Fashion-MNIST folder for the default job (run with no subcommand).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
     /// GPU backend(s): vulkan, metal, dx12, gl, or a comma-separated list.
     #[arg(long, global = true, env = "WGPU_BACKEND", value_name = "NAME")]
     backend: Option<String>,
@@ -34,6 +38,21 @@ enum Command {
     },
     /// Check every kernel against its CPU reference on the chosen adapter.
     Check,
+    /// Train the models of a staged configuration (teachers, students, distillation).
+    Train {
+        /// The configuration (TOML).
+        #[arg(required_unless_present = "print_default_config")]
+        config: Option<PathBuf>,
+        /// Output folder: checkpoints/, metrics.jsonl, summary.json.
+        #[arg(long, required_unless_present = "print_default_config")]
+        out: Option<PathBuf>,
+        /// Fashion-MNIST folder (default: WGDISTILL_DATA, then /usr/share/datasets/fashion-mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print the embedded default configuration and exit.
+        #[arg(long)]
+        print_default_config: bool,
+    },
     /// Time the kernels on the chosen adapter (GFLOP/s or GB/s, with same-run baselines).
     Bench {
         /// Only kernels whose name contains this text.
@@ -107,7 +126,23 @@ pub fn run() -> Result<(), CliError> {
     let query = AdapterQuery::new(cli.backend.as_deref(), cli.adapter.as_deref())?;
     match cli.command {
         Some(Command::Devices { json }) => devices::run(&query, json),
-        Some(Command::Check) | None => check::run(&Gpu::new(&query)?),
+        Some(Command::Check) => check::run(&Gpu::new(&query)?),
+        None => train::main_job(&query, cli.data),
+        Some(Command::Train {
+            print_default_config: true,
+            ..
+        }) => {
+            train::print_default();
+            Ok(())
+        }
+        Some(Command::Train {
+            config, out, data, ..
+        }) => match (config, out) {
+            (Some(config), Some(out)) => train::train(&query, &config, &out, data),
+            _ => Err(CliError::Message(
+                "train needs CONFIG and --out DIR (or --print-default-config)".into(),
+            )),
+        },
         Some(Command::Bench { filter, json }) => {
             if let Some(dir) = json
                 .as_deref()

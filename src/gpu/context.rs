@@ -537,6 +537,13 @@ impl BoundPlan {
         }
     }
 
+    /// Overwrites bytes of launch `index`'s uniform parameters at `offset` (a learning rate, a
+    /// loss weight): a queue write, no new objects.
+    pub fn write_uniform(&self, gpu: &Gpu, index: usize, offset: u64, bytes: &[u8]) {
+        gpu.queue()
+            .write_buffer(&self._uniforms[index], offset, bytes);
+    }
+
     /// Number of launches.
     pub fn len(&self) -> usize {
         self.steps.len()

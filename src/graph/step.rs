@@ -132,6 +132,8 @@ pub struct TrainStep {
     state: Arc<TrainState>,
     fetch: LossFetch,
     memory: MemoryReport,
+    weight_launches: Vec<usize>,
+    optimizer_launches: Vec<usize>,
 }
 
 /// What successive steps share: the step counter, the optimizer's state per parameter, and the
@@ -295,6 +297,8 @@ impl TrainStep {
             .ok_or_else(|| shape_error("student", "the model has no output"))?;
 
         let mut seeds: Vec<(Value, Tensor)> = Vec::new();
+        let mut weight_launches = Vec::new();
+        let mut optimizer_launches = Vec::new();
         let mut loss_values = Vec::new();
         let mut adapter_parts = Vec::new();
         for (i, term) in spec.losses.iter().enumerate() {
@@ -349,13 +353,10 @@ impl TrainStep {
                 &labels,
             )?;
             plan.extend(lp.dispatches);
-            let grad = if term.weight == 1.0 {
-                lp.grad
-            } else {
-                let (d, g) = elementwise::scale_plan(gpu, &lp.grad, term.weight)?;
-                plan.push(d);
-                g
-            };
+            // Always a scale launch, so the weight can follow a schedule without recompiling.
+            let (d, grad) = elementwise::scale_plan(gpu, &lp.grad, term.weight)?;
+            weight_launches.push(plan.len());
+            plan.push(d);
             loss_values.push((label, term.weight, lp.loss));
             match adapter {
                 Some((g, w, f)) => {
@@ -402,6 +403,7 @@ impl TrainStep {
                     .map(|_| gpu.zeros(p.shape(), DType::F32))
                     .collect::<Result<_>>()?,
             };
+            optimizer_launches.push(plan.len());
             plan.push(match spec.optimizer {
                 OptimizerSpec::Sgd(s) => optimizer::sgd(gpu, &s, p, g, &state[0], &step)?,
                 OptimizerSpec::AdamW(s) => {
@@ -442,7 +444,30 @@ impl TrainStep {
             state,
             fetch,
             memory,
+            weight_launches,
+            optimizer_launches,
         })
+    }
+
+    /// Sets every parameter's learning rate (a schedule's step): rewrites the optimizer
+    /// launches' uniforms, so later steps use it.
+    pub fn set_learning_rate(&self, gpu: &Gpu, lr: f32) {
+        // The learning rate is the third field of the optimizer kernels' parameters.
+        for &i in &self.optimizer_launches {
+            self.bound.write_uniform(gpu, i, 8, bytemuck::bytes_of(&lr));
+        }
+    }
+
+    /// Sets loss term `index`'s weight (a schedule's step).
+    pub fn set_loss_weight(&mut self, gpu: &Gpu, index: usize, weight: f32) {
+        if let (Some(&launch), Some(term)) =
+            (self.weight_launches.get(index), self.losses.get_mut(index))
+        {
+            // The scale kernel's parameters are (n, alpha, …).
+            self.bound
+                .write_uniform(gpu, launch, 4, bytemuck::bytes_of(&weight));
+            term.1 = weight;
+        }
     }
 
     /// What the memory planner saved for this step.

@@ -1,0 +1,426 @@
+//! Running a configuration: data, stages (compile, epochs, evaluation), checkpoints after every
+//! epoch (written to a temporary file, then renamed), `metrics.jsonl` and `summary.json`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::data::{self, Dataset};
+use crate::gpu::error::input_error;
+use crate::gpu::{Gpu, Result};
+use crate::graph::{
+    Adapter, EvalStep, Graph, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights,
+};
+use crate::io;
+use crate::kernels::optimizer::{AdamW, Sgd};
+
+use super::config::{
+    AdapterName, Config, DatasetKind, LossConfig, LossName, OptimizerConfig, OptimizerKind,
+    ScheduleKind,
+};
+
+/// Where the data comes from and where results go.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Output folder (created if missing).
+    pub out: PathBuf,
+    /// Fashion-MNIST folder (else `WGDISTILL_DATA`, else the Debian package's).
+    pub data_dir: Option<PathBuf>,
+    /// Use the synthetic set, saying so, when Fashion-MNIST is not found (the main job does).
+    pub fallback_to_synthetic: bool,
+}
+
+/// The adapter a run used.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterSummary {
+    /// Adapter name.
+    pub name: String,
+    /// Backend.
+    pub backend: String,
+    /// Driver and version.
+    pub driver: String,
+}
+
+/// One model's result in a stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelResult {
+    /// Model name.
+    pub model: String,
+    /// Test accuracy after the last epoch.
+    pub test_accuracy: f64,
+    /// Best test accuracy over the epochs.
+    pub best_test_accuracy: f64,
+}
+
+/// One stage's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageSummary {
+    /// Stage name.
+    pub name: String,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Wall time of the stage, compile and evaluation included.
+    pub wall_seconds: f64,
+    /// Training samples per second.
+    pub samples_per_second: f64,
+    /// Models trained.
+    pub models: Vec<ModelResult>,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// The adapter.
+    pub adapter: AdapterSummary,
+    /// Where the data came from.
+    pub data: String,
+    /// Stages in order.
+    pub stages: Vec<StageSummary>,
+}
+
+/// A configuration's training and test sets.
+pub type LoadedData = (Dataset, Dataset);
+
+/// The training and test sets for a configuration.
+pub fn load_data(config: &Config, opts: &RunOptions) -> Result<LoadedData> {
+    let d = &config.data;
+    let synthetic = |note: &str| {
+        let mut train = data::synthetic(d.train_limit.unwrap_or(6000), config.seed);
+        let mut test = data::synthetic(d.test_limit.unwrap_or(1000), config.seed.wrapping_add(1));
+        train.source = format!("{}{note}", train.source);
+        test.source = format!("{}{note}", test.source);
+        (train, test)
+    };
+    let (train, test) = match d.dataset {
+        DatasetKind::Synthetic => synthetic(""),
+        DatasetKind::FashionMnist => {
+            let dir = opts
+                .data_dir
+                .clone()
+                .or_else(|| std::env::var_os("WGDISTILL_DATA").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(data::DEBIAN_FASHION_MNIST));
+            match (
+                data::load_idx_split(&dir, true),
+                data::load_idx_split(&dir, false),
+            ) {
+                (Ok(train), Ok(test)) => (train, test),
+                (Err(e), _) | (_, Err(e)) => {
+                    if !opts.fallback_to_synthetic {
+                        return Err(input_error(
+                            "data.dataset",
+                            format!(
+                                "Fashion-MNIST not found ({e}); install it with `apt-get install dataset-fashion-mnist` or pass --data DIR"
+                            ),
+                        ));
+                    }
+                    synthetic(&format!(" (Fashion-MNIST not found in {})", dir.display()))
+                }
+            }
+        }
+    };
+    Ok((train.truncated(d.train_limit), test.truncated(d.test_limit)))
+}
+
+fn optimizer(o: &OptimizerConfig) -> OptimizerSpec {
+    match o.kind {
+        OptimizerKind::Sgd => OptimizerSpec::Sgd(Sgd {
+            lr: o.lr,
+            momentum: o.momentum,
+            dampening: 0.0,
+            weight_decay: o.weight_decay.unwrap_or(0.0),
+            nesterov: o.nesterov,
+        }),
+        OptimizerKind::Adamw => {
+            let [beta1, beta2] = o.betas.unwrap_or([0.9, 0.999]);
+            OptimizerSpec::AdamW(AdamW {
+                lr: o.lr,
+                beta1,
+                beta2,
+                eps: o.eps.unwrap_or(1e-8),
+                weight_decay: o.weight_decay.unwrap_or(0.01),
+            })
+        }
+    }
+}
+
+/// The learning rate of `epoch` (0-based) of `epochs`.
+pub fn learning_rate(o: &OptimizerConfig, epoch: usize, epochs: usize) -> f32 {
+    let base = match o.schedule {
+        ScheduleKind::Constant => o.lr,
+        ScheduleKind::Step => {
+            o.lr * o
+                .gamma
+                .unwrap_or(0.1)
+                .powi((epoch / o.step_size.unwrap_or(30).max(1)) as i32)
+        }
+        ScheduleKind::Cosine => {
+            o.lr * 0.5 * (1.0 + (std::f32::consts::PI * epoch as f32 / epochs.max(1) as f32).cos())
+        }
+    };
+    if epoch < o.warmup_epochs {
+        base * (epoch + 1) as f32 / (o.warmup_epochs + 1) as f32
+    } else {
+        base
+    }
+}
+
+fn loss_spec(l: &LossConfig) -> LossSpec {
+    let kind = match l.kind {
+        LossName::Ce => LossKind::Ce,
+        LossName::Kd => LossKind::Kd {
+            temperature: l.temperature.unwrap_or(4.0),
+        },
+        LossName::Dkd => LossKind::Dkd {
+            alpha: l.alpha.unwrap_or(1.0),
+            beta: l.beta.unwrap_or(8.0),
+            temperature: l.temperature.unwrap_or(4.0),
+        },
+        LossName::Hint => LossKind::Hint,
+        LossName::At => LossKind::At {
+            p: l.p.unwrap_or(2.0),
+        },
+        LossName::Sp => LossKind::Sp,
+        LossName::RkdDistance => LossKind::RkdDistance,
+        LossName::RkdAngle => LossKind::RkdAngle,
+        LossName::Pkt => LossKind::Pkt,
+    };
+    LossSpec {
+        kind,
+        weight: l.weight,
+        student_tap: l.student_tap.clone(),
+        teacher_tap: l.teacher_tap.clone(),
+        adapter: l.adapter.map(|a| match a {
+            AdapterName::Linear => Adapter::Linear,
+            AdapterName::Conv1x1 => Adapter::Conv1x1,
+        }),
+    }
+}
+
+/// Test accuracy of a model: batches of the compiled size, the last one padded.
+pub fn evaluate(gpu: &Gpu, graph: &Graph, weights: &Weights, test: &Dataset) -> Result<f64> {
+    let eval = EvalStep::compile(gpu, graph, weights)?;
+    let batch = graph.shape(graph.find("x").expect("an input x"))[0];
+    let len = test.sample_len();
+    let classes = graph.shape(graph.output.expect("an output"))[1];
+    let mut correct = 0usize;
+    let mut x = vec![0.0f32; batch * len];
+    for start in (0..test.len()).step_by(batch) {
+        let n = batch.min(test.len() - start);
+        x[..n * len].copy_from_slice(&test.images[start * len..(start + n) * len]);
+        x[n * len..].fill(0.0);
+        let logits = eval.run(gpu, &x)?;
+        for (row, &label) in logits
+            .chunks(classes)
+            .take(n)
+            .zip(&test.labels[start..start + n])
+        {
+            let pred = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |p| p.0);
+            correct += usize::from(pred as i32 == label);
+        }
+    }
+    Ok(correct as f64 / test.len().max(1) as f64)
+}
+
+fn seed_of(config_seed: u64, name: &str) -> u64 {
+    name.bytes()
+        .fold(config_seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{line}"))
+        .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
+}
+
+/// Runs every stage of a checked configuration on `gpu`; `log` receives one line per epoch.
+pub fn run(
+    gpu: &Gpu,
+    config: &Config,
+    opts: &RunOptions,
+    train: &Dataset,
+    test: &Dataset,
+    log: &mut dyn FnMut(&str),
+) -> Result<Summary> {
+    let out = &opts.out;
+    let ckpt_dir = out.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| {
+        input_error(
+            ckpt_dir.display().to_string(),
+            format!("cannot create ({e})"),
+        )
+    })?;
+    let metrics = out.join("metrics.jsonl");
+    let _ = std::fs::remove_file(&metrics);
+    let batch = config.data.batch_size;
+    let tail = train.len() % batch;
+    let [c, h, w] = train.shape;
+    let input = |b: usize| [b, c, h, w];
+    let classes = train.classes;
+
+    // Models loaded from checkpoints, then each stage's trained model, by name.
+    let mut weights: BTreeMap<String, Weights> = BTreeMap::new();
+    for (name, m) in &config.models {
+        if let Some(file) = m.checkpoint() {
+            let graph = m.graph(input(batch), classes)?;
+            let host = io::read_safetensors(Path::new(file))?;
+            weights.insert(name.clone(), Weights::load(gpu, &graph, file, &host)?);
+        }
+    }
+    let mut stages = Vec::new();
+    for (si, stage) in config.stages.iter().enumerate() {
+        let started = Instant::now();
+        let name = &stage.train[0];
+        let model = &config.models[name];
+        let graph = model.graph(input(batch), classes)?;
+        let student_w = match weights.get(name) {
+            Some(w) => w.clone(),
+            None => Weights::init(gpu, &graph, seed_of(config.seed, name))?,
+        };
+        let teacher = stage
+            .teachers
+            .first()
+            .map(|t| -> Result<(Graph, Graph, Weights)> {
+                let m = &config.models[t];
+                Ok((
+                    m.graph(input(batch), classes)?,
+                    m.graph(input(tail.max(2)), classes)?,
+                    weights[t].clone(),
+                ))
+            });
+        let teacher = teacher.transpose()?;
+        let losses: Vec<LossSpec> = stage.losses.iter().map(loss_spec).collect();
+        let spec = StepSpec {
+            student: &graph,
+            student_weights: &student_w,
+            teacher: teacher.as_ref().map(|(g, _, w)| (g, w)),
+            losses: losses.clone(),
+            optimizer: optimizer(&stage.optimizer),
+            seed: seed_of(config.seed, &stage.name),
+        };
+        let mut step = TrainStep::compile(gpu, &spec)?;
+        // The last, smaller batch gets a sibling step sharing the optimizer state (a batch of one
+        // is dropped: batch statistics need two samples).
+        let tail_graph = if tail >= 2 {
+            Some(model.graph(input(tail), classes)?)
+        } else {
+            None
+        };
+        let mut tail_step = match &tail_graph {
+            Some(tg) => {
+                let spec = StepSpec {
+                    student: tg,
+                    teacher: teacher.as_ref().map(|(_, g, w)| (g, w)),
+                    ..spec
+                };
+                Some(TrainStep::compile_sibling(gpu, &spec, &step)?)
+            }
+            None => None,
+        };
+        let mut best: f64 = 0.0;
+        let mut accuracy = 0.0;
+        let (mut xb, mut yb) = (Vec::new(), Vec::new());
+        let mut trained_samples = 0usize;
+        for epoch in 0..stage.epochs {
+            let epoch_start = Instant::now();
+            let lr = learning_rate(&stage.optimizer, epoch, stage.epochs);
+            for s in std::iter::once(&mut step).chain(tail_step.as_mut()) {
+                s.set_learning_rate(gpu, lr);
+                for (i, l) in stage.losses.iter().enumerate() {
+                    let ramp = if l.warmup_epochs > 0 {
+                        ((epoch + 1) as f32 / l.warmup_epochs as f32).min(1.0)
+                    } else {
+                        1.0
+                    };
+                    s.set_loss_weight(gpu, i, l.weight * ramp);
+                }
+            }
+            let order = data::epoch_order(train.len(), config.seed ^ si as u64, epoch as u64);
+            let mut samples = 0;
+            for (bi, idx) in order.chunks(batch).enumerate() {
+                let augment = config
+                    .data
+                    .augment
+                    .then_some((2, config.seed ^ (epoch as u64) << 32 ^ bi as u64));
+                data::fill_batch(train, idx, augment, &mut xb, &mut yb);
+                match (idx.len() == batch, &tail_step) {
+                    (true, _) => step.run(gpu, &xb, &yb)?,
+                    (false, Some(t)) => t.run(gpu, &xb, &yb)?,
+                    (false, None) => continue,
+                }
+                samples += idx.len();
+            }
+            let loss = step.total_loss(gpu)?;
+            let train_seconds = epoch_start.elapsed().as_secs_f64();
+            trained_samples += samples;
+            accuracy = evaluate(gpu, &graph, &student_w, test)?;
+            best = best.max(accuracy);
+            io::write_safetensors(
+                &ckpt_dir.join(format!("{name}.safetensors")),
+                &student_w.to_host(gpu)?,
+            )?;
+            let line = serde_json::json!({
+                "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": loss,
+                "test_accuracy": accuracy, "seconds": train_seconds, "samples_per_second": samples as f64 / train_seconds,
+            });
+            append_line(&metrics, &line.to_string())?;
+            if !loss.is_finite() {
+                log(&format!(
+                    "{}: the loss is not finite: training diverged (lower the learning rate or the loss weights)",
+                    stage.name
+                ));
+            }
+            log(&format!(
+                "{} epoch {}/{}: loss {loss:.4}, test accuracy {accuracy:.4}, {:.0} samples/s",
+                stage.name,
+                epoch + 1,
+                stage.epochs,
+                samples as f64 / train_seconds
+            ));
+        }
+        let wall = started.elapsed().as_secs_f64();
+        stages.push(StageSummary {
+            name: stage.name.clone(),
+            epochs: stage.epochs,
+            wall_seconds: wall,
+            samples_per_second: trained_samples as f64 / wall,
+            models: vec![ModelResult {
+                model: name.clone(),
+                test_accuracy: accuracy,
+                best_test_accuracy: best,
+            }],
+        });
+        weights.insert(name.clone(), student_w);
+    }
+    let caps = gpu.caps();
+    let summary = Summary {
+        adapter: AdapterSummary {
+            name: caps.name.clone(),
+            backend: caps.backend.to_string(),
+            driver: format!("{} {}", caps.driver, caps.driver_info)
+                .trim()
+                .to_string(),
+        },
+        data: train.source.clone(),
+        stages,
+    };
+    let text = serde_json::to_string_pretty(&summary)
+        .map_err(|e| input_error("summary.json", e.to_string()))?;
+    let path = out.join("summary.json");
+    let tmp = out.join("summary.json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))?;
+    Ok(summary)
+}

@@ -1,0 +1,147 @@
+//! Configuration errors: each names the file, the key's path (and line where the parser knows
+//! it) and what was expected, on one line, before any GPU work.
+
+use wgdistill::train::config::{self, DEFAULT_CONFIG};
+
+/// The example configuration, which must run as written.
+const EXAMPLE: &str = include_str!("../configs/example.toml");
+
+fn check(text: &str) -> Result<(), String> {
+    let c = config::parse("run.toml", text).map_err(|e| e.to_string())?;
+    c.check("run.toml").map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_default_and_example_configs_parse_and_check() {
+    check(DEFAULT_CONFIG).unwrap();
+    check(EXAMPLE).unwrap();
+}
+
+fn with(find: &str, replace: &str) -> String {
+    assert!(EXAMPLE.contains(find), "{find}");
+    EXAMPLE.replacen(find, replace, 1)
+}
+
+#[test]
+fn every_config_error_names_its_key() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with("batch_size = 128", "batch_size = 128\nbatchsize = 3"),
+            &["run.toml:", "data", "unknown field `batchsize`"],
+        ),
+        (
+            with("batch_size = 128", "batch_size = \"many\""),
+            &["data.batch_size", "run.toml:8"],
+        ),
+        (
+            with("dataset = \"fashion-mnist\"", "dataset = \"cifar\""),
+            &["data.dataset", "unknown variant `cifar`"],
+        ),
+        (
+            with("arch = \"mlp\"\nhidden = [512, 512]", "arch = \"vit\""),
+            &["models.teacher", "vit"],
+        ),
+        (
+            with("hidden = [512, 512]", "hidden = [512, 512]\ndepth = 3"),
+            &["models.teacher", "depth"],
+        ),
+        (
+            with(
+                "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }",
+                "{ kind = \"kd\", weight = 0.9, temprature = 4.0 }",
+            ),
+            &["stages[2].losses[1]", "temprature"],
+        ),
+        (
+            with(
+                "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }",
+                "{ kind = \"kdd\" }",
+            ),
+            &["stages[2].losses[1].kind", "kdd"],
+        ),
+        (
+            with(
+                "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }",
+                "{ kind = \"kd\", temperature = 0.0 }",
+            ),
+            &["stages[2].losses[1].temperature", "> 0"],
+        ),
+        (
+            with(
+                "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }",
+                "{ kind = \"kd\", p = 2.0 }",
+            ),
+            &["stages[2].losses[1].p", "kd takes no p"],
+        ),
+        (
+            with("student_tap = \"hidden.0\"", "student_tap = \"hidden.5\""),
+            &["stages[2].losses[2].student_tap", "hidden.5", "hidden.0"],
+        ),
+        (
+            with("teacher_tap = \"hidden.1\"", "teacher_tap = \"features.3\""),
+            &["stages[2].losses[2].teacher_tap", "features.3"],
+        ),
+        (
+            with("teachers = [\"teacher\"]", "teachers = [\"professor\"]"),
+            &["stages[2].teachers[0]", "unknown model 'professor'"],
+        ),
+        (
+            with("train = [\"student_kd\"]", "train = [\"ghost\"]"),
+            &["stages[2].train[0]", "unknown model 'ghost'"],
+        ),
+        (
+            with("teachers = [\"teacher\"]", "teachers = []"),
+            &["stages[2].losses[1].kind", "needs a teacher"],
+        ),
+        (
+            with(
+                "epochs = 3\noptimizer = { kind = \"sgd\", lr = 0.1, momentum = 0.9 }\nlosses = [{ kind = \"ce\", weight = 1.0 }]",
+                "epochs = 0\noptimizer = { kind = \"sgd\", lr = 0.1, momentum = 0.9 }\nlosses = [{ kind = \"ce\", weight = 1.0 }]",
+            ),
+            &["stages[1].epochs", "at least 1"],
+        ),
+        (
+            with(
+                "{ kind = \"sgd\", lr = 0.1, momentum = 0.9, weight_decay = 5e-4 }",
+                "{ kind = \"sgd\", lr = -1.0 }",
+            ),
+            &["stages[0].optimizer.lr", "> 0"],
+        ),
+        (
+            with(
+                "{ kind = \"sgd\", lr = 0.1, momentum = 0.9, weight_decay = 5e-4 }",
+                "{ kind = \"rmsprop\", lr = 0.1 }",
+            ),
+            &["stages[0].optimizer.kind", "rmsprop"],
+        ),
+        (
+            with(
+                "{ kind = \"sgd\", lr = 0.1, momentum = 0.9, weight_decay = 5e-4 }",
+                "{ kind = \"sgd\", lr = 0.1, gamma = 0.5 }",
+            ),
+            &["stages[0].optimizer", "schedule = \\\"step\\\""],
+        ),
+        (
+            with(
+                "name = \"student-kd\"\ntrain = [\"student_kd\"]",
+                "name = \"student-kd\"\ntrain = [\"student_kd\", \"student_scratch\"]",
+            ),
+            &["stages[2].train", "one model"],
+        ),
+        (
+            with("batch_size = 128", "batch_size = 1"),
+            &["data.batch_size", "at least 2"],
+        ),
+        ("seed = 0".to_string(), &["missing field `data`"]),
+        ("this is = = not toml".to_string(), &["run.toml:1"]),
+    ];
+    for (text, needles) in cases {
+        let e = check(&text).expect_err("must be refused");
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.starts_with("run.toml"), "{e}");
+        for n in needles {
+            let n = n.replace("\\\"", "\"");
+            assert!(e.contains(&n), "expected '{n}' in: {e}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The training loop end to end on synthetic data: the example configuration as written
+//! (with CI-sized data), its outputs, a checkpoint round trip, and the CLI's entry points.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::gpu;
+use wgdistill::graph::Weights;
+use wgdistill::train::config::{self, DEFAULT_CONFIG};
+use wgdistill::train::run::{self, RunOptions};
+
+const EXAMPLE: &str = include_str!("../configs/example.toml");
+
+/// The example, on a small synthetic set with a last batch smaller than the others.
+fn small(text: &str) -> String {
+    text.replace("dataset = \"fashion-mnist\"", "dataset = \"synthetic\"")
+        .replace("batch_size = 128", "batch_size = 64")
+        .replace("train_limit = 20000", "train_limit = 300")
+        .replace("test_limit = 5000", "test_limit = 200")
+        .replace("epochs = 3", "epochs = 2")
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgdistill-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn the_example_config_runs_as_written_and_writes_its_outputs() {
+    let Some(gpu) = gpu() else { return };
+    let cfg = config::parse("example.toml", &small(EXAMPLE)).unwrap();
+    cfg.check("example.toml").unwrap();
+    let opts = RunOptions {
+        out: out_dir("example"),
+        data_dir: None,
+        fallback_to_synthetic: false,
+    };
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    assert_eq!((train.len(), test.len()), (300, 200));
+    let mut lines = Vec::new();
+    let summary = run::run(gpu, &cfg, &opts, &train, &test, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(opts.out.join("summary.json")).unwrap())
+            .unwrap();
+    for key in ["name", "backend", "driver"] {
+        assert!(json["adapter"][key].is_string(), "adapter.{key}");
+    }
+    let stages = json["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 3);
+    for (s, name) in stages
+        .iter()
+        .zip(["teacher", "student-scratch", "student-kd"])
+    {
+        assert_eq!(s["name"], name);
+        assert_eq!(s["epochs"], 2);
+        assert!(
+            s["wall_seconds"].as_f64().unwrap() > 0.0
+                && s["samples_per_second"].as_f64().unwrap() > 0.0
+        );
+        let m = &s["models"][0];
+        assert!(
+            m["model"].is_string()
+                && m["test_accuracy"].is_number()
+                && m["best_test_accuracy"].is_number()
+        );
+    }
+    let metrics = std::fs::read_to_string(opts.out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6);
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["test_accuracy"].is_number() && v["epoch"].is_number());
+    }
+    let kd = wgdistill::io::read_safetensors(&opts.out.join("checkpoints/student_kd.safetensors"))
+        .unwrap();
+    assert!(kd.contains_key("hidden.0.weight") && kd.contains_key("head.bias"));
+    assert!(
+        kd.keys().all(|k| !k.starts_with("adapters")),
+        "adapters are not exported with the student"
+    );
+    assert!(
+        summary.stages[0].models[0].test_accuracy > 0.2,
+        "the teacher learns the synthetic set"
+    );
+}
+
+#[test]
+fn a_checkpoint_round_trips_and_can_stand_in_for_a_training_stage() {
+    let Some(gpu) = gpu() else { return };
+    let text = small(DEFAULT_CONFIG);
+    let cfg = config::parse("default", &text).unwrap();
+    let opts = RunOptions {
+        out: out_dir("ckpt"),
+        data_dir: None,
+        fallback_to_synthetic: false,
+    };
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let summary = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+    let path = opts.out.join("checkpoints/teacher.safetensors");
+    let graph = cfg.models["teacher"].graph([64, 1, 28, 28], 10).unwrap();
+    let w = Weights::load(
+        gpu,
+        &graph,
+        "teacher",
+        &wgdistill::io::read_safetensors(&path).unwrap(),
+    )
+    .unwrap();
+    let acc = run::evaluate(gpu, &graph, &w, &test).unwrap();
+    assert_eq!(
+        acc, summary.stages[0].models[0].test_accuracy,
+        "the checkpoint holds the trained teacher"
+    );
+
+    // The teacher from its checkpoint, with only the KD stage left to run.
+    let kd_only = {
+        let start = text.find("[[stages]]\nname = \"student-kd\"").unwrap();
+        let models_end = text.find("[[stages]]").unwrap();
+        let mut t = text[..models_end].replace(
+            "[models.teacher]\narch = \"mlp\"\nhidden = [512, 512]",
+            &format!(
+                "[models.teacher]\narch = \"mlp\"\nhidden = [512, 512]\ncheckpoint = {:?}",
+                path.display().to_string()
+            ),
+        );
+        t.push_str(&text[start..]);
+        t
+    };
+    let cfg = config::parse("kd-only", &kd_only).unwrap();
+    cfg.check("kd-only").unwrap();
+    let opts = RunOptions {
+        out: out_dir("kd-only"),
+        ..opts
+    };
+    let summary = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+    assert_eq!(summary.stages.len(), 1);
+    assert!(summary.stages[0].models[0].test_accuracy.is_finite());
+    // A missing or mismatched checkpoint is a clear error.
+    let bad = kd_only.replace(&path.display().to_string(), "/no/such/teacher.safetensors");
+    let cfg = config::parse("bad", &bad).unwrap();
+    let e = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/no/such/teacher.safetensors"), "{e}");
+}
+
+fn wgdistill(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wgdistill"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn train_prints_the_default_config_and_refuses_bad_configs_before_the_gpu() {
+    let out = wgdistill(&["train", "--print-default-config"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), DEFAULT_CONFIG);
+    let dir = out_dir("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, EXAMPLE.replace("epochs = 3", "epoch = 3")).unwrap();
+    for config in [bad.as_path(), Path::new("/no/such/config.toml")] {
+        let out = wgdistill(&[
+            "--adapter",
+            "no-such-adapter",
+            "train",
+            config.to_str().unwrap(),
+            "--out",
+            dir.join("o").to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("wgdistill:"))
+            .collect();
+        assert_eq!(ours.len(), 1, "{stderr}");
+        assert!(
+            ours[0].contains(config.to_str().unwrap()) && !stderr.contains("no GPU adapter"),
+            "{stderr}"
+        );
+    }
+}
