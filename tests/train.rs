@@ -188,3 +188,90 @@ fn train_prints_the_default_config_and_refuses_bad_configs_before_the_gpu() {
         );
     }
 }
+
+#[test]
+fn eval_reports_a_checkpoints_test_accuracy() {
+    let Some(gpu) = gpu() else { return };
+    if !Path::new(wgdistill::data::DEBIAN_FASHION_MNIST).is_dir() {
+        assert!(!common::in_ci(), "CI installs dataset-fashion-mnist");
+        return;
+    }
+    let graph = wgdistill::models::mlp([256, 1, 28, 28], &[8], 10).unwrap();
+    let w = Weights::init(gpu, &graph, 5).unwrap();
+    let dir = out_dir("eval");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.safetensors");
+    wgdistill::io::write_safetensors(&path, &w.to_host(gpu).unwrap()).unwrap();
+    let backend = std::env::var("WGPU_BACKEND").unwrap_or_default();
+    let out = wgdistill(&[
+        "--backend",
+        &backend,
+        "eval",
+        path.to_str().unwrap(),
+        "--arch",
+        "mlp",
+        "--hidden",
+        "8",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test accuracy") && stdout.contains("10000 images"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = wgdistill(&[
+        "eval",
+        path.to_str().unwrap(),
+        "--arch",
+        "mlp",
+        "--hidden",
+        "9",
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("hidden.0.weight")
+    );
+}
+
+#[test]
+fn several_seeds_report_mean_and_std_per_model() {
+    let Some(_) = gpu() else { return };
+    let dir = out_dir("seeds");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("run.toml");
+    std::fs::write(
+        &cfg,
+        small(DEFAULT_CONFIG).replace("epochs = 2", "epochs = 1"),
+    )
+    .unwrap();
+    let backend = std::env::var("WGPU_BACKEND").unwrap_or_default();
+    let out = wgdistill(&[
+        "--backend",
+        &backend,
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        dir.join("o").to_str().unwrap(),
+        "--seeds",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" ± "));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("o/summary.json")).unwrap())
+            .unwrap();
+    for stage in json["stages"].as_array().unwrap() {
+        let m = &stage["models"][0];
+        assert_eq!(m["test_accuracy_per_seed"].as_array().unwrap().len(), 2);
+        assert!(m["test_accuracy_mean"].is_number() && m["test_accuracy_std"].is_number());
+    }
+    assert!(
+        dir.join("o/seed-0/summary.json").is_file()
+            && dir
+                .join("o/seed-1/checkpoints/teacher.safetensors")
+                .is_file()
+    );
+}

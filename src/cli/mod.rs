@@ -52,6 +52,9 @@ enum Command {
         /// Print the embedded default configuration and exit.
         #[arg(long)]
         print_default_config: bool,
+        /// Run the whole configuration with N seeds (seed, seed + 1, …) and report mean ± std.
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
     },
     /// Time the kernels on the chosen adapter (GFLOP/s or GB/s, with same-run baselines).
     Bench {
@@ -61,6 +64,29 @@ enum Command {
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+    },
+    /// Print a checkpoint's test accuracy on Fashion-MNIST.
+    Eval {
+        /// The checkpoint (safetensors, PyTorch names).
+        checkpoint: PathBuf,
+        /// Architecture: mlp, cnn or resnet.
+        #[arg(long)]
+        arch: String,
+        /// MLP hidden widths, e.g. 512,512.
+        #[arg(long, value_delimiter = ',', default_value = "512,512")]
+        hidden: Vec<usize>,
+        /// CNN channels per block, e.g. 32,64.
+        #[arg(long, value_delimiter = ',', default_value = "32,64")]
+        channels: Vec<usize>,
+        /// ResNet depth (6n + 2).
+        #[arg(long, default_value_t = 8)]
+        depth: usize,
+        /// ResNet stage widths.
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
+        widths: Vec<usize>,
+        /// Fashion-MNIST folder.
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// Run one op (kernel or loss) on tensors from a safetensors file.
     Op {
@@ -128,6 +154,24 @@ pub fn run() -> Result<(), CliError> {
         Some(Command::Devices { json }) => devices::run(&query, json),
         Some(Command::Check) => check::run(&Gpu::new(&query)?),
         None => train::main_job(&query, cli.data),
+        Some(Command::Eval {
+            checkpoint,
+            arch,
+            hidden,
+            channels,
+            depth,
+            widths,
+            data,
+        }) => {
+            let arch = train::ArchArgs {
+                arch,
+                hidden,
+                channels,
+                depth,
+                widths,
+            };
+            train::eval(&query, &checkpoint, &arch, data)
+        }
         Some(Command::Train {
             print_default_config: true,
             ..
@@ -136,9 +180,13 @@ pub fn run() -> Result<(), CliError> {
             Ok(())
         }
         Some(Command::Train {
-            config, out, data, ..
+            config,
+            out,
+            data,
+            seeds,
+            ..
         }) => match (config, out) {
-            (Some(config), Some(out)) => train::train(&query, &config, &out, data),
+            (Some(config), Some(out)) => train::train(&query, &config, &out, data, seeds),
             _ => Err(CliError::Message(
                 "train needs CONFIG and --out DIR (or --print-default-config)".into(),
             )),

@@ -17,16 +17,20 @@ fn print_table(summary: &Summary) {
     );
     println!("data: {}", summary.data);
     println!(
-        "{:<18} {:<18} {:>13} {:>11} {:>7} {:>10} {:>10}",
+        "{:<18} {:<18} {:>17} {:>8} {:>7} {:>10} {:>10}",
         "stage", "model", "test accuracy", "best", "epochs", "wall s", "samples/s"
     );
     for s in &summary.stages {
         for m in &s.models {
+            let acc = match m.test_accuracy_std {
+                Some(std) => format!("{:.4} ± {std:.4}", m.test_accuracy),
+                None => format!("{:.4}", m.test_accuracy),
+            };
             println!(
-                "{:<18} {:<18} {:>13.4} {:>11.4} {:>7} {:>10.1} {:>10.0}",
+                "{:<18} {:<18} {:>17} {:>8.4} {:>7} {:>10.1} {:>10.0}",
                 s.name,
                 m.model,
-                m.test_accuracy,
+                acc,
                 m.best_test_accuracy,
                 s.epochs,
                 s.wall_seconds,
@@ -55,7 +59,16 @@ fn prepare(
     Ok((config, data))
 }
 
-fn execute(query: &AdapterQuery, what: &str, text: &str, opts: RunOptions) -> Result<(), CliError> {
+fn execute(
+    query: &AdapterQuery,
+    what: &str,
+    text: &str,
+    opts: RunOptions,
+    seeds: usize,
+) -> Result<(), CliError> {
+    if seeds == 0 {
+        return Err(CliError::Message("--seeds: must be at least 1".into()));
+    }
     let (config, (train, test)) = prepare(what, text, &opts.out, &opts)?;
     println!(
         "data: {} ({} training, {} test samples)",
@@ -65,9 +78,34 @@ fn execute(query: &AdapterQuery, what: &str, text: &str, opts: RunOptions) -> Re
     );
     let gpu = Gpu::new(query)?;
     println!("adapter: {}", gpu.caps().label());
-    let summary = run::run(&gpu, &config, &opts, &train, &test, &mut |line| {
-        println!("{line}")
-    })?;
+    let summary = if seeds == 1 {
+        run::run(&gpu, &config, &opts, &train, &test, &mut |line| {
+            println!("{line}")
+        })?
+    } else {
+        // Each seed in its own folder; the top-level summary holds mean ± std over them.
+        let mut runs = Vec::new();
+        for k in 0..seeds {
+            let mut cfg = config.clone();
+            cfg.seed = config.seed + k as u64;
+            let run_opts = RunOptions {
+                out: opts.out.join(format!("seed-{}", cfg.seed)),
+                ..opts.clone()
+            };
+            let seed = cfg.seed;
+            runs.push(run::run(
+                &gpu,
+                &cfg,
+                &run_opts,
+                &train,
+                &test,
+                &mut |line| println!("seed {seed}: {line}"),
+            )?);
+        }
+        let summary = run::aggregate(&runs);
+        run::write_summary(&opts.out, &summary)?;
+        summary
+    };
     print_table(&summary);
     println!("results in {}", opts.out.display());
     Ok(())
@@ -79,6 +117,7 @@ pub fn train(
     config: &Path,
     out: &Path,
     data: Option<PathBuf>,
+    seeds: usize,
 ) -> Result<(), CliError> {
     let what = config.display().to_string();
     let text = std::fs::read_to_string(config)
@@ -88,7 +127,7 @@ pub fn train(
         data_dir: data,
         fallback_to_synthetic: false,
     };
-    execute(query, &what, &text, opts)
+    execute(query, &what, &text, opts, seeds)
 }
 
 /// The main job: the default configuration, Fashion-MNIST when found, else the synthetic set.
@@ -98,10 +137,89 @@ pub fn main_job(query: &AdapterQuery, data: Option<PathBuf>) -> Result<(), CliEr
         data_dir: data,
         fallback_to_synthetic: true,
     };
-    execute(query, "default config", DEFAULT_CONFIG, opts)
+    execute(query, "default config", DEFAULT_CONFIG, opts, 1)
 }
 
 /// `--print-default-config`.
 pub fn print_default() {
     print!("{DEFAULT_CONFIG}");
+}
+
+/// The model flags of `wgdistill eval`.
+pub struct ArchArgs {
+    /// `mlp`, `cnn` or `resnet`.
+    pub arch: String,
+    /// MLP hidden widths.
+    pub hidden: Vec<usize>,
+    /// CNN channels.
+    pub channels: Vec<usize>,
+    /// ResNet depth.
+    pub depth: usize,
+    /// ResNet stage widths.
+    pub widths: Vec<usize>,
+}
+
+impl ArchArgs {
+    fn model(&self) -> Result<config::ModelConfig, CliError> {
+        Ok(match self.arch.as_str() {
+            "mlp" => config::ModelConfig::Mlp {
+                hidden: self.hidden.clone(),
+                checkpoint: None,
+            },
+            "cnn" => config::ModelConfig::Cnn {
+                channels: self.channels.clone(),
+                checkpoint: None,
+            },
+            "resnet" => {
+                let widths: [usize; 3] = self.widths.clone().try_into().map_err(|_| {
+                    CliError::Message(format!(
+                        "--widths: expected three stage widths, got {:?}",
+                        self.widths
+                    ))
+                })?;
+                config::ModelConfig::Resnet {
+                    depth: self.depth,
+                    widths,
+                    checkpoint: None,
+                }
+            }
+            other => {
+                return Err(CliError::Message(format!(
+                    "--arch: unknown architecture '{other}'; expected mlp, cnn or resnet"
+                )));
+            }
+        })
+    }
+}
+
+/// `wgdistill eval CHECKPOINT --arch …`: a checkpoint's test accuracy on Fashion-MNIST.
+pub fn eval(
+    query: &AdapterQuery,
+    checkpoint: &Path,
+    arch: &ArchArgs,
+    data: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let what = checkpoint.display().to_string();
+    let model = arch.model()?;
+    let host = wgdistill::io::read_safetensors(checkpoint)?;
+    let batch = 256;
+    let graph = model.graph([batch, 1, 28, 28], 10)?;
+    let cfg_text = "[data]\ndataset = \"fashion-mnist\"\n[models]\n[[stages]]\nname = \"eval\"\ntrain = []\nepochs = 1\noptimizer = { kind = \"sgd\", lr = 1.0 }\nlosses = []\n";
+    let cfg = config::parse("eval", cfg_text)?;
+    let opts = RunOptions {
+        out: PathBuf::new(),
+        data_dir: data,
+        fallback_to_synthetic: false,
+    };
+    let (_, test) = run::load_data(&cfg, &opts)?;
+    let gpu = Gpu::new(query)?;
+    let weights = wgdistill::graph::Weights::load(&gpu, &graph, &what, &host)?;
+    let acc = run::evaluate(&gpu, &graph, &weights, &test)?;
+    println!(
+        "{what}: test accuracy {acc:.4} on {} ({} images; {})",
+        test.source,
+        test.len(),
+        gpu.caps().name
+    );
+    Ok(())
 }

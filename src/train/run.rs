@@ -53,6 +53,15 @@ pub struct ModelResult {
     pub test_accuracy: f64,
     /// Best test accuracy over the epochs.
     pub best_test_accuracy: f64,
+    /// With several seeds: the mean of the final test accuracies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_accuracy_mean: Option<f64>,
+    /// With several seeds: their sample standard deviation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_accuracy_std: Option<f64>,
+    /// With several seeds: each seed's final test accuracy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_accuracy_per_seed: Option<Vec<f64>>,
 }
 
 /// One stage's result.
@@ -399,6 +408,9 @@ pub fn run(
                 model: name.clone(),
                 test_accuracy: accuracy,
                 best_test_accuracy: best,
+                test_accuracy_mean: None,
+                test_accuracy_std: None,
+                test_accuracy_per_seed: None,
             }],
         });
         weights.insert(name.clone(), student_w);
@@ -415,12 +427,53 @@ pub fn run(
         data: train.source.clone(),
         stages,
     };
-    let text = serde_json::to_string_pretty(&summary)
+    write_summary(out, &summary)?;
+    Ok(summary)
+}
+
+/// Writes `summary.json` into `out` (through a temporary file).
+pub fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
+    let text = serde_json::to_string_pretty(summary)
         .map_err(|e| input_error("summary.json", e.to_string()))?;
     let path = out.join("summary.json");
     let tmp = out.join("summary.json.tmp");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))?;
-    Ok(summary)
+        .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
+}
+
+/// Combines the summaries of runs that differ only in their seed: each model gets the mean,
+/// sample standard deviation and per-seed values of its final test accuracy; times are means.
+pub fn aggregate(runs: &[Summary]) -> Summary {
+    let mut out = runs[0].clone();
+    let n = runs.len() as f64;
+    for (i, stage) in out.stages.iter_mut().enumerate() {
+        stage.wall_seconds = runs.iter().map(|r| r.stages[i].wall_seconds).sum::<f64>() / n;
+        stage.samples_per_second = runs
+            .iter()
+            .map(|r| r.stages[i].samples_per_second)
+            .sum::<f64>()
+            / n;
+        for (j, m) in stage.models.iter_mut().enumerate() {
+            let values: Vec<f64> = runs
+                .iter()
+                .map(|r| r.stages[i].models[j].test_accuracy)
+                .collect();
+            let mean = values.iter().sum::<f64>() / n;
+            let var = if values.len() > 1 {
+                values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+            } else {
+                0.0
+            };
+            m.test_accuracy = mean;
+            m.best_test_accuracy = runs
+                .iter()
+                .map(|r| r.stages[i].models[j].best_test_accuracy)
+                .fold(0.0, f64::max);
+            m.test_accuracy_mean = Some(mean);
+            m.test_accuracy_std = Some(var.sqrt());
+            m.test_accuracy_per_seed = Some(values);
+        }
+    }
+    out
 }
