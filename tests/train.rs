@@ -36,6 +36,8 @@ fn the_example_config_runs_as_written_and_writes_its_outputs() {
         out: out_dir("example"),
         data_dir: None,
         fallback_to_synthetic: false,
+        resume: false,
+        stop_after: None,
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     assert_eq!((train.len(), test.len()), (300, 200));
@@ -99,6 +101,8 @@ fn a_checkpoint_round_trips_and_can_stand_in_for_a_training_stage() {
         out: out_dir("ckpt"),
         data_dir: None,
         fallback_to_synthetic: false,
+        resume: false,
+        stop_after: None,
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     let summary = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
@@ -274,4 +278,67 @@ fn several_seeds_report_mean_and_std_per_model() {
                 .join("o/seed-1/checkpoints/teacher.safetensors")
                 .is_file()
     );
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result() {
+    let Some(gpu) = gpu() else { return };
+    // Two stages, a tail batch, momentum and an adapter: everything a step carries over.
+    let text = small(EXAMPLE).replace("epochs = 2", "epochs = 3");
+    let cfg = config::parse("example", &text).unwrap();
+    let base = RunOptions {
+        out: out_dir("whole"),
+        data_dir: None,
+        fallback_to_synthetic: false,
+        resume: false,
+        stop_after: None,
+    };
+    let (train, test) = run::load_data(&cfg, &base).unwrap();
+    let whole = run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();
+    for stop in [(0, 1), (2, 2)] {
+        let opts = RunOptions {
+            out: out_dir(&format!("cut-{}-{}", stop.0, stop.1)),
+            stop_after: Some(stop),
+            ..base.clone()
+        };
+        let e = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("interrupted"), "{e}");
+        let resumed_opts = RunOptions {
+            resume: true,
+            stop_after: None,
+            ..opts
+        };
+        let resumed = run::run(gpu, &cfg, &resumed_opts, &train, &test, &mut |_| {}).unwrap();
+        for model in ["teacher", "student_kd"] {
+            let file = format!("checkpoints/{model}.safetensors");
+            let a = wgdistill::io::read_safetensors(&base.out.join(&file)).unwrap();
+            let b = wgdistill::io::read_safetensors(&resumed_opts.out.join(&file)).unwrap();
+            assert!(
+                a == b,
+                "{model}: the resumed run's weights are the uninterrupted run's, bit for bit"
+            );
+        }
+        for (a, b) in whole.stages.iter().zip(&resumed.stages) {
+            assert_eq!(
+                a.models[0].test_accuracy, b.models[0].test_accuracy,
+                "stage {} after a stop at {stop:?}",
+                a.name
+            );
+            assert_eq!(
+                a.models[0].best_test_accuracy,
+                b.models[0].best_test_accuracy
+            );
+        }
+    }
+    let nothing = RunOptions {
+        out: out_dir("nothing"),
+        resume: true,
+        ..base
+    };
+    let e = run::run(gpu, &cfg, &nothing, &train, &test, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing to resume"), "{e}");
 }

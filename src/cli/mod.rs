@@ -55,6 +55,9 @@ enum Command {
         /// Run the whole configuration with N seeds (seed, seed + 1, …) and report mean ± std.
         #[arg(long, default_value_t = 1)]
         seeds: usize,
+        /// Continue an interrupted run in --out from its last completed epoch.
+        #[arg(long)]
+        resume: bool,
     },
     /// Time the kernels on the chosen adapter (GFLOP/s or GB/s, with same-run baselines).
     Bench {
@@ -184,9 +187,10 @@ pub fn run() -> Result<(), CliError> {
             out,
             data,
             seeds,
+            resume,
             ..
         }) => match (config, out) {
-            (Some(config), Some(out)) => train::train(&query, &config, &out, data, seeds),
+            (Some(config), Some(out)) => train::train(&query, &config, &out, data, seeds, resume),
             _ => Err(CliError::Message(
                 "train needs CONFIG and --out DIR (or --print-default-config)".into(),
             )),

@@ -118,7 +118,13 @@ pub fn train(
     out: &Path,
     data: Option<PathBuf>,
     seeds: usize,
+    resume: bool,
 ) -> Result<(), CliError> {
+    if resume && seeds > 1 {
+        return Err(CliError::Message(
+            "--resume: resume one seed's folder (--out DIR/seed-N) at a time".into(),
+        ));
+    }
     let what = config.display().to_string();
     let text = std::fs::read_to_string(config)
         .map_err(|e| CliError::Message(format!("{what}: cannot read ({e})")))?;
@@ -126,6 +132,8 @@ pub fn train(
         out: out.to_path_buf(),
         data_dir: data,
         fallback_to_synthetic: false,
+        resume,
+        stop_after: None,
     };
     execute(query, &what, &text, opts, seeds)
 }
@@ -136,6 +144,8 @@ pub fn main_job(query: &AdapterQuery, data: Option<PathBuf>) -> Result<(), CliEr
         out: PathBuf::from("wgdistill-run"),
         data_dir: data,
         fallback_to_synthetic: true,
+        resume: false,
+        stop_after: None,
     };
     execute(query, "default config", DEFAULT_CONFIG, opts, 1)
 }
@@ -210,6 +220,8 @@ pub fn eval(
         out: PathBuf::new(),
         data_dir: data,
         fallback_to_synthetic: false,
+        resume: false,
+        stop_after: None,
     };
     let (_, test) = run::load_data(&cfg, &opts)?;
     let gpu = Gpu::new(query)?;

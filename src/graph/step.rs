@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::gpu::error::input_error;
 use crate::gpu::error::shape_error;
 use crate::gpu::pool::PooledBuffer;
 use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, GpuError, Result, Tensor};
+use crate::io::{HostTensor, TensorMap};
 use crate::kernels::{elementwise, losses, optimizer};
 
 use super::exec::{Mode, plan_backward, plan_forward};
@@ -593,6 +595,74 @@ impl TrainStep {
     /// Optimizer steps taken so far (by this step and its siblings; waits for the GPU).
     pub fn steps_taken(&self, gpu: &Gpu) -> Result<u32> {
         Ok(gpu.read::<u32>(&self.state.step)?[0])
+    }
+
+    /// Everything a step carries from one call to the next besides the model's weights: the step
+    /// counter (`step`), the optimizer's state (`optimizer.PARAM.K`) and the adapters' weights
+    /// (`adapters.I.…`), as host tensors for a resumable checkpoint (waits for the GPU).
+    pub fn save_state(&self, gpu: &Gpu) -> Result<TensorMap> {
+        let mut out = TensorMap::new();
+        out.insert(
+            "step".into(),
+            HostTensor::i32(&[1], vec![self.steps_taken(gpu)? as i32]),
+        );
+        for (name, tensors) in &self.state.optimizer {
+            for (k, t) in tensors.iter().enumerate() {
+                out.insert(
+                    format!("optimizer.{name}.{k}"),
+                    HostTensor::f32(t.shape(), gpu.read::<f32>(t)?),
+                );
+            }
+        }
+        for w in &self.state.adapters {
+            out.extend(w.to_host(gpu)?);
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`TrainStep::save_state`] saved (`what` names the source in errors).
+    pub fn load_state(&self, gpu: &Gpu, what: &str, saved: &TensorMap) -> Result<()> {
+        let get = |name: &str| {
+            saved
+                .get(name)
+                .ok_or_else(|| input_error(what, format!("tensor '{name}' is missing")))
+        };
+        let step = get("step")?
+            .as_i32()
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0);
+        gpu.write(&self.state.step, &[step.max(0) as u32])?;
+        let mut targets: Vec<(String, &Tensor)> = Vec::new();
+        for (name, tensors) in &self.state.optimizer {
+            targets.extend(
+                tensors
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| (format!("optimizer.{name}.{k}"), t)),
+            );
+        }
+        for w in &self.state.adapters {
+            targets.extend(w.iter().map(|(n, t)| (n.clone(), t)));
+        }
+        for (name, t) in targets {
+            let host = get(&name)?;
+            let values = host
+                .as_f32()
+                .filter(|_| host.shape == t.shape())
+                .ok_or_else(|| {
+                    input_error(
+                        what,
+                        format!(
+                            "tensor '{name}' should be f32 {:?}, found {} {:?}",
+                            t.shape(),
+                            host.dtype_name(),
+                            host.shape
+                        ),
+                    )
+                })?;
+            gpu.write(t, values)?;
+        }
+        Ok(())
     }
 }
 

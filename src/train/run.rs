@@ -31,10 +31,30 @@ pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
     /// Use the synthetic set, saying so, when Fashion-MNIST is not found (the main job does).
     pub fallback_to_synthetic: bool,
+    /// Continue an interrupted run in `out` from its last completed epoch.
+    pub resume: bool,
+    /// Stop (as if interrupted) after this many epochs of this stage: (stage index, epochs).
+    /// For testing resumption.
+    pub stop_after: Option<(usize, usize)>,
+}
+
+/// Where a run stands, written after every epoch (`progress.json`) so `--resume` can go on.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+struct Progress {
+    /// The stage in progress.
+    stage: usize,
+    /// Its completed epochs.
+    epoch: usize,
+    /// Its best test accuracy so far.
+    best: f64,
+    /// Its last test accuracy.
+    accuracy: f64,
+    /// Completed stages.
+    done: Vec<StageSummary>,
 }
 
 /// The adapter a run used.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct AdapterSummary {
     /// Adapter name.
     pub name: String,
@@ -45,7 +65,7 @@ pub struct AdapterSummary {
 }
 
 /// One model's result in a stage.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ModelResult {
     /// Model name.
     pub model: String,
@@ -65,7 +85,7 @@ pub struct ModelResult {
 }
 
 /// One stage's result.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct StageSummary {
     /// Stage name.
     pub name: String,
@@ -253,7 +273,18 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
         .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
 }
 
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| input_error(path.display().to_string(), e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
+}
+
 /// Runs every stage of a checked configuration on `gpu`; `log` receives one line per epoch.
+/// After every epoch the trained model, the step's optimizer state and `progress.json` are
+/// written, so that [`RunOptions::resume`] continues exactly where an interrupted run stopped.
 pub fn run(
     gpu: &Gpu,
     config: &Config,
@@ -271,12 +302,28 @@ pub fn run(
         )
     })?;
     let metrics = out.join("metrics.jsonl");
-    let _ = std::fs::remove_file(&metrics);
+    let progress_path = out.join("progress.json");
+    let resumed: Option<Progress> = if opts.resume {
+        let text = std::fs::read_to_string(&progress_path).map_err(|e| {
+            input_error(
+                progress_path.display().to_string(),
+                format!("nothing to resume ({e})"),
+            )
+        })?;
+        Some(
+            serde_json::from_str(&text)
+                .map_err(|e| input_error(progress_path.display().to_string(), e.to_string()))?,
+        )
+    } else {
+        let _ = std::fs::remove_file(&metrics);
+        None
+    };
     let batch = config.data.batch_size;
     let tail = train.len() % batch;
     let [c, h, w] = train.shape;
     let input = |b: usize| [b, c, h, w];
     let classes = train.classes;
+    let checkpoint = |name: &str| ckpt_dir.join(format!("{name}.safetensors"));
 
     // Models loaded from checkpoints, then each stage's trained model, by name.
     let mut weights: BTreeMap<String, Weights> = BTreeMap::new();
@@ -287,12 +334,38 @@ pub fn run(
             weights.insert(name.clone(), Weights::load(gpu, &graph, file, &host)?);
         }
     }
-    let mut stages = Vec::new();
+    let mut stages: Vec<StageSummary> = Vec::new();
     for (si, stage) in config.stages.iter().enumerate() {
-        let started = Instant::now();
         let name = &stage.train[0];
         let model = &config.models[name];
         let graph = model.graph(input(batch), classes)?;
+        let resuming = resumed.as_ref().filter(|p| p.stage >= si);
+        if let Some(p) = resuming.filter(|p| p.stage > si) {
+            // Completed before the interruption: its model is in its checkpoint.
+            let path = checkpoint(name);
+            let host = io::read_safetensors(&path)?;
+            weights.insert(
+                name.clone(),
+                Weights::load(gpu, &graph, &path.display().to_string(), &host)?,
+            );
+            stages.push(p.done[si].clone());
+            continue;
+        }
+        let started = Instant::now();
+        let (start_epoch, mut best, mut accuracy) = match resuming {
+            Some(p) => {
+                let path = checkpoint(name);
+                if p.epoch > 0 {
+                    let host = io::read_safetensors(&path)?;
+                    weights.insert(
+                        name.clone(),
+                        Weights::load(gpu, &graph, &path.display().to_string(), &host)?,
+                    );
+                }
+                (p.epoch, p.best, p.accuracy)
+            }
+            None => (0, 0.0, 0.0),
+        };
         let student_w = match weights.get(name) {
             Some(w) => w.clone(),
             None => Weights::init(gpu, &graph, seed_of(config.seed, name))?,
@@ -307,18 +380,25 @@ pub fn run(
                     m.graph(input(tail.max(2)), classes)?,
                     weights[t].clone(),
                 ))
-            });
-        let teacher = teacher.transpose()?;
-        let losses: Vec<LossSpec> = stage.losses.iter().map(loss_spec).collect();
+            })
+            .transpose()?;
         let spec = StepSpec {
             student: &graph,
             student_weights: &student_w,
             teacher: teacher.as_ref().map(|(g, _, w)| (g, w)),
-            losses: losses.clone(),
+            losses: stage.losses.iter().map(loss_spec).collect(),
             optimizer: optimizer(&stage.optimizer),
             seed: seed_of(config.seed, &stage.name),
         };
         let mut step = TrainStep::compile(gpu, &spec)?;
+        let state_path = ckpt_dir.join(format!("{name}.train-state.safetensors"));
+        if start_epoch > 0 {
+            step.load_state(
+                gpu,
+                &state_path.display().to_string(),
+                &io::read_safetensors(&state_path)?,
+            )?;
+        }
         // The last, smaller batch gets a sibling step sharing the optimizer state (a batch of one
         // is dropped: batch statistics need two samples).
         let tail_graph = if tail >= 2 {
@@ -337,11 +417,19 @@ pub fn run(
             }
             None => None,
         };
-        let mut best: f64 = 0.0;
-        let mut accuracy = 0.0;
         let (mut xb, mut yb) = (Vec::new(), Vec::new());
         let mut trained_samples = 0usize;
-        for epoch in 0..stage.epochs {
+        for epoch in start_epoch..stage.epochs {
+            if opts.stop_after == Some((si, epoch)) {
+                return Err(input_error(
+                    out.display().to_string(),
+                    format!(
+                        "interrupted before epoch {} of stage {}",
+                        epoch + 1,
+                        stage.name
+                    ),
+                ));
+            }
             let epoch_start = Instant::now();
             let lr = learning_rate(&stage.optimizer, epoch, stage.epochs);
             for s in std::iter::once(&mut step).chain(tail_step.as_mut()) {
@@ -361,7 +449,7 @@ pub fn run(
                 let augment = config
                     .data
                     .augment
-                    .then_some((2, config.seed ^ (epoch as u64) << 32 ^ bi as u64));
+                    .then_some((2, config.seed ^ ((epoch as u64) << 32) ^ bi as u64));
                 data::fill_batch(train, idx, augment, &mut xb, &mut yb);
                 match (idx.len() == batch, &tail_step) {
                     (true, _) => step.run(gpu, &xb, &yb)?,
@@ -375,10 +463,16 @@ pub fn run(
             trained_samples += samples;
             accuracy = evaluate(gpu, &graph, &student_w, test)?;
             best = best.max(accuracy);
-            io::write_safetensors(
-                &ckpt_dir.join(format!("{name}.safetensors")),
-                &student_w.to_host(gpu)?,
-            )?;
+            io::write_safetensors(&checkpoint(name), &student_w.to_host(gpu)?)?;
+            io::write_safetensors(&state_path, &step.save_state(gpu)?)?;
+            let progress = Progress {
+                stage: si,
+                epoch: epoch + 1,
+                best,
+                accuracy,
+                done: stages.clone(),
+            };
+            write_json(&progress_path, &progress)?;
             let line = serde_json::json!({
                 "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": loss,
                 "test_accuracy": accuracy, "seconds": train_seconds, "samples_per_second": samples as f64 / train_seconds,
@@ -413,6 +507,16 @@ pub fn run(
                 test_accuracy_per_seed: None,
             }],
         });
+        write_json(
+            &progress_path,
+            &Progress {
+                stage: si + 1,
+                epoch: 0,
+                best: 0.0,
+                accuracy: 0.0,
+                done: stages.clone(),
+            },
+        )?;
         weights.insert(name.clone(), student_w);
     }
     let caps = gpu.caps();
