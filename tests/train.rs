@@ -38,6 +38,7 @@ fn the_example_config_runs_as_written_and_writes_its_outputs() {
         fallback_to_synthetic: false,
         resume: false,
         stop_after: None,
+        progress: false,
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     assert_eq!((train.len(), test.len()), (300, 200));
@@ -103,6 +104,7 @@ fn a_checkpoint_round_trips_and_can_stand_in_for_a_training_stage() {
         fallback_to_synthetic: false,
         resume: false,
         stop_after: None,
+        progress: false,
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     let summary = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
@@ -292,6 +294,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
         fallback_to_synthetic: false,
         resume: false,
         stop_after: None,
+        progress: false,
     };
     let (train, test) = run::load_data(&cfg, &base).unwrap();
     let whole = run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();

@@ -134,6 +134,7 @@ pub fn train(
         fallback_to_synthetic: false,
         resume,
         stop_after: None,
+        progress: true,
     };
     execute(query, &what, &text, opts, seeds)
 }
@@ -146,6 +147,7 @@ pub fn main_job(query: &AdapterQuery, data: Option<PathBuf>) -> Result<(), CliEr
         fallback_to_synthetic: true,
         resume: false,
         stop_after: None,
+        progress: true,
     };
     execute(query, "default config", DEFAULT_CONFIG, opts, 1)
 }
@@ -222,6 +224,7 @@ pub fn eval(
         fallback_to_synthetic: false,
         resume: false,
         stop_after: None,
+        progress: true,
     };
     let (_, test) = run::load_data(&cfg, &opts)?;
     let gpu = Gpu::new(query)?;

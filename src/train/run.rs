@@ -36,6 +36,8 @@ pub struct RunOptions {
     /// Stop (as if interrupted) after this many epochs of this stage: (stage index, epochs).
     /// For testing resumption.
     pub stop_after: Option<(usize, usize)>,
+    /// Show a progress bar per epoch (on standard error, and only when it is a terminal).
+    pub progress: bool,
 }
 
 /// Where a run stands, written after every epoch (`progress.json`) so `--resume` can go on.
@@ -273,6 +275,21 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
         .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
 }
 
+/// A progress bar for one epoch: hidden unless asked for and standard error is a terminal.
+fn progress_bar(show: bool, batches: usize, prefix: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(batches as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| input_error(path.display().to_string(), e.to_string()))?;
@@ -444,6 +461,11 @@ pub fn run(
                 }
             }
             let order = data::epoch_order(train.len(), config.seed ^ si as u64, epoch as u64);
+            let bar = progress_bar(
+                opts.progress,
+                order.len().div_ceil(batch),
+                &format!("{} {}/{}", stage.name, epoch + 1, stage.epochs),
+            );
             let mut samples = 0;
             for (bi, idx) in order.chunks(batch).enumerate() {
                 let augment = config
@@ -452,12 +474,25 @@ pub fn run(
                     .then_some((2, config.seed ^ ((epoch as u64) << 32) ^ bi as u64));
                 data::fill_batch(train, idx, augment, &mut xb, &mut yb);
                 match (idx.len() == batch, &tail_step) {
+                    // Every tenth step also fetches its losses, collected later without a stall.
+                    (true, _) if opts.progress && bi % 10 == 0 => {
+                        step.run_fetching_losses(gpu, &xb, &yb)?;
+                    }
                     (true, _) => step.run(gpu, &xb, &yb)?,
                     (false, Some(t)) => t.run(gpu, &xb, &yb)?,
                     (false, None) => continue,
                 }
                 samples += idx.len();
+                if opts.progress {
+                    if let Some(losses) = step.poll_losses(gpu)? {
+                        let total: f32 = losses.iter().map(|(_, w, l)| w * l).sum();
+                        let rate = samples as f64 / epoch_start.elapsed().as_secs_f64();
+                        bar.set_message(format!("loss {total:.4}, {rate:.0} samples/s"));
+                    }
+                }
+                bar.inc(1);
             }
+            bar.finish_and_clear();
             let loss = step.total_loss(gpu)?;
             let train_seconds = epoch_start.elapsed().as_secs_f64();
             trained_samples += samples;
