@@ -74,6 +74,12 @@ fn the_example_config_runs_as_written_and_writes_its_outputs() {
                 && m["best_test_accuracy"].is_number()
         );
     }
+    let svg = std::fs::read_to_string(opts.out.join("curves.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg")
+            && svg.contains("test accuracy")
+            && svg.contains("student-kd: student_kd")
+    );
     let metrics = std::fs::read_to_string(opts.out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6);
     for line in metrics.lines() {

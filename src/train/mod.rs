@@ -1,5 +1,6 @@
 //! Training runs: the staged configuration ([`config`]) and the runner that executes it
-//! ([`run`]).
+//! ([`run`]), and its curves ([`curves`]).
 
 pub mod config;
+pub mod curves;
 pub mod run;

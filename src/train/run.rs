@@ -513,6 +513,7 @@ pub fn run(
                 "test_accuracy": accuracy, "seconds": train_seconds, "samples_per_second": samples as f64 / train_seconds,
             });
             append_line(&metrics, &line.to_string())?;
+            super::curves::write_curves(out)?;
             if !loss.is_finite() {
                 log(&format!(
                     "{}: the loss is not finite: training diverged (lower the learning rate or the loss weights)",
