@@ -487,7 +487,12 @@ pub fn run(
                     if let Some(losses) = step.poll_losses(gpu)? {
                         let total: f32 = losses.iter().map(|(_, w, l)| w * l).sum();
                         let rate = samples as f64 / epoch_start.elapsed().as_secs_f64();
-                        bar.set_message(format!("loss {total:.4}, {rate:.0} samples/s"));
+                        let acc = if epoch > 0 {
+                            format!(", test accuracy {accuracy:.4} after epoch {epoch}")
+                        } else {
+                            String::new()
+                        };
+                        bar.set_message(format!("loss {total:.4}, {rate:.0} samples/s{acc}"));
                     }
                 }
                 bar.inc(1);
