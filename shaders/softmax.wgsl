@@ -105,3 +105,62 @@ fn log_softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         bwd_dx[base + c] = (bwd_dy[base + c] - exp(bwd_y[base + c]) * total) * inv_t;
     }
 }
+
+// ---- multi-teacher targets: acc += weight · softmax(t / T), then out = T · log(acc) ----------
+// A KD term at temperature T on `out` then sees exactly the weighted mixture of the teachers'
+// softened distributions: softmax(T·log(acc) / T) = acc (acc sums to one).
+struct MixParams {
+    rows: u32,
+    cols: u32,
+    temperature: f32,
+    weight: f32,
+    // 1 for the first teacher: overwrite rather than add, so every step starts afresh.
+    first: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> mix: MixParams;
+@group(0) @binding(1) var<storage, read> mix_logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mix_acc: array<f32>;
+
+@compute @workgroup_size(64)
+fn mixture_accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= mix.rows) {
+        return;
+    }
+    let base = r * mix.cols;
+    let inv_t = 1.0 / mix.temperature;
+    var m = LOWEST;
+    for (var c = 0u; c < mix.cols; c = c + 1u) {
+        m = max(m, mix_logits[base + c] * inv_t);
+    }
+    var s = 0.0;
+    for (var c = 0u; c < mix.cols; c = c + 1u) {
+        s = s + exp(mix_logits[base + c] * inv_t - m);
+    }
+    for (var c = 0u; c < mix.cols; c = c + 1u) {
+        let before = select(mix_acc[base + c], 0.0, mix.first == 1u);
+        mix_acc[base + c] = before + mix.weight * exp(mix_logits[base + c] * inv_t - m) / s;
+    }
+}
+
+@group(0) @binding(1) var<storage, read> tl_acc: array<f32>;
+@group(0) @binding(2) var<storage, read_write> tl_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn temperature_log(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= mix.rows) {
+        return;
+    }
+    for (var c = 0u; c < mix.cols; c = c + 1u) {
+        let k = r * mix.cols + c;
+        // A zero probability stays finite: the KD kernel treats exp(−huge) as a zero target.
+        tl_out[k] = mix.temperature * log(max(tl_acc[k], 1e-30));
+    }
+}

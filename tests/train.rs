@@ -351,3 +351,74 @@ fn an_interrupted_run_resumes_to_the_same_result() {
         .to_string();
     assert!(e.contains("nothing to resume"), "{e}");
 }
+
+fn run_small(name: &str, text: &str) -> run::Summary {
+    let gpu = gpu().expect("checked by the caller");
+    let small_text = text
+        .replace("dataset = \"fashion-mnist\"", "dataset = \"synthetic\"")
+        .replace("batch_size = 128", "batch_size = 64")
+        .replace("train_limit = 20000", "train_limit = 256")
+        .replace("test_limit = 5000", "test_limit = 128")
+        .replace("epochs = 3", "epochs = 1");
+    let cfg = config::parse(name, &small_text).unwrap();
+    cfg.check(name).unwrap();
+    let opts = RunOptions {
+        out: out_dir(name),
+        data_dir: None,
+        fallback_to_synthetic: false,
+        resume: false,
+        stop_after: None,
+        progress: false,
+    };
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn a_teacher_assistant_chain_runs_as_successive_stages() {
+    if gpu().is_none() {
+        return;
+    }
+    let s = run_small("ta", include_str!("../configs/teacher_assistant.toml"));
+    let names: Vec<&str> = s.stages.iter().map(|st| st.name.as_str()).collect();
+    assert_eq!(names, ["teacher", "assistant", "student"]);
+    assert!(
+        s.stages
+            .iter()
+            .all(|st| st.models[0].test_accuracy.is_finite())
+    );
+}
+
+#[test]
+fn several_teachers_give_a_mixture_target_and_named_feature_taps() {
+    if gpu().is_none() {
+        return;
+    }
+    let text = include_str!("../configs/multi_teacher.toml");
+    let s = run_small("multi", text);
+    assert_eq!(s.stages.len(), 3);
+    assert!(s.stages[2].models[0].test_accuracy.is_finite());
+    // Checks: taps must name a teacher; weights must match the teachers; one temperature.
+    for (find, replace, needle) in [
+        (
+            "teacher_tap = \"deep.hidden.1\"",
+            "teacher_tap = \"hidden.1\"",
+            "deep.hidden.1",
+        ),
+        (
+            "teacher_weights = [1.0, 2.0]",
+            "teacher_weights = [1.0]",
+            "teacher_weights",
+        ),
+        (
+            "{ kind = \"ce\", weight = 0.1 },\n  { kind = \"kd\"",
+            "{ kind = \"kd\", temperature = 2.0 },\n  { kind = \"kd\"",
+            "same temperature",
+        ),
+    ] {
+        assert!(text.contains(find), "{find}");
+        let cfg = config::parse("multi", &text.replacen(find, replace, 1)).unwrap();
+        let e = cfg.check("multi").unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}

@@ -208,3 +208,38 @@ fn gradient_clipping_matches_clip_grad_norm() {
         .unwrap();
     }
 }
+
+#[test]
+fn mixture_logits_give_the_weighted_mixture_of_softened_teachers() {
+    let Some(gpu) = gpu() else { return };
+    let (rows, cols, t) = (7, 13, 3.0f32);
+    let (a, b) = (data(rows * cols, 50), data(rows * cols, 51));
+    let a: Vec<f32> = a.iter().map(|v| 5.0 * v).collect();
+    let (ta, tb) = (up(gpu, &[rows, cols], &a), up(gpu, &[rows, cols], &b));
+    let (plan, out) = softmax::mixture_logits(gpu, &[&ta, &tb], &[0.25, 0.75], t).unwrap();
+    let bound = gpu.bind_plan(&plan).unwrap();
+    for _ in 0..2 {
+        // Replayed twice: each replay starts afresh.
+        let mut enc = gpu.encoder("mix");
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            bound.record(&mut pass);
+        }
+        gpu.submit(enc).unwrap();
+        let got = gpu.read::<f32>(&out).unwrap();
+        let pa = cpu_softmax::forward(&widen(&a), cols, f64::from(t), false);
+        let pb = cpu_softmax::forward(&widen(&b), cols, f64::from(t), false);
+        let want_mix: Vec<f64> = pa
+            .iter()
+            .zip(&pb)
+            .map(|(x, y)| 0.25 * x + 0.75 * y)
+            .collect();
+        let got_mix = cpu_softmax::forward(&widen(&got), cols, f64::from(t), false);
+        let got_mix: Vec<f32> = got_mix.iter().map(|&v| v as f32).collect();
+        allclose(&got_mix, &want_mix, 1e-5, 1e-7).unwrap();
+    }
+    assert!(softmax::mixture_logits(gpu, &[&ta, &tb], &[0.5, 0.6], t).is_err());
+}

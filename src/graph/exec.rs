@@ -11,7 +11,7 @@ use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormSaved, BatchNormState};
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
-use crate::kernels::{conv, dropout, elementwise, pool};
+use crate::kernels::{conv, dropout, elementwise, pool, softmax};
 
 use super::ir::{Graph, Op, Value};
 use super::weights::Weights;
@@ -185,6 +185,16 @@ pub fn plan_forward(
             Op::Add { a, b } => {
                 let (d, y) = elementwise::add_plan(gpu, v(a), v(b))?;
                 plan.push(d);
+                y
+            }
+            Op::Mixture {
+                ref parts,
+                ref weights,
+                temperature,
+            } => {
+                let logits: Vec<&Tensor> = parts.iter().map(|p| &values[p.0]).collect();
+                let (p, y) = softmax::mixture_logits(gpu, &logits, weights, temperature)?;
+                plan.extend(p);
                 y
             }
         };
@@ -396,6 +406,12 @@ pub fn plan_backward(
                         grads.add(gpu, plan, operand, dy.clone(), false)?;
                     }
                 }
+            }
+            Op::Mixture { .. } => {
+                return Err(shape_error(
+                    &node.name,
+                    "a teachers' mixture is frozen: it has no backward pass",
+                ));
             }
             Op::Input | Op::Param { .. } => {}
         }

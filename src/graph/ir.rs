@@ -114,6 +114,16 @@ pub enum Op {
         /// Drop probability.
         p: f32,
     },
+    /// Several teachers' logits combined for KD: `T · log(Σ_k w_k softmax(t_k / T))`, whose
+    /// softmax at temperature T is the weighted mixture of their softened outputs. Forward only.
+    Mixture {
+        /// The teachers' logits.
+        parts: Vec<Value>,
+        /// Their weights (positive, summing to one).
+        weights: Vec<f32>,
+        /// The KD temperature the mixture is taken at.
+        temperature: f32,
+    },
     /// Elementwise sum (residual connections).
     Add {
         /// First operand.
@@ -149,7 +159,49 @@ impl Op {
             }
             Op::GlobalAvgPool { x } | Op::Flatten { x } | Op::Dropout { x, .. } => vec![x],
             Op::Add { a, b } => vec![a, b],
+            Op::Mixture { ref parts, .. } => parts.clone(),
         }
+    }
+
+    /// The same op reading other values (`f` maps each input).
+    pub fn map_values(&self, f: impl Fn(Value) -> Value) -> Op {
+        let mut op = self.clone();
+        match &mut op {
+            Op::Input | Op::Param { .. } => {}
+            Op::Linear { x, weight, bias }
+            | Op::Conv2d {
+                x, weight, bias, ..
+            } => {
+                *x = f(*x);
+                *weight = f(*weight);
+                *bias = bias.map(&f);
+            }
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } => {
+                for v in [x, gamma, beta, running_mean, running_var] {
+                    *v = f(*v);
+                }
+            }
+            Op::Relu { x }
+            | Op::Gelu { x }
+            | Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::GlobalAvgPool { x }
+            | Op::Flatten { x }
+            | Op::Dropout { x, .. } => *x = f(*x),
+            Op::Add { a, b } => {
+                *a = f(*a);
+                *b = f(*b);
+            }
+            Op::Mixture { parts, .. } => parts.iter_mut().for_each(|v| *v = f(*v)),
+        }
+        op
     }
 }
 
@@ -501,6 +553,75 @@ impl Graph {
                 format!("no such tap; this model has {}", names.join(", ")),
             )
         })
+    }
+
+    /// Several teachers as one frozen model reading one input `x`: their nodes and taps are
+    /// prefixed with their names (`t1.hidden.1`, `t1.hidden.0.weight`), and its output `logits`
+    /// is the [`Op::Mixture`] of their logits at `temperature` with `weights`.
+    pub fn ensemble(
+        teachers: &[(&str, &Graph)],
+        weights: &[f32],
+        temperature: f32,
+    ) -> Result<Graph> {
+        let (_, first) = teachers
+            .first()
+            .ok_or_else(|| shape_error("ensemble", "no teachers"))?;
+        let x_shape = first
+            .find("x")
+            .map(|v| first.shape(v).to_vec())
+            .ok_or_else(|| shape_error("ensemble", "teachers read x"))?;
+        let mut g = Graph::new();
+        let x = g.input("x", &x_shape, DType::F32)?;
+        let mut outputs = Vec::new();
+        for (name, t) in teachers {
+            let mut map: Vec<Value> = Vec::with_capacity(t.nodes.len());
+            for node in &t.nodes {
+                let v = if node.op == Op::Input && node.name == "x" {
+                    if node.shape != x_shape {
+                        return Err(shape_error(
+                            name,
+                            format!(
+                                "input x is {:?}, the other teachers' is {x_shape:?}",
+                                node.shape
+                            ),
+                        ));
+                    }
+                    x
+                } else {
+                    let op = node.op.map_values(|v| map[v.0]);
+                    g.push(
+                        format!("{name}.{}", node.name),
+                        op,
+                        node.shape.clone(),
+                        node.dtype,
+                    )?
+                };
+                map.push(v);
+            }
+            for (tap, v) in &t.taps {
+                g.tap(&format!("{name}.{tap}"), map[v.0])?;
+            }
+            outputs.push(map[t.output.ok_or_else(|| shape_error(name, "no output"))?.0]);
+        }
+        let shape = g.shape(outputs[0]).to_vec();
+        if outputs.iter().any(|&o| g.shape(o) != shape.as_slice()) {
+            return Err(shape_error(
+                "ensemble",
+                "the teachers' outputs differ in shape",
+            ));
+        }
+        let mixture = g.push(
+            "mixture".into(),
+            Op::Mixture {
+                parts: outputs,
+                weights: weights.to_vec(),
+                temperature,
+            },
+            shape,
+            DType::F32,
+        )?;
+        g.set_output(mixture)?;
+        Ok(g)
     }
 
     /// Parameters and buffers, in order: (value, node).

@@ -67,6 +67,19 @@ impl Weights {
         Ok(Weights { tensors })
     }
 
+    /// Several models' weights under their names' prefixes (for [`Graph::ensemble`]).
+    pub fn ensemble(parts: &[(&str, &Weights)]) -> Weights {
+        let tensors = parts
+            .iter()
+            .flat_map(|(name, w)| {
+                w.tensors
+                    .iter()
+                    .map(move |(k, t)| (format!("{name}.{k}"), t.clone()))
+            })
+            .collect();
+        Weights { tensors }
+    }
+
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.tensors.get(name)

@@ -30,13 +30,39 @@ pub const LOG_SOFTMAX_BACKWARD: KernelSpec = KernelSpec {
     bindings: &[U, R, R, W],
 };
 
+/// `acc += weight · softmax(t/T)` (multi-teacher targets).
+pub const MIXTURE_ACCUMULATE: KernelSpec = KernelSpec {
+    family: "softmax",
+    entry: "mixture_accumulate",
+    bindings: &[U, R, Binding::ReadWrite],
+};
+/// `out = T · log(acc)`.
+pub const TEMPERATURE_LOG: KernelSpec = KernelSpec {
+    family: "softmax",
+    entry: "temperature_log",
+    bindings: &[U, R, W],
+};
+
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
     SOFTMAX_FORWARD,
     LOG_SOFTMAX_FORWARD,
     SOFTMAX_BACKWARD,
     LOG_SOFTMAX_BACKWARD,
+    MIXTURE_ACCUMULATE,
+    TEMPERATURE_LOG,
 ];
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MixParams {
+    rows: u32,
+    cols: u32,
+    temperature: f32,
+    weight: f32,
+    first: u32,
+    pad: [u32; 3],
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -110,4 +136,55 @@ pub fn backward(
         gpu.dispatch(spec, &p, &[y, dy, &dx], u64::from(p.rows).div_ceil(64))?,
         dx,
     ))
+}
+
+/// Prepares multi-teacher KD logits: `T · log(Σ_k w_k softmax(t_k / T))`, so that a KD term at
+/// temperature `T` on them targets the weighted mixture of the teachers' softened outputs.
+/// `weights` must be positive and sum to one.
+pub fn mixture_logits(
+    gpu: &Gpu,
+    teachers: &[&Tensor],
+    weights: &[f32],
+    temperature: f32,
+) -> Result<(Vec<Dispatch>, Tensor)> {
+    let first = teachers
+        .first()
+        .ok_or_else(|| shape_error("mixture", "no teachers"))?;
+    let p = params("mixture", first, temperature)?;
+    let sum: f32 = weights.iter().sum();
+    if weights.len() != teachers.len()
+        || weights.iter().any(|w| w.is_nan() || *w <= 0.0)
+        || (sum - 1.0).abs() > 1e-4
+    {
+        return Err(GpuError::Input {
+            what: "mixture: weights".into(),
+            message: format!("need one positive weight per teacher, summing to 1; got {weights:?}"),
+        });
+    }
+    let acc = gpu.zeros(first.shape(), DType::F32)?;
+    let groups = u64::from(p.rows).div_ceil(64);
+    let mut plan = Vec::new();
+    for (k, (t, &weight)) in teachers.iter().zip(weights).enumerate() {
+        t.expect("mixture", "teacher logits", DType::F32, first.shape())?;
+        let mp = MixParams {
+            rows: p.rows,
+            cols: p.cols,
+            temperature,
+            weight,
+            first: u32::from(k == 0),
+            pad: [0; 3],
+        };
+        plan.push(gpu.dispatch(&MIXTURE_ACCUMULATE, &mp, &[t, &acc], groups)?);
+    }
+    let out = gpu.empty(first.shape(), DType::F32)?;
+    let mp = MixParams {
+        rows: p.rows,
+        cols: p.cols,
+        temperature,
+        weight: 0.0,
+        first: 0,
+        pad: [0; 3],
+    };
+    plan.push(gpu.dispatch(&TEMPERATURE_LOG, &mp, &[&acc, &out], groups)?);
+    Ok((plan, out))
 }

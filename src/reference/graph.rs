@@ -106,6 +106,22 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                 .zip(&values[b.0])
                 .map(|(p, q)| p + q)
                 .collect(),
+            Op::Mixture {
+                ref parts,
+                ref weights,
+                temperature,
+            } => {
+                let t = f64::from(temperature);
+                let cols = shape[1];
+                let mut acc = vec![0.0; values[parts[0].0].len()];
+                for (p, &w) in parts.iter().zip(weights) {
+                    let probs = super::softmax::forward(&values[p.0], cols, t, false);
+                    acc.iter_mut()
+                        .zip(probs)
+                        .for_each(|(a, q)| *a += f64::from(w) * q);
+                }
+                acc.iter().map(|a| t * a.max(1e-30).ln()).collect()
+            }
         };
         values.push(out);
     }

@@ -130,15 +130,48 @@ pub struct StageConfig {
     pub name: String,
     /// Models trained in this stage.
     pub train: Vec<String>,
-    /// Frozen teachers.
+    /// Frozen teachers. With several, KD terms target the weighted mixture of their softened
+    /// outputs and feature terms name their teacher (`teacher_tap = "t1.hidden.1"`).
     #[serde(default)]
     pub teachers: Vec<String>,
+    /// The teachers' weights in the KD target (equal when absent; normalised to sum to one).
+    pub teacher_weights: Option<Vec<f32>>,
     /// Passes over the training data.
     pub epochs: usize,
     /// The optimizer.
     pub optimizer: OptimizerConfig,
     /// Loss terms.
     pub losses: Vec<LossConfig>,
+}
+
+impl StageConfig {
+    /// The teachers' mixture weights, normalised.
+    pub fn teacher_mixture(&self) -> Vec<f32> {
+        let raw = self
+            .teacher_weights
+            .clone()
+            .unwrap_or_else(|| vec![1.0; self.teachers.len()]);
+        let sum: f32 = raw.iter().sum();
+        raw.iter().map(|w| w / sum).collect()
+    }
+
+    /// The temperature of the stage's KD terms (4 when none sets one); several teachers need one
+    /// temperature for their mixture.
+    pub fn kd_temperature(&self) -> std::result::Result<f32, String> {
+        let ts: Vec<f32> = self
+            .losses
+            .iter()
+            .filter(|l| matches!(l.kind, LossName::Kd | LossName::Dkd))
+            .map(|l| l.temperature.unwrap_or(4.0))
+            .collect();
+        match ts.first() {
+            None => Ok(4.0),
+            Some(&t) if ts.iter().all(|&u| u == t) => Ok(t),
+            Some(_) => Err(format!(
+                "with several teachers every kd/dkd term needs the same temperature, got {ts:?}"
+            )),
+        }
+    }
 }
 
 /// Which optimizer.
@@ -338,11 +371,17 @@ impl Config {
                     ),
                 ));
             }
-            if stage.teachers.len() > 1 {
-                return Err(err(
-                    at("teachers"),
-                    "at most one teacher per stage is supported for now".into(),
-                ));
+            if let Some(w) = &stage.teacher_weights {
+                if w.len() != stage.teachers.len() || w.iter().any(|v| !(v.is_finite() && *v > 0.0))
+                {
+                    return Err(err(
+                        at("teacher_weights"),
+                        format!(
+                            "need one positive weight per teacher ({}), got {w:?}",
+                            stage.teachers.len()
+                        ),
+                    ));
+                }
             }
             for (j, m) in stage.train.iter().chain(&stage.teachers).enumerate() {
                 if !self.models.contains_key(m) {
@@ -399,7 +438,24 @@ impl Config {
                 return Err(err(at("losses"), "at least one loss term is needed".into()));
             }
             let student = &graphs[stage.train[0].as_str()];
-            let teacher = stage.teachers.first().map(|t| &graphs[t.as_str()]);
+            let ensemble = if stage.teachers.len() > 1 {
+                let parts: Vec<(&str, &Graph)> = stage
+                    .teachers
+                    .iter()
+                    .map(|t| (t.as_str(), &graphs[t.as_str()]))
+                    .collect();
+                let weights = stage.teacher_mixture();
+                let t = stage.kd_temperature().map_err(|m| err(at("losses"), m))?;
+                Some(
+                    Graph::ensemble(&parts, &weights, t)
+                        .map_err(|e| err(at("teachers"), e.to_string()))?,
+                )
+            } else {
+                None
+            };
+            let teacher = ensemble
+                .as_ref()
+                .or_else(|| stage.teachers.first().map(|t| &graphs[t.as_str()]));
             for (j, l) in stage.losses.iter().enumerate() {
                 let lat = |key: &str| at(&format!("losses[{j}]{key}"));
                 let allowed: &[&str] = match l.kind {

@@ -387,18 +387,41 @@ pub fn run(
             Some(w) => w.clone(),
             None => Weights::init(gpu, &graph, seed_of(config.seed, name))?,
         };
-        let teacher = stage
-            .teachers
-            .first()
-            .map(|t| -> Result<(Graph, Graph, Weights)> {
-                let m = &config.models[t];
-                Ok((
-                    m.graph(input(batch), classes)?,
-                    m.graph(input(tail.max(2)), classes)?,
-                    weights[t].clone(),
-                ))
-            })
-            .transpose()?;
+        // One teacher as it is; several as one ensemble whose logits are their KD mixture.
+        let teacher_at = |b: usize| -> Result<Graph> {
+            if let [t] = stage.teachers.as_slice() {
+                return config.models[t].graph(input(b), classes);
+            }
+            let graphs: Vec<Graph> = stage
+                .teachers
+                .iter()
+                .map(|t| config.models[t].graph(input(b), classes))
+                .collect::<Result<_>>()?;
+            let parts: Vec<(&str, &Graph)> = stage
+                .teachers
+                .iter()
+                .map(String::as_str)
+                .zip(&graphs)
+                .collect();
+            let temperature = stage
+                .kd_temperature()
+                .map_err(|m| input_error(&stage.name, m))?;
+            Graph::ensemble(&parts, &stage.teacher_mixture(), temperature)
+        };
+        let teacher = if stage.teachers.is_empty() {
+            None
+        } else {
+            let w = match stage.teachers.as_slice() {
+                [t] => weights[t].clone(),
+                many => Weights::ensemble(
+                    &many
+                        .iter()
+                        .map(|t| (t.as_str(), &weights[t]))
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            Some((teacher_at(batch)?, teacher_at(tail.max(2))?, w))
+        };
         let spec = StepSpec {
             student: &graph,
             student_weights: &student_w,
