@@ -124,9 +124,9 @@ fn every_config_error_names_its_key() {
         (
             with(
                 "name = \"student-kd\"\ntrain = [\"student_kd\"]",
-                "name = \"student-kd\"\ntrain = [\"student_kd\", \"student_scratch\"]",
+                "name = \"student-kd\"\ntrain = [\"student_kd\", \"student_kd\"]",
             ),
-            &["stages[2].train", "one model"],
+            &["stages[2].train", "distinct models"],
         ),
         (
             with("batch_size = 128", "batch_size = 1"),

@@ -422,3 +422,32 @@ fn several_teachers_give_a_mixture_target_and_named_feature_taps() {
         assert!(e.contains(needle), "{e}");
     }
 }
+
+#[test]
+fn mutual_learning_trains_peers_together_toward_each_other() {
+    if gpu().is_none() {
+        return;
+    }
+    let s = run_small("dml", include_str!("../configs/mutual_learning.toml"));
+    let models: Vec<&str> = s.stages[0]
+        .models
+        .iter()
+        .map(|m| m.model.as_str())
+        .collect();
+    assert_eq!(models, ["peer_a", "peer_b"]);
+    assert!(
+        s.stages[0].models.iter().all(|m| m.test_accuracy > 0.2),
+        "{:?}",
+        s.stages[0].models
+    );
+    // run_small wrote here (out_dir would clear it).
+    let dir = std::env::temp_dir().join(format!("wgdistill-train-dml-{}", std::process::id()));
+    for m in ["peer_a", "peer_b"] {
+        let w = wgdistill::io::read_safetensors(&dir.join(format!("checkpoints/{m}.safetensors")))
+            .unwrap();
+        assert!(
+            w.contains_key("hidden.0.weight"),
+            "each peer is exported under its own names"
+        );
+    }
+}

@@ -624,6 +624,53 @@ impl Graph {
         Ok(g)
     }
 
+    /// Several models trained together (online distillation) as one graph reading one input
+    /// `x`: their nodes and taps are prefixed with their names (`a.hidden.0.weight`, `a.logits`);
+    /// the first model's logits are the graph's output.
+    pub fn peers(models: &[(&str, &Graph)]) -> Result<Graph> {
+        let mut g = Graph::new();
+        let mut first_output = None;
+        for (name, m) in models {
+            let x_shape = m
+                .find("x")
+                .map(|v| m.shape(v).to_vec())
+                .ok_or_else(|| shape_error(name, "models read x"))?;
+            let x = match g.find("x") {
+                Some(x) if g.shape(x) == x_shape.as_slice() => x,
+                Some(x) => {
+                    return Err(shape_error(
+                        name,
+                        format!(
+                            "input x is {x_shape:?}, the first model's is {:?}",
+                            g.shape(x)
+                        ),
+                    ));
+                }
+                None => g.input("x", &x_shape, DType::F32)?,
+            };
+            let mut map: Vec<Value> = Vec::with_capacity(m.nodes.len());
+            for node in &m.nodes {
+                let v = if node.op == Op::Input && node.name == "x" {
+                    x
+                } else {
+                    g.push(
+                        format!("{name}.{}", node.name),
+                        node.op.map_values(|v| map[v.0]),
+                        node.shape.clone(),
+                        node.dtype,
+                    )?
+                };
+                map.push(v);
+            }
+            for (tap, v) in &m.taps {
+                g.tap(&format!("{name}.{tap}"), map[v.0])?;
+            }
+            first_output = first_output.or(m.output.map(|o| map[o.0]));
+        }
+        g.output = first_output;
+        Ok(g)
+    }
+
     /// Parameters and buffers, in order: (value, node).
     pub fn params(&self) -> impl Iterator<Item = (Value, &Node)> {
         self.nodes

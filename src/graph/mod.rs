@@ -12,5 +12,5 @@ pub mod weights;
 pub use exec::Mode;
 pub use ir::{ConvLayer, Graph, Init, Op, Value};
 pub use memory::{MemoryReport, plan_memory};
-pub use step::{Adapter, EvalStep, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep};
+pub use step::{Adapter, EvalStep, LossKind, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep};
 pub use weights::Weights;

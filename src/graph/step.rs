@@ -71,6 +71,10 @@ pub enum Adapter {
     Conv1x1,
 }
 
+/// Prefix of a `teacher_tap` that names a tap of the student graph itself, read detached: the
+/// target of online (mutual) distillation between peers trained in one step.
+pub const PEER: &str = "peer:";
+
 /// One weighted loss term over taps.
 #[derive(Clone, Debug)]
 pub struct LossSpec {
@@ -314,16 +318,23 @@ impl TrainStep {
                     .to_lowercase()
             );
             let sv = student.tapped(term.student_tap.as_deref().unwrap_or("logits"))?;
-            let teacher_tensor = if term.kind.needs_teacher() {
-                let (tg, tf) = teacher_fwd
-                    .as_ref()
-                    .ok_or_else(|| shape_error(&label, "this loss needs a teacher"))?;
-                Some(
-                    tf.get(tg.tapped(term.teacher_tap.as_deref().unwrap_or("logits"))?)
-                        .clone(),
-                )
-            } else {
-                None
+            let peer = term
+                .teacher_tap
+                .as_deref()
+                .and_then(|t| t.strip_prefix(PEER));
+            let teacher_tensor = match (term.kind.needs_teacher(), peer) {
+                (false, _) => None,
+                // A peer's output in this same step, detached: no gradient is seeded into it here.
+                (true, Some(tap)) => Some(fwd.get(student.tapped(tap)?).clone()),
+                (true, None) => {
+                    let (tg, tf) = teacher_fwd
+                        .as_ref()
+                        .ok_or_else(|| shape_error(&label, "this loss needs a teacher"))?;
+                    Some(
+                        tf.get(tg.tapped(term.teacher_tap.as_deref().unwrap_or("logits"))?)
+                            .clone(),
+                    )
+                }
             };
             let (student_side, adapter) = match term.adapter {
                 Some(kind) => {

@@ -362,13 +362,11 @@ impl Config {
             .collect();
         for (i, stage) in self.stages.iter().enumerate() {
             let at = |key: &str| format!("stages[{i}].{key}");
-            if stage.train.len() != 1 {
+            let mut seen = std::collections::BTreeSet::new();
+            if stage.train.is_empty() || !stage.train.iter().all(|m| seen.insert(m)) {
                 return Err(err(
                     at("train"),
-                    format!(
-                        "exactly one model per stage is supported (got {}); online schemes are not available yet",
-                        stage.train.len()
-                    ),
+                    format!("needs one or more distinct models, got {:?}", stage.train),
                 ));
             }
             if let Some(w) = &stage.teacher_weights {
@@ -437,7 +435,6 @@ impl Config {
             if stage.losses.is_empty() {
                 return Err(err(at("losses"), "at least one loss term is needed".into()));
             }
-            let student = &graphs[stage.train[0].as_str()];
             let ensemble = if stage.teachers.len() > 1 {
                 let parts: Vec<(&str, &Graph)> = stage
                     .teachers
@@ -480,7 +477,8 @@ impl Config {
                 if l.temperature.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
                     return Err(err(lat(".temperature"), "must be a number > 0".into()));
                 }
-                if l.kind.needs_teacher() && teacher.is_none() {
+                let peers = stage.train.len() > 1 && matches!(l.kind, LossName::Kd | LossName::Dkd);
+                if l.kind.needs_teacher() && teacher.is_none() && !peers {
                     return Err(err(
                         lat(".kind"),
                         format!(
@@ -497,16 +495,18 @@ impl Config {
                     ));
                 }
                 let tap = l.student_tap.as_deref().unwrap_or("logits");
-                student
-                    .tapped(tap)
-                    .map_err(|e| err(lat(".student_tap"), e.to_string()))?;
+                for m in &stage.train {
+                    graphs[m.as_str()]
+                        .tapped(tap)
+                        .map_err(|e| err(lat(".student_tap"), e.to_string()))?;
+                }
                 if let Some(t) = teacher {
                     let tap = l.teacher_tap.as_deref().unwrap_or("logits");
                     t.tapped(tap)
                         .map_err(|e| err(lat(".teacher_tap"), e.to_string()))?;
                 }
             }
-            available.push(stage.train[0].as_str());
+            available.extend(stage.train.iter().map(String::as_str));
         }
         Ok(())
     }

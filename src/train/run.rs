@@ -47,10 +47,10 @@ struct Progress {
     stage: usize,
     /// Its completed epochs.
     epoch: usize,
-    /// Its best test accuracy so far.
-    best: f64,
-    /// Its last test accuracy.
-    accuracy: f64,
+    /// Its models' best test accuracies so far.
+    best: Vec<f64>,
+    /// Its models' last test accuracies.
+    accuracy: Vec<f64>,
     /// Completed stages.
     done: Vec<StageSummary>,
 }
@@ -196,6 +196,56 @@ pub fn learning_rate(o: &OptimizerConfig, epoch: usize, epochs: usize) -> f32 {
     } else {
         base
     }
+}
+
+/// The stage's loss terms as the step sees them, each with the index of the configured term it
+/// came from. With several models trained together (online distillation), every term applies to
+/// each model (taps prefixed with its name), and a `kd`/`dkd` term without teachers pulls each
+/// model toward every other's detached output, weighted 1/(K − 1) (deep mutual learning).
+fn stage_losses(stage: &super::config::StageConfig) -> Vec<(usize, LossSpec)> {
+    let names = &stage.train;
+    if names.len() == 1 {
+        return stage
+            .losses
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, loss_spec(l)))
+            .collect();
+    }
+    let mut out = Vec::new();
+    for (i, l) in stage.losses.iter().enumerate() {
+        let base = loss_spec(l);
+        let tap = |model: &str| format!("{model}.{}", l.student_tap.as_deref().unwrap_or("logits"));
+        let peer_kd = matches!(l.kind, LossName::Kd | LossName::Dkd) && stage.teachers.is_empty();
+        for (a, me) in names.iter().enumerate() {
+            if peer_kd {
+                for (b, other) in names.iter().enumerate() {
+                    if a != b {
+                        let weight = l.weight / (names.len() - 1) as f32;
+                        let teacher_tap = Some(format!("{}{other}.logits", crate::graph::PEER));
+                        out.push((
+                            i,
+                            LossSpec {
+                                weight,
+                                student_tap: Some(tap(me)),
+                                teacher_tap,
+                                ..base.clone()
+                            },
+                        ));
+                    }
+                }
+            } else {
+                out.push((
+                    i,
+                    LossSpec {
+                        student_tap: Some(tap(me)),
+                        ..base.clone()
+                    },
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn loss_spec(l: &LossConfig) -> LossSpec {
@@ -353,39 +403,77 @@ pub fn run(
     }
     let mut stages: Vec<StageSummary> = Vec::new();
     for (si, stage) in config.stages.iter().enumerate() {
-        let name = &stage.train[0];
-        let model = &config.models[name];
-        let graph = model.graph(input(batch), classes)?;
+        let names = &stage.train;
+        let graphs: Vec<Graph> = names
+            .iter()
+            .map(|n| config.models[n].graph(input(batch), classes))
+            .collect::<Result<_>>()?;
         let resuming = resumed.as_ref().filter(|p| p.stage >= si);
+        let load =
+            |weights: &mut BTreeMap<String, Weights>, name: &str, graph: &Graph| -> Result<()> {
+                let path = checkpoint(name);
+                let host = io::read_safetensors(&path)?;
+                weights.insert(
+                    name.to_string(),
+                    Weights::load(gpu, graph, &path.display().to_string(), &host)?,
+                );
+                Ok(())
+            };
         if let Some(p) = resuming.filter(|p| p.stage > si) {
-            // Completed before the interruption: its model is in its checkpoint.
-            let path = checkpoint(name);
-            let host = io::read_safetensors(&path)?;
-            weights.insert(
-                name.clone(),
-                Weights::load(gpu, &graph, &path.display().to_string(), &host)?,
-            );
+            // Completed before the interruption: its models are in their checkpoints.
+            for (name, graph) in names.iter().zip(&graphs) {
+                load(&mut weights, name, graph)?;
+            }
             stages.push(p.done[si].clone());
             continue;
         }
         let started = Instant::now();
         let (start_epoch, mut best, mut accuracy) = match resuming {
             Some(p) => {
-                let path = checkpoint(name);
                 if p.epoch > 0 {
-                    let host = io::read_safetensors(&path)?;
-                    weights.insert(
-                        name.clone(),
-                        Weights::load(gpu, &graph, &path.display().to_string(), &host)?,
-                    );
+                    for (name, graph) in names.iter().zip(&graphs) {
+                        load(&mut weights, name, graph)?;
+                    }
                 }
-                (p.epoch, p.best, p.accuracy)
+                (p.epoch, p.best.clone(), p.accuracy.clone())
             }
-            None => (0, 0.0, 0.0),
+            None => (0, vec![0.0; names.len()], vec![0.0; names.len()]),
         };
-        let student_w = match weights.get(name) {
-            Some(w) => w.clone(),
-            None => Weights::init(gpu, &graph, seed_of(config.seed, name))?,
+        let model_weights: Vec<Weights> = names
+            .iter()
+            .zip(&graphs)
+            .map(|(name, graph)| match weights.get(name) {
+                Some(w) => Ok(w.clone()),
+                None => Weights::init(gpu, graph, seed_of(config.seed, name)),
+            })
+            .collect::<Result<_>>()?;
+        // One model as it is; several (online distillation) as one graph of peers.
+        let student_at = |b: usize| -> Result<Graph> {
+            if let [n] = names.as_slice() {
+                return config.models[n].graph(input(b), classes);
+            }
+            let gs: Vec<Graph> = names
+                .iter()
+                .map(|n| config.models[n].graph(input(b), classes))
+                .collect::<Result<_>>()?;
+            Graph::peers(
+                &names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(&gs)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let graph = student_at(batch)?;
+        let student_w = match names.as_slice() {
+            [_] => model_weights[0].clone(),
+            _ => Weights::ensemble(
+                &names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(&model_weights)
+                    .collect::<Vec<_>>(),
+            ),
         };
         // One teacher as it is; several as one ensemble whose logits are their KD mixture.
         let teacher_at = |b: usize| -> Result<Graph> {
@@ -422,16 +510,17 @@ pub fn run(
             };
             Some((teacher_at(batch)?, teacher_at(tail.max(2))?, w))
         };
+        let loss_terms = stage_losses(stage);
         let spec = StepSpec {
             student: &graph,
             student_weights: &student_w,
             teacher: teacher.as_ref().map(|(g, _, w)| (g, w)),
-            losses: stage.losses.iter().map(loss_spec).collect(),
+            losses: loss_terms.iter().map(|(_, l)| l.clone()).collect(),
             optimizer: optimizer(&stage.optimizer),
             seed: seed_of(config.seed, &stage.name),
         };
         let mut step = TrainStep::compile(gpu, &spec)?;
-        let state_path = ckpt_dir.join(format!("{name}.train-state.safetensors"));
+        let state_path = ckpt_dir.join(format!("{}.train-state.safetensors", names.join("+")));
         if start_epoch > 0 {
             step.load_state(
                 gpu,
@@ -442,7 +531,7 @@ pub fn run(
         // The last, smaller batch gets a sibling step sharing the optimizer state (a batch of one
         // is dropped: batch statistics need two samples).
         let tail_graph = if tail >= 2 {
-            Some(model.graph(input(tail), classes)?)
+            Some(student_at(tail)?)
         } else {
             None
         };
@@ -474,9 +563,10 @@ pub fn run(
             let lr = learning_rate(&stage.optimizer, epoch, stage.epochs);
             for s in std::iter::once(&mut step).chain(tail_step.as_mut()) {
                 s.set_learning_rate(gpu, lr);
-                for (i, l) in stage.losses.iter().enumerate() {
-                    let ramp = if l.warmup_epochs > 0 {
-                        ((epoch + 1) as f32 / l.warmup_epochs as f32).min(1.0)
+                for (i, (source, l)) in loss_terms.iter().enumerate() {
+                    let w = &stage.losses[*source];
+                    let ramp = if w.warmup_epochs > 0 {
+                        ((epoch + 1) as f32 / w.warmup_epochs as f32).min(1.0)
                     } else {
                         1.0
                     };
@@ -511,7 +601,7 @@ pub fn run(
                         let total: f32 = losses.iter().map(|(_, w, l)| w * l).sum();
                         let rate = samples as f64 / epoch_start.elapsed().as_secs_f64();
                         let acc = if epoch > 0 {
-                            format!(", test accuracy {accuracy:.4} after epoch {epoch}")
+                            format!(", test accuracy {:.4} after epoch {epoch}", accuracy[0])
                         } else {
                             String::new()
                         };
@@ -524,23 +614,25 @@ pub fn run(
             let loss = step.total_loss(gpu)?;
             let train_seconds = epoch_start.elapsed().as_secs_f64();
             trained_samples += samples;
-            accuracy = evaluate(gpu, &graph, &student_w, test)?;
-            best = best.max(accuracy);
-            io::write_safetensors(&checkpoint(name), &student_w.to_host(gpu)?)?;
+            for (k, ((name, g), w)) in names.iter().zip(&graphs).zip(&model_weights).enumerate() {
+                accuracy[k] = evaluate(gpu, g, w, test)?;
+                best[k] = best[k].max(accuracy[k]);
+                io::write_safetensors(&checkpoint(name), &w.to_host(gpu)?)?;
+                let line = serde_json::json!({
+                    "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": loss,
+                    "test_accuracy": accuracy[k], "seconds": train_seconds, "samples_per_second": samples as f64 / train_seconds,
+                });
+                append_line(&metrics, &line.to_string())?;
+            }
             io::write_safetensors(&state_path, &step.save_state(gpu)?)?;
             let progress = Progress {
                 stage: si,
                 epoch: epoch + 1,
-                best,
-                accuracy,
+                best: best.clone(),
+                accuracy: accuracy.clone(),
                 done: stages.clone(),
             };
             write_json(&progress_path, &progress)?;
-            let line = serde_json::json!({
-                "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": loss,
-                "test_accuracy": accuracy, "seconds": train_seconds, "samples_per_second": samples as f64 / train_seconds,
-            });
-            append_line(&metrics, &line.to_string())?;
             super::curves::write_curves(out)?;
             if !loss.is_finite() {
                 log(&format!(
@@ -548,11 +640,13 @@ pub fn run(
                     stage.name
                 ));
             }
+            let accs: Vec<String> = accuracy.iter().map(|a| format!("{a:.4}")).collect();
             log(&format!(
-                "{} epoch {}/{}: loss {loss:.4}, test accuracy {accuracy:.4}, {:.0} samples/s",
+                "{} epoch {}/{}: loss {loss:.4}, test accuracy {}, {:.0} samples/s",
                 stage.name,
                 epoch + 1,
                 stage.epochs,
+                accs.join(" / "),
                 samples as f64 / train_seconds
             ));
         }
@@ -562,26 +656,32 @@ pub fn run(
             epochs: stage.epochs,
             wall_seconds: wall,
             samples_per_second: trained_samples as f64 / wall,
-            models: vec![ModelResult {
-                model: name.clone(),
-                test_accuracy: accuracy,
-                best_test_accuracy: best,
-                test_accuracy_mean: None,
-                test_accuracy_std: None,
-                test_accuracy_per_seed: None,
-            }],
+            models: names
+                .iter()
+                .enumerate()
+                .map(|(k, name)| ModelResult {
+                    model: name.clone(),
+                    test_accuracy: accuracy[k],
+                    best_test_accuracy: best[k],
+                    test_accuracy_mean: None,
+                    test_accuracy_std: None,
+                    test_accuracy_per_seed: None,
+                })
+                .collect(),
         });
         write_json(
             &progress_path,
             &Progress {
                 stage: si + 1,
                 epoch: 0,
-                best: 0.0,
-                accuracy: 0.0,
+                best: vec![],
+                accuracy: vec![],
                 done: stages.clone(),
             },
         )?;
-        weights.insert(name.clone(), student_w);
+        for (name, w) in names.iter().zip(model_weights) {
+            weights.insert(name.clone(), w);
+        }
     }
     let caps = gpu.caps();
     let summary = Summary {
