@@ -198,19 +198,11 @@ fn a_spec_that_disagrees_with_its_wgsl_is_an_error_not_a_panic() {
 #[test]
 fn measure_times_work_with_the_best_available_clock() {
     let Some(gpu) = gpu() else { return };
-    let kernel = gpu.kernel(&elementwise::FILL, &[]).unwrap();
     let out = gpu.empty(&[1 << 16], DType::F32).unwrap();
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct P([u32; 4]);
-    let uniform = gpu.uniform(&P([1 << 16, 0, 0, 0]));
-    let bind = gpu.bind_group(&kernel, Some(&uniform), &[&out]).unwrap();
-    let m = measure(gpu, 10, |pass| {
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(256, 1, 1);
-    })
-    .unwrap();
+    let bound = gpu
+        .bind_plan(&[elementwise::fill_plan(gpu, &out, 1.0).unwrap()])
+        .unwrap();
+    let m = measure(gpu, 10, |pass| bound.record(pass)).unwrap();
     assert!(m.seconds > 0.0 && m.seconds < 1.0, "{m:?}");
     let expected = if gpu.caps().timestamp_query {
         wgdistill::gpu::TimingSource::TimestampQuery

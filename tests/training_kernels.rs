@@ -243,3 +243,26 @@ fn mixture_logits_give_the_weighted_mixture_of_softened_teachers() {
     }
     assert!(softmax::mixture_logits(gpu, &[&ta, &tb], &[0.5, 0.6], t).is_err());
 }
+
+#[test]
+fn step_seeded_dropout_matches_its_reference_mask() {
+    let Some(gpu) = gpu() else { return };
+    let n = 4099;
+    let xv: Vec<f32> = data(n, 60).iter().map(|v| v + 2.0).collect();
+    let x = up(gpu, &[n], &xv);
+    let step = gpu.zeros(&[1], DType::U32).unwrap();
+    let threshold = dropout::threshold(0.4);
+    for k in [0u32, 1, 77] {
+        gpu.write(&step, &[k]).unwrap();
+        let got = run(gpu, dropout::dropout_step(gpu, &x, 0.4, 5, &step).unwrap());
+        for i in 0..n {
+            let keep = cpu_optim::dropout_step_keeps(5, k, i as u32, threshold);
+            let want = if keep { xv[i] / 0.6 } else { 0.0 };
+            assert!(
+                (got[i] - want).abs() <= 1e-6 * want.abs(),
+                "step {k} element {i}: {} vs {want}",
+                got[i]
+            );
+        }
+    }
+}

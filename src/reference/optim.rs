@@ -79,3 +79,10 @@ fn mix32(v: u32) -> u32 {
 pub fn dropout_keeps(seed: u32, i: u32, threshold: u32) -> bool {
     mix32(i ^ mix32(seed)) >= threshold
 }
+
+/// Whether the training-graph dropout (`dropout_step`) keeps element `i` at step `step` with
+/// salt `salt` for drop threshold `threshold`.
+pub fn dropout_step_keeps(salt: u32, step: u32, i: u32, threshold: u32) -> bool {
+    let seed = mix32(salt ^ mix32(step.wrapping_add(0x9e37_79b9)));
+    mix32(i ^ seed) >= threshold
+}

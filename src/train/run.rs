@@ -280,9 +280,14 @@ fn loss_spec(l: &LossConfig) -> LossSpec {
     }
 }
 
-/// Test accuracy of a model: batches of the compiled size, the last one padded.
+/// Test accuracy of a model: batches of the compiled size, the last one padded. Compiles an
+/// evaluation step; [`accuracy`] reuses one.
 pub fn evaluate(gpu: &Gpu, graph: &Graph, weights: &Weights, test: &Dataset) -> Result<f64> {
-    let eval = EvalStep::compile(gpu, graph, weights)?;
+    accuracy(gpu, &EvalStep::compile(gpu, graph, weights)?, graph, test)
+}
+
+/// Test accuracy with a compiled evaluation step of `graph`.
+pub fn accuracy(gpu: &Gpu, eval: &EvalStep, graph: &Graph, test: &Dataset) -> Result<f64> {
     let batch = graph.shape(graph.find("x").expect("an input x"))[0];
     let len = test.sample_len();
     let classes = graph.shape(graph.output.expect("an output"))[1];
@@ -546,6 +551,12 @@ pub fn run(
             }
             None => None,
         };
+        // Evaluation steps are compiled once per stage, not per epoch.
+        let evals: Vec<EvalStep> = graphs
+            .iter()
+            .zip(&model_weights)
+            .map(|(g, w)| EvalStep::compile(gpu, g, w))
+            .collect::<Result<_>>()?;
         let (mut xb, mut yb) = (Vec::new(), Vec::new());
         let mut trained_samples = 0usize;
         for epoch in start_epoch..stage.epochs {
@@ -615,7 +626,7 @@ pub fn run(
             let train_seconds = epoch_start.elapsed().as_secs_f64();
             trained_samples += samples;
             for (k, ((name, g), w)) in names.iter().zip(&graphs).zip(&model_weights).enumerate() {
-                accuracy[k] = evaluate(gpu, g, w, test)?;
+                accuracy[k] = self::accuracy(gpu, &evals[k], g, test)?;
                 best[k] = best[k].max(accuracy[k]);
                 io::write_safetensors(&checkpoint(name), &w.to_host(gpu)?)?;
                 let line = serde_json::json!({
