@@ -72,21 +72,33 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("cpu_sgemm/{n}"), |bch| {
             bch.iter(|| cpu_sgemm(&av, &bv, &mut cpu_c, n))
         });
-        for style in [KernelStyle::RegisterBlocked, KernelStyle::WorkgroupTiled] {
+        let mut variants = vec![
+            (
+                "register_blocked",
+                KernelStyle::RegisterBlocked,
+                Some(false),
+            ),
+            ("workgroup_tiled", KernelStyle::WorkgroupTiled, Some(false)),
+        ];
+        if gpu.caps().subgroup_matmul() {
+            variants.push(("subgroup", KernelStyle::RegisterBlocked, Some(true)));
+        }
+        for (variant, style, subgroups) in variants {
             let options = MatmulOptions {
                 style: Some(style),
+                subgroups,
                 ..Default::default()
             };
             let (dispatch, _out) = matmul(&gpu, &a, &b, None, options).expect("plan");
             let bound = gpu.bind_plan(&[dispatch]).expect("bind");
             let m = measure(&gpu, reps as u32, |pass| bound.record(pass)).expect("measure");
             eprintln!(
-                "matmul {n}³ {style}: {:.1} GFLOP/s = {:.2}× cpu sgemm ({:?})",
+                "matmul {n}³ {variant}: {:.1} GFLOP/s = {:.2}× cpu sgemm ({:?})",
                 flops / m.seconds * 1e-9,
                 cpu_seconds / m.seconds,
                 m.source
             );
-            group.bench_function(format!("{style}/{n}"), |bch| {
+            group.bench_function(format!("{variant}/{n}"), |bch| {
                 bch.iter_custom(|iters| {
                     let m = measure(&gpu, iters.clamp(1, 50) as u32, |pass| bound.record(pass))
                         .expect("measure");

@@ -39,6 +39,18 @@ pub struct BenchCase {
 }
 
 impl BenchCase {
+    /// The distinct kernels (`family::entry`) the case launches, in order.
+    pub fn kernels(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for d in &self.plan {
+            let name = d.kernel.spec.name();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// Creates the launches' bind groups once, for timing.
     pub fn bind(&self, gpu: &Gpu) -> Result<BoundPlan> {
         gpu.bind_plan(&self.plan)
@@ -71,6 +83,8 @@ pub struct BenchResult {
     /// Throughput relative to the baseline (higher is better).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
+    /// The kernels (`family::entry`) the case launched, which tells which variant the adapter got.
+    pub kernels: Vec<String>,
     /// Adapter name.
     pub adapter: String,
     /// Backend.
@@ -342,6 +356,7 @@ pub fn run(gpu: &Gpu, cases: &[BenchCase], target: f64) -> Result<Vec<BenchResul
             gbps,
             baseline: c.baseline.clone(),
             ratio: None,
+            kernels: c.kernels(),
             adapter: caps.name.clone(),
             backend: caps.backend.to_string(),
             driver: format!("{} {}", caps.driver, caps.driver_info)

@@ -490,6 +490,7 @@ fn plan(
                 trans_b: a.flag("trans_b"),
                 activation,
                 style: None,
+                subgroups: None,
             };
             one(
                 matmul(gpu, t("a"), t("b"), dev.get("bias"), options)?,

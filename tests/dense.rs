@@ -55,6 +55,108 @@ fn matmul_matches_reference_for_every_style_transpose_and_odd_shape() {
     }
 }
 
+/// Whether a subgroup kernel serves these transposes at this shape (the rule the launcher states).
+fn subgroup_applies(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize) -> bool {
+    match (trans_a, trans_b) {
+        (false, false) => k.is_multiple_of(4) && n.is_multiple_of(4),
+        (false, true) => k.is_multiple_of(4),
+        (true, false) => m.is_multiple_of(4) && n.is_multiple_of(4),
+        (true, true) => false,
+    }
+}
+
+#[test]
+fn subgroup_matmul_matches_reference_at_shapes_off_its_block() {
+    let Some(gpu) = gpu() else { return };
+    let caps = gpu.caps();
+    // lavapipe has 8-lane subgroups: there the kernels must run, so this test cannot pass by
+    // skipping them in CI's Vulkan job.
+    if caps.backend == "vulkan" && caps.device_type == "cpu" {
+        assert!(
+            caps.subgroup_matmul(),
+            "lavapipe should offer subgroups: {caps:?}"
+        );
+    }
+    let a = up(gpu, &[8, 8], &data(64, 1));
+    let forced = MatmulOptions {
+        subgroups: Some(true),
+        ..Default::default()
+    };
+    if !caps.subgroup_matmul() {
+        let e = matmul(gpu, &a, &a, None, forced).err().unwrap().to_string();
+        assert!(e.contains("subgroup"), "{e}");
+        return;
+    }
+    let e = matmul(
+        gpu,
+        &up(gpu, &[3, 5], &data(15, 1)),
+        &up(gpu, &[5, 4], &data(20, 2)),
+        None,
+        forced,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("multiples of 4"), "{e}");
+    let tt = MatmulOptions {
+        trans_a: true,
+        trans_b: true,
+        ..forced
+    };
+    assert!(matmul(gpu, &a, &a, None, tt).is_err());
+
+    // Blocks are 16 rows × 64 columns; these shapes are not multiples of either, and the Aᵀ·B
+    // kernel also steps K in fours (37 leaves a tail).
+    let mut ran = [0usize; 3];
+    for (m, n, k) in [
+        (1, 4, 4),
+        (33, 68, 20),
+        (17, 33, 12),
+        (20, 132, 36),
+        (36, 260, 8),
+        (20, 68, 37),
+        (4, 4, 1),
+    ] {
+        for (variant, (trans_a, trans_b)) in [(false, false), (false, true), (true, false)]
+            .into_iter()
+            .enumerate()
+        {
+            if !subgroup_applies(trans_a, trans_b, m, n, k) {
+                continue;
+            }
+            ran[variant] += 1;
+            let (av, bv, biasv) = (data(m * k, 1), data(k * n, 2), data(n, 3));
+            let a = up(gpu, &if trans_a { [k, m] } else { [m, k] }, &av);
+            let b = up(gpu, &if trans_b { [n, k] } else { [k, n] }, &bv);
+            let bias = up(gpu, &[n], &biasv);
+            let product = cpu::matmul(&widen(&av), &widen(&bv), m, n, k, trans_a, trans_b);
+            let options = MatmulOptions {
+                trans_a,
+                trans_b,
+                ..forced
+            };
+            let got = run(gpu, matmul(gpu, &a, &b, None, options).unwrap());
+            allclose(&got, &product, 1e-5, 1e-5)
+                .unwrap_or_else(|e| panic!("{m}x{n}x{k} ta={trans_a} tb={trans_b}: {e}"));
+            // The epilogue: bias, then GELU.
+            let want: Vec<f64> = product
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| Act::Gelu.apply(v + f64::from(biasv[i % n])))
+                .collect();
+            let options = MatmulOptions {
+                activation: Activation::Gelu,
+                ..options
+            };
+            let got = run(gpu, matmul(gpu, &a, &b, Some(&bias), options).unwrap());
+            allclose(&got, &want, 1e-5, 1e-5).unwrap_or_else(|e| {
+                panic!("{m}x{n}x{k} ta={trans_a} tb={trans_b} +bias+gelu: {e}")
+            });
+        }
+    }
+    assert!(ran.iter().all(|&r| r >= 3), "cases per variant: {ran:?}");
+}
+
 #[test]
 fn matmul_epilogue_adds_bias_and_applies_the_activation() {
     let Some(gpu) = gpu() else { return };

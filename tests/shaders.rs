@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 
 use wgdistill::gpu::GpuError;
 use wgdistill::gpu::pipeline::check_spec;
-use wgdistill::gpu::shaders::{SHADER_FILES, translate_all, validate};
+use wgdistill::gpu::shaders::{Extensions, SHADER_FILES, translate_all, validate};
 use wgdistill::kernels;
 
 /// What the test applies to each file: validate, then translate to every language.
-fn portability(path: &str, source: &str) -> Result<(), String> {
-    let v = validate(path, source, false).map_err(|e| e.to_string())?;
+fn portability(path: &str, source: &str, extensions: Extensions) -> Result<(), String> {
+    let v = validate(path, source, extensions).map_err(|e| e.to_string())?;
     translate_all(&v)
 }
 
@@ -52,7 +52,7 @@ fn every_shader_validates_and_translates_to_all_backends() {
             "{} differs from the embedded copy",
             file.path
         );
-        if let Err(e) = portability(file.path, &source) {
+        if let Err(e) = portability(file.path, &source, file.extensions(false)) {
             panic!("{}: {e}", file.path);
         }
     }
@@ -62,7 +62,7 @@ fn every_shader_validates_and_translates_to_all_backends() {
 fn every_launcher_matches_its_wgsl_bindings() {
     for spec in kernels::all_kernels() {
         let file = wgdistill::gpu::shaders::find(spec.family).expect("family registered");
-        let v = validate(file.path, file.source, false).expect("valid");
+        let v = validate(file.path, file.source, file.extensions(false)).expect("valid");
         let size = check_spec(&spec, &v).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             size.iter().product::<u32>() <= 256,
@@ -82,7 +82,7 @@ fn every_launcher_matches_its_wgsl_bindings() {
 fn every_entry_point_has_a_launcher() {
     let launched: BTreeSet<String> = kernels::all_kernels().iter().map(|k| k.name()).collect();
     for file in SHADER_FILES {
-        let v = validate(file.path, file.source, false).expect("valid");
+        let v = validate(file.path, file.source, file.extensions(false)).expect("valid");
         for ep in &v.module.entry_points {
             let name = format!("{}::{}", file.name, ep.name);
             assert!(
@@ -96,7 +96,7 @@ fn every_entry_point_has_a_launcher() {
 #[test]
 fn a_syntax_error_fails_with_file_and_line() {
     let broken = "@compute @workgroup_size(64)\nfn main() {\n    let x = ;\n}\n";
-    let err = validate("shaders/broken.wgsl", broken, false)
+    let err = validate("shaders/broken.wgsl", broken, Extensions::NONE)
         .err()
         .expect("must fail");
     match &err {
@@ -110,7 +110,7 @@ fn a_syntax_error_fails_with_file_and_line() {
         err.to_string().starts_with("shaders/broken.wgsl:3:"),
         "{err}"
     );
-    assert!(portability("shaders/broken.wgsl", broken).is_err());
+    assert!(portability("shaders/broken.wgsl", broken, Extensions::NONE).is_err());
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn a_type_error_fails_validation_with_its_line() {
                   @compute @workgroup_size(64)\n\
                   fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
                   out[id.x] = 1.5;\n}\n";
-    let err = portability("shaders/typed.wgsl", broken).expect_err("must fail");
+    let err = portability("shaders/typed.wgsl", broken, Extensions::NONE).expect_err("must fail");
     assert!(err.starts_with("shaders/typed.wgsl:"), "{err}");
 }
 
@@ -128,7 +128,7 @@ fn a_type_error_fails_validation_with_its_line() {
 fn a_kernel_spec_that_disagrees_with_wgsl_is_an_error() {
     use wgdistill::gpu::{Binding, KernelSpec};
     let file = wgdistill::gpu::shaders::find("elementwise").expect("registered");
-    let v = validate(file.path, file.source, false).expect("valid");
+    let v = validate(file.path, file.source, file.extensions(false)).expect("valid");
     let wrong = KernelSpec {
         family: "elementwise",
         entry: "add",
@@ -153,7 +153,15 @@ fn translation_catches_what_validation_allows() {
                @compute @workgroup_size(64)\n\
                fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
                out[id.x] = out[id.x] * 2.0h;\n}\n";
-    let v = validate("shaders/half.wgsl", f16, true).expect("valid with f16");
+    let v = validate(
+        "shaders/half.wgsl",
+        f16,
+        Extensions {
+            f16: true,
+            subgroups: false,
+        },
+    )
+    .expect("valid with f16");
     let err = translate_all(&v).expect_err("GLSL must refuse f16");
     assert!(err.starts_with("GLSL"), "{err}");
 }

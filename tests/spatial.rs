@@ -47,7 +47,23 @@ const CONV_CASES: &[(Window, usize)] = &[
     (win(3, 5, 9, 11, [3, 2], [2, 1], [1, 0]), 4),
     (win(2, 4, 8, 8, [1, 1], [2, 2], [0, 0]), 13),
     (win(1, 2, 6, 7, [5, 5], [2, 3], [2, 2]), 3),
+    // Past one workgroup of the subgroup kernel in both positions (64) and channels (16).
+    (win(2, 3, 10, 9, [3, 3], [1, 1], [1, 1]), 21),
 ];
+
+/// The forward kernels this adapter can run: the generic one, and the subgroup one where it
+/// applies, which it must on lavapipe (so CI's Vulkan job cannot skip it).
+fn forward_kernels(gpu: &Gpu) -> Vec<Option<bool>> {
+    let caps = gpu.caps();
+    if caps.backend == "vulkan" && caps.device_type == "cpu" {
+        assert!(caps.subgroup_matmul(), "lavapipe should offer subgroups");
+    }
+    if caps.subgroup_matmul() {
+        vec![Some(false), Some(true)]
+    } else {
+        vec![Some(false)]
+    }
+}
 
 #[test]
 fn conv2d_forward_and_backward_match_reference() {
@@ -80,10 +96,12 @@ fn conv2d_forward_and_backward_match_reference() {
             padding: p,
         };
         let want = cpu::conv2d(&widen(&xv), &widen(&wv), Some(&widen(&bv)), &win, cout);
-        let (d, y) = conv::forward(gpu, &x, &wt, Some(&b), &spec).unwrap();
-        assert_eq!(y.shape(), &[n, cout, ho, wo]);
-        allclose(&read(gpu, &[d], &y), &want, 1e-5, 1e-5)
-            .unwrap_or_else(|e| panic!("conv {win:?}: {e}"));
+        for subgroups in forward_kernels(gpu) {
+            let (d, y) = conv::forward_with(gpu, &x, &wt, Some(&b), &spec, subgroups).unwrap();
+            assert_eq!(y.shape(), &[n, cout, ho, wo]);
+            allclose(&read(gpu, &[d], &y), &want, 1e-5, 1e-5)
+                .unwrap_or_else(|e| panic!("conv {win:?} subgroups {subgroups:?}: {e}"));
+        }
         let (want_dx, want_dw, want_db) =
             cpu::conv2d_backward(&widen(&xv), &widen(&wv), &widen(&dyv), &win, cout);
         let (plan, g) = conv::backward(gpu, &x, &wt, &dy, true, &spec).unwrap();

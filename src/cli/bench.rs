@@ -13,7 +13,7 @@ pub fn run(gpu: &Gpu, filter: Option<&str>, json: Option<&Path>) -> Result<(), C
     let results = bench::run(gpu, &cases, 0.2)?;
     println!("adapter: {}", gpu.caps().label());
     println!(
-        "{:<14} {:<28} {:>11} {:>14} {:>26}",
+        "{:<14} {:<28} {:>11} {:>14} {:>26}  kernels",
         "kernel", "shape", "ms", "throughput", "vs baseline (same run)"
     );
     for r in &results {
@@ -27,12 +27,13 @@ pub fn run(gpu: &Gpu, filter: Option<&str>, json: Option<&Path>) -> Result<(), C
             _ => String::new(),
         };
         println!(
-            "{:<14} {:<28} {:>11.4} {:>14} {:>26}",
+            "{:<14} {:<28} {:>11.4} {:>14} {:>26}  {}",
             r.kernel,
             r.shape,
             r.seconds * 1e3,
             throughput,
-            ratio
+            ratio,
+            r.kernels.join(", ")
         );
     }
     if let Some(path) = json {

@@ -228,47 +228,62 @@ fn run_read(gpu: &Gpu, plan: &[Dispatch], outputs: &[&Tensor]) -> Result<Vec<f32
     Ok(got)
 }
 
-fn layer_cases() -> Vec<Case> {
+/// A linear layer's forward (`x·wᵀ + b`, then GELU) through one matmul variant.
+fn linear_case(
+    kernel: &'static str,
+    (m, n, k): (usize, usize, usize),
+    options: MatmulOptions,
+) -> Case {
+    let (x, w, b) = (data(m * k, 20), data(n * k, 21), data(n, 22));
+    Case {
+        kernel,
+        shape: format!("{m}x{n}x{k}"),
+        rtol: 1e-4,
+        atol: 1e-5,
+        run: Box::new(move |gpu| {
+            let (tx, tw, tb) = (
+                gpu.upload(&[m, k], &x)?,
+                gpu.upload(&[n, k], &w)?,
+                gpu.upload(&[n], &b)?,
+            );
+            let options = MatmulOptions {
+                trans_b: true,
+                activation: Activation::Gelu,
+                ..options
+            };
+            let (d, y) = matmul(gpu, &tx, &tw, Some(&tb), options)?;
+            let shape = LinearShape { m, n, k };
+            Ok((
+                run_read(gpu, &[d], &[&y])?,
+                cpu_dense::linear_forward(&widen(&x), &widen(&w), &widen(&b), shape, Act::Gelu).1,
+            ))
+        }),
+    }
+}
+
+fn layer_cases(gpu: &Gpu) -> Vec<Case> {
     let mut cases = Vec::new();
-    for (m, n, k) in [(7usize, 33usize, 129usize), (65, 130, 67)] {
-        for style in [KernelStyle::RegisterBlocked, KernelStyle::WorkgroupTiled] {
-            let (x, w, b) = (data(m * k, 20), data(n * k, 21), data(n, 22));
-            cases.push(Case {
-                kernel: if style == KernelStyle::RegisterBlocked {
-                    "matmul (rb) +bias+gelu"
-                } else {
-                    "matmul (tiled) +bias+gelu"
-                },
-                shape: format!("{m}x{n}x{k}"),
-                rtol: 1e-4,
-                atol: 1e-5,
-                run: Box::new(move |gpu| {
-                    let (tx, tw, tb) = (
-                        gpu.upload(&[m, k], &x)?,
-                        gpu.upload(&[n, k], &w)?,
-                        gpu.upload(&[n], &b)?,
-                    );
-                    let options = MatmulOptions {
-                        trans_b: true,
-                        activation: Activation::Gelu,
-                        style: Some(style),
-                        ..Default::default()
-                    };
-                    let (d, y) = matmul(gpu, &tx, &tw, Some(&tb), options)?;
-                    let shape = LinearShape { m, n, k };
-                    Ok((
-                        run_read(gpu, &[d], &[&y])?,
-                        cpu_dense::linear_forward(
-                            &widen(&x),
-                            &widen(&w),
-                            &widen(&b),
-                            shape,
-                            Act::Gelu,
-                        )
-                        .1,
-                    ))
-                }),
-            });
+    for shape in [(7usize, 33usize, 129usize), (65, 130, 67)] {
+        for (kernel, style) in [
+            ("matmul (rb) +bias+gelu", KernelStyle::RegisterBlocked),
+            ("matmul (tiled) +bias+gelu", KernelStyle::WorkgroupTiled),
+        ] {
+            let options = MatmulOptions {
+                style: Some(style),
+                subgroups: Some(false),
+                ..Default::default()
+            };
+            cases.push(linear_case(kernel, shape, options));
+        }
+    }
+    // The subgroup kernels need K % 4 == 0 here; M and N stay off the block size.
+    if gpu.caps().subgroup_matmul() {
+        for shape in [(7usize, 33usize, 132usize), (65, 130, 68)] {
+            let options = MatmulOptions {
+                subgroups: Some(true),
+                ..Default::default()
+            };
+            cases.push(linear_case("matmul (subgroup) +bias+gelu", shape, options));
         }
     }
     let (n, xv, dyv) = (1000usize, data(1000, 23), data(1000, 24));
@@ -492,7 +507,7 @@ pub fn run(gpu: &Gpu) -> Result<(), CliError> {
         "kernel", "shape", "max abs", "max rel", "result", "ms"
     );
     let mut cases = elementwise_cases();
-    cases.extend(layer_cases());
+    cases.extend(layer_cases(gpu));
     cases.extend(response_cases());
     cases.extend(feature_and_relation_cases());
     let mut failures = 0;

@@ -47,10 +47,11 @@ pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
             c.backend, c.device_type, c.driver, c.driver_info
         );
         println!(
-            "    kernel style {}, timestamp queries {}, shader f16 {}, subgroup size {}..{}",
+            "    kernel style {}, timestamp queries {}, shader f16 {}, subgroups {} (size {}..{})",
             c.kernel_style,
             yes(c.timestamp_query),
             yes(c.shader_f16),
+            yes(c.subgroups),
             c.subgroup_sizes[0],
             c.subgroup_sizes[1]
         );

@@ -103,7 +103,9 @@ pub struct Capabilities {
     pub timestamp_query: bool,
     /// Whether `enable f16;` shaders are available (and enabled).
     pub shader_f16: bool,
-    /// Subgroup sizes the adapter reports.
+    /// Whether subgroup operations are available (and enabled).
+    pub subgroups: bool,
+    /// Subgroup sizes the adapter reports, smallest and largest.
     pub subgroup_sizes: [u32; 2],
     /// The kernel style chosen for this adapter.
     pub kernel_style: KernelStyle,
@@ -111,9 +113,19 @@ pub struct Capabilities {
     pub limits: ComputeLimits,
 }
 
+impl Capabilities {
+    /// Whether the subgroup kernels (`shaders/matmul_subgroup.wgsl`, `conv_subgroup.wgsl`) can
+    /// run here: they need subgroups of at least 8 lanes, so that their 8-invocation workgroup is
+    /// one subgroup. They are tuned for CPU-like drivers, and chosen by default only with the
+    /// register-blocked style.
+    pub fn subgroup_matmul(&self) -> bool {
+        self.subgroups && self.subgroup_sizes[0] >= 8
+    }
+}
+
 /// The optional features wgdistill asks for when the adapter has them.
 pub fn wanted_features() -> wgpu::Features {
-    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP
 }
 
 fn device_type_name(t: wgpu::DeviceType) -> &'static str {
@@ -151,6 +163,7 @@ impl Capabilities {
             device: info.device,
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_sizes: [info.subgroup_min_size, info.subgroup_max_size],
             kernel_style: style_override.unwrap_or(KernelStyle::for_device_type(info.device_type)),
             limits: ComputeLimits::from(limits),

@@ -159,8 +159,14 @@ impl PipelineCache {
             kernel: family.to_string(),
             message: "no such shader family is registered".to_string(),
         })?;
+        if file.subgroups && !device.features().contains(wgpu::Features::SUBGROUP) {
+            return Err(GpuError::Kernel {
+                kernel: family.to_string(),
+                message: "needs subgroup operations, which this adapter does not offer".to_string(),
+            });
+        }
         // naga first: its errors carry file, line and column.
-        let validated = shaders::validate(file.path, file.source, f16)?;
+        let validated = shaders::validate(file.path, file.source, file.extensions(f16))?;
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(file.path),
             source: wgpu::ShaderSource::Wgsl(file.source.into()),

@@ -15,21 +15,54 @@ pub struct ShaderFile {
     /// Compiled without naga's runtime bounds checks and loop bounding: only for families whose
     /// indexing is in bounds by construction and proven by tests at odd shapes.
     pub trusted: bool,
+    /// Uses subgroup operations, so it needs an adapter with `wgpu::Features::SUBGROUP`.
+    pub subgroups: bool,
+}
+
+impl ShaderFile {
+    /// The extensions this file may use on an adapter that has f16 when `f16` is set.
+    pub fn extensions(&self, f16: bool) -> Extensions {
+        Extensions {
+            f16,
+            subgroups: self.subgroups,
+        }
+    }
+}
+
+/// Optional WGSL capabilities beyond portable WebGPU that validation should allow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// `enable f16;` and 16-bit float types.
+    pub f16: bool,
+    /// Subgroup built-ins and operations in compute shaders.
+    pub subgroups: bool,
+}
+
+impl Extensions {
+    /// Portable WebGPU only.
+    pub const NONE: Extensions = Extensions {
+        f16: false,
+        subgroups: false,
+    };
 }
 
 macro_rules! shader_file {
     ($name:literal) => {
-        shader_file!($name, false)
+        shader_file!($name, false, false)
     };
     ($name:literal, trusted) => {
-        shader_file!($name, true)
+        shader_file!($name, true, false)
     };
-    ($name:literal, $trusted:expr) => {
+    ($name:literal, trusted, subgroups) => {
+        shader_file!($name, true, true)
+    };
+    ($name:literal, $trusted:expr, $subgroups:expr) => {
         ShaderFile {
             name: $name,
             path: concat!("shaders/", $name, ".wgsl"),
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
             trusted: $trusted,
+            subgroups: $subgroups,
         }
     };
 }
@@ -39,10 +72,12 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("activation"),
     shader_file!("batchnorm"),
     shader_file!("conv", trusted),
+    shader_file!("conv_subgroup", trusted, subgroups),
     shader_file!("dropout"),
     shader_file!("elementwise"),
     shader_file!("feature"),
     shader_file!("matmul", trusted),
+    shader_file!("matmul_subgroup", trusted, subgroups),
     shader_file!("optimizer"),
     shader_file!("pool"),
     shader_file!("reduce"),
@@ -75,28 +110,35 @@ fn located(path: &str, loc: Option<naga::SourceLocation>, message: String) -> Gp
 }
 
 /// Parses and validates WGSL as naga does for wgpu, against the portable (WebGPU) capability set
-/// plus f16 when `f16` is set.
-pub fn validate(path: &str, source: &str, f16: bool) -> Result<Validated> {
+/// plus the given extensions.
+pub fn validate(path: &str, source: &str, extensions: Extensions) -> Result<Validated> {
     let module = naga::front::wgsl::parse_str(source)
         .map_err(|e| located(path, e.location(source), e.message().to_string()))?;
     let mut caps = naga::valid::Capabilities::default();
-    if f16 {
+    if extensions.f16 {
         caps |= naga::valid::Capabilities::SHADER_FLOAT16;
     }
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-        .validate(&module)
-        .map_err(|e| {
-            let message = format!("{}", e.as_inner());
-            let mut detail = message.clone();
-            let mut source_err: Option<&dyn std::error::Error> =
-                std::error::Error::source(e.as_inner());
-            while let Some(inner) = source_err {
-                detail.push_str(": ");
-                detail.push_str(&inner.to_string());
-                source_err = inner.source();
-            }
-            located(path, e.location(source), detail)
-        })?;
+    if extensions.subgroups {
+        caps |= naga::valid::Capabilities::SUBGROUP;
+    }
+    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
+    if extensions.subgroups {
+        validator
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    let info = validator.validate(&module).map_err(|e| {
+        let message = format!("{}", e.as_inner());
+        let mut detail = message.clone();
+        let mut source_err: Option<&dyn std::error::Error> =
+            std::error::Error::source(e.as_inner());
+        while let Some(inner) = source_err {
+            detail.push_str(": ");
+            detail.push_str(&inner.to_string());
+            source_err = inner.source();
+        }
+        located(path, e.location(source), detail)
+    })?;
     Ok(Validated { module, info })
 }
 

@@ -2,7 +2,7 @@
 //! gradients of the input and the weight, and the bias gradient as a reduction of dy.
 
 use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, KernelStyle, Result, Tensor};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
@@ -26,8 +26,21 @@ pub const CONV_BACKWARD_WEIGHT: KernelSpec = KernelSpec {
     bindings: &[U, R, R, W],
 };
 
+/// Forward with subgroup-shared weights, 64 positions × 16 channels per 8-lane workgroup
+/// (CPU-like drivers with subgroups).
+pub const CONV_FORWARD_SG: KernelSpec = KernelSpec {
+    family: "conv_subgroup",
+    entry: "conv_forward_sg",
+    bindings: &[U, R, R, R, W],
+};
+
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[CONV_FORWARD, CONV_BACKWARD_INPUT, CONV_BACKWARD_WEIGHT];
+pub const KERNELS: &[KernelSpec] = &[
+    CONV_FORWARD,
+    CONV_BACKWARD_INPUT,
+    CONV_BACKWARD_WEIGHT,
+    CONV_FORWARD_SG,
+];
 
 /// Stride and zero padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,12 +141,52 @@ pub fn forward(
     bias: Option<&Tensor>,
     conv: &Conv2d,
 ) -> Result<(Dispatch, Tensor)> {
+    forward_with(gpu, x, w, bias, conv, None)
+}
+
+/// [`forward`], choosing the kernel: `subgroups` `None` uses the subgroup kernel wherever it
+/// applies (the register-blocked style on an adapter with subgroups of 8 or more lanes),
+/// `Some(true)` insists (failing where it cannot run), `Some(false)` never uses it.
+pub fn forward_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    conv: &Conv2d,
+    subgroups: Option<bool>,
+) -> Result<(Dispatch, Tensor)> {
     let (mut p, out_shape) = params("conv2d", x, w, conv)?;
     if let Some(b) = bias {
         b.expect("conv2d", "bias", DType::F32, &[out_shape[1]])?;
         p.bias = 1;
     }
+    let caps = gpu.caps();
+    let rows = out_shape[0] * out_shape[2] * out_shape[3];
+    let grid = [rows.div_ceil(64), out_shape[1].div_ceil(16)];
+    let fits = grid
+        .iter()
+        .all(|&g| g <= caps.limits.max_compute_workgroups_per_dimension as usize);
+    let use_subgroups = match subgroups {
+        Some(true) if !caps.subgroup_matmul() || !fits => {
+            return Err(shape_error(
+                "conv2d",
+                "the subgroup kernel needs subgroups of at least 8 lanes and a grid within the adapter's limits",
+            ));
+        }
+        Some(forced) => forced,
+        None => caps.kernel_style == KernelStyle::RegisterBlocked && caps.subgroup_matmul() && fits,
+    };
     let y = gpu.empty(&out_shape, DType::F32)?;
+    if use_subgroups {
+        let d = gpu.dispatch_grid(
+            &CONV_FORWARD_SG,
+            &[],
+            &p,
+            &[x, w, bias.unwrap_or(w), &y],
+            [grid[0] as u32, grid[1] as u32, 1],
+        )?;
+        return Ok((d, y));
+    }
     let blocks =
         out_shape[0] * (out_shape[2] * out_shape[3]).div_ceil(4) * out_shape[1].div_ceil(8);
     // Without a bias the binding is never read; any read-only buffer satisfies the layout.

@@ -19,8 +19,56 @@ pub const MATMUL_TILED: KernelSpec = KernelSpec {
     bindings: &[U, R, R, R, W],
 };
 
-/// Both variants.
-pub const KERNELS: &[KernelSpec] = &[MATMUL_RB, MATMUL_TILED];
+/// Subgroup-shared rows, vec4 loads: A M×K, B K×N (CPU-like drivers with subgroups).
+pub const MATMUL_SG_NN: KernelSpec = KernelSpec {
+    family: "matmul_subgroup",
+    entry: "matmul_sg_nn",
+    bindings: &[U, R, R, R, W],
+};
+/// Subgroup-shared rows, vec4 loads: A M×K, B N×K.
+pub const MATMUL_SG_NT: KernelSpec = KernelSpec {
+    family: "matmul_subgroup",
+    entry: "matmul_sg_nt",
+    bindings: &[U, R, R, R, W],
+};
+/// Subgroup-shared rows, vec4 loads: A K×M, B K×N.
+pub const MATMUL_SG_TN: KernelSpec = KernelSpec {
+    family: "matmul_subgroup",
+    entry: "matmul_sg_tn",
+    bindings: &[U, R, R, R, W],
+};
+
+/// Every variant.
+pub const KERNELS: &[KernelSpec] = &[
+    MATMUL_RB,
+    MATMUL_TILED,
+    MATMUL_SG_NN,
+    MATMUL_SG_NT,
+    MATMUL_SG_TN,
+];
+
+/// Output block per workgroup of the subgroup kernels, (rows, columns).
+const SUBGROUP_BLOCK: (usize, usize) = (16, 64);
+
+/// The subgroup kernel for these transposes and shape, if the vec4 reads it needs line up:
+/// the contiguous dimensions of A and B must be multiples of 4.
+fn subgroup_kernel(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> std::result::Result<&'static KernelSpec, &'static str> {
+    match (trans_a, trans_b) {
+        (false, false) if k.is_multiple_of(4) && n.is_multiple_of(4) => Ok(&MATMUL_SG_NN),
+        (false, false) => Err("A·B needs K and N to be multiples of 4"),
+        (false, true) if k.is_multiple_of(4) => Ok(&MATMUL_SG_NT),
+        (false, true) => Err("A·Bᵀ needs K to be a multiple of 4"),
+        (true, false) if m.is_multiple_of(4) && n.is_multiple_of(4) => Ok(&MATMUL_SG_TN),
+        (true, false) => Err("Aᵀ·B needs M and N to be multiples of 4"),
+        (true, true) => Err("Aᵀ·Bᵀ has no subgroup kernel"),
+    }
+}
 
 /// Output block per workgroup, (rows, columns), of each variant.
 fn block(style: KernelStyle) -> (usize, usize) {
@@ -63,6 +111,11 @@ pub struct MatmulOptions {
     pub activation: Activation,
     /// Override the adapter's kernel style (tests and benches run both).
     pub style: Option<KernelStyle>,
+    /// Override the use of the subgroup kernels: `None` uses them wherever they apply (the
+    /// register-blocked style on an adapter with subgroups of 8 or more lanes, and operands
+    /// whose contiguous dimensions are multiples of 4); `Some(true)` insists, failing when they
+    /// do not apply; `Some(false)` never uses them.
+    pub subgroups: Option<bool>,
 }
 
 #[repr(C)]
@@ -131,15 +184,44 @@ pub fn matmul_into(
         pad: [0; 3],
     };
     let style = options.style.unwrap_or(gpu.caps().kernel_style);
-    let spec = match style {
-        KernelStyle::RegisterBlocked => &MATMUL_RB,
-        KernelStyle::WorkgroupTiled => &MATMUL_TILED,
+    let subgroup = subgroup_kernel(options.trans_a, options.trans_b, m, n, k);
+    let use_subgroups = match options.subgroups {
+        Some(true) => {
+            if !gpu.caps().subgroup_matmul() {
+                return Err(shape_error(
+                    "matmul",
+                    "the subgroup kernels need subgroups of at least 8 lanes, which this adapter does not offer",
+                ));
+            }
+            if let Err(why) = subgroup {
+                return Err(shape_error(
+                    "matmul",
+                    format!("no subgroup kernel for {m}×{k}·{k}×{n}: {why}"),
+                ));
+            }
+            true
+        }
+        Some(false) => false,
+        None => {
+            style == KernelStyle::RegisterBlocked
+                && gpu.caps().subgroup_matmul()
+                && subgroup.is_ok()
+        }
     };
-    let (block_rows, block_cols) = block(style);
-    let constants = [
-        ("TRANS_A", f64::from(u8::from(options.trans_a))),
-        ("TRANS_B", f64::from(u8::from(options.trans_b))),
-    ];
+    let (spec, (block_rows, block_cols), constants): (_, _, &[(&str, f64)]) = match subgroup {
+        Ok(spec) if use_subgroups => (spec, SUBGROUP_BLOCK, &[]),
+        _ => (
+            match style {
+                KernelStyle::RegisterBlocked => &MATMUL_RB,
+                KernelStyle::WorkgroupTiled => &MATMUL_TILED,
+            },
+            block(style),
+            &[
+                ("TRANS_A", f64::from(u8::from(options.trans_a))),
+                ("TRANS_B", f64::from(u8::from(options.trans_b))),
+            ],
+        ),
+    };
     let grid = [
         n.div_ceil(block_cols) as u32,
         m.div_ceil(block_rows) as u32,
@@ -148,7 +230,7 @@ pub fn matmul_into(
     // Without a bias the binding is never read; any read-only buffer satisfies the layout.
     gpu.dispatch_grid(
         spec,
-        &constants,
+        constants,
         &params,
         &[a, b, bias.unwrap_or(a), out],
         grid,
