@@ -152,14 +152,25 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     parse_safetensors(&what, &bytes)
 }
 
-/// Writes a safetensors file through a temporary file and a rename, so a crash never leaves a
-/// half-written file where a good one was.
+/// Writes a safetensors file atomically (see [`write_atomic`]).
 pub fn write_safetensors(path: &Path, tensors: &TensorMap) -> Result<()> {
-    let what = path.display().to_string();
     let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
-        .map_err(|e| input_error(&what, format!("cannot serialise ({e})")))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, &bytes)
+        .map_err(|e| {
+            input_error(
+                path.display().to_string(),
+                format!("cannot serialise ({e})"),
+            )
+        })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes a file through a temporary file beside it and a rename, so a crash never leaves a
+/// half-written file where a good one was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| input_error(&what, format!("cannot write ({e})")))
+        .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
 }

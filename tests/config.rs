@@ -38,6 +38,10 @@ fn every_config_error_names_its_key() {
             &["data.dataset", "unknown variant `cifar`"],
         ),
         (
+            with("augment = false", "augment = true\nteacher_cache = true"),
+            &["data.teacher_cache", "augment = false"],
+        ),
+        (
             with("arch = \"mlp\"\nhidden = [512, 512]", "arch = \"vit\""),
             &["models.teacher", "vit"],
         ),

@@ -39,6 +39,7 @@ fn the_example_config_runs_as_written_and_writes_its_outputs() {
         resume: false,
         stop_after: None,
         progress: false,
+        teacher_cache: None,
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     assert_eq!((train.len(), test.len()), (300, 200));
@@ -111,6 +112,7 @@ fn a_checkpoint_round_trips_and_can_stand_in_for_a_training_stage() {
         resume: false,
         stop_after: None,
         progress: false,
+        teacher_cache: None,
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     let summary = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
@@ -301,6 +303,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
         resume: false,
         stop_after: None,
         progress: false,
+        teacher_cache: None,
     };
     let (train, test) = run::load_data(&cfg, &base).unwrap();
     let whole = run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();
@@ -369,6 +372,7 @@ fn run_small(name: &str, text: &str) -> run::Summary {
         resume: false,
         stop_after: None,
         progress: false,
+        teacher_cache: None,
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap()
@@ -450,4 +454,99 @@ fn mutual_learning_trains_peers_together_toward_each_other() {
             "each peer is exported under its own names"
         );
     }
+}
+
+/// Runs the example (KD, a hint on a teacher feature tap, RKD) small, with the teacher-output
+/// cache at `cache` when given; returns the distilled student's weights and the log.
+fn example_with_cache(name: &str, cache: Option<&Path>) -> (wgdistill::io::TensorMap, Vec<String>) {
+    let gpu = gpu().expect("checked by the caller");
+    let mut text = small(EXAMPLE);
+    if cache.is_some() {
+        text = text.replace("augment = false", "augment = false\nteacher_cache = true");
+    }
+    let cfg = config::parse(name, &text).unwrap();
+    cfg.check(name).unwrap();
+    let opts = RunOptions {
+        out: out_dir(name),
+        data_dir: None,
+        fallback_to_synthetic: false,
+        resume: false,
+        stop_after: None,
+        progress: false,
+        teacher_cache: cache.map(Path::to_path_buf),
+    };
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let mut lines = Vec::new();
+    run::run(gpu, &cfg, &opts, &train, &test, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    let w = wgdistill::io::read_safetensors(&opts.out.join("checkpoints/student_kd.safetensors"))
+        .unwrap();
+    (w, lines)
+}
+
+#[test]
+fn the_teacher_output_cache_is_written_once_reused_and_changes_nothing() {
+    if gpu().is_none() {
+        return;
+    }
+    let cache = out_dir("cache-root");
+    let (plain, _) = example_with_cache("cache-off", None);
+    let (first, log1) = example_with_cache("cache-first", Some(&cache));
+    let (second, log2) = example_with_cache("cache-second", Some(&cache));
+    let said = |log: &[String], what: &str| {
+        log.iter()
+            .any(|l| l.contains("teacher outputs") && l.contains(what))
+    };
+    assert!(said(&log1, "computed into"), "{log1:?}");
+    assert!(said(&log2, "read from"), "{log2:?}");
+    // One entry: a description and one shard holding logits and the hint's feature tap.
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let meta = std::fs::read_to_string(entries[0].join("meta.json")).unwrap();
+    assert!(
+        meta.contains("logits") && meta.contains("hidden.1"),
+        "{meta}"
+    );
+    let shard =
+        wgdistill::io::read_safetensors(&entries[0].join("shard-00000.safetensors")).unwrap();
+    assert_eq!(shard["logits"].shape, [300, 10]);
+    assert_eq!(shard["hidden.1"].shape, [300, 512]);
+    // Replaying the teacher's outputs trains the student exactly as running the teacher does.
+    for (name, t) in &plain {
+        assert_eq!(
+            first[name].as_f32(),
+            t.as_f32(),
+            "{name}: cached run differs"
+        );
+        assert_eq!(
+            second[name].as_f32(),
+            t.as_f32(),
+            "{name}: reused run differs"
+        );
+    }
+    // A damaged entry is reported, not silently used or recomputed.
+    std::fs::write(entries[0].join("meta.json"), "{}").unwrap();
+    let gpu = gpu().unwrap();
+    let text = small(EXAMPLE).replace("augment = false", "augment = false\nteacher_cache = true");
+    let cfg = config::parse("damaged", &text).unwrap();
+    let opts = RunOptions {
+        out: out_dir("cache-damaged"),
+        data_dir: None,
+        fallback_to_synthetic: false,
+        resume: false,
+        stop_after: None,
+        progress: false,
+        teacher_cache: Some(cache.clone()),
+    };
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let e = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("meta.json") && !e.contains('\n'), "{e}");
 }

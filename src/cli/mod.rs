@@ -58,6 +58,10 @@ enum Command {
         /// Continue an interrupted run in --out from its last completed epoch.
         #[arg(long)]
         resume: bool,
+        /// Root of the teacher-output cache that `data.teacher_cache = true` uses (default:
+        /// WGDISTILL_CACHE, then $XDG_CACHE_HOME or ~/.cache, under wgdistill/teacher-outputs).
+        #[arg(long, value_name = "DIR")]
+        teacher_cache: Option<PathBuf>,
     },
     /// Time the kernels on the chosen adapter (GFLOP/s or GB/s, with same-run baselines).
     Bench {
@@ -188,9 +192,12 @@ pub fn run() -> Result<(), CliError> {
             data,
             seeds,
             resume,
+            teacher_cache,
             ..
         }) => match (config, out) {
-            (Some(config), Some(out)) => train::train(&query, &config, &out, data, seeds, resume),
+            (Some(config), Some(out)) => {
+                train::train(&query, &config, &out, data, seeds, resume, teacher_cache)
+            }
             _ => Err(CliError::Message(
                 "train needs CONFIG and --out DIR (or --print-default-config)".into(),
             )),

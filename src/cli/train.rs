@@ -119,6 +119,7 @@ pub fn train(
     data: Option<PathBuf>,
     seeds: usize,
     resume: bool,
+    teacher_cache: Option<PathBuf>,
 ) -> Result<(), CliError> {
     if resume && seeds > 1 {
         return Err(CliError::Message(
@@ -135,6 +136,7 @@ pub fn train(
         resume,
         stop_after: None,
         progress: true,
+        teacher_cache,
     };
     execute(query, &what, &text, opts, seeds)
 }
@@ -148,6 +150,7 @@ pub fn main_job(query: &AdapterQuery, data: Option<PathBuf>) -> Result<(), CliEr
         resume: false,
         stop_after: None,
         progress: true,
+        teacher_cache: None,
     };
     execute(query, "default config", DEFAULT_CONFIG, opts, 1)
 }
@@ -225,6 +228,7 @@ pub fn eval(
         resume: false,
         stop_after: None,
         progress: true,
+        teacher_cache: None,
     };
     let (_, test) = run::load_data(&cfg, &opts)?;
     let gpu = Gpu::new(query)?;

@@ -624,6 +624,28 @@ impl Graph {
         Ok(g)
     }
 
+    /// A stand-in for a frozen teacher whose outputs were computed beforehand (the teacher-output
+    /// cache): one input per tap, named and tapped as the tap, with `logits` (which must be among
+    /// them) as the output. A [`crate::graph::TrainStep`] compiled with it as its teacher takes
+    /// those tensors from the host before each step
+    /// ([`crate::graph::TrainStep::write_teacher_input`]) instead of running a forward pass.
+    pub fn replay(taps: &[(&str, &[usize])]) -> Result<Graph> {
+        let mut g = Graph::new();
+        let mut logits = None;
+        for (name, shape) in taps {
+            let v = g.input(name, shape, DType::F32)?;
+            if *name == "logits" {
+                logits = Some(v);
+                g.output = Some(v);
+            }
+            g.tap(name, v)?;
+        }
+        if logits.is_none() {
+            return Err(shape_error("replay", "the taps must include logits"));
+        }
+        Ok(g)
+    }
+
     /// Several models trained together (online distillation) as one graph reading one input
     /// `x`: their nodes and taps are prefixed with their names (`a.hidden.0.weight`, `a.logits`);
     /// the first model's logits are the graph's output.

@@ -56,7 +56,8 @@ pub enum LossKind {
 }
 
 impl LossKind {
-    fn needs_teacher(self) -> bool {
+    /// Whether the term compares the student with a teacher (or a peer): all but `Ce`.
+    pub fn needs_teacher(self) -> bool {
         self != LossKind::Ce
     }
 }
@@ -132,6 +133,7 @@ pub struct StepSpec<'a> {
 pub struct TrainStep {
     bound: BoundPlan,
     x: Tensor,
+    teacher_inputs: Vec<(String, Tensor)>,
     labels: Tensor,
     logits: Tensor,
     losses: Vec<(String, f32, Tensor)>,
@@ -270,21 +272,39 @@ impl TrainStep {
             None => gpu.zeros(&[1], DType::U32)?,
         };
 
+        // The teacher reads the step's x; any other input it has (a replayed teacher's cached
+        // outputs, see Graph::replay) gets a tensor of its own, written from the host per step.
+        let mut teacher_inputs: Vec<(String, Tensor)> = Vec::new();
         let teacher_fwd = match spec.teacher {
             Some((tg, tw)) => {
-                let tx = input_value(tg, "x")?;
-                if tg.shape(tx) != x_shape.as_slice() {
-                    return Err(shape_error(
-                        "teacher",
-                        format!(
-                            "input x is {:?} but the student's is {x_shape:?}",
-                            tg.shape(tx)
-                        ),
-                    ));
+                let mut t_inputs = BTreeMap::new();
+                for node in tg.nodes.iter().filter(|n| n.op == Op::Input) {
+                    if node.name == "x" {
+                        if node.shape != x_shape {
+                            return Err(shape_error(
+                                "teacher",
+                                format!(
+                                    "input x is {:?} but the student's is {x_shape:?}",
+                                    node.shape
+                                ),
+                            ));
+                        }
+                        t_inputs.insert("x".to_string(), x.clone());
+                    } else {
+                        if node.shape.first() != Some(&batch) {
+                            return Err(shape_error(
+                                &format!("teacher input '{}'", node.name),
+                                format!("is {:?}, not a batch of {batch}", node.shape),
+                            ));
+                        }
+                        let t = gpu.empty(&node.shape, node.dtype)?;
+                        teacher_inputs.push((node.name.clone(), t.clone()));
+                        t_inputs.insert(node.name.clone(), t);
+                    }
                 }
                 Some((
                     tg,
-                    plan_forward(gpu, tg, tw, &inputs, Mode::Eval, None, &mut plan)?,
+                    plan_forward(gpu, tg, tw, &t_inputs, Mode::Eval, None, &mut plan)?,
                 ))
             }
             None => None,
@@ -451,6 +471,7 @@ impl TrainStep {
         Ok(TrainStep {
             bound,
             x,
+            teacher_inputs,
             labels,
             logits,
             losses: loss_values,
@@ -486,6 +507,25 @@ impl TrainStep {
     /// What the memory planner saved for this step.
     pub fn memory(&self) -> MemoryReport {
         self.memory
+    }
+
+    /// The inputs of a replayed teacher ([`Graph::replay`]) that each step reads from the host:
+    /// name and shape (batch first).
+    pub fn teacher_inputs(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.teacher_inputs
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.shape()))
+    }
+
+    /// Writes a replayed teacher's input for the next step (a batch of its cached outputs, in
+    /// the batch's order). Like x, it travels with the next submission.
+    pub fn write_teacher_input(&self, gpu: &Gpu, name: &str, data: &[f32]) -> Result<()> {
+        let (_, t) = self
+            .teacher_inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| shape_error(name, "the step's teacher has no such input"))?;
+        gpu.write(t, data)
     }
 
     /// Runs one step on a batch: one upload of x and the labels, one command buffer, one submit.
@@ -682,11 +722,22 @@ pub struct EvalStep {
     bound: BoundPlan,
     x: Tensor,
     output: Tensor,
+    taps: Vec<Tensor>,
 }
 
 impl EvalStep {
     /// Plans and binds the forward pass of `graph` (input `x`) once.
     pub fn compile(gpu: &Gpu, graph: &Graph, weights: &Weights) -> Result<EvalStep> {
+        Self::compile_taps(gpu, graph, weights, &[])
+    }
+
+    /// Like [`EvalStep::compile`], also keeping the named taps for [`EvalStep::run_taps`].
+    pub fn compile_taps(
+        gpu: &Gpu,
+        graph: &Graph,
+        weights: &Weights,
+        taps: &[&str],
+    ) -> Result<EvalStep> {
         let xv = input_value(graph, "x")?;
         let x = gpu.empty(graph.shape(xv), DType::F32)?;
         let mut plan = Vec::new();
@@ -699,16 +750,26 @@ impl EvalStep {
                     .ok_or_else(|| shape_error("model", "the model has no output"))?,
             )
             .clone();
+        let taps: Vec<Tensor> = taps
+            .iter()
+            .map(|t| Ok(fwd.get(graph.tapped(t)?).clone()))
+            .collect::<Result<_>>()?;
         drop(fwd);
-        plan_memory(gpu, &mut plan, &[&output])?;
+        let mut pinned = vec![&output];
+        pinned.extend(&taps);
+        plan_memory(gpu, &mut plan, &pinned)?;
         let bound = gpu.bind_plan(&plan)?;
         drop(plan);
         gpu.pool().trim();
-        Ok(EvalStep { bound, x, output })
+        Ok(EvalStep {
+            bound,
+            x,
+            output,
+            taps,
+        })
     }
 
-    /// Runs the forward pass on a batch and returns the output (waits for the GPU).
-    pub fn run(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
+    fn submit(&self, gpu: &Gpu, x: &[f32]) -> Result<()> {
         gpu.write(&self.x, x)?;
         let mut encoder = gpu.encoder("eval step");
         {
@@ -719,7 +780,19 @@ impl EvalStep {
             self.bound.record(&mut pass);
         }
         gpu.submit(encoder)?;
+        Ok(())
+    }
+
+    /// Runs the forward pass on a batch and returns the output (waits for the GPU).
+    pub fn run(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
+        self.submit(gpu, x)?;
         gpu.read::<f32>(&self.output)
+    }
+
+    /// Runs the forward pass on a batch and returns the taps given at compile time, in order.
+    pub fn run_taps(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<Vec<f32>>> {
+        self.submit(gpu, x)?;
+        self.taps.iter().map(|t| gpu.read::<f32>(t)).collect()
     }
 
     /// The output tensor.

@@ -55,6 +55,10 @@ pub struct DataConfig {
     /// Random crop with padding and horizontal flips.
     #[serde(default)]
     pub augment: bool,
+    /// Compute each frozen teacher's outputs once, store them in the teacher-output cache and
+    /// replay them in every epoch and later runs (needs `augment = false`).
+    #[serde(default)]
+    pub teacher_cache: bool,
 }
 
 fn default_batch() -> usize {
@@ -343,6 +347,12 @@ impl Config {
         }
         if self.stages.is_empty() {
             return Err(err("stages".into(), "at least one stage is needed".into()));
+        }
+        if self.data.teacher_cache && self.data.augment {
+            return Err(err(
+                "data.teacher_cache".into(),
+                "needs data.augment = false (augmented images differ every epoch, so a teacher's outputs cannot be reused)".into(),
+            ));
         }
         let input = [self.data.batch_size, 1, 28, 28];
         let mut graphs = BTreeMap::new();

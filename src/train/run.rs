@@ -21,6 +21,7 @@ use super::config::{
     AdapterName, Config, DatasetKind, LossConfig, LossName, OptimizerConfig, OptimizerKind,
     ScheduleKind,
 };
+use super::teacher_cache;
 
 /// Where the data comes from and where results go.
 #[derive(Clone, Debug)]
@@ -38,6 +39,42 @@ pub struct RunOptions {
     pub stop_after: Option<(usize, usize)>,
     /// Show a progress bar per epoch (on standard error, and only when it is a terminal).
     pub progress: bool,
+    /// Root of the teacher-output cache (`data.teacher_cache`); `None` picks
+    /// [`default_teacher_cache`].
+    pub teacher_cache: Option<PathBuf>,
+}
+
+/// Where the teacher-output cache lives unless a run says otherwise: `WGDISTILL_CACHE`, else
+/// `$XDG_CACHE_HOME/wgdistill/teacher-outputs`, else `~/.cache/wgdistill/teacher-outputs`, else
+/// `teacher-cache` in the run's output folder.
+pub fn default_teacher_cache(out: &Path) -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = env("WGDISTILL_CACHE") {
+        return dir;
+    }
+    match env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|h| h.join(".cache"))) {
+        Some(base) => base.join("wgdistill").join("teacher-outputs"),
+        None => out.join("teacher-cache"),
+    }
+}
+
+/// The teacher taps a stage's loss terms read (peers excluded), `logits` always among them.
+fn teacher_taps(losses: &[(usize, LossSpec)]) -> Vec<String> {
+    let mut taps = vec!["logits".to_string()];
+    for (_, l) in losses {
+        let tap = l.teacher_tap.as_deref().unwrap_or("logits");
+        if l.kind.needs_teacher()
+            && !tap.starts_with(crate::graph::PEER)
+            && !taps.iter().any(|t| t == tap)
+        {
+            taps.push(tap.to_string());
+        }
+    }
+    taps
 }
 
 /// Where a run stands, written after every epoch (`progress.json`) so `--resume` can go on.
@@ -348,10 +385,7 @@ fn progress_bar(show: bool, batches: usize, prefix: &str) -> indicatif::Progress
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| input_error(path.display().to_string(), e.to_string()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
+    io::write_atomic(path, text.as_bytes())
 }
 
 /// Runs every stage of a checked configuration on `gpu`; `log` receives one line per epoch.
@@ -516,10 +550,59 @@ pub fn run(
             Some((teacher_at(batch)?, teacher_at(tail.max(2))?, w))
         };
         let loss_terms = stage_losses(stage);
+        // With the cache, the step replays the teacher's stored outputs instead of running it.
+        let cached = match &teacher {
+            Some((tg, _, tw)) if config.data.teacher_cache => {
+                let taps = teacher_taps(&loss_terms);
+                let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
+                let root = opts
+                    .teacher_cache
+                    .clone()
+                    .unwrap_or_else(|| default_teacher_cache(out));
+                let key = teacher_cache::key(gpu, tg, tw, &tap_refs, train)?;
+                let outputs =
+                    teacher_cache::load_or_compute(gpu, &root, &key, tg, tw, &tap_refs, train)?;
+                log(&format!(
+                    "{}: teacher outputs {} {} ({:.1} s)",
+                    stage.name,
+                    if outputs.reused {
+                        "read from"
+                    } else {
+                        "computed into"
+                    },
+                    outputs.dir.display(),
+                    outputs.seconds
+                ));
+                let replay_at = |b: usize| -> Result<Graph> {
+                    let shapes: Vec<Vec<usize>> = outputs
+                        .taps
+                        .iter()
+                        .map(|(_, s)| std::iter::once(b).chain(s.iter().copied()).collect())
+                        .collect();
+                    Graph::replay(
+                        &outputs
+                            .taps
+                            .iter()
+                            .zip(&shapes)
+                            .map(|((n, _), s)| (n.as_str(), s.as_slice()))
+                            .collect::<Vec<_>>(),
+                    )
+                };
+                let (g, g_tail) = (replay_at(batch)?, replay_at(tail.max(2))?);
+                let no_weights = Weights::init(gpu, &g, 0)?;
+                Some((outputs, g, g_tail, no_weights))
+            }
+            _ => None,
+        };
+        let step_teacher = match (&cached, &teacher) {
+            (Some((_, g, g_tail, w)), _) => Some((g, g_tail, w)),
+            (None, Some((g, g_tail, w))) => Some((g, g_tail, w)),
+            (None, None) => None,
+        };
         let spec = StepSpec {
             student: &graph,
             student_weights: &student_w,
-            teacher: teacher.as_ref().map(|(g, _, w)| (g, w)),
+            teacher: step_teacher.map(|(g, _, w)| (g, w)),
             losses: loss_terms.iter().map(|(_, l)| l.clone()).collect(),
             optimizer: optimizer(&stage.optimizer),
             seed: seed_of(config.seed, &stage.name),
@@ -544,7 +627,7 @@ pub fn run(
             Some(tg) => {
                 let spec = StepSpec {
                     student: tg,
-                    teacher: teacher.as_ref().map(|(_, g, w)| (g, w)),
+                    teacher: step_teacher.map(|(_, g, w)| (g, w)),
                     ..spec
                 };
                 Some(TrainStep::compile_sibling(gpu, &spec, &step)?)
@@ -557,7 +640,7 @@ pub fn run(
             .zip(&model_weights)
             .map(|(g, w)| EvalStep::compile(gpu, g, w))
             .collect::<Result<_>>()?;
-        let (mut xb, mut yb) = (Vec::new(), Vec::new());
+        let (mut xb, mut yb, mut tb) = (Vec::new(), Vec::new(), Vec::new());
         let mut trained_samples = 0usize;
         for epoch in start_epoch..stage.epochs {
             if opts.stop_after == Some((si, epoch)) {
@@ -597,6 +680,18 @@ pub fn run(
                     .augment
                     .then_some((2, config.seed ^ ((epoch as u64) << 32) ^ bi as u64));
                 data::fill_batch(train, idx, augment, &mut xb, &mut yb);
+                if let Some((outputs, ..)) = &cached {
+                    let target = match (idx.len() == batch, &tail_step) {
+                        (true, _) => Some(&step),
+                        (false, t) => t.as_ref(),
+                    };
+                    for (k, (tap, _)) in outputs.taps.iter().enumerate() {
+                        outputs.gather(k, idx, &mut tb);
+                        if let Some(s) = target {
+                            s.write_teacher_input(gpu, tap, &tb)?;
+                        }
+                    }
+                }
                 match (idx.len() == batch, &tail_step) {
                     // Every tenth step also fetches its losses, collected later without a stall.
                     (true, _) if opts.progress && bi % 10 == 0 => {
@@ -714,11 +809,7 @@ pub fn run(
 pub fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
     let text = serde_json::to_string_pretty(summary)
         .map_err(|e| input_error("summary.json", e.to_string()))?;
-    let path = out.join("summary.json");
-    let tmp = out.join("summary.json.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
+    io::write_atomic(&out.join("summary.json"), text.as_bytes())
 }
 
 /// Combines the summaries of runs that differ only in their seed: each model gets the mean,
