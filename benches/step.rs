@@ -1,7 +1,8 @@
 //! The default KD training step (MLP teacher [512, 512] → MLP student [32], batch 128, 28×28
 //! inputs, 10 classes; CE 0.1 + KD 0.9 at T = 4): time per step, samples per second, and the
 //! host's share (writing the batch, encoding and submitting, on an idle queue) measured
-//! separately.
+//! separately. Then a CNN's training step (conv-bn-relu-pool ×2, widths 32 and 64, CE), and where
+//! each step's time goes, kernel by kernel ([`TrainStep::profile`]).
 
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,7 @@ fn bench(c: &mut Criterion) {
         BATCH as f64 / per_step,
         host.as_secs_f64() * 1e3 / f64::from(steps.min(20))
     );
+    print_profile(&gpu, "kd step", &step, &x, &y);
     c.bench_function("kd_step/mlp512x512-to-mlp32/b128", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
@@ -87,6 +89,71 @@ fn bench(c: &mut Criterion) {
             start.elapsed()
         })
     });
+
+    let cnn = models::cnn(input, &[32, 64], 10).expect("cnn");
+    let cw = Weights::init(&gpu, &cnn, 4).expect("weights");
+    let spec = StepSpec {
+        student: &cnn,
+        student_weights: &cw,
+        teacher: None,
+        losses: vec![LossSpec::logits(LossKind::Ce, 1.0)],
+        ..spec
+    };
+    let step = TrainStep::compile(&gpu, &spec).expect("compile");
+    step.run(&gpu, &x, &y).expect("warm-up");
+    step.total_loss(&gpu).expect("sync");
+    let steps = if gpu.caps().device_type == "cpu" {
+        5
+    } else {
+        100
+    };
+    let start = Instant::now();
+    for _ in 0..steps {
+        step.run(&gpu, &x, &y).expect("step");
+    }
+    step.total_loss(&gpu).expect("sync");
+    let per_step = start.elapsed().as_secs_f64() / f64::from(steps);
+    eprintln!(
+        "cnn [32, 64] ce step (batch {BATCH}): {:.1} ms/step, {:.0} samples/s",
+        per_step * 1e3,
+        BATCH as f64 / per_step
+    );
+    print_profile(&gpu, "cnn step", &step, &x, &y);
+    c.bench_function("ce_step/cnn32x64/b128", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                step.run(&gpu, &x, &y).expect("step");
+            }
+            step.total_loss(&gpu).expect("sync");
+            start.elapsed()
+        })
+    });
+}
+
+/// The step's time by kernel, largest first (launches of the same kernel added up).
+fn print_profile(gpu: &Gpu, what: &str, step: &TrainStep, x: &[f32], y: &[i32]) {
+    let launches = step.profile(gpu, x, y, 3).expect("profile");
+    let total: f64 = launches.iter().map(|(_, s)| s).sum();
+    let mut by_kernel: Vec<(String, f64, usize)> = Vec::new();
+    for (name, seconds) in launches {
+        match by_kernel.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(entry) => {
+                entry.1 += seconds;
+                entry.2 += 1;
+            }
+            None => by_kernel.push((name, seconds, 1)),
+        }
+    }
+    by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!("{what}: {:.2} ms in its launches, by kernel:", total * 1e3);
+    for (name, seconds, count) in by_kernel.iter().take(8) {
+        eprintln!(
+            "  {:>5.1}%  {:>8.3} ms  {count:>3}×  {name}",
+            100.0 * seconds / total,
+            seconds * 1e3
+        );
+    }
 }
 
 criterion_group! {

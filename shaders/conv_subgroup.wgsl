@@ -1,14 +1,25 @@
-// 2-D convolution forward, as conv.wgsl's conv_forward (NCHW input, weight [Cout, Cin, KH, KW],
-// stride, zero padding, optional bias), for CPU-like drivers that have subgroups (lavapipe on
-// Vulkan). The reasoning is matmul_subgroup.wgsl's: on such drivers a load whose address differs
-// per lane is a loop over the lanes, so each weight is loaded once per workgroup (one output
-// channel per lane, twice) and handed to every lane with subgroupBroadcast, while each lane loads
-// only the input values of its own output positions.
+// 2-D convolution for CPU-like drivers that have subgroups (lavapipe on Vulkan): the forward
+// pass and both gradients of conv.wgsl (NCHW input, weight [Cout, Cin, KH, KW], stride, zero
+// padding). The reasoning is matmul_subgroup.wgsl's: on such drivers a load whose address differs
+// per lane is a loop over the lanes, so the operand every lane needs is loaded once per workgroup
+// (one channel per lane, twice) and handed to every lane with subgroupBroadcast, while each lane
+// loads only the values of its own positions.
 //
-// A workgroup is one subgroup of 8 lanes computing 64 output positions (flattened over images,
-// lane l owning positions r0 + l + 8p) × 16 output channels; no alignment is needed. Every index
-// is in bounds by construction (input reads clamped and masked, weight rows clamped, stores
-// guarded), so the family is compiled without bounds checks.
+// A workgroup is one subgroup of 8 lanes; each lane keeps 8 positions × 16 channels of
+// accumulators:
+// - conv_forward_sg: 64 output positions (flattened over images) × 16 output channels;
+//   reduction over (ci, kh, kw), weights shared.
+// - conv_backward_input_sg: 64 input positions × 16 input channels; reduction over
+//   (co, kh, kw), weights shared, dy gathered where the window lands on an output position.
+// - conv_backward_weight_sg: 64 weight columns (ci, kh, kw) × 16 output channels; reduction over
+//   one chunk of output positions (dy shared), written as a partial sum per chunk that a
+//   reduction adds up, so that the long reduction is spread over many workgroups.
+// No alignment is needed. Every index is in bounds by construction (reads clamped and masked,
+// stores guarded), so the family is compiled without bounds checks.
+
+// Stride 1 in both directions: the gradient of the input then needs no integer division per
+// element (which CPU drivers cannot vectorise); launchers set it where it holds.
+override UNIT_STRIDE: bool = false;
 
 struct Params {
     n: u32,
@@ -25,23 +36,20 @@ struct Params {
     ph: u32,
     pw: u32,
     bias: u32,
-    _pad0: u32,
+    // Output positions per chunk (conv_backward_weight_sg).
+    chunk: u32,
     _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 const LANES: u32 = 8u;
-// Output positions per lane.
+// Positions (or weight columns) per lane.
 const POS: u32 = 8u;
-// Output channels per workgroup (two per lane, shared).
+// Channels per workgroup (two per lane, shared).
 const CH: u32 = 16u;
 
-// The 16 channels' weights from two per lane, lane l holding channel l (lo) and 8 + l (hi).
+// The 16 channels' values from two per lane, lane l holding channel l (lo) and 8 + l (hi).
 // Broadcast lanes must be constants, hence the spelled-out list.
 fn share_channels(lo: f32, hi: f32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(
@@ -54,6 +62,11 @@ fn share_channels(lo: f32, hi: f32) -> array<vec4<f32>, 4> {
         vec4<f32>(subgroupBroadcast(hi, 4u), subgroupBroadcast(hi, 5u),
                   subgroupBroadcast(hi, 6u), subgroupBroadcast(hi, 7u)));
 }
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(8)
 fn conv_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -109,6 +122,155 @@ fn conv_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             if (co < params.cout) {
                 let b = select(0.0, bias[co], params.bias == 1u);
                 y[(img * params.cout + co) * per_image + pos] = acc[p][c / 4u][c % 4u] + b;
+            }
+        }
+    }
+}
+
+// dx[n, ci, ih, iw] = Σ_{co, kh, kw} dy[n, co, oh, ow] · w[co, ci, kh, kw] where
+// oh·sh = ih + ph − kh (and likewise for columns) lands on an output position.
+@group(0) @binding(1) var<storage, read> bi_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> bi_w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bi_dx: array<f32>;
+
+@compute @workgroup_size(8)
+fn conv_backward_input_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let plane = params.h * params.w;
+    let rows = params.n * plane;
+    let per_image = params.ho * params.wo;
+    let r0 = wid.x * (LANES * POS) + lid.x;
+    let ci0 = wid.y * CH;
+    // Per input position: where its image starts in dy, and its padded coordinates.
+    var dy_at: array<u32, 8>;
+    var ihp: array<i32, 8>;
+    var iwp: array<i32, 8>;
+    for (var p = 0u; p < POS; p++) {
+        let r = min(r0 + p * LANES, rows - 1u);
+        let pos = r % plane;
+        dy_at[p] = (r / plane) * params.cout * per_image;
+        ihp[p] = i32(pos / params.w + params.ph);
+        iwp[p] = i32(pos % params.w + params.pw);
+    }
+    let ci_lo = min(ci0 + lid.x, params.cin - 1u);
+    let ci_hi = min(ci0 + LANES + lid.x, params.cin - 1u);
+    let window = params.kh * params.kw;
+    var acc: array<array<vec4<f32>, 4>, 8>;
+    for (var co = 0u; co < params.cout; co++) {
+        for (var i = 0u; i < params.kh; i++) {
+            for (var j = 0u; j < params.kw; j++) {
+                let tap = i * params.kw + j;
+                let wv = share_channels(bi_w[(co * params.cin + ci_lo) * window + tap],
+                                        bi_w[(co * params.cin + ci_hi) * window + tap]);
+                for (var p = 0u; p < POS; p++) {
+                    let th = ihp[p] - i32(i);
+                    let tw = iwp[p] - i32(j);
+                    var oh = u32(max(th, 0));
+                    var ow = u32(max(tw, 0));
+                    var on_grid = th >= 0 && tw >= 0;
+                    if (!UNIT_STRIDE) {
+                        on_grid = on_grid && oh % params.sh == 0u && ow % params.sw == 0u;
+                        oh = oh / params.sh;
+                        ow = ow / params.sw;
+                    }
+                    let hits = on_grid && oh < params.ho && ow < params.wo;
+                    let at = dy_at[p] + co * per_image
+                        + min(oh, params.ho - 1u) * params.wo + min(ow, params.wo - 1u);
+                    let dv = vec4<f32>(select(0.0, bi_dy[at], hits));
+                    for (var c = 0u; c < 4u; c++) {
+                        acc[p][c] = fma(dv, wv[c], acc[p][c]);
+                    }
+                }
+            }
+        }
+    }
+    for (var p = 0u; p < POS; p++) {
+        let r = r0 + p * LANES;
+        if (r >= rows) {
+            continue;
+        }
+        let img = r / plane;
+        let pos = r % plane;
+        for (var c = 0u; c < CH; c++) {
+            let ci = ci0 + c;
+            if (ci < params.cin) {
+                bi_dx[(img * params.cin + ci) * plane + pos] = acc[p][c / 4u][c % 4u];
+            }
+        }
+    }
+}
+
+// partial[chunk, co, k] = Σ over the chunk's output positions (n, oh, ow) of
+// dy[n, co, oh, ow] · x[n, ci, oh·sh + kh − ph, ow·sw + kw − pw], with k = (ci, kh, kw).
+@group(0) @binding(1) var<storage, read> bw_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> bw_x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bw_partial: array<f32>;
+
+@compute @workgroup_size(8)
+fn conv_backward_weight_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let per_image = params.ho * params.wo;
+    let rows = params.n * per_image;
+    let plane = params.h * params.w;
+    let window = params.kh * params.kw;
+    let ksize = params.cin * window;
+    let k0 = wid.x * (LANES * POS) + lid.x;
+    let co0 = wid.y * CH;
+    // Per weight column: its input channel's offset and its tap's offset from the window corner.
+    var ci_at: array<u32, 8>;
+    var dh: array<i32, 8>;
+    var dw: array<i32, 8>;
+    for (var p = 0u; p < POS; p++) {
+        let k = min(k0 + p * LANES, ksize - 1u);
+        ci_at[p] = (k / window) * plane;
+        dh[p] = i32((k / params.kw) % params.kh) - i32(params.ph);
+        dw[p] = i32(k % params.kw) - i32(params.pw);
+    }
+    let co_lo = min(co0 + lid.x, params.cout - 1u);
+    let co_hi = min(co0 + LANES + lid.x, params.cout - 1u);
+    let r_begin = wid.z * params.chunk;
+    let r_end = min(r_begin + params.chunk, rows);
+    // The position (img, oh, ow) advances by counting, not dividing, in the loop.
+    var img = r_begin / per_image;
+    var oh = (r_begin % per_image) / params.wo;
+    var ow = r_begin % params.wo;
+    var acc: array<array<vec4<f32>, 4>, 8>;
+    for (var r = r_begin; r < r_end; r++) {
+        let pos = oh * params.wo + ow;
+        let g = share_channels(bw_dy[(img * params.cout + co_lo) * per_image + pos],
+                               bw_dy[(img * params.cout + co_hi) * per_image + pos]);
+        let image_at = img * params.cin * plane;
+        let ih0 = i32(oh * params.sh);
+        let iw0 = i32(ow * params.sw);
+        ow++;
+        if (ow == params.wo) {
+            ow = 0u;
+            oh++;
+            if (oh == params.ho) {
+                oh = 0u;
+                img++;
+            }
+        }
+        for (var p = 0u; p < POS; p++) {
+            let ih = ih0 + dh[p];
+            let iw = iw0 + dw[p];
+            let inside = ih >= 0 && ih < i32(params.h) && iw >= 0 && iw < i32(params.w);
+            let at = image_at + ci_at[p]
+                + u32(clamp(ih, 0, i32(params.h) - 1)) * params.w
+                + u32(clamp(iw, 0, i32(params.w) - 1));
+            let xv = vec4<f32>(select(0.0, bw_x[at], inside));
+            for (var c = 0u; c < 4u; c++) {
+                acc[p][c] = fma(xv, g[c], acc[p][c]);
+            }
+        }
+    }
+    for (var p = 0u; p < POS; p++) {
+        let k = k0 + p * LANES;
+        if (k >= ksize) {
+            continue;
+        }
+        for (var c = 0u; c < CH; c++) {
+            let co = co0 + c;
+            if (co < params.cout) {
+                bw_partial[(wid.z * params.cout + co) * ksize + k] = acc[p][c / 4u][c % 4u];
             }
         }
     }

@@ -532,7 +532,8 @@ fn plan(
                 a.flag("bias"),
                 &conv()?,
             )?;
-            let mut outs = vec![("grad_x", g.dx), ("grad_weight", g.dw)];
+            let mut outs: Vec<(&str, Tensor)> = g.dx.map(|dx| ("grad_x", dx)).into_iter().collect();
+            outs.push(("grad_weight", g.dw));
             outs.extend(g.dbias.map(|b| ("grad_bias", b)));
             (plan, outs)
         }

@@ -51,7 +51,7 @@ const CONV_CASES: &[(Window, usize)] = &[
     (win(2, 3, 10, 9, [3, 3], [1, 1], [1, 1]), 21),
 ];
 
-/// The forward kernels this adapter can run: the generic one, and the subgroup one where it
+/// The kernels (forward and backward) this adapter can run: the generic one, and the subgroup one where it
 /// applies, which it must on lavapipe (so CI's Vulkan job cannot skip it).
 fn forward_kernels(gpu: &Gpu) -> Vec<Option<bool>> {
     let caps = gpu.caps();
@@ -104,15 +104,31 @@ fn conv2d_forward_and_backward_match_reference() {
         }
         let (want_dx, want_dw, want_db) =
             cpu::conv2d_backward(&widen(&xv), &widen(&wv), &widen(&dyv), &win, cout);
-        let (plan, g) = conv::backward(gpu, &x, &wt, &dy, true, &spec).unwrap();
-        gpu.execute(&plan).unwrap();
-        for (name, t, want) in [
-            ("dx", &g.dx, &want_dx),
-            ("dw", &g.dw, &want_dw),
-            ("db", g.dbias.as_ref().unwrap(), &want_db),
-        ] {
-            allclose(&gpu.read::<f32>(t).unwrap(), want, 1e-5, 1e-5)
-                .unwrap_or_else(|e| panic!("conv {name} {win:?}: {e}"));
+        for subgroups in forward_kernels(gpu) {
+            let options = conv::BackwardOptions {
+                input_grad: true,
+                bias: true,
+                subgroups,
+            };
+            let (plan, g) = conv::backward_with(gpu, &x, &wt, &dy, &spec, options).unwrap();
+            gpu.execute(&plan).unwrap();
+            for (name, t, want) in [
+                ("dx", g.dx.as_ref().unwrap(), &want_dx),
+                ("dw", &g.dw, &want_dw),
+                ("db", g.dbias.as_ref().unwrap(), &want_db),
+            ] {
+                allclose(&gpu.read::<f32>(t).unwrap(), want, 1e-5, 1e-5)
+                    .unwrap_or_else(|e| panic!("conv {name} {win:?} subgroups {subgroups:?}: {e}"));
+            }
+            // Without the input's gradient, only dw (and db) are computed.
+            let options = conv::BackwardOptions {
+                input_grad: false,
+                ..options
+            };
+            let (plan, g) = conv::backward_with(gpu, &x, &wt, &dy, &spec, options).unwrap();
+            assert!(g.dx.is_none());
+            gpu.execute(&plan).unwrap();
+            allclose(&gpu.read::<f32>(&g.dw).unwrap(), &want_dw, 1e-5, 1e-5).unwrap();
         }
     }
 }

@@ -365,7 +365,10 @@ fn layer_cases(gpu: &Gpu) -> Vec<Case> {
             let (f, y) = conv::forward(gpu, &x, &w, None, &spec)?;
             let (mut plan, g) = conv::backward(gpu, &x, &w, &dy, false, &spec)?;
             plan.insert(0, f);
-            let got = run_read(gpu, &plan, &[&y, &g.dx, &g.dw])?;
+            let mut outputs = vec![&y];
+            outputs.extend(g.dx.as_ref());
+            outputs.push(&g.dw);
+            let got = run_read(gpu, &plan, &outputs)?;
             let mut want = cpu_conv::conv2d(&widen(&cx), &widen(&cw), None, &win, cout);
             let (dx, dw, _) =
                 cpu_conv::conv2d_backward(&widen(&cx), &widen(&cw), &widen(&cdy), &win, cout);

@@ -537,6 +537,20 @@ impl BoundPlan {
         }
     }
 
+    /// Records launch `index` alone (for per-kernel profiling).
+    pub fn record_one(&self, pass: &mut wgpu::ComputePass<'_>, index: usize) {
+        if let Some((kernel, bind_group, grid)) = self.steps.get(index) {
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        }
+    }
+
+    /// The kernel (`family::entry`) of each launch, in order.
+    pub fn kernel_names(&self) -> Vec<String> {
+        self.steps.iter().map(|(k, _, _)| k.spec.name()).collect()
+    }
+
     /// Overwrites bytes of launch `index`'s uniform parameters at `offset` (a learning rate, a
     /// loss weight): a queue write, no new objects.
     pub fn write_uniform(&self, gpu: &Gpu, index: usize, offset: u64, bytes: &[u8]) {

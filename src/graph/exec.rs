@@ -323,11 +323,15 @@ pub fn plan_backward(
                 bias,
                 spec,
             } => {
-                let (p, g) =
-                    conv::backward(gpu, &f[x.0], &f[weight.0], &dy, bias.is_some(), &spec)?;
+                let options = conv::BackwardOptions {
+                    input_grad: want(x),
+                    bias: bias.is_some(),
+                    subgroups: None,
+                };
+                let (p, g) = conv::backward_with(gpu, &f[x.0], &f[weight.0], &dy, &spec, options)?;
                 plan.extend(p);
-                if want(x) {
-                    grads.add(gpu, plan, x, g.dx, true)?;
+                if let Some(dx) = g.dx {
+                    grads.add(gpu, plan, x, dx, true)?;
                 }
                 grads.add(gpu, plan, weight, g.dw, true)?;
                 if let (Some(b), Some(db)) = (bias, g.dbias) {

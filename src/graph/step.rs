@@ -509,6 +509,28 @@ impl TrainStep {
         self.memory
     }
 
+    /// Times each launch of the step on a batch, alone and repeated `reps` times (timestamp
+    /// queries where available): the time per launch, with its kernel, in plan order. For
+    /// finding where a step's time goes; it updates the weights many times over, so profile a
+    /// model you do not mean to keep training.
+    pub fn profile(
+        &self,
+        gpu: &Gpu,
+        x: &[f32],
+        labels: &[i32],
+        reps: u32,
+    ) -> Result<Vec<(String, f64)>> {
+        gpu.write(&self.x, x)?;
+        gpu.write(&self.labels, labels)?;
+        let names = self.bound.kernel_names();
+        let mut out = Vec::with_capacity(names.len());
+        for (i, name) in names.into_iter().enumerate() {
+            let m = crate::gpu::measure(gpu, reps, |pass| self.bound.record_one(pass, i))?;
+            out.push((name, m.seconds));
+        }
+        Ok(out)
+    }
+
     /// The inputs of a replayed teacher ([`Graph::replay`]) that each step reads from the host:
     /// name and shape (batch first).
     pub fn teacher_inputs(&self) -> impl Iterator<Item = (&str, &[usize])> {

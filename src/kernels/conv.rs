@@ -34,13 +34,50 @@ pub const CONV_FORWARD_SG: KernelSpec = KernelSpec {
     bindings: &[U, R, R, R, W],
 };
 
+/// Gradient of the input with subgroup-shared weights (CPU-like drivers with subgroups).
+pub const CONV_BACKWARD_INPUT_SG: KernelSpec = KernelSpec {
+    family: "conv_subgroup",
+    entry: "conv_backward_input_sg",
+    bindings: &[U, R, R, W],
+};
+/// Per-chunk partial gradients of the weight with subgroup-shared dy, summed by a reduction.
+pub const CONV_BACKWARD_WEIGHT_SG: KernelSpec = KernelSpec {
+    family: "conv_subgroup",
+    entry: "conv_backward_weight_sg",
+    bindings: &[U, R, R, W],
+};
+
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
     CONV_FORWARD,
     CONV_BACKWARD_INPUT,
     CONV_BACKWARD_WEIGHT,
     CONV_FORWARD_SG,
+    CONV_BACKWARD_INPUT_SG,
+    CONV_BACKWARD_WEIGHT_SG,
 ];
+
+/// Positions (or weight columns) × channels per workgroup of the subgroup kernels.
+const SUBGROUP_BLOCK: (usize, usize) = (64, 16);
+
+/// Whether to use the subgroup kernels for a launch of `grid` workgroups: `requested` as in
+/// [`forward_with`].
+fn use_subgroups(gpu: &Gpu, requested: Option<bool>, grid: &[usize]) -> Result<bool> {
+    let caps = gpu.caps();
+    let fits = grid
+        .iter()
+        .all(|&g| g <= caps.limits.max_compute_workgroups_per_dimension as usize);
+    match requested {
+        Some(true) if !caps.subgroup_matmul() || !fits => Err(shape_error(
+            "conv2d",
+            "the subgroup kernels need subgroups of at least 8 lanes and a grid within the adapter's limits",
+        )),
+        Some(forced) => Ok(forced),
+        None => {
+            Ok(caps.kernel_style == KernelStyle::RegisterBlocked && caps.subgroup_matmul() && fits)
+        }
+    }
+}
 
 /// Stride and zero padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,22 +197,12 @@ pub fn forward_with(
         b.expect("conv2d", "bias", DType::F32, &[out_shape[1]])?;
         p.bias = 1;
     }
-    let caps = gpu.caps();
     let rows = out_shape[0] * out_shape[2] * out_shape[3];
-    let grid = [rows.div_ceil(64), out_shape[1].div_ceil(16)];
-    let fits = grid
-        .iter()
-        .all(|&g| g <= caps.limits.max_compute_workgroups_per_dimension as usize);
-    let use_subgroups = match subgroups {
-        Some(true) if !caps.subgroup_matmul() || !fits => {
-            return Err(shape_error(
-                "conv2d",
-                "the subgroup kernel needs subgroups of at least 8 lanes and a grid within the adapter's limits",
-            ));
-        }
-        Some(forced) => forced,
-        None => caps.kernel_style == KernelStyle::RegisterBlocked && caps.subgroup_matmul() && fits,
-    };
+    let grid = [
+        rows.div_ceil(SUBGROUP_BLOCK.0),
+        out_shape[1].div_ceil(SUBGROUP_BLOCK.1),
+    ];
+    let use_subgroups = use_subgroups(gpu, subgroups, &grid)?;
     let y = gpu.empty(&out_shape, DType::F32)?;
     if use_subgroups {
         let d = gpu.dispatch_grid(
@@ -201,12 +228,23 @@ pub fn forward_with(
 
 /// Gradients of a convolution.
 pub struct ConvGrads {
-    /// dL/dx.
-    pub dx: Tensor,
+    /// dL/dx (unless it was not asked for).
+    pub dx: Option<Tensor>,
     /// dL/dw.
     pub dw: Tensor,
     /// dL/dbias (when the layer has a bias).
     pub dbias: Option<Tensor>,
+}
+
+/// Which gradients to compute, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardOptions {
+    /// Compute dx (not needed for a layer reading the model's input).
+    pub input_grad: bool,
+    /// The layer has a bias: compute dbias.
+    pub bias: bool,
+    /// Use the subgroup kernels, as in [`forward_with`].
+    pub subgroups: Option<bool>,
 }
 
 /// Prepares the backward pass: dx, dw and (with `bias`) dbias from dy.
@@ -218,28 +256,91 @@ pub fn backward(
     bias: bool,
     conv: &Conv2d,
 ) -> Result<(Vec<Dispatch>, ConvGrads)> {
-    let (p, out_shape) = params("conv2d_backward", x, w, conv)?;
+    let options = BackwardOptions {
+        input_grad: true,
+        bias,
+        subgroups: None,
+    };
+    backward_with(gpu, x, w, dy, conv, options)
+}
+
+/// [`backward`] with the choice of gradients and kernels.
+pub fn backward_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    conv: &Conv2d,
+    options: BackwardOptions,
+) -> Result<(Vec<Dispatch>, ConvGrads)> {
+    let (mut p, out_shape) = params("conv2d_backward", x, w, conv)?;
     dy.expect("conv2d_backward", "dy", DType::F32, &out_shape)?;
-    let dx = gpu.empty(x.shape(), DType::F32)?;
-    let dw = gpu.empty(w.shape(), DType::F32)?;
-    let mut plan = vec![
-        gpu.dispatch(
-            &CONV_BACKWARD_INPUT,
+    let [n, cout, ho, wo] = out_shape;
+    let [_, cin, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+    let ksize = w.numel() / cout;
+    let (block, channels) = SUBGROUP_BLOCK;
+    let input_grid = [(n * h * wd).div_ceil(block), cin.div_ceil(channels)];
+    // The weight gradient's reduction over n·ho·wo positions is split into chunks (at least 64
+    // positions each) so that about 256 workgroups share it.
+    let rows = n * ho * wo;
+    let blocks = ksize.div_ceil(block) * cout.div_ceil(channels);
+    let chunk = rows.div_ceil((256 / blocks).clamp(1, rows.div_ceil(64)));
+    let chunks = rows.div_ceil(chunk);
+    let weight_grid = [ksize.div_ceil(block), cout.div_ceil(channels), chunks];
+    let subgroups = use_subgroups(gpu, options.subgroups, &input_grid)?
+        && use_subgroups(gpu, options.subgroups, &weight_grid)?;
+    let mut plan = Vec::new();
+    let dx = if options.input_grad {
+        let dx = gpu.empty(x.shape(), DType::F32)?;
+        plan.push(if subgroups {
+            let grid = [input_grid[0] as u32, input_grid[1] as u32, 1];
+            let unit = f64::from(u8::from(conv.stride == [1, 1]));
+            gpu.dispatch_grid(
+                &CONV_BACKWARD_INPUT_SG,
+                &[("UNIT_STRIDE", unit)],
+                &p,
+                &[dy, w, &dx],
+                grid,
+            )?
+        } else {
+            gpu.dispatch(
+                &CONV_BACKWARD_INPUT,
+                &p,
+                &[dy, w, &dx],
+                (dx.numel() as u64).div_ceil(64),
+            )?
+        });
+        Some(dx)
+    } else {
+        None
+    };
+    let dw = if subgroups {
+        p.pad[0] = chunk as u32;
+        let partial = gpu.empty(&[chunks, cout * ksize], DType::F32)?;
+        let grid = weight_grid.map(|g| g as u32);
+        plan.push(gpu.dispatch_grid(
+            &CONV_BACKWARD_WEIGHT_SG,
+            &[],
             &p,
-            &[dy, w, &dx],
-            (dx.numel() as u64).div_ceil(64),
-        )?,
-        gpu.dispatch(
+            &[dy, x, &partial],
+            grid,
+        )?);
+        let (sum, total) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
+        plan.push(sum);
+        total.reshape(w.shape())?
+    } else {
+        let dw = gpu.empty(w.shape(), DType::F32)?;
+        plan.push(gpu.dispatch(
             &CONV_BACKWARD_WEIGHT,
             &p,
             &[dy, x, &dw],
             (dw.numel() as u64).div_ceil(64),
-        )?,
-    ];
-    let dbias = if bias {
-        let [n, c, ho, wo] = out_shape;
+        )?);
+        dw
+    };
+    let dbias = if options.bias {
         let (per_image, partial) =
-            reduce_axis(gpu, &dy.reshape(&[n, c, ho * wo])?, 2, AxisOp::Sum)?;
+            reduce_axis(gpu, &dy.reshape(&[n, cout, ho * wo])?, 2, AxisOp::Sum)?;
         let (total, db) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
         plan.extend([per_image, total]);
         Some(db)
