@@ -149,3 +149,52 @@ fn every_config_error_names_its_key() {
         }
     }
 }
+
+#[test]
+fn self_distillation_heads_are_checked() {
+    const SD: &str = include_str!("../configs/self_distillation.toml");
+    check(SD).unwrap();
+    let with = |find: &str, replace: &str| {
+        assert!(SD.contains(find), "{find}");
+        SD.replacen(find, replace, 1)
+    };
+    for (text, needles) in [
+        (
+            with(
+                "heads = [\"hidden.0\", \"hidden.1\"]",
+                "heads = [\"hidden.7\"]",
+            ),
+            &["stages[1].heads[0]", "hidden.7"][..],
+        ),
+        (
+            with(
+                "heads = [\"hidden.0\", \"hidden.1\"]",
+                "heads = [\"logits\"]",
+            ),
+            &["stages[1].heads[0]", "output"],
+        ),
+        (
+            with(
+                "train = [\"student_byot\"]",
+                "train = [\"student_byot\", \"student_scratch\"]",
+            ),
+            &["stages[1].heads", "one model"],
+        ),
+        (
+            with(
+                "{ kind = \"kd\", weight = 0.3, temperature = 3.0 }",
+                "{ kind = \"kd\", weight = 0.3, temperature = 3.0, student_tap = \"hidden.0\" }",
+            ),
+            &["stages[1].losses[1].student_tap", "head"],
+        ),
+        (
+            with("teacher_tap = \"hidden.2\"", "teacher_tap = \"hidden.9\""),
+            &["stages[1].losses[2].teacher_tap", "hidden.9"],
+        ),
+    ] {
+        let e = check(&text).unwrap_err();
+        for n in needles {
+            assert!(e.contains(n), "{n} not in: {e}");
+        }
+    }
+}

@@ -550,3 +550,92 @@ fn the_teacher_output_cache_is_written_once_reused_and_changes_nothing() {
         .to_string();
     assert!(e.contains("meta.json") && !e.contains('\n'), "{e}");
 }
+
+#[test]
+fn self_distillation_trains_heads_that_are_not_exported_and_resumes() {
+    let Some(gpu) = gpu() else { return };
+    let text = small(include_str!("../configs/self_distillation.toml"));
+    let cfg = config::parse("sd", &text).unwrap();
+    cfg.check("sd").unwrap();
+    let base = RunOptions {
+        out: out_dir("sd-whole"),
+        data_dir: None,
+        fallback_to_synthetic: false,
+        resume: false,
+        stop_after: None,
+        progress: false,
+        teacher_cache: None,
+    };
+    let (train, test) = run::load_data(&cfg, &base).unwrap();
+    let whole = run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();
+    assert!(
+        whole.stages[1].models[0].test_accuracy > 0.2,
+        "{:?}",
+        whole.stages[1]
+    );
+    let model =
+        wgdistill::io::read_safetensors(&base.out.join("checkpoints/student_byot.safetensors"))
+            .unwrap();
+    let scratch =
+        wgdistill::io::read_safetensors(&base.out.join("checkpoints/student_scratch.safetensors"))
+            .unwrap();
+    let names = |m: &wgdistill::io::TensorMap| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(&model),
+        names(&scratch),
+        "the export is the bare model"
+    );
+    let heads = wgdistill::io::read_safetensors(
+        &base.out.join("checkpoints/student_byot.heads.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(heads["aux.0.weight"].shape, [10, 64]);
+    assert_eq!(heads["aux.1.weight"].shape, [10, 64]);
+    // Stopped after the first epoch of the self-distillation stage, then resumed: the heads come
+    // back from their file and the result is the uninterrupted run's, bit for bit.
+    let opts = RunOptions {
+        out: out_dir("sd-cut"),
+        stop_after: Some((1, 1)),
+        ..base.clone()
+    };
+    assert!(run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).is_err());
+    let resumed = RunOptions {
+        resume: true,
+        stop_after: None,
+        ..opts
+    };
+    run::run(gpu, &cfg, &resumed, &train, &test, &mut |_| {}).unwrap();
+    let again =
+        wgdistill::io::read_safetensors(&resumed.out.join("checkpoints/student_byot.safetensors"))
+            .unwrap();
+    assert!(again == model, "resumed self-distillation differs");
+
+    // Heads on a CNN's feature maps pool them first.
+    let cnn = small(include_str!("../configs/self_distillation.toml"))
+        .replace(
+            "arch = \"mlp\"\nhidden = [64, 64, 32]",
+            "arch = \"cnn\"\nchannels = [4, 8, 8]",
+        )
+        .replace(
+            "heads = [\"hidden.0\", \"hidden.1\"]",
+            "heads = [\"features.3\", \"features.7\"]",
+        )
+        .replace("train_limit = 300", "train_limit = 130");
+    // (Feature maps of different sizes have no adapter: the CNN variant keeps ce and kd.)
+    let cnn = cnn
+        .lines()
+        .filter(|l| !l.contains("kind = \"hint\""))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("temperature = 3.0 },", "temperature = 3.0 }");
+    assert!(cnn.contains("features.7") && !cnn.contains("kind = \"hint\""));
+    let cfg = config::parse("sd-cnn", &cnn).unwrap();
+    cfg.check("sd-cnn").unwrap();
+    let opts = RunOptions {
+        out: out_dir("sd-cnn"),
+        ..base
+    };
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let s = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+    assert!(s.stages[1].models[0].test_accuracy.is_finite());
+}

@@ -624,6 +624,30 @@ impl Graph {
         Ok(g)
     }
 
+    /// The model with an auxiliary classifier on each of `taps` (self-distillation): a Linear
+    /// `aux.{i}` to `classes` outputs, after global average pooling when the tap is a feature
+    /// map, tapped as `aux.{i}.logits`. The model's own nodes, taps and output are unchanged, so
+    /// its weights (without the `aux.` ones) are the exported model.
+    pub fn with_heads(&self, taps: &[&str], classes: usize) -> Result<Graph> {
+        let mut g = self.clone();
+        for (i, tap) in taps.iter().enumerate() {
+            let v = g.tapped(tap)?;
+            let features = match g.shape(v).len() {
+                2 => v,
+                4 => g.global_avg_pool(v)?,
+                _ => {
+                    return Err(shape_error(
+                        &format!("head on '{tap}'"),
+                        format!("needs a [B, D] or [B, C, H, W] tap, got {:?}", g.shape(v)),
+                    ));
+                }
+            };
+            let logits = g.linear(&format!("aux.{i}"), features, classes, true)?;
+            g.tap(&format!("aux.{i}.logits"), logits)?;
+        }
+        Ok(g)
+    }
+
     /// A stand-in for a frozen teacher whose outputs were computed beforehand (the teacher-output
     /// cache): one input per tap, named and tapped as the tap, with `logits` (which must be among
     /// them) as the output. A [`crate::graph::TrainStep`] compiled with it as its teacher takes

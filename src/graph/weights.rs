@@ -42,27 +42,42 @@ impl Weights {
     /// Loads every parameter and buffer of `graph` from named host tensors (a checkpoint); `what`
     /// names the source in errors.
     pub fn load(gpu: &Gpu, graph: &Graph, what: &str, host: &TensorMap) -> Result<Weights> {
+        let wanted = graph
+            .params()
+            .map(|(_, node)| (node.name.as_str(), node.shape.as_slice()));
+        Self::load_named(gpu, wanted, what, host)
+    }
+
+    /// New tensors with these weights' names and shapes, loaded from named host tensors.
+    pub fn reload(&self, gpu: &Gpu, what: &str, host: &TensorMap) -> Result<Weights> {
+        let wanted = self.tensors.iter().map(|(k, t)| (k.as_str(), t.shape()));
+        Self::load_named(gpu, wanted, what, host)
+    }
+
+    fn load_named<'a>(
+        gpu: &Gpu,
+        wanted: impl Iterator<Item = (&'a str, &'a [usize])>,
+        what: &str,
+        host: &TensorMap,
+    ) -> Result<Weights> {
         let mut tensors = BTreeMap::new();
-        for (_, node) in graph.params() {
+        for (name, shape) in wanted {
             let t = host
-                .get(&node.name)
-                .ok_or_else(|| input_error(what, format!("tensor '{}' is missing", node.name)))?;
+                .get(name)
+                .ok_or_else(|| input_error(what, format!("tensor '{name}' is missing")))?;
             let values = t.as_f32().ok_or_else(|| {
-                input_error(
-                    what,
-                    format!("tensor '{}' must be floating point", node.name),
-                )
+                input_error(what, format!("tensor '{name}' must be floating point"))
             })?;
-            if t.shape != node.shape {
+            if t.shape != shape {
                 return Err(input_error(
                     what,
                     format!(
-                        "tensor '{}' has shape {:?}, the model expects {:?}",
-                        node.name, t.shape, node.shape
+                        "tensor '{name}' has shape {:?}, the model expects {shape:?}",
+                        t.shape
                     ),
                 ));
             }
-            tensors.insert(node.name.clone(), gpu.upload(&node.shape, values)?);
+            tensors.insert(name.to_string(), gpu.upload(shape, values)?);
         }
         Ok(Weights { tensors })
     }
@@ -76,6 +91,24 @@ impl Weights {
                     .iter()
                     .map(move |(k, t)| (format!("{name}.{k}"), t.clone()))
             })
+            .collect();
+        Weights { tensors }
+    }
+
+    /// These weights and `other`'s together (sharing their tensors; ours win on a name clash).
+    pub fn merged(&self, other: &Weights) -> Weights {
+        let mut tensors = other.tensors.clone();
+        tensors.extend(self.tensors.iter().map(|(k, t)| (k.clone(), t.clone())));
+        Weights { tensors }
+    }
+
+    /// Only the tensors whose names start with `prefix` (an auxiliary part, for saving apart).
+    pub fn with_prefix(&self, prefix: &str) -> Weights {
+        let tensors = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, t)| (k.clone(), t.clone()))
             .collect();
         Weights { tensors }
     }

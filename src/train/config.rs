@@ -146,6 +146,13 @@ pub struct StageConfig {
     pub optimizer: OptimizerConfig,
     /// Loss terms.
     pub losses: Vec<LossConfig>,
+    /// Self-distillation (Be Your Own Teacher): auxiliary classifier heads on these taps of the
+    /// one model trained. `ce` then applies to the model's logits and every head's; `kd`/`dkd`
+    /// pull each head toward the model's own (detached) logits; feature terms pull each head's
+    /// tap toward their `teacher_tap`, a deeper tap of the same model (detached). Heads train
+    /// with the model and are not exported.
+    #[serde(default)]
+    pub heads: Vec<String>,
 }
 
 impl StageConfig {
@@ -445,6 +452,37 @@ impl Config {
             if stage.losses.is_empty() {
                 return Err(err(at("losses"), "at least one loss term is needed".into()));
             }
+            if !stage.heads.is_empty() {
+                if stage.train.len() != 1 || !stage.teachers.is_empty() {
+                    return Err(err(
+                        at("heads"),
+                        "self-distillation trains one model by itself: one model in train, no teachers".into(),
+                    ));
+                }
+                let model = &graphs[stage.train[0].as_str()];
+                for (j, h) in stage.heads.iter().enumerate() {
+                    model
+                        .tapped(h)
+                        .map_err(|e| err(at(&format!("heads[{j}]")), e.to_string()))?;
+                    if h == "logits" || stage.heads[..j].contains(h) {
+                        return Err(err(
+                            at(&format!("heads[{j}]")),
+                            format!("'{h}' is the model's output or already has a head"),
+                        ));
+                    }
+                }
+                if let Some((j, _)) = stage
+                    .losses
+                    .iter()
+                    .enumerate()
+                    .find(|(_, l)| l.kind != LossName::Ce && l.student_tap.is_some())
+                {
+                    return Err(err(
+                        at(&format!("losses[{j}].student_tap")),
+                        "with heads, the student side of each term is the head (its logits, or its tap for feature terms)".into(),
+                    ));
+                }
+            }
             let ensemble = if stage.teachers.len() > 1 {
                 let parts: Vec<(&str, &Graph)> = stage
                     .teachers
@@ -488,7 +526,8 @@ impl Config {
                     return Err(err(lat(".temperature"), "must be a number > 0".into()));
                 }
                 let peers = stage.train.len() > 1 && matches!(l.kind, LossName::Kd | LossName::Dkd);
-                if l.kind.needs_teacher() && teacher.is_none() && !peers {
+                let own = !stage.heads.is_empty();
+                if l.kind.needs_teacher() && teacher.is_none() && !peers && !own {
                     return Err(err(
                         lat(".kind"),
                         format!(
@@ -510,6 +549,8 @@ impl Config {
                         .tapped(tap)
                         .map_err(|e| err(lat(".student_tap"), e.to_string()))?;
                 }
+                // With heads the model is its own teacher.
+                let teacher = teacher.or_else(|| own.then(|| &graphs[stage.train[0].as_str()]));
                 if let Some(t) = teacher {
                     let tap = l.teacher_tap.as_deref().unwrap_or("logits");
                     t.tapped(tap)

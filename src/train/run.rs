@@ -235,12 +235,50 @@ pub fn learning_rate(o: &OptimizerConfig, epoch: usize, epochs: usize) -> f32 {
     }
 }
 
+/// Self-distillation's terms: `ce` on the model's logits and on every head's; `kd`/`dkd` from
+/// each head toward the model's own logits, detached; feature terms from each head's tap toward
+/// the term's `teacher_tap` of the same model, detached.
+fn self_distillation_losses(stage: &super::config::StageConfig) -> Vec<(usize, LossSpec)> {
+    let own = |tap: &str| Some(format!("{}{tap}", crate::graph::PEER));
+    let mut out = Vec::new();
+    for (i, l) in stage.losses.iter().enumerate() {
+        let base = loss_spec(l);
+        if l.kind == LossName::Ce {
+            out.push((i, base.clone()));
+        }
+        for (h, tap) in stage.heads.iter().enumerate() {
+            let head_logits = Some(format!("aux.{h}.logits"));
+            let term = match l.kind {
+                LossName::Ce => LossSpec {
+                    student_tap: head_logits,
+                    ..base.clone()
+                },
+                LossName::Kd | LossName::Dkd => LossSpec {
+                    student_tap: head_logits,
+                    teacher_tap: own("logits"),
+                    ..base.clone()
+                },
+                _ => LossSpec {
+                    student_tap: Some(tap.clone()),
+                    teacher_tap: own(l.teacher_tap.as_deref().unwrap_or("logits")),
+                    ..base.clone()
+                },
+            };
+            out.push((i, term));
+        }
+    }
+    out
+}
+
 /// The stage's loss terms as the step sees them, each with the index of the configured term it
 /// came from. With several models trained together (online distillation), every term applies to
 /// each model (taps prefixed with its name), and a `kd`/`dkd` term without teachers pulls each
 /// model toward every other's detached output, weighted 1/(K − 1) (deep mutual learning).
 fn stage_losses(stage: &super::config::StageConfig) -> Vec<(usize, LossSpec)> {
     let names = &stage.train;
+    if !stage.heads.is_empty() {
+        return self_distillation_losses(stage);
+    }
     if names.len() == 1 {
         return stage
             .losses
@@ -503,8 +541,30 @@ pub fn run(
                     .collect::<Vec<_>>(),
             )
         };
-        let graph = student_at(batch)?;
+        // Self-distillation's heads: part of the trained graph, saved apart from the model.
+        let heads: Vec<&str> = stage.heads.iter().map(String::as_str).collect();
+        let with_heads = |g: Graph| -> Result<Graph> {
+            if heads.is_empty() {
+                Ok(g)
+            } else {
+                g.with_heads(&heads, classes)
+            }
+        };
+        let graph = with_heads(student_at(batch)?)?;
+        let heads_path = ckpt_dir.join(format!("{}.heads.safetensors", names.join("+")));
+        let head_weights = if heads.is_empty() {
+            None
+        } else if start_epoch > 0 {
+            let host = io::read_safetensors(&heads_path)?;
+            let template = Weights::init(gpu, &graph, 0)?.with_prefix("aux.");
+            Some(template.reload(gpu, &heads_path.display().to_string(), &host)?)
+        } else {
+            Some(Weights::init(gpu, &graph, seed_of(config.seed, &stage.name))?.with_prefix("aux."))
+        };
         let student_w = match names.as_slice() {
+            [_] if head_weights.is_some() => {
+                model_weights[0].merged(head_weights.as_ref().expect("checked"))
+            }
             [_] => model_weights[0].clone(),
             _ => Weights::ensemble(
                 &names
@@ -619,7 +679,7 @@ pub fn run(
         // The last, smaller batch gets a sibling step sharing the optimizer state (a batch of one
         // is dropped: batch statistics need two samples).
         let tail_graph = if tail >= 2 {
-            Some(student_at(tail)?)
+            Some(with_heads(student_at(tail)?)?)
         } else {
             None
         };
@@ -731,6 +791,9 @@ pub fn run(
                 append_line(&metrics, &line.to_string())?;
             }
             io::write_safetensors(&state_path, &step.save_state(gpu)?)?;
+            if let Some(h) = &head_weights {
+                io::write_safetensors(&heads_path, &h.to_host(gpu)?)?;
+            }
             let progress = Progress {
                 stage: si,
                 epoch: epoch + 1,
