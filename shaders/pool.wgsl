@@ -27,12 +27,38 @@ fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
+// a / b for a < 2^24: CPU drivers cannot vectorise integer division, but they can f32
+// division, which is exact to within one here; the correction makes it exact.
+fn quot(a: u32, b: u32) -> u32 {
+    var q = u32(f32(a) / f32(b));
+    if (q * b > a) {
+        q = q - 1u;
+    } else if ((q + 1u) * b <= a) {
+        q = q + 1u;
+    }
+    return q;
+}
+
+// Max pooling runs on a grid of (chunks of 64 positions within a plane, planes folded over y and
+// z): the plane is the same for every lane, and the position's row and column come from quot.
+// Returns (plane, position), or NONE past the end.
+const NONE: u32 = 0xffffffffu;
+
+fn plane_position(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, per_plane: u32) -> vec2<u32> {
+    let plane = wid.y + wid.z * nwg.y;
+    let pos = wid.x * 64u + lid;
+    if (plane >= params.planes || pos >= per_plane) {
+        return vec2<u32>(NONE, NONE);
+    }
+    return vec2<u32>(plane, pos);
+}
+
 // Output rows (or columns) whose window covers input index i: [first, last], possibly empty.
 fn covering(i: u32, pad: u32, k: u32, stride: u32, out: u32) -> vec2<i32> {
-    let ip = i32(i + pad);
-    let first = max((ip - i32(k) + i32(stride)) / i32(stride), 0);
-    let last = min(ip / i32(stride), i32(out) - 1);
-    return vec2<i32>(first, last);
+    let ip = i + pad;
+    let first = select(0u, quot(ip + stride - k, stride), ip + stride >= k);
+    let last = min(i32(quot(ip, stride)), i32(out) - 1);
+    return vec2<i32>(i32(first), last);
 }
 
 // ---- max pooling ----------------------------------------------------------------------------
@@ -41,17 +67,18 @@ fn covering(i: u32, pad: u32, k: u32, stride: u32, out: u32) -> vec2<i32> {
 // Index of the maximum within its plane (ih·W + iw), for the backward pass.
 @group(0) @binding(3) var<storage, read_write> max_arg: array<i32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn max_pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let o = linear_index(wid, nwg, lid);
     let per_plane = params.ho * params.wo;
-    if (o >= params.planes * per_plane) {
+    let at = plane_position(wid, nwg, lid, per_plane);
+    if (at.x == NONE) {
         return;
     }
-    let plane = o / per_plane;
-    let oh = (o % per_plane) / params.wo;
-    let ow = o % params.wo;
+    let plane = at.x;
+    let o = plane * per_plane + at.y;
+    let oh = quot(at.y, params.wo);
+    let ow = at.y - oh * params.wo;
     var best = LOWEST;
     var arg = -1;
     for (var i = 0u; i < params.kh; i = i + 1u) {
@@ -81,17 +108,18 @@ fn max_pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 @group(0) @binding(2) var<storage, read> maxb_dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> maxb_dx: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn max_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let x = linear_index(wid, nwg, lid);
     let per_plane = params.h * params.w;
-    if (x >= params.planes * per_plane) {
+    let at = plane_position(wid, nwg, lid, per_plane);
+    if (at.x == NONE) {
         return;
     }
-    let plane = x / per_plane;
-    let ih = (x % per_plane) / params.w;
-    let iw = x % params.w;
+    let plane = at.x;
+    let x = plane * per_plane + at.y;
+    let ih = quot(at.y, params.w);
+    let iw = at.y - ih * params.w;
     let rows = covering(ih, params.ph, params.kh, params.sh, params.ho);
     let cols = covering(iw, params.pw, params.kw, params.sw, params.wo);
     let me = i32(ih * params.w + iw);

@@ -137,6 +137,21 @@ fn groups(n: usize) -> u64 {
     (n as u64).div_ceil(256)
 }
 
+/// The grid of the max-pooling kernels: (chunks of 64 positions of a plane of `per_plane`,
+/// planes folded over y and z).
+fn planar_grid(gpu: &Gpu, planes: u32, per_plane: usize) -> Result<[u32; 3]> {
+    let max = gpu.caps().limits.max_compute_workgroups_per_dimension;
+    let y = planes.min(max);
+    let grid = [per_plane.div_ceil(64) as u32, y, planes.div_ceil(y)];
+    if grid[0] > max || grid[2] > max || per_plane >= 1 << 24 {
+        return Err(shape_error(
+            "max_pool",
+            format!("{planes} planes of {per_plane} positions exceed the adapter's grid"),
+        ));
+    }
+    Ok(grid)
+}
+
 /// Prepares max pooling; returns the launch, the output and the argmax (i32, same shape) that
 /// the backward pass needs.
 pub fn max_pool_forward(
@@ -147,7 +162,8 @@ pub fn max_pool_forward(
     let (p, out_shape) = params("max_pool", x, pool)?;
     let y = gpu.empty(&out_shape, DType::F32)?;
     let arg = gpu.empty(&out_shape, DType::I32)?;
-    let d = gpu.dispatch(&MAX_POOL_FORWARD, &p, &[x, &y, &arg], groups(y.numel()))?;
+    let grid = planar_grid(gpu, p.planes, out_shape[2] * out_shape[3])?;
+    let d = gpu.dispatch_grid(&MAX_POOL_FORWARD, &[], &p, &[x, &y, &arg], grid)?;
     Ok((d, y, arg))
 }
 
@@ -164,7 +180,13 @@ pub fn max_pool_backward(
     dy.expect("max_pool_backward", "dy", DType::F32, &out_shape)?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
     Ok((
-        gpu.dispatch(&MAX_POOL_BACKWARD, &p, &[arg, dy, &dx], groups(dx.numel()))?,
+        gpu.dispatch_grid(
+            &MAX_POOL_BACKWARD,
+            &[],
+            &p,
+            &[arg, dy, &dx],
+            planar_grid(gpu, p.planes, x.shape()[2] * x.shape()[3])?,
+        )?,
         dx,
     ))
 }
