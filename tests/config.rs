@@ -15,6 +15,16 @@ fn check(text: &str) -> Result<(), String> {
 fn the_default_and_example_configs_parse_and_check() {
     check(DEFAULT_CONFIG).unwrap();
     check(EXAMPLE).unwrap();
+    for text in [
+        include_str!("../configs/multi_teacher.toml"),
+        include_str!("../configs/teacher_assistant.toml"),
+        include_str!("../configs/mutual_learning.toml"),
+        include_str!("../configs/self_distillation.toml"),
+        include_str!("../configs/teacher_cache.toml"),
+        include_str!("../examples/pytorch_teacher/distill.toml"),
+    ] {
+        check(text).unwrap();
+    }
 }
 
 fn with(find: &str, replace: &str) -> String {

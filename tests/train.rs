@@ -638,4 +638,17 @@ fn self_distillation_trains_heads_that_are_not_exported_and_resumes() {
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     let s = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
     assert!(s.stages[1].models[0].test_accuracy.is_finite());
+    // The export is PyTorch's state_dict, BatchNorm's step count included (strict loading), and
+    // loads back here.
+    let file = opts.out.join("checkpoints/student_byot.safetensors");
+    let ckpt = wgdistill::io::read_safetensors(&file).unwrap();
+    let tracked = &ckpt["features.1.num_batches_tracked"];
+    assert!(tracked.shape.is_empty());
+    // 130 samples in batches of 64, 64 and 2, for 2 epochs.
+    assert_eq!(tracked.as_i32(), Some(&[6][..]));
+    assert!(!ckpt.keys().any(|k| k.starts_with("aux.")));
+    let graph = cfg.models["student_byot"]
+        .graph([64, 1, 28, 28], 10)
+        .unwrap();
+    Weights::load(gpu, &graph, "ckpt", &ckpt).unwrap();
 }

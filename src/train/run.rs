@@ -12,9 +12,9 @@ use crate::data::{self, Dataset};
 use crate::gpu::error::input_error;
 use crate::gpu::{Gpu, Result};
 use crate::graph::{
-    Adapter, EvalStep, Graph, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights,
+    Adapter, EvalStep, Graph, LossKind, LossSpec, Op, OptimizerSpec, StepSpec, TrainStep, Weights,
 };
-use crate::io;
+use crate::io::{self, HostTensor, TensorMap};
 use crate::kernels::optimizer::{AdamW, Sgd};
 
 use super::config::{
@@ -42,6 +42,27 @@ pub struct RunOptions {
     /// Root of the teacher-output cache (`data.teacher_cache`); `None` picks
     /// [`default_teacher_cache`].
     pub teacher_cache: Option<PathBuf>,
+}
+
+/// A model's checkpoint as PyTorch's `state_dict()` holds it: every parameter and buffer, plus
+/// each BatchNorm's `num_batches_tracked` (the training steps of the stage that produced it; an
+/// i32 scalar, which `load_state_dict` copies into its int64 buffer), so that PyTorch loads it
+/// with `strict=True`.
+pub fn export(gpu: &Gpu, graph: &Graph, weights: &Weights, steps: u32) -> Result<TensorMap> {
+    let mut out = weights.to_host(gpu)?;
+    for node in &graph.nodes {
+        if let Op::BatchNorm { running_mean, .. } = node.op {
+            let mean = &graph.nodes[running_mean.0].name;
+            if let Some(prefix) = mean.strip_suffix(".running_mean") {
+                let count = i32::try_from(steps).unwrap_or(i32::MAX);
+                out.insert(
+                    format!("{prefix}.num_batches_tracked"),
+                    HostTensor::i32(&[], vec![count]),
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Where the teacher-output cache lives unless a run says otherwise: `WGDISTILL_CACHE`, else
@@ -780,10 +801,11 @@ pub fn run(
             let loss = step.total_loss(gpu)?;
             let train_seconds = epoch_start.elapsed().as_secs_f64();
             trained_samples += samples;
+            let steps = step.steps_taken(gpu)?;
             for (k, ((name, g), w)) in names.iter().zip(&graphs).zip(&model_weights).enumerate() {
                 accuracy[k] = self::accuracy(gpu, &evals[k], g, test)?;
                 best[k] = best[k].max(accuracy[k]);
-                io::write_safetensors(&checkpoint(name), &w.to_host(gpu)?)?;
+                io::write_safetensors(&checkpoint(name), &export(gpu, g, w, steps)?)?;
                 let line = serde_json::json!({
                     "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": loss,
                     "test_accuracy": accuracy[k], "seconds": train_seconds, "samples_per_second": samples as f64 / train_seconds,
