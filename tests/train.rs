@@ -652,3 +652,91 @@ fn self_distillation_trains_heads_that_are_not_exported_and_resumes() {
         .unwrap();
     Weights::load(gpu, &graph, "ckpt", &ckpt).unwrap();
 }
+
+#[test]
+fn the_results_config_runs_with_seeds_and_reports_a_table_that_matches_its_json() {
+    if gpu().is_none() {
+        return;
+    }
+    // configs/results.toml as written, on a CI-sized synthetic set: one epoch per stage.
+    let text = include_str!("../configs/results.toml")
+        .replace("dataset = \"fashion-mnist\"", "dataset = \"synthetic\"")
+        .replace(
+            "batch_size = 128",
+            "batch_size = 64\ntrain_limit = 130\ntest_limit = 64",
+        );
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("epochs = ") {
+                "epochs = 1"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = out_dir("results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("results.toml");
+    std::fs::write(&config, text).unwrap();
+    let (run, cache, json) = (dir.join("run"), dir.join("cache"), dir.join("results.json"));
+    let out = wgdistill(&[
+        "train",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--seeds",
+        "2",
+        "--teacher-cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = wgdistill(&[
+        "report",
+        run.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = results["rows"].as_array().unwrap();
+    // Eleven stages; mutual learning trains two models.
+    assert_eq!(rows.len(), 12, "{table}");
+    assert!(table.contains("(2 seeds)"), "{table}");
+    for row in rows {
+        assert_eq!(row["per_seed"].as_array().unwrap().len(), 2);
+        let (mean, std) = (row["mean"].as_f64().unwrap(), row["std"].as_f64().unwrap());
+        let cells = format!(
+            "| {} | {} | {:.2} ± {:.2} |",
+            row["stage"].as_str().unwrap(),
+            row["model"].as_str().unwrap(),
+            100.0 * mean,
+            100.0 * std
+        );
+        assert!(table.contains(&cells), "{cells} not in\n{table}");
+    }
+    let kd = rows.iter().find(|r| r["stage"] == "kd").unwrap();
+    let scratch = rows.iter().find(|r| r["stage"] == "scratch").unwrap();
+    let diff = kd["vs_baseline"].as_f64().unwrap();
+    assert!(
+        (diff - (kd["mean"].as_f64().unwrap() - scratch["mean"].as_f64().unwrap())).abs() < 1e-12
+    );
+    let e = wgdistill(&["report", dir.join("nothing").to_str().unwrap()]);
+    assert!(!e.status.success());
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        msg.contains("cannot read") && msg.lines().count() == 1,
+        "{msg}"
+    );
+}

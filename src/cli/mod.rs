@@ -63,6 +63,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         teacher_cache: Option<PathBuf>,
     },
+    /// Print a run's results table (Markdown; mean ± std with --seeds) from its summary.json.
+    Report {
+        /// The run's output folder (or its summary.json).
+        run: PathBuf,
+        /// The stage the others are compared with.
+        #[arg(long, default_value = "scratch")]
+        baseline: String,
+        /// Also write the table's numbers as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Time the kernels on the chosen adapter (GFLOP/s or GB/s, with same-run baselines).
     Bench {
         /// Only kernels whose name contains this text.
@@ -202,6 +213,11 @@ pub fn run() -> Result<(), CliError> {
                 "train needs CONFIG and --out DIR (or --print-default-config)".into(),
             )),
         },
+        Some(Command::Report {
+            run,
+            baseline,
+            json,
+        }) => train::report(&run, &baseline, json.as_deref()),
         Some(Command::Bench { filter, json }) => {
             if let Some(dir) = json
                 .as_deref()

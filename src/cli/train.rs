@@ -242,3 +242,25 @@ pub fn eval(
     );
     Ok(())
 }
+
+/// `wgdistill report RUN [--baseline STAGE] [--json FILE]`.
+pub fn report(run_dir: &Path, baseline: &str, json: Option<&Path>) -> Result<(), CliError> {
+    let path = if run_dir.is_dir() {
+        run_dir.join("summary.json")
+    } else {
+        run_dir.to_path_buf()
+    };
+    let what = path.display().to_string();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::Message(format!("{what}: cannot read ({e})")))?;
+    let summary: Summary = serde_json::from_str(&text)
+        .map_err(|e| CliError::Message(format!("{what}: not a wgdistill summary ({e})")))?;
+    let results = wgdistill::train::report::results(&summary, Some(baseline));
+    print!("{}", wgdistill::train::report::markdown(&results));
+    if let Some(file) = json {
+        let text =
+            serde_json::to_string_pretty(&results).map_err(|e| CliError::Message(e.to_string()))?;
+        wgdistill::io::write_atomic(file, text.as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! Training runs: the staged configuration ([`config`]) and the runner that executes it
-//! ([`run`]), its curves ([`curves`]) and the teacher-output cache ([`teacher_cache`]).
+//! ([`run`]), its curves ([`curves`]), the teacher-output cache ([`teacher_cache`]) and the
+//! results table ([`report`]).
 
 pub mod config;
 pub mod curves;
+pub mod report;
 pub mod run;
 pub mod teacher_cache;

@@ -160,7 +160,7 @@ pub struct StageSummary {
 }
 
 /// `summary.json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Summary {
     /// The adapter.
     pub adapter: AdapterSummary,
