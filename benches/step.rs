@@ -49,20 +49,12 @@ fn bench(c: &mut Criterion) {
     let step = TrainStep::compile(&gpu, &spec).expect("compile");
     let x = sample(BATCH * 784, 3);
     let y: Vec<i32> = (0..BATCH as i32).map(|i| i % 10).collect();
-    step.run(&gpu, &x, &y).expect("warm-up");
-    step.total_loss(&gpu).expect("sync");
-
     let steps = if gpu.caps().device_type == "cpu" {
         20
     } else {
         200
     };
-    let start = Instant::now();
-    for _ in 0..steps {
-        step.run(&gpu, &x, &y).expect("step");
-    }
-    step.total_loss(&gpu).expect("sync");
-    let per_step = start.elapsed().as_secs_f64() / f64::from(steps);
+    let per_step = seconds_per_step(&gpu, &step, &x, &y, steps);
     // The host's share, on an idle queue (back to back, a submission can wait for earlier ones).
     let host_steps = steps.min(20);
     let mut host = Duration::ZERO;
@@ -100,19 +92,12 @@ fn bench(c: &mut Criterion) {
         ..spec
     };
     let step = TrainStep::compile(&gpu, &spec).expect("compile");
-    step.run(&gpu, &x, &y).expect("warm-up");
-    step.total_loss(&gpu).expect("sync");
     let steps = if gpu.caps().device_type == "cpu" {
         5
     } else {
         100
     };
-    let start = Instant::now();
-    for _ in 0..steps {
-        step.run(&gpu, &x, &y).expect("step");
-    }
-    step.total_loss(&gpu).expect("sync");
-    let per_step = start.elapsed().as_secs_f64() / f64::from(steps);
+    let per_step = seconds_per_step(&gpu, &step, &x, &y, steps);
     eprintln!(
         "cnn [32, 64] ce step (batch {BATCH}): {:.1} ms/step, {:.0} samples/s",
         per_step * 1e3,
@@ -129,6 +114,18 @@ fn bench(c: &mut Criterion) {
             start.elapsed()
         })
     });
+}
+
+/// Seconds per step over `steps` back-to-back steps, after one warm-up step.
+fn seconds_per_step(gpu: &Gpu, step: &TrainStep, x: &[f32], y: &[i32], steps: u32) -> f64 {
+    step.run(gpu, x, y).expect("warm-up");
+    step.total_loss(gpu).expect("sync");
+    let start = Instant::now();
+    for _ in 0..steps {
+        step.run(gpu, x, y).expect("step");
+    }
+    step.total_loss(gpu).expect("sync");
+    start.elapsed().as_secs_f64() / f64::from(steps)
 }
 
 /// The step's time by kernel, largest first (launches of the same kernel added up).

@@ -32,15 +32,7 @@ fn the_example_config_runs_as_written_and_writes_its_outputs() {
     let Some(gpu) = gpu() else { return };
     let cfg = config::parse("example.toml", &small(EXAMPLE)).unwrap();
     cfg.check("example.toml").unwrap();
-    let opts = RunOptions {
-        out: out_dir("example"),
-        data_dir: None,
-        fallback_to_synthetic: false,
-        resume: false,
-        stop_after: None,
-        progress: false,
-        teacher_cache: None,
-    };
+    let opts = RunOptions::new(out_dir("example"));
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     assert_eq!((train.len(), test.len()), (300, 200));
     let mut lines = Vec::new();
@@ -105,15 +97,7 @@ fn a_checkpoint_round_trips_and_can_stand_in_for_a_training_stage() {
     let Some(gpu) = gpu() else { return };
     let text = small(DEFAULT_CONFIG);
     let cfg = config::parse("default", &text).unwrap();
-    let opts = RunOptions {
-        out: out_dir("ckpt"),
-        data_dir: None,
-        fallback_to_synthetic: false,
-        resume: false,
-        stop_after: None,
-        progress: false,
-        teacher_cache: None,
-    };
+    let opts = RunOptions::new(out_dir("ckpt"));
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     let summary = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
     let path = opts.out.join("checkpoints/teacher.safetensors");
@@ -296,15 +280,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     // Two stages, a tail batch, momentum and an adapter: everything a step carries over.
     let text = small(EXAMPLE).replace("epochs = 2", "epochs = 3");
     let cfg = config::parse("example", &text).unwrap();
-    let base = RunOptions {
-        out: out_dir("whole"),
-        data_dir: None,
-        fallback_to_synthetic: false,
-        resume: false,
-        stop_after: None,
-        progress: false,
-        teacher_cache: None,
-    };
+    let base = RunOptions::new(out_dir("whole"));
     let (train, test) = run::load_data(&cfg, &base).unwrap();
     let whole = run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();
     for stop in [(0, 1), (2, 2)] {
@@ -365,15 +341,7 @@ fn run_small(name: &str, text: &str) -> run::Summary {
         .replace("epochs = 3", "epochs = 1");
     let cfg = config::parse(name, &small_text).unwrap();
     cfg.check(name).unwrap();
-    let opts = RunOptions {
-        out: out_dir(name),
-        data_dir: None,
-        fallback_to_synthetic: false,
-        resume: false,
-        stop_after: None,
-        progress: false,
-        teacher_cache: None,
-    };
+    let opts = RunOptions::new(out_dir(name));
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap()
 }
@@ -467,13 +435,8 @@ fn example_with_cache(name: &str, cache: Option<&Path>) -> (wgdistill::io::Tenso
     let cfg = config::parse(name, &text).unwrap();
     cfg.check(name).unwrap();
     let opts = RunOptions {
-        out: out_dir(name),
-        data_dir: None,
-        fallback_to_synthetic: false,
-        resume: false,
-        stop_after: None,
-        progress: false,
         teacher_cache: cache.map(Path::to_path_buf),
+        ..RunOptions::new(out_dir(name))
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     let mut lines = Vec::new();
@@ -535,13 +498,8 @@ fn the_teacher_output_cache_is_written_once_reused_and_changes_nothing() {
     let text = small(EXAMPLE).replace("augment = false", "augment = false\nteacher_cache = true");
     let cfg = config::parse("damaged", &text).unwrap();
     let opts = RunOptions {
-        out: out_dir("cache-damaged"),
-        data_dir: None,
-        fallback_to_synthetic: false,
-        resume: false,
-        stop_after: None,
-        progress: false,
         teacher_cache: Some(cache.clone()),
+        ..RunOptions::new(out_dir("cache-damaged"))
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     let e = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
@@ -557,15 +515,7 @@ fn self_distillation_trains_heads_that_are_not_exported_and_resumes() {
     let text = small(include_str!("../configs/self_distillation.toml"));
     let cfg = config::parse("sd", &text).unwrap();
     cfg.check("sd").unwrap();
-    let base = RunOptions {
-        out: out_dir("sd-whole"),
-        data_dir: None,
-        fallback_to_synthetic: false,
-        resume: false,
-        stop_after: None,
-        progress: false,
-        teacher_cache: None,
-    };
+    let base = RunOptions::new(out_dir("sd-whole"));
     let (train, test) = run::load_data(&cfg, &base).unwrap();
     let whole = run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();
     assert!(

@@ -130,13 +130,11 @@ pub fn train(
     let text = std::fs::read_to_string(config)
         .map_err(|e| CliError::Message(format!("{what}: cannot read ({e})")))?;
     let opts = RunOptions {
-        out: out.to_path_buf(),
         data_dir: data,
-        fallback_to_synthetic: false,
         resume,
-        stop_after: None,
         progress: true,
         teacher_cache,
+        ..RunOptions::new(out)
     };
     execute(query, &what, &text, opts, seeds)
 }
@@ -144,13 +142,10 @@ pub fn train(
 /// The main job: the default configuration, Fashion-MNIST when found, else the synthetic set.
 pub fn main_job(query: &AdapterQuery, data: Option<PathBuf>) -> Result<(), CliError> {
     let opts = RunOptions {
-        out: PathBuf::from("wgdistill-run"),
         data_dir: data,
         fallback_to_synthetic: true,
-        resume: false,
-        stop_after: None,
         progress: true,
-        teacher_cache: None,
+        ..RunOptions::new("wgdistill-run")
     };
     execute(query, "default config", DEFAULT_CONFIG, opts, 1)
 }
@@ -222,13 +217,9 @@ pub fn eval(
     let cfg_text = "[data]\ndataset = \"fashion-mnist\"\n[models]\n[[stages]]\nname = \"eval\"\ntrain = []\nepochs = 1\noptimizer = { kind = \"sgd\", lr = 1.0 }\nlosses = []\n";
     let cfg = config::parse("eval", cfg_text)?;
     let opts = RunOptions {
-        out: PathBuf::new(),
         data_dir: data,
-        fallback_to_synthetic: false,
-        resume: false,
-        stop_after: None,
         progress: true,
-        teacher_cache: None,
+        ..RunOptions::new(PathBuf::new())
     };
     let (_, test) = run::load_data(&cfg, &opts)?;
     let gpu = Gpu::new(query)?;

@@ -65,6 +65,22 @@ pub fn export(gpu: &Gpu, graph: &Graph, weights: &Weights, steps: u32) -> Result
     Ok(out)
 }
 
+impl RunOptions {
+    /// Options writing to `out`: the configured data only (no synthetic fallback), a fresh run,
+    /// no progress bars, the default teacher-output cache.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            out: out.into(),
+            data_dir: None,
+            fallback_to_synthetic: false,
+            resume: false,
+            stop_after: None,
+            progress: false,
+            teacher_cache: None,
+        }
+    }
+}
+
 /// Where the teacher-output cache lives unless a run says otherwise: `WGDISTILL_CACHE`, else
 /// `$XDG_CACHE_HOME/wgdistill/teacher-outputs`, else `~/.cache/wgdistill/teacher-outputs`, else
 /// `teacher-cache` in the run's output folder.
