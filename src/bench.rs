@@ -172,25 +172,30 @@ pub fn catalogue(gpu: &Gpu, filter: Option<&str>) -> Result<Vec<BenchCase>> {
         let (b, c, hw) = if small { (8, 32, 16) } else { (64, 64, 32) };
         let x = upload(gpu, &[b, c, hw, hw], 4)?;
         let w = upload(gpu, &[c, c, 3, 3], 5)?;
-        let (d, _) = conv::forward(
-            gpu,
-            &x,
-            &w,
-            None,
-            &Conv2d {
-                stride: [1, 1],
-                padding: [1, 1],
-            },
-        )?;
+        let spec = Conv2d {
+            stride: [1, 1],
+            padding: [1, 1],
+        };
+        let (d, y) = conv::forward(gpu, &x, &w, None, &spec)?;
         let (m, n, k) = (b * hw * hw, c, c * 9);
-        // A matmul of the same FLOPs (the implicit GEMM's own shape) is conv's baseline.
+        // A matmul of the same FLOPs (the implicit GEMM's own shape) is conv's baseline; the
+        // backward pass (dx and dw, each a GEMM of that size) is compared with it too.
         let base = matmul_case(gpu, m, n, k)?;
+        let shape = format!("[{b}, {c}, {hw}, {hw}] 3x3 → {c}");
         cases.push(case(
             "conv2d",
-            format!("[{b}, {c}, {hw}, {hw}] 3x3 → {c}"),
+            shape.clone(),
             Work::Flops(2.0 * (m * n * k) as f64),
             Some(base.key()),
             vec![d],
+        ));
+        let (backward, _) = conv::backward(gpu, &x, &w, &y, false, &spec)?;
+        cases.push(case(
+            "conv2d_bwd",
+            shape,
+            Work::Flops(4.0 * (m * n * k) as f64),
+            Some(base.key()),
+            backward,
         ));
         cases.push(base);
     }
