@@ -53,6 +53,14 @@ fn every_config_error_names_its_key() {
             &["data.teacher_cache", "augment = false"],
         ),
         (
+            with(
+                "augment = false",
+                "augment = false\nteacher_cache = true",
+            )
+            .replace("name = \"student-kd\"", "name = \"student-kd\"\naugment = true"),
+            &["stages[2].augment", "student-kd"],
+        ),
+        (
             with("arch = \"mlp\"\nhidden = [512, 512]", "arch = \"vit\""),
             &["models.teacher", "vit"],
         ),

@@ -153,6 +153,9 @@ pub struct StageConfig {
     /// with the model and are not exported.
     #[serde(default)]
     pub heads: Vec<String>,
+    /// Overrides `data.augment` for this stage (say, augmentation for a teacher trained from
+    /// scratch, none for the students that use the teacher-output cache).
+    pub augment: Option<bool>,
 }
 
 impl StageConfig {
@@ -355,11 +358,24 @@ impl Config {
         if self.stages.is_empty() {
             return Err(err("stages".into(), "at least one stage is needed".into()));
         }
-        if self.data.teacher_cache && self.data.augment {
-            return Err(err(
-                "data.teacher_cache".into(),
-                "needs data.augment = false (augmented images differ every epoch, so a teacher's outputs cannot be reused)".into(),
-            ));
+        if self.data.teacher_cache {
+            // Augmented images differ every epoch, so a teacher's outputs cannot be reused.
+            for (i, stage) in self.stages.iter().enumerate() {
+                if !stage.teachers.is_empty() && stage.augment.unwrap_or(self.data.augment) {
+                    let key = if stage.augment.is_some() {
+                        format!("stages[{i}].augment")
+                    } else {
+                        "data.teacher_cache".into()
+                    };
+                    return Err(err(
+                        key,
+                        format!(
+                            "data.teacher_cache needs augmentation off in stages with teachers ('{}'): set augment = false there or in [data]",
+                            stage.name
+                        ),
+                    ));
+                }
+            }
         }
         let input = [self.data.batch_size, 1, 28, 28];
         let mut graphs = BTreeMap::new();

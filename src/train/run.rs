@@ -772,9 +772,9 @@ pub fn run(
             );
             let mut samples = 0;
             for (bi, idx) in order.chunks(batch).enumerate() {
-                let augment = config
-                    .data
+                let augment = stage
                     .augment
+                    .unwrap_or(config.data.augment)
                     .then_some((2, config.seed ^ ((epoch as u64) << 32) ^ bi as u64));
                 data::fill_batch(train, idx, augment, &mut xb, &mut yb);
                 if let Some((outputs, ..)) = &cached {
