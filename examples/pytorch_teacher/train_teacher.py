@@ -66,6 +66,18 @@ class Cnn(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+def augment(x, pad=2):
+    """A random crop of the zero-padded image (background in normalised units) and a
+    horizontal flip with probability 1/2, per image."""
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), value=-MEAN / STD)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n))
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    flip = torch.rand(n) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
 def accuracy(model, images, labels):
     model.eval()
     correct = 0
@@ -81,24 +93,35 @@ def main():
                                                     "/usr/share/datasets/fashion-mnist"))
     p.add_argument("--out", default="teacher.safetensors")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--adamw", action="store_true", help="AdamW instead of SGD with momentum")
+    p.add_argument("--augment", action="store_true",
+                   help="random crop (zero padding 2) and horizontal flip, as wgdistill's augment")
+    p.add_argument("--channels", default="32,64")
     p.add_argument("--evaluate", metavar="FILE", help="only evaluate a wgdistill checkpoint")
     args = p.parse_args()
     torch.manual_seed(0)
     test_x, test_y = load(args.data, "test")
-    model = Cnn()
+    model = Cnn(tuple(int(c) for c in args.channels.split(",")))
     if args.evaluate:
         model.load_state_dict(load_file(args.evaluate), strict=True)
         print(f"{args.evaluate}: test accuracy {accuracy(model, test_x, test_y):.4f}")
         return
     train_x, train_y = load(args.data, "train")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    if args.adamw:
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
+                              weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
     for epoch in range(args.epochs):
         model.train()
         order = torch.randperm(len(train_x))
         for i in range(0, len(order), 128):
             idx = order[i:i + 128]
-            loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
+            x = augment(train_x[idx]) if args.augment else train_x[idx]
+            loss = nn.functional.cross_entropy(model(x), train_y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
