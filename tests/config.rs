@@ -53,11 +53,10 @@ fn every_config_error_names_its_key() {
             &["data.teacher_cache", "augment = false"],
         ),
         (
-            with(
-                "augment = false",
-                "augment = false\nteacher_cache = true",
-            )
-            .replace("name = \"student-kd\"", "name = \"student-kd\"\naugment = true"),
+            with("augment = false", "augment = false\nteacher_cache = true").replace(
+                "name = \"student-kd\"",
+                "name = \"student-kd\"\naugment = true",
+            ),
             &["stages[2].augment", "student-kd"],
         ),
         (
