@@ -71,16 +71,7 @@ fn bench(c: &mut Criterion) {
         host.as_secs_f64() * 1e3 / f64::from(steps.min(20))
     );
     print_profile(&gpu, "kd step", &step, &x, &y);
-    c.bench_function("kd_step/mlp512x512-to-mlp32/b128", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                step.run(&gpu, &x, &y).expect("step");
-            }
-            step.total_loss(&gpu).expect("sync");
-            start.elapsed()
-        })
-    });
+    bench_steps(c, "kd_step/mlp512x512-to-mlp32/b128", &gpu, &step, &x, &y);
 
     let cnn = models::cnn(input, &[32, 64], 10).expect("cnn");
     let cw = Weights::init(&gpu, &cnn, 4).expect("weights");
@@ -104,13 +95,18 @@ fn bench(c: &mut Criterion) {
         BATCH as f64 / per_step
     );
     print_profile(&gpu, "cnn step", &step, &x, &y);
-    c.bench_function("ce_step/cnn32x64/b128", |b| {
+    bench_steps(c, "ce_step/cnn32x64/b128", &gpu, &step, &x, &y);
+}
+
+/// A criterion bench of back-to-back steps, timed to the GPU's completion.
+fn bench_steps(c: &mut Criterion, name: &str, gpu: &Gpu, step: &TrainStep, x: &[f32], y: &[i32]) {
+    c.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                step.run(&gpu, &x, &y).expect("step");
+                step.run(gpu, x, y).expect("step");
             }
-            step.total_loss(&gpu).expect("sync");
+            step.total_loss(gpu).expect("sync");
             start.elapsed()
         })
     });

@@ -2,7 +2,7 @@
 //! gradients of the input and the weight, and the bias gradient as a reduction of dy.
 
 use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, KernelStyle, Result, Tensor};
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
@@ -63,20 +63,12 @@ const SUBGROUP_BLOCK: (usize, usize) = (64, 16);
 /// Whether to use the subgroup kernels for a launch of `grid` workgroups: `requested` as in
 /// [`forward_with`].
 fn use_subgroups(gpu: &Gpu, requested: Option<bool>, grid: &[usize]) -> Result<bool> {
-    let caps = gpu.caps();
-    let fits = grid
-        .iter()
-        .all(|&g| g <= caps.limits.max_compute_workgroups_per_dimension as usize);
-    match requested {
-        Some(true) if !caps.subgroup_matmul() || !fits => Err(shape_error(
-            "conv2d",
-            "the subgroup kernels need subgroups of at least 8 lanes and a grid within the adapter's limits",
-        )),
-        Some(forced) => Ok(forced),
-        None => {
-            Ok(caps.kernel_style == KernelStyle::RegisterBlocked && caps.subgroup_matmul() && fits)
-        }
-    }
+    let max = gpu.caps().limits.max_compute_workgroups_per_dimension as usize;
+    let blocker = grid.iter().any(|&g| g > max).then(|| {
+        format!("a grid of {grid:?} workgroups exceeds the adapter's {max} per dimension")
+    });
+    let style = gpu.caps().kernel_style;
+    super::use_subgroup_variant(gpu, "conv2d", requested, style, blocker)
 }
 
 /// Stride and zero padding of a convolution.

@@ -185,29 +185,9 @@ pub fn matmul_into(
     };
     let style = options.style.unwrap_or(gpu.caps().kernel_style);
     let subgroup = subgroup_kernel(options.trans_a, options.trans_b, m, n, k);
-    let use_subgroups = match options.subgroups {
-        Some(true) => {
-            if !gpu.caps().subgroup_matmul() {
-                return Err(shape_error(
-                    "matmul",
-                    "the subgroup kernels need subgroups of at least 8 lanes, which this adapter does not offer",
-                ));
-            }
-            if let Err(why) = subgroup {
-                return Err(shape_error(
-                    "matmul",
-                    format!("no subgroup kernel for {m}×{k}·{k}×{n}: {why}"),
-                ));
-            }
-            true
-        }
-        Some(false) => false,
-        None => {
-            style == KernelStyle::RegisterBlocked
-                && gpu.caps().subgroup_matmul()
-                && subgroup.is_ok()
-        }
-    };
+    let blocker = subgroup.err().map(|why| format!("{m}×{k}·{k}×{n}: {why}"));
+    let use_subgroups =
+        super::use_subgroup_variant(gpu, "matmul", options.subgroups, style, blocker)?;
     let (spec, (block_rows, block_cols), constants): (_, _, &[(&str, f64)]) = match subgroup {
         Ok(spec) if use_subgroups => (spec, SUBGROUP_BLOCK, &[]),
         _ => (

@@ -13,7 +13,32 @@ pub mod pool;
 pub mod reduce;
 pub mod softmax;
 
-use crate::gpu::KernelSpec;
+use crate::gpu::error::shape_error;
+use crate::gpu::{Gpu, KernelSpec, KernelStyle, Result};
+
+/// Whether `op` launches its subgroup variant (`*_subgroup.wgsl`). `requested`: `Some(true)`
+/// insists (an error saying why when it cannot run), `Some(false)` forbids, `None` takes it
+/// wherever it can run with the register-blocked style. It can run on adapters with subgroups of
+/// at least 8 lanes, when the launch itself has no `blocker` (an alignment or a grid limit).
+pub(crate) fn use_subgroup_variant(
+    gpu: &Gpu,
+    op: &str,
+    requested: Option<bool>,
+    style: KernelStyle,
+    blocker: Option<String>,
+) -> Result<bool> {
+    let caps = gpu.caps();
+    let why_not = if caps.subgroup_matmul() {
+        blocker
+    } else {
+        Some("it needs subgroups of at least 8 lanes, which this adapter does not offer".into())
+    };
+    match (requested, why_not) {
+        (Some(true), Some(why)) => Err(shape_error(op, format!("no subgroup kernel: {why}"))),
+        (Some(forced), _) => Ok(forced),
+        (None, why_not) => Ok(style == KernelStyle::RegisterBlocked && why_not.is_none()),
+    }
+}
 
 /// Every kernel the launchers use, for the portability and binding tests.
 pub fn all_kernels() -> Vec<KernelSpec> {

@@ -591,19 +591,20 @@ pub fn run(
         let heads_path = ckpt_dir.join(format!("{}.heads.safetensors", names.join("+")));
         let head_weights = if heads.is_empty() {
             None
-        } else if start_epoch > 0 {
-            let host = io::read_safetensors(&heads_path)?;
-            let template = Weights::init(gpu, &graph, 0)?.with_prefix("aux.");
-            Some(template.reload(gpu, &heads_path.display().to_string(), &host)?)
         } else {
-            Some(Weights::init(gpu, &graph, seed_of(config.seed, &stage.name))?.with_prefix("aux."))
+            let fresh =
+                Weights::init(gpu, &graph, seed_of(config.seed, &stage.name))?.with_prefix("aux.");
+            Some(if start_epoch > 0 {
+                let what = heads_path.display().to_string();
+                fresh.reload(gpu, &what, &io::read_safetensors(&heads_path)?)?
+            } else {
+                fresh
+            })
         };
-        let student_w = match names.as_slice() {
-            [_] if head_weights.is_some() => {
-                model_weights[0].merged(head_weights.as_ref().expect("checked"))
-            }
-            [_] => model_weights[0].clone(),
-            _ => Weights::ensemble(
+        let student_w = match (names.as_slice(), &head_weights) {
+            ([_], Some(h)) => model_weights[0].merged(h),
+            ([_], None) => model_weights[0].clone(),
+            (_, _) => Weights::ensemble(
                 &names
                     .iter()
                     .map(String::as_str)
