@@ -1,19 +1,29 @@
 // Batch normalisation over x viewed as [N, C, S] (S = H·W for 2-D maps, 1 for features), as
 // PyTorch's BatchNorm: training normalises with the batch's mean and biased variance and moves
 // the running statistics by `momentum` (the running variance is unbiased); evaluation uses the
-// running statistics. Per-channel sums are done in order by one invocation per channel.
+// running statistics.
 //
-// stats is [4, C]: mean, 1/sqrt(var + eps), and (after backward_reduce) dgamma, dbeta.
+// Per-channel reductions are split into chunks of at most `chunk` consecutive values of the
+// channel (in (n, s) order): one invocation per (channel, chunk) reduces its chunk, and one per
+// channel merges the chunks in order, so results are deterministic. Splitting is not only for
+// parallelism: llvmpipe (lavapipe, and GL's llvmpipe) ends every loop of an invocation once the
+// shader has run 65535 loop iterations in all (Mesa's LP_MAX_TGSI_LOOP_ITERATIONS), silently, so
+// one invocation summing a whole channel of a 128×28×28 batch (100,352 values) stopped early.
+// The launcher keeps chunk and chunks per channel well below that.
+//
+// stats is [4, C]: mean, 1/sqrt(var + eps), and (after grad_merge) dgamma, dbeta.
+// partial is [C, chunks, 2].
 
 struct Params {
     n: u32,
     c: u32,
     s: u32,
-    _pad: u32,
+    // Values per chunk, and chunks per channel.
+    chunk: u32,
+    chunks: u32,
     eps: f32,
     momentum: f32,
-    _pad1: u32,
-    _pad2: u32,
+    _pad: u32,
 }
 
 const WG: u32 = 64u;
@@ -28,40 +38,95 @@ fn at(n: u32, c: u32, s: u32) -> u32 {
     return (n * params.c + c) * params.s + s;
 }
 
-// ---- training statistics ----------------------------------------------------------------------
-@group(0) @binding(1) var<storage, read> st_x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> st_stats: array<f32>;
-@group(0) @binding(3) var<storage, read_write> st_running_mean: array<f32>;
-@group(0) @binding(4) var<storage, read_write> st_running_var: array<f32>;
+// A chunk of one channel: where its first value lies and how many values it has.
+struct Chunk {
+    start: u32,
+    len: u32,
+}
+
+fn chunk_of(c: u32, k: u32) -> Chunk {
+    let first = k * params.chunk;
+    let len = min(params.chunk, params.n * params.s - first);
+    return Chunk(at(first / params.s, c, first % params.s), len);
+}
+
+// The address after `addr` in (n, s) order within one channel, `s` being addr's position in its
+// plane: no division per value.
+fn next_in_channel(addr: u32, s: ptr<function, u32>) -> u32 {
+    *s = *s + 1u;
+    if (*s == params.s) {
+        *s = 0u;
+        return addr + 1u + (params.c - 1u) * params.s;
+    }
+    return addr + 1u;
+}
+
+// ---- training statistics: per chunk, its mean and sum of squared deviations ------------------
+@group(0) @binding(1) var<storage, read> sp_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sp_partial: array<f32>;
 
 @compute @workgroup_size(64)
-fn batch_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, WG);
+    if (i >= params.c * params.chunks) {
+        return;
+    }
+    let c = i / params.chunks;
+    let ch = chunk_of(c, i % params.chunks);
+    let s0 = ch.start % params.s;
+    var s = s0;
+    var addr = ch.start;
+    var sum = 0.0;
+    for (var t = 0u; t < ch.len; t++) {
+        sum += sp_x[addr];
+        addr = next_in_channel(addr, &s);
+    }
+    let mean = sum / f32(ch.len);
+    s = s0;
+    addr = ch.start;
+    var m2 = 0.0;
+    for (var t = 0u; t < ch.len; t++) {
+        let d = sp_x[addr] - mean;
+        m2 = fma(d, d, m2);
+        addr = next_in_channel(addr, &s);
+    }
+    sp_partial[2u * i] = mean;
+    sp_partial[2u * i + 1u] = m2;
+}
+
+// ---- per channel: the chunks merged in order (Chan et al.), then the running statistics ------
+@group(0) @binding(1) var<storage, read> sm_partial: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sm_stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sm_running_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sm_running_var: array<f32>;
+
+@compute @workgroup_size(64)
+fn stats_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let c = linear_index(wid, nwg, lid, WG);
     if (c >= params.c) {
         return;
     }
-    let count = f32(params.n * params.s);
-    var sum = 0.0;
-    for (var n = 0u; n < params.n; n = n + 1u) {
-        for (var s = 0u; s < params.s; s = s + 1u) {
-            sum = sum + st_x[at(n, c, s)];
-        }
+    let total = params.n * params.s;
+    var count = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var k = 0u; k < params.chunks; k++) {
+        let p = 2u * (c * params.chunks + k);
+        let nb = f32(min(params.chunk, total - k * params.chunk));
+        let merged = count + nb;
+        let delta = sm_partial[p] - mean;
+        mean = mean + delta * (nb / merged);
+        m2 = m2 + sm_partial[p + 1u] + delta * delta * (count * nb / merged);
+        count = merged;
     }
-    let mean = sum / count;
-    var sq = 0.0;
-    for (var n = 0u; n < params.n; n = n + 1u) {
-        for (var s = 0u; s < params.s; s = s + 1u) {
-            let d = st_x[at(n, c, s)] - mean;
-            sq = sq + d * d;
-        }
-    }
-    let var_biased = sq / count;
-    st_stats[c] = mean;
-    st_stats[params.c + c] = 1.0 / sqrt(var_biased + params.eps);
-    let unbiased = select(var_biased, sq / (count - 1.0), count > 1.0);
-    st_running_mean[c] = (1.0 - params.momentum) * st_running_mean[c] + params.momentum * mean;
-    st_running_var[c] = (1.0 - params.momentum) * st_running_var[c] + params.momentum * unbiased;
+    let var_biased = m2 / count;
+    sm_stats[c] = mean;
+    sm_stats[params.c + c] = 1.0 / sqrt(var_biased + params.eps);
+    let unbiased = select(var_biased, m2 / (count - 1.0), count > 1.0);
+    sm_running_mean[c] = (1.0 - params.momentum) * sm_running_mean[c] + params.momentum * mean;
+    sm_running_var[c] = (1.0 - params.momentum) * sm_running_var[c] + params.momentum * unbiased;
 }
 
 // ---- normalise with batch statistics: y = (x − mean)·invstd·gamma + beta --------------------
@@ -102,35 +167,59 @@ fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     ev_y[i] = (ev_x[i] - ev_running_mean[c]) * invstd * ev_gamma[c] + ev_beta[c];
 }
 
-// ---- backward (training): dgamma = Σ dy·x̂, dbeta = Σ dy per channel ------------------------
-@group(0) @binding(1) var<storage, read> br_x: array<f32>;
-@group(0) @binding(2) var<storage, read> br_dy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> br_stats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> br_dgamma: array<f32>;
-@group(0) @binding(5) var<storage, read_write> br_dbeta: array<f32>;
+// ---- backward (training): dgamma = Σ dy·x̂, dbeta = Σ dy per channel, by chunks ----------
+@group(0) @binding(1) var<storage, read> gp_x: array<f32>;
+@group(0) @binding(2) var<storage, read> gp_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> gp_stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> gp_partial: array<f32>;
 
 @compute @workgroup_size(64)
-fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) lid: u32) {
+fn grad_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, WG);
+    if (i >= params.c * params.chunks) {
+        return;
+    }
+    let c = i / params.chunks;
+    let ch = chunk_of(c, i % params.chunks);
+    let mean = gp_stats[c];
+    var s = ch.start % params.s;
+    var addr = ch.start;
+    var dxhat = 0.0;
+    var dsum = 0.0;
+    for (var t = 0u; t < ch.len; t++) {
+        let dy = gp_dy[addr];
+        dxhat = fma(dy, gp_x[addr] - mean, dxhat);
+        dsum += dy;
+        addr = next_in_channel(addr, &s);
+    }
+    gp_partial[2u * i] = dxhat * gp_stats[params.c + c];
+    gp_partial[2u * i + 1u] = dsum;
+}
+
+@group(0) @binding(1) var<storage, read> gm_partial: array<f32>;
+@group(0) @binding(2) var<storage, read_write> gm_stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gm_dgamma: array<f32>;
+@group(0) @binding(4) var<storage, read_write> gm_dbeta: array<f32>;
+
+@compute @workgroup_size(64)
+fn grad_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
     let c = linear_index(wid, nwg, lid, WG);
     if (c >= params.c) {
         return;
     }
-    let mean = br_stats[c];
-    let invstd = br_stats[params.c + c];
     var dg = 0.0;
     var db = 0.0;
-    for (var n = 0u; n < params.n; n = n + 1u) {
-        for (var s = 0u; s < params.s; s = s + 1u) {
-            let k = at(n, c, s);
-            dg = dg + br_dy[k] * (br_x[k] - mean) * invstd;
-            db = db + br_dy[k];
-        }
+    for (var k = 0u; k < params.chunks; k++) {
+        let p = 2u * (c * params.chunks + k);
+        dg += gm_partial[p];
+        db += gm_partial[p + 1u];
     }
-    br_dgamma[c] = dg;
-    br_dbeta[c] = db;
-    br_stats[2u * params.c + c] = dg;
-    br_stats[3u * params.c + c] = db;
+    gm_dgamma[c] = dg;
+    gm_dbeta[c] = db;
+    gm_stats[2u * params.c + c] = dg;
+    gm_stats[3u * params.c + c] = db;
 }
 
 // dx = gamma·invstd/M · (M·dy − dbeta − x̂·dgamma), M = N·S.

@@ -25,7 +25,8 @@ struct Params {
     ph: u32,
     pw: u32,
     bias: u32,
-    _pad0: u32,
+    // Images per chunk (conv_backward_weight).
+    images: u32,
     _pad1: u32,
 }
 
@@ -143,25 +144,33 @@ fn conv_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     bi_dx[x] = acc;
 }
 
-// dw[co, ci, kh, kw] = Σ_{n, oh, ow} dy[n, co, oh, ow] · x[n, ci, oh·sh + kh − ph, ow·sw + kw − pw]
+// partial[z, co, ci, kh, kw] = Σ over the images of chunk z, and their (oh, ow), of
+// dy[n, co, oh, ow] · x[n, ci, oh·sh + kh − ph, ow·sw + kw − pw]; a reduction over z gives dw.
+// Chunks spread the long reduction over many invocations and keep each invocation's loops short
+// (llvmpipe stops an invocation's loops after 65535 iterations in all).
 @group(0) @binding(1) var<storage, read> bw_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> bw_x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> bw_dw: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bw_partial: array<f32>;
 
 @compute @workgroup_size(64)
 fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
-    let k = linear_index(wid, nwg, lid);
+    let t = linear_index(wid, nwg, lid);
     let ksize = params.cin * params.kh * params.kw;
-    if (k >= params.cout * ksize) {
+    let weights = params.cout * ksize;
+    let chunks = (params.n + params.images - 1u) / params.images;
+    if (t >= weights * chunks) {
         return;
     }
+    let k = t % weights;
+    let z = t / weights;
     let co = k / ksize;
     let ci = (k / (params.kh * params.kw)) % params.cin;
     let i = (k / params.kw) % params.kh;
     let j = k % params.kw;
     var acc = 0.0;
-    for (var img = 0u; img < params.n; img = img + 1u) {
+    let img_end = min((z + 1u) * params.images, params.n);
+    for (var img = z * params.images; img < img_end; img = img + 1u) {
         let plane = (img * params.cin + ci) * params.h * params.w;
         let out_plane = (img * params.cout + co) * params.ho * params.wo;
         for (var oh = 0u; oh < params.ho; oh = oh + 1u) {
@@ -178,5 +187,5 @@ fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
             }
         }
     }
-    bw_dw[k] = acc;
+    bw_partial[t] = acc;
 }

@@ -225,3 +225,46 @@ fn the_chosen_adapter_honours_wgpu_backend() {
         );
     }
 }
+
+#[test]
+fn loops_past_llvmpipes_limit_are_refused_not_cut_short() {
+    use wgdistill::gpu::caps::LLVMPIPE_LOOP_LIMIT;
+    use wgdistill::kernels::matmul::{MatmulOptions, matmul};
+    use wgdistill::kernels::reduce::{AxisOp, reduce_axis};
+    let Some(gpu) = gpu() else { return };
+    let llvmpipe = gpu.caps().name.to_ascii_lowercase().contains("llvmpipe");
+    assert_eq!(
+        gpu.caps().loop_limit,
+        llvmpipe.then_some(LLVMPIPE_LOOP_LIMIT)
+    );
+    // A matmul whose register-blocked kernel would loop over K = 70,000 in one invocation, and
+    // a reduction along an axis of 70,000: on llvmpipe both would stop early and be wrong.
+    let (m, k) = (2, 70_000);
+    let a = gpu.upload(&[m, k], &data(m * k, 1)).unwrap();
+    let b = gpu.upload(&[k, 2], &data(k * 2, 2)).unwrap();
+    let options = MatmulOptions {
+        style: Some(wgdistill::gpu::KernelStyle::RegisterBlocked),
+        subgroups: Some(false),
+        ..Default::default()
+    };
+    let long_axis = gpu.upload(&[k, 1], &data(k, 3)).unwrap();
+    for result in [
+        matmul(gpu, &a, &b, None, options).map(|_| ()),
+        reduce_axis(gpu, &long_axis, 0, AxisOp::Sum).map(|_| ()),
+    ] {
+        match (llvmpipe, result) {
+            (true, Err(e @ GpuError::LoopLimit { .. })) => {
+                let e = e.to_string();
+                assert!(
+                    !e.contains('\n') && e.contains("70000") && e.contains("65535"),
+                    "{e}"
+                );
+            }
+            (false, Ok(())) => {}
+            (_, other) => panic!("llvmpipe {llvmpipe}: {other:?}"),
+        }
+    }
+    // Up to the limit, and anywhere else, launches go ahead.
+    let kernel = &wgdistill::kernels::reduce::REDUCE_AXIS;
+    assert!(gpu.check_loops(kernel, LLVMPIPE_LOOP_LIMIT).is_ok());
+}

@@ -111,6 +111,23 @@ pub struct Capabilities {
     pub kernel_style: KernelStyle,
     /// Limits that matter to compute.
     pub limits: ComputeLimits,
+    /// The most loop iterations one invocation may run in all, where the driver cuts loops
+    /// short: llvmpipe (lavapipe on Vulkan, llvmpipe on GL) ends every loop of an invocation,
+    /// silently, once the invocation has run [`LLVMPIPE_LOOP_LIMIT`] iterations across all its
+    /// loops. `None` where no such limit is known.
+    pub loop_limit: Option<u64>,
+}
+
+/// Mesa's `LP_MAX_TGSI_LOOP_ITERATIONS`: the loop iterations, over all loops together, after
+/// which an llvmpipe shader invocation stops looping.
+pub const LLVMPIPE_LOOP_LIMIT: u64 = 65_535;
+
+/// The loop limit of an adapter by name (llvmpipe's, or none).
+pub fn loop_limit_of(adapter_name: &str) -> Option<u64> {
+    adapter_name
+        .to_ascii_lowercase()
+        .contains("llvmpipe")
+        .then_some(LLVMPIPE_LOOP_LIMIT)
 }
 
 impl Capabilities {
@@ -167,6 +184,7 @@ impl Capabilities {
             subgroup_sizes: [info.subgroup_min_size, info.subgroup_max_size],
             kernel_style: style_override.unwrap_or(KernelStyle::for_device_type(info.device_type)),
             limits: ComputeLimits::from(limits),
+            loop_limit: loop_limit_of(&info.name),
         }
     }
 

@@ -115,6 +115,22 @@ impl Gpu {
         &self.caps
     }
 
+    /// Refuses a launch of `kernel` whose invocations would each run `iterations` iterations of
+    /// shape-dependent loops (summed over the loops; loops of constant trip count are unrolled
+    /// by the driver and not counted) where the adapter cuts loops short
+    /// ([`Capabilities::loop_limit`]): there the result would silently be wrong.
+    pub fn check_loops(&self, kernel: &KernelSpec, iterations: u64) -> Result<()> {
+        match self.caps.loop_limit {
+            Some(limit) if iterations > limit => Err(GpuError::LoopLimit {
+                kernel: format!("{}::{}", kernel.family, kernel.entry),
+                iterations,
+                limit,
+                adapter: self.caps.name.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The device's full limits.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits

@@ -50,6 +50,20 @@ pub enum GpuError {
         /// `max_compute_workgroups_per_dimension`.
         max: u32,
     },
+    /// A launch whose invocations would loop longer than the driver lets them.
+    #[error(
+        "{kernel}: one invocation would run {iterations} loop iterations, but {adapter} stops an invocation's loops after {limit} (Mesa's llvmpipe loop limit) and the result would be wrong; use smaller shapes here or another adapter"
+    )]
+    LoopLimit {
+        /// `family::entry`.
+        kernel: String,
+        /// Loop iterations one invocation needs, all loops together.
+        iterations: u64,
+        /// The adapter's limit.
+        limit: u64,
+        /// The adapter's name.
+        adapter: String,
+    },
     /// Tensor shapes or dtypes that do not fit a kernel.
     #[error("{op}: {detail}")]
     Shape {

@@ -7,10 +7,16 @@ use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
-/// Batch mean and inverse std; running-stat update.
-pub const BATCH_STATS: KernelSpec = KernelSpec {
+/// Per chunk of a channel: its mean and sum of squared deviations.
+pub const STATS_PARTIAL: KernelSpec = KernelSpec {
     family: "batchnorm",
-    entry: "batch_stats",
+    entry: "stats_partial",
+    bindings: &[U, R, W],
+};
+/// Per channel: the chunks merged into mean and inverse std; running-stat update.
+pub const STATS_MERGE: KernelSpec = KernelSpec {
+    family: "batchnorm",
+    entry: "stats_merge",
     bindings: &[U, R, W, RW, RW],
 };
 /// Normalise with batch statistics.
@@ -25,11 +31,17 @@ pub const NORMALIZE_EVAL: KernelSpec = KernelSpec {
     entry: "normalize_eval",
     bindings: &[U, R, R, R, R, R, W],
 };
-/// dgamma and dbeta.
-pub const BACKWARD_REDUCE: KernelSpec = KernelSpec {
+/// Per chunk of a channel: Σ dy·x̂ and Σ dy.
+pub const GRAD_PARTIAL: KernelSpec = KernelSpec {
     family: "batchnorm",
-    entry: "backward_reduce",
-    bindings: &[U, R, R, RW, W, W],
+    entry: "grad_partial",
+    bindings: &[U, R, R, R, W],
+};
+/// Per channel: dgamma and dbeta from the chunks.
+pub const GRAD_MERGE: KernelSpec = KernelSpec {
+    family: "batchnorm",
+    entry: "grad_merge",
+    bindings: &[U, R, RW, W, W],
 };
 /// dx.
 pub const BACKWARD_INPUT: KernelSpec = KernelSpec {
@@ -40,10 +52,12 @@ pub const BACKWARD_INPUT: KernelSpec = KernelSpec {
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
-    BATCH_STATS,
+    STATS_PARTIAL,
+    STATS_MERGE,
     NORMALIZE_TRAIN,
     NORMALIZE_EVAL,
-    BACKWARD_REDUCE,
+    GRAD_PARTIAL,
+    GRAD_MERGE,
     BACKWARD_INPUT,
 ];
 
@@ -53,10 +67,19 @@ struct Params {
     n: u32,
     c: u32,
     s: u32,
-    pad: u32,
+    chunk: u32,
+    chunks: u32,
     eps: f32,
     momentum: f32,
-    pad1: [u32; 2],
+    pad: u32,
+}
+
+/// Values per chunk and chunks per channel for the per-channel reductions over `len` values:
+/// about 64 chunks (parallelism), each of 256 to 4096 values, so that no invocation loops more
+/// than 8192 times (llvmpipe stops an invocation's loops after 65535 iterations in all).
+pub fn chunking(len: usize) -> (usize, usize) {
+    let chunk = len.div_ceil(64).clamp(256, 4096).min(len.max(1));
+    (chunk, len.div_ceil(chunk).max(1))
 }
 
 /// A BatchNorm layer's tensors: affine parameters and running statistics, each `[C]`.
@@ -107,14 +130,16 @@ fn params(op: &str, x: &Tensor, st: &BatchNormState<'_>) -> Result<Params> {
     ] {
         t.expect(op, what, DType::F32, &[c])?;
     }
+    let (chunk, chunks) = chunking(n * s);
     Ok(Params {
         n: n as u32,
         c: c as u32,
         s: s as u32,
-        pad: 0,
+        chunk: chunk as u32,
+        chunks: chunks as u32,
         eps: st.eps,
         momentum: st.momentum,
-        pad1: [0; 2],
+        pad: 0,
     })
 }
 
@@ -130,14 +155,16 @@ pub fn forward_train(
     st: &BatchNormState<'_>,
 ) -> Result<(Vec<Dispatch>, Tensor, BatchNormSaved)> {
     let p = params("batch_norm", x, st)?;
-    let c = p.c as usize;
+    let (c, chunks) = (p.c as usize, p.chunks as usize);
     let stats = gpu.zeros(&[4, c], DType::F32)?;
+    let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
     let y = gpu.empty(x.shape(), DType::F32)?;
     let plan = vec![
+        gpu.dispatch(&STATS_PARTIAL, &p, &[x, &partial], groups(c * chunks, 64))?,
         gpu.dispatch(
-            &BATCH_STATS,
+            &STATS_MERGE,
             &p,
-            &[x, &stats, st.running_mean, st.running_var],
+            &[&partial, &stats, st.running_mean, st.running_var],
             groups(c, 64),
         )?,
         gpu.dispatch(
@@ -180,7 +207,7 @@ pub fn backward(
     saved: &BatchNormSaved,
 ) -> Result<(Vec<Dispatch>, BatchNormGrads)> {
     let p = params("batch_norm_backward", x, st)?;
-    let c = p.c as usize;
+    let (c, chunks) = (p.c as usize, p.chunks as usize);
     dy.expect("batch_norm_backward", "dy", DType::F32, x.shape())?;
     saved
         .stats
@@ -188,11 +215,18 @@ pub fn backward(
     let dgamma = gpu.empty(&[c], DType::F32)?;
     let dbeta = gpu.empty(&[c], DType::F32)?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
+    let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
     let plan = vec![
         gpu.dispatch(
-            &BACKWARD_REDUCE,
+            &GRAD_PARTIAL,
             &p,
-            &[x, dy, &saved.stats, &dgamma, &dbeta],
+            &[x, dy, &saved.stats, &partial],
+            groups(c * chunks, 64),
+        )?,
+        gpu.dispatch(
+            &GRAD_MERGE,
+            &p,
+            &[&partial, &saved.stats, &dgamma, &dbeta],
             groups(c, 64),
         )?,
         gpu.dispatch(

@@ -97,7 +97,18 @@ struct Params {
     ph: u32,
     pw: u32,
     bias: u32,
-    pad: [u32; 2],
+    // Images per chunk (conv_backward_weight) or positions per chunk (conv_backward_weight_sg).
+    images: u32,
+    pad: u32,
+}
+
+/// Loop iterations of loops nested with these trip counts, outermost first (each iteration of
+/// an inner loop counts, and so does each of an outer one).
+fn nested_trips(trips: &[u32]) -> u64 {
+    trips
+        .iter()
+        .rev()
+        .fold(0, |inner, &t| u64::from(t) * (1 + inner))
 }
 
 /// Checks x (N, Cin, H, W) and w (Cout, Cin, KH, KW); returns the parameters and output shape.
@@ -157,7 +168,8 @@ fn params(op: &str, x: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<(Params, [u
         ph: u(ph),
         pw: u(pw),
         bias: 0,
-        pad: [0; 2],
+        images: 0,
+        pad: 0,
     };
     Ok((p, [n, cout, ho, wo]))
 }
@@ -195,6 +207,13 @@ pub fn forward_with(
         out_shape[1].div_ceil(SUBGROUP_BLOCK.1),
     ];
     let use_subgroups = use_subgroups(gpu, subgroups, &grid)?;
+    // Both kernels loop over (ci, kh, kw).
+    let spec = if use_subgroups {
+        &CONV_FORWARD_SG
+    } else {
+        &CONV_FORWARD
+    };
+    gpu.check_loops(spec, nested_trips(&[p.cin, p.kh, p.kw]))?;
     let y = gpu.empty(&out_shape, DType::F32)?;
     if use_subgroups {
         let d = gpu.dispatch_grid(
@@ -276,12 +295,24 @@ pub fn backward_with(
     // positions each) so that about 256 workgroups share it.
     let rows = n * ho * wo;
     let blocks = ksize.div_ceil(block) * cout.div_ceil(channels);
-    let chunk = rows.div_ceil((256 / blocks).clamp(1, rows.div_ceil(64)));
+    // At most 2048 positions per chunk keeps each invocation's loop short (llvmpipe stops an
+    // invocation's loops after 65535 iterations).
+    let chunk = rows
+        .div_ceil((256 / blocks).clamp(1, rows.div_ceil(64)))
+        .min(2048);
     let chunks = rows.div_ceil(chunk);
     let weight_grid = [ksize.div_ceil(block), cout.div_ceil(channels), chunks];
     let subgroups = use_subgroups(gpu, options.subgroups, &input_grid)?
         && use_subgroups(gpu, options.subgroups, &weight_grid)?;
     let mut plan = Vec::new();
+    if options.input_grad {
+        let (spec, trips) = if subgroups {
+            (&CONV_BACKWARD_INPUT_SG, nested_trips(&[p.cout, p.kh, p.kw]))
+        } else {
+            (&CONV_BACKWARD_INPUT, nested_trips(&[p.kh, p.kw, p.cout]))
+        };
+        gpu.check_loops(spec, trips)?;
+    }
     let dx = if options.input_grad {
         let dx = gpu.empty(x.shape(), DType::F32)?;
         plan.push(if subgroups {
@@ -307,7 +338,8 @@ pub fn backward_with(
         None
     };
     let dw = if subgroups {
-        p.pad[0] = chunk as u32;
+        p.images = chunk as u32;
+        gpu.check_loops(&CONV_BACKWARD_WEIGHT_SG, chunk as u64)?;
         let partial = gpu.empty(&[chunks, cout * ksize], DType::F32)?;
         let grid = weight_grid.map(|g| g as u32);
         plan.push(gpu.dispatch_grid(
@@ -321,14 +353,21 @@ pub fn backward_with(
         plan.push(sum);
         total.reshape(w.shape())?
     } else {
-        let dw = gpu.empty(w.shape(), DType::F32)?;
+        // Chunks of whole images, about 4096 positions each, summed by a reduction.
+        let images = (4096 / (ho * wo)).clamp(1, n);
+        let chunks = n.div_ceil(images);
+        p.images = images as u32;
+        gpu.check_loops(&CONV_BACKWARD_WEIGHT, nested_trips(&[p.images, p.ho, p.wo]))?;
+        let partial = gpu.empty(&[chunks, cout * ksize], DType::F32)?;
         plan.push(gpu.dispatch(
             &CONV_BACKWARD_WEIGHT,
             &p,
-            &[dy, x, &dw],
-            (dw.numel() as u64).div_ceil(64),
+            &[dy, x, &partial],
+            (partial.numel() as u64).div_ceil(64),
         )?);
-        dw
+        let (sum, total) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
+        plan.push(sum);
+        total.reshape(w.shape())?
     };
     let dbias = if options.bias {
         let (per_image, partial) =

@@ -238,6 +238,8 @@ fn response(
     loss_scale: f32,
 ) -> Result<LossPlan> {
     let rows = params.rows as usize;
+    // A few passes over each row's columns (at most four).
+    gpu.check_loops(spec, 4 * u64::from(params.cols))?;
     let grad = gpu.empty(student.shape(), DType::F32)?;
     let row_loss = gpu.empty(&[rows], DType::F32)?;
     let loss = gpu.empty(&[1], DType::F32)?;
@@ -406,6 +408,8 @@ pub fn at(gpu: &Gpu, student: &Tensor, teacher: &Tensor, p: f32) -> Result<LossP
         grad_scale: 2.0 / (b * hw) as f32,
         pad: [0; 2],
     };
+    gpu.check_loops(&AT_MAPS, (cs + ct) as u64)?;
+    gpu.check_loops(&AT_ROWS, 2 * hw as u64)?;
     let ms = gpu.empty(&[b, hw], DType::F32)?;
     let mt = gpu.empty(&[b, hw], DType::F32)?;
     let stats = gpu.empty(&[b, 4], DType::F32)?;
@@ -503,6 +507,7 @@ fn centered(
     b: usize,
     d: usize,
 ) -> Result<Tensor> {
+    gpu.check_loops(&CENTER, 2 * b as u64)?;
     let c = gpu.empty(&[b, d], DType::F32)?;
     plan.push(gpu.dispatch(
         &CENTER,
@@ -557,6 +562,7 @@ pub fn sp(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     let mut plan = Vec::new();
     let gs = gram(gpu, &mut plan, student, b, ds)?;
     let gt = gram(gpu, &mut plan, teacher, b, dt)?;
+    gpu.check_loops(&SP_ROWS, 3 * b as u64)?;
     let dg = gpu.empty(&[b, b], DType::F32)?;
     let row_loss = gpu.empty(&[b], DType::F32)?;
     plan.push(gpu.dispatch(
@@ -594,6 +600,9 @@ pub fn rkd_distance(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<Los
     let et = centered(gpu, &mut plan, op, teacher, b, dt)?;
     let gs = gram(gpu, &mut plan, &es, b, ds)?;
     let gt = gram(gpu, &mut plan, &et, b, dt)?;
+    // One invocation visits every pair twice (means, then the loss).
+    gpu.check_loops(&RKD_DISTANCE_LOSS, 2 * (b * b + b) as u64)?;
+    gpu.check_loops(&RKD_DISTANCE_COEF, b as u64)?;
     let stats = gpu.empty(&[4], DType::F32)?;
     let loss = gpu.empty(&[1], DType::F32)?;
     plan.push(gpu.dispatch(
@@ -641,6 +650,8 @@ pub fn rkd_angle(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPl
     let bcoef = gpu.empty(&[b, b], DType::F32)?;
     let pair_loss = gpu.empty(&[b, b], DType::F32)?;
     let p = rparams(op, b, 0)?;
+    gpu.check_loops(&RKD_ANGLE_PAIRS, b as u64)?;
+    gpu.check_loops(&RKD_ANGLE_COEF, 2 * b as u64)?;
     plan.push(gpu.dispatch(
         &RKD_ANGLE_PAIRS,
         &p,
@@ -683,6 +694,8 @@ pub fn pkt(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     let xt = gpu.empty(&[b, dt], DType::F32)?;
     let ns = gpu.empty(&[b], DType::F32)?;
     let nt = gpu.empty(&[b], DType::F32)?;
+    gpu.check_loops(&NORMALIZE_ROWS, 2 * ds.max(dt) as u64)?;
+    gpu.check_loops(&PKT_ROWS, 3 * b as u64)?;
     plan.push(gpu.dispatch(
         &NORMALIZE_ROWS,
         &rparams(op, b, ds)?,

@@ -202,6 +202,13 @@ pub fn matmul_into(
             ],
         ),
     };
+    // One loop over K: in steps of 4 (subgroup kernels), 16 (tiles) or 1 (register blocks).
+    let k_steps = match style {
+        _ if use_subgroups && subgroup.is_ok() => k.div_ceil(4),
+        KernelStyle::WorkgroupTiled => k.div_ceil(16),
+        KernelStyle::RegisterBlocked => k,
+    };
+    gpu.check_loops(spec, k_steps as u64)?;
     let grid = [
         n.div_ceil(block_cols) as u32,
         m.div_ceil(block_rows) as u32,

@@ -67,6 +67,8 @@ pub fn reduce_axis(
         .filter(|(i, _)| *i != axis)
         .map(|(_, d)| *d)
         .collect();
+    // One invocation per output walks the whole axis.
+    gpu.check_loops(&REDUCE_AXIS, shape[axis] as u64)?;
     let out = gpu.empty(&out_shape, DType::F32)?;
     let params = AxisParams {
         outer: outer as u32,

@@ -109,6 +109,7 @@ pub fn forward(gpu: &Gpu, x: &Tensor, temperature: f32, log: bool) -> Result<(Di
         &SOFTMAX_FORWARD
     };
     let p = params(spec.entry, x, temperature)?;
+    gpu.check_loops(spec, 3 * u64::from(p.cols))?;
     let y = gpu.empty(x.shape(), DType::F32)?;
     Ok((
         gpu.dispatch(spec, &p, &[x, &y], u64::from(p.rows).div_ceil(64))?,
@@ -130,6 +131,7 @@ pub fn backward(
         &SOFTMAX_BACKWARD
     };
     let p = params(spec.entry, y, temperature)?;
+    gpu.check_loops(spec, 2 * u64::from(p.cols))?;
     dy.expect(spec.entry, "dy", DType::F32, y.shape())?;
     let dx = gpu.empty(y.shape(), DType::F32)?;
     Ok((
@@ -161,6 +163,7 @@ pub fn mixture_logits(
             message: format!("need one positive weight per teacher, summing to 1; got {weights:?}"),
         });
     }
+    gpu.check_loops(&MIXTURE_ACCUMULATE, 3 * u64::from(p.cols))?;
     let acc = gpu.zeros(first.shape(), DType::F32)?;
     let groups = u64::from(p.rows).div_ceil(64);
     let mut plan = Vec::new();
