@@ -116,11 +116,12 @@ fn squared_distance(g: f32, gii: f32, gjj: f32) -> f32 {
     return gii + gjj - 2.0 * g;
 }
 
+// Four launches, so that no invocation loops over all B² pairs (llvmpipe stops an invocation
+// after 65535 loop iterations; B = 256 has 65536 pairs): per row, the sums behind the means; one
+// invocation adds the rows up; per row, the loss and the gradient's mean term; one invocation
+// adds those up. Sums run in a fixed order, so results are deterministic.
 @group(0) @binding(1) var<storage, read> rd_gs: array<f32>;
 @group(0) @binding(2) var<storage, read> rd_gt: array<f32>;
-// [mean_s, count_s, Σ h·d_s / mean_s², mean_t]
-@group(0) @binding(3) var<storage, read_write> rd_stats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> rd_loss: array<f32>;
 
 fn rd_distance_s(i: u32, j: u32) -> f32 {
     let b = params.batch;
@@ -138,46 +139,86 @@ fn rd_distance_t(i: u32, j: u32) -> f32 {
     return sqrt(max(squared_distance(rd_gt[i * b + j], rd_gt[i * b + i], rd_gt[j * b + j]), EPS_CLAMP));
 }
 
-// One invocation: the means couple every entry, and B² is small next to the Gram matrices.
-@compute @workgroup_size(1)
-fn rkd_distance_loss() {
+// Per row i: [Σ_j d_s, #{d_s > 0}, Σ_j d_t, #{d_t > 0}].
+@group(0) @binding(3) var<storage, read_write> rd_row_sums: array<f32>;
+
+@compute @workgroup_size(64)
+fn rkd_distance_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
     let b = params.batch;
-    var sum_s = 0.0;
-    var count_s = 0.0;
-    var sum_t = 0.0;
-    var count_t = 0.0;
-    for (var i = 0u; i < b; i = i + 1u) {
-        for (var j = 0u; j < b; j = j + 1u) {
-            let ds = rd_distance_s(i, j);
-            let dt = rd_distance_t(i, j);
-            if (ds > 0.0) {
-                sum_s = sum_s + ds;
-                count_s = count_s + 1.0;
-            }
-            if (dt > 0.0) {
-                sum_t = sum_t + dt;
-                count_t = count_t + 1.0;
-            }
-        }
+    if (i >= b) {
+        return;
     }
-    let mean_s = sum_s / count_s;
-    let mean_t = sum_t / count_t;
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < b; j = j + 1u) {
+        let ds = rd_distance_s(i, j);
+        let dt = rd_distance_t(i, j);
+        acc = acc + vec4<f32>(ds, select(0.0, 1.0, ds > 0.0), dt, select(0.0, 1.0, dt > 0.0));
+    }
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        rd_row_sums[4u * i + k] = acc[k];
+    }
+}
+
+// [mean_s, count_s, Σ h·d_s / mean_s², mean_t]; the third entry is written by rkd_distance_finish.
+@group(0) @binding(1) var<storage, read> rm_row_sums: array<f32>;
+@group(0) @binding(2) var<storage, read_write> rm_stats: array<f32>;
+
+@compute @workgroup_size(1)
+fn rkd_distance_means() {
+    var acc = vec4<f32>(0.0);
+    for (var i = 0u; i < params.batch; i = i + 1u) {
+        acc = acc + vec4<f32>(rm_row_sums[4u * i], rm_row_sums[4u * i + 1u],
+                              rm_row_sums[4u * i + 2u], rm_row_sums[4u * i + 3u]);
+    }
+    rm_stats[0] = acc.x / acc.y;
+    rm_stats[1] = acc.y;
+    rm_stats[3] = acc.z / acc.w;
+}
+
+// Per row i: [Σ_j smoothL1(x_ij), Σ_j smoothL1'(x_ij)·d_s,ij / B²], x = d_s/mean_s − d_t/mean_t.
+@group(0) @binding(3) var<storage, read> rl_stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rl_row_loss: array<f32>;
+
+@compute @workgroup_size(64)
+fn rkd_distance_row_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    if (i >= b) {
+        return;
+    }
+    let mean_s = rl_stats[0];
+    let mean_t = rl_stats[3];
     let inv_bb = 1.0 / f32(b * b);
     var loss = 0.0;
     var hd = 0.0;
-    for (var i = 0u; i < b; i = i + 1u) {
-        for (var j = 0u; j < b; j = j + 1u) {
-            let ds = rd_distance_s(i, j);
-            let x = ds / mean_s - rd_distance_t(i, j) / mean_t;
-            loss = loss + smooth_l1(x);
-            hd = hd + smooth_l1_grad(x) * inv_bb * ds;
-        }
+    for (var j = 0u; j < b; j = j + 1u) {
+        let ds = rd_distance_s(i, j);
+        let x = ds / mean_s - rd_distance_t(i, j) / mean_t;
+        loss = loss + smooth_l1(x);
+        hd = hd + smooth_l1_grad(x) * inv_bb * ds;
     }
-    rd_stats[0] = mean_s;
-    rd_stats[1] = count_s;
-    rd_stats[2] = hd / (mean_s * mean_s);
-    rd_stats[3] = mean_t;
-    rd_loss[0] = loss * inv_bb;
+    rl_row_loss[2u * i] = loss;
+    rl_row_loss[2u * i + 1u] = hd;
+}
+
+@group(0) @binding(1) var<storage, read> rf_row_loss: array<f32>;
+@group(0) @binding(2) var<storage, read_write> rf_stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rf_loss: array<f32>;
+
+@compute @workgroup_size(1)
+fn rkd_distance_finish() {
+    var loss = 0.0;
+    var hd = 0.0;
+    for (var i = 0u; i < params.batch; i = i + 1u) {
+        loss = loss + rf_row_loss[2u * i];
+        hd = hd + rf_row_loss[2u * i + 1u];
+    }
+    let mean_s = rf_stats[0];
+    rf_stats[2] = hd / (mean_s * mean_s);
+    rf_loss[0] = loss / f32(params.batch * params.batch);
 }
 
 @group(0) @binding(1) var<storage, read> rc_gs: array<f32>;

@@ -11,7 +11,7 @@ use crate::gpu::{Binding, DType, Dispatch, Gpu, GpuError, KernelSpec, Result, Te
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::reduce;
 
-use Binding::{Output as W, ReadOnly as R, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
 /// A loss ready to run: its launches and the tensors they write.
 pub struct LossPlan {
@@ -91,11 +91,29 @@ pub const SP_ROWS: KernelSpec = KernelSpec {
     entry: "sp_rows",
     bindings: &[U, R, R, W, W],
 };
-/// RKD distance loss and statistics.
-pub const RKD_DISTANCE_LOSS: KernelSpec = KernelSpec {
+/// RKD distance, per row: the sums behind the mean distances.
+pub const RKD_DISTANCE_ROWS: KernelSpec = KernelSpec {
     family: "relation",
-    entry: "rkd_distance_loss",
-    bindings: &[U, R, R, W, W],
+    entry: "rkd_distance_rows",
+    bindings: &[U, R, R, W],
+};
+/// RKD distance: the mean distances from the rows' sums.
+pub const RKD_DISTANCE_MEANS: KernelSpec = KernelSpec {
+    family: "relation",
+    entry: "rkd_distance_means",
+    bindings: &[U, R, W],
+};
+/// RKD distance, per row: the loss and the gradient's mean term.
+pub const RKD_DISTANCE_ROW_LOSS: KernelSpec = KernelSpec {
+    family: "relation",
+    entry: "rkd_distance_row_loss",
+    bindings: &[U, R, R, R, W],
+};
+/// RKD distance: the loss and the gradient's mean term from the rows'.
+pub const RKD_DISTANCE_FINISH: KernelSpec = KernelSpec {
+    family: "relation",
+    entry: "rkd_distance_finish",
+    bindings: &[U, R, RW, W],
 };
 /// RKD distance gradient coefficients.
 pub const RKD_DISTANCE_COEF: KernelSpec = KernelSpec {
@@ -146,7 +164,10 @@ pub const KERNELS: &[KernelSpec] = &[
     CENTER,
     SYMMETRIZE,
     SP_ROWS,
-    RKD_DISTANCE_LOSS,
+    RKD_DISTANCE_ROWS,
+    RKD_DISTANCE_MEANS,
+    RKD_DISTANCE_ROW_LOSS,
+    RKD_DISTANCE_FINISH,
     RKD_DISTANCE_COEF,
     RKD_ANGLE_PAIRS,
     RKD_ANGLE_COEF,
@@ -600,17 +621,32 @@ pub fn rkd_distance(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<Los
     let et = centered(gpu, &mut plan, op, teacher, b, dt)?;
     let gs = gram(gpu, &mut plan, &es, b, ds)?;
     let gt = gram(gpu, &mut plan, &et, b, dt)?;
-    // One invocation visits every pair twice (means, then the loss).
-    gpu.check_loops(&RKD_DISTANCE_LOSS, 2 * (b * b + b) as u64)?;
-    gpu.check_loops(&RKD_DISTANCE_COEF, b as u64)?;
+    for spec in [
+        &RKD_DISTANCE_ROWS,
+        &RKD_DISTANCE_MEANS,
+        &RKD_DISTANCE_ROW_LOSS,
+        &RKD_DISTANCE_FINISH,
+        &RKD_DISTANCE_COEF,
+    ] {
+        gpu.check_loops(spec, b as u64)?;
+    }
+    let p = rparams(op, b, 0)?;
+    let row_sums = gpu.empty(&[b, 4], DType::F32)?;
+    let row_loss = gpu.empty(&[b, 2], DType::F32)?;
     let stats = gpu.empty(&[4], DType::F32)?;
     let loss = gpu.empty(&[1], DType::F32)?;
-    plan.push(gpu.dispatch(
-        &RKD_DISTANCE_LOSS,
-        &rparams(op, b, 0)?,
-        &[&gs, &gt, &stats, &loss],
-        1,
-    )?);
+    let rows = groups(b, RELATION_WG);
+    plan.extend([
+        gpu.dispatch(&RKD_DISTANCE_ROWS, &p, &[&gs, &gt, &row_sums], rows)?,
+        gpu.dispatch(&RKD_DISTANCE_MEANS, &p, &[&row_sums, &stats], 1)?,
+        gpu.dispatch(
+            &RKD_DISTANCE_ROW_LOSS,
+            &p,
+            &[&gs, &gt, &stats, &row_loss],
+            rows,
+        )?,
+        gpu.dispatch(&RKD_DISTANCE_FINISH, &p, &[&row_loss, &stats, &loss], 1)?,
+    ]);
     let coef = gpu.empty(&[b, b], DType::F32)?;
     plan.push(gpu.dispatch(
         &RKD_DISTANCE_COEF,
