@@ -481,7 +481,7 @@ fn cnn_gradients_at_a_real_batch_size_match_finite_differences() {
     let Some(gpu) = gpu() else { return };
     let g = models::cnn([128, 1, 28, 28], &[8, 16], 10).unwrap();
     let w = Weights::init(gpu, &g, 40).unwrap();
-    let labels: Vec<i32> = (0..128).map(|i| (i * 7 % 10) as i32).collect();
+    let labels: Vec<i32> = (0..128).map(|i| i * 7 % 10).collect();
     check_sampled_gradients(gpu, "cnn b128", &g, &w, &data(128 * 784, 41), &labels, 1e-4);
 }
 
