@@ -64,6 +64,11 @@ pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
             l.max_compute_invocations_per_workgroup,
             l.max_compute_workgroups_per_dimension
         );
+        if let Some(limit) = c.loop_limit {
+            println!(
+                "    loops stop after {limit} iterations per invocation (llvmpipe): longer launches are refused"
+            );
+        }
     }
     Ok(())
 }

@@ -83,7 +83,8 @@ fn execute(
             println!("{line}")
         })?
     } else {
-        // Each seed in its own folder; the top-level summary holds mean ± std over them.
+        // Each seed in its own folder; the top-level summary holds mean ± std over them,
+        // rewritten after every seed so that an interrupted run keeps the seeds it finished.
         let mut runs = Vec::new();
         for k in 0..seeds {
             let mut cfg = config.clone();
@@ -101,10 +102,9 @@ fn execute(
                 &test,
                 &mut |line| println!("seed {seed}: {line}"),
             )?);
+            run::write_summary(&opts.out, &run::aggregate(&runs))?;
         }
-        let summary = run::aggregate(&runs);
-        run::write_summary(&opts.out, &summary)?;
-        summary
+        run::aggregate(&runs)
     };
     print_table(&summary);
     println!("results in {}", opts.out.display());
