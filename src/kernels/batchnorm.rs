@@ -156,6 +156,9 @@ pub fn forward_train(
 ) -> Result<(Vec<Dispatch>, Tensor, BatchNormSaved)> {
     let p = params("batch_norm", x, st)?;
     let (c, chunks) = (p.c as usize, p.chunks as usize);
+    // Two passes over a chunk; the merge walks the chunks.
+    gpu.check_loops(&STATS_PARTIAL, 2 * u64::from(p.chunk))?;
+    gpu.check_loops(&STATS_MERGE, u64::from(p.chunks))?;
     let stats = gpu.zeros(&[4, c], DType::F32)?;
     let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
     let y = gpu.empty(x.shape(), DType::F32)?;
@@ -208,6 +211,8 @@ pub fn backward(
 ) -> Result<(Vec<Dispatch>, BatchNormGrads)> {
     let p = params("batch_norm_backward", x, st)?;
     let (c, chunks) = (p.c as usize, p.chunks as usize);
+    gpu.check_loops(&GRAD_PARTIAL, u64::from(p.chunk))?;
+    gpu.check_loops(&GRAD_MERGE, u64::from(p.chunks))?;
     dy.expect("batch_norm_backward", "dy", DType::F32, x.shape())?;
     saved
         .stats

@@ -100,8 +100,13 @@ fn nchw(op: &str, x: &Tensor) -> Result<[usize; 4]> {
     }
 }
 
-fn params(op: &str, x: &Tensor, pool: &Pool2d) -> Result<(Params, [usize; 4])> {
+/// Checks x and the window for `spec`'s launch; returns the parameters and output shape.
+fn params(gpu: &Gpu, spec: &KernelSpec, x: &Tensor, pool: &Pool2d) -> Result<(Params, [usize; 4])> {
+    let op = spec.entry;
     let [n, c, h, w] = nchw(op, x)?;
+    // Each kernel loops over a window (or the windows covering an input), kh × kw at most.
+    let [kh, kw] = pool.kernel.map(|k| k as u64);
+    gpu.check_loops(spec, kh * (1 + kw))?;
     let valid = pool.kernel.iter().chain(&pool.stride).all(|&v| v > 0)
         && pool.padding[0] * 2 <= pool.kernel[0]
         && pool.padding[1] * 2 <= pool.kernel[1];
@@ -159,7 +164,7 @@ pub fn max_pool_forward(
     x: &Tensor,
     pool: &Pool2d,
 ) -> Result<(Dispatch, Tensor, Tensor)> {
-    let (p, out_shape) = params("max_pool", x, pool)?;
+    let (p, out_shape) = params(gpu, &MAX_POOL_FORWARD, x, pool)?;
     let y = gpu.empty(&out_shape, DType::F32)?;
     let arg = gpu.empty(&out_shape, DType::I32)?;
     let grid = planar_grid(gpu, p.planes, out_shape[2] * out_shape[3])?;
@@ -175,7 +180,7 @@ pub fn max_pool_backward(
     arg: &Tensor,
     dy: &Tensor,
 ) -> Result<(Dispatch, Tensor)> {
-    let (p, out_shape) = params("max_pool_backward", x, pool)?;
+    let (p, out_shape) = params(gpu, &MAX_POOL_BACKWARD, x, pool)?;
     arg.expect("max_pool_backward", "argmax", DType::I32, &out_shape)?;
     dy.expect("max_pool_backward", "dy", DType::F32, &out_shape)?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
@@ -193,7 +198,7 @@ pub fn max_pool_backward(
 
 /// Prepares average pooling (padding counted in the divisor, as PyTorch's default).
 pub fn avg_pool_forward(gpu: &Gpu, x: &Tensor, pool: &Pool2d) -> Result<(Dispatch, Tensor)> {
-    let (p, out_shape) = params("avg_pool", x, pool)?;
+    let (p, out_shape) = params(gpu, &AVG_POOL_FORWARD, x, pool)?;
     let y = gpu.empty(&out_shape, DType::F32)?;
     Ok((
         gpu.dispatch(&AVG_POOL_FORWARD, &p, &[x, &y], groups(y.numel()))?,
@@ -208,7 +213,7 @@ pub fn avg_pool_backward(
     pool: &Pool2d,
     dy: &Tensor,
 ) -> Result<(Dispatch, Tensor)> {
-    let (p, out_shape) = params("avg_pool_backward", x, pool)?;
+    let (p, out_shape) = params(gpu, &AVG_POOL_BACKWARD, x, pool)?;
     dy.expect("avg_pool_backward", "dy", DType::F32, &out_shape)?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
     Ok((
