@@ -60,6 +60,13 @@ fn every_config_error_names_its_key() {
             &["stages[2].augment", "student-kd"],
         ),
         (
+            with(
+                "name = \"student-kd\"",
+                "name = \"student-kd\"\nonce = true",
+            ),
+            &["stages[2].once", "leading stages"],
+        ),
+        (
             with("arch = \"mlp\"\nhidden = [512, 512]", "arch = \"vit\""),
             &["models.teacher", "vit"],
         ),

@@ -283,7 +283,8 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     let base = RunOptions::new(out_dir("whole"));
     let (train, test) = run::load_data(&cfg, &base).unwrap();
     let whole = run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();
-    for stop in [(0, 1), (2, 2)] {
+    // Inside a stage, and between two (the next stage's first epoch not begun).
+    for stop in [(0, 1), (1, 0), (2, 2)] {
         let opts = RunOptions {
             out: out_dir(&format!("cut-{}-{}", stop.0, stop.1)),
             stop_after: Some(stop),
@@ -682,6 +683,46 @@ fn the_results_config_runs_with_seeds_and_reports_a_table_that_matches_its_json(
     assert!(
         (diff - (kd["mean"].as_f64().unwrap() - scratch["mean"].as_f64().unwrap())).abs() < 1e-12
     );
+    // The teacher is `once`: trained in the first seed, reused by the second (same weights,
+    // no teacher epochs in its metrics).
+    let teacher = rows.iter().find(|r| r["stage"] == "teacher").unwrap();
+    let per_seed = teacher["per_seed"].as_array().unwrap();
+    assert_eq!(per_seed[0], per_seed[1], "{teacher}");
+    let weights =
+        |seed: &str| std::fs::read(run.join(seed).join("checkpoints/teacher.safetensors")).unwrap();
+    assert_eq!(weights("seed-0"), weights("seed-1"));
+    let metrics = std::fs::read_to_string(run.join("seed-1/metrics.jsonl")).unwrap();
+    assert!(!metrics.contains("\"teacher\""), "{metrics}");
+    assert!(metrics.contains("\"scratch\""), "{metrics}");
+    // Resuming a finished multi-seed run trains nothing more and reports the same numbers.
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    let out = wgdistill(&[
+        "train",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--seeds",
+        "2",
+        "--resume",
+        "--teacher-cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    for (a, b) in again["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(before["stages"].as_array().unwrap())
+    {
+        assert_eq!(a["models"], b["models"]);
+    }
     let e = wgdistill(&["report", dir.join("nothing").to_str().unwrap()]);
     assert!(!e.status.success());
     let msg = String::from_utf8_lossy(&e.stderr);

@@ -55,7 +55,8 @@ enum Command {
         /// Run the whole configuration with N seeds (seed, seed + 1, …) and report mean ± std.
         #[arg(long, default_value_t = 1)]
         seeds: usize,
-        /// Continue an interrupted run in --out from its last completed epoch.
+        /// Continue an interrupted run in --out from its last completed epoch (with --seeds,
+        /// every seed's folder that has progress; the others start).
         #[arg(long)]
         resume: bool,
         /// Root of the teacher-output cache that `data.teacher_cache = true` uses (default:

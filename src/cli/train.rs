@@ -85,12 +85,26 @@ fn execute(
     } else {
         // Each seed in its own folder; the top-level summary holds mean ± std over them,
         // rewritten after every seed so that an interrupted run keeps the seeds it finished.
+        // With --resume each seed's folder that has progress goes on; seeds after the first
+        // start from the first seed's `once` stages.
         let mut runs = Vec::new();
+        let first = opts.out.join(format!("seed-{}", config.seed));
         for k in 0..seeds {
             let mut cfg = config.clone();
             cfg.seed = config.seed + k as u64;
+            let out = opts.out.join(format!("seed-{}", cfg.seed));
+            let has_progress = out.join("progress.json").is_file();
+            let resume = if opts.resume && has_progress {
+                true
+            } else if k > 0 && config.once_stages() > 0 {
+                run::start_from_first_seed(&config, &first, &out)?;
+                true
+            } else {
+                false
+            };
             let run_opts = RunOptions {
-                out: opts.out.join(format!("seed-{}", cfg.seed)),
+                out,
+                resume,
                 ..opts.clone()
             };
             let seed = cfg.seed;
@@ -121,11 +135,6 @@ pub fn train(
     resume: bool,
     teacher_cache: Option<PathBuf>,
 ) -> Result<(), CliError> {
-    if resume && seeds > 1 {
-        return Err(CliError::Message(
-            "--resume: resume one seed's folder (--out DIR/seed-N) at a time".into(),
-        ));
-    }
     let what = config.display().to_string();
     let text = std::fs::read_to_string(config)
         .map_err(|e| CliError::Message(format!("{what}: cannot read ({e})")))?;

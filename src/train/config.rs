@@ -156,6 +156,11 @@ pub struct StageConfig {
     /// Overrides `data.augment` for this stage (say, augmentation for a teacher trained from
     /// scratch, none for the students that use the teacher-output cache).
     pub augment: Option<bool>,
+    /// With `--seeds N`, train this stage in the first seed only; the other seeds start from its
+    /// models (the usual protocol for distillation results: one teacher, students over seeds).
+    /// Only leading stages can be `once`.
+    #[serde(default)]
+    pub once: bool,
 }
 
 impl StageConfig {
@@ -346,6 +351,11 @@ impl LossName {
 }
 
 impl Config {
+    /// How many leading stages are `once`: trained in the first seed only.
+    pub fn once_stages(&self) -> usize {
+        self.stages.iter().take_while(|s| s.once).count()
+    }
+
     /// Checks names, taps and settings across the whole configuration; `what` names it in errors.
     pub fn check(&self, what: &str) -> Result<()> {
         let err = |path: String, message: String| input_error(format!("{what}: {path}"), message);
@@ -357,6 +367,13 @@ impl Config {
         }
         if self.stages.is_empty() {
             return Err(err("stages".into(), "at least one stage is needed".into()));
+        }
+        let leading = self.once_stages();
+        if let Some(i) = self.stages.iter().skip(leading).position(|s| s.once) {
+            return Err(err(
+                format!("stages[{}].once", leading + i),
+                "only the leading stages can be trained once (move it before the others)".into(),
+            ));
         }
         if self.data.teacher_cache {
             // Augmented images differ every epoch, so a teacher's outputs cannot be reused.

@@ -129,6 +129,53 @@ struct Progress {
     done: Vec<StageSummary>,
 }
 
+/// Prepares the folder `out` of a later seed to start from the first seed's `once` stages
+/// (`first` is that seed's folder, complete): their models' checkpoints are copied and a
+/// `progress.json` marks those stages done, so that resuming `out` trains the rest.
+pub fn start_from_first_seed(config: &Config, first: &Path, out: &Path) -> Result<()> {
+    let once = config.once_stages();
+    let summary_path = first.join("summary.json");
+    let text = std::fs::read_to_string(&summary_path).map_err(|e| {
+        input_error(
+            summary_path.display().to_string(),
+            format!("the first seed's summary is needed for its once stages ({e})"),
+        )
+    })?;
+    let first_summary: Summary = serde_json::from_str(&text)
+        .map_err(|e| input_error(summary_path.display().to_string(), e.to_string()))?;
+    if first_summary.stages.len() < once {
+        return Err(input_error(
+            summary_path.display().to_string(),
+            format!(
+                "has {} stages, the once stages are {once}",
+                first_summary.stages.len()
+            ),
+        ));
+    }
+    let ckpt = out.join("checkpoints");
+    std::fs::create_dir_all(&ckpt)
+        .map_err(|e| input_error(ckpt.display().to_string(), format!("cannot create ({e})")))?;
+    for model in config.stages[..once].iter().flat_map(|s| &s.train) {
+        let name = format!("{model}.safetensors");
+        let (from, to) = (first.join("checkpoints").join(&name), ckpt.join(&name));
+        std::fs::copy(&from, &to).map_err(|e| {
+            input_error(
+                from.display().to_string(),
+                format!("cannot copy to {} ({e})", to.display()),
+            )
+        })?;
+    }
+    let progress = Progress {
+        stage: once,
+        epoch: 0,
+        best: vec![],
+        accuracy: vec![],
+        done: first_summary.stages[..once].to_vec(),
+    };
+    let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+    write_json(&out.join("progress.json"), &progress)
+}
+
 /// The adapter a run used.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct AdapterSummary {
@@ -542,12 +589,12 @@ pub fn run(
             continue;
         }
         let started = Instant::now();
-        let (start_epoch, mut best, mut accuracy) = match resuming {
+        // A stage resumed after some epochs goes on from its checkpoints; one whose first epoch
+        // had not finished (progress written as the previous stage ended) starts afresh.
+        let (start_epoch, mut best, mut accuracy) = match resuming.filter(|p| p.epoch > 0) {
             Some(p) => {
-                if p.epoch > 0 {
-                    for (name, graph) in names.iter().zip(&graphs) {
-                        load(&mut weights, name, graph)?;
-                    }
+                for (name, graph) in names.iter().zip(&graphs) {
+                    load(&mut weights, name, graph)?;
                 }
                 (p.epoch, p.best.clone(), p.accuracy.clone())
             }
