@@ -97,8 +97,9 @@ struct Params {
     ph: u32,
     pw: u32,
     bias: u32,
-    // Images per chunk (conv_backward_weight) or positions per chunk (conv_backward_weight_sg).
-    images: u32,
+    // The weight gradient's chunk: images (conv_backward_weight) or output positions
+    // (conv_backward_weight_sg).
+    chunk: u32,
     pad: u32,
 }
 
@@ -168,7 +169,7 @@ fn params(op: &str, x: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<(Params, [u
         ph: u(ph),
         pw: u(pw),
         bias: 0,
-        images: 0,
+        chunk: 0,
         pad: 0,
     };
     Ok((p, [n, cout, ho, wo]))
@@ -338,7 +339,7 @@ pub fn backward_with(
         None
     };
     let dw = if subgroups {
-        p.images = chunk as u32;
+        p.chunk = chunk as u32;
         gpu.check_loops(&CONV_BACKWARD_WEIGHT_SG, chunk as u64)?;
         let partial = gpu.empty(&[chunks, cout * ksize], DType::F32)?;
         let grid = weight_grid.map(|g| g as u32);
@@ -356,8 +357,8 @@ pub fn backward_with(
         // Chunks of whole images, about 4096 positions each, summed by a reduction.
         let images = (4096 / (ho * wo)).clamp(1, n);
         let chunks = n.div_ceil(images);
-        p.images = images as u32;
-        gpu.check_loops(&CONV_BACKWARD_WEIGHT, nested_trips(&[p.images, p.ho, p.wo]))?;
+        p.chunk = images as u32;
+        gpu.check_loops(&CONV_BACKWARD_WEIGHT, nested_trips(&[p.chunk, p.ho, p.wo]))?;
         let partial = gpu.empty(&[chunks, cout * ksize], DType::F32)?;
         plan.push(gpu.dispatch(
             &CONV_BACKWARD_WEIGHT,
