@@ -12,6 +12,12 @@ Two checks on wgdistill's `cnn` (channels [32, 64], batch 128, as in configs/res
    gradient's size, so weights whose gradient is near zero take either sign in float32, in
    PyTorch as here; its update rule is checked exactly in tests/training_kernels.rs.)
 
+With `--teacher FILE` (a wgdistill or PyTorch checkpoint of that CNN), a third check:
+
+3. One step of a FitNet student (CNN [8, 16], ce + 100·hint on features.7 through a 1×1-conv
+   adapter, as in configs/results.toml): the student's and the adapter's gradients (read from
+   the momentum buffers after one step at weight decay 0) against PyTorch in float64.
+
 It runs the `wgdistill` binary (build it first: `cargo build --release`), writes its files under
 `--work`, and exits non-zero when a check fails. Not part of CI (it needs PyTorch):
 
@@ -66,6 +72,69 @@ losses = [{{ kind = "ce", weight = 1.0 }}]
 """
 
 
+def fitnet_config(batch, teacher, hint):
+    return f"""seed = 0
+[data]
+dataset = "fashion-mnist"
+batch_size = {batch}
+train_limit = {batch}
+test_limit = {batch}
+[models.teacher]
+arch = "cnn"
+channels = [32, 64]
+checkpoint = "{teacher}"
+[models.net]
+arch = "cnn"
+channels = [8, 16]
+checkpoint = "student-init.safetensors"
+[[stages]]
+name = "check"
+train = ["net"]
+teachers = ["teacher"]
+epochs = 1
+optimizer = {{ kind = "sgd", lr = 1.0, momentum = 0.9, weight_decay = 0.0 }}
+losses = [
+  {{ kind = "ce", weight = 1.0 }},
+  {{ kind = "hint", weight = {hint}, student_tap = "features.7", teacher_tap = "features.7", adapter = "conv1x1" }},
+]
+"""
+
+
+def check_fitnet(args, x, y, batch):
+    """Gradients of ce + 100·hint through a 1×1-conv adapter: after one SGD step with momentum
+    and no weight decay, each momentum buffer is its parameter's gradient, and the adapter's
+    initial weights are its new ones plus that gradient."""
+    hint = 100.0
+    torch.manual_seed(3)
+    student = {k: v.contiguous() for k, v in Cnn((8, 16)).state_dict().items()}
+    save_file(student, os.path.join(args.work, "student-init.safetensors"))
+    teacher_file = os.path.abspath(args.teacher)
+    run_wgdistill(args, fitnet_config(batch, teacher_file, hint), "fitnet-step")
+    state = load_file(os.path.join(args.work, "fitnet-step", "checkpoints",
+                                   "net.train-state.safetensors"))
+    grads = {k[len("optimizer."):-len(".0")]: v.double()
+             for k, v in state.items() if k.startswith("optimizer.")}
+    names = [k for k in state if k.startswith("adapters.")]
+    adapter = {k: (state[k].double() + grads[k]).requires_grad_() for k in names}
+    weight, bias = (next(adapter[k] for k in names if k.endswith(s)) for s in ("weight", "bias"))
+    teacher = model(load_file(teacher_file), torch.float64).eval()
+    net = model(student, torch.float64, (8, 16))
+    xb = x[:batch].double()
+    with torch.no_grad():
+        target = teacher.features(xb)
+    features = net.features(xb)
+    loss = (torch.nn.functional.cross_entropy(net.classifier(torch.flatten(features, 1)), y[:batch])
+            + hint * torch.nn.functional.mse_loss(
+                torch.nn.functional.conv2d(features, weight, bias), target))
+    loss.backward()
+    want = {k: p.grad for k, p in net.named_parameters()}
+    want.update({k: adapter[k].grad for k in names})
+    worst = max(relative(grads[k], want[k]) for k in want)
+    print(f"one FitNet step (ce + {hint:g}·hint through a 1×1-conv adapter): gradients within "
+          f"{worst:.1e} of PyTorch float64")
+    return worst > 1e-3
+
+
 def run_wgdistill(args, text, name):
     path = os.path.join(args.work, f"{name}.toml")
     with open(path, "w") as f:
@@ -79,8 +148,8 @@ def run_wgdistill(args, text, name):
     return load_file(os.path.join(out, "checkpoints", "net.safetensors"))
 
 
-def model(state, dtype):
-    m = Cnn((32, 64)).to(dtype)
+def model(state, dtype, channels=(32, 64)):
+    m = Cnn(channels).to(dtype)
     m.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
     m.train()
     return m
@@ -98,6 +167,7 @@ def main():
     p.add_argument("--backend", default="vulkan")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--work", default=os.path.abspath("wgdistill-check"))
+    p.add_argument("--teacher", help="a CNN [32, 64] checkpoint: also check a FitNet step")
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
     batch = 128
@@ -147,6 +217,8 @@ def main():
     print(f"{steps} SGD steps: wgdistill within {ours:.1e} of PyTorch float64 ({worst_name}); "
           f"PyTorch float32 within {theirs:.1e} ({their_name})")
     failed |= ours > max(2 * theirs, 1e-3)
+    if args.teacher:
+        failed |= check_fitnet(args, x, y, batch)
     print("FAILED" if failed else "ok")
     sys.exit(1 if failed else 0)
 
