@@ -3,7 +3,8 @@
 The tiny CNN student (channels [8, 16]) trained for one epoch of SGD (lr 0.05, momentum 0.9,
 weight decay 5e-4, batch 128) with cross-entropy plus, as in configs/results.toml, DKD
 (alpha 1, beta 8, T 4, at half weight: the first epoch of its two-epoch warm-up) or a FitNet hint
-(weight 100 on features.7 through a 1x1-conv adapter), from a teacher checkpoint. It tells
+(weight 100 on features.7 through a 1x1-conv adapter), from a teacher checkpoint; or two such
+students by deep mutual learning (each: ce + KD at T = 1 toward the other's detached output). It tells
 whether a recipe is stable for this student in PyTorch too, independently of wgdistill:
 
     python3 examples/pytorch_teacher/student_recipe.py dkd --teacher runs/results/seed-0/checkpoints/teacher.safetensors
@@ -36,7 +37,7 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("method", choices=["scratch", "dkd", "fitnet"])
+    p.add_argument("method", choices=["scratch", "dkd", "fitnet", "dml"])
     p.add_argument("--teacher", required=True, help="a CNN [32, 64] checkpoint")
     p.add_argument("--data", default=os.environ.get("WGDISTILL_DATA",
                                                     "/usr/share/datasets/fashion-mnist"))
@@ -49,10 +50,13 @@ def main():
     teacher = Cnn((32, 64))
     teacher.load_state_dict(load_file(args.teacher), strict=True)
     teacher.eval()
-    student, adapter = Cnn((8, 16)), torch.nn.Conv2d(16, 64, 1)
+    student, adapter, peer = Cnn((8, 16)), torch.nn.Conv2d(16, 64, 1), Cnn((8, 16))
     params = list(student.parameters())
     if args.method == "fitnet":
         params += list(adapter.parameters())
+    if args.method == "dml":
+        params += list(peer.parameters())
+        peer.train()
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
     student.train()
     order = torch.randperm(len(train_x))
@@ -69,13 +73,21 @@ def main():
             loss = loss + 0.5 * dkd(logits, t_logits, y)
         elif args.method == "fitnet":
             loss = loss + 100.0 * F.mse_loss(adapter(features), t_features)
+        elif args.method == "dml":
+            other = peer(x)
+            kl = lambda s, t: F.kl_div(F.log_softmax(s, 1), F.softmax(t.detach(), 1),  # noqa: E731
+                                       reduction="batchmean")
+            loss = loss + kl(logits, other) + F.cross_entropy(other, y) + kl(other, logits)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step in (0, 1, 10, 100):
             print(f"step {step}: loss {loss.item():.4f}")
+    accs = [accuracy(student, test_x, test_y)]
+    if args.method == "dml":
+        accs.append(accuracy(peer, test_x, test_y))
     print(f"{args.method} (lr {args.lr}, seed {args.seed}): test accuracy after one epoch "
-          f"{accuracy(student, test_x, test_y):.4f}")
+          + " / ".join(f"{a:.4f}" for a in accs))
 
 
 if __name__ == "__main__":
