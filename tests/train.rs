@@ -632,21 +632,27 @@ fn the_results_config_runs_with_seeds_and_reports_a_table_that_matches_its_json(
     let config = dir.join("results.toml");
     std::fs::write(&config, text).unwrap();
     let (run, cache, json) = (dir.join("run"), dir.join("cache"), dir.join("results.json"));
-    let out = wgdistill(&[
-        "train",
-        config.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--seeds",
-        "2",
-        "--teacher-cache",
-        cache.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Two seeds of the config, with extra flags; must succeed.
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            config.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--seeds",
+            "2",
+            "--teacher-cache",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = wgdistill(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    train(&[]);
     let out = wgdistill(&[
         "report",
         run.to_str().unwrap(),
@@ -696,22 +702,7 @@ fn the_results_config_runs_with_seeds_and_reports_a_table_that_matches_its_json(
     assert!(metrics.contains("\"scratch\""), "{metrics}");
     // Resuming a finished multi-seed run trains nothing more and reports the same numbers.
     let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
-    let out = wgdistill(&[
-        "train",
-        config.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--seeds",
-        "2",
-        "--resume",
-        "--teacher-cache",
-        cache.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train(&["--resume"]);
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     let before: serde_json::Value = serde_json::from_str(&summary).unwrap();
