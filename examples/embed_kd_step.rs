@@ -5,7 +5,8 @@
 //! `cargo run --release --example embed_kd_step` (pick the adapter with WGPU_BACKEND /
 //! WGPU_ADAPTER_NAME). The data is a small synthetic 10-class problem made here.
 
-use wgdistill::gpu::{Gpu, GpuError};
+use wgdistill::Error;
+use wgdistill::gpu::Gpu;
 use wgdistill::graph::{
     Adapter, EvalStep, Graph, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights,
 };
@@ -34,13 +35,7 @@ fn synthetic(n: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
     (x, y)
 }
 
-fn train(
-    gpu: &Gpu,
-    step: &TrainStep,
-    x: &[f32],
-    y: &[i32],
-    epochs: usize,
-) -> Result<f32, GpuError> {
+fn train(gpu: &Gpu, step: &TrainStep, x: &[f32], y: &[i32], epochs: usize) -> Result<f32, Error> {
     for _ in 0..epochs {
         for (xb, yb) in x.chunks(BATCH * PIXELS).zip(y.chunks(BATCH)) {
             step.run(gpu, xb, yb)?;
@@ -55,7 +50,7 @@ fn accuracy(
     weights: &Weights,
     x: &[f32],
     y: &[i32],
-) -> Result<f64, GpuError> {
+) -> Result<f64, Error> {
     let eval = EvalStep::compile(gpu, graph, weights)?;
     let mut correct = 0;
     for (xb, yb) in x.chunks(BATCH * PIXELS).zip(y.chunks(BATCH)) {
@@ -72,7 +67,7 @@ fn accuracy(
     Ok(correct as f64 / y.len() as f64)
 }
 
-fn main() -> Result<(), GpuError> {
+fn main() -> Result<(), Error> {
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.caps().label());
     let (train_x, train_y) = synthetic(1024, 1);

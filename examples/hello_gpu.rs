@@ -3,10 +3,11 @@
 //!
 //! `cargo run --release --example hello_gpu`
 
-use wgdistill::gpu::{Gpu, GpuError};
+use wgdistill::Error;
+use wgdistill::gpu::Gpu;
 use wgdistill::kernels::elementwise;
 
-fn main() -> Result<(), GpuError> {
+fn main() -> Result<(), Error> {
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.caps().label());
     let x = gpu.upload(&[4], &[1.0f32, 2.0, 3.0, 4.0])?;

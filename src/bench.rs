@@ -5,7 +5,8 @@
 
 use serde::Serialize;
 
-use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Result, Tensor, TimingSource, measure};
+use crate::Result;
+use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Tensor, TimingSource, measure};
 use crate::kernels::batchnorm::{self, BatchNormState};
 use crate::kernels::conv::{self, Conv2d};
 use crate::kernels::matmul::{MatmulOptions, matmul};

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, View};
 
-use crate::gpu::error::{Result, input_error};
+use crate::error::{Result, input_error};
 
 /// Host-side element data.
 #[derive(Clone, Debug, PartialEq)]

@@ -15,12 +15,13 @@
 //! let x = gpu.upload(&[3], &[1.0f32, 2.0, 3.0])?;
 //! let y = elementwise::scale(&gpu, &x, 2.0)?;
 //! assert_eq!(gpu.read::<f32>(&y)?, vec![2.0, 4.0, 6.0]);
-//! # Ok::<(), wgdistill::gpu::GpuError>(())
+//! # Ok::<(), wgdistill::Error>(())
 //! ```
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod data;
+pub mod error;
 pub mod gpu;
 pub mod graph;
 pub mod io;
@@ -29,3 +30,5 @@ pub mod models;
 pub mod ops;
 pub mod reference;
 pub mod train;
+
+pub use error::{Error, Result};

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::gpu::error::input_error;
+use crate::Result;
+use crate::error::input_error;
 use crate::gpu::{DType, Dispatch};
-use crate::gpu::{Gpu, Result, Tensor};
+use crate::gpu::{Gpu, Tensor};
 use crate::io::{HostData, HostTensor, TensorMap};
 use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormState};

@@ -175,7 +175,7 @@ fn feature_losses_match_the_reference_at_odd_shapes() {
 #[test]
 fn relation_losses_match_the_reference_at_odd_shapes() {
     let Some(gpu) = gpu() else { return };
-    type Gpu3 = fn(&Gpu, &Tensor, &Tensor) -> wgdistill::gpu::Result<LossPlan>;
+    type Gpu3 = fn(&Gpu, &Tensor, &Tensor) -> wgdistill::Result<LossPlan>;
     type Cpu3 = fn(&[f64], &[f64], usize) -> cpu::LossGrad;
     let cases: [(&str, Gpu3, Cpu3); 4] = [
         ("sp", losses::sp, cpu::sp),

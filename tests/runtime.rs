@@ -4,7 +4,8 @@
 mod common;
 
 use common::{data, gpu};
-use wgdistill::gpu::{AdapterQuery, DType, Gpu, GpuError, measure};
+use wgdistill::Error;
+use wgdistill::gpu::{AdapterQuery, DType, Gpu, measure};
 use wgdistill::kernels::elementwise;
 
 #[test]
@@ -85,10 +86,10 @@ fn zeros_are_zero_even_in_a_reused_buffer() {
 fn dtype_and_length_mismatches_are_errors() {
     let Some(gpu) = gpu() else { return };
     let t = gpu.upload(&[4], &[1.0f32; 4]).unwrap();
-    assert!(matches!(gpu.read::<i32>(&t), Err(GpuError::Shape { .. })));
+    assert!(matches!(gpu.read::<i32>(&t), Err(Error::Shape { .. })));
     assert!(matches!(
         gpu.write(&t, &[1.0f32; 3]),
-        Err(GpuError::Shape { .. })
+        Err(Error::Shape { .. })
     ));
     assert!(gpu.upload(&[2, 3], &[1.0f32; 5]).is_err());
 }
@@ -132,7 +133,7 @@ fn tensors_over_the_binding_limit_are_refused_before_allocating() {
     let limit = gpu.limits().max_storage_buffer_binding_size;
     let n = (limit / 4 + 1) as usize;
     let err = gpu.empty(&[n], DType::F32).unwrap_err();
-    assert!(matches!(err, GpuError::TooLarge { .. }), "{err}");
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     assert!(
         err.to_string().contains("max_storage_buffer_binding_size"),
         "{err}"
@@ -180,10 +181,7 @@ fn a_spec_that_disagrees_with_its_wgsl_is_an_error_not_a_panic() {
         entry: "scale",
         bindings: &[Binding::Uniform, Binding::ReadWrite, Binding::ReadWrite],
     };
-    assert!(matches!(
-        gpu.kernel(&wrong, &[]),
-        Err(GpuError::Kernel { .. })
-    ));
+    assert!(matches!(gpu.kernel(&wrong, &[]), Err(Error::Kernel { .. })));
     let unknown = KernelSpec {
         family: "no_such_family",
         entry: "main",
@@ -191,7 +189,7 @@ fn a_spec_that_disagrees_with_its_wgsl_is_an_error_not_a_panic() {
     };
     assert!(matches!(
         gpu.kernel(&unknown, &[]),
-        Err(GpuError::Kernel { .. })
+        Err(Error::Kernel { .. })
     ));
 }
 
@@ -253,7 +251,7 @@ fn loops_past_llvmpipes_limit_are_refused_not_cut_short() {
         reduce_axis(gpu, &long_axis, 0, AxisOp::Sum).map(|_| ()),
     ] {
         match (llvmpipe, result) {
-            (true, Err(e @ GpuError::LoopLimit { .. })) => {
+            (true, Err(e @ Error::LoopLimit { .. })) => {
                 let e = e.to_string();
                 assert!(
                     !e.contains('\n') && e.contains("70000") && e.contains("65535"),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use wgdistill::gpu::GpuError;
+use wgdistill::Error;
 use wgdistill::gpu::pipeline::check_spec;
 use wgdistill::gpu::shaders::{Extensions, SHADER_FILES, translate_all, validate};
 use wgdistill::kernels;
@@ -100,7 +100,7 @@ fn a_syntax_error_fails_with_file_and_line() {
         .err()
         .expect("must fail");
     match &err {
-        GpuError::Shader { path, line, .. } => {
+        Error::Shader { path, line, .. } => {
             assert_eq!(path, "shaders/broken.wgsl");
             assert_eq!(*line, 3);
         }

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use wgdistill::gpu::{DType, Dispatch, Gpu, GpuError, KernelStyle, Tensor};
+use wgdistill::Error;
+use wgdistill::gpu::{DType, Dispatch, Gpu, KernelStyle, Tensor};
 use wgdistill::kernels::batchnorm::{self, BatchNormState};
 use wgdistill::kernels::conv::{self, Conv2d};
 use wgdistill::kernels::matmul::{Activation, MatmulOptions, matmul};
@@ -20,7 +21,7 @@ use super::CliError;
 use wgdistill::reference::{sample as data, widen};
 
 /// A case's GPU result and reference, flattened (a loss's value first, then its gradient).
-type Outcome = Result<(Vec<f32>, Vec<f64>), GpuError>;
+type Outcome = Result<(Vec<f32>, Vec<f64>), Error>;
 
 struct Case {
     kernel: &'static str,
@@ -88,7 +89,7 @@ fn response_cases() -> Vec<Case> {
                            s: &[f32],
                            t: &[f32],
                            y: &[usize]|
-              -> Result<(Tensor, Tensor, Tensor), GpuError> {
+              -> Result<(Tensor, Tensor, Tensor), Error> {
             let labels: Vec<i32> = y.iter().map(|&v| v as i32).collect();
             Ok((
                 gpu.upload(&[b, c], s)?,
@@ -181,7 +182,7 @@ fn feature_and_relation_cases() -> Vec<Case> {
             )
         }),
     });
-    type GpuLoss = fn(&Gpu, &Tensor, &Tensor) -> wgdistill::gpu::Result<losses::LossPlan>;
+    type GpuLoss = fn(&Gpu, &Tensor, &Tensor) -> wgdistill::Result<losses::LossPlan>;
     type CpuLoss = fn(&[f64], &[f64], usize) -> cpu::LossGrad;
     let relations: [(&'static str, GpuLoss, CpuLoss); 4] = [
         ("losses::sp", losses::sp, cpu::sp),
@@ -219,7 +220,7 @@ fn feature_and_relation_cases() -> Vec<Case> {
 }
 
 /// Runs launches and reads back several outputs, concatenated.
-fn run_read(gpu: &Gpu, plan: &[Dispatch], outputs: &[&Tensor]) -> Result<Vec<f32>, GpuError> {
+fn run_read(gpu: &Gpu, plan: &[Dispatch], outputs: &[&Tensor]) -> Result<Vec<f32>, Error> {
     gpu.execute(plan)?;
     let mut got = Vec::new();
     for t in outputs {

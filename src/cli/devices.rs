@@ -1,7 +1,8 @@
 //! `wgdistill devices`: every adapter, its driver, and the limits and features we use.
 
+use wgdistill::Error;
 use wgdistill::gpu::caps::Capabilities;
-use wgdistill::gpu::{AdapterQuery, GpuError, select};
+use wgdistill::gpu::{AdapterQuery, select};
 
 use super::CliError;
 
@@ -30,7 +31,7 @@ pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
         // Reuse the adapter search's message: what was tried and how to fix it.
         return Err(select::choose(&instance, query).err().map_or_else(
             || CliError::Message("no adapter found".into()),
-            |e: GpuError| e.into(),
+            |e: Error| e.into(),
         ));
     }
     if json {

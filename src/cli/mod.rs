@@ -9,7 +9,8 @@ mod train;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use wgdistill::gpu::{AdapterQuery, Gpu, GpuError};
+use wgdistill::Error;
+use wgdistill::gpu::{AdapterQuery, Gpu};
 
 /// Knowledge distillation on any GPU, with hand-written WGSL kernels.
 #[derive(Parser)]
@@ -157,9 +158,9 @@ pub fn prepare_process() {
 /// Errors the CLI reports: the library's, and its own.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// From the engine.
+    /// From the library.
     #[error(transparent)]
-    Gpu(#[from] GpuError),
+    Library(#[from] Error),
     /// Something the CLI itself checked.
     #[error("{0}")]
     Message(String),

@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::gpu::Result;
-use crate::gpu::error::input_error;
+use crate::Result;
+use crate::error::input_error;
 
 /// An IDX array of unsigned bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,8 +5,8 @@ pub mod idx;
 
 use std::path::{Path, PathBuf};
 
-use crate::gpu::Result;
-use crate::gpu::error::input_error;
+use crate::Result;
+use crate::error::input_error;
 use crate::reference::sample;
 
 /// Where the Debian package `dataset-fashion-mnist` puts the files.

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use super::caps::{Capabilities, wanted_features};
-use super::error::{GpuError, Result, one_line, shape_error};
 use super::pipeline::{Kernel, KernelSpec, PipelineCache};
 use super::pool::{BufferPool, Counters, RuntimeStats};
 use super::select::{AdapterQuery, choose, create_instance};
 use super::tensor::{DType, Element, Tensor, numel};
+use crate::error::{Error, Result, one_line, shape_error};
 
 /// Usage of every tensor buffer: bindable as storage, and a copy source and destination.
 const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -68,7 +68,7 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| GpuError::RequestDevice {
+        .map_err(|e| Error::RequestDevice {
             adapter: info.name.clone(),
             reason: one_line(&e.to_string()),
         })?;
@@ -121,7 +121,7 @@ impl Gpu {
     /// ([`Capabilities::loop_limit`]): there the result would silently be wrong.
     pub fn check_loops(&self, kernel: &KernelSpec, iterations: u64) -> Result<()> {
         match self.caps.loop_limit {
-            Some(limit) if iterations > limit => Err(GpuError::LoopLimit {
+            Some(limit) if iterations > limit => Err(Error::LoopLimit {
                 kernel: format!("{}::{}", kernel.family, kernel.entry),
                 iterations,
                 limit,
@@ -161,7 +161,7 @@ impl Gpu {
         self.counters.snapshot()
     }
 
-    /// Sets how long a wait on the GPU may take before it is a [`GpuError::Timeout`].
+    /// Sets how long a wait on the GPU may take before it is a [`Error::Timeout`].
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
@@ -177,7 +177,7 @@ impl Gpu {
         ];
         for (limit, limit_name) in checks {
             if bytes > limit {
-                return Err(GpuError::TooLarge {
+                return Err(Error::TooLarge {
                     what: what.to_string(),
                     requested: bytes,
                     limit,
@@ -275,16 +275,16 @@ impl Gpu {
         self.wait(index, "a readback")?;
         let mapped = rx
             .recv_timeout(self.timeout)
-            .map_err(|_| GpuError::Timeout {
+            .map_err(|_| Error::Timeout {
                 what: "mapping a readback buffer".to_string(),
                 timeout: self.timeout,
             })?
-            .map_err(|e| GpuError::Wgpu {
+            .map_err(|e| Error::Wgpu {
                 context: "mapping a readback buffer".to_string(),
                 message: one_line(&e.to_string()),
             })
             .and_then(|()| {
-                slice.get_mapped_range().map_err(|e| GpuError::Wgpu {
+                slice.get_mapped_range().map_err(|e| Error::Wgpu {
                     context: "reading a mapped buffer".to_string(),
                     message: one_line(&e.to_string()),
                 })
@@ -304,7 +304,7 @@ impl Gpu {
                     Counters::bump(&self.counters.pipelines);
                 });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Kernel {
+            return Err(Error::Kernel {
                 kernel: spec.name(),
                 message: one_line(&e.to_string()),
             });
@@ -344,7 +344,7 @@ impl Gpu {
         }
         resources.extend(tensors.iter().map(|t| t.binding()));
         if resources.len() != kernel.spec.bindings.len() {
-            return Err(GpuError::Kernel {
+            return Err(Error::Kernel {
                 kernel: kernel.spec.name(),
                 message: format!(
                     "needs {} bindings, {} were given",
@@ -373,7 +373,7 @@ impl Gpu {
     /// adapter's per-dimension limit.
     pub fn grid(&self, kernel: &str, workgroups: u64) -> Result<[u32; 3]> {
         let max = self.limits.max_compute_workgroups_per_dimension;
-        fold_grid(workgroups, max).ok_or_else(|| GpuError::GridTooLarge {
+        fold_grid(workgroups, max).ok_or_else(|| Error::GridTooLarge {
             kernel: kernel.to_string(),
             workgroups,
             max,
@@ -402,11 +402,11 @@ impl Gpu {
                 timeout: Some(self.timeout),
             })
             .map_err(|e| match e {
-                wgpu::PollError::Timeout => GpuError::Timeout {
+                wgpu::PollError::Timeout => Error::Timeout {
                     what: what.to_string(),
                     timeout: self.timeout,
                 },
-                other => GpuError::Wgpu {
+                other => Error::Wgpu {
                     context: format!("waiting for {what}"),
                     message: one_line(&other.to_string()),
                 },
@@ -422,7 +422,7 @@ impl Gpu {
             first
         });
         match first {
-            Some(message) => Err(GpuError::Wgpu {
+            Some(message) => Err(Error::Wgpu {
                 context: context.to_string(),
                 message,
             }),
@@ -456,7 +456,7 @@ impl Gpu {
     ) -> Result<Dispatch> {
         let max = self.limits.max_compute_workgroups_per_dimension;
         if let Some(&too_big) = grid.iter().find(|&&g| g > max) {
-            return Err(GpuError::GridTooLarge {
+            return Err(Error::GridTooLarge {
                 kernel: spec.name(),
                 workgroups: u64::from(too_big),
                 max,
@@ -464,7 +464,7 @@ impl Gpu {
         }
         let kernel = self.kernel(spec, constants)?;
         if tensors.len() + 1 != spec.bindings.len() {
-            return Err(GpuError::Kernel {
+            return Err(Error::Kernel {
                 kernel: spec.name(),
                 message: format!(
                     "needs {} tensors, {} were given",

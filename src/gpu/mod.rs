@@ -3,7 +3,6 @@
 
 pub mod caps;
 pub mod context;
-pub mod error;
 pub mod pipeline;
 pub mod pool;
 pub mod profiler;
@@ -13,7 +12,7 @@ pub mod tensor;
 
 pub use caps::{Capabilities, KernelStyle};
 pub use context::{BoundPlan, Dispatch, Gpu};
-pub use error::{GpuError, Result};
+
 pub use pipeline::{Binding, Kernel, KernelSpec};
 pub use pool::RuntimeStats;
 pub use profiler::{Measurement, TimingSource, measure};

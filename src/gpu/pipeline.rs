@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::error::{GpuError, Result};
 use super::shaders::{self, Validated};
+use crate::error::{Error, Result};
 
 /// How a kernel uses one binding of group 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,7 +74,7 @@ fn binding_kind(space: naga::AddressSpace) -> Option<Binding> {
 /// Checks that the entry point exists and uses exactly the bindings the spec declares, so a
 /// mismatch is an error naming the kernel rather than a validation failure at dispatch.
 pub fn check_spec(spec: &KernelSpec, v: &Validated) -> Result<[u32; 3]> {
-    let err = |message: String| GpuError::Kernel {
+    let err = |message: String| Error::Kernel {
         kernel: spec.name(),
         message,
     };
@@ -155,12 +155,12 @@ impl PipelineCache {
         {
             return Ok(m);
         }
-        let file = shaders::find(family).ok_or_else(|| GpuError::Kernel {
+        let file = shaders::find(family).ok_or_else(|| Error::Kernel {
             kernel: family.to_string(),
             message: "no such shader family is registered".to_string(),
         })?;
         if file.subgroups && !device.features().contains(wgpu::Features::SUBGROUP) {
-            return Err(GpuError::Kernel {
+            return Err(Error::Kernel {
                 kernel: family.to_string(),
                 message: "needs subgroup operations, which this adapter does not offer".to_string(),
             });

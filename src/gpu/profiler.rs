@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::context::Gpu;
-use super::error::{GpuError, Result, one_line};
+use crate::error::{Error, Result, one_line};
 
 /// Where a figure came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -100,7 +100,7 @@ pub fn measure(
     });
     let index = gpu.submit(gpu.encoder("map timestamps"))?;
     gpu.wait(index, "timestamp readback")?;
-    let wgpu_err = |e: String| GpuError::Wgpu {
+    let wgpu_err = |e: String| Error::Wgpu {
         context: "reading timestamps".to_string(),
         message: one_line(&e),
     };

@@ -2,7 +2,7 @@
 //! enumerating adapters, and choosing one ourselves (wgpu's own env helper panics when the name
 //! matches nothing).
 
-use super::error::{GpuError, Result};
+use crate::error::{Error, Result};
 
 /// What the user asked for: a set of backends and, optionally, a substring of the adapter name.
 #[derive(Clone, Debug)]
@@ -37,7 +37,7 @@ pub fn parse_backends(text: &str) -> Result<wgpu::Backends> {
             "dx12" | "d3d12" => wgpu::Backends::DX12,
             "gl" | "gles" | "opengl" => wgpu::Backends::GL,
             "all" | "primary" | "native" => native_backends(),
-            _ => return Err(GpuError::UnknownBackend(text.trim().to_string())),
+            _ => return Err(Error::UnknownBackend(text.trim().to_string())),
         };
     }
     Ok(backends)
@@ -156,7 +156,7 @@ pub fn choose(instance: &wgpu::Instance, query: &AdapterQuery) -> Result<wgpu::A
     all.into_iter()
         .filter(|a| query.matches(&a.get_info()))
         .min_by_key(|a| rank(&a.get_info()))
-        .ok_or_else(|| GpuError::NoAdapter {
+        .ok_or_else(|| Error::NoAdapter {
             tried: query.describe(),
             hint: hint(query, &seen),
         })

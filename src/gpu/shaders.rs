@@ -1,7 +1,7 @@
 //! The shader registry: every `shaders/*.wgsl` file embedded in the binary, validated by naga with
 //! errors located by file and line, and translatable to every backend's language.
 
-use super::error::{GpuError, Result, one_line};
+use crate::error::{Error, Result, one_line};
 
 /// One WGSL file: a kernel family.
 #[derive(Clone, Copy, Debug)]
@@ -99,9 +99,9 @@ pub struct Validated {
     pub info: naga::valid::ModuleInfo,
 }
 
-fn located(path: &str, loc: Option<naga::SourceLocation>, message: String) -> GpuError {
+fn located(path: &str, loc: Option<naga::SourceLocation>, message: String) -> Error {
     let (line, column) = loc.map_or((0, 0), |l| (l.line_number, l.line_position));
-    GpuError::Shader {
+    Error::Shader {
         path: path.to_string(),
         line,
         column,

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::error::{Result, shape_error};
 use super::pool::PooledBuffer;
+use crate::error::{Result, shape_error};
 
 /// Element types the kernels read and write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Dispatch, Gpu, Result, Tensor};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormSaved, BatchNormState};
 use crate::kernels::matmul::{MatmulOptions, matmul};

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{DType, Result};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::DType;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::pool::Pool2d;
 

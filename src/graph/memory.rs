@@ -9,7 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::gpu::{Binding, DType, Dispatch, Gpu, Result, Tensor};
+use crate::Result;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, Tensor};
 
 /// What planning saved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

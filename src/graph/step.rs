@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::gpu::error::input_error;
-use crate::gpu::error::shape_error;
+use crate::error::input_error;
+use crate::error::shape_error;
 use crate::gpu::pool::PooledBuffer;
-use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, GpuError, Result, Tensor};
+use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
 use crate::kernels::{elementwise, losses, optimizer};
+use crate::{Error, Result};
 
 use super::exec::{Mode, plan_backward, plan_forward};
 use super::ir::{ConvLayer, Graph, Op, Value};
@@ -612,7 +613,7 @@ impl TrainStep {
         if self.fetch.phase.load(Ordering::Acquire) == 1 {
             gpu.device()
                 .poll(wgpu::PollType::Poll)
-                .map_err(|e| GpuError::Wgpu {
+                .map_err(|e| Error::Wgpu {
                     context: "polling for losses".into(),
                     message: e.to_string(),
                 })?;
@@ -625,7 +626,7 @@ impl TrainStep {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
-                .map_err(|e| GpuError::Wgpu {
+                .map_err(|e| Error::Wgpu {
                     context: "reading fetched losses".into(),
                     message: e.to_string(),
                 })?;
@@ -647,7 +648,7 @@ impl TrainStep {
         self.losses
             .iter()
             .map(|(name, w, t)| Ok((name.clone(), *w, gpu.read::<f32>(t)?[0])))
-            .collect::<Result<Vec<_>, GpuError>>()
+            .collect::<Result<Vec<_>, Error>>()
     }
 
     /// The weighted total of the last step's losses (waits for the GPU).

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::gpu::error::input_error;
-use crate::gpu::{DType, Gpu, Result, Tensor};
+use crate::Result;
+use crate::error::input_error;
+use crate::gpu::{DType, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
 use crate::reference::sample;
 

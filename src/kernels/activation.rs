@@ -1,7 +1,8 @@
 //! ReLU and GELU forward and backward (`shaders/activation.wgsl`).
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
 

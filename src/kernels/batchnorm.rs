@@ -2,8 +2,9 @@
 //! PyTorch's BatchNorm1d/2d: batch statistics and running-stat updates in training, running
 //! statistics in evaluation; the training backward pass.
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 

@@ -1,8 +1,9 @@
 //! 2-D convolution over NCHW tensors (`shaders/conv.wgsl`): forward as an implicit GEMM,
 //! gradients of the input and the weight, and the bias gradient as a reduction of dy.
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};

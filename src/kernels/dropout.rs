@@ -2,8 +2,9 @@
 //! function of (seed, element index), so forward and backward agree without storing it and a
 //! step is reproducible from its seed.
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, GpuError, KernelSpec, Result, Tensor};
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::{Error, Result};
 
 /// `out = mask ⊙ x / (1 − p)`; also the backward map.
 pub const DROPOUT: KernelSpec = KernelSpec {
@@ -43,7 +44,7 @@ pub fn threshold(p: f32) -> u32 {
 
 fn params(x: &Tensor, p: f32, seed: u32) -> Result<Params> {
     if !(0.0..1.0).contains(&p) {
-        return Err(GpuError::Input {
+        return Err(Error::Input {
             what: "dropout: p".into(),
             message: format!("must be in [0, 1), got {p}"),
         });

@@ -1,7 +1,8 @@
 //! Elementwise kernels (`shaders/elementwise.wgsl`): add, scale, axpy, fill.
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 
 /// Invocations per workgroup in `elementwise.wgsl`.
 const WORKGROUP: u64 = 256;

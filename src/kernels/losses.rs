@@ -6,10 +6,11 @@
 //! (shape `[1]`) and the gradient with respect to the student, ready to run now or to be recorded
 //! into a compiled step.
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, GpuError, KernelSpec, Result, Tensor};
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::reduce;
+use crate::{Error, Result};
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
@@ -224,7 +225,7 @@ fn check_temperature(op: &str, temperature: f32) -> Result<()> {
     if temperature.is_finite() && temperature > 0.0 {
         Ok(())
     } else {
-        Err(GpuError::Input {
+        Err(Error::Input {
             what: format!("{op}: temperature"),
             message: format!("must be a finite number > 0, got {temperature}"),
         })
@@ -414,7 +415,7 @@ pub fn at(gpu: &Gpu, student: &Tensor, teacher: &Tensor, p: f32) -> Result<LossP
         ));
     }
     if !p.is_finite() || p <= 0.0 {
-        return Err(GpuError::Input {
+        return Err(Error::Input {
             what: "at: p".into(),
             message: format!("must be a finite number > 0, got {p}"),
         });

@@ -1,8 +1,9 @@
 //! Matrix multiply (`shaders/matmul.wgsl`): `C = op(A)·op(B)` with optional transposes, bias and a
 //! fused ReLU/GELU epilogue; register-blocked or workgroup-tiled by the adapter's kernel style.
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, KernelStyle, Result, Tensor};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, KernelStyle, Tensor};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
 

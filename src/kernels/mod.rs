@@ -13,8 +13,9 @@ pub mod pool;
 pub mod reduce;
 pub mod softmax;
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Gpu, KernelSpec, KernelStyle, Result};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Gpu, KernelSpec, KernelStyle};
 
 /// Whether `op` launches its subgroup variant (`*_subgroup.wgsl`). `requested`: `Some(true)`
 /// insists (an error saying why when it cannot run), `Some(false)` forbids, `None` takes it

@@ -2,8 +2,9 @@
 //! weight decay) and AdamW as fused elementwise kernels, the on-GPU step counter they read, and
 //! global gradient-norm clipping.
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::kernels::reduce;
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};

@@ -1,7 +1,8 @@
 //! Max, average and global average pooling over NCHW tensors (`shaders/pool.wgsl`).
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::Result;
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};

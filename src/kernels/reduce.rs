@@ -1,7 +1,8 @@
 //! Deterministic sums (`shaders/reduce.wgsl`): fixed-order chunk sums, repeated until one value
 //! is left, so the same inputs give the same bits on every run.
 
-use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Result, Tensor};
+use crate::Result;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 
 /// Elements one workgroup sums.
 const CHUNK: usize = 4096;
@@ -53,7 +54,7 @@ pub fn reduce_axis(
 ) -> Result<(Dispatch, Tensor)> {
     let shape = input.shape();
     if axis >= shape.len() || shape[axis] == 0 {
-        return Err(crate::gpu::error::shape_error(
+        return Err(crate::error::shape_error(
             "reduce_axis",
             format!("axis {axis} is not a non-empty axis of {shape:?}"),
         ));

@@ -1,7 +1,8 @@
 //! Softmax and log-softmax over the last axis with a temperature (`shaders/softmax.wgsl`).
 
-use crate::gpu::error::shape_error;
-use crate::gpu::{Binding, DType, Dispatch, Gpu, GpuError, KernelSpec, Result, Tensor};
+use crate::error::shape_error;
+use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::{Error, Result};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
@@ -75,7 +76,7 @@ struct Params {
 
 fn params(op: &str, x: &Tensor, temperature: f32) -> Result<Params> {
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(GpuError::Input {
+        return Err(Error::Input {
             what: format!("{op}: temperature"),
             message: format!("must be a finite number > 0, got {temperature}"),
         });
@@ -158,7 +159,7 @@ pub fn mixture_logits(
         || weights.iter().any(|w| w.is_nan() || *w <= 0.0)
         || (sum - 1.0).abs() > 1e-4
     {
-        return Err(GpuError::Input {
+        return Err(Error::Input {
             what: "mixture: weights".into(),
             message: format!("need one positive weight per teacher, summing to 1; got {weights:?}"),
         });

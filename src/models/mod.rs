@@ -2,7 +2,8 @@
 //! an MLP and a small CNN (conv-bn-relu-pool stacks). Every model reads `x` as (B, C, H, W) and
 //! taps its hidden features and `logits`.
 
-use crate::gpu::{DType, Result};
+use crate::Result;
+use crate::gpu::DType;
 use crate::graph::{ConvLayer, Graph};
 
 /// `x.flatten(1)`, then `hidden.i = ReLU(Linear)` for each width, then `head = Linear`.
@@ -65,7 +66,7 @@ pub fn resnet(
     classes: usize,
 ) -> Result<Graph> {
     if depth < 8 || !(depth - 2).is_multiple_of(6) {
-        return Err(crate::gpu::error::shape_error(
+        return Err(crate::error::shape_error(
             "resnet",
             format!("depth must be 6n + 2 (8, 14, 20, 32, …), got {depth}"),
         ));

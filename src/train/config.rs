@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::gpu::Result;
-use crate::gpu::error::input_error;
+use crate::Result;
+use crate::error::input_error;
 use crate::graph::Graph;
 use crate::models;
 
@@ -323,12 +323,7 @@ pub fn parse(what: &str, text: &str) -> Result<Config> {
     })
 }
 
-fn located(
-    what: &str,
-    text: &str,
-    e: &toml::de::Error,
-    path: Option<String>,
-) -> crate::gpu::GpuError {
+fn located(what: &str, text: &str, e: &toml::de::Error, path: Option<String>) -> crate::Error {
     let line = e
         .span()
         .map(|s| text[..s.start.min(text.len())].lines().count().max(1));

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::gpu::Result;
-use crate::gpu::error::input_error;
+use crate::Result;
+use crate::error::input_error;
 
 type Series = BTreeMap<String, Vec<(f64, f64, f64)>>;
 

@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::Result;
 use crate::data::{self, Dataset};
-use crate::gpu::error::input_error;
-use crate::gpu::{Gpu, Result};
+use crate::error::input_error;
+use crate::gpu::Gpu;
 use crate::graph::{
     Adapter, EvalStep, Graph, LossKind, LossSpec, Op, OptimizerSpec, StepSpec, TrainStep, Weights,
 };

@@ -11,9 +11,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::Result;
 use crate::data::Dataset;
-use crate::gpu::error::input_error;
-use crate::gpu::{Gpu, Result};
+use crate::error::input_error;
+use crate::gpu::Gpu;
 use crate::graph::{EvalStep, Graph, Weights};
 use crate::io::{self, HostTensor, TensorMap};
 

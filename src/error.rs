@@ -1,10 +1,12 @@
-//! The engine's error type: every failure the user can cause is a value with a one-line message.
+//! The crate's one error type: every failure the user can cause (and every GPU failure) is a
+//! value with a one-line message; the CLI prints it and exits non-zero.
 
 use std::time::Duration;
 
-/// Errors from the GPU runtime and the kernels built on it.
+/// Every error wgdistill returns: from the GPU runtime, the kernels, the graph executor,
+/// configurations, data and files.
 #[derive(Debug, thiserror::Error)]
-pub enum GpuError {
+pub enum Error {
     /// A backend name that is not one of ours.
     #[error(
         "unknown backend '{0}': expected one of vulkan, metal, dx12, gl (or a comma-separated list)"
@@ -118,25 +120,25 @@ pub enum GpuError {
     },
 }
 
-/// Shorthand for results in the engine.
-pub type Result<T, E = GpuError> = std::result::Result<T, E>;
+/// Shorthand for results in wgdistill.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Folds a multi-line message from wgpu or naga into one line.
 pub(crate) fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A [`GpuError::Input`] naming a file, field or argument.
-pub(crate) fn input_error(what: impl Into<String>, message: impl Into<String>) -> GpuError {
-    GpuError::Input {
+/// A [`Error::Input`] naming a file, field or argument.
+pub(crate) fn input_error(what: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Input {
         what: what.into(),
         message: message.into(),
     }
 }
 
-/// A [`GpuError::Shape`] from an op name and a message.
-pub(crate) fn shape_error(op: &str, detail: impl Into<String>) -> GpuError {
-    GpuError::Shape {
+/// A [`Error::Shape`] from an op name and a message.
+pub(crate) fn shape_error(op: &str, detail: impl Into<String>) -> Error {
+    Error::Shape {
         op: op.to_string(),
         detail: detail.into(),
     }
