@@ -1,5 +1,4 @@
-//! Every family in the benchmark catalogue (`wgdistill::bench`, the same cases `wgdistill bench`
-//! runs), timed on the GPU through criterion. `cargo bench --bench kernels -- NAME` filters.
+//! Every family's bench cases in the catalogue (the same cases `wgdistill bench` runs), timed on the GPU through criterion. `cargo bench --bench kernels -- NAME` filters.
 
 use std::time::Duration;
 
@@ -16,10 +15,11 @@ fn bench(c: &mut Criterion) {
         }
     };
     eprintln!("adapter: {}", gpu.caps().label());
-    let cases = catalogue(&gpu, None).expect("catalogue");
+    let cases = catalogue(&gpu, None);
     let mut group = c.benchmark_group("kernels");
     for case in &cases {
-        let bound = case.bind(&gpu).expect("bind");
+        let prepared = case.prepare(&gpu).expect("prepare");
+        let bound = gpu.bind_plan(&prepared.plan).expect("bind");
         group.bench_function(case.key(), |b| {
             b.iter_custom(|iters| {
                 let m = measure(&gpu, iters.clamp(1, 100) as u32, |pass| bound.record(pass))

@@ -1,29 +1,13 @@
-//! Distillation-loss throughput, timed on the GPU (timestamp queries where available).
-//! `kd` is reported as GB/s of its minimum traffic (read student and teacher once, write the
-//! gradient once); the relation losses as time per call at B = 256.
+//! Every distillation loss's bench cases from the loss registry, timed on the GPU through
+//! criterion (timestamp queries where available). Memory-bound losses report throughput in
+//! bytes of their minimum traffic; the relation losses time per call.
 
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wgdistill::catalogue::{Suite, Work};
 use wgdistill::gpu::{Gpu, measure};
 use wgdistill::kernels::losses;
-use wgdistill::reference::sample as data;
-
-fn time(
-    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    gpu: &Gpu,
-    name: String,
-    plan: losses::LossPlan,
-) {
-    let bound = gpu.bind_plan(&plan.dispatches).expect("bind");
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let m = measure(gpu, iters.clamp(1, 200) as u32, |pass| bound.record(pass))
-                .expect("measure");
-            Duration::from_secs_f64(m.seconds * iters as f64)
-        })
-    });
-}
 
 fn bench(c: &mut Criterion) {
     let gpu = match Gpu::from_env() {
@@ -34,58 +18,29 @@ fn bench(c: &mut Criterion) {
         }
     };
     eprintln!("adapter: {}", gpu.caps().label());
+    let defs: Vec<_> = losses::registry().collect();
     let mut group = c.benchmark_group("losses");
-    for (b, classes) in [(256usize, 10usize), (256, 1000), (4096, 10), (4096, 1000)] {
-        let s = gpu
-            .upload(&[b, classes], &data(b * classes, 1))
-            .expect("upload");
-        let t = gpu
-            .upload(&[b, classes], &data(b * classes, 2))
-            .expect("upload");
-        group.throughput(Throughput::Bytes(12 * (b * classes) as u64));
-        time(
-            &mut group,
-            &gpu,
-            format!("kd/{b}x{classes}"),
-            losses::kd(&gpu, &s, &t, 4.0).expect("plan"),
-        );
-    }
-    for dim in [128usize, 2048] {
-        let b = 256;
-        let s = gpu.upload(&[b, dim], &data(b * dim, 3)).expect("upload");
-        let t = gpu.upload(&[b, dim], &data(b * dim, 4)).expect("upload");
-        group.throughput(Throughput::Elements(b as u64));
-        time(
-            &mut group,
-            &gpu,
-            format!("sp/{b}x{dim}"),
-            losses::sp(&gpu, &s, &t).expect("plan"),
-        );
-        time(
-            &mut group,
-            &gpu,
-            format!("rkd_distance/{b}x{dim}"),
-            losses::rkd_distance(&gpu, &s, &t).expect("plan"),
-        );
-        time(
-            &mut group,
-            &gpu,
-            format!("rkd_angle/{b}x{dim}"),
-            losses::rkd_angle(&gpu, &s, &t).expect("plan"),
-        );
-        time(
-            &mut group,
-            &gpu,
-            format!("pkt/{b}x{dim}"),
-            losses::pkt(&gpu, &s, &t).expect("plan"),
-        );
+    for case in losses::cases(&defs, Suite::bench_for(&gpu)) {
+        let prepared = case.prepare(&gpu).expect("prepare");
+        let bound = gpu.bind_plan(&prepared.plan).expect("bind");
+        match case.work {
+            Work::Bytes(b) => group.throughput(Throughput::Bytes(b as u64)),
+            _ => group.throughput(Throughput::Elements(1)),
+        };
+        group.bench_function(case.key(), |b| {
+            b.iter_custom(|iters| {
+                let m = measure(&gpu, iters.clamp(1, 200) as u32, |pass| bound.record(pass))
+                    .expect("measure");
+                Duration::from_secs_f64(m.seconds * iters as f64)
+            })
+        });
     }
     group.finish();
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
+    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(200));
     targets = bench
 }
 criterion_main!(benches);

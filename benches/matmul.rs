@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use wgdistill::gpu::{Gpu, KernelStyle, measure};
 use wgdistill::kernels::matmul::{MatmulOptions, matmul};
-use wgdistill::reference::sample;
+use wgdistill::rng::sample;
 
 fn cpu_sgemm(a: &[f32], b: &[f32], c: &mut [f32], n: usize) {
     // SAFETY: a, b and c are n×n row-major slices of exactly n·n elements.

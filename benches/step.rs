@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wgdistill::gpu::Gpu;
-use wgdistill::graph::{LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights};
+use wgdistill::graph::{LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights};
+use wgdistill::kernels::losses::Loss;
 use wgdistill::kernels::optimizer::Sgd;
 use wgdistill::models;
-use wgdistill::reference::sample;
+use wgdistill::rng::sample;
 
 const BATCH: usize = 128;
 
@@ -34,8 +35,8 @@ fn bench(c: &mut Criterion) {
         student_weights: &sw,
         teacher: Some((&teacher, &tw)),
         losses: vec![
-            LossSpec::logits(LossKind::Ce, 0.1),
-            LossSpec::logits(LossKind::Kd { temperature: 4.0 }, 0.9),
+            LossSpec::logits(Loss::new("ce").expect("ce"), 0.1),
+            LossSpec::logits(Loss::new("kd").expect("kd"), 0.9),
         ],
         optimizer: OptimizerSpec::Sgd(Sgd {
             lr: 0.1,
@@ -79,7 +80,7 @@ fn bench(c: &mut Criterion) {
         student: &cnn,
         student_weights: &cw,
         teacher: None,
-        losses: vec![LossSpec::logits(LossKind::Ce, 1.0)],
+        losses: vec![LossSpec::logits(Loss::new("ce").expect("ce"), 1.0)],
         ..spec
     };
     let step = TrainStep::compile(&gpu, &spec).expect("compile");

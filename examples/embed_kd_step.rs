@@ -8,11 +8,12 @@
 use wgdistill::Error;
 use wgdistill::gpu::Gpu;
 use wgdistill::graph::{
-    Adapter, EvalStep, Graph, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights,
+    Adapter, EvalStep, Graph, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights,
 };
+use wgdistill::kernels::losses::Loss;
 use wgdistill::kernels::optimizer::Sgd;
 use wgdistill::models;
-use wgdistill::reference::sample;
+use wgdistill::rng::sample;
 
 const BATCH: usize = 64;
 const CLASSES: usize = 10;
@@ -82,7 +83,7 @@ fn main() -> Result<(), Error> {
             nesterov: false,
         })
     };
-    let ce = LossSpec::logits(LossKind::Ce, 1.0);
+    let ce = LossSpec::logits(Loss::new("ce")?, 1.0);
 
     // The teacher: a wide MLP trained with cross-entropy.
     let teacher = models::mlp(input, &[256, 256], CLASSES)?;
@@ -132,15 +133,15 @@ fn main() -> Result<(), Error> {
 
     let kd_w = Weights::init(&gpu, &student, 11)?;
     let hint = LossSpec {
-        kind: LossKind::Hint,
+        loss: Loss::new("hint")?,
         weight: 1.0,
         student_tap: Some("hidden.0".into()),
         teacher_tap: Some("hidden.1".into()),
         adapter: Some(Adapter::Linear),
     };
     let losses = vec![
-        LossSpec::logits(LossKind::Ce, 0.1),
-        LossSpec::logits(LossKind::Kd { temperature: 4.0 }, 0.9),
+        LossSpec::logits(Loss::new("ce")?, 0.1),
+        LossSpec::logits(Loss::new("kd")?.with("temperature", 4.0)?, 0.9),
         hint,
     ];
     let spec = StepSpec {

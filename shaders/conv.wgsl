@@ -1,10 +1,13 @@
-// 2-D convolution over NCHW tensors with weight [Cout, Cin, KH, KW] (PyTorch's layout), stride
-// and zero padding; forward, gradient of the input and gradient of the weight. The bias gradient
-// is a reduction of dy (reduce.wgsl).
+// 2-D convolution over NCHW tensors with weight [Cout, Cin / groups, KH, KW] (PyTorch's layout),
+// stride, zero padding and channel groups (output channel co reads the Cin / groups input
+// channels of its group, g = co / (Cout / groups)); forward, gradient of the input and gradient
+// of the weight, and a depthwise forward (groups = Cin = Cout: one input channel per output).
+// The bias gradient is a reduction of dy (reduce.wgsl).
 //
 // conv_forward is an implicit GEMM: rows are output positions, columns output channels, and the
 // inner dimension runs over (ci, kh, kw) with the input patch read in place (no im2col buffer).
-// Each invocation keeps a 4-position × 8-channel block in registers.
+// Each invocation keeps a 4-position × 8-channel block in registers; a block's channels belong
+// to one group, so its inner dimension is that group's (ci, kh, kw).
 //
 // Every index is in bounds by construction (input reads clamped and masked, weight rows clamped,
 // stores guarded, backward indices derived from valid positions), tested at odd shapes, so this
@@ -27,7 +30,7 @@ struct Params {
     bias: u32,
     // Images per chunk (conv_backward_weight).
     images: u32,
-    _pad1: u32,
+    groups: u32,
 }
 
 const WG: u32 = 64u;
@@ -51,7 +54,10 @@ fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let t = linear_index(wid, nwg, lid);
     let per_image = params.ho * params.wo;
     let pos_blocks = (per_image + POS - 1u) / POS;
-    let ch_blocks = (params.cout + CH - 1u) / CH;
+    let cin_g = params.cin / params.groups;
+    let cout_g = params.cout / params.groups;
+    let group_blocks = (cout_g + CH - 1u) / CH;
+    let ch_blocks = params.groups * group_blocks;
     if (t >= params.n * pos_blocks * ch_blocks) {
         return;
     }
@@ -59,7 +65,9 @@ fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let cb = t % ch_blocks;
     let pb = (t / ch_blocks) % pos_blocks;
     let img = t / (ch_blocks * pos_blocks);
-    let co0 = cb * CH;
+    let g = cb / group_blocks;
+    let co0 = g * cout_g + (cb % group_blocks) * CH;
+    let co_end = (g + 1u) * cout_g;
     var ih0: array<i32, 4>;
     var iw0: array<i32, 4>;
     for (var p = 0u; p < POS; p = p + 1u) {
@@ -68,9 +76,9 @@ fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         iw0[p] = i32((pos % params.wo) * params.sw) - i32(params.pw);
     }
     var acc: array<array<f32, 8>, 4>;
-    let ksize = params.cin * params.kh * params.kw;
-    for (var ci = 0u; ci < params.cin; ci = ci + 1u) {
-        let plane = (img * params.cin + ci) * params.h * params.w;
+    let ksize = cin_g * params.kh * params.kw;
+    for (var cl = 0u; cl < cin_g; cl = cl + 1u) {
+        let plane = (img * params.cin + g * cin_g + cl) * params.h * params.w;
         for (var i = 0u; i < params.kh; i = i + 1u) {
             for (var j = 0u; j < params.kw; j = j + 1u) {
                 var xv: array<f32, 4>;
@@ -81,9 +89,9 @@ fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                     let idx = plane + u32(clamp(ih, 0, i32(params.h) - 1)) * params.w + u32(clamp(iw, 0, i32(params.w) - 1));
                     xv[p] = select(0.0, fw_x[idx], inside);
                 }
-                let kidx = (ci * params.kh + i) * params.kw + j;
+                let kidx = (cl * params.kh + i) * params.kw + j;
                 for (var q = 0u; q < CH; q = q + 1u) {
-                    let wv = fw_w[min(co0 + q, params.cout - 1u) * ksize + kidx];
+                    let wv = fw_w[min(co0 + q, co_end - 1u) * ksize + kidx];
                     for (var p = 0u; p < POS; p = p + 1u) {
                         acc[p][q] = fma(xv[p], wv, acc[p][q]);
                     }
@@ -95,7 +103,7 @@ fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         let pos = pb * POS + p;
         for (var q = 0u; q < CH; q = q + 1u) {
             let co = co0 + q;
-            if (pos < per_image && co < params.cout) {
+            if (pos < per_image && co < co_end) {
                 let b = select(0.0, fw_bias[co], params.bias == 1u);
                 fw_y[(img * params.cout + co) * per_image + pos] = acc[p][q] + b;
             }
@@ -103,8 +111,8 @@ fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
-// dx[n, ci, ih, iw] = Σ_{co, kh, kw} dy[n, co, oh, ow] · w[co, ci, kh, kw], where
-// oh·sh = ih + ph − kh (and likewise for columns) must land on an output position.
+// dx[n, ci, ih, iw] = Σ_{co of ci's group, kh, kw} dy[n, co, oh, ow] · w[co, ci mod (Cin / groups),
+// kh, kw], where oh·sh = ih + ph − kh (and likewise for columns) must land on an output position.
 @group(0) @binding(1) var<storage, read> bi_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> bi_w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bi_dx: array<f32>;
@@ -121,7 +129,10 @@ fn conv_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     let ci = (x / per_plane) % params.cin;
     let ih = i32((x % per_plane) / params.w) + i32(params.ph);
     let iw = i32(x % params.w) + i32(params.pw);
-    let ksize = params.cin * params.kh * params.kw;
+    let cin_g = params.cin / params.groups;
+    let cout_g = params.cout / params.groups;
+    let g = ci / cin_g;
+    let ksize = cin_g * params.kh * params.kw;
     var acc = 0.0;
     for (var i = 0u; i < params.kh; i = i + 1u) {
         let th = ih - i32(i);
@@ -135,8 +146,8 @@ fn conv_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
                 continue;
             }
             let ow = u32(tw) / params.sw;
-            let kidx = (ci * params.kh + i) * params.kw + j;
-            for (var co = 0u; co < params.cout; co = co + 1u) {
+            let kidx = ((ci % cin_g) * params.kh + i) * params.kw + j;
+            for (var co = g * cout_g; co < (g + 1u) * cout_g; co = co + 1u) {
                 acc = acc + bi_dy[((img * params.cout + co) * params.ho + oh) * params.wo + ow] * bi_w[co * ksize + kidx];
             }
         }
@@ -144,8 +155,9 @@ fn conv_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     bi_dx[x] = acc;
 }
 
-// partial[z, co, ci, kh, kw] = Σ over the images of chunk z, and their (oh, ow), of
-// dy[n, co, oh, ow] · x[n, ci, oh·sh + kh − ph, ow·sw + kw − pw]; a reduction over z gives dw.
+// partial[z, co, c, kh, kw] = Σ over the images of chunk z, and their (oh, ow), of
+// dy[n, co, oh, ow] · x[n, ci, oh·sh + kh − ph, ow·sw + kw − pw], where ci is input channel c of
+// co's group; a reduction over z gives dw.
 // Chunks spread the long reduction over many invocations and keep each invocation's loops short
 // (llvmpipe stops an invocation's loops after 65535 iterations in all).
 @group(0) @binding(1) var<storage, read> bw_dy: array<f32>;
@@ -156,7 +168,9 @@ fn conv_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     let t = linear_index(wid, nwg, lid);
-    let ksize = params.cin * params.kh * params.kw;
+    let cin_g = params.cin / params.groups;
+    let cout_g = params.cout / params.groups;
+    let ksize = cin_g * params.kh * params.kw;
     let weights = params.cout * ksize;
     let chunks = (params.n + params.images - 1u) / params.images;
     if (t >= weights * chunks) {
@@ -165,7 +179,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     let k = t % weights;
     let z = t / weights;
     let co = k / ksize;
-    let ci = (k / (params.kh * params.kw)) % params.cin;
+    let ci = (co / cout_g) * cin_g + (k / (params.kh * params.kw)) % cin_g;
     let i = (k / params.kw) % params.kh;
     let j = k % params.kw;
     var acc = 0.0;
@@ -188,4 +202,43 @@ fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         }
     }
     bw_partial[t] = acc;
+}
+
+// Depthwise forward (groups = Cin = Cout): each output reads one input plane, so one invocation
+// per output element loops over its KH×KW window alone; the implicit GEMM's 8-channel blocks
+// would hold one live channel each.
+@group(0) @binding(1) var<storage, read> dw_x: array<f32>;
+@group(0) @binding(2) var<storage, read> dw_w: array<f32>;
+@group(0) @binding(3) var<storage, read> dw_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dw_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn conv_forward_depthwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let t = linear_index(wid, nwg, lid);
+    let per_image = params.ho * params.wo;
+    if (t >= params.n * params.cout * per_image) {
+        return;
+    }
+    let pos = t % per_image;
+    let c = (t / per_image) % params.cout;
+    let img = t / (params.cout * per_image);
+    let ih0 = i32((pos / params.wo) * params.sh) - i32(params.ph);
+    let iw0 = i32((pos % params.wo) * params.sw) - i32(params.pw);
+    let plane = (img * params.cin + c) * params.h * params.w;
+    var acc = select(0.0, dw_bias[c], params.bias == 1u);
+    for (var i = 0u; i < params.kh; i = i + 1u) {
+        let ih = ih0 + i32(i);
+        if (ih < 0 || ih >= i32(params.h)) {
+            continue;
+        }
+        for (var j = 0u; j < params.kw; j = j + 1u) {
+            let iw = iw0 + i32(j);
+            if (iw < 0 || iw >= i32(params.w)) {
+                continue;
+            }
+            acc = fma(dw_x[plane + u32(ih) * params.w + u32(iw)], dw_w[(c * params.kh + i) * params.kw + j], acc);
+        }
+    }
+    dw_y[t] = acc;
 }

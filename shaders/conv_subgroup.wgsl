@@ -38,7 +38,8 @@ struct Params {
     bias: u32,
     // Output positions per chunk (conv_backward_weight_sg).
     chunk: u32,
-    _pad1: u32,
+    // Always 1: grouped convolutions run on conv.wgsl's kernels.
+    groups: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod catalogue;
 pub mod data;
 pub mod error;
 pub mod gpu;
@@ -29,6 +30,7 @@ pub mod kernels;
 pub mod models;
 pub mod ops;
 pub mod reference;
+pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};

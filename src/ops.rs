@@ -12,37 +12,48 @@ use crate::io::{HostData, HostTensor, TensorMap};
 use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormState};
 use crate::kernels::conv::{self, Conv2d};
+use crate::kernels::losses::{self, Loss, LossDef};
 use crate::kernels::matmul::{Activation, MatmulOptions, matmul};
 use crate::kernels::pool::{self, Pool2d};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
-use crate::kernels::{dropout, elementwise, losses, optimizer, softmax};
+use crate::kernels::{AttrDef, Range, dropout, elementwise, optimizer, softmax};
 
 /// What an op takes and gives.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct OpInfo {
     /// Name, as given to `wgdistill op`.
     pub name: &'static str,
     /// One line on what it computes.
     pub summary: &'static str,
     /// Required input tensor names (`labels` and `argmax` are integer, the rest f32).
-    pub inputs: &'static [&'static str],
+    pub inputs: Vec<&'static str>,
     /// Optional input tensor names.
-    pub optional: &'static [&'static str],
-    /// Attributes and their defaults.
-    pub attrs: &'static [(&'static str, f64)],
+    pub optional: Vec<&'static str>,
+    /// Attributes with their defaults and ranges.
+    pub attrs: Vec<AttrDef>,
     /// Output tensor names.
-    pub outputs: &'static [&'static str],
+    pub outputs: Vec<&'static str>,
+    /// The registry entry, for a loss.
+    pub loss: Option<&'static LossDef>,
 }
 
-const LOSS_OUT: &[&str] = &["loss", "grad_student"];
-const ST: &[&str] = &["student", "teacher"];
+/// A kernel op's entry in the table below (losses come from the loss registry).
+struct KernelOp {
+    name: &'static str,
+    summary: &'static str,
+    inputs: &'static [&'static str],
+    optional: &'static [&'static str],
+    attrs: &'static [(&'static str, f64)],
+    outputs: &'static [&'static str],
+}
+
 const NONE: &[&str] = &[];
 const POOL_ATTRS: &[(&str, f64)] = &[("kernel", 2.0), ("stride", 2.0), ("padding", 0.0)];
 const AXIS: &[(&str, f64)] = &[("axis", 0.0)];
 
 macro_rules! op {
     ($name:literal, $summary:literal, $inputs:expr, $optional:expr, $attrs:expr, $outputs:expr) => {
-        OpInfo {
+        KernelOp {
             name: $name,
             summary: $summary,
             inputs: $inputs,
@@ -53,8 +64,8 @@ macro_rules! op {
     };
 }
 
-/// Every op.
-pub const OPS: &[OpInfo] = &[
+/// Every kernel op.
+const KERNEL_OPS: &[KernelOp] = &[
     op!("add", "out = a + b", &["a", "b"], NONE, &[], &["out"]),
     op!(
         "scale",
@@ -111,10 +122,10 @@ pub const OPS: &[OpInfo] = &[
     op!("max", "maximum over an axis", &["x"], NONE, AXIS, &["out"]),
     op!(
         "conv2d",
-        "NCHW convolution, weight [Cout, Cin, KH, KW]",
+        "NCHW convolution, weight [Cout, Cin / groups, KH, KW]",
         &["x", "weight"],
         &["bias"],
-        &[("stride", 1.0), ("padding", 0.0)],
+        &[("stride", 1.0), ("padding", 0.0), ("groups", 1.0)],
         &["out"]
     ),
     op!(
@@ -122,7 +133,12 @@ pub const OPS: &[OpInfo] = &[
         "gradients of conv2d from grad_out",
         &["x", "weight", "grad_out"],
         NONE,
-        &[("stride", 1.0), ("padding", 0.0), ("bias", 1.0)],
+        &[
+            ("stride", 1.0),
+            ("padding", 0.0),
+            ("groups", 1.0),
+            ("bias", 1.0)
+        ],
         &["grad_x", "grad_weight", "grad_bias"]
     ),
     op!(
@@ -235,80 +251,50 @@ pub const OPS: &[OpInfo] = &[
         &[("max_norm", 1.0)],
         &["grad", "total_norm_squared"]
     ),
-    op!(
-        "ce",
-        "cross-entropy from logits, mean over the batch",
-        &["student", "labels"],
-        NONE,
-        &[],
-        LOSS_OUT
-    ),
-    op!(
-        "kd",
-        "Hinton KD: T²/B Σ KL(softmax(t/T) ‖ softmax(s/T))",
-        ST,
-        NONE,
-        &[("temperature", 4.0)],
-        LOSS_OUT
-    ),
-    op!(
-        "dkd",
-        "decoupled KD: alpha·TCKD + beta·NCKD",
-        &["student", "teacher", "labels"],
-        NONE,
-        &[("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0)],
-        LOSS_OUT
-    ),
-    op!(
-        "hint",
-        "FitNet hint: mean((s − t)²)",
-        ST,
-        NONE,
-        &[],
-        LOSS_OUT
-    ),
-    op!(
-        "at",
-        "attention transfer between (B, C, H, W) maps",
-        ST,
-        NONE,
-        &[("p", 2.0)],
-        LOSS_OUT
-    ),
-    op!("sp", "similarity-preserving KD", ST, NONE, &[], LOSS_OUT),
-    op!(
-        "rkd_distance",
-        "relational KD, distance term",
-        ST,
-        NONE,
-        &[],
-        LOSS_OUT
-    ),
-    op!(
-        "rkd_angle",
-        "relational KD, angle term",
-        ST,
-        NONE,
-        &[],
-        LOSS_OUT
-    ),
-    op!(
-        "pkt",
-        "probabilistic knowledge transfer",
-        ST,
-        NONE,
-        &[],
-        LOSS_OUT
-    ),
 ];
 
+/// Every op: the kernel ops, then every loss of the registry (inputs as its registry entry
+/// names them, outputs `loss` and `grad_student`).
+pub fn all() -> Vec<OpInfo> {
+    let kernel_ops = KERNEL_OPS.iter().map(|k| OpInfo {
+        name: k.name,
+        summary: k.summary,
+        inputs: k.inputs.to_vec(),
+        optional: k.optional.to_vec(),
+        attrs: k
+            .attrs
+            .iter()
+            .map(|&(name, default)| AttrDef {
+                name,
+                default,
+                range: Range::ANY,
+                doc: "",
+            })
+            .collect(),
+        outputs: k.outputs.to_vec(),
+        loss: None,
+    });
+    let loss_ops = losses::registry().map(|def| OpInfo {
+        name: def.name,
+        summary: def.summary,
+        inputs: def.inputs.iter().map(|i| i.name).collect(),
+        optional: Vec::new(),
+        attrs: def.attrs.to_vec(),
+        outputs: losses::OUTPUTS.to_vec(),
+        loss: Some(def),
+    });
+    kernel_ops.chain(loss_ops).collect()
+}
+
 /// The op called `name`.
-pub fn find(name: &str) -> Result<&'static OpInfo> {
-    OPS.iter().find(|o| o.name == name).ok_or_else(|| {
-        let names: Vec<&str> = OPS.iter().map(|o| o.name).collect();
+pub fn find(name: &str) -> Result<OpInfo> {
+    let ops = all();
+    let names: Vec<&str> = ops.iter().map(|o| o.name).collect();
+    let known = names.join(", ");
+    ops.into_iter().find(|o| o.name == name).ok_or_else(|| {
         input_error(
             format!("op '{name}'"),
-            format!("unknown op; known ops: {}", names.join(", ")),
+            format!("unknown op; known ops: {known}"),
         )
     })
 }
@@ -322,7 +308,7 @@ pub fn validate(
     attrs: &BTreeMap<String, f64>,
 ) -> Result<BTreeMap<String, f64>> {
     let op = info.name;
-    let all: Vec<&str> = info.inputs.iter().chain(info.optional).copied().collect();
+    let all: Vec<&str> = info.inputs.iter().chain(&info.optional).copied().collect();
     for name in inputs.keys() {
         if !all.contains(&name.as_str()) {
             return Err(input_error(
@@ -331,7 +317,7 @@ pub fn validate(
             ));
         }
     }
-    for &name in info.inputs {
+    for &name in &info.inputs {
         if !inputs.contains_key(name) {
             return Err(input_error(
                 format!("{op}: input '{name}'"),
@@ -356,11 +342,11 @@ pub fn validate(
     let mut out: BTreeMap<String, f64> = info
         .attrs
         .iter()
-        .map(|(k, v)| (k.to_string(), *v))
+        .map(|a| (a.name.to_string(), a.default))
         .collect();
-    for (k, v) in attrs {
-        if !out.contains_key(k) {
-            let known: Vec<&str> = info.attrs.iter().map(|(k, _)| *k).collect();
+    for (k, &v) in attrs {
+        let Some(def) = info.attrs.iter().find(|a| a.name == k) else {
+            let known: Vec<&str> = info.attrs.iter().map(|a| a.name).collect();
             return Err(input_error(
                 format!("{op}: attr '{k}'"),
                 if known.is_empty() {
@@ -369,14 +355,14 @@ pub fn validate(
                     format!("expected one of {}", known.join(", "))
                 },
             ));
-        }
-        if !v.is_finite() {
+        };
+        if !def.range.contains(v) {
             return Err(input_error(
                 format!("{op}: attr '{k}'"),
-                format!("must be a finite number, got {v}"),
+                format!("must be {}, got {v}", def.range.describe()),
             ));
         }
-        out.insert(k.clone(), *v);
+        out.insert(k.clone(), v);
     }
     if let (Some(labels), Some(student)) = (inputs.get("labels"), inputs.get("student")) {
         let classes = student.shape.get(1).copied().unwrap_or(0);
@@ -465,15 +451,12 @@ fn plan(
         Ok(Conv2d {
             stride: [s, s],
             padding: [p, p],
+            groups: a.count("groups", 1)?,
         })
     };
-    let loss = |l: losses::LossPlan| {
-        (
-            l.dispatches,
-            vec![("loss", l.loss), ("grad_student", l.grad)],
-        )
-    };
     Ok(match name {
+        "add" => one(elementwise::add_plan(gpu, t("a"), t("b"))?, "out"),
+        "scale" => one(elementwise::scale_plan(gpu, t("x"), a.f32("alpha"))?, "out"),
         "matmul" => {
             let activation = match a.count("activation", 0)? {
                 0 => Activation::None,
@@ -643,28 +626,6 @@ fn plan(
                 vec![("grad", t("grad").clone()), ("total_norm_squared", norm_sq)],
             )
         }
-        "ce" => loss(losses::ce(gpu, t("student"), t("labels"))?),
-        "kd" => loss(losses::kd(
-            gpu,
-            t("student"),
-            t("teacher"),
-            a.f32("temperature"),
-        )?),
-        "dkd" => loss(losses::dkd(
-            gpu,
-            t("student"),
-            t("teacher"),
-            t("labels"),
-            a.f32("alpha"),
-            a.f32("beta"),
-            a.f32("temperature"),
-        )?),
-        "hint" => loss(losses::hint(gpu, t("student"), t("teacher"))?),
-        "at" => loss(losses::at(gpu, t("student"), t("teacher"), a.f32("p"))?),
-        "sp" => loss(losses::sp(gpu, t("student"), t("teacher"))?),
-        "rkd_distance" => loss(losses::rkd_distance(gpu, t("student"), t("teacher"))?),
-        "rkd_angle" => loss(losses::rkd_angle(gpu, t("student"), t("teacher"))?),
-        "pkt" => loss(losses::pkt(gpu, t("student"), t("teacher"))?),
         other => {
             return Err(input_error(
                 format!("op '{other}'"),
@@ -682,7 +643,7 @@ pub fn run(
     attrs: &BTreeMap<String, f64>,
 ) -> Result<TensorMap> {
     let info = find(name)?;
-    let attrs = validate(info, inputs, attrs)?;
+    let attrs = validate(&info, inputs, attrs)?;
     let mut dev = BTreeMap::new();
     for (k, v) in inputs {
         let len = match &v.data {
@@ -698,38 +659,31 @@ pub fn run(
         }
         dev.insert(k.as_str(), upload(gpu, v)?);
     }
+    let (dispatches, outputs) = match info.loss {
+        Some(def) => {
+            let loss = Loss::of(def).with_all(attrs.iter().map(|(k, v)| (k.as_str(), *v)))?;
+            let tensors: Vec<&Tensor> = def.inputs.iter().map(|i| &dev[i.name]).collect();
+            let plan = loss.launch(gpu, &tensors)?;
+            let [loss_name, grad_name] = [losses::OUTPUTS[0], losses::OUTPUTS[1]];
+            (
+                plan.dispatches,
+                vec![(loss_name, plan.loss), (grad_name, plan.grad)],
+            )
+        }
+        None => plan(
+            gpu,
+            name,
+            &dev,
+            &Attrs {
+                op: name,
+                values: &attrs,
+            },
+        )?,
+    };
+    gpu.execute(&dispatches)?;
     let mut out = TensorMap::new();
-    match name {
-        "add" => {
-            out.insert(
-                "out".into(),
-                download(gpu, &elementwise::add(gpu, &dev["a"], &dev["b"])?)?,
-            );
-        }
-        "scale" => {
-            out.insert(
-                "out".into(),
-                download(
-                    gpu,
-                    &elementwise::scale(gpu, &dev["x"], attrs["alpha"] as f32)?,
-                )?,
-            );
-        }
-        _ => {
-            let (dispatches, outputs) = plan(
-                gpu,
-                name,
-                &dev,
-                &Attrs {
-                    op: name,
-                    values: &attrs,
-                },
-            )?;
-            gpu.execute(&dispatches)?;
-            for (k, t) in outputs {
-                out.insert(k.to_string(), download(gpu, &t)?);
-            }
-        }
+    for (k, t) in outputs {
+        out.insert(k.to_string(), download(gpu, &t)?);
     }
     Ok(out)
 }

@@ -10,12 +10,22 @@ use common::{data, gpu, widen};
 use wgdistill::gpu::{DType, Gpu, Tensor};
 use wgdistill::graph::exec::{Mode, plan_backward, plan_forward};
 use wgdistill::graph::{
-    Adapter, ConvLayer, EvalStep, Graph, LossKind, LossSpec, OptimizerSpec, StepSpec, TrainStep,
-    Weights,
+    Adapter, ConvLayer, EvalStep, Graph, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights,
 };
-use wgdistill::kernels::{losses, optimizer};
+use wgdistill::kernels::losses::Loss;
+use wgdistill::kernels::{optimizer, response};
 use wgdistill::models;
-use wgdistill::reference::graph as cpu_graph;
+
+/// The registry's loss `name` at its defaults.
+fn loss(name: &str) -> Loss {
+    Loss::new(name).unwrap()
+}
+
+/// Hinton KD at temperature `t`.
+fn kd(t: f64) -> Loss {
+    loss("kd").with("temperature", t).unwrap()
+}
+use wgdistill::graph::interp as cpu_graph;
 
 /// GPU gradients of mean cross-entropy for every trainable parameter.
 fn gpu_grads(
@@ -32,7 +42,7 @@ fn gpu_grads(
     let mut plan = Vec::new();
     let fwd = plan_forward(gpu, g, w, &inputs, Mode::Train, None, &mut plan).unwrap();
     let out = g.output.unwrap();
-    let lp = losses::ce(gpu, fwd.get(out), &tl).unwrap();
+    let lp = response::ce(gpu, fwd.get(out), &tl).unwrap();
     plan.extend(lp.dispatches);
     let grads = plan_backward(gpu, g, &fwd, vec![(out, lp.grad)], &[], &mut plan).unwrap();
     gpu.execute(&plan).unwrap();
@@ -115,6 +125,33 @@ fn cnn_gradients_match_finite_differences() {
     check_model_gradients("cnn", &g, 2);
 }
 
+/// A depthwise-separable block (depthwise 3×3, then pointwise 1×1) and a grouped 3×3 layer,
+/// built from the one Conv2d op with its `groups`.
+#[test]
+fn grouped_and_depthwise_convolution_gradients_match_finite_differences() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 4, 5, 5], DType::F32).unwrap();
+    let layer = |out, kernel, padding, groups| ConvLayer {
+        out,
+        kernel,
+        stride: 1,
+        padding,
+        bias: true,
+        groups,
+    };
+    let dw = g.conv2d("depthwise", x, layer(4, 3, 1, 4)).unwrap();
+    let h = g.relu(dw).unwrap();
+    let pw = g.conv2d("pointwise", h, layer(6, 1, 0, 1)).unwrap();
+    let h = g.relu(pw).unwrap();
+    let grouped = g.conv2d("grouped", h, layer(4, 3, 0, 2)).unwrap();
+    let pooled = g.global_avg_pool(grouped).unwrap();
+    let logits = g.linear("head", pooled, 3, true).unwrap();
+    g.set_output(logits).unwrap();
+    assert_eq!(g.shape(g.find("depthwise.weight").unwrap()), &[4, 1, 3, 3]);
+    assert_eq!(g.shape(g.find("grouped.weight").unwrap()), &[4, 3, 3, 3]);
+    check_model_gradients("grouped", &g, 4);
+}
+
 #[test]
 fn residual_gradients_accumulate_over_both_paths() {
     let mut g = Graph::new();
@@ -154,7 +191,7 @@ fn a_compiled_step_creates_nothing_and_submits_once_per_step() {
         student: &g,
         student_weights: &w,
         teacher: None,
-        losses: vec![LossSpec::logits(LossKind::Ce, 1.0)],
+        losses: vec![LossSpec::logits(loss("ce"), 1.0)],
         optimizer: sgd(0.1),
         seed: 0,
     };
@@ -228,7 +265,7 @@ fn a_tiny_model_learns_a_synthetic_task() {
         student: &g,
         student_weights: &w,
         teacher: None,
-        losses: vec![LossSpec::logits(LossKind::Ce, 1.0)],
+        losses: vec![LossSpec::logits(loss("ce"), 1.0)],
         optimizer: sgd(0.05),
         seed: 0,
     };
@@ -261,7 +298,7 @@ fn kd_steps_with_a_frozen_teacher_and_a_fitnet_adapter_train_the_student() {
     let sw = Weights::init(gpu, &student, 9).unwrap();
     let frozen_before = tw.to_host(gpu).unwrap();
     let hint = LossSpec {
-        kind: LossKind::Hint,
+        loss: loss("hint"),
         weight: 1.0,
         student_tap: Some("hidden.0".into()),
         teacher_tap: Some("hidden.1".into()),
@@ -271,10 +308,7 @@ fn kd_steps_with_a_frozen_teacher_and_a_fitnet_adapter_train_the_student() {
         student: &student,
         student_weights: &sw,
         teacher: Some((&teacher, &tw)),
-        losses: vec![
-            LossSpec::logits(LossKind::Kd { temperature: 4.0 }, 1.0),
-            hint,
-        ],
+        losses: vec![LossSpec::logits(kd(4.0), 1.0), hint],
         optimizer: sgd(0.05),
         seed: 1,
     };
@@ -318,6 +352,7 @@ fn graph_errors_name_the_node_and_shapes() {
                 stride: 1,
                 padding: 0,
                 bias: false,
+                groups: 1,
             },
         )
         .unwrap_err()
@@ -343,8 +378,8 @@ fn feature_losses_on_cnn_taps_train_through_a_1x1_conv_adapter() {
     let tw = Weights::init(gpu, &teacher, 20).unwrap();
     let student = models::cnn([batch, 1, 8, 8], &[4, 6], 4).unwrap();
     let sw = Weights::init(gpu, &student, 21).unwrap();
-    let tap = |kind, adapter| LossSpec {
-        kind,
+    let tap = |loss, adapter| LossSpec {
+        loss,
         weight: 1.0,
         student_tap: Some("features.3".into()),
         teacher_tap: Some("features.3".into()),
@@ -355,10 +390,10 @@ fn feature_losses_on_cnn_taps_train_through_a_1x1_conv_adapter() {
         student_weights: &sw,
         teacher: Some((&teacher, &tw)),
         losses: vec![
-            tap(LossKind::Hint, Some(Adapter::Conv1x1)),
-            tap(LossKind::At { p: 2.0 }, None),
+            tap(loss("hint"), Some(Adapter::Conv1x1)),
+            tap(loss("at"), None),
             LossSpec {
-                kind: LossKind::RkdDistance,
+                loss: loss("rkd_distance"),
                 weight: 1.0,
                 student_tap: Some("features.7".into()),
                 teacher_tap: Some("features.7".into()),
@@ -400,21 +435,15 @@ fn mismatched_adapters_and_missing_teachers_are_compile_errors() {
         optimizer: sgd(0.1),
         seed: 0,
     };
-    let e = TrainStep::compile(
-        gpu,
-        &spec(vec![LossSpec::logits(
-            LossKind::Kd { temperature: 4.0 },
-            1.0,
-        )]),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = TrainStep::compile(gpu, &spec(vec![LossSpec::logits(kd(4.0), 1.0)]))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("teacher"), "{e}");
     let teacher = models::mlp([4, 1, 4, 4], &[16], 4).unwrap();
     let tw = Weights::init(gpu, &teacher, 2).unwrap();
     let bad = LossSpec {
-        kind: LossKind::Hint,
+        loss: loss("hint"),
         weight: 1.0,
         student_tap: Some("hidden.0".into()),
         teacher_tap: Some("hidden.0".into()),
@@ -515,7 +544,7 @@ fn losses_are_fetched_in_the_background_without_creating_anything() {
         student: &g,
         student_weights: &w,
         teacher: None,
-        losses: vec![LossSpec::logits(LossKind::Ce, 1.0)],
+        losses: vec![LossSpec::logits(loss("ce"), 1.0)],
         optimizer: sgd(0.1),
         seed: 0,
     };
@@ -563,9 +592,9 @@ fn a_sibling_step_for_the_last_batch_shares_the_optimizer_and_adapters() {
     let sw = Weights::init(gpu, &student, 51).unwrap();
     let losses = || {
         vec![
-            LossSpec::logits(LossKind::Ce, 1.0),
+            LossSpec::logits(loss("ce"), 1.0),
             LossSpec {
-                kind: LossKind::Hint,
+                loss: loss("hint"),
                 weight: 1.0,
                 student_tap: Some("hidden.0".into()),
                 teacher_tap: Some("hidden.0".into()),
@@ -633,7 +662,7 @@ fn dropout_in_a_graph_masks_forward_and_backward_alike_and_changes_each_step() {
             &mut plan,
         )
         .unwrap();
-        let lp = losses::ce(gpu, fwd.get(logits), &labels).unwrap();
+        let lp = response::ce(gpu, fwd.get(logits), &labels).unwrap();
         plan.extend(lp.dispatches);
         let grads = plan_backward(gpu, &g, &fwd, vec![(logits, lp.grad)], &[], &mut plan).unwrap();
         gpu.execute(&plan).unwrap();
@@ -704,7 +733,7 @@ fn the_memory_planner_reuses_buffers_without_changing_results() {
         let mut plan = Vec::new();
         let fwd = plan_forward(gpu, &g, &w, &inputs, Mode::Train, None, &mut plan).unwrap();
         let out = g.output.unwrap();
-        let lp = losses::ce(gpu, fwd.get(out), &tl).unwrap();
+        let lp = response::ce(gpu, fwd.get(out), &tl).unwrap();
         plan.extend(lp.dispatches);
         let grads = plan_backward(gpu, &g, &fwd, vec![(out, lp.grad)], &[], &mut plan).unwrap();
         let mut planned = plan.clone();
@@ -748,8 +777,8 @@ fn a_compiled_kd_step_folds_its_buffers() {
         student_weights: &sw,
         teacher: Some((&teacher, &tw)),
         losses: vec![
-            LossSpec::logits(LossKind::Ce, 0.1),
-            LossSpec::logits(LossKind::Kd { temperature: 4.0 }, 0.9),
+            LossSpec::logits(loss("ce"), 0.1),
+            LossSpec::logits(kd(4.0), 0.9),
         ],
         optimizer: sgd(0.1),
         seed: 0,

@@ -6,9 +6,13 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{data, gpu, widen};
+use wgdistill::catalogue::Suite;
 use wgdistill::io::{HostTensor, TensorMap};
-use wgdistill::ops::{self, OPS};
-use wgdistill::reference::{allclose, conv as cpu_conv, dense as cpu_dense, optim as cpu_optim};
+use wgdistill::kernels::losses;
+use wgdistill::ops;
+use wgdistill::reference::{
+    allclose, conv as cpu_conv, matmul as cpu_dense, optimizer as cpu_optim,
+};
 
 fn f(shape: &[usize], seed: u64) -> HostTensor {
     HostTensor::f32(shape, data(shape.iter().product(), seed))
@@ -17,6 +21,14 @@ fn f(shape: &[usize], seed: u64) -> HostTensor {
 /// Plausible inputs for each op, by name.
 fn sample_inputs(op: &str) -> TensorMap {
     let mut m = TensorMap::new();
+    // A loss: its registry entry's first check case.
+    if let Ok(def) = losses::find(op) {
+        let case = (def.cases)(Suite::Check).remove(0);
+        for (input, t) in def.inputs.iter().zip(case.inputs) {
+            m.insert(input.name.to_string(), t);
+        }
+        return m;
+    }
     let mut put = |k: &str, t: HostTensor| {
         m.insert(k.to_string(), t);
     };
@@ -74,26 +86,6 @@ fn sample_inputs(op: &str) -> TensorMap {
             put("grad", f(&[7], 2));
         }
         "clip_grad_norm" => put("grad", f(&[9], 1)),
-        "ce" => {
-            put("student", f(&[4, 5], 1));
-            put("labels", HostTensor::i32(&[4], vec![0, 4, 2, 1]));
-        }
-        "dkd" => {
-            put("student", f(&[4, 5], 1));
-            put("teacher", f(&[4, 5], 2));
-            put("labels", HostTensor::i32(&[4], vec![0, 4, 2, 1]));
-        }
-        "at" => {
-            put("student", f(&[2, 3, 4, 4], 1));
-            put("teacher", f(&[2, 5, 4, 4], 2));
-        }
-        "kd" | "hint" | "sp" | "rkd_distance" | "rkd_angle" | "pkt" => {
-            put("student", f(&[4, 6], 1));
-            put(
-                "teacher",
-                f(&[4, if op == "hint" || op == "kd" { 6 } else { 3 }], 2),
-            );
-        }
         _ => put("x", f(&[3, 4], 1)),
     }
     m
@@ -102,12 +94,12 @@ fn sample_inputs(op: &str) -> TensorMap {
 #[test]
 fn every_op_runs_and_returns_exactly_its_declared_outputs() {
     let Some(gpu) = gpu() else { return };
-    for info in OPS {
+    for info in ops::all() {
         let inputs = sample_inputs(info.name);
         let out = ops::run(gpu, info.name, &inputs, &BTreeMap::new())
             .unwrap_or_else(|e| panic!("{}: {e}", info.name));
         let got: Vec<&str> = out.keys().map(String::as_str).collect();
-        let mut want: Vec<&str> = info.outputs.to_vec();
+        let mut want: Vec<&str> = info.outputs.clone();
         want.sort_unstable();
         assert_eq!(got, want, "{}: outputs", info.name);
     }
@@ -142,7 +134,7 @@ fn op_outputs_agree_with_the_references() {
         &widen(values(&inputs["b"])),
         &widen(values(&inputs["bias"])),
         shape,
-        cpu_dense::Act::Gelu,
+        wgdistill::reference::activation::Act::Gelu,
     );
     allclose(values(&out["out"]), &want, 1e-5, 1e-6).unwrap();
 
@@ -170,6 +162,23 @@ fn op_outputs_agree_with_the_references() {
         Some(&widen(values(&inputs["bias"]))),
         &win,
         4,
+        1,
+    );
+    allclose(values(&out["out"]), &want, 1e-5, 1e-6).unwrap();
+
+    // Two channel groups: 4 inputs, 6 outputs, weight [6, 2, 3, 3].
+    let mut inputs = TensorMap::new();
+    inputs.insert("x".into(), f(&[2, 4, 5, 5], 4));
+    inputs.insert("weight".into(), f(&[6, 2, 3, 3], 5));
+    let a = attrs(&[("stride", 2.0), ("padding", 1.0), ("groups", 2.0)]);
+    let out = ops::run(gpu, "conv2d", &inputs, &a).unwrap();
+    let want = cpu_conv::conv2d(
+        &widen(values(&inputs["x"])),
+        &widen(values(&inputs["weight"])),
+        None,
+        &cpu_conv::Window { c: 4, ..win },
+        6,
+        2,
     );
     allclose(values(&out["out"]), &want, 1e-5, 1e-6).unwrap();
 

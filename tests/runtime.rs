@@ -180,12 +180,14 @@ fn a_spec_that_disagrees_with_its_wgsl_is_an_error_not_a_panic() {
         family: "elementwise",
         entry: "scale",
         bindings: &[Binding::Uniform, Binding::ReadWrite, Binding::ReadWrite],
+        params: 16,
     };
     assert!(matches!(gpu.kernel(&wrong, &[]), Err(Error::Kernel { .. })));
     let unknown = KernelSpec {
         family: "no_such_family",
         entry: "main",
         bindings: &[],
+        params: 0,
     };
     assert!(matches!(
         gpu.kernel(&unknown, &[]),

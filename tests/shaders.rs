@@ -133,6 +133,7 @@ fn a_kernel_spec_that_disagrees_with_wgsl_is_an_error() {
         family: "elementwise",
         entry: "add",
         bindings: &[Binding::Uniform, Binding::ReadOnly],
+        params: 16,
     };
     let err = check_spec(&wrong, &v).expect_err("must fail").to_string();
     assert!(err.contains("elementwise::add"), "{err}");
@@ -140,6 +141,7 @@ fn a_kernel_spec_that_disagrees_with_wgsl_is_an_error() {
         family: "elementwise",
         entry: "nope",
         bindings: &[],
+        params: 0,
     };
     assert!(check_spec(&missing, &v).is_err());
 }
@@ -164,4 +166,23 @@ fn translation_catches_what_validation_allows() {
     .expect("valid with f16");
     let err = translate_all(&v).expect_err("GLSL must refuse f16");
     assert!(err.starts_with("GLSL"), "{err}");
+}
+
+#[test]
+fn a_parameter_struct_of_the_wrong_size_is_an_error() {
+    use wgdistill::gpu::{Binding, KernelSpec};
+    let file = wgdistill::gpu::shaders::find("elementwise").expect("registered");
+    let v = validate(file.path, file.source, file.extensions(false)).expect("valid");
+    let bindings = &[
+        Binding::Uniform,
+        Binding::ReadOnly,
+        Binding::ReadOnly,
+        Binding::Output,
+    ];
+    // elementwise's Params is 16 bytes; an 8-byte Rust twin would misplace alpha.
+    let short = KernelSpec::new::<[u32; 2]>("elementwise", "add", bindings);
+    let err = check_spec(&short, &v).expect_err("must fail").to_string();
+    assert!(err.contains("16 bytes") && err.contains('8'), "{err}");
+    let right = KernelSpec::new::<[u32; 4]>("elementwise", "add", bindings);
+    check_spec(&right, &v).expect("16 bytes match");
 }

@@ -9,7 +9,18 @@ use super::CliError;
 
 /// Runs the catalogue (filtered by kernel name), prints a table and optionally writes JSON.
 pub fn run(gpu: &Gpu, filter: Option<&str>, json: Option<&Path>) -> Result<(), CliError> {
-    let cases = bench::catalogue(gpu, filter)?;
+    let cases = bench::catalogue(gpu, filter);
+    if let Some(f) = filter.filter(|f| !cases.iter().any(|c| c.kernel.contains(f))) {
+        let mut names: Vec<String> = bench::catalogue(gpu, None)
+            .into_iter()
+            .map(|c| c.kernel)
+            .collect();
+        names.dedup();
+        return Err(CliError::Message(format!(
+            "--filter '{f}': no benchmark case matches; cases are {}",
+            names.join(", ")
+        )));
+    }
     let results = bench::run(gpu, &cases, 0.2)?;
     println!("adapter: {}", gpu.caps().label());
     println!(

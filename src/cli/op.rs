@@ -5,14 +5,18 @@ use std::path::Path;
 
 use wgdistill::gpu::{AdapterQuery, Gpu};
 use wgdistill::io;
-use wgdistill::ops::{self, OPS};
+use wgdistill::ops;
 
 use super::CliError;
 
 /// Prints every op with its inputs (optional ones in brackets), attributes and outputs.
 pub fn list() {
-    for op in OPS {
-        let attrs: Vec<String> = op.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for op in ops::all() {
+        let attrs: Vec<String> = op
+            .attrs
+            .iter()
+            .map(|a| format!("{}={}", a.name, a.default))
+            .collect();
         let attrs = if attrs.is_empty() {
             "none".to_string()
         } else {
@@ -63,7 +67,7 @@ pub fn run(
     let info = ops::find(name)?;
     let attrs = parse_attrs(attrs)?;
     let inputs = io::read_safetensors(input)?;
-    ops::validate(info, &inputs, &attrs)?;
+    ops::validate(&info, &inputs, &attrs)?;
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             return Err(CliError::Message(format!(

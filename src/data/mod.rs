@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Result;
 use crate::error::input_error;
-use crate::reference::sample;
+use crate::rng::sample;
 
 /// Where the Debian package `dataset-fashion-mnist` puts the files.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";

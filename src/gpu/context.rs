@@ -444,6 +444,22 @@ impl Gpu {
         self.dispatch_grid(spec, &[], params, tensors, grid)
     }
 
+    /// Prepares one launch of `spec` with one invocation per item of `items`: as many
+    /// workgroups as the entry point's declared workgroup size (reflected from its WGSL) needs,
+    /// at least one.
+    pub fn dispatch_over<P: bytemuck::Pod>(
+        &self,
+        spec: &KernelSpec,
+        params: &P,
+        tensors: &[&Tensor],
+        items: usize,
+    ) -> Result<Dispatch> {
+        let [x, y, z] = self.kernel(spec, &[])?.workgroup_size;
+        let per_group = u64::from(x * y * z).max(1);
+        let workgroups = (items as u64).div_ceil(per_group).max(1);
+        self.dispatch(spec, params, tensors, workgroups)
+    }
+
     /// Like [`Gpu::dispatch`], with an explicit grid (checked against the adapter's limits) and
     /// override constants for the pipeline.
     pub fn dispatch_grid<P: bytemuck::Pod>(
@@ -460,6 +476,16 @@ impl Gpu {
                 kernel: spec.name(),
                 workgroups: u64::from(too_big),
                 max,
+            });
+        }
+        if std::mem::size_of::<P>() != spec.params {
+            return Err(Error::Kernel {
+                kernel: spec.name(),
+                message: format!(
+                    "its parameters are written from {} bytes, but the spec declares {}",
+                    std::mem::size_of::<P>(),
+                    spec.params
+                ),
             });
         }
         let kernel = self.kernel(spec, constants)?;

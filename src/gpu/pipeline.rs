@@ -21,18 +21,36 @@ pub enum Binding {
     Output,
 }
 
-/// A kernel: which file, which entry point, and its bindings in order (binding i of group 0).
+/// A kernel: which file, which entry point, its bindings in order (binding i of group 0) and
+/// the size of the Rust struct its uniform parameters are written from, which must equal the
+/// WGSL struct's (checked at every launch, and for every kernel by the shader tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KernelSpec {
     /// Shader family (file stem under `shaders/`).
     pub family: &'static str,
     /// Entry point.
     pub entry: &'static str,
-    /// Bindings 0.. of group 0.
+    /// Bindings 0.. of group 0 (binding 0 is the uniform parameters).
     pub bindings: &'static [Binding],
+    /// Size in bytes of the Rust twin of the uniform parameter struct.
+    pub params: usize,
 }
 
 impl KernelSpec {
+    /// The kernel `family::entry` with these bindings, whose parameters are written from a `P`.
+    pub const fn new<P: bytemuck::Pod>(
+        family: &'static str,
+        entry: &'static str,
+        bindings: &'static [Binding],
+    ) -> KernelSpec {
+        KernelSpec {
+            family,
+            entry,
+            bindings,
+            params: std::mem::size_of::<P>(),
+        }
+    }
+
     /// `family::entry`.
     pub fn name(&self) -> String {
         format!("{}::{}", self.family, self.entry)
@@ -92,6 +110,7 @@ pub fn check_spec(spec: &KernelSpec, v: &Validated) -> Result<[u32; 3]> {
         })?;
     let usage = v.info.get_entry_point(index);
     let mut used: Vec<(u32, Binding)> = Vec::new();
+    let mut uniform = None;
     for (handle, var) in v.module.global_variables.iter() {
         let (Some(rb), false) = (&var.binding, usage[handle].is_empty()) else {
             continue;
@@ -108,6 +127,9 @@ pub fn check_spec(spec: &KernelSpec, v: &Validated) -> Result<[u32; 3]> {
                 rb.binding
             ))
         })?;
+        if kind == Binding::Uniform {
+            uniform = Some(var.ty);
+        }
         used.push((rb.binding, kind));
     }
     used.sort_by_key(|(b, _)| *b);
@@ -135,6 +157,21 @@ pub fn check_spec(spec: &KernelSpec, v: &Validated) -> Result<[u32; 3]> {
         return Err(err(format!(
             "WGSL uses bindings {used:?} but the launcher declares {declared:?}"
         )));
+    }
+    // The parameters are written from a Rust struct: a size that differs from the WGSL struct's
+    // would shift every field after the first that disagrees.
+    if let Some(ty) = uniform {
+        let mut layouter = naga::proc::Layouter::default();
+        layouter
+            .update(v.module.to_ctx())
+            .map_err(|e| err(format!("cannot lay out its types: {e}")))?;
+        let wgsl = layouter[ty].size as usize;
+        if wgsl != spec.params {
+            return Err(err(format!(
+                "its WGSL parameter struct is {wgsl} bytes but the launcher's Rust struct is {}",
+                spec.params
+            )));
+        }
     }
     Ok(ep.workgroup_size)
 }

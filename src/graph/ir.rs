@@ -219,6 +219,9 @@ pub struct ConvLayer {
     pub padding: usize,
     /// Whether the layer has a bias.
     pub bias: bool,
+    /// Channel groups (`groups`; 1 for an ordinary convolution, the input channels for a
+    /// depthwise one). Must divide the input and output channels.
+    pub groups: usize,
 }
 
 /// A node: a named op and the shape of its output.
@@ -348,6 +351,7 @@ impl Graph {
             stride,
             padding,
             bias,
+            groups,
         } = layer;
         let &[n, cin, h, w] = self.shape(x) else {
             return Err(shape_error(
@@ -372,10 +376,18 @@ impl Graph {
                 ),
             ));
         };
-        let bound = 1.0 / ((cin * k * k) as f32).sqrt();
+        if groups == 0 || cin % groups != 0 || out % groups != 0 {
+            return Err(shape_error(
+                prefix,
+                format!("groups = {groups} must divide the {cin} input and {out} output channels"),
+            ));
+        }
+        // PyTorch's default initialisation: fan-in is one group's inputs times the window.
+        let cin_g = cin / groups;
+        let bound = 1.0 / ((cin_g * k * k) as f32).sqrt();
         let weight = self.param(
             &format!("{prefix}.weight"),
-            &[out, cin, k, k],
+            &[out, cin_g, k, k],
             Init::Uniform(bound),
         )?;
         let bias = if bias {
@@ -386,6 +398,7 @@ impl Graph {
         let spec = Conv2d {
             stride: [stride, stride],
             padding: [padding, padding],
+            groups,
         };
         self.push(
             prefix.to_string(),

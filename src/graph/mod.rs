@@ -1,9 +1,11 @@
 //! The graph executor: models as graphs of kernel-library ops ([`ir`]), their weights by PyTorch
 //! name ([`weights`]), forward and reverse-mode backward planning ([`exec`]), buffer reuse by
 //! liveness ([`memory`]), and compiled steps that replay a whole training step with one
-//! submission ([`step`]).
+//! submission ([`step`]); and an f64 interpreter of the same graphs ([`interp`]), the reference
+//! the executor's gradients are checked against.
 
 pub mod exec;
+pub mod interp;
 pub mod ir;
 pub mod memory;
 pub mod step;
@@ -12,5 +14,5 @@ pub mod weights;
 pub use exec::Mode;
 pub use ir::{ConvLayer, Graph, Init, Op, Value};
 pub use memory::{MemoryReport, plan_memory};
-pub use step::{Adapter, EvalStep, LossKind, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep};
+pub use step::{Adapter, EvalStep, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep};
 pub use weights::Weights;

@@ -12,56 +12,14 @@ use crate::error::shape_error;
 use crate::gpu::pool::PooledBuffer;
 use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
-use crate::kernels::{elementwise, losses, optimizer};
+use crate::kernels::losses::{Loss, LossPlan, Role};
+use crate::kernels::{elementwise, optimizer};
 use crate::{Error, Result};
 
 use super::exec::{Mode, plan_backward, plan_forward};
 use super::ir::{ConvLayer, Graph, Op, Value};
 use super::memory::{MemoryReport, plan_memory};
 use super::weights::Weights;
-
-/// A distillation or task loss.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum LossKind {
-    /// Cross-entropy with the labels.
-    Ce,
-    /// Hinton KD toward the teacher.
-    Kd {
-        /// Temperature.
-        temperature: f32,
-    },
-    /// Decoupled KD toward the teacher.
-    Dkd {
-        /// TCKD weight.
-        alpha: f32,
-        /// NCKD weight.
-        beta: f32,
-        /// Temperature.
-        temperature: f32,
-    },
-    /// FitNet hint (MSE) toward a teacher tap.
-    Hint,
-    /// Attention transfer.
-    At {
-        /// Exponent.
-        p: f32,
-    },
-    /// Similarity preserving.
-    Sp,
-    /// RKD distance.
-    RkdDistance,
-    /// RKD angle.
-    RkdAngle,
-    /// PKT.
-    Pkt,
-}
-
-impl LossKind {
-    /// Whether the term compares the student with a teacher (or a peer): all but `Ce`.
-    pub fn needs_teacher(self) -> bool {
-        self != LossKind::Ce
-    }
-}
 
 /// A trainable regressor between a student tap and the teacher's (FitNet): it trains with the
 /// student and is not part of the student's exported weights.
@@ -80,8 +38,8 @@ pub const PEER: &str = "peer:";
 /// One weighted loss term over taps.
 #[derive(Clone, Debug)]
 pub struct LossSpec {
-    /// What to compute.
-    pub kind: LossKind,
+    /// What to compute: a registry loss with its attributes.
+    pub loss: Loss,
     /// Its weight in the total.
     pub weight: f32,
     /// Student tap (`logits` when `None`).
@@ -94,9 +52,9 @@ pub struct LossSpec {
 
 impl LossSpec {
     /// A term on the logits.
-    pub fn logits(kind: LossKind, weight: f32) -> Self {
+    pub fn logits(loss: Loss, weight: f32) -> Self {
         Self {
-            kind,
+            loss,
             weight,
             student_tap: None,
             teacher_tap: None,
@@ -183,6 +141,7 @@ fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> R
                 stride: 1,
                 padding: 0,
                 bias: true,
+                groups: 1,
             },
         )?,
         _ => {
@@ -207,30 +166,26 @@ fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> R
     Ok(g)
 }
 
-/// Plans one loss term: returns its launches' loss and its gradient for the student side.
+/// Plans one loss term: its inputs by role (the student side, the target side, the labels),
+/// then the registry's launcher.
 fn loss_plan(
     gpu: &Gpu,
-    kind: LossKind,
+    loss: &Loss,
     s: &Tensor,
     t: Option<&Tensor>,
     labels: &Tensor,
-) -> Result<losses::LossPlan> {
-    let teacher = || t.ok_or_else(|| shape_error("loss", "this loss needs a teacher"));
-    match kind {
-        LossKind::Ce => losses::ce(gpu, s, labels),
-        LossKind::Kd { temperature } => losses::kd(gpu, s, teacher()?, temperature),
-        LossKind::Dkd {
-            alpha,
-            beta,
-            temperature,
-        } => losses::dkd(gpu, s, teacher()?, labels, alpha, beta, temperature),
-        LossKind::Hint => losses::hint(gpu, s, teacher()?),
-        LossKind::At { p } => losses::at(gpu, s, teacher()?, p),
-        LossKind::Sp => losses::sp(gpu, s, teacher()?),
-        LossKind::RkdDistance => losses::rkd_distance(gpu, s, teacher()?),
-        LossKind::RkdAngle => losses::rkd_angle(gpu, s, teacher()?),
-        LossKind::Pkt => losses::pkt(gpu, s, teacher()?),
-    }
+) -> Result<LossPlan> {
+    let inputs: Vec<&Tensor> = loss
+        .def()
+        .inputs
+        .iter()
+        .map(|input| match input.role {
+            Role::Student => Ok(s),
+            Role::Teacher => t.ok_or_else(|| shape_error(loss.name(), "this loss needs a teacher")),
+            Role::Labels => Ok(labels),
+        })
+        .collect::<Result<_>>()?;
+    loss.launch(gpu, &inputs)
 }
 
 impl Drop for LossFetch {
@@ -329,21 +284,13 @@ impl TrainStep {
         let mut loss_values = Vec::new();
         let mut adapter_parts = Vec::new();
         for (i, term) in spec.losses.iter().enumerate() {
-            let label = format!(
-                "{}:{}",
-                i,
-                format!("{:?}", term.kind)
-                    .split([' ', '{'])
-                    .next()
-                    .unwrap_or("loss")
-                    .to_lowercase()
-            );
+            let label = format!("{i}:{}", term.loss.name());
             let sv = student.tapped(term.student_tap.as_deref().unwrap_or("logits"))?;
             let peer = term
                 .teacher_tap
                 .as_deref()
                 .and_then(|t| t.strip_prefix(PEER));
-            let teacher_tensor = match (term.kind.needs_teacher(), peer) {
+            let teacher_tensor = match (term.loss.def().needs_teacher(), peer) {
                 (false, _) => None,
                 // A peer's output in this same step, detached: no gradient is seeded into it here.
                 (true, Some(tap)) => Some(fwd.get(student.tapped(tap)?).clone()),
@@ -381,7 +328,7 @@ impl TrainStep {
             };
             let lp = loss_plan(
                 gpu,
-                term.kind,
+                &term.loss,
                 &student_side,
                 teacher_tensor.as_ref(),
                 &labels,
@@ -487,9 +434,10 @@ impl TrainStep {
     /// Sets every parameter's learning rate (a schedule's step): rewrites the optimizer
     /// launches' uniforms, so later steps use it.
     pub fn set_learning_rate(&self, gpu: &Gpu, lr: f32) {
-        // The learning rate is the third field of the optimizer kernels' parameters.
         for &i in &self.optimizer_launches {
-            self.bound.write_uniform(gpu, i, 8, bytemuck::bytes_of(&lr));
+            let lr_bytes = bytemuck::bytes_of(&lr);
+            self.bound
+                .write_uniform(gpu, i, optimizer::LR_OFFSET, lr_bytes);
         }
     }
 
@@ -498,9 +446,9 @@ impl TrainStep {
         if let (Some(&launch), Some(term)) =
             (self.weight_launches.get(index), self.losses.get_mut(index))
         {
-            // The scale kernel's parameters are (n, alpha, …).
+            let offset = elementwise::ALPHA_OFFSET;
             self.bound
-                .write_uniform(gpu, launch, 4, bytemuck::bytes_of(&weight));
+                .write_uniform(gpu, launch, offset, bytemuck::bytes_of(&weight));
             term.1 = weight;
         }
     }

@@ -6,7 +6,7 @@ use crate::Result;
 use crate::error::input_error;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
-use crate::reference::sample;
+use crate::rng::sample;
 
 use super::ir::{Graph, Init, Op};
 

@@ -1,35 +1,27 @@
 //! ReLU and GELU forward and backward (`shaders/activation.wgsl`).
 
 use crate::Result;
+use crate::catalogue::{
+    Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor, stream_len,
+};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::reference::activation::Act;
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// `y = max(x, 0)`.
-pub const RELU_FORWARD: KernelSpec = KernelSpec {
-    family: "activation",
-    entry: "relu_forward",
-    bindings: &[U, R, W],
-};
+pub const RELU_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "relu_forward", &[U, R, W]);
 /// `y = x·Φ(x)`.
-pub const GELU_FORWARD: KernelSpec = KernelSpec {
-    family: "activation",
-    entry: "gelu_forward",
-    bindings: &[U, R, W],
-};
+pub const GELU_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "gelu_forward", &[U, R, W]);
 /// `dx = dy·[x > 0]`.
-pub const RELU_BACKWARD: KernelSpec = KernelSpec {
-    family: "activation",
-    entry: "relu_backward",
-    bindings: &[U, R, R, W],
-};
+pub const RELU_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "relu_backward", &[U, R, R, W]);
 /// `dx = dy·(Φ(x) + x·φ(x))`.
-pub const GELU_BACKWARD: KernelSpec = KernelSpec {
-    family: "activation",
-    entry: "gelu_backward",
-    bindings: &[U, R, R, W],
-};
+pub const GELU_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "gelu_backward", &[U, R, R, W]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[RELU_FORWARD, GELU_FORWARD, RELU_BACKWARD, GELU_BACKWARD];
@@ -64,12 +56,7 @@ pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> 
         Kind::Gelu => &GELU_FORWARD,
     };
     let y = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch(
-        spec,
-        &params(spec.entry, x)?,
-        &[x, &y],
-        (x.numel() as u64).div_ceil(256),
-    )?;
+    let d = gpu.dispatch_over(spec, &params(spec.entry, x)?, &[x, &y], x.numel())?;
     Ok((d, y))
 }
 
@@ -81,11 +68,59 @@ pub fn backward(gpu: &Gpu, kind: Kind, x: &Tensor, dy: &Tensor) -> Result<(Dispa
     };
     dy.expect(spec.entry, "dy", DType::F32, x.shape())?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch(
-        spec,
-        &params(spec.entry, x)?,
-        &[x, dy, &dx],
-        (x.numel() as u64).div_ceil(256),
-    )?;
+    let d = gpu.dispatch_over(spec, &params(spec.entry, x)?, &[x, dy, &dx], x.numel())?;
     Ok((d, dx))
+}
+
+/// The family's catalogue: both activations forward and backward at odd sizes.
+pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
+    let kinds = [
+        (Kind::Relu, Act::Relu, "relu"),
+        (Kind::Gelu, Act::Gelu, "gelu"),
+    ];
+    if let Suite::Bench { .. } = suite {
+        let n = stream_len(suite);
+        return vec![memory_case(
+            suite,
+            "relu",
+            format!("[{n}]"),
+            8.0 * n as f64,
+            move |gpu| {
+                let (d, y) = forward(gpu, Kind::Relu, &sample_tensor(gpu, &[n], 6)?)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![y],
+                })
+            },
+        )];
+    }
+    let mut cases = Vec::new();
+    for n in [7usize, 1000, 65_537] {
+        for (kind, act, name) in kinds {
+            cases.push(
+                Case::new(
+                    format!("{name} fwd+bwd"),
+                    format!("[{n}]"),
+                    Work::Bytes(20.0 * n as f64),
+                    move |gpu| {
+                        let (x, dy) =
+                            (sample_tensor(gpu, &[n], 23)?, sample_tensor(gpu, &[n], 24)?);
+                        let (f, y) = forward(gpu, kind, &x)?;
+                        let (b, dx) = backward(gpu, kind, &x, &dy)?;
+                        Ok(Prepared {
+                            plan: vec![f, b],
+                            outputs: vec![y, dx],
+                        })
+                    },
+                )
+                .reference(move || {
+                    let (x, dy) = (sample_f64(n, 23), sample_f64(n, 24));
+                    let y = x.iter().map(|&v| act.apply(v));
+                    let dx = x.iter().zip(&dy).map(|(&v, g)| g * act.grad(v));
+                    y.chain(dx).collect()
+                }),
+            );
+        }
+    }
+    cases
 }

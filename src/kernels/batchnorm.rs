@@ -3,53 +3,34 @@
 //! statistics in evaluation; the training backward pass.
 
 use crate::Result;
+use crate::catalogue::{Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::reference::batchnorm as cpu;
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
 /// Per chunk of a channel: its mean and sum of squared deviations.
-pub const STATS_PARTIAL: KernelSpec = KernelSpec {
-    family: "batchnorm",
-    entry: "stats_partial",
-    bindings: &[U, R, W],
-};
+pub const STATS_PARTIAL: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "stats_partial", &[U, R, W]);
 /// Per channel: the chunks merged into mean and inverse std; running-stat update.
-pub const STATS_MERGE: KernelSpec = KernelSpec {
-    family: "batchnorm",
-    entry: "stats_merge",
-    bindings: &[U, R, W, RW, RW],
-};
+pub const STATS_MERGE: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "stats_merge", &[U, R, W, RW, RW]);
 /// Normalise with batch statistics.
-pub const NORMALIZE_TRAIN: KernelSpec = KernelSpec {
-    family: "batchnorm",
-    entry: "normalize_train",
-    bindings: &[U, R, R, R, R, W],
-};
+pub const NORMALIZE_TRAIN: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "normalize_train", &[U, R, R, R, R, W]);
 /// Normalise with running statistics.
-pub const NORMALIZE_EVAL: KernelSpec = KernelSpec {
-    family: "batchnorm",
-    entry: "normalize_eval",
-    bindings: &[U, R, R, R, R, R, W],
-};
+pub const NORMALIZE_EVAL: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "normalize_eval", &[U, R, R, R, R, R, W]);
 /// Per chunk of a channel: Σ dy·x̂ and Σ dy.
-pub const GRAD_PARTIAL: KernelSpec = KernelSpec {
-    family: "batchnorm",
-    entry: "grad_partial",
-    bindings: &[U, R, R, R, W],
-};
+pub const GRAD_PARTIAL: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "grad_partial", &[U, R, R, R, W]);
 /// Per channel: dgamma and dbeta from the chunks.
-pub const GRAD_MERGE: KernelSpec = KernelSpec {
-    family: "batchnorm",
-    entry: "grad_merge",
-    bindings: &[U, R, RW, W, W],
-};
+pub const GRAD_MERGE: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "grad_merge", &[U, R, RW, W, W]);
 /// dx.
-pub const BACKWARD_INPUT: KernelSpec = KernelSpec {
-    family: "batchnorm",
-    entry: "backward_input",
-    bindings: &[U, R, R, R, R, W],
-};
+pub const BACKWARD_INPUT: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "backward_input", &[U, R, R, R, R, W]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
@@ -144,10 +125,6 @@ fn params(op: &str, x: &Tensor, st: &BatchNormState<'_>) -> Result<Params> {
     })
 }
 
-fn groups(n: usize, wg: u64) -> u64 {
-    (n as u64).div_ceil(wg)
-}
-
 /// Prepares the training forward pass: batch statistics (and the running-stat update), then
 /// normalisation. Returns the launches, y and what the backward pass needs.
 pub fn forward_train(
@@ -164,18 +141,18 @@ pub fn forward_train(
     let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
     let y = gpu.empty(x.shape(), DType::F32)?;
     let plan = vec![
-        gpu.dispatch(&STATS_PARTIAL, &p, &[x, &partial], groups(c * chunks, 64))?,
-        gpu.dispatch(
+        gpu.dispatch_over(&STATS_PARTIAL, &p, &[x, &partial], c * chunks)?,
+        gpu.dispatch_over(
             &STATS_MERGE,
             &p,
             &[&partial, &stats, st.running_mean, st.running_var],
-            groups(c, 64),
+            c,
         )?,
-        gpu.dispatch(
+        gpu.dispatch_over(
             &NORMALIZE_TRAIN,
             &p,
             &[x, &stats, st.gamma, st.beta, &y],
-            groups(x.numel(), 256),
+            x.numel(),
         )?,
     ];
     Ok((plan, y, BatchNormSaved { stats }))
@@ -187,7 +164,7 @@ pub fn forward_eval(gpu: &Gpu, x: &Tensor, st: &BatchNormState<'_>) -> Result<(D
     let y = gpu.empty(x.shape(), DType::F32)?;
     let tensors = [x, st.running_mean, st.running_var, st.gamma, st.beta, &y];
     Ok((
-        gpu.dispatch(&NORMALIZE_EVAL, &p, &tensors, groups(x.numel(), 256))?,
+        gpu.dispatch_over(&NORMALIZE_EVAL, &p, &tensors, x.numel())?,
         y,
     ))
 }
@@ -223,24 +200,100 @@ pub fn backward(
     let dx = gpu.empty(x.shape(), DType::F32)?;
     let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
     let plan = vec![
-        gpu.dispatch(
+        gpu.dispatch_over(
             &GRAD_PARTIAL,
             &p,
             &[x, dy, &saved.stats, &partial],
-            groups(c * chunks, 64),
+            c * chunks,
         )?,
-        gpu.dispatch(
+        gpu.dispatch_over(
             &GRAD_MERGE,
             &p,
             &[&partial, &saved.stats, &dgamma, &dbeta],
-            groups(c, 64),
+            c,
         )?,
-        gpu.dispatch(
+        gpu.dispatch_over(
             &BACKWARD_INPUT,
             &p,
             &[x, dy, &saved.stats, st.gamma, &dx],
-            groups(x.numel(), 256),
+            x.numel(),
         )?,
     ];
     Ok((plan, BatchNormGrads { dx, dgamma, dbeta }))
+}
+
+/// The family's catalogue: training forward and backward on small maps and on a channel longer
+/// than one chunk (merged statistics), against the f64 reference.
+pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
+    let state = |gpu: &Gpu, c: usize| -> Result<[Tensor; 4]> {
+        Ok([
+            sample_tensor(gpu, &[c], 10)?,
+            sample_tensor(gpu, &[c], 11)?,
+            gpu.zeros(&[c], DType::F32)?,
+            gpu.zeros(&[c], DType::F32)?,
+        ])
+    };
+    fn st(t: &[Tensor; 4]) -> BatchNormState<'_> {
+        BatchNormState {
+            gamma: &t[0],
+            beta: &t[1],
+            running_mean: &t[2],
+            running_var: &t[3],
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+    if let Suite::Bench { .. } = suite {
+        let shape = [suite.pick(8, 64), 64, 32, 32];
+        let n: usize = shape.iter().product();
+        return vec![memory_case(
+            suite,
+            "batch_norm",
+            format!("{shape:?} train"),
+            8.0 * n as f64,
+            move |gpu| {
+                let t = state(gpu, shape[1])?;
+                let (plan, y, _) = forward_train(gpu, &sample_tensor(gpu, &shape, 9)?, &st(&t))?;
+                Ok(Prepared {
+                    plan,
+                    outputs: vec![y],
+                })
+            },
+        )];
+    }
+    let mut cases = Vec::new();
+    for [n, c, s] in [[4usize, 3, 25], [300, 2, 1], [128, 3, 97]] {
+        let len = n * c * s;
+        cases.push(
+            Case::new(
+                "batch_norm train fwd+bwd",
+                format!("[{n}, {c}, {s}, 1]"),
+                Work::Bytes(24.0 * len as f64),
+                move |gpu| {
+                    let t = state(gpu, c)?;
+                    let x = sample_tensor(gpu, &[n, c, s, 1], 31)?;
+                    let dy = sample_tensor(gpu, &[n, c, s, 1], 34)?;
+                    let (mut plan, y, saved) = forward_train(gpu, &x, &st(&t))?;
+                    let (back, g) = backward(gpu, &x, &dy, &st(&t), &saved)?;
+                    plan.extend(back);
+                    Ok(Prepared {
+                        plan,
+                        outputs: vec![y, g.dx, g.dgamma, g.dbeta],
+                    })
+                },
+            )
+            .reference(move || {
+                let (x, dy) = (sample_f64(len, 31), sample_f64(len, 34));
+                let (gamma, beta) = (sample_f64(c, 10), sample_f64(c, 11));
+                let mut want = cpu::batch_norm(&x, n, c, s, &gamma, &beta, 1e-5).0;
+                let (dx, dg, db) = cpu::batch_norm_backward(&x, &dy, n, c, s, &gamma, 1e-5);
+                want.extend(dx);
+                want.extend(dg);
+                want.extend(db);
+                want
+            })
+            .tolerance(1e-3, 1e-5),
+        );
+    }
+    cases
 }

@@ -1,58 +1,47 @@
-//! 2-D convolution over NCHW tensors (`shaders/conv.wgsl`): forward as an implicit GEMM,
-//! gradients of the input and the weight, and the bias gradient as a reduction of dy.
+//! 2-D convolution over NCHW tensors (`shaders/conv.wgsl`, `shaders/conv_subgroup.wgsl`):
+//! forward as an implicit GEMM, gradients of the input and the weight, the bias gradient as a
+//! reduction of dy; channel groups as PyTorch's `groups`, with a depthwise forward.
 
 use crate::Result;
+use crate::catalogue::{Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
+use crate::reference::conv::{self as cpu, Window};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// Forward (implicit GEMM, 4 positions × 8 channels per invocation).
-pub const CONV_FORWARD: KernelSpec = KernelSpec {
-    family: "conv",
-    entry: "conv_forward",
-    bindings: &[U, R, R, R, W],
-};
+pub const CONV_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("conv", "conv_forward", &[U, R, R, R, W]);
 /// Gradient of the input.
-pub const CONV_BACKWARD_INPUT: KernelSpec = KernelSpec {
-    family: "conv",
-    entry: "conv_backward_input",
-    bindings: &[U, R, R, W],
-};
+pub const CONV_BACKWARD_INPUT: KernelSpec =
+    KernelSpec::new::<Params>("conv", "conv_backward_input", &[U, R, R, W]);
+/// Depthwise forward (`groups` = input = output channels), one output per invocation.
+pub const CONV_FORWARD_DEPTHWISE: KernelSpec =
+    KernelSpec::new::<Params>("conv", "conv_forward_depthwise", &[U, R, R, R, W]);
 /// Gradient of the weight.
-pub const CONV_BACKWARD_WEIGHT: KernelSpec = KernelSpec {
-    family: "conv",
-    entry: "conv_backward_weight",
-    bindings: &[U, R, R, W],
-};
+pub const CONV_BACKWARD_WEIGHT: KernelSpec =
+    KernelSpec::new::<Params>("conv", "conv_backward_weight", &[U, R, R, W]);
 
 /// Forward with subgroup-shared weights, 64 positions × 16 channels per 8-lane workgroup
 /// (CPU-like drivers with subgroups).
-pub const CONV_FORWARD_SG: KernelSpec = KernelSpec {
-    family: "conv_subgroup",
-    entry: "conv_forward_sg",
-    bindings: &[U, R, R, R, W],
-};
+pub const CONV_FORWARD_SG: KernelSpec =
+    KernelSpec::new::<Params>("conv_subgroup", "conv_forward_sg", &[U, R, R, R, W]);
 
 /// Gradient of the input with subgroup-shared weights (CPU-like drivers with subgroups).
-pub const CONV_BACKWARD_INPUT_SG: KernelSpec = KernelSpec {
-    family: "conv_subgroup",
-    entry: "conv_backward_input_sg",
-    bindings: &[U, R, R, W],
-};
+pub const CONV_BACKWARD_INPUT_SG: KernelSpec =
+    KernelSpec::new::<Params>("conv_subgroup", "conv_backward_input_sg", &[U, R, R, W]);
 /// Per-chunk partial gradients of the weight with subgroup-shared dy, summed by a reduction.
-pub const CONV_BACKWARD_WEIGHT_SG: KernelSpec = KernelSpec {
-    family: "conv_subgroup",
-    entry: "conv_backward_weight_sg",
-    bindings: &[U, R, R, W],
-};
+pub const CONV_BACKWARD_WEIGHT_SG: KernelSpec =
+    KernelSpec::new::<Params>("conv_subgroup", "conv_backward_weight_sg", &[U, R, R, W]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
     CONV_FORWARD,
     CONV_BACKWARD_INPUT,
     CONV_BACKWARD_WEIGHT,
+    CONV_FORWARD_DEPTHWISE,
     CONV_FORWARD_SG,
     CONV_BACKWARD_INPUT_SG,
     CONV_BACKWARD_WEIGHT_SG,
@@ -62,23 +51,52 @@ pub const KERNELS: &[KernelSpec] = &[
 const SUBGROUP_BLOCK: (usize, usize) = (64, 16);
 
 /// Whether to use the subgroup kernels for a launch of `grid` workgroups: `requested` as in
-/// [`forward_with`].
-fn use_subgroups(gpu: &Gpu, requested: Option<bool>, grid: &[usize]) -> Result<bool> {
+/// [`forward_with`]. They have no channel groups.
+fn use_subgroups(
+    gpu: &Gpu,
+    requested: Option<bool>,
+    grid: &[usize],
+    groups: usize,
+) -> Result<bool> {
     let max = gpu.caps().limits.max_compute_workgroups_per_dimension as usize;
-    let blocker = grid.iter().any(|&g| g > max).then(|| {
-        format!("a grid of {grid:?} workgroups exceeds the adapter's {max} per dimension")
-    });
+    let blocker = if groups > 1 {
+        Some(format!("a convolution of {groups} channel groups has none"))
+    } else {
+        grid.iter().any(|&g| g > max).then(|| {
+            format!("a grid of {grid:?} workgroups exceeds the adapter's {max} per dimension")
+        })
+    };
     let style = gpu.caps().kernel_style;
     super::use_subgroup_variant(gpu, "conv2d", requested, style, blocker)
 }
 
-/// Stride and zero padding of a convolution.
+/// Stride, zero padding and channel groups of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2d {
     /// Stride (height, width).
     pub stride: [usize; 2],
     /// Zero padding (height, width).
     pub padding: [usize; 2],
+    /// Channel groups, as PyTorch's `groups`: input and output channels split into this many
+    /// groups, each output reading only its group's inputs (weight `[Cout, Cin / groups, KH,
+    /// KW]`). 1 is an ordinary convolution; `groups = Cin = Cout` is depthwise.
+    pub groups: usize,
+}
+
+impl Conv2d {
+    /// An ordinary (one-group) convolution.
+    pub fn new(stride: usize, padding: usize) -> Conv2d {
+        Conv2d {
+            stride: [stride, stride],
+            padding: [padding, padding],
+            groups: 1,
+        }
+    }
+
+    /// Whether it is depthwise: one input channel per output channel, as many of each.
+    pub fn is_depthwise(&self, cin: usize, cout: usize) -> bool {
+        self.groups > 1 && self.groups == cin && cin == cout
+    }
 }
 
 #[repr(C)]
@@ -101,7 +119,7 @@ struct Params {
     // The weight gradient's chunk: images (conv_backward_weight) or output positions
     // (conv_backward_weight_sg).
     chunk: u32,
-    pad: u32,
+    groups: u32,
 }
 
 /// Loop iterations of loops nested with these trip counts, outermost first (each iteration of
@@ -113,7 +131,8 @@ fn nested_trips(trips: &[u32]) -> u64 {
         .fold(0, |inner, &t| u64::from(t) * (1 + inner))
 }
 
-/// Checks x (N, Cin, H, W) and w (Cout, Cin, KH, KW); returns the parameters and output shape.
+/// Checks x (N, Cin, H, W) and w (Cout, Cin / groups, KH, KW); returns the parameters and output
+/// shape.
 fn params(op: &str, x: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<(Params, [usize; 4])> {
     let four = |what: &str, t: &Tensor| -> Result<[usize; 4]> {
         match (t.dtype(), t.shape()) {
@@ -130,13 +149,25 @@ fn params(op: &str, x: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<(Params, [u
     };
     let [n, cin, h, wd] = four("x", x)?;
     let [cout, wcin, kh, kw] = four("weight", w)?;
-    if wcin != cin {
+    let groups = conv.groups;
+    if groups == 0 || cin % groups != 0 || cout % groups != 0 {
         return Err(shape_error(
             op,
             format!(
-                "x {:?} has {cin} channels but weight {:?} expects {wcin}",
+                "groups = {groups} must divide the {cin} input and {cout} output channels (x {:?}, weight {:?})",
                 x.shape(),
                 w.shape()
+            ),
+        ));
+    }
+    if wcin * groups != cin {
+        return Err(shape_error(
+            op,
+            format!(
+                "x {:?} has {cin} channels, so weight {:?} must have {} per group (groups = {groups})",
+                x.shape(),
+                w.shape(),
+                cin / groups
             ),
         ));
     }
@@ -171,7 +202,7 @@ fn params(op: &str, x: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<(Params, [u
         pw: u(pw),
         bias: 0,
         chunk: 0,
-        pad: 0,
+        groups: u(groups),
     };
     Ok((p, [n, cout, ho, wo]))
 }
@@ -208,34 +239,32 @@ pub fn forward_with(
         rows.div_ceil(SUBGROUP_BLOCK.0),
         out_shape[1].div_ceil(SUBGROUP_BLOCK.1),
     ];
-    let use_subgroups = use_subgroups(gpu, subgroups, &grid)?;
-    // Both kernels loop over (ci, kh, kw).
+    let use_subgroups = use_subgroups(gpu, subgroups, &grid, conv.groups)?;
+    let y = gpu.empty(&out_shape, DType::F32)?;
+    // Without a bias the binding is never read; any read-only buffer satisfies the layout.
+    let tensors = [x, w, bias.unwrap_or(w), &y];
+    if conv.is_depthwise(x.shape()[1], out_shape[1]) {
+        gpu.check_loops(&CONV_FORWARD_DEPTHWISE, nested_trips(&[p.kh, p.kw]))?;
+        let d = gpu.dispatch_over(&CONV_FORWARD_DEPTHWISE, &p, &tensors, y.numel())?;
+        return Ok((d, y));
+    }
+    // Both GEMM kernels loop over their group's (ci, kh, kw).
     let spec = if use_subgroups {
         &CONV_FORWARD_SG
     } else {
         &CONV_FORWARD
     };
-    gpu.check_loops(spec, nested_trips(&[p.cin, p.kh, p.kw]))?;
-    let y = gpu.empty(&out_shape, DType::F32)?;
+    gpu.check_loops(spec, nested_trips(&[p.cin / p.groups, p.kh, p.kw]))?;
     if use_subgroups {
-        let d = gpu.dispatch_grid(
-            &CONV_FORWARD_SG,
-            &[],
-            &p,
-            &[x, w, bias.unwrap_or(w), &y],
-            [grid[0] as u32, grid[1] as u32, 1],
-        )?;
+        let grid = [grid[0] as u32, grid[1] as u32, 1];
+        let d = gpu.dispatch_grid(&CONV_FORWARD_SG, &[], &p, &tensors, grid)?;
         return Ok((d, y));
     }
-    let blocks =
-        out_shape[0] * (out_shape[2] * out_shape[3]).div_ceil(4) * out_shape[1].div_ceil(8);
-    // Without a bias the binding is never read; any read-only buffer satisfies the layout.
-    let d = gpu.dispatch(
-        &CONV_FORWARD,
-        &p,
-        &[x, w, bias.unwrap_or(w), &y],
-        (blocks as u64).div_ceil(64),
-    )?;
+    // Blocks of 4 positions × 8 channels of one group.
+    let groups = conv.groups;
+    let channel_blocks = groups * (out_shape[1] / groups).div_ceil(8);
+    let blocks = out_shape[0] * (out_shape[2] * out_shape[3]).div_ceil(4) * channel_blocks;
+    let d = gpu.dispatch_over(&CONV_FORWARD, &p, &tensors, blocks)?;
     Ok((d, y))
 }
 
@@ -304,14 +333,17 @@ pub fn backward_with(
         .min(2048);
     let chunks = rows.div_ceil(chunk);
     let weight_grid = [ksize.div_ceil(block), cout.div_ceil(channels), chunks];
-    let subgroups = use_subgroups(gpu, options.subgroups, &input_grid)?
-        && use_subgroups(gpu, options.subgroups, &weight_grid)?;
+    let subgroups = use_subgroups(gpu, options.subgroups, &input_grid, conv.groups)?
+        && use_subgroups(gpu, options.subgroups, &weight_grid, conv.groups)?;
     let mut plan = Vec::new();
     if options.input_grad {
         let (spec, trips) = if subgroups {
             (&CONV_BACKWARD_INPUT_SG, nested_trips(&[p.cout, p.kh, p.kw]))
         } else {
-            (&CONV_BACKWARD_INPUT, nested_trips(&[p.kh, p.kw, p.cout]))
+            (
+                &CONV_BACKWARD_INPUT,
+                nested_trips(&[p.kh, p.kw, p.cout / p.groups]),
+            )
         };
         gpu.check_loops(spec, trips)?;
     }
@@ -328,12 +360,7 @@ pub fn backward_with(
                 grid,
             )?
         } else {
-            gpu.dispatch(
-                &CONV_BACKWARD_INPUT,
-                &p,
-                &[dy, w, &dx],
-                (dx.numel() as u64).div_ceil(64),
-            )?
+            gpu.dispatch_over(&CONV_BACKWARD_INPUT, &p, &[dy, w, &dx], dx.numel())?
         });
         Some(dx)
     } else {
@@ -361,12 +388,8 @@ pub fn backward_with(
         p.chunk = images as u32;
         gpu.check_loops(&CONV_BACKWARD_WEIGHT, nested_trips(&[p.chunk, p.ho, p.wo]))?;
         let partial = gpu.empty(&[chunks, cout * ksize], DType::F32)?;
-        plan.push(gpu.dispatch(
-            &CONV_BACKWARD_WEIGHT,
-            &p,
-            &[dy, x, &partial],
-            (partial.numel() as u64).div_ceil(64),
-        )?);
+        let tensors = [dy, x, &partial];
+        plan.push(gpu.dispatch_over(&CONV_BACKWARD_WEIGHT, &p, &tensors, partial.numel())?);
         let (sum, total) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
         plan.push(sum);
         total.reshape(w.shape())?
@@ -381,4 +404,180 @@ pub fn backward_with(
         None
     };
     Ok((plan, ConvGrads { dx, dw, dbias }))
+}
+
+/// One forward and backward check of `spec` (and of `subgroups`, as in [`forward_with`]) on a
+/// `(n, c, h, w)` input with `cout` outputs and a `k`×`k` kernel, with bias, against the f64
+/// reference.
+fn check_case(name: &str, win: Window, cout: usize, spec: Conv2d, subgroups: Option<bool>) -> Case {
+    let Window { n, c, h, w, k, .. } = win;
+    let [ho, wo] = win.out();
+    let cin_g = c / spec.groups;
+    let (x_len, w_len, y_len) = (
+        n * c * h * w,
+        cout * cin_g * k[0] * k[1],
+        n * cout * ho * wo,
+    );
+    let shape = format!(
+        "[{n}, {c}, {h}, {w}] {}x{}/{},{} pad {} g{} → {cout}",
+        k[0], k[1], spec.stride[0], spec.stride[1], spec.padding[0], spec.groups
+    );
+    let work = Work::Flops(6.0 * (y_len * cin_g * k[0] * k[1]) as f64);
+    Case::new(name, shape, work, move |gpu| {
+        let x = sample_tensor(gpu, &[n, c, h, w], 27)?;
+        let wt = sample_tensor(gpu, &[cout, cin_g, k[0], k[1]], 28)?;
+        let bias = sample_tensor(gpu, &[cout], 29)?;
+        let dy = sample_tensor(gpu, &[n, cout, ho, wo], 30)?;
+        let (f, y) = forward_with(gpu, &x, &wt, Some(&bias), &spec, subgroups)?;
+        let options = BackwardOptions {
+            input_grad: true,
+            bias: true,
+            subgroups,
+        };
+        let (mut plan, g) = backward_with(gpu, &x, &wt, &dy, &spec, options)?;
+        plan.insert(0, f);
+        let mut outputs = vec![y];
+        outputs.extend(g.dx);
+        outputs.push(g.dw);
+        outputs.extend(g.dbias);
+        Ok(Prepared { plan, outputs })
+    })
+    .reference(move || {
+        let (x, wt, b) = (
+            sample_f64(x_len, 27),
+            sample_f64(w_len, 28),
+            sample_f64(cout, 29),
+        );
+        let dy = sample_f64(y_len, 30);
+        let groups = spec.groups;
+        let mut want = cpu::conv2d(&x, &wt, Some(&b), &win, cout, groups);
+        let (dx, dw, db) = cpu::conv2d_backward(&x, &wt, &dy, &win, cout, groups);
+        want.extend(dx);
+        want.extend(dw);
+        want.extend(db);
+        want
+    })
+    .tolerance(1e-4, 1e-5)
+}
+
+/// The family's catalogue: forward and both gradients through every kernel set the adapter
+/// has, on maps with stride and padding off the blocks, grouped (groups straddling the 8-channel
+/// blocks) and depthwise; for timing, a 3×3 layer forward and backward beside a matmul of the
+/// same FLOPs (its implicit GEMM's shape), the same-run baseline, and a depthwise layer.
+pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
+    if let Suite::Bench { .. } = suite {
+        return bench_cases(suite);
+    }
+    let win = |c: usize, h: usize, w: usize, k: usize, s: [usize; 2], p: usize| Window {
+        n: 2,
+        c,
+        h,
+        w,
+        k: [k, k],
+        s,
+        p: [p, p],
+    };
+    let plain = Conv2d {
+        stride: [2, 1],
+        padding: [1, 1],
+        groups: 1,
+    };
+    let mut cases = vec![check_case(
+        "conv2d fwd+bwd",
+        win(3, 7, 9, 3, [2, 1], 1),
+        5,
+        plain,
+        Some(false),
+    )];
+    if gpu.caps().subgroup_matmul() {
+        let case = check_case(
+            "conv2d (subgroup) fwd+bwd",
+            win(3, 7, 9, 3, [2, 1], 1),
+            5,
+            plain,
+            Some(true),
+        );
+        cases.push(case);
+    }
+    // 3 groups of 4 inputs → 6 outputs: each group's channels straddle the 8-channel blocks.
+    let grouped = Conv2d { groups: 3, ..plain };
+    cases.push(check_case(
+        "conv2d grouped fwd+bwd",
+        win(12, 7, 9, 3, [2, 1], 1),
+        18,
+        grouped,
+        None,
+    ));
+    // Depthwise (the fast path), and a channel multiplier of 2 (groups = Cin, Cout = 2·Cin).
+    let depthwise = Conv2d {
+        stride: [1, 2],
+        padding: [1, 1],
+        groups: 5,
+    };
+    cases.push(check_case(
+        "conv2d depthwise fwd+bwd",
+        win(5, 9, 7, 3, [1, 2], 1),
+        5,
+        depthwise,
+        None,
+    ));
+    cases.push(check_case(
+        "conv2d depthwise ×2 fwd+bwd",
+        win(5, 9, 7, 3, [1, 2], 1),
+        10,
+        depthwise,
+        None,
+    ));
+    cases
+}
+
+/// A 3×3 layer forward and backward beside the matmul of its implicit GEMM's shape, and a
+/// depthwise 3×3 layer related to the stream copy (it moves more bytes than it computes).
+fn bench_cases(suite: Suite) -> Vec<Case> {
+    let (b, c, hw) = (suite.pick(8, 64), suite.pick(32, 64), suite.pick(16, 32));
+    let spec = Conv2d::new(1, 1);
+    let (m, n, k) = (b * hw * hw, c, c * 9);
+    let base = super::matmul::bench_case(m, n, k);
+    let shape = format!("[{b}, {c}, {hw}, {hw}] 3x3 → {c}");
+    let flops = 2.0 * (m * n * k) as f64;
+    let inputs = move |gpu: &Gpu, cin: usize| -> Result<(Tensor, Tensor)> {
+        let x = sample_tensor(gpu, &[b, c, hw, hw], 4)?;
+        Ok((x, sample_tensor(gpu, &[c, cin, 3, 3], 5)?))
+    };
+    let forward_case = Case::new("conv2d", shape.clone(), Work::Flops(flops), move |gpu| {
+        let (x, w) = inputs(gpu, c)?;
+        let (d, y) = forward(gpu, &x, &w, None, &spec)?;
+        Ok(Prepared {
+            plan: vec![d],
+            outputs: vec![y],
+        })
+    });
+    // dx and dw, each a GEMM of that size.
+    let backward_case = Case::new("conv2d_bwd", shape, Work::Flops(2.0 * flops), move |gpu| {
+        let (x, w) = inputs(gpu, c)?;
+        let dy = sample_tensor(gpu, &[b, c, hw, hw], 6)?;
+        let (plan, g) = backward(gpu, &x, &w, &dy, false, &spec)?;
+        Ok(Prepared {
+            plan,
+            outputs: vec![g.dw],
+        })
+    });
+    let depthwise = Conv2d { groups: c, ..spec };
+    let bytes = 8.0 * (b * c * hw * hw) as f64;
+    let shape = format!("[{b}, {c}, {hw}, {hw}] 3x3 depthwise");
+    let depthwise_case = memory_case(suite, "conv2d_depthwise", shape, bytes, move |gpu| {
+        let (x, w) = inputs(gpu, 1)?;
+        let (d, y) = forward(gpu, &x, &w, None, &depthwise)?;
+        Ok(Prepared {
+            plan: vec![d],
+            outputs: vec![y],
+        })
+    });
+    let key = base.key();
+    vec![
+        forward_case.baseline(key.clone()),
+        backward_case.baseline(key),
+        base,
+        depthwise_case,
+    ]
 }

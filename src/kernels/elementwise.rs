@@ -1,11 +1,12 @@
 //! Elementwise kernels (`shaders/elementwise.wgsl`): add, scale, axpy, fill.
 
 use crate::Result;
+use crate::catalogue::{
+    Case, ODD_SIZES, Prepared, Suite, Work, sample_f64, sample_tensor, stream_len,
+};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
-
-/// Invocations per workgroup in `elementwise.wgsl`.
-const WORKGROUP: u64 = 256;
+use crate::reference::elementwise as cpu;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -18,29 +19,17 @@ struct Params {
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
 /// `out = a + b`.
-pub const ADD: KernelSpec = KernelSpec {
-    family: "elementwise",
-    entry: "add",
-    bindings: &[U, R, R, W],
-};
+pub const ADD: KernelSpec = KernelSpec::new::<Params>("elementwise", "add", &[U, R, R, W]);
 /// `out = alpha · x`.
-pub const SCALE: KernelSpec = KernelSpec {
-    family: "elementwise",
-    entry: "scale",
-    bindings: &[U, R, W],
-};
+pub const SCALE: KernelSpec = KernelSpec::new::<Params>("elementwise", "scale", &[U, R, W]);
 /// `y += alpha · x`.
-pub const AXPY: KernelSpec = KernelSpec {
-    family: "elementwise",
-    entry: "axpy",
-    bindings: &[U, R, RW],
-};
+pub const AXPY: KernelSpec = KernelSpec::new::<Params>("elementwise", "axpy", &[U, R, RW]);
 /// `out = alpha`.
-pub const FILL: KernelSpec = KernelSpec {
-    family: "elementwise",
-    entry: "fill",
-    bindings: &[U, W],
-};
+pub const FILL: KernelSpec = KernelSpec::new::<Params>("elementwise", "fill", &[U, W]);
+
+/// Byte offset of `alpha` in the parameters, for a scale whose factor a bound plan rewrites (a
+/// scheduled loss weight).
+pub const ALPHA_OFFSET: u64 = std::mem::offset_of!(Params, alpha) as u64;
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[ADD, SCALE, AXPY, FILL];
@@ -60,19 +49,15 @@ fn same_f32(op: &str, names: [&str; 2], a: &Tensor, b: &Tensor) -> Result<()> {
     b.expect(op, names[1], DType::F32, a.shape())
 }
 
-fn workgroups(n: usize) -> u64 {
-    (n as u64).div_ceil(WORKGROUP)
-}
-
 /// Prepares `out = a + b` into a new tensor.
 pub fn add_plan(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<(Dispatch, Tensor)> {
     same_f32("add", ["a", "b"], a, b)?;
     let out = gpu.empty(a.shape(), DType::F32)?;
-    let d = gpu.dispatch(
+    let d = gpu.dispatch_over(
         &ADD,
         &params("add", a.numel(), 0.0)?,
         &[a, b, &out],
-        workgroups(a.numel()),
+        a.numel(),
     )?;
     Ok((d, out))
 }
@@ -81,11 +66,11 @@ pub fn add_plan(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<(Dispatch, Tensor)>
 pub fn scale_plan(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<(Dispatch, Tensor)> {
     x.expect("scale", "x", DType::F32, x.shape())?;
     let out = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch(
+    let d = gpu.dispatch_over(
         &SCALE,
         &params("scale", x.numel(), alpha)?,
         &[x, &out],
-        workgroups(x.numel()),
+        x.numel(),
     )?;
     Ok((d, out))
 }
@@ -99,22 +84,22 @@ pub fn axpy_plan(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<Dispat
             "x and y must not share a buffer (y is written while x is read)",
         ));
     }
-    gpu.dispatch(
+    gpu.dispatch_over(
         &AXPY,
         &params("axpy", x.numel(), alpha)?,
         &[x, y],
-        workgroups(x.numel()),
+        x.numel(),
     )
 }
 
 /// Prepares setting every element of `out` to `value`.
 pub fn fill_plan(gpu: &Gpu, out: &Tensor, value: f32) -> Result<Dispatch> {
     out.expect("fill", "out", DType::F32, out.shape())?;
-    gpu.dispatch(
+    gpu.dispatch_over(
         &FILL,
         &params("fill", out.numel(), value)?,
         &[out],
-        workgroups(out.numel()),
+        out.numel(),
     )
 }
 
@@ -140,4 +125,62 @@ pub fn axpy(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
 /// Sets every element of `out` to `value`, now.
 pub fn fill(gpu: &Gpu, out: &Tensor, value: f32) -> Result<()> {
     gpu.execute(&[fill_plan(gpu, out, value)?])
+}
+
+/// The family's catalogue: add, scale and axpy at odd sizes; the `stream` copy that memory-bound
+/// benchmarks are related to.
+pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
+    if let Suite::Bench { .. } = suite {
+        let n = stream_len(suite);
+        return vec![Case::new(
+            "stream",
+            format!("[{n}]"),
+            Work::Bytes(8.0 * n as f64),
+            move |gpu| {
+                let (d, out) = scale_plan(gpu, &sample_tensor(gpu, &[n], 3)?, 1.0)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![out],
+                })
+            },
+        )];
+    }
+    let mut cases = Vec::new();
+    for &n in ODD_SIZES {
+        let shape = format!("[{n}]");
+        let work = Work::Bytes(12.0 * n as f64);
+        cases.push(
+            Case::new("add", shape.clone(), work, move |gpu| {
+                let (a, b) = (sample_tensor(gpu, &[n], 1)?, sample_tensor(gpu, &[n], 2)?);
+                let (d, out) = add_plan(gpu, &a, &b)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![out],
+                })
+            })
+            .reference(move || cpu::add(&sample_f64(n, 1), &sample_f64(n, 2))),
+        );
+        cases.push(
+            Case::new("scale", shape.clone(), work, move |gpu| {
+                let (d, out) = scale_plan(gpu, &sample_tensor(gpu, &[n], 1)?, -1.5)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![out],
+                })
+            })
+            .reference(move || cpu::scale(&sample_f64(n, 1), -1.5)),
+        );
+        cases.push(
+            Case::new("axpy", shape, work, move |gpu| {
+                let y = sample_tensor(gpu, &[n], 2)?;
+                let d = axpy_plan(gpu, 0.25, &sample_tensor(gpu, &[n], 1)?, &y)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![y],
+                })
+            })
+            .reference(move || cpu::axpy(0.25, &sample_f64(n, 1), &sample_f64(n, 2))),
+        );
+    }
+    cases
 }

@@ -2,42 +2,30 @@
 //! fused ReLU/GELU epilogue; register-blocked or workgroup-tiled by the adapter's kernel style.
 
 use crate::Result;
+use crate::catalogue::{Case, Prepared, Suite, Work, sample_f64, sample_tensor};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, KernelStyle, Tensor};
+use crate::reference::activation::Act;
+use crate::reference::matmul as cpu;
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// Barrier-free, 8×8 outputs per invocation (CPU-like drivers).
-pub const MATMUL_RB: KernelSpec = KernelSpec {
-    family: "matmul",
-    entry: "matmul_rb",
-    bindings: &[U, R, R, R, W],
-};
+pub const MATMUL_RB: KernelSpec =
+    KernelSpec::new::<Params>("matmul", "matmul_rb", &[U, R, R, R, W]);
 /// Workgroup-memory tiles (discrete and integrated GPUs).
-pub const MATMUL_TILED: KernelSpec = KernelSpec {
-    family: "matmul",
-    entry: "matmul_tiled",
-    bindings: &[U, R, R, R, W],
-};
+pub const MATMUL_TILED: KernelSpec =
+    KernelSpec::new::<Params>("matmul", "matmul_tiled", &[U, R, R, R, W]);
 
 /// Subgroup-shared rows, vec4 loads: A M×K, B K×N (CPU-like drivers with subgroups).
-pub const MATMUL_SG_NN: KernelSpec = KernelSpec {
-    family: "matmul_subgroup",
-    entry: "matmul_sg_nn",
-    bindings: &[U, R, R, R, W],
-};
+pub const MATMUL_SG_NN: KernelSpec =
+    KernelSpec::new::<Params>("matmul_subgroup", "matmul_sg_nn", &[U, R, R, R, W]);
 /// Subgroup-shared rows, vec4 loads: A M×K, B N×K.
-pub const MATMUL_SG_NT: KernelSpec = KernelSpec {
-    family: "matmul_subgroup",
-    entry: "matmul_sg_nt",
-    bindings: &[U, R, R, R, W],
-};
+pub const MATMUL_SG_NT: KernelSpec =
+    KernelSpec::new::<Params>("matmul_subgroup", "matmul_sg_nt", &[U, R, R, R, W]);
 /// Subgroup-shared rows, vec4 loads: A K×M, B K×N.
-pub const MATMUL_SG_TN: KernelSpec = KernelSpec {
-    family: "matmul_subgroup",
-    entry: "matmul_sg_tn",
-    bindings: &[U, R, R, R, W],
-};
+pub const MATMUL_SG_TN: KernelSpec =
+    KernelSpec::new::<Params>("matmul_subgroup", "matmul_sg_tn", &[U, R, R, R, W]);
 
 /// Every variant.
 pub const KERNELS: &[KernelSpec] = &[
@@ -239,4 +227,92 @@ pub fn matmul(
     let n = if options.trans_b { br } else { bc };
     let out = gpu.empty(&[m, n], DType::F32)?;
     Ok((matmul_into(gpu, a, b, bias, &out, options)?, out))
+}
+
+/// A Linear layer's forward (`x·wᵀ + b`, then GELU) through one matmul variant, against the f64
+/// reference.
+fn linear_case(
+    kernel: &'static str,
+    (m, n, k): (usize, usize, usize),
+    options: MatmulOptions,
+) -> Case {
+    let work = Work::Flops(2.0 * (m * n * k) as f64);
+    Case::new(kernel, format!("{m}x{n}x{k}"), work, move |gpu| {
+        let (x, w, b) = (
+            sample_tensor(gpu, &[m, k], 20)?,
+            sample_tensor(gpu, &[n, k], 21)?,
+            sample_tensor(gpu, &[n], 22)?,
+        );
+        let options = MatmulOptions {
+            trans_b: true,
+            activation: Activation::Gelu,
+            ..options
+        };
+        let (d, y) = matmul(gpu, &x, &w, Some(&b), options)?;
+        Ok(Prepared {
+            plan: vec![d],
+            outputs: vec![y],
+        })
+    })
+    .reference(move || {
+        let (x, w, b) = (
+            sample_f64(m * k, 20),
+            sample_f64(n * k, 21),
+            sample_f64(n, 22),
+        );
+        cpu::linear_forward(&x, &w, &b, cpu::LinearShape { m, n, k }, Act::Gelu).1
+    })
+    .tolerance(1e-4, 1e-5)
+}
+
+/// A plain `m×k · k×n` product for timing, with the variant the adapter picks.
+pub fn bench_case(m: usize, n: usize, k: usize) -> Case {
+    let work = Work::Flops(2.0 * (m * n * k) as f64);
+    Case::new("matmul", format!("{m}x{n}x{k}"), work, move |gpu| {
+        let (a, b) = (
+            sample_tensor(gpu, &[m, k], 1)?,
+            sample_tensor(gpu, &[k, n], 2)?,
+        );
+        let (d, c) = matmul(gpu, &a, &b, None, MatmulOptions::default())?;
+        Ok(Prepared {
+            plan: vec![d],
+            outputs: vec![c],
+        })
+    })
+}
+
+/// The family's catalogue: every variant the adapter can run on shapes off its blocks (the
+/// transposes training uses through the Linear layer), and square products for timing.
+pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
+    if let Suite::Bench { .. } = suite {
+        return [suite.pick(256, 1024), suite.pick(1024, 4096)]
+            .into_iter()
+            .map(|s| bench_case(s, s, s))
+            .collect();
+    }
+    let mut cases = Vec::new();
+    for shape in [(7usize, 33usize, 129usize), (65, 130, 67)] {
+        for (kernel, style) in [
+            ("matmul (rb) +bias+gelu", KernelStyle::RegisterBlocked),
+            ("matmul (tiled) +bias+gelu", KernelStyle::WorkgroupTiled),
+        ] {
+            let options = MatmulOptions {
+                style: Some(style),
+                subgroups: Some(false),
+                ..Default::default()
+            };
+            cases.push(linear_case(kernel, shape, options));
+        }
+    }
+    // The subgroup kernels need K % 4 == 0 here; M and N stay off the block size.
+    if gpu.caps().subgroup_matmul() {
+        for shape in [(7usize, 33usize, 132usize), (65, 130, 68)] {
+            let options = MatmulOptions {
+                subgroups: Some(true),
+                ..Default::default()
+            };
+            cases.push(linear_case("matmul (subgroup) +bias+gelu", shape, options));
+        }
+    }
+    cases
 }

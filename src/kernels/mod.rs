@@ -6,16 +6,87 @@ pub mod batchnorm;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
+pub mod feature;
 pub mod losses;
 pub mod matmul;
 pub mod optimizer;
 pub mod pool;
 pub mod reduce;
+pub mod relation;
+pub mod response;
 pub mod softmax;
 
 use crate::Result;
+use crate::catalogue::{Case, Suite};
 use crate::error::shape_error;
 use crate::gpu::{Gpu, KernelSpec, KernelStyle};
+
+/// The range an attribute's value must lie in: `min < v` (or `min ≤ v` when `min_inclusive`)
+/// and `v ≤ max`, always finite.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    /// Lower bound.
+    pub min: f64,
+    /// Whether the lower bound itself is allowed.
+    pub min_inclusive: bool,
+    /// Upper bound (inclusive).
+    pub max: f64,
+}
+
+impl Range {
+    /// Any finite number.
+    pub const ANY: Range = Range {
+        min: f64::MIN,
+        min_inclusive: true,
+        max: f64::MAX,
+    };
+
+    /// `0 < v ≤ max`.
+    pub const fn positive(max: f64) -> Range {
+        Range {
+            min: 0.0,
+            min_inclusive: false,
+            max,
+        }
+    }
+
+    /// `0 ≤ v ≤ max`.
+    pub const fn non_negative(max: f64) -> Range {
+        Range {
+            min: 0.0,
+            min_inclusive: true,
+            max,
+        }
+    }
+
+    /// Whether `v` lies in the range.
+    pub fn contains(&self, v: f64) -> bool {
+        v.is_finite() && (v > self.min || (self.min_inclusive && v == self.min)) && v <= self.max
+    }
+
+    /// What the range allows, for errors: `a number > 0 and ≤ 10000`.
+    pub fn describe(&self) -> String {
+        if *self == Range::ANY {
+            return "a finite number".into();
+        }
+        let op = if self.min_inclusive { "≥" } else { ">" };
+        format!("a number {op} {} and ≤ {}", self.min, self.max)
+    }
+}
+
+/// One attribute of an op or loss: its name (config key and `op --attr` key), default and
+/// range, defined once beside the launcher that reads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttrDef {
+    /// Name.
+    pub name: &'static str,
+    /// Default value.
+    pub default: f64,
+    /// Allowed values.
+    pub range: Range,
+    /// What it does, for `op --list` and the docs.
+    pub doc: &'static str,
+}
 
 /// Whether `op` launches its subgroup variant (`*_subgroup.wgsl`). `requested`: `Some(true)`
 /// insists (an error saying why when it cannot run), `Some(false)` forbids, `None` takes it
@@ -41,18 +112,89 @@ pub(crate) fn use_subgroup_variant(
     }
 }
 
+/// A kernel family: one WGSL file (and its `*_subgroup` variant), its launcher module, its
+/// reference module and its catalogue cases, all under the same stem.
+pub struct Family {
+    /// The stem: `shaders/NAME.wgsl`, `kernels::NAME`, `reference::NAME`.
+    pub name: &'static str,
+    /// Every kernel its launchers use.
+    pub kernels: &'static [KernelSpec],
+    /// Its conformance and benchmark cases.
+    pub cases: fn(&Gpu, Suite) -> Vec<Case>,
+}
+
+/// A family of distillation losses: its cases are its registry entries' cases.
+macro_rules! loss_family {
+    ($module:ident) => {
+        Family {
+            name: stringify!($module),
+            kernels: $module::KERNELS,
+            cases: |_, suite| losses::cases($module::LOSSES, suite),
+        }
+    };
+}
+
+/// Every kernel family, in the order `check` and `bench` list them.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "elementwise",
+        kernels: elementwise::KERNELS,
+        cases: elementwise::cases,
+    },
+    Family {
+        name: "reduce",
+        kernels: reduce::KERNELS,
+        cases: reduce::cases,
+    },
+    Family {
+        name: "matmul",
+        kernels: matmul::KERNELS,
+        cases: matmul::cases,
+    },
+    Family {
+        name: "activation",
+        kernels: activation::KERNELS,
+        cases: activation::cases,
+    },
+    Family {
+        name: "softmax",
+        kernels: softmax::KERNELS,
+        cases: softmax::cases,
+    },
+    Family {
+        name: "dropout",
+        kernels: dropout::KERNELS,
+        cases: dropout::cases,
+    },
+    Family {
+        name: "conv",
+        kernels: conv::KERNELS,
+        cases: conv::cases,
+    },
+    Family {
+        name: "pool",
+        kernels: pool::KERNELS,
+        cases: pool::cases,
+    },
+    Family {
+        name: "batchnorm",
+        kernels: batchnorm::KERNELS,
+        cases: batchnorm::cases,
+    },
+    Family {
+        name: "optimizer",
+        kernels: optimizer::KERNELS,
+        cases: optimizer::cases,
+    },
+    loss_family!(response),
+    loss_family!(feature),
+    loss_family!(relation),
+];
+
 /// Every kernel the launchers use, for the portability and binding tests.
 pub fn all_kernels() -> Vec<KernelSpec> {
-    let mut all = reduce::KERNELS.to_vec();
-    all.extend_from_slice(elementwise::KERNELS);
-    all.extend_from_slice(activation::KERNELS);
-    all.extend_from_slice(matmul::KERNELS);
-    all.extend_from_slice(softmax::KERNELS);
-    all.extend_from_slice(dropout::KERNELS);
-    all.extend_from_slice(optimizer::KERNELS);
-    all.extend_from_slice(pool::KERNELS);
-    all.extend_from_slice(batchnorm::KERNELS);
-    all.extend_from_slice(conv::KERNELS);
-    all.extend_from_slice(losses::KERNELS);
-    all
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.kernels.iter().copied())
+        .collect()
 }

@@ -3,42 +3,28 @@
 //! global gradient-norm clipping.
 
 use crate::Result;
+use crate::catalogue::{
+    Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor, stream_len,
+};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::kernels::reduce;
+use crate::reference::optimizer as cpu;
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
 /// `step += 1`.
-pub const ADVANCE_STEP: KernelSpec = KernelSpec {
-    family: "optimizer",
-    entry: "advance_step",
-    bindings: &[U, RW],
-};
+pub const ADVANCE_STEP: KernelSpec =
+    KernelSpec::new::<Params>("optimizer", "advance_step", &[U, RW]);
 /// SGD update.
-pub const SGD: KernelSpec = KernelSpec {
-    family: "optimizer",
-    entry: "sgd",
-    bindings: &[U, RW, R, RW, R],
-};
+pub const SGD: KernelSpec = KernelSpec::new::<Params>("optimizer", "sgd", &[U, RW, R, RW, R]);
 /// AdamW update.
-pub const ADAMW: KernelSpec = KernelSpec {
-    family: "optimizer",
-    entry: "adamw",
-    bindings: &[U, RW, R, RW, RW, R],
-};
+pub const ADAMW: KernelSpec =
+    KernelSpec::new::<Params>("optimizer", "adamw", &[U, RW, R, RW, RW, R]);
 /// Elementwise square (for the gradient norm).
-pub const SQUARE: KernelSpec = KernelSpec {
-    family: "optimizer",
-    entry: "square",
-    bindings: &[U, R, W],
-};
+pub const SQUARE: KernelSpec = KernelSpec::new::<Params>("optimizer", "square", &[U, R, W]);
 /// Gradient scaling by the clip coefficient.
-pub const CLIP: KernelSpec = KernelSpec {
-    family: "optimizer",
-    entry: "clip",
-    bindings: &[U, RW, R],
-};
+pub const CLIP: KernelSpec = KernelSpec::new::<Params>("optimizer", "clip", &[U, RW, R]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[ADVANCE_STEP, SGD, ADAMW, SQUARE, CLIP];
@@ -95,10 +81,6 @@ fn count(op: &str, t: &Tensor) -> Result<u32> {
     u32::try_from(t.numel()).map_err(|_| shape_error(op, "too many elements for u32 indexing"))
 }
 
-fn groups(n: u32) -> u64 {
-    u64::from(n).div_ceil(256).max(1)
-}
-
 /// Prepares `step += 1` on a u32 `[1]` counter; run it once per training step before the updates.
 pub fn advance_step(gpu: &Gpu, step: &Tensor) -> Result<Dispatch> {
     step.expect("advance_step", "step", DType::U32, &[1])?;
@@ -136,7 +118,7 @@ pub fn sgd(
         b: s.dampening,
         ..Params::default()
     };
-    gpu.dispatch(&SGD, &p, &[param, grad, momentum_buf, step], groups(n))
+    gpu.dispatch_over(&SGD, &p, &[param, grad, momentum_buf, step], n as usize)
 }
 
 /// Prepares an in-place AdamW update of `param` with its moment buffers `m` and `v`.
@@ -167,7 +149,7 @@ pub fn adamw(
         one_minus_b: (1.0 - s.beta2) as f32,
         ..Params::default()
     };
-    gpu.dispatch(&ADAMW, &p, &[param, grad, m, v, step], groups(n))
+    gpu.dispatch_over(&ADAMW, &p, &[param, grad, m, v, step], n as usize)
 }
 
 /// Prepares global-norm clipping of `grad` in place (as `clip_grad_norm_` over one buffer holding
@@ -182,8 +164,153 @@ pub fn clip_grad_norm(gpu: &Gpu, grad: &Tensor, max_norm: f32) -> Result<(Vec<Di
         eps: max_norm,
         ..Params::default()
     };
-    let mut plan = vec![gpu.dispatch(&SQUARE, &p, &[grad, &squares], groups(n))?];
+    let mut plan = vec![gpu.dispatch_over(&SQUARE, &p, &[grad, &squares], n as usize)?];
     reduce::sum_into(gpu, &mut plan, &squares, &norm_sq, 1.0)?;
-    plan.push(gpu.dispatch(&CLIP, &p, &[grad, &norm_sq], groups(n))?);
+    plan.push(gpu.dispatch_over(&CLIP, &p, &[grad, &norm_sq], n as usize)?);
     Ok((plan, norm_sq))
 }
+
+/// Byte offset of the learning rate in every update's parameters, for schedules that rewrite it
+/// in a bound plan.
+pub const LR_OFFSET: u64 = std::mem::offset_of!(Params, lr) as u64;
+
+/// The family's catalogue: SGD (momentum, Nesterov, weight decay) and AdamW over two steps each,
+/// global-norm clipping, at an odd size.
+pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
+    if let Suite::Bench { .. } = suite {
+        let n = stream_len(suite);
+        // Reads p, g, m, v; writes p, m, v.
+        return vec![memory_case(
+            suite,
+            "adamw",
+            format!("[{n}]"),
+            28.0 * n as f64,
+            move |gpu| {
+                let (p, g) = (sample_tensor(gpu, &[n], 16)?, sample_tensor(gpu, &[n], 17)?);
+                let (m, v) = (gpu.zeros(&[n], DType::F32)?, gpu.zeros(&[n], DType::F32)?);
+                let step = gpu.upload(&[1], &[1u32])?;
+                let d = adamw(gpu, &ADAMW_CASE, &p, &g, &m, &v, &step)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![p],
+                })
+            },
+        )];
+    }
+    let n = 1031usize;
+    let shape = format!("[{n}]");
+    let mut cases = vec![
+        Case::new(
+            "adamw (2 steps)",
+            shape.clone(),
+            Work::Bytes(56.0 * n as f64),
+            move |gpu| {
+                let (p, g) = (sample_tensor(gpu, &[n], 35)?, sample_tensor(gpu, &[n], 36)?);
+                let (m, v) = (gpu.zeros(&[n], DType::F32)?, gpu.zeros(&[n], DType::F32)?);
+                let step = gpu.zeros(&[1], DType::U32)?;
+                let mut plan = Vec::new();
+                for _ in 0..2 {
+                    plan.push(advance_step(gpu, &step)?);
+                    plan.push(adamw(gpu, &ADAMW_CASE, &p, &g, &m, &v, &step)?);
+                }
+                Ok(Prepared {
+                    plan,
+                    outputs: vec![p, m, v],
+                })
+            },
+        )
+        .reference(move || {
+            let (mut p, g) = (sample_f64(n, 35), sample_f64(n, 36));
+            let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+            let a = ADAMW_CASE;
+            for t in 1..=2 {
+                let (lr, eps, wd) = (a.lr.into(), a.eps.into(), a.weight_decay.into());
+                cpu::adamw(&mut p, &g, &mut m, &mut v, t, lr, a.beta1, a.beta2, eps, wd);
+            }
+            p.extend(m);
+            p.extend(v);
+            p
+        })
+        .tolerance(2e-6, 1e-7),
+    ];
+    for nesterov in [false, true] {
+        let s = Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 1e-3,
+            nesterov,
+        };
+        let name = if nesterov {
+            "sgd nesterov (2 steps)"
+        } else {
+            "sgd momentum (2 steps)"
+        };
+        cases.push(
+            Case::new(
+                name,
+                shape.clone(),
+                Work::Bytes(40.0 * n as f64),
+                move |gpu| {
+                    let (p, g) = (sample_tensor(gpu, &[n], 37)?, sample_tensor(gpu, &[n], 38)?);
+                    let buf = gpu.zeros(&[n], DType::F32)?;
+                    let step = gpu.zeros(&[1], DType::U32)?;
+                    let mut plan = Vec::new();
+                    for _ in 0..2 {
+                        plan.push(advance_step(gpu, &step)?);
+                        plan.push(sgd(gpu, &s, &p, &g, &buf, &step)?);
+                    }
+                    Ok(Prepared {
+                        plan,
+                        outputs: vec![p, buf],
+                    })
+                },
+            )
+            .reference(move || {
+                let (mut p, g) = (sample_f64(n, 37), sample_f64(n, 38));
+                let mut buf = vec![0.0; n];
+                for t in 1..=2 {
+                    let (lr, m, wd) = (s.lr.into(), s.momentum.into(), s.weight_decay.into());
+                    cpu::sgd(&mut p, &g, &mut buf, t, lr, m, 0.0, wd, nesterov);
+                }
+                p.extend(buf);
+                p
+            })
+            .tolerance(2e-6, 1e-7),
+        );
+    }
+    for max_norm in [0.5f32, 1e3] {
+        cases.push(
+            Case::new(
+                format!("clip_grad_norm (max {max_norm})"),
+                shape.clone(),
+                Work::Bytes(12.0 * n as f64),
+                move |gpu| {
+                    let g = sample_tensor(gpu, &[n], 39)?;
+                    let (plan, norm_sq) = clip_grad_norm(gpu, &g, max_norm)?;
+                    Ok(Prepared {
+                        plan,
+                        outputs: vec![g, norm_sq],
+                    })
+                },
+            )
+            .reference(move || {
+                let mut g = sample_f64(n, 39);
+                let norm = cpu::clip_grad_norm(&mut g, max_norm.into());
+                g.push(norm * norm);
+                g
+            })
+            .tolerance(1e-5, 1e-6),
+        );
+    }
+    cases
+}
+
+/// The AdamW settings of the catalogue's cases.
+const ADAMW_CASE: AdamW = AdamW {
+    lr: 1e-2,
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    weight_decay: 0.01,
+};

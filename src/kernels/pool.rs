@@ -1,42 +1,30 @@
 //! Max, average and global average pooling over NCHW tensors (`shaders/pool.wgsl`).
 
 use crate::Result;
+use crate::catalogue::{Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
+use crate::reference::conv::Window;
+use crate::reference::pool as cpu;
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// Max pooling, writing the argmax.
-pub const MAX_POOL_FORWARD: KernelSpec = KernelSpec {
-    family: "pool",
-    entry: "max_pool_forward",
-    bindings: &[U, R, W, W],
-};
+pub const MAX_POOL_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("pool", "max_pool_forward", &[U, R, W, W]);
 /// Max pooling backward (gather by argmax).
-pub const MAX_POOL_BACKWARD: KernelSpec = KernelSpec {
-    family: "pool",
-    entry: "max_pool_backward",
-    bindings: &[U, R, R, W],
-};
+pub const MAX_POOL_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("pool", "max_pool_backward", &[U, R, R, W]);
 /// Average pooling.
-pub const AVG_POOL_FORWARD: KernelSpec = KernelSpec {
-    family: "pool",
-    entry: "avg_pool_forward",
-    bindings: &[U, R, W],
-};
+pub const AVG_POOL_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("pool", "avg_pool_forward", &[U, R, W]);
 /// Average pooling backward.
-pub const AVG_POOL_BACKWARD: KernelSpec = KernelSpec {
-    family: "pool",
-    entry: "avg_pool_backward",
-    bindings: &[U, R, W],
-};
+pub const AVG_POOL_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("pool", "avg_pool_backward", &[U, R, W]);
 /// Global average pooling backward.
-pub const GLOBAL_AVG_POOL_BACKWARD: KernelSpec = KernelSpec {
-    family: "pool",
-    entry: "global_avg_pool_backward",
-    bindings: &[U, R, W],
-};
+pub const GLOBAL_AVG_POOL_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("pool", "global_avg_pool_backward", &[U, R, W]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
@@ -139,10 +127,6 @@ fn params(gpu: &Gpu, spec: &KernelSpec, x: &Tensor, pool: &Pool2d) -> Result<(Pa
     ))
 }
 
-fn groups(n: usize) -> u64 {
-    (n as u64).div_ceil(256)
-}
-
 /// The grid of the max-pooling kernels: (chunks of 64 positions of a plane of `per_plane`,
 /// planes folded over y and z).
 fn planar_grid(gpu: &Gpu, planes: u32, per_plane: usize) -> Result<[u32; 3]> {
@@ -202,7 +186,7 @@ pub fn avg_pool_forward(gpu: &Gpu, x: &Tensor, pool: &Pool2d) -> Result<(Dispatc
     let (p, out_shape) = params(gpu, &AVG_POOL_FORWARD, x, pool)?;
     let y = gpu.empty(&out_shape, DType::F32)?;
     Ok((
-        gpu.dispatch(&AVG_POOL_FORWARD, &p, &[x, &y], groups(y.numel()))?,
+        gpu.dispatch_over(&AVG_POOL_FORWARD, &p, &[x, &y], y.numel())?,
         y,
     ))
 }
@@ -218,7 +202,7 @@ pub fn avg_pool_backward(
     dy.expect("avg_pool_backward", "dy", DType::F32, &out_shape)?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
     Ok((
-        gpu.dispatch(&AVG_POOL_BACKWARD, &p, &[dy, &dx], groups(dx.numel()))?,
+        gpu.dispatch_over(&AVG_POOL_BACKWARD, &p, &[dy, &dx], dx.numel())?,
         dx,
     ))
 }
@@ -249,12 +233,120 @@ pub fn global_avg_pool_backward(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<(D
     };
     let dx = gpu.empty(x.shape(), DType::F32)?;
     Ok((
-        gpu.dispatch(
-            &GLOBAL_AVG_POOL_BACKWARD,
-            &p,
-            &[dy, &dx],
-            groups(dx.numel()),
-        )?,
+        gpu.dispatch_over(&GLOBAL_AVG_POOL_BACKWARD, &p, &[dy, &dx], dx.numel())?,
         dx,
     ))
+}
+
+/// The family's catalogue: max and average pooling forward and backward on odd maps with
+/// padding and overlapping windows; global average pooling.
+pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
+    if let Suite::Bench { .. } = suite {
+        let shape = [suite.pick(8, 64), 64, 32, 32];
+        let n: usize = shape.iter().product();
+        let bytes = 4.0 * n as f64 + 8.0 * (n / 4) as f64;
+        let spec = Pool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+        };
+        return vec![memory_case(
+            suite,
+            "max_pool2d",
+            format!("{shape:?} 2x2"),
+            bytes,
+            move |gpu| {
+                let (d, y, _) = max_pool_forward(gpu, &sample_tensor(gpu, &shape, 8)?, &spec)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![y],
+                })
+            },
+        )];
+    }
+    let mut cases = Vec::new();
+    for ([n, c, h, w], k, s, p) in [
+        ([2usize, 3, 7, 9], 3usize, 2usize, 1usize),
+        ([3, 2, 28, 28], 2, 2, 0),
+    ] {
+        let win = Window {
+            n,
+            c,
+            h,
+            w,
+            k: [k, k],
+            s: [s, s],
+            p: [p, p],
+        };
+        let spec = Pool2d {
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+        };
+        let [ho, wo] = win.out();
+        let (len, out_len) = (n * c * h * w, n * c * ho * wo);
+        let shape = format!("[{n}, {c}, {h}, {w}] {k}x{k}/{s} pad {p}");
+        let work = Work::Bytes(4.0 * (2 * len + 2 * out_len) as f64);
+        cases.push(
+            Case::new("max_pool2d fwd+bwd", shape.clone(), work, move |gpu| {
+                let x = sample_tensor(gpu, &[n, c, h, w], 30)?;
+                let dy = sample_tensor(gpu, &[n, c, ho, wo], 31)?;
+                let (f, y, arg) = max_pool_forward(gpu, &x, &spec)?;
+                let (b, dx) = max_pool_backward(gpu, &x, &spec, &arg, &dy)?;
+                Ok(Prepared {
+                    plan: vec![f, b],
+                    outputs: vec![y, dx],
+                })
+            })
+            .reference(move || {
+                let (mut y, arg) = cpu::max_pool(&sample_f64(len, 30), &win);
+                y.extend(cpu::max_pool_backward(&arg, &sample_f64(out_len, 31), &win));
+                y
+            }),
+        );
+        cases.push(
+            Case::new("avg_pool2d fwd+bwd", shape, work, move |gpu| {
+                let x = sample_tensor(gpu, &[n, c, h, w], 30)?;
+                let dy = sample_tensor(gpu, &[n, c, ho, wo], 31)?;
+                let (f, y) = avg_pool_forward(gpu, &x, &spec)?;
+                let (b, dx) = avg_pool_backward(gpu, &x, &spec, &dy)?;
+                Ok(Prepared {
+                    plan: vec![f, b],
+                    outputs: vec![y, dx],
+                })
+            })
+            .reference(move || {
+                let mut y = cpu::avg_pool(&sample_f64(len, 30), &win);
+                y.extend(cpu::avg_pool_backward(&sample_f64(out_len, 31), &win));
+                y
+            }),
+        );
+    }
+    let [n, c, h, w] = [3usize, 5, 7, 9];
+    cases.push(
+        Case::new(
+            "global_avg_pool fwd+bwd",
+            format!("[{n}, {c}, {h}, {w}]"),
+            Work::Bytes(8.0 * (n * c * h * w) as f64),
+            move |gpu| {
+                let x = sample_tensor(gpu, &[n, c, h, w], 32)?;
+                let dy = sample_tensor(gpu, &[n, c], 33)?;
+                let (f, y) = global_avg_pool_forward(gpu, &x)?;
+                let (b, dx) = global_avg_pool_backward(gpu, &x, &dy)?;
+                Ok(Prepared {
+                    plan: vec![f, b],
+                    outputs: vec![y, dx],
+                })
+            },
+        )
+        .reference(move || {
+            let x = sample_f64(n * c * h * w, 32);
+            let dy = sample_f64(n * c, 33);
+            let hw = h * w;
+            let y = x.chunks(hw).map(|p| p.iter().sum::<f64>() / hw as f64);
+            let dx = (0..n * c * hw).map(|i| dy[i / hw] / hw as f64);
+            y.chain(dx).collect()
+        }),
+    );
+    cases
 }

@@ -2,24 +2,28 @@
 //! is left, so the same inputs give the same bits on every run.
 
 use crate::Result;
+use crate::catalogue::{
+    Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor, stream_len,
+};
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::reference::reduce as cpu;
 
 /// Elements one workgroup sums.
 const CHUNK: usize = 4096;
 
 /// `output[w] = scale · Σ input[w·4096 ..][..4096]`.
-pub const SUM_CHUNKS: KernelSpec = KernelSpec {
-    family: "reduce",
-    entry: "sum_chunks",
-    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
-};
+pub const SUM_CHUNKS: KernelSpec = KernelSpec::new::<Params>(
+    "reduce",
+    "sum_chunks",
+    &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
+);
 
 /// Sum, mean or max over the middle axis of `[outer, len, inner]`.
-pub const REDUCE_AXIS: KernelSpec = KernelSpec {
-    family: "reduce",
-    entry: "reduce_axis",
-    bindings: &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
-};
+pub const REDUCE_AXIS: KernelSpec = KernelSpec::new::<AxisParams>(
+    "reduce",
+    "reduce_axis",
+    &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
+);
 
 /// Both kernels.
 pub const KERNELS: &[KernelSpec] = &[SUM_CHUNKS, REDUCE_AXIS];
@@ -81,12 +85,7 @@ pub fn reduce_axis(
             AxisOp::Max => 2,
         },
     };
-    let d = gpu.dispatch(
-        &REDUCE_AXIS,
-        &params,
-        &[input, &out],
-        ((outer * inner) as u64).div_ceil(256),
-    )?;
+    let d = gpu.dispatch_over(&REDUCE_AXIS, &params, &[input, &out], outer * inner)?;
     Ok((d, out))
 }
 
@@ -131,4 +130,82 @@ pub fn sum_into(
         src = dst;
         n = groups;
     }
+}
+
+/// The family's catalogue: axis reductions of each kind on odd shapes, and whole-tensor sums
+/// spanning several chunks.
+pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
+    if let Suite::Bench { .. } = suite {
+        let n = stream_len(suite);
+        let (rows, cols) = (n / 256, 256);
+        return vec![memory_case(
+            suite,
+            "sum",
+            format!("[{rows}, {cols}] axis 0"),
+            4.0 * n as f64,
+            move |gpu| {
+                let x = sample_tensor(gpu, &[rows, cols], 19)?;
+                let (d, out) = reduce_axis(gpu, &x, 0, AxisOp::Sum)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![out],
+                })
+            },
+        )];
+    }
+    let mut cases = Vec::new();
+    for (shape, axis) in [
+        (vec![7usize, 33, 5], 1usize),
+        (vec![129, 3], 0),
+        (vec![2, 1000], 1),
+    ] {
+        for (op, name) in [
+            (AxisOp::Sum, "sum"),
+            (AxisOp::Mean, "mean"),
+            (AxisOp::Max, "max"),
+        ] {
+            let n: usize = shape.iter().product();
+            let s = shape.clone();
+            cases.push(
+                Case::new(
+                    format!("reduce_axis ({name})"),
+                    format!("{shape:?} axis {axis}"),
+                    Work::Bytes(4.0 * n as f64),
+                    move |gpu| {
+                        let x = sample_tensor(gpu, &s, 20)?;
+                        let (d, out) = reduce_axis(gpu, &x, axis, op)?;
+                        Ok(Prepared {
+                            plan: vec![d],
+                            outputs: vec![out],
+                        })
+                    },
+                )
+                .reference({
+                    let shape = shape.clone();
+                    move || cpu::reduce_axis(&sample_f64(n, 20), &shape, axis, name)
+                }),
+            );
+        }
+    }
+    for n in [1usize, 4097, 3 * CHUNK * CHUNK / 1024 + 5] {
+        cases.push(
+            Case::new(
+                "sum",
+                format!("[{n}]"),
+                Work::Bytes(4.0 * n as f64),
+                move |gpu| {
+                    let (x, out) = (sample_tensor(gpu, &[n], 21)?, gpu.empty(&[1], DType::F32)?);
+                    let mut plan = Vec::new();
+                    sum_into(gpu, &mut plan, &x, &out, 0.5)?;
+                    Ok(Prepared {
+                        plan,
+                        outputs: vec![out],
+                    })
+                },
+            )
+            .reference(move || vec![0.5 * sample_f64(n, 21).iter().sum::<f64>()])
+            .tolerance(1e-5, 1e-5),
+        );
+    }
+    cases
 }

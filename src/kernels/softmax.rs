@@ -1,48 +1,32 @@
 //! Softmax and log-softmax over the last axis with a temperature (`shaders/softmax.wgsl`).
 
+use crate::catalogue::{Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::reference::softmax as cpu;
 use crate::{Error, Result};
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// `softmax(x/T)`.
-pub const SOFTMAX_FORWARD: KernelSpec = KernelSpec {
-    family: "softmax",
-    entry: "softmax_forward",
-    bindings: &[U, R, W],
-};
+pub const SOFTMAX_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("softmax", "softmax_forward", &[U, R, W]);
 /// `log_softmax(x/T)`.
-pub const LOG_SOFTMAX_FORWARD: KernelSpec = KernelSpec {
-    family: "softmax",
-    entry: "log_softmax_forward",
-    bindings: &[U, R, W],
-};
+pub const LOG_SOFTMAX_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("softmax", "log_softmax_forward", &[U, R, W]);
 /// Softmax backward from its output.
-pub const SOFTMAX_BACKWARD: KernelSpec = KernelSpec {
-    family: "softmax",
-    entry: "softmax_backward",
-    bindings: &[U, R, R, W],
-};
+pub const SOFTMAX_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("softmax", "softmax_backward", &[U, R, R, W]);
 /// Log-softmax backward from its output.
-pub const LOG_SOFTMAX_BACKWARD: KernelSpec = KernelSpec {
-    family: "softmax",
-    entry: "log_softmax_backward",
-    bindings: &[U, R, R, W],
-};
+pub const LOG_SOFTMAX_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("softmax", "log_softmax_backward", &[U, R, R, W]);
 
 /// `acc += weight · softmax(t/T)` (multi-teacher targets).
-pub const MIXTURE_ACCUMULATE: KernelSpec = KernelSpec {
-    family: "softmax",
-    entry: "mixture_accumulate",
-    bindings: &[U, R, Binding::ReadWrite],
-};
+pub const MIXTURE_ACCUMULATE: KernelSpec =
+    KernelSpec::new::<MixParams>("softmax", "mixture_accumulate", &[U, R, Binding::ReadWrite]);
 /// `out = T · log(acc)`.
-pub const TEMPERATURE_LOG: KernelSpec = KernelSpec {
-    family: "softmax",
-    entry: "temperature_log",
-    bindings: &[U, R, W],
-};
+pub const TEMPERATURE_LOG: KernelSpec =
+    KernelSpec::new::<MixParams>("softmax", "temperature_log", &[U, R, W]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
@@ -112,10 +96,7 @@ pub fn forward(gpu: &Gpu, x: &Tensor, temperature: f32, log: bool) -> Result<(Di
     let p = params(spec.entry, x, temperature)?;
     gpu.check_loops(spec, 3 * u64::from(p.cols))?;
     let y = gpu.empty(x.shape(), DType::F32)?;
-    Ok((
-        gpu.dispatch(spec, &p, &[x, &y], u64::from(p.rows).div_ceil(64))?,
-        y,
-    ))
+    Ok((gpu.dispatch_over(spec, &p, &[x, &y], p.rows as usize)?, y))
 }
 
 /// Prepares the backward pass from the forward's output `y` and `dy`.
@@ -136,7 +117,7 @@ pub fn backward(
     dy.expect(spec.entry, "dy", DType::F32, y.shape())?;
     let dx = gpu.empty(y.shape(), DType::F32)?;
     Ok((
-        gpu.dispatch(spec, &p, &[y, dy, &dx], u64::from(p.rows).div_ceil(64))?,
+        gpu.dispatch_over(spec, &p, &[y, dy, &dx], p.rows as usize)?,
         dx,
     ))
 }
@@ -166,7 +147,7 @@ pub fn mixture_logits(
     }
     gpu.check_loops(&MIXTURE_ACCUMULATE, 3 * u64::from(p.cols))?;
     let acc = gpu.zeros(first.shape(), DType::F32)?;
-    let groups = u64::from(p.rows).div_ceil(64);
+    let rows = p.rows as usize;
     let mut plan = Vec::new();
     for (k, (t, &weight)) in teachers.iter().zip(weights).enumerate() {
         t.expect("mixture", "teacher logits", DType::F32, first.shape())?;
@@ -178,7 +159,7 @@ pub fn mixture_logits(
             first: u32::from(k == 0),
             pad: [0; 3],
         };
-        plan.push(gpu.dispatch(&MIXTURE_ACCUMULATE, &mp, &[t, &acc], groups)?);
+        plan.push(gpu.dispatch_over(&MIXTURE_ACCUMULATE, &mp, &[t, &acc], rows)?);
     }
     let out = gpu.empty(first.shape(), DType::F32)?;
     let mp = MixParams {
@@ -189,6 +170,83 @@ pub fn mixture_logits(
         first: 0,
         pad: [0; 3],
     };
-    plan.push(gpu.dispatch(&TEMPERATURE_LOG, &mp, &[&acc, &out], groups)?);
+    plan.push(gpu.dispatch_over(&TEMPERATURE_LOG, &mp, &[&acc, &out], rows)?);
     Ok((plan, out))
+}
+
+/// The family's catalogue: softmax and log-softmax forward and backward at a temperature, on
+/// rows off the workgroup size; the multi-teacher mixture.
+pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
+    if let Suite::Bench { .. } = suite {
+        let (rows, cols) = (suite.pick(1024, 16384), 1000);
+        let bytes = 8.0 * (rows * cols) as f64;
+        return vec![memory_case(
+            suite,
+            "softmax",
+            format!("[{rows}, {cols}]"),
+            bytes,
+            move |gpu| {
+                let (d, y) = forward(gpu, &sample_tensor(gpu, &[rows, cols], 7)?, 1.0, false)?;
+                Ok(Prepared {
+                    plan: vec![d],
+                    outputs: vec![y],
+                })
+            },
+        )];
+    }
+    let mut cases = Vec::new();
+    for (rows, cols) in [(33usize, 129usize), (1, 1), (65, 10)] {
+        let n = rows * cols;
+        for (log, name) in [(false, "softmax"), (true, "log_softmax")] {
+            cases.push(
+                Case::new(
+                    format!("{name} (T=2) fwd+bwd"),
+                    format!("[{rows}, {cols}]"),
+                    Work::Bytes(20.0 * n as f64),
+                    move |gpu| {
+                        let x = sample_tensor(gpu, &[rows, cols], 25)?;
+                        let dy = sample_tensor(gpu, &[rows, cols], 26)?;
+                        let (f, y) = forward(gpu, &x, 2.0, log)?;
+                        let (b, dx) = backward(gpu, &y, &dy, 2.0, log)?;
+                        Ok(Prepared {
+                            plan: vec![f, b],
+                            outputs: vec![y, dx],
+                        })
+                    },
+                )
+                .reference(move || {
+                    let mut y = cpu::forward(&sample_f64(n, 25), cols, 2.0, log);
+                    let dx = cpu::backward(&y, &sample_f64(n, 26), cols, 2.0, log);
+                    y.extend(dx);
+                    y
+                })
+                .tolerance(1e-4, 1e-6),
+            );
+        }
+    }
+    let (rows, cols) = (7usize, 33usize);
+    cases.push(
+        Case::new(
+            "mixture_logits (3 teachers, T=4)",
+            format!("[{rows}, {cols}]"),
+            Work::Bytes(16.0 * (rows * cols) as f64),
+            move |gpu| {
+                let ts: Vec<Tensor> = (0..3)
+                    .map(|k| sample_tensor(gpu, &[rows, cols], 30 + k))
+                    .collect::<Result<_>>()?;
+                let refs: Vec<&Tensor> = ts.iter().collect();
+                let (plan, out) = mixture_logits(gpu, &refs, &[0.5, 0.3, 0.2], 4.0)?;
+                Ok(Prepared {
+                    plan,
+                    outputs: vec![out],
+                })
+            },
+        )
+        .reference(move || {
+            let ts: Vec<Vec<f64>> = (0..3).map(|k| sample_f64(rows * cols, 30 + k)).collect();
+            cpu::mixture_logits(&ts, &[0.5, 0.3, 0.2], cols, 4.0)
+        })
+        .tolerance(1e-4, 1e-5),
+    );
+    cases
 }

@@ -41,6 +41,7 @@ pub fn cnn(input: [usize; 4], channels: &[usize], classes: usize) -> Result<Grap
                 stride: 1,
                 padding: 1,
                 bias: false,
+                groups: 1,
             },
         )?;
         let bn = g.batch_norm(&format!("features.{}", 4 * i + 1), conv)?;
@@ -78,6 +79,7 @@ pub fn resnet(
         stride,
         padding: 1,
         bias: false,
+        groups: 1,
     };
     let mut g = Graph::new();
     let x = g.input("x", &input, DType::F32)?;
@@ -100,6 +102,7 @@ pub fn resnet(
                     stride,
                     padding: 0,
                     bias: false,
+                    groups: 1,
                 };
                 let d = g.conv2d(&format!("{prefix}.downsample.0"), h, layer)?;
                 g.batch_norm(&format!("{prefix}.downsample.1"), d)?

@@ -1,25 +1,27 @@
-//! f64 CPU twins of every kernel: what the tests and `wgdistill check` compare the GPU against.
+//! f64 CPU twins of every kernel family, one module per `shaders/` stem: what the catalogue
+//! (`wgdistill check`, the tests) compares the GPU against.
 
+pub mod activation;
+pub mod batchnorm;
 pub mod conv;
-pub mod dense;
+pub mod dropout;
 pub mod elementwise;
-pub mod graph;
-pub mod losses;
-pub mod optim;
+pub mod feature;
+pub mod matmul;
+pub mod optimizer;
+pub mod pool;
+pub mod reduce;
+pub mod relation;
+pub mod response;
 pub mod softmax;
 
-/// Deterministic pseudo-random values in [-1, 1) (xorshift): the inputs of `check`, the tests
-/// and the benches, reproducible across runs and machines.
-pub fn sample(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+/// A loss's value and its gradient with respect to the student, from an f64 reference.
+#[derive(Clone, Debug)]
+pub struct LossGrad {
+    /// The scalar loss.
+    pub loss: f64,
+    /// `dL/d student`, shaped like the student.
+    pub grad: Vec<f64>,
 }
 
 /// f32 values widened to f64, for the references.

@@ -1,6 +1,19 @@
 //! f64 references for softmax and log-softmax with a temperature, over the last axis.
 
-use super::losses::{log_softmax as log_softmax_row, softmax as softmax_row};
+/// Stable softmax of a row.
+pub fn softmax_row(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Stable log-softmax of a row.
+pub fn log_softmax_row(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    z.iter().map(|v| v - lse).collect()
+}
 
 fn map_rows(x: &[f64], cols: usize, f: impl Fn(&[f64]) -> Vec<f64>) -> Vec<f64> {
     x.chunks(cols).flat_map(f).collect()
@@ -36,6 +49,25 @@ pub fn backward(y: &[f64], dy: &[f64], cols: usize, temperature: f64, log: bool)
                     .map(|(y, g)| y * (g - dot) / temperature)
                     .collect()
             }
+        })
+        .collect()
+}
+
+/// `T · log(Σ_k w_k softmax(t_k / T))` per row: the teachers' mixture as logits.
+pub fn mixture_logits(
+    teachers: &[Vec<f64>],
+    weights: &[f64],
+    cols: usize,
+    temperature: f64,
+) -> Vec<f64> {
+    let probs: Vec<Vec<f64>> = teachers
+        .iter()
+        .map(|t| forward(t, cols, temperature, false))
+        .collect();
+    (0..teachers[0].len())
+        .map(|i| {
+            let p: f64 = probs.iter().zip(weights).map(|(p, w)| w * p[i]).sum();
+            temperature * p.ln()
         })
         .collect()
 }

@@ -9,7 +9,10 @@ use serde::Deserialize;
 use crate::Result;
 use crate::error::input_error;
 use crate::graph::Graph;
+use crate::kernels::losses::{self, Loss};
 use crate::models;
+
+use super::method::{Fault, Method};
 
 /// The example configuration, run by `wgdistill` with no arguments.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -174,20 +177,22 @@ impl StageConfig {
         raw.iter().map(|w| w / sum).collect()
     }
 
-    /// The temperature of the stage's KD terms (4 when none sets one); several teachers need one
-    /// temperature for their mixture.
+    /// The temperature of the stage's terms that compare logits with a teacher (the registry's
+    /// default when none sets one): several teachers are mixed at one temperature.
     pub fn kd_temperature(&self) -> std::result::Result<f32, String> {
         let ts: Vec<f32> = self
             .losses
             .iter()
-            .filter(|l| matches!(l.kind, LossName::Kd | LossName::Dkd))
-            .map(|l| l.temperature.unwrap_or(4.0))
+            .filter_map(|l| l.loss().ok())
+            .filter(|l| l.def().reads_logits() && l.def().needs_teacher())
+            .filter(|l| l.def().attr("temperature").is_some())
+            .map(|l| l.attr_f32("temperature"))
             .collect();
         match ts.first() {
-            None => Ok(4.0),
+            None => Ok(Loss::of(&crate::kernels::response::KD).attr_f32("temperature")),
             Some(&t) if ts.iter().all(|&u| u == t) => Ok(t),
             Some(_) => Err(format!(
-                "with several teachers every kd/dkd term needs the same temperature, got {ts:?}"
+                "with several teachers every term on the teachers' logits needs the same temperature, got {ts:?}"
             )),
         }
     }
@@ -248,30 +253,6 @@ pub struct OptimizerConfig {
     pub warmup_epochs: usize,
 }
 
-/// Loss kinds by their config names.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LossName {
-    /// Cross-entropy.
-    Ce,
-    /// Hinton KD.
-    Kd,
-    /// Decoupled KD.
-    Dkd,
-    /// FitNet hint.
-    Hint,
-    /// Attention transfer.
-    At,
-    /// Similarity preserving.
-    Sp,
-    /// RKD distance.
-    RkdDistance,
-    /// RKD angle.
-    RkdAngle,
-    /// PKT.
-    Pkt,
-}
-
 /// Adapter names.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -282,23 +263,16 @@ pub enum AdapterName {
     Conv1x1,
 }
 
-/// One entry of `losses = [ … ]`.
+/// One entry of `losses = [ … ]`. Besides the keys below, an entry sets the attributes of its
+/// loss by name (`temperature = 4.0`, `alpha = 1.0`, …: the loss registry's, with their
+/// defaults and ranges); any other key is an error naming it.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LossConfig {
-    /// Which loss.
-    pub kind: LossName,
+    /// Which loss: a name from the loss registry (`ce`, `kd`, `dkd`, `hint`, …).
+    pub kind: String,
     /// Weight in the total.
     #[serde(default = "one")]
     pub weight: f32,
-    /// kd, dkd: temperature.
-    pub temperature: Option<f32>,
-    /// dkd: TCKD weight.
-    pub alpha: Option<f32>,
-    /// dkd: NCKD weight.
-    pub beta: Option<f32>,
-    /// at: exponent.
-    pub p: Option<f32>,
     /// Student tap (logits when absent).
     pub student_tap: Option<String>,
     /// Teacher tap (logits when absent).
@@ -308,6 +282,54 @@ pub struct LossConfig {
     /// Linear warm-up of the weight over the first epochs (as DKD uses).
     #[serde(default)]
     pub warmup_epochs: usize,
+    /// The loss's attributes, by name.
+    #[serde(flatten)]
+    pub attrs: BTreeMap<String, toml::Value>,
+}
+
+impl LossConfig {
+    /// The registry's loss with this entry's attributes, or the key at fault (relative to the
+    /// entry: `.kind`, `.temperature`) and what is wrong.
+    pub fn loss(&self) -> std::result::Result<Loss, (String, String)> {
+        let def = losses::find(&self.kind).map_err(|_| {
+            let names: Vec<&str> = losses::registry().map(|d| d.name).collect();
+            (
+                ".kind".to_string(),
+                format!(
+                    "unknown loss '{}'; known losses: {}",
+                    self.kind,
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let mut loss = Loss::of(def);
+        for (key, value) in &self.attrs {
+            let at = format!(".{key}");
+            if def.attr(key).is_none() {
+                let message = format!(
+                    "{} takes no {key} (its attributes: {})",
+                    def.name,
+                    def.attr_names()
+                );
+                return Err((at, message));
+            }
+            let number = match value {
+                toml::Value::Float(v) => *v,
+                toml::Value::Integer(v) => *v as f64,
+                other => {
+                    return Err((at, format!("expected a number, got {}", other.type_str())));
+                }
+            };
+            loss = loss.with(key, number).map_err(|e| {
+                let message = match e {
+                    crate::Error::Input { message, .. } => message,
+                    other => other.to_string(),
+                };
+                (at.clone(), message)
+            })?;
+        }
+        Ok(loss)
+    }
 }
 
 fn one() -> f32 {
@@ -339,66 +361,31 @@ fn located(what: &str, text: &str, e: &toml::de::Error, path: Option<String>) ->
     )
 }
 
-impl LossName {
-    fn needs_teacher(self) -> bool {
-        self != LossName::Ce
-    }
-}
-
 impl Config {
     /// How many leading stages are `once`: trained in the first seed only.
     pub fn once_stages(&self) -> usize {
         self.stages.iter().take_while(|s| s.once).count()
     }
 
-    /// Checks names, taps and settings across the whole configuration; `what` names it in errors.
+    /// Checks names, taps and settings across the whole configuration, before any GPU work;
+    /// `what` names it in errors, which give the key's path.
     pub fn check(&self, what: &str) -> Result<()> {
-        let err = |path: String, message: String| input_error(format!("{what}: {path}"), message);
-        if self.data.batch_size < 2 {
-            return Err(err(
-                "data.batch_size".into(),
-                format!("must be at least 2, got {}", self.data.batch_size),
-            ));
-        }
-        if self.stages.is_empty() {
-            return Err(err("stages".into(), "at least one stage is needed".into()));
-        }
-        let leading = self.once_stages();
-        if let Some(i) = self.stages.iter().skip(leading).position(|s| s.once) {
-            return Err(err(
-                format!("stages[{}].once", leading + i),
-                "only the leading stages can be trained once (move it before the others)".into(),
-            ));
-        }
-        if self.data.teacher_cache {
-            // Augmented images differ every epoch, so a teacher's outputs cannot be reused.
-            for (i, stage) in self.stages.iter().enumerate() {
-                if !stage.teachers.is_empty() && stage.augment.unwrap_or(self.data.augment) {
-                    let key = if stage.augment.is_some() {
-                        format!("stages[{i}].augment")
-                    } else {
-                        "data.teacher_cache".into()
-                    };
-                    return Err(err(
-                        key,
-                        format!(
-                            "data.teacher_cache needs augmentation off in stages with teachers ('{}'): set augment = false there or in [data]",
-                            stage.name
-                        ),
-                    ));
-                }
-            }
-        }
+        self.check_fault()
+            .map_err(|(path, message)| input_error(format!("{what}: {path}"), message))
+    }
+
+    fn check_fault(&self) -> std::result::Result<(), Fault> {
+        self.check_data()?;
+        self.check_stage_order()?;
         let input = [self.data.batch_size, 1, 28, 28];
         let mut graphs = BTreeMap::new();
         for (name, m) in &self.models {
-            graphs.insert(
-                name.as_str(),
-                m.graph(input, 10)
-                    .map_err(|e| err(format!("models.{name}"), e.to_string()))?,
-            );
+            let graph = m
+                .graph(input, 10)
+                .map_err(|e| (format!("models.{name}"), e.to_string()))?;
+            graphs.insert(name.as_str(), graph);
         }
-        let model_names = || self.models.keys().cloned().collect::<Vec<_>>().join(", ");
+        // Models a stage can use as teachers: loaded from checkpoints, or trained earlier.
         let mut available: Vec<&str> = self
             .models
             .iter()
@@ -406,186 +393,215 @@ impl Config {
             .map(|(n, _)| n.as_str())
             .collect();
         for (i, stage) in self.stages.iter().enumerate() {
-            let at = |key: &str| format!("stages[{i}].{key}");
-            let mut seen = std::collections::BTreeSet::new();
-            if stage.train.is_empty() || !stage.train.iter().all(|m| seen.insert(m)) {
-                return Err(err(
-                    at("train"),
-                    format!("needs one or more distinct models, got {:?}", stage.train),
-                ));
-            }
-            if let Some(w) = &stage.teacher_weights {
-                if w.len() != stage.teachers.len() || w.iter().any(|v| !(v.is_finite() && *v > 0.0))
-                {
-                    return Err(err(
-                        at("teacher_weights"),
-                        format!(
-                            "need one positive weight per teacher ({}), got {w:?}",
-                            stage.teachers.len()
-                        ),
-                    ));
-                }
-            }
-            for (j, m) in stage.train.iter().chain(&stage.teachers).enumerate() {
-                if !self.models.contains_key(m) {
-                    let key = if j < stage.train.len() {
-                        format!("train[{j}]")
-                    } else {
-                        format!("teachers[{}]", j - stage.train.len())
-                    };
-                    return Err(err(
-                        at(&key),
-                        format!("unknown model '{m}'; models are {}", model_names()),
-                    ));
-                }
-            }
-            for (j, t) in stage.teachers.iter().enumerate() {
-                if !available.contains(&t.as_str()) {
-                    return Err(err(
-                        at(&format!("teachers[{j}]")),
-                        format!(
-                            "'{t}' is neither trained in an earlier stage nor loaded from a checkpoint"
-                        ),
-                    ));
-                }
-            }
-            if stage.epochs == 0 {
-                return Err(err(at("epochs"), "must be at least 1".into()));
-            }
-            let o = &stage.optimizer;
-            if !(o.lr.is_finite() && o.lr > 0.0) {
-                return Err(err(
-                    at("optimizer.lr"),
-                    format!("must be a number > 0, got {}", o.lr),
-                ));
-            }
-            if o.kind == OptimizerKind::Sgd && (o.betas.is_some() || o.eps.is_some()) {
-                return Err(err(
-                    at("optimizer"),
-                    "betas and eps belong to adamw, not sgd".into(),
-                ));
-            }
-            if o.kind == OptimizerKind::Adamw && (o.momentum != 0.0 || o.nesterov) {
-                return Err(err(
-                    at("optimizer"),
-                    "momentum and nesterov belong to sgd, not adamw".into(),
-                ));
-            }
-            if o.schedule != ScheduleKind::Step && (o.step_size.is_some() || o.gamma.is_some()) {
-                return Err(err(
-                    at("optimizer"),
-                    "step_size and gamma need schedule = \"step\"".into(),
-                ));
-            }
-            if stage.losses.is_empty() {
-                return Err(err(at("losses"), "at least one loss term is needed".into()));
-            }
-            if !stage.heads.is_empty() {
-                if stage.train.len() != 1 || !stage.teachers.is_empty() {
-                    return Err(err(
-                        at("heads"),
-                        "self-distillation trains one model by itself: one model in train, no teachers".into(),
-                    ));
-                }
-                let model = &graphs[stage.train[0].as_str()];
-                for (j, h) in stage.heads.iter().enumerate() {
-                    model
-                        .tapped(h)
-                        .map_err(|e| err(at(&format!("heads[{j}]")), e.to_string()))?;
-                    if h == "logits" || stage.heads[..j].contains(h) {
-                        return Err(err(
-                            at(&format!("heads[{j}]")),
-                            format!("'{h}' is the model's output or already has a head"),
-                        ));
-                    }
-                }
-                if let Some((j, _)) = stage
-                    .losses
-                    .iter()
-                    .enumerate()
-                    .find(|(_, l)| l.kind != LossName::Ce && l.student_tap.is_some())
-                {
-                    return Err(err(
-                        at(&format!("losses[{j}].student_tap")),
-                        "with heads, the student side of each term is the head (its logits, or its tap for feature terms)".into(),
-                    ));
-                }
-            }
-            let ensemble = if stage.teachers.len() > 1 {
-                let parts: Vec<(&str, &Graph)> = stage
-                    .teachers
-                    .iter()
-                    .map(|t| (t.as_str(), &graphs[t.as_str()]))
-                    .collect();
-                let weights = stage.teacher_mixture();
-                let t = stage.kd_temperature().map_err(|m| err(at("losses"), m))?;
-                Some(
-                    Graph::ensemble(&parts, &weights, t)
-                        .map_err(|e| err(at("teachers"), e.to_string()))?,
-                )
-            } else {
-                None
-            };
-            let teacher = ensemble
-                .as_ref()
-                .or_else(|| stage.teachers.first().map(|t| &graphs[t.as_str()]));
-            for (j, l) in stage.losses.iter().enumerate() {
-                let lat = |key: &str| at(&format!("losses[{j}]{key}"));
-                let allowed: &[&str] = match l.kind {
-                    LossName::Kd => &["temperature"],
-                    LossName::Dkd => &["temperature", "alpha", "beta"],
-                    LossName::At => &["p"],
-                    _ => &[],
-                };
-                for (key, set) in [
-                    ("temperature", l.temperature.is_some()),
-                    ("alpha", l.alpha.is_some()),
-                    ("beta", l.beta.is_some()),
-                    ("p", l.p.is_some()),
-                ] {
-                    if set && !allowed.contains(&key) {
-                        return Err(err(
-                            lat(&format!(".{key}")),
-                            format!("{:?} takes no {key}", l.kind).to_lowercase(),
-                        ));
-                    }
-                }
-                if l.temperature.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
-                    return Err(err(lat(".temperature"), "must be a number > 0".into()));
-                }
-                let peers = stage.train.len() > 1 && matches!(l.kind, LossName::Kd | LossName::Dkd);
-                let own = !stage.heads.is_empty();
-                if l.kind.needs_teacher() && teacher.is_none() && !peers && !own {
-                    return Err(err(
-                        lat(".kind"),
-                        format!(
-                            "{:?} needs a teacher: add teachers = [\"…\"] to the stage",
-                            l.kind
-                        )
-                        .to_lowercase(),
-                    ));
-                }
-                if l.kind == LossName::Ce && (l.teacher_tap.is_some() || l.adapter.is_some()) {
-                    return Err(err(
-                        lat(""),
-                        "ce uses the labels: it takes no teacher_tap or adapter".into(),
-                    ));
-                }
-                let tap = l.student_tap.as_deref().unwrap_or("logits");
-                for m in &stage.train {
-                    graphs[m.as_str()]
-                        .tapped(tap)
-                        .map_err(|e| err(lat(".student_tap"), e.to_string()))?;
-                }
-                // With heads the model is its own teacher.
-                let teacher = teacher.or_else(|| own.then(|| &graphs[stage.train[0].as_str()]));
-                if let Some(t) = teacher {
-                    let tap = l.teacher_tap.as_deref().unwrap_or("logits");
-                    t.tapped(tap)
-                        .map_err(|e| err(lat(".teacher_tap"), e.to_string()))?;
-                }
-            }
+            stage
+                .check(self, &graphs, &available)
+                .map_err(|(key, message)| (format!("stages[{i}].{key}"), message))?;
             available.extend(stage.train.iter().map(String::as_str));
+        }
+        Ok(())
+    }
+
+    fn check_data(&self) -> std::result::Result<(), Fault> {
+        if self.data.batch_size < 2 {
+            return Err((
+                "data.batch_size".into(),
+                format!("must be at least 2, got {}", self.data.batch_size),
+            ));
+        }
+        if !self.data.teacher_cache {
+            return Ok(());
+        }
+        // Augmented images differ every epoch, so a teacher's outputs cannot be reused.
+        for (i, stage) in self.stages.iter().enumerate() {
+            if !stage.teachers.is_empty() && stage.augment.unwrap_or(self.data.augment) {
+                let key = if stage.augment.is_some() {
+                    format!("stages[{i}].augment")
+                } else {
+                    "data.teacher_cache".into()
+                };
+                return Err((
+                    key,
+                    format!(
+                        "data.teacher_cache needs augmentation off in stages with teachers ('{}'): set augment = false there or in [data]",
+                        stage.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_stage_order(&self) -> std::result::Result<(), Fault> {
+        if self.stages.is_empty() {
+            return Err(("stages".into(), "at least one stage is needed".into()));
+        }
+        let leading = self.once_stages();
+        if let Some(i) = self.stages.iter().skip(leading).position(|s| s.once) {
+            return Err((
+                format!("stages[{}].once", leading + i),
+                "only the leading stages can be trained once (move it before the others)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl StageConfig {
+    /// The stage's distillation method (after [`Config::check`], never an error).
+    pub fn method(&self) -> Result<Method> {
+        Method::of(self).map_err(|(key, m)| input_error(format!("{}: {key}", self.name), m))
+    }
+
+    /// Checks one stage; errors name keys relative to it.
+    fn check(
+        &self,
+        config: &Config,
+        graphs: &BTreeMap<&str, Graph>,
+        available: &[&str],
+    ) -> std::result::Result<(), Fault> {
+        self.check_models(config, available)?;
+        if self.epochs == 0 {
+            return Err(("epochs".into(), "must be at least 1".into()));
+        }
+        self.optimizer
+            .check()
+            .map_err(|(key, m)| (format!("optimizer{key}"), m))?;
+        if self.losses.is_empty() {
+            return Err(("losses".into(), "at least one loss term is needed".into()));
+        }
+        let method = Method::of(self)?;
+        if method == Method::SelfDistillation {
+            self.check_heads(&graphs[self.train[0].as_str()])?;
+        }
+        let ensemble = if self.teachers.len() > 1 {
+            let parts: Vec<(&str, &Graph)> = self
+                .teachers
+                .iter()
+                .map(|t| (t.as_str(), &graphs[t.as_str()]))
+                .collect();
+            let t = self
+                .kd_temperature()
+                .map_err(|m| ("losses".to_string(), m))?;
+            let ensemble = Graph::ensemble(&parts, &self.teacher_mixture(), t)
+                .map_err(|e| ("teachers".to_string(), e.to_string()))?;
+            Some(ensemble)
+        } else {
+            None
+        };
+        // Where the terms' targets are tapped: the teacher (or ensemble), or with heads the
+        // model itself.
+        let target = ensemble
+            .as_ref()
+            .or_else(|| self.teachers.first().map(|t| &graphs[t.as_str()]))
+            .or_else(|| {
+                (method == Method::SelfDistillation).then(|| &graphs[self.train[0].as_str()])
+            });
+        for (j, term) in self.losses.iter().enumerate() {
+            method.check_term(j, term, !self.teachers.is_empty())?;
+            let at = |key: &str| format!("losses[{j}].{key}");
+            let tap = term.student_tap.as_deref().unwrap_or("logits");
+            for m in &self.train {
+                graphs[m.as_str()]
+                    .tapped(tap)
+                    .map_err(|e| (at("student_tap"), e.to_string()))?;
+            }
+            if let Some(t) = target {
+                let tap = term.teacher_tap.as_deref().unwrap_or("logits");
+                t.tapped(tap)
+                    .map_err(|e| (at("teacher_tap"), e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The models it trains and learns from exist, are distinct, and the teachers are ready.
+    fn check_models(&self, config: &Config, available: &[&str]) -> std::result::Result<(), Fault> {
+        let mut seen = std::collections::BTreeSet::new();
+        if self.train.is_empty() || !self.train.iter().all(|m| seen.insert(m)) {
+            return Err((
+                "train".into(),
+                format!("needs one or more distinct models, got {:?}", self.train),
+            ));
+        }
+        if let Some(w) = &self.teacher_weights {
+            if w.len() != self.teachers.len() || w.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err((
+                    "teacher_weights".into(),
+                    format!(
+                        "need one positive weight per teacher ({}), got {w:?}",
+                        self.teachers.len()
+                    ),
+                ));
+            }
+        }
+        let model_names = || config.models.keys().cloned().collect::<Vec<_>>().join(", ");
+        for (j, m) in self.train.iter().chain(&self.teachers).enumerate() {
+            if !config.models.contains_key(m) {
+                let key = if j < self.train.len() {
+                    format!("train[{j}]")
+                } else {
+                    format!("teachers[{}]", j - self.train.len())
+                };
+                return Err((
+                    key,
+                    format!("unknown model '{m}'; models are {}", model_names()),
+                ));
+            }
+        }
+        for (j, t) in self.teachers.iter().enumerate() {
+            if !available.contains(&t.as_str()) {
+                return Err((
+                    format!("teachers[{j}]"),
+                    format!(
+                        "'{t}' is neither trained in an earlier stage nor loaded from a checkpoint"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Self-distillation's heads name distinct taps of the model, other than its output.
+    fn check_heads(&self, model: &Graph) -> std::result::Result<(), Fault> {
+        for (j, h) in self.heads.iter().enumerate() {
+            let key = format!("heads[{j}]");
+            model.tapped(h).map_err(|e| (key.clone(), e.to_string()))?;
+            if h == "logits" || self.heads[..j].contains(h) {
+                return Err((
+                    key,
+                    format!("'{h}' is the model's output or already has a head"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OptimizerConfig {
+    /// Checks the settings; errors name keys relative to `optimizer` (`.lr`, or `` for the
+    /// table).
+    fn check(&self) -> std::result::Result<(), Fault> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err((
+                ".lr".into(),
+                format!("must be a number > 0, got {}", self.lr),
+            ));
+        }
+        if self.kind == OptimizerKind::Sgd && (self.betas.is_some() || self.eps.is_some()) {
+            return Err(("".into(), "betas and eps belong to adamw, not sgd".into()));
+        }
+        if self.kind == OptimizerKind::Adamw && (self.momentum != 0.0 || self.nesterov) {
+            return Err((
+                "".into(),
+                "momentum and nesterov belong to sgd, not adamw".into(),
+            ));
+        }
+        if self.schedule != ScheduleKind::Step && (self.step_size.is_some() || self.gamma.is_some())
+        {
+            return Err((
+                "".into(),
+                "step_size and gamma need schedule = \"step\"".into(),
+            ));
         }
         Ok(())
     }

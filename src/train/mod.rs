@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod curves;
+pub mod method;
 pub mod report;
 pub mod run;
 pub mod teacher_cache;

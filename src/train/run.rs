@@ -12,16 +12,11 @@ use crate::Result;
 use crate::data::{self, Dataset};
 use crate::error::input_error;
 use crate::gpu::Gpu;
-use crate::graph::{
-    Adapter, EvalStep, Graph, LossKind, LossSpec, Op, OptimizerSpec, StepSpec, TrainStep, Weights,
-};
+use crate::graph::{EvalStep, Graph, LossSpec, Op, OptimizerSpec, StepSpec, TrainStep, Weights};
 use crate::io::{self, HostTensor, TensorMap};
 use crate::kernels::optimizer::{AdamW, Sgd};
 
-use super::config::{
-    AdapterName, Config, DatasetKind, LossConfig, LossName, OptimizerConfig, OptimizerKind,
-    ScheduleKind,
-};
+use super::config::{Config, DatasetKind, OptimizerConfig, OptimizerKind, ScheduleKind};
 use super::teacher_cache;
 
 /// Where the data comes from and where results go.
@@ -105,7 +100,7 @@ fn teacher_taps(losses: &[(usize, LossSpec)]) -> Vec<String> {
     let mut taps = vec!["logits".to_string()];
     for (_, l) in losses {
         let tap = l.teacher_tap.as_deref().unwrap_or("logits");
-        if l.kind.needs_teacher()
+        if l.loss.def().needs_teacher()
             && !tap.starts_with(crate::graph::PEER)
             && !taps.iter().any(|t| t == tap)
         {
@@ -317,126 +312,6 @@ pub fn learning_rate(o: &OptimizerConfig, epoch: usize, epochs: usize) -> f32 {
         base * (epoch + 1) as f32 / (o.warmup_epochs + 1) as f32
     } else {
         base
-    }
-}
-
-/// Self-distillation's terms: `ce` on the model's logits and on every head's; `kd`/`dkd` from
-/// each head toward the model's own logits, detached; feature terms from each head's tap toward
-/// the term's `teacher_tap` of the same model, detached.
-fn self_distillation_losses(stage: &super::config::StageConfig) -> Vec<(usize, LossSpec)> {
-    let own = |tap: &str| Some(format!("{}{tap}", crate::graph::PEER));
-    let mut out = Vec::new();
-    for (i, l) in stage.losses.iter().enumerate() {
-        let base = loss_spec(l);
-        if l.kind == LossName::Ce {
-            out.push((i, base.clone()));
-        }
-        for (h, tap) in stage.heads.iter().enumerate() {
-            let head_logits = Some(format!("aux.{h}.logits"));
-            let term = match l.kind {
-                LossName::Ce => LossSpec {
-                    student_tap: head_logits,
-                    ..base.clone()
-                },
-                LossName::Kd | LossName::Dkd => LossSpec {
-                    student_tap: head_logits,
-                    teacher_tap: own("logits"),
-                    ..base.clone()
-                },
-                _ => LossSpec {
-                    student_tap: Some(tap.clone()),
-                    teacher_tap: own(l.teacher_tap.as_deref().unwrap_or("logits")),
-                    ..base.clone()
-                },
-            };
-            out.push((i, term));
-        }
-    }
-    out
-}
-
-/// The stage's loss terms as the step sees them, each with the index of the configured term it
-/// came from. With several models trained together (online distillation), every term applies to
-/// each model (taps prefixed with its name), and a `kd`/`dkd` term without teachers pulls each
-/// model toward every other's detached output, weighted 1/(K − 1) (deep mutual learning).
-fn stage_losses(stage: &super::config::StageConfig) -> Vec<(usize, LossSpec)> {
-    let names = &stage.train;
-    if !stage.heads.is_empty() {
-        return self_distillation_losses(stage);
-    }
-    if names.len() == 1 {
-        return stage
-            .losses
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i, loss_spec(l)))
-            .collect();
-    }
-    let mut out = Vec::new();
-    for (i, l) in stage.losses.iter().enumerate() {
-        let base = loss_spec(l);
-        let tap = |model: &str| format!("{model}.{}", l.student_tap.as_deref().unwrap_or("logits"));
-        let peer_kd = matches!(l.kind, LossName::Kd | LossName::Dkd) && stage.teachers.is_empty();
-        for (a, me) in names.iter().enumerate() {
-            if peer_kd {
-                for (b, other) in names.iter().enumerate() {
-                    if a != b {
-                        let weight = l.weight / (names.len() - 1) as f32;
-                        let teacher_tap = Some(format!("{}{other}.logits", crate::graph::PEER));
-                        out.push((
-                            i,
-                            LossSpec {
-                                weight,
-                                student_tap: Some(tap(me)),
-                                teacher_tap,
-                                ..base.clone()
-                            },
-                        ));
-                    }
-                }
-            } else {
-                out.push((
-                    i,
-                    LossSpec {
-                        student_tap: Some(tap(me)),
-                        ..base.clone()
-                    },
-                ));
-            }
-        }
-    }
-    out
-}
-
-fn loss_spec(l: &LossConfig) -> LossSpec {
-    let kind = match l.kind {
-        LossName::Ce => LossKind::Ce,
-        LossName::Kd => LossKind::Kd {
-            temperature: l.temperature.unwrap_or(4.0),
-        },
-        LossName::Dkd => LossKind::Dkd {
-            alpha: l.alpha.unwrap_or(1.0),
-            beta: l.beta.unwrap_or(8.0),
-            temperature: l.temperature.unwrap_or(4.0),
-        },
-        LossName::Hint => LossKind::Hint,
-        LossName::At => LossKind::At {
-            p: l.p.unwrap_or(2.0),
-        },
-        LossName::Sp => LossKind::Sp,
-        LossName::RkdDistance => LossKind::RkdDistance,
-        LossName::RkdAngle => LossKind::RkdAngle,
-        LossName::Pkt => LossKind::Pkt,
-    };
-    LossSpec {
-        kind,
-        weight: l.weight,
-        student_tap: l.student_tap.clone(),
-        teacher_tap: l.teacher_tap.clone(),
-        adapter: l.adapter.map(|a| match a {
-            AdapterName::Linear => Adapter::Linear,
-            AdapterName::Conv1x1 => Adapter::Conv1x1,
-        }),
     }
 }
 
@@ -695,7 +570,7 @@ pub fn run(
             };
             Some((teacher_at(batch)?, teacher_at(tail.max(2))?, w))
         };
-        let loss_terms = stage_losses(stage);
+        let loss_terms = stage.method()?.terms(stage)?;
         // With the cache, the step replays the teacher's stored outputs instead of running it.
         let cached = match &teacher {
             Some((tg, _, tw)) if config.data.teacher_cache => {

@@ -27,7 +27,8 @@ pub fn gpu() -> Option<&'static Gpu> {
 }
 
 #[allow(unused_imports)]
-pub use wgdistill::reference::{sample as data, widen};
+pub use wgdistill::reference::widen;
+pub use wgdistill::rng::sample as data;
 
 /// Shapes that are not multiples of any workgroup or tile size.
 pub const ODD_SIZES: &[usize] = &[1, 7, 33, 129, 1000, 65_537];
@@ -96,4 +97,62 @@ pub fn assert_close_f64(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: 
             "{what}[{i}]: got {g}, want {w}"
         );
     }
+}
+
+/// Uploads `v` as a tensor of `shape`.
+pub fn up(gpu: &Gpu, shape: &[usize], v: &[f32]) -> wgdistill::gpu::Tensor {
+    gpu.upload(shape, v).unwrap()
+}
+
+/// Runs one prepared launch and reads its output.
+pub fn run(gpu: &Gpu, (d, out): (wgdistill::gpu::Dispatch, wgdistill::gpu::Tensor)) -> Vec<f32> {
+    gpu.execute(&[d]).unwrap();
+    gpu.read::<f32>(&out).unwrap()
+}
+
+/// Runs prepared launches and reads `t`.
+pub fn read(gpu: &Gpu, plan: &[wgdistill::gpu::Dispatch], t: &wgdistill::gpu::Tensor) -> Vec<f32> {
+    gpu.execute(plan).unwrap();
+    gpu.read::<f32>(t).unwrap()
+}
+
+/// A sliding window: input (n, c, h, w), kernel, stride, padding.
+pub const fn win(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 2],
+) -> wgdistill::reference::conv::Window {
+    wgdistill::reference::conv::Window {
+        n,
+        c,
+        h,
+        w,
+        k,
+        s,
+        p,
+    }
+}
+
+/// Runs a loss's launches and reads the loss and the gradient.
+pub fn run_loss(gpu: &Gpu, plan: wgdistill::kernels::losses::LossPlan) -> (f32, Vec<f32>) {
+    let (loss, grad) = plan.run(gpu).unwrap();
+    (
+        gpu.read::<f32>(&loss).unwrap()[0],
+        gpu.read::<f32>(&grad).unwrap(),
+    )
+}
+
+/// `n` sample values scaled by `k`.
+pub fn scaled(n: usize, seed: u64, k: f32) -> Vec<f32> {
+    data(n, seed).iter().map(|v| v * k).collect()
+}
+
+/// Labels `(7i + 3) mod c` for a batch of `b`, as i32 and as class indices.
+pub fn labels(b: usize, c: usize) -> (Vec<i32>, Vec<usize>) {
+    let y: Vec<usize> = (0..b).map(|i| (i * 7 + 3) % c).collect();
+    (y.iter().map(|&v| v as i32).collect(), y)
 }

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::graph::{Graph, Op};
+use super::{Graph, Op};
 
-use super::conv::{self as cpu_conv, Window};
-use super::dense::{self, LinearShape};
+use crate::reference::activation::{Act, gelu, relu};
+use crate::reference::conv::{self as cpu_conv, Window};
+use crate::reference::matmul::{LinearShape, linear_forward};
+use crate::reference::{batchnorm, pool, response, softmax};
 
 /// Runs the forward pass on host values (parameters and buffers by name, input `x`) and returns
 /// every value.
@@ -22,12 +24,12 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                 let [m, k] = [graph.shape(x)[0], graph.shape(x)[1]];
                 let n = shape[1];
                 let b = bias.map_or(vec![0.0; n], &v);
-                dense::linear_forward(
+                linear_forward(
                     &values[x.0],
                     &values[weight.0],
                     &b,
                     LinearShape { m, n, k },
-                    dense::Act::Identity,
+                    Act::Identity,
                 )
                 .1
             }
@@ -49,7 +51,14 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                     p: spec.padding,
                 };
                 let b = bias.map(&v);
-                cpu_conv::conv2d(&values[x.0], &values[weight.0], b.as_deref(), &win, ws[0])
+                cpu_conv::conv2d(
+                    &values[x.0],
+                    &values[weight.0],
+                    b.as_deref(),
+                    &win,
+                    ws[0],
+                    spec.groups,
+                )
             }
             Op::BatchNorm {
                 x,
@@ -60,7 +69,7 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
             } => {
                 let s = graph.shape(x);
                 let spatial = s[2..].iter().product();
-                cpu_conv::batch_norm(
+                batchnorm::batch_norm(
                     &values[x.0],
                     s[0],
                     s[1],
@@ -71,8 +80,8 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                 )
                 .0
             }
-            Op::Relu { x } => values[x.0].iter().map(|&z| dense::relu(z)).collect(),
-            Op::Gelu { x } => values[x.0].iter().map(|&z| dense::gelu(z)).collect(),
+            Op::Relu { x } => values[x.0].iter().map(|&z| relu(z)).collect(),
+            Op::Gelu { x } => values[x.0].iter().map(|&z| gelu(z)).collect(),
             Op::MaxPool { x, pool } | Op::AvgPool { x, pool } => {
                 let s = graph.shape(x);
                 let win = Window {
@@ -85,9 +94,9 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                     p: pool.padding,
                 };
                 if matches!(node.op, Op::MaxPool { .. }) {
-                    cpu_conv::max_pool(&values[x.0], &win).0
+                    pool::max_pool(&values[x.0], &win).0
                 } else {
-                    cpu_conv::avg_pool(&values[x.0], &win)
+                    pool::avg_pool(&values[x.0], &win)
                 }
             }
             Op::GlobalAvgPool { x } => {
@@ -115,7 +124,7 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                 let cols = shape[1];
                 let mut acc = vec![0.0; values[parts[0].0].len()];
                 for (p, &w) in parts.iter().zip(weights) {
-                    let probs = super::softmax::forward(&values[p.0], cols, t, false);
+                    let probs = softmax::forward(&values[p.0], cols, t, false);
                     acc.iter_mut()
                         .zip(probs)
                         .for_each(|(a, q)| *a += f64::from(w) * q);
@@ -138,5 +147,5 @@ pub fn ce_loss(
     let values = forward(graph, params, x);
     let out = graph.output.expect("a model output");
     let classes = graph.shape(out)[1];
-    super::losses::ce(&values[out.0], labels, classes).loss
+    response::ce(&values[out.0], labels, classes).loss
 }

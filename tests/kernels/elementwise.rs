@@ -1,12 +1,12 @@
-//! Elementwise kernels against their f64 CPU references, at sizes that are not workgroup multiples.
+//! Elementwise kernels (`shaders/elementwise.wgsl`).
 
-mod common;
-
-use common::{ODD_SIZES, data, gpu, widen};
+use super::common::{ODD_SIZES, data, gpu, widen};
 use wgdistill::kernels::elementwise;
-use wgdistill::reference::{allclose, elementwise as cpu};
+use wgdistill::reference::allclose;
+use wgdistill::reference::elementwise as cpu;
 
 const RTOL: f64 = 1e-6;
+
 const ATOL: f64 = 1e-6;
 
 #[test]

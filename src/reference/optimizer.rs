@@ -1,5 +1,5 @@
-//! f64 references for the optimizers (PyTorch's `SGD` and `AdamW` update rules), global-norm
-//! clipping, and the dropout mask.
+//! f64 reference for `shaders/optimizer.wgsl`: PyTorch's `SGD` and `AdamW` update rules and
+//! global-norm clipping.
 
 /// One SGD step in place; `step` is 1 on the first update.
 #[allow(clippy::too_many_arguments)]
@@ -63,26 +63,4 @@ pub fn clip_grad_norm(g: &mut [f64], max_norm: f64) -> f64 {
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
     g.iter_mut().for_each(|v| *v *= coef);
     norm
-}
-
-fn mix32(v: u32) -> u32 {
-    let mut x = v;
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^= x >> 16;
-    x
-}
-
-/// Whether dropout keeps element `i` under `seed` for drop threshold `threshold` (= p·2³²).
-pub fn dropout_keeps(seed: u32, i: u32, threshold: u32) -> bool {
-    mix32(i ^ mix32(seed)) >= threshold
-}
-
-/// Whether the training-graph dropout (`dropout_step`) keeps element `i` at step `step` with
-/// salt `salt` for drop threshold `threshold`.
-pub fn dropout_step_keeps(salt: u32, step: u32, i: u32, threshold: u32) -> bool {
-    let seed = mix32(salt ^ mix32(step.wrapping_add(0x9e37_79b9)));
-    mix32(i ^ seed) >= threshold
 }

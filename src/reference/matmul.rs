@@ -1,5 +1,9 @@
-//! f64 references for dense layers: matmul with transposes, activations, axis reductions and the
-//! Linear layer's forward and backward pair (llm.c style: explicit, no autograd).
+//! f64 reference for `shaders/matmul.wgsl` and `shaders/matmul_subgroup.wgsl`: matmul with
+//! transposes, and the Linear layer's forward and backward pair (the matmul with its bias and
+//! activation epilogue; llm.c style: explicit, no autograd).
+
+use super::activation::Act;
+use super::reduce::reduce_axis;
 
 /// `op(a)·op(b)`: op(a) is m×k (a stored k×m when `trans_a`), op(b) is k×n (b stored n×k when
 /// `trans_b`). Row-major.
@@ -21,78 +25,6 @@ pub fn matmul(
         }
     }
     c
-}
-
-/// ReLU.
-pub fn relu(x: f64) -> f64 {
-    x.max(0.0)
-}
-
-/// ReLU's derivative (0 at 0, as PyTorch).
-pub fn relu_grad(x: f64) -> f64 {
-    if x > 0.0 { 1.0 } else { 0.0 }
-}
-
-/// Exact GELU `x·Φ(x)`.
-pub fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
-}
-
-/// GELU's derivative `Φ(x) + x·φ(x)`.
-pub fn gelu_grad(x: f64) -> f64 {
-    let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
-    let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-    cdf + x * pdf
-}
-
-/// Sum, mean or max over `axis` of a row-major tensor of `shape`.
-pub fn reduce_axis(x: &[f64], shape: &[usize], axis: usize, op: &str) -> Vec<f64> {
-    let outer: usize = shape[..axis].iter().product();
-    let len = shape[axis];
-    let inner: usize = shape[axis + 1..].iter().product();
-    let mut out = Vec::with_capacity(outer * inner);
-    for o in 0..outer {
-        for i in 0..inner {
-            let vals = (0..len).map(|l| x[(o * len + l) * inner + i]);
-            out.push(match op {
-                "max" => vals.fold(f64::NEG_INFINITY, f64::max),
-                "mean" => vals.sum::<f64>() / len as f64,
-                _ => vals.sum(),
-            });
-        }
-    }
-    out
-}
-
-/// Which activation a Linear layer applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Act {
-    /// None.
-    Identity,
-    /// ReLU.
-    Relu,
-    /// Exact GELU.
-    Gelu,
-}
-
-impl Act {
-    /// f(z).
-    pub fn apply(self, z: f64) -> f64 {
-        match self {
-            Act::Identity => z,
-            Act::Relu => relu(z),
-            Act::Gelu => gelu(z),
-        }
-    }
-
-    /// f'(z).
-    pub fn grad(self, z: f64) -> f64 {
-        match self {
-            Act::Identity => 1.0,
-            Act::Relu => relu_grad(z),
-            Act::Gelu => gelu_grad(z),
-        }
-    }
 }
 
 /// A Linear layer's sizes: `m` rows (batch), `n` outputs, `k` inputs.

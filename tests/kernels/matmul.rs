@@ -1,27 +1,16 @@
-//! Dense kernels against the f64 references: matmul (both kernel styles, every transpose, bias and
-//! activation epilogues) at shapes that are not tile multiples, activations, axis reductions, and
-//! the Linear layer's backward pass checked by finite differences.
+//! Matmul (`shaders/matmul*.wgsl`): every style and transpose at shapes off the tiles, the
+//! bias and activation epilogue, and the Linear layer's backward pass.
 
-mod common;
-
-use common::{assert_close_f64, data, finite_difference, gpu, widen};
-use wgdistill::gpu::{Gpu, KernelStyle, Tensor};
+use super::common::{assert_close_f64, data, finite_difference, gpu, run, up, widen};
+use wgdistill::gpu::KernelStyle;
 use wgdistill::kernels::activation::{self, Kind};
 use wgdistill::kernels::matmul::{Activation, MatmulOptions, matmul};
 use wgdistill::kernels::reduce::{AxisOp, reduce_axis};
+use wgdistill::reference::activation::Act;
 use wgdistill::reference::allclose;
-use wgdistill::reference::dense::{self as cpu, Act, LinearShape};
+use wgdistill::reference::matmul::{self as cpu, LinearShape};
 
 const STYLES: [KernelStyle; 2] = [KernelStyle::RegisterBlocked, KernelStyle::WorkgroupTiled];
-
-fn up(gpu: &Gpu, shape: &[usize], v: &[f32]) -> Tensor {
-    gpu.upload(shape, v).unwrap()
-}
-
-fn run(gpu: &Gpu, (d, out): (wgdistill::gpu::Dispatch, Tensor)) -> Vec<f32> {
-    gpu.execute(&[d]).unwrap();
-    gpu.read::<f32>(&out).unwrap()
-}
 
 #[test]
 fn matmul_matches_reference_for_every_style_transpose_and_odd_shape() {
@@ -214,77 +203,6 @@ fn matmul_shape_errors_name_both_operands() {
         .unwrap()
         .to_string();
     assert!(e.contains("bias"), "{e}");
-}
-
-#[test]
-fn activations_match_reference_forward_and_backward() {
-    let Some(gpu) = gpu() else { return };
-    for &n in common::ODD_SIZES {
-        let xv: Vec<f32> = data(n, 6).iter().map(|v| 4.0 * v).collect();
-        let dyv = data(n, 7);
-        let (x, dy) = (up(gpu, &[n], &xv), up(gpu, &[n], &dyv));
-        for (kind, act) in [(Kind::Relu, Act::Relu), (Kind::Gelu, Act::Gelu)] {
-            let want: Vec<f64> = widen(&xv).iter().map(|&v| act.apply(v)).collect();
-            allclose(
-                &run(gpu, activation::forward(gpu, kind, &x).unwrap()),
-                &want,
-                1e-6,
-                1e-6,
-            )
-            .unwrap_or_else(|e| panic!("{kind:?} forward n={n}: {e}"));
-            let want: Vec<f64> = widen(&xv)
-                .iter()
-                .zip(widen(&dyv))
-                .map(|(&v, g)| g * act.grad(v))
-                .collect();
-            allclose(
-                &run(gpu, activation::backward(gpu, kind, &x, &dy).unwrap()),
-                &want,
-                1e-6,
-                1e-6,
-            )
-            .unwrap_or_else(|e| panic!("{kind:?} backward n={n}: {e}"));
-        }
-    }
-}
-
-#[test]
-fn activation_reference_derivatives_match_finite_differences() {
-    for act in [Act::Relu, Act::Gelu] {
-        for x in [-3.0, -0.7, 0.3, 1.9, 5.0] {
-            let fd = (act.apply(x + 1e-6) - act.apply(x - 1e-6)) / 2e-6;
-            assert!(
-                (fd - act.grad(x)).abs() < 1e-7,
-                "{act:?} at {x}: {fd} vs {}",
-                act.grad(x)
-            );
-        }
-    }
-}
-
-#[test]
-fn axis_reductions_match_reference() {
-    let Some(gpu) = gpu() else { return };
-    let shape = [3, 5, 7];
-    let xv = data(105, 8);
-    let x = up(gpu, &shape, &xv);
-    for axis in 0..3 {
-        for (op, name) in [
-            (AxisOp::Sum, "sum"),
-            (AxisOp::Mean, "mean"),
-            (AxisOp::Max, "max"),
-        ] {
-            let want = cpu::reduce_axis(&widen(&xv), &shape, axis, name);
-            allclose(
-                &run(gpu, reduce_axis(gpu, &x, axis, op).unwrap()),
-                &want,
-                1e-6,
-                1e-6,
-            )
-            .unwrap_or_else(|e| panic!("{name} over axis {axis}: {e}"));
-        }
-    }
-    assert!(reduce_axis(gpu, &x, 3, AxisOp::Sum).is_err());
 }
 
 #[test]

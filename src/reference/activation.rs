@@ -1,0 +1,54 @@
+//! f64 reference for `shaders/activation.wgsl`: ReLU and exact GELU with their derivatives.
+
+/// ReLU.
+pub fn relu(x: f64) -> f64 {
+    x.max(0.0)
+}
+
+/// ReLU's derivative (0 at 0, as PyTorch).
+pub fn relu_grad(x: f64) -> f64 {
+    if x > 0.0 { 1.0 } else { 0.0 }
+}
+
+/// Exact GELU `x·Φ(x)`.
+pub fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+/// GELU's derivative `Φ(x) + x·φ(x)`.
+pub fn gelu_grad(x: f64) -> f64 {
+    let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+    let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    cdf + x * pdf
+}
+
+/// Which activation a Linear layer applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// None.
+    Identity,
+    /// ReLU.
+    Relu,
+    /// Exact GELU.
+    Gelu,
+}
+
+impl Act {
+    /// f(z).
+    pub fn apply(self, z: f64) -> f64 {
+        match self {
+            Act::Identity => z,
+            Act::Relu => relu(z),
+            Act::Gelu => gelu(z),
+        }
+    }
+
+    /// f'(z).
+    pub fn grad(self, z: f64) -> f64 {
+        match self {
+            Act::Identity => 1.0,
+            Act::Relu => relu_grad(z),
+            Act::Gelu => gelu_grad(z),
+        }
+    }
+}

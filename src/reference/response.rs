@@ -1,0 +1,110 @@
+//! f64 references for the response-based losses (`shaders/response.wgsl`): `ce`, `kd`, `dkd`, as
+//! `docs/losses.md` defines them (RepDistiller's KD, mdistiller's DKD). Each returns the loss and
+//! its gradient with respect to the student; the teacher is a constant.
+
+use super::LossGrad;
+use super::softmax::{log_softmax_row as log_softmax, softmax_row as softmax};
+
+fn rows(x: &[f64], cols: usize) -> impl Iterator<Item = &[f64]> {
+    x.chunks(cols.max(1))
+}
+/// `Σ p (log p − log q)` with `0 log 0 = 0`.
+fn kl(p: &[f64], log_p: &[f64], log_q: &[f64]) -> f64 {
+    p.iter()
+        .zip(log_p)
+        .zip(log_q)
+        .map(|((&p, &lp), &lq)| if p > 0.0 { p * (lp - lq) } else { 0.0 })
+        .sum()
+}
+
+/// Cross-entropy: `−(1/B) Σ_b log_softmax(s)_b[y_b]`.
+pub fn ce(s: &[f64], labels: &[usize], classes: usize) -> LossGrad {
+    let b = labels.len() as f64;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(s.len());
+    for (row, &y) in rows(s, classes).zip(labels) {
+        let ls = log_softmax(row);
+        loss -= ls[y] / b;
+        grad.extend(
+            ls.iter()
+                .enumerate()
+                .map(|(c, l)| (l.exp() - f64::from(c == y)) / b),
+        );
+    }
+    LossGrad { loss, grad }
+}
+
+/// Hinton KD: `T²/B Σ KL(softmax(t/T) ‖ softmax(s/T))`.
+pub fn kd(s: &[f64], t: &[f64], classes: usize, temperature: f64) -> LossGrad {
+    let b = (s.len() / classes) as f64;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(s.len());
+    for (rs, rt) in rows(s, classes).zip(rows(t, classes)) {
+        let zs: Vec<f64> = rs.iter().map(|v| v / temperature).collect();
+        let zt: Vec<f64> = rt.iter().map(|v| v / temperature).collect();
+        let (ls, lt) = (log_softmax(&zs), log_softmax(&zt));
+        let pt: Vec<f64> = lt.iter().map(|v| v.exp()).collect();
+        loss += temperature * temperature / b * kl(&pt, &lt, &ls);
+        grad.extend(
+            ls.iter()
+                .zip(&pt)
+                .map(|(l, p)| temperature / b * (l.exp() - p)),
+        );
+    }
+    LossGrad { loss, grad }
+}
+
+/// Decoupled KD: `alpha·TCKD + beta·NCKD` (mdistiller).
+pub fn dkd(
+    s: &[f64],
+    t: &[f64],
+    labels: &[usize],
+    classes: usize,
+    alpha: f64,
+    beta: f64,
+    temperature: f64,
+) -> LossGrad {
+    let b = labels.len() as f64;
+    let scale = temperature * temperature / b;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(s.len());
+    for ((rs, rt), &y) in rows(s, classes).zip(rows(t, classes)).zip(labels) {
+        let zs: Vec<f64> = rs.iter().map(|v| v / temperature).collect();
+        let zt: Vec<f64> = rt.iter().map(|v| v / temperature).collect();
+        let (ps, pt) = (softmax(&zs), softmax(&zt));
+        // Binary masses [target, rest].
+        let bs = [ps[y], 1.0 - ps[y]];
+        let bt = [pt[y], 1.0 - pt[y]];
+        let tckd: f64 = (0..2)
+            .map(|k| {
+                if bt[k] > 0.0 {
+                    bt[k] * (bt[k].ln() - bs[k].ln())
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        // Non-target distributions: the target logit pushed out by 1000 before the softmax.
+        let mask = |z: &[f64]| -> Vec<f64> {
+            z.iter()
+                .enumerate()
+                .map(|(c, v)| v - 1000.0 * f64::from(c == y))
+                .collect()
+        };
+        let (lqs, lqt) = (log_softmax(&mask(&zs)), log_softmax(&mask(&zt)));
+        let qt: Vec<f64> = lqt.iter().map(|v| v.exp()).collect();
+        let nckd = kl(&qt, &lqt, &lqs);
+        loss += scale * (alpha * tckd + beta * nckd);
+        // d TCKD / dz_c = ps_c − bt0 [c = y] − bt1 [c ≠ y] qs'_c, qs' = softmax over non-targets.
+        for c in 0..classes {
+            let d_tckd = if c == y {
+                ps[c] - bt[0]
+            } else {
+                ps[c] - bt[1] * ps[c] / bs[1]
+            };
+            let d_nckd = lqs[c].exp() - qt[c];
+            grad.push(temperature / b * (alpha * d_tckd + beta * d_nckd));
+        }
+    }
+    LossGrad { loss, grad }
+}

@@ -1,0 +1,185 @@
+//! The distillation method of a stage, derived once from its configuration. The method owns the
+//! rules that depend on it (what a term may read, where its target comes from) and the expansion
+//! of the configured loss terms into the compiled step's terms:
+//!
+//! - **offline**: one model, alone or against frozen teachers (several teachers as one ensemble
+//!   whose logits are their softened mixture); each term as configured;
+//! - **mutual** (online, deep mutual learning): several models trained together as one graph of
+//!   peers; every term applies to each peer, and a logits term without teachers pulls each peer
+//!   toward every other's detached output with weight 1/(K − 1);
+//! - **self-distillation** (Be Your Own Teacher): one model with auxiliary classifier heads on
+//!   taps; label terms train the model and every head, logits terms pull each head toward the
+//!   model's own detached logits, feature terms pull each head's tap toward a deeper tap.
+
+use crate::graph::{Adapter, LossSpec, PEER};
+
+use super::config::{AdapterName, LossConfig, StageConfig};
+
+/// How a stage trains its models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// One model, alone or against frozen teachers.
+    Offline,
+    /// Several models trained together as peers.
+    Mutual,
+    /// One model with auxiliary heads on its taps.
+    SelfDistillation,
+}
+
+/// A configuration error: the key at fault (relative to the stage, e.g. `heads`) and what is
+/// wrong.
+pub type Fault = (String, String);
+
+impl Method {
+    /// The method of `stage`, with the rules on which models it trains.
+    pub fn of(stage: &StageConfig) -> Result<Method, Fault> {
+        if stage.heads.is_empty() {
+            return Ok(if stage.train.len() > 1 {
+                Method::Mutual
+            } else {
+                Method::Offline
+            });
+        }
+        if stage.train.len() != 1 || !stage.teachers.is_empty() {
+            return Err((
+                "heads".into(),
+                "self-distillation trains one model by itself: one model in train, no teachers"
+                    .into(),
+            ));
+        }
+        Ok(Method::SelfDistillation)
+    }
+
+    /// Checks configured term `j` (its loss already resolved) against the method: where its
+    /// target comes from and which taps it may set.
+    pub fn check_term(self, j: usize, term: &LossConfig, has_teachers: bool) -> Result<(), Fault> {
+        let at = |key: &str| format!("losses[{j}]{key}");
+        let loss = term.loss().map_err(|(key, m)| (at(&key), m))?;
+        let def = loss.def();
+        if !def.needs_teacher() {
+            if term.teacher_tap.is_some() || term.adapter.is_some() {
+                let message = format!(
+                    "{} uses the labels: it takes no teacher_tap or adapter",
+                    def.name
+                );
+                return Err((at(""), message));
+            }
+            return Ok(());
+        }
+        let has_target = match self {
+            Method::Offline => has_teachers,
+            // Without teachers, a logits term targets the other peers.
+            Method::Mutual => has_teachers || def.reads_logits(),
+            // The model's own logits or deeper taps.
+            Method::SelfDistillation => true,
+        };
+        if !has_target {
+            let message = format!(
+                "{} needs a teacher: add teachers = [\"…\"] to the stage",
+                def.name
+            );
+            return Err((at(".kind"), message));
+        }
+        if self == Method::SelfDistillation && term.student_tap.is_some() {
+            return Err((
+                at(".student_tap"),
+                "with heads, the student side of each term is the head (its logits, or its tap for feature terms)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stage's terms as the step sees them, each with the index of the configured term it
+    /// came from. Call on a checked configuration.
+    pub fn terms(self, stage: &StageConfig) -> crate::Result<Vec<(usize, LossSpec)>> {
+        let mut out = Vec::new();
+        for (i, term) in stage.losses.iter().enumerate() {
+            let base = spec(term)?;
+            let def = base.loss.def();
+            match self {
+                Method::Offline => out.push((i, base)),
+                Method::Mutual => {
+                    let peers = &stage.train;
+                    let tap = |model: &str| {
+                        Some(format!(
+                            "{model}.{}",
+                            term.student_tap.as_deref().unwrap_or("logits")
+                        ))
+                    };
+                    let toward_peers =
+                        def.reads_logits() && def.needs_teacher() && stage.teachers.is_empty();
+                    for (a, me) in peers.iter().enumerate() {
+                        if !toward_peers {
+                            out.push((
+                                i,
+                                LossSpec {
+                                    student_tap: tap(me),
+                                    ..base.clone()
+                                },
+                            ));
+                            continue;
+                        }
+                        let others = peers.iter().enumerate().filter(|(b, _)| *b != a);
+                        for (_, other) in others {
+                            out.push((
+                                i,
+                                LossSpec {
+                                    weight: term.weight / (peers.len() - 1) as f32,
+                                    student_tap: tap(me),
+                                    teacher_tap: Some(format!("{PEER}{other}.logits")),
+                                    ..base.clone()
+                                },
+                            ));
+                        }
+                    }
+                }
+                Method::SelfDistillation => {
+                    let own = |tap: &str| Some(format!("{PEER}{tap}"));
+                    if !def.needs_teacher() {
+                        out.push((i, base.clone()));
+                    }
+                    for (h, tap) in stage.heads.iter().enumerate() {
+                        let head_logits = Some(format!("aux.{h}.logits"));
+                        let term_spec = if !def.needs_teacher() {
+                            LossSpec {
+                                student_tap: head_logits,
+                                ..base.clone()
+                            }
+                        } else if def.reads_logits() {
+                            LossSpec {
+                                student_tap: head_logits,
+                                teacher_tap: own("logits"),
+                                ..base.clone()
+                            }
+                        } else {
+                            LossSpec {
+                                student_tap: Some(tap.clone()),
+                                teacher_tap: own(term.teacher_tap.as_deref().unwrap_or("logits")),
+                                ..base.clone()
+                            }
+                        };
+                        out.push((i, term_spec));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A configured term as the step's loss spec, taps and adapter as written.
+fn spec(term: &LossConfig) -> crate::Result<LossSpec> {
+    let loss = term
+        .loss()
+        .map_err(|(key, m)| crate::error::input_error(format!("loss{key}"), m))?;
+    Ok(LossSpec {
+        loss,
+        weight: term.weight,
+        student_tap: term.student_tap.clone(),
+        teacher_tap: term.teacher_tap.clone(),
+        adapter: term.adapter.map(|a| match a {
+            AdapterName::Linear => Adapter::Linear,
+            AdapterName::Conv1x1 => Adapter::Conv1x1,
+        }),
+    })
+}

@@ -1,0 +1,121 @@
+//! Pooling (`shaders/pool.wgsl`) and its reference backward.
+
+use super::common::{assert_close_f64, data, finite_difference, gpu, read, up, widen, win};
+use wgdistill::kernels::pool::{self, Pool2d};
+use wgdistill::reference::allclose;
+use wgdistill::reference::conv::Window;
+use wgdistill::reference::pool as cpu;
+
+const POOL_CASES: &[Window] = &[
+    win(1, 1, 2, 2, [2, 2], [2, 2], [0, 0]),
+    win(2, 3, 7, 9, [3, 3], [2, 2], [1, 1]),
+    win(3, 2, 5, 6, [2, 3], [1, 2], [1, 0]),
+    win(1, 4, 9, 9, [3, 3], [3, 3], [0, 0]),
+];
+
+#[test]
+fn pooling_matches_reference_forward_and_backward() {
+    let Some(gpu) = gpu() else { return };
+    for &win in POOL_CASES {
+        let Window {
+            n,
+            c,
+            h,
+            w,
+            k,
+            s,
+            p,
+        } = win;
+        let [ho, wo] = win.out();
+        let xv = data(n * c * h * w, 8);
+        let dyv = data(n * c * ho * wo, 9);
+        let (x, dy) = (up(gpu, &[n, c, h, w], &xv), up(gpu, &[n, c, ho, wo], &dyv));
+        let spec = Pool2d {
+            kernel: k,
+            stride: s,
+            padding: p,
+        };
+
+        let (want_y, want_arg) = cpu::max_pool(&widen(&xv), &win);
+        let (d, y, arg) = pool::max_pool_forward(gpu, &x, &spec).unwrap();
+        allclose(&read(gpu, &[d], &y), &want_y, 0.0, 0.0)
+            .unwrap_or_else(|e| panic!("max {win:?}: {e}"));
+        let got_arg: Vec<usize> = gpu
+            .read::<i32>(&arg)
+            .unwrap()
+            .iter()
+            .map(|&a| a as usize)
+            .collect();
+        assert_eq!(got_arg, want_arg, "argmax {win:?}");
+        let (d, dx) = pool::max_pool_backward(gpu, &x, &spec, &arg, &dy).unwrap();
+        let want = cpu::max_pool_backward(&want_arg, &widen(&dyv), &win);
+        allclose(&read(gpu, &[d], &dx), &want, 1e-6, 1e-7)
+            .unwrap_or_else(|e| panic!("max backward {win:?}: {e}"));
+
+        let (d, y) = pool::avg_pool_forward(gpu, &x, &spec).unwrap();
+        allclose(
+            &read(gpu, &[d], &y),
+            &cpu::avg_pool(&widen(&xv), &win),
+            1e-6,
+            1e-7,
+        )
+        .unwrap_or_else(|e| panic!("avg {win:?}: {e}"));
+        let (d, dx) = pool::avg_pool_backward(gpu, &x, &spec, &dy).unwrap();
+        allclose(
+            &read(gpu, &[d], &dx),
+            &cpu::avg_pool_backward(&widen(&dyv), &win),
+            1e-6,
+            1e-7,
+        )
+        .unwrap_or_else(|e| panic!("avg backward {win:?}: {e}"));
+    }
+}
+
+#[test]
+fn pooling_reference_backward_matches_finite_differences() {
+    let win = Window {
+        n: 1,
+        c: 2,
+        h: 5,
+        w: 6,
+        k: [3, 2],
+        s: [2, 2],
+        p: [1, 1],
+    };
+    let x = widen(&data(60, 10));
+    let [ho, wo] = win.out();
+    let r = widen(&data(2 * ho * wo, 11));
+    let dot = |y: Vec<f64>| -> f64 { y.iter().zip(&r).map(|(a, b)| a * b).sum() };
+    let fd = finite_difference(&x, 1e-6, |x| dot(cpu::avg_pool(x, &win)));
+    assert_close_f64("avg", &cpu::avg_pool_backward(&r, &win), &fd, 1e-6, 1e-8);
+    // Distinct values keep every maximum strict, so max pooling is differentiable here.
+    let fd = finite_difference(&x, 1e-6, |x| dot(cpu::max_pool(x, &win).0));
+    let (_, arg) = cpu::max_pool(&x, &win);
+    assert_close_f64(
+        "max",
+        &cpu::max_pool_backward(&arg, &r, &win),
+        &fd,
+        1e-6,
+        1e-8,
+    );
+}
+
+#[test]
+fn global_average_pooling_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let (n, c, h, w) = (3, 5, 7, 3);
+    let xv = data(n * c * h * w, 12);
+    let x = up(gpu, &[n, c, h, w], &xv);
+    let (d, y) = pool::global_avg_pool_forward(gpu, &x).unwrap();
+    let want: Vec<f64> = widen(&xv)
+        .chunks(h * w)
+        .map(|p| p.iter().sum::<f64>() / (h * w) as f64)
+        .collect();
+    allclose(&read(gpu, &[d], &y), &want, 1e-6, 1e-7).unwrap();
+    let dyv = data(n * c, 13);
+    let (d, dx) = pool::global_avg_pool_backward(gpu, &x, &up(gpu, &[n, c], &dyv)).unwrap();
+    let want: Vec<f64> = (0..n * c * h * w)
+        .map(|k| f64::from(dyv[k / (h * w)]) / (h * w) as f64)
+        .collect();
+    allclose(&read(gpu, &[d], &dx), &want, 1e-6, 1e-8).unwrap();
+}
