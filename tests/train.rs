@@ -230,48 +230,45 @@ fn eval_reports_a_checkpoints_test_accuracy() {
     );
 }
 
+/// The multi-seed protocol, in process: a folder per seed, and the aggregate summary with each
+/// model's per-seed accuracies, mean and standard deviation.
 #[test]
 fn several_seeds_report_mean_and_std_per_model() {
-    let Some(_) = gpu() else { return };
-    let dir = out_dir("seeds");
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("run.toml");
-    std::fs::write(
-        &cfg,
-        small(DEFAULT_CONFIG).replace("epochs = 2", "epochs = 1"),
-    )
-    .unwrap();
-    let backend = std::env::var("WGPU_BACKEND").unwrap_or_default();
-    let out = wgdistill(&[
-        "--backend",
-        &backend,
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        dir.join("o").to_str().unwrap(),
-        "--seeds",
-        "2",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(" ± "));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("o/summary.json")).unwrap())
-            .unwrap();
-    for stage in json["stages"].as_array().unwrap() {
-        let m = &stage["models"][0];
-        assert_eq!(m["test_accuracy_per_seed"].as_array().unwrap().len(), 2);
-        assert!(m["test_accuracy_mean"].is_number() && m["test_accuracy_std"].is_number());
+    let Some(gpu) = gpu() else { return };
+    let text = small(DEFAULT_CONFIG).replace("epochs = 2", "epochs = 1");
+    let cfg = config::parse("seeds", &text).unwrap();
+    let opts = RunOptions::new(out_dir("seeds"));
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let mut lines = Vec::new();
+    let summary =
+        wgdistill::train::seeds::run_seeds(gpu, &cfg, &opts, 2, &train, &test, &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+    assert!(lines.iter().any(|l| l.starts_with("seed 1: ")), "{lines:?}");
+    for stage in &summary.stages {
+        let m = &stage.models[0];
+        assert_eq!(m.test_accuracy_per_seed.as_ref().unwrap().len(), 2);
+        assert!(m.test_accuracy_mean.is_some() && m.test_accuracy_std.is_some());
     }
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(opts.out.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        written["stages"].as_array().unwrap().len(),
+        summary.stages.len()
+    );
     assert!(
-        dir.join("o/seed-0/summary.json").is_file()
-            && dir
-                .join("o/seed-1/checkpoints/teacher.safetensors")
+        opts.out.join("seed-0/summary.json").is_file()
+            && opts
+                .out
+                .join("seed-1/checkpoints/teacher.safetensors")
                 .is_file()
     );
+    let e = wgdistill::train::seeds::run_seeds(gpu, &cfg, &opts, 0, &train, &test, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--seeds"), "{e}");
 }
 
 #[test]
@@ -332,7 +329,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     assert!(e.contains("nothing to resume"), "{e}");
 }
 
-fn run_small(name: &str, text: &str) -> run::Summary {
+fn run_small(name: &str, text: &str) -> wgdistill::train::summary::Summary {
     let gpu = gpu().expect("checked by the caller");
     let small_text = text
         .replace("dataset = \"fashion-mnist\"", "dataset = \"synthetic\"")

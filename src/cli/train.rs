@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use wgdistill::gpu::{AdapterQuery, Gpu};
 use wgdistill::train::config::{self, Config, DEFAULT_CONFIG};
-use wgdistill::train::run::{self, RunOptions, Summary};
+use wgdistill::train::run::{self, RunOptions};
+use wgdistill::train::seeds;
+use wgdistill::train::summary::{Summary, read_summary};
 
 use super::CliError;
 
@@ -78,47 +80,11 @@ fn execute(
     );
     let gpu = Gpu::new(query)?;
     println!("adapter: {}", gpu.caps().label());
+    let mut log = |line: &str| println!("{line}");
     let summary = if seeds == 1 {
-        run::run(&gpu, &config, &opts, &train, &test, &mut |line| {
-            println!("{line}")
-        })?
+        run::run(&gpu, &config, &opts, &train, &test, &mut log)?
     } else {
-        // Each seed in its own folder; the top-level summary holds mean ± std over them,
-        // rewritten after every seed so that an interrupted run keeps the seeds it finished.
-        // With --resume each seed's folder that has progress goes on; seeds after the first
-        // start from the first seed's `once` stages.
-        let mut runs = Vec::new();
-        let first = opts.out.join(format!("seed-{}", config.seed));
-        for k in 0..seeds {
-            let mut cfg = config.clone();
-            cfg.seed = config.seed + k as u64;
-            let out = opts.out.join(format!("seed-{}", cfg.seed));
-            let has_progress = out.join("progress.json").is_file();
-            let resume = if opts.resume && has_progress {
-                true
-            } else if k > 0 && config.once_stages() > 0 {
-                run::start_from_first_seed(&config, &first, &out)?;
-                true
-            } else {
-                false
-            };
-            let run_opts = RunOptions {
-                out,
-                resume,
-                ..opts.clone()
-            };
-            let seed = cfg.seed;
-            runs.push(run::run(
-                &gpu,
-                &cfg,
-                &run_opts,
-                &train,
-                &test,
-                &mut |line| println!("seed {seed}: {line}"),
-            )?);
-            run::write_summary(&opts.out, &run::aggregate(&runs))?;
-        }
-        run::aggregate(&runs)
+        seeds::run_seeds(&gpu, &config, &opts, seeds, &train, &test, &mut log)?
     };
     print_table(&summary);
     println!("results in {}", opts.out.display());
@@ -250,11 +216,7 @@ pub fn report(run_dir: &Path, baseline: &str, json: Option<&Path>) -> Result<(),
     } else {
         run_dir.to_path_buf()
     };
-    let what = path.display().to_string();
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| CliError::Message(format!("{what}: cannot read ({e})")))?;
-    let summary: Summary = serde_json::from_str(&text)
-        .map_err(|e| CliError::Message(format!("{what}: not a wgdistill summary ({e})")))?;
+    let summary = read_summary(&path)?;
     let results = wgdistill::train::report::results(&summary, Some(baseline));
     print!("{}", wgdistill::train::report::markdown(&results));
     if let Some(file) = json {

@@ -1,10 +1,17 @@
-//! Training runs: the staged configuration ([`config`]) and the runner that executes it
-//! ([`run`]), its curves ([`curves`]), the teacher-output cache ([`teacher_cache`]) and the
-//! results table ([`report`]).
+//! Training runs: the staged configuration ([`config`]) and each stage's method ([`method`]),
+//! the runner that executes it ([`run`]: [`stage`] plans a stage, [`epoch`] trains one epoch),
+//! the run folder ([`checkpoint`]), `summary.json` ([`summary`]), several seeds ([`seeds`]),
+//! the curves ([`curves`]), the teacher-output cache ([`teacher_cache`]) and the results table
+//! ([`report`]).
 
+pub mod checkpoint;
 pub mod config;
 pub mod curves;
+pub mod epoch;
 pub mod method;
 pub mod report;
 pub mod run;
+pub mod seeds;
+pub mod stage;
+pub mod summary;
 pub mod teacher_cache;

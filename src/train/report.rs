@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::run::{AdapterSummary, Summary};
+use super::summary::{AdapterSummary, Summary};
 
 /// One trained model.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

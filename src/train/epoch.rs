@@ -1,0 +1,131 @@
+//! One epoch of a stage: the schedule's learning rate and loss-weight ramps written into the
+//! steps, then the batches in the epoch's shuffled order, each one submission (with the cached
+//! teacher rows written beside the images when the teacher is replayed).
+
+use std::time::Instant;
+
+use crate::Result;
+use crate::data::{self, Dataset};
+use crate::gpu::Gpu;
+
+use super::config::Config;
+use super::run::RunOptions;
+use super::stage::StagePlan;
+
+/// What one epoch did.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochStats {
+    /// The weighted total loss of the epoch's last full step.
+    pub loss: f32,
+    /// Samples trained on.
+    pub samples: usize,
+    /// Training time (no evaluation).
+    pub seconds: f64,
+}
+
+/// Trains epoch `epoch` (0-based) of the planned stage at learning rate `lr`.
+pub fn train_epoch(
+    gpu: &Gpu,
+    config: &Config,
+    epoch: usize,
+    lr: f32,
+    plan: &mut StagePlan<'_>,
+    train: &Dataset,
+    opts: &RunOptions,
+) -> Result<EpochStats> {
+    let (stage, index) = (plan.stage, plan.index);
+    let start = Instant::now();
+    schedule(gpu, plan, epoch, lr);
+    let batch = config.data.batch_size;
+    let order = data::epoch_order(train.len(), config.seed ^ index as u64, epoch as u64);
+    let bar = progress_bar(
+        opts.progress,
+        order.len().div_ceil(batch),
+        &format!("{} {}/{}", stage.name, epoch + 1, stage.epochs),
+    );
+    let augment_images = stage.augment.unwrap_or(config.data.augment);
+    let (mut xb, mut yb, mut tb) = (Vec::new(), Vec::new(), Vec::new());
+    let mut samples = 0;
+    for (bi, idx) in order.chunks(batch).enumerate() {
+        let full = idx.len() == batch;
+        // A last batch of one is dropped: batch statistics need two samples.
+        let Some(step) = (if full {
+            Some(&plan.step)
+        } else {
+            plan.tail_step.as_ref()
+        }) else {
+            continue;
+        };
+        let augment =
+            augment_images.then_some((2, config.seed ^ ((epoch as u64) << 32) ^ bi as u64));
+        data::fill_batch(train, idx, augment, &mut xb, &mut yb);
+        if let Some(outputs) = &plan.cached {
+            for (k, (tap, _)) in outputs.taps.iter().enumerate() {
+                outputs.gather(k, idx, &mut tb);
+                step.write_teacher_input(gpu, tap, &tb)?;
+            }
+        }
+        // Every tenth step also fetches its losses, collected later without a stall.
+        if full && opts.progress && bi % 10 == 0 {
+            step.run_fetching_losses(gpu, &xb, &yb)?;
+        } else {
+            step.run(gpu, &xb, &yb)?;
+        }
+        samples += idx.len();
+        if opts.progress {
+            if let Some(losses) = plan.step.poll_losses(gpu)? {
+                let total: f32 = losses.iter().map(|(_, w, l)| w * l).sum();
+                let rate = samples as f64 / start.elapsed().as_secs_f64();
+                let acc = if epoch > 0 {
+                    format!(
+                        ", test accuracy {:.4} after epoch {epoch}",
+                        plan.accuracy[0]
+                    )
+                } else {
+                    String::new()
+                };
+                bar.set_message(format!("loss {total:.4}, {rate:.0} samples/s{acc}"));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(EpochStats {
+        loss: plan.step.total_loss(gpu)?,
+        samples,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes the epoch's learning rate and each term's weight (ramped over its warm-up) into both
+/// steps' bound uniforms.
+fn schedule(gpu: &Gpu, plan: &mut StagePlan<'_>, epoch: usize, lr: f32) {
+    let stage = plan.stage;
+    for step in std::iter::once(&mut plan.step).chain(plan.tail_step.as_mut()) {
+        step.set_learning_rate(gpu, lr);
+        for (i, (source, term)) in plan.terms.iter().enumerate() {
+            let warmup = stage.losses[*source].warmup_epochs;
+            let ramp = if warmup > 0 {
+                ((epoch + 1) as f32 / warmup as f32).min(1.0)
+            } else {
+                1.0
+            };
+            step.set_loss_weight(gpu, i, term.weight * ramp);
+        }
+    }
+}
+
+/// A progress bar for one epoch: hidden unless asked for and standard error is a terminal.
+fn progress_bar(show: bool, batches: usize, prefix: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(batches as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix.to_string());
+    bar
+}

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Golden cases for wgdistill's losses, computed in float64 with PyTorch autograd.
+
+Each loss is written here as its reference implementation computes it (docs/losses.md names
+them), independently of wgdistill's kernels and f64 references: the expected values are
+`loss` and `grad_student` = d loss / d student, rounded to f32.
+
+  make_golden.py check [DIR]           recompute every case in DIR (tests/fixtures/golden) from
+                                       its stored inputs; exit 1 if any differs beyond its
+                                       tolerance
+  make_golden.py make NAME OP --shape student=8,10 [--shape teacher=8,10] [--classes C]
+                 [--attr KEY=VALUE ...] [--scale S] [--seed N] [--dir DIR]
+                                       draw inputs (normal, times S; labels in 0..C), compute
+                                       the expected outputs, write NAME.in/expected.safetensors
+                                       and the manifest entry (replacing one of the same name)
+
+Needs torch, numpy and safetensors (pip install torch numpy safetensors).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_DIR = ROOT / "tests" / "fixtures" / "golden"
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def flat(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def ce(student, labels):
+    return F.cross_entropy(student, labels)
+
+
+def kd(student, teacher, temperature=4.0):
+    # RepDistiller's DistillKL: KL(p_t || p_s) summed, times T^2 / B.
+    t = temperature
+    log_ps = F.log_softmax(student / t, dim=1)
+    pt = F.softmax(teacher / t, dim=1)
+    return F.kl_div(log_ps, pt, reduction="sum") * t * t / student.shape[0]
+
+
+def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0):
+    # mdistiller's dkd_loss: binary target/rest masses, then the non-target distributions with
+    # the target logit pushed out by 1000.
+    t, b = temperature, student.shape[0]
+    target = F.one_hot(labels, student.shape[1]).to(student.dtype)
+    ps, pt = F.softmax(student / t, dim=1), F.softmax(teacher / t, dim=1)
+
+    def masses(p):
+        return torch.stack([(p * target).sum(1), (p * (1 - target)).sum(1)], dim=1)
+
+    tckd = F.kl_div(torch.log(masses(ps)), masses(pt), reduction="sum") * t * t / b
+    log_qs = F.log_softmax(student / t - 1000.0 * target, dim=1)
+    qt = F.softmax(teacher / t - 1000.0 * target, dim=1)
+    nckd = F.kl_div(log_qs, qt, reduction="sum") * t * t / b
+    return alpha * tckd + beta * nckd
+
+
+def hint(student, teacher):
+    return F.mse_loss(student, teacher)
+
+
+def at(student, teacher, p=2.0):
+    def attention(f):
+        return F.normalize(f.pow(p).mean(1).reshape(f.shape[0], -1))
+
+    return (attention(student) - attention(teacher)).pow(2).mean()
+
+
+def sp(student, teacher):
+    b = student.shape[0]
+
+    def similarity(f):
+        f = flat(f)
+        return F.normalize(f @ f.t())
+
+    return (similarity(student) - similarity(teacher)).pow(2).sum() / (b * b)
+
+
+def pairwise_distances(e):
+    sq = e.pow(2).sum(1)
+    d = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.t()).clamp(min=1e-12).sqrt().clone()
+    d[range(len(e)), range(len(e))] = 0
+    return d
+
+
+def rkd_distance(student, teacher):
+    with torch.no_grad():
+        dt = pairwise_distances(flat(teacher))
+        dt = dt / dt[dt > 0].mean()
+    ds = pairwise_distances(flat(student))
+    ds = ds / ds[ds > 0].mean()
+    return F.smooth_l1_loss(ds, dt)
+
+
+def angles(e):
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
+    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
+
+
+def rkd_angle(student, teacher):
+    with torch.no_grad():
+        at_ = angles(flat(teacher))
+    return F.smooth_l1_loss(angles(flat(student)), at_)
+
+
+def pkt(student, teacher, eps=1e-7):
+    def distribution(f):
+        f = flat(f)
+        f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + eps)
+        s = (f @ f.t() + 1) / 2
+        return s / s.sum(1, keepdim=True)
+
+    ps, pt = distribution(student), distribution(teacher)
+    return (pt * torch.log((pt + eps) / (ps + eps))).mean()
+
+
+# Each op: its function and the names of its tensor inputs, in order.
+OPS = {
+    "ce": (ce, ["student", "labels"]),
+    "kd": (kd, ["student", "teacher"]),
+    "dkd": (dkd, ["student", "teacher", "labels"]),
+    "hint": (hint, ["student", "teacher"]),
+    "at": (at, ["student", "teacher"]),
+    "sp": (sp, ["student", "teacher"]),
+    "rkd_distance": (rkd_distance, ["student", "teacher"]),
+    "rkd_angle": (rkd_angle, ["student", "teacher"]),
+    "pkt": (pkt, ["student", "teacher"]),
+}
+
+
+def expected(op, inputs, attrs):
+    """loss and grad_student of `op` on `inputs` (name -> tensor), in float64, rounded to f32."""
+    fn, names = OPS[op]
+    args = []
+    for name in names:
+        x = inputs[name]
+        if name == "labels":
+            args.append(x.to(torch.int64))
+        else:
+            args.append(x.to(torch.float64).requires_grad_(name == "student"))
+    loss = fn(*args, **attrs)
+    loss.backward()
+    return {
+        "loss": loss.detach().reshape(1).to(torch.float32),
+        "grad_student": args[0].grad.to(torch.float32),
+    }
+
+
+def read_manifest(directory):
+    path = directory / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def check(directory):
+    failures = 0
+    cases = read_manifest(directory)
+    for case in cases:
+        if case["op"] not in OPS:
+            print(f"{case['name']}: op {case['op']} has no transcription here; skipped")
+            continue
+        inputs = load_file(str(directory / f"{case['name']}.in.safetensors"))
+        stored = load_file(str(directory / f"{case['name']}.expected.safetensors"))
+        got = expected(case["op"], inputs, case["attrs"])
+        worst = 0.0
+        for key, want in stored.items():
+            err = (got[key].double() - want.double()).abs()
+            allowed = case["atol"] + case["rtol"] * want.double().abs()
+            worst = max(worst, float((err / allowed).max()))
+        verdict = "ok" if worst <= 1.0 else "DIFFERS"
+        failures += verdict != "ok"
+        print(f"{case['name']:<22} {case['op']:<13} worst error / tolerance {worst:.3f}  {verdict}")
+    print(f"{len(cases) - failures} of {len(cases)} cases agree")
+    return failures == 0
+
+
+def make(args):
+    directory = pathlib.Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    if args.op not in OPS:
+        sys.exit(f"make_golden: unknown op '{args.op}'; known: {', '.join(OPS)}")
+    generator = torch.Generator().manual_seed(args.seed)
+    shapes = dict(s.split("=", 1) for s in args.shape)
+    inputs = {}
+    for name in OPS[args.op][1]:
+        if name == "labels":
+            b = [int(v) for v in shapes["student"].split(",")][0]
+            inputs[name] = torch.randint(0, args.classes, (b,), generator=generator)
+        else:
+            shape = [int(v) for v in shapes[name].split(",")]
+            inputs[name] = (torch.randn(shape, generator=generator) * args.scale).to(torch.float32)
+    attrs = {k: float(v) for k, v in (a.split("=", 1) for a in args.attr)}
+    save_file(inputs, str(directory / f"{args.name}.in.safetensors"))
+    save_file(expected(args.op, inputs, attrs), str(directory / f"{args.name}.expected.safetensors"))
+    cases = [c for c in read_manifest(directory) if c["name"] != args.name]
+    cases.append({"name": args.name, "op": args.op, "attrs": attrs, "rtol": RTOL, "atol": ATOL})
+    (directory / "manifest.json").write_text(json.dumps(cases, indent=1) + "\n")
+    print(f"wrote {args.name} ({args.op}) to {directory}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check")
+    c.add_argument("dir", nargs="?", default=str(DEFAULT_DIR))
+    m = sub.add_parser("make")
+    m.add_argument("name")
+    m.add_argument("op")
+    m.add_argument("--shape", action="append", default=[], help="INPUT=D1,D2,...")
+    m.add_argument("--classes", type=int, default=10)
+    m.add_argument("--attr", action="append", default=[], help="KEY=VALUE")
+    m.add_argument("--scale", type=float, default=2.0)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--dir", default=str(DEFAULT_DIR))
+    args = parser.parse_args()
+    if args.command == "check":
+        sys.exit(0 if check(pathlib.Path(args.dir)) else 1)
+    make(args)
+
+
+if __name__ == "__main__":
+    main()
