@@ -181,6 +181,12 @@ impl LossDef {
         self.reads == Reads::Logits
     }
 
+    /// Whether it pulls the student's logits toward a target's (a teacher's, a peer's, the
+    /// model's own): the terms several teachers' mixture and mutual learning's peers serve.
+    pub fn distils_logits(&self) -> bool {
+        self.reads_logits() && self.needs_teacher()
+    }
+
     /// The attribute called `name`.
     pub fn attr(&self, name: &str) -> Option<&'static AttrDef> {
         self.attrs.iter().find(|a| a.name == name)

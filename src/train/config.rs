@@ -184,7 +184,7 @@ impl StageConfig {
             .losses
             .iter()
             .filter_map(|l| l.loss().ok())
-            .filter(|l| l.def().reads_logits() && l.def().needs_teacher())
+            .filter(|l| l.def().distils_logits())
             .filter(|l| l.def().attr("temperature").is_some())
             .map(|l| l.attr_f32("temperature"))
             .collect();

@@ -106,8 +106,7 @@ impl Method {
                             term.student_tap.as_deref().unwrap_or("logits")
                         ))
                     };
-                    let toward_peers =
-                        def.reads_logits() && def.needs_teacher() && stage.teachers.is_empty();
+                    let toward_peers = def.distils_logits() && stage.teachers.is_empty();
                     for (a, me) in peers.iter().enumerate() {
                         if !toward_peers {
                             out.push((

@@ -243,3 +243,25 @@ fn bad_inputs_are_clear_errors() {
     missing.remove("teacher");
     assert!(err_of(gpu, "kd", missing, &[]).contains("missing"));
 }
+
+/// docs/losses.md defines every registry loss, with each attribute and its default as the
+/// registry has it, so the two cannot drift apart.
+#[test]
+fn docs_define_every_registry_loss_with_its_defaults() {
+    let doc = include_str!("../../docs/losses.md");
+    for def in losses::registry() {
+        assert!(
+            doc.contains(&format!("| `{}` |", def.name)),
+            "{}: not in docs/losses.md",
+            def.name
+        );
+        for a in def.attrs {
+            let entry = format!("{} ({})", a.name, a.default);
+            assert!(
+                doc.contains(&entry),
+                "{}: docs/losses.md lacks '{entry}'",
+                def.name
+            );
+        }
+    }
+}
