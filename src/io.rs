@@ -152,16 +152,19 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     parse_safetensors(&what, &bytes)
 }
 
+/// The safetensors bytes of `tensors` (`path` names the file in errors).
+pub fn serialize_safetensors(path: &Path, tensors: &TensorMap) -> Result<Vec<u8>> {
+    safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None).map_err(|e| {
+        input_error(
+            path.display().to_string(),
+            format!("cannot serialise ({e})"),
+        )
+    })
+}
+
 /// Writes a safetensors file atomically (see [`write_atomic`]).
 pub fn write_safetensors(path: &Path, tensors: &TensorMap) -> Result<()> {
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
-        .map_err(|e| {
-            input_error(
-                path.display().to_string(),
-                format!("cannot serialise ({e})"),
-            )
-        })?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &serialize_safetensors(path, tensors)?)
 }
 
 /// Writes a file through a temporary file beside it and a rename, so a crash never leaves a

@@ -338,6 +338,16 @@ pub fn validate(
                 format!("expected {expected}, got {}", t.dtype_name()),
             ));
         }
+        // A NaN or infinity would come back as a finite loss with NaN gradients, or worse.
+        if let Some((i, v)) = t
+            .as_f32()
+            .and_then(|v| v.iter().enumerate().find(|(_, v)| !v.is_finite()))
+        {
+            return Err(input_error(
+                format!("{op}: input '{name}'"),
+                format!("element {i} is {v}; inputs must be finite"),
+            ));
+        }
     }
     let mut out: BTreeMap<String, f64> = info
         .attrs

@@ -42,7 +42,7 @@ fn every_config_error_names_its_key() {
         ),
         (
             with("batch_size = 128", "batch_size = \"many\""),
-            &["data.batch_size", "run.toml:8"],
+            &["data.batch_size", "run.toml:10"],
         ),
         (
             with("dataset = \"fashion-mnist\"", "dataset = \"cifar\""),
@@ -220,6 +220,149 @@ fn self_distillation_heads_are_checked() {
         let e = check(&text).unwrap_err();
         for n in needles {
             assert!(e.contains(n), "{n} not in: {e}");
+        }
+    }
+}
+
+/// Numbers out of range, sizes past the limits and names that are not identifiers: each a
+/// one-line error naming the file and the key, before any GPU work (issue: reliability).
+#[test]
+fn numbers_sizes_and_names_are_range_checked() {
+    let kd = "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }";
+    let sgd = "{ kind = \"sgd\", lr = 0.1, momentum = 0.9, weight_decay = 5e-4 }";
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with(kd, "{ kind = \"kd\", weight = nan }"),
+            &["stages[2].losses[1].weight", "≥ 0"],
+        ),
+        (
+            with(kd, "{ kind = \"kd\", weight = inf }"),
+            &["stages[2].losses[1].weight"],
+        ),
+        (
+            with(kd, "{ kind = \"kd\", weight = -1.0 }"),
+            &["stages[2].losses[1].weight"],
+        ),
+        (
+            with(kd, "{ kind = \"kd\", temperature = 1e30 }"),
+            &["stages[2].losses[1].temperature", "≤"],
+        ),
+        (
+            with(kd, "{ kind = \"kd\", temperature = nan }"),
+            &["stages[2].losses[1].temperature"],
+        ),
+        (
+            with(kd, "{ kind = \"dkd\", alpha = -1.0 }"),
+            &["stages[2].losses[1].alpha", "≥ 0"],
+        ),
+        (
+            with(kd, "{ kind = \"dkd\", beta = inf }"),
+            &["stages[2].losses[1].beta"],
+        ),
+        (
+            with(kd, "{ kind = \"kd\", temperature = \"hot\" }"),
+            &["stages[2].losses[1].temperature", "number"],
+        ),
+        (
+            with(sgd, "{ kind = \"sgd\", lr = 0.1, momentum = nan }"),
+            &["stages[0].optimizer.momentum"],
+        ),
+        (
+            with(sgd, "{ kind = \"sgd\", lr = 0.1, momentum = -0.5 }"),
+            &["stages[0].optimizer.momentum"],
+        ),
+        (
+            with(sgd, "{ kind = \"sgd\", lr = 0.1, weight_decay = -1.0 }"),
+            &["stages[0].optimizer.weight_decay"],
+        ),
+        (
+            with(sgd, "{ kind = \"adamw\", lr = 0.1, betas = [1.0, 0.9] }"),
+            &["stages[0].optimizer.betas[0]"],
+        ),
+        (
+            with(sgd, "{ kind = \"adamw\", lr = 0.1, eps = 0.0 }"),
+            &["stages[0].optimizer.eps", "> 0"],
+        ),
+        (
+            with(
+                sgd,
+                "{ kind = \"sgd\", lr = 0.1, schedule = \"step\", gamma = 0.0 }",
+            ),
+            &["stages[0].optimizer.gamma"],
+        ),
+        (
+            with(
+                sgd,
+                "{ kind = \"sgd\", lr = 0.1, schedule = \"step\", step_size = 0 }",
+            ),
+            &["stages[0].optimizer.step_size"],
+        ),
+        (
+            with("hidden = [512, 512]", "hidden = [0]"),
+            &["models.teacher.hidden[0]", "from 1"],
+        ),
+        (
+            with("hidden = [512, 512]", "hidden = [100000000]"),
+            &["models.teacher.hidden[0]"],
+        ),
+        (
+            with("hidden = [512, 512]", "hidden = [60000, 60000]"),
+            &["models.teacher", "hidden.1.weight", "bytes"],
+        ),
+        (
+            with(
+                "arch = \"mlp\"\nhidden = [512, 512]",
+                "arch = \"cnn\"\nchannels = [0]",
+            ),
+            &["models.teacher.channels[0]"],
+        ),
+        (
+            with(
+                "arch = \"mlp\"\nhidden = [512, 512]",
+                "arch = \"cnn\"\nchannels = []",
+            ),
+            &["models.teacher.channels"],
+        ),
+        (
+            with(
+                "arch = \"mlp\"\nhidden = [512, 512]",
+                "arch = \"resnet\"\ndepth = 20000",
+            ),
+            &["models.teacher.depth", "at most"],
+        ),
+        (
+            with("train_limit = 20000", "train_limit = 0"),
+            &["data.train_limit", "at least 2"],
+        ),
+        (
+            with("train_limit = 20000", "train_limit = 1"),
+            &["data.train_limit"],
+        ),
+        (
+            with("test_limit = 5000", "test_limit = 0"),
+            &["data.test_limit"],
+        ),
+        (
+            with("batch_size = 128", "batch_size = 10000000"),
+            &["data.batch_size"],
+        ),
+    ];
+    let mut cases = cases;
+    for bad in ["../../x", "/abs/path", "a/b", ".hidden", ""] {
+        let text = EXAMPLE
+            .replace("[models.student_scratch]", &format!("[models.\"{bad}\"]"))
+            .replace(
+                "train = [\"student_scratch\"]",
+                &format!("train = [\"{bad}\"]"),
+            );
+        cases.push((text, &["models.", "letters, digits"]));
+    }
+    for (text, needles) in cases {
+        let e = check(&text).expect_err(&format!("must be refused: {needles:?}"));
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.starts_with("run.toml"), "{e}");
+        for n in needles {
+            assert!(e.contains(n), "expected '{n}' in: {e}");
         }
     }
 }

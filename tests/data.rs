@@ -120,3 +120,40 @@ fn augmentation_crops_and_flips_and_plain_batches_copy() {
     data::fill_batch(&ds, &[0, 1], Some((2, 12)), &mut x, &mut y);
     assert_eq!(x.len(), 2 * 784);
 }
+
+/// Data that cannot train is refused naming its file: no images, images of another size, and a
+/// compressed file whose header declares more than it may hold (refused before it expands).
+#[test]
+fn empty_misshapen_and_oversized_idx_files_are_refused() {
+    let dir = std::env::temp_dir().join(format!("wgdistill-bad-idx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    let split = |images: &[u32], n_labels: u32| {
+        let n = images.iter().product::<u32>() as usize;
+        write("train-images-idx3-ubyte", &idx_bytes(images, &vec![0; n]));
+        write(
+            "train-labels-idx1-ubyte",
+            &idx_bytes(&[n_labels], &vec![0; n_labels as usize]),
+        );
+        data::load_idx_split(&dir, true).unwrap_err().to_string()
+    };
+    let e = split(&[0, 28, 28], 0);
+    assert!(e.contains("train-images") && e.contains("no images"), "{e}");
+    let e = split(&[3, 32, 32], 3);
+    assert!(
+        e.contains("train-images") && e.contains("32×32") && e.contains("28×28"),
+        "{e}"
+    );
+    // 40 bytes of gzip declaring a 255×255×255×255 body.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&idx_bytes(&[255, 255, 255, 255], &[]))
+        .unwrap();
+    gz.write_all(&vec![0u8; 1 << 20]).unwrap();
+    write("bomb.gz", &gz.finish().unwrap());
+    let e = idx::read_idx(&dir.join("bomb.gz")).unwrap_err().to_string();
+    assert!(
+        e.contains("bomb.gz") && e.contains("header declares"),
+        "{e}"
+    );
+}

@@ -229,3 +229,20 @@ fn integer_attributes_are_checked() {
     .to_string();
     assert!(e.contains("activation"), "{e}");
 }
+
+#[test]
+fn non_finite_inputs_are_refused_naming_the_tensor() {
+    let Some(gpu) = gpu() else { return };
+    let mut teacher = data(24, 2);
+    teacher[2] = f32::INFINITY;
+    let mut inputs = TensorMap::new();
+    inputs.insert("student".into(), f(&[4, 6], 1));
+    inputs.insert("teacher".into(), HostTensor::f32(&[4, 6], teacher));
+    let e = ops::run(gpu, "kd", &inputs, &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("'teacher'") && e.contains("element 2") && e.contains("finite"),
+        "{e}"
+    );
+}

@@ -490,8 +490,8 @@ fn the_teacher_output_cache_is_written_once_reused_and_changes_nothing() {
             "{name}: reused run differs"
         );
     }
-    // A damaged entry is reported, not silently used or recomputed.
-    std::fs::write(entries[0].join("meta.json"), "{}").unwrap();
+    // A damaged entry is reported, not silently used or recomputed: a non-finite value in a
+    // shard, then a broken description.
     let gpu = gpu().unwrap();
     let text = small(EXAMPLE).replace("augment = false", "augment = false\nteacher_cache = true");
     let cfg = config::parse("damaged", &text).unwrap();
@@ -500,11 +500,76 @@ fn the_teacher_output_cache_is_written_once_reused_and_changes_nothing() {
         ..RunOptions::new(out_dir("cache-damaged"))
     };
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let shard_path = entries[0].join("shard-00000.safetensors");
+    let mut poisoned = shard.clone();
+    let logits = poisoned.get_mut("logits").unwrap();
+    let mut values = logits.as_f32().unwrap().to_vec();
+    values[17] = f32::NAN;
+    *logits = wgdistill::io::HostTensor::f32(&logits.shape.clone(), values);
+    wgdistill::io::write_safetensors(&shard_path, &poisoned).unwrap();
+    let e = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("shard-00000") && e.contains("not finite"), "{e}");
+    std::fs::write(entries[0].join("meta.json"), "{}").unwrap();
     let e = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("meta.json") && !e.contains('\n'), "{e}");
+}
+
+/// Checkpoints that would evaluate to a silent wrong number are refused, naming the tensor:
+/// non-finite weights, a negative running variance, a tensor the model does not have.
+#[test]
+fn damaged_or_foreign_checkpoints_are_refused() {
+    let Some(gpu) = gpu() else { return };
+    let graph = wgdistill::models::cnn([4, 1, 28, 28], &[4, 8], 10).unwrap();
+    let w = wgdistill::graph::Weights::init(gpu, &graph, 1).unwrap();
+    let good = w.to_host(gpu).unwrap();
+    wgdistill::graph::Weights::load(gpu, &graph, "good", &good).unwrap();
+    let with = |name: &str, edit: &dyn Fn(&mut Vec<f32>)| {
+        let mut host = good.clone();
+        let t = host.get_mut(name).unwrap();
+        let mut v = t.as_f32().unwrap().to_vec();
+        edit(&mut v);
+        *t = wgdistill::io::HostTensor::f32(&t.shape.clone(), v);
+        wgdistill::graph::Weights::load(gpu, &graph, "ckpt", &host)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = with("features.0.weight", &|v| v[3] = f32::NAN);
+    assert!(
+        e.contains("features.0.weight") && e.contains("finite"),
+        "{e}"
+    );
+    let e = with("features.1.running_var", &|v| v[0] = -1.0);
+    assert!(
+        e.contains("features.1.running_var") && e.contains("negative"),
+        "{e}"
+    );
+    let mut foreign = good.clone();
+    foreign.insert(
+        "hidden.7.weight".into(),
+        wgdistill::io::HostTensor::f32(&[1], vec![0.0]),
+    );
+    let e = wgdistill::graph::Weights::load(gpu, &graph, "ckpt", &foreign)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("hidden.7.weight") && e.contains("not a parameter"),
+        "{e}"
+    );
+    // PyTorch's batch counter is not a parameter, and is accepted.
+    let mut from_torch = good.clone();
+    from_torch.insert(
+        "features.1.num_batches_tracked".into(),
+        wgdistill::io::HostTensor::i32(&[], vec![3]),
+    );
+    wgdistill::graph::Weights::load(gpu, &graph, "torch", &from_torch).unwrap();
 }
 
 #[test]
@@ -718,4 +783,192 @@ fn the_results_config_runs_with_seeds_and_reports_a_table_that_matches_its_json(
         msg.contains("cannot read") && msg.lines().count() == 1,
         "{msg}"
     );
+    // Malformed summaries: not JSON, missing fields, no stages. Each fails in one line.
+    for (name, text, needle) in [
+        ("garbled.json", "{ not json", "not a wgdistill summary"),
+        (
+            "partial.json",
+            "{\"stages\": []}",
+            "not a wgdistill summary",
+        ),
+        (
+            "empty.json",
+            "{\"adapter\": {\"name\": \"a\", \"backend\": \"b\", \"driver\": \"c\"}, \"data\": \"d\", \"stages\": []}",
+            "no stages",
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let e = wgdistill(&["report", path.to_str().unwrap()]);
+        let msg = String::from_utf8_lossy(&e.stderr);
+        assert!(!e.status.success(), "{name}: {msg}");
+        assert!(
+            msg.contains(needle) && msg.lines().count() == 1,
+            "{name}: {msg}"
+        );
+    }
+}
+
+/// A stage whose loss stops being finite ends the run with an error naming the stage and the
+/// epoch (exit code non-zero), before it writes that epoch's files: the earlier stages' and
+/// epochs' checkpoints stay as they were.
+#[test]
+fn a_diverging_stage_stops_the_run_and_keeps_the_last_finite_checkpoints() {
+    let Some(_) = gpu() else { return };
+    let dir = out_dir("diverge");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = small(DEFAULT_CONFIG).replace("epochs = 2", "epochs = 1");
+    // The distilled student's weight pushes its first update to infinity.
+    let text = text.replacen(
+        "{ kind = \"kd\", weight = 0.9",
+        "{ kind = \"kd\", weight = 1e30",
+        1,
+    );
+    assert!(
+        text.contains("weight = 1e30"),
+        "the default config changed: {text}"
+    );
+    let cfg = dir.join("run.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let backend = std::env::var("WGPU_BACKEND").unwrap_or_default();
+    let out = wgdistill(&[
+        "--backend",
+        &backend,
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a diverging run must fail");
+    assert!(
+        stderr.contains("student-kd")
+            && stderr.contains("not finite")
+            && stderr.contains("epoch 1"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let ckpt = dir.join("o/checkpoints");
+    assert!(ckpt.join("teacher.safetensors").is_file());
+    assert!(!ckpt.join("student_kd.safetensors").exists());
+    let teacher = wgdistill::io::read_safetensors(&ckpt.join("teacher.safetensors")).unwrap();
+    assert!(
+        teacher
+            .values()
+            .all(|t| t.as_f32().is_none_or(|v| v.iter().all(|x| x.is_finite())))
+    );
+}
+
+/// Fault injection: the run's `n`th file write fails (as a full disk would) for every `n` in
+/// turn, then the run is resumed (or, with nothing recorded yet, started again): every model
+/// ends bit for bit as in the run that never failed, and `metrics.jsonl` holds each epoch once.
+#[test]
+fn a_failed_write_at_any_point_costs_at_most_the_epoch_in_progress() {
+    let Some(gpu) = gpu() else { return };
+    // One epoch for the first two stages and two for the last: every kind of boundary.
+    let text = small(DEFAULT_CONFIG)
+        .replacen("epochs = 2", "epochs = 1", 2)
+        .replace("test_limit = 200", "test_limit = 64");
+    let cfg = config::parse("faults", &text).unwrap();
+    let base = RunOptions::new(out_dir("faults-whole"));
+    let (train, test) = run::load_data(&cfg, &base).unwrap();
+    run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();
+    let read = |dir: &std::path::Path, model: &str| {
+        wgdistill::io::read_safetensors(&dir.join(format!("checkpoints/{model}.safetensors")))
+            .unwrap()
+    };
+    let models = ["teacher", "student_scratch", "student_kd"];
+    let metrics =
+        |dir: &std::path::Path| std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let mut failures = 0;
+    for n in 1.. {
+        let opts = RunOptions {
+            fail_write: Some(n),
+            ..RunOptions::new(out_dir(&format!("faults-{n}")))
+        };
+        match run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}) {
+            Ok(_) => break,
+            Err(e) => assert!(e.to_string().contains("simulated"), "write {n}: {e}"),
+        }
+        failures += 1;
+        let again = RunOptions {
+            fail_write: None,
+            resume: opts.out.join("progress.json").is_file(),
+            ..opts.clone()
+        };
+        run::run(gpu, &cfg, &again, &train, &test, &mut |_| {})
+            .unwrap_or_else(|e| panic!("resuming after write {n} failed: {e}"));
+        for m in models {
+            assert_eq!(
+                read(&again.out, m),
+                read(&base.out, m),
+                "write {n}: {m} differs"
+            );
+        }
+        let lines = |text: String| {
+            text.lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (v["stage"].to_string(), v["epoch"].to_string())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lines(metrics(&again.out)),
+            lines(metrics(&base.out)),
+            "write {n}: metrics"
+        );
+    }
+    assert!(failures > 15, "only {failures} writes were failed");
+}
+
+/// `--resume` trusts nothing it finds: another configuration, a progress that does not fit the
+/// configuration, and a second run on the same folder are each a one-line error.
+#[test]
+fn resume_refuses_another_configuration_and_a_busy_folder() {
+    let Some(gpu) = gpu() else { return };
+    let text = small(DEFAULT_CONFIG);
+    let cfg = config::parse("resume", &text).unwrap();
+    let opts = RunOptions {
+        stop_after: Some((1, 1)),
+        ..RunOptions::new(out_dir("resume-trust"))
+    };
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    assert!(run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).is_err());
+    let resume = RunOptions {
+        resume: true,
+        stop_after: None,
+        ..opts.clone()
+    };
+    let other = config::parse("resume", &text.replace("lr = 0.1", "lr = 0.2")).unwrap();
+    let e = run::run(gpu, &other, &resume, &train, &test, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("progress.json") && e.contains("another configuration"),
+        "{e}"
+    );
+    let mut seeded = cfg.clone();
+    seeded.seed = 7;
+    assert!(run::run(gpu, &seeded, &resume, &train, &test, &mut |_| {}).is_err());
+    // A second run on a folder in use.
+    let lock = wgdistill::train::checkpoint::RunFolder::create(&opts.out)
+        .unwrap()
+        .lock()
+        .unwrap();
+    let e = run::run(gpu, &cfg, &resume, &train, &test, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another wgdistill run"), "{e}");
+    drop(lock);
+    // A progress beyond the configuration.
+    let path = opts.out.join("progress.json");
+    let progress = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, progress.replacen("\"stage\": 1", "\"stage\": 9", 1)).unwrap();
+    let e = run::run(gpu, &cfg, &resume, &train, &test, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("progress.json") && e.contains("stage 9"), "{e}");
+    std::fs::write(&path, progress).unwrap();
+    run::run(gpu, &cfg, &resume, &train, &test, &mut |_| {}).unwrap();
 }

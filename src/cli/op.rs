@@ -68,13 +68,13 @@ pub fn run(
     let attrs = parse_attrs(attrs)?;
     let inputs = io::read_safetensors(input)?;
     ops::validate(&info, &inputs, &attrs)?;
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            return Err(CliError::Message(format!(
-                "{}: output folder does not exist",
-                dir.display()
-            )));
-        }
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(CliError::Message(format!(
+            "{}: output folder does not exist",
+            dir.display()
+        )));
     }
     let gpu = Gpu::new(query)?;
     let outputs = ops::run(&gpu, name, &inputs, &attrs)?;

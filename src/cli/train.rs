@@ -217,6 +217,12 @@ pub fn report(run_dir: &Path, baseline: &str, json: Option<&Path>) -> Result<(),
         run_dir.to_path_buf()
     };
     let summary = read_summary(&path)?;
+    if summary.stages.is_empty() {
+        return Err(CliError::Message(format!(
+            "{}: a summary with no stages has no results",
+            path.display()
+        )));
+    }
     let results = wgdistill::train::report::results(&summary, Some(baseline));
     print!("{}", wgdistill::train::report::markdown(&results));
     if let Some(file) = json {

@@ -71,18 +71,69 @@ pub fn parse_idx(what: &str, bytes: &[u8]) -> Result<IdxArray> {
     })
 }
 
-/// Reads an IDX file, gunzipping it when it starts with the gzip magic.
+/// The largest IDX body read (2 GiB): larger files are refused before they are read or
+/// decompressed.
+pub const MAX_IDX_BYTES: usize = 1 << 31;
+
+/// The IDX header at the start of `bytes`: the dimensions and the header's length, if enough
+/// bytes are there to tell.
+fn header_dims(bytes: &[u8]) -> Option<(Vec<usize>, usize)> {
+    let ndims = usize::from(*bytes.get(3)?);
+    let header = 4 + 4 * ndims;
+    let dims = (0..ndims)
+        .map(|i| {
+            let b = bytes.get(4 + 4 * i..8 + 4 * i)?;
+            Some(u32::from_be_bytes(b.try_into().ok()?) as usize)
+        })
+        .collect::<Option<Vec<usize>>>()?;
+    Some((dims, header))
+}
+
+/// Reads an IDX file, gunzipping it when it starts with the gzip magic. A compressed file is
+/// decompressed only as far as its header says it holds (a small file cannot expand into
+/// gigabytes before its header is checked), and no file over [`MAX_IDX_BYTES`] is read.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let what = path.display().to_string();
-    let raw = std::fs::read(path).map_err(|e| input_error(&what, format!("cannot read ({e})")))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| input_error(&what, format!("not a valid gzip stream ({e})")))?;
-        out
-    } else {
-        raw
-    };
+    let cannot = |e: std::io::Error| input_error(&what, format!("cannot read ({e})"));
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let size = file.metadata().map_err(cannot)?.len();
+    if size > MAX_IDX_BYTES as u64 {
+        return Err(input_error(
+            &what,
+            format!("{size} bytes; IDX files over {MAX_IDX_BYTES} bytes are not read"),
+        ));
+    }
+    let mut raw = Vec::with_capacity(size as usize);
+    file.read_to_end(&mut raw).map_err(cannot)?;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return parse_idx(&what, &raw);
+    }
+    let gzip = |e: std::io::Error| input_error(&what, format!("not a valid gzip stream ({e})"));
+    let mut decoder = flate2::read::GzDecoder::new(raw.as_slice());
+    // The header first (at most 4 + 4·255 bytes), then exactly the body it declares, plus one
+    // byte to tell a longer stream.
+    let mut bytes = Vec::new();
+    (&mut decoder)
+        .take(4)
+        .read_to_end(&mut bytes)
+        .map_err(gzip)?;
+    let ndims = usize::from(bytes.get(3).copied().unwrap_or(0));
+    (&mut decoder)
+        .take(4 * ndims as u64)
+        .read_to_end(&mut bytes)
+        .map_err(gzip)?;
+    let body = header_dims(&bytes)
+        .and_then(|(dims, _)| dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            input_error(
+                &what,
+                format!("its header declares more than {MAX_IDX_BYTES} bytes of data, or is not an IDX header"),
+            )
+        })?;
+    decoder
+        .take(body as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(gzip)?;
     parse_idx(&what, &bytes)
 }

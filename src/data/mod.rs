@@ -17,6 +17,13 @@ pub const FASHION_MNIST_MEAN: f32 = 0.2860;
 /// See [`FASHION_MNIST_MEAN`].
 pub const FASHION_MNIST_STD: f32 = 0.3530;
 
+/// One image, (C, H, W): Fashion-MNIST's, and the synthetic set's. Configurations are checked
+/// and models built for it.
+pub const IMAGE: [usize; 3] = [1, 28, 28];
+
+/// Classes of Fashion-MNIST and the synthetic set.
+pub const CLASSES: usize = 10;
+
 /// Images and labels in memory, normalised, as (N, C, H, W).
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -87,6 +94,22 @@ pub fn load_idx_split(dir: &Path, train: bool) -> Result<Dataset> {
             format!("expected 3 dimensions (N, H, W), got {:?}", images.dims),
         ));
     };
+    if n == 0 {
+        return Err(input_error(
+            images_path.display().to_string(),
+            "holds no images",
+        ));
+    }
+    // The configuration is checked, and its models built, for Fashion-MNIST's images.
+    if [h, w] != IMAGE[1..] {
+        return Err(input_error(
+            images_path.display().to_string(),
+            format!(
+                "images are {h}×{w}; wgdistill's models are built for {}×{} Fashion-MNIST images",
+                IMAGE[1], IMAGE[2]
+            ),
+        ));
+    }
     if labels.dims != [n] {
         return Err(input_error(
             labels_path.display().to_string(),
@@ -139,7 +162,7 @@ pub fn synthetic(n: usize, seed: u64) -> Dataset {
     Dataset {
         images,
         labels,
-        shape: [1, 28, 28],
+        shape: IMAGE,
         classes: 10,
         source: "built-in synthetic set".into(),
     }

@@ -24,7 +24,13 @@ impl Weights {
             let Op::Param { init, .. } = node.op else {
                 continue;
             };
-            let n: usize = node.shape.iter().product();
+            // The size is checked against the adapter before any host memory is taken for it.
+            let n = node
+                .shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .unwrap_or(usize::MAX);
+            gpu.check_storage_size(&node.name, (n as u64).saturating_mul(4))?;
             let values: Vec<f32> = match init {
                 Init::Zeros => vec![0.0; n],
                 Init::Ones => vec![1.0; n],
@@ -55,6 +61,10 @@ impl Weights {
         Self::load_named(gpu, wanted, what, host)
     }
 
+    /// Loads the `wanted` tensors from `host`, refusing what would train or evaluate into a
+    /// silent wrong answer: a missing tensor, another dtype or shape, a non-finite value, a
+    /// negative running variance, or a tensor the model does not have (a checkpoint of another
+    /// architecture). BatchNorm's `num_batches_tracked`, which PyTorch saves, is accepted.
     fn load_named<'a>(
         gpu: &Gpu,
         wanted: impl Iterator<Item = (&'a str, &'a [usize])>,
@@ -78,7 +88,35 @@ impl Weights {
                     ),
                 ));
             }
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(input_error(
+                    what,
+                    format!("tensor '{name}' holds {v} at element {i}; weights must be finite"),
+                ));
+            }
+            if name.ends_with("running_var")
+                && let Some((i, v)) = values.iter().enumerate().find(|(_, v)| **v < 0.0)
+            {
+                return Err(input_error(
+                    what,
+                    format!("tensor '{name}' holds the negative variance {v} at element {i}"),
+                ));
+            }
             tensors.insert(name.to_string(), gpu.upload(shape, values)?);
+        }
+        let extra = host.keys().find(|k| {
+            !tensors.contains_key(k.as_str())
+                && !k
+                    .strip_suffix(".num_batches_tracked")
+                    .is_some_and(|prefix| tensors.contains_key(&format!("{prefix}.running_mean")))
+        });
+        if let Some(k) = extra {
+            return Err(input_error(
+                what,
+                format!(
+                    "tensor '{k}' is not a parameter of this model (a checkpoint of another architecture?)"
+                ),
+            ));
         }
         Ok(Weights { tensors })
     }

@@ -1,9 +1,22 @@
-//! A run's output folder: each model's checkpoint (`checkpoints/NAME.safetensors`, PyTorch's
-//! `state_dict()` names), the step state that `--resume` needs beside it (optimizer state, step
-//! counter, adapters; self-distillation heads), `progress.json` (where the run stands),
-//! `metrics.jsonl` (one line per model per epoch) and `curves.svg`. Every file is written through
-//! a temporary file and renamed.
+//! A run's output folder, written so that a crash or a full disk at any point costs at most the
+//! epoch in progress:
+//!
+//! - `state/sS-eE/`: everything `--resume` needs after epoch E of stage S: each trained model
+//!   (PyTorch's `state_dict()` names), the step state (optimizer state, step counter, adapters)
+//!   and self-distillation heads. An epoch's folder is written whole under a `.partial` name and
+//!   renamed, so it exists complete or not at all.
+//! - `progress.json`: where the run stands and which state folder holds it, rewritten atomically
+//!   after the folder is in place: the single switch from one epoch to the next. It records the
+//!   configuration's fingerprint, and `--resume` refuses another configuration.
+//! - `checkpoints/NAME.safetensors` (and `NAME.heads.safetensors`): the trained models for users,
+//!   copied from the state after the switch; `metrics.jsonl` (one line per model per epoch,
+//!   trimmed on resume to the epochs the progress holds) and `curves.svg`.
+//! - `.lock`: held while a run writes the folder; a second run on it is refused.
+//!
+//! Every file is written through a temporary file and a rename.
 
+use std::cell::Cell;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -31,37 +44,137 @@ pub struct Progress {
     pub accuracy: Vec<f64>,
     /// Completed stages.
     pub done: Vec<StageSummary>,
+    /// The fingerprint of the configuration the run was started with.
+    #[serde(default)]
+    pub config: String,
 }
 
 impl Progress {
     /// Stages `..stage` done (as `done` says), the next not started.
-    pub fn between_stages(stage: usize, done: &[StageSummary]) -> Progress {
+    pub fn between_stages(config: &Config, stage: usize, done: &[StageSummary]) -> Progress {
         Progress {
             stage,
             epoch: 0,
             best: vec![],
             accuracy: vec![],
             done: done.to_vec(),
+            config: config.fingerprint(),
         }
+    }
+
+    /// Checks that this progress belongs to `config` and describes a point inside it; `what`
+    /// names the file in errors.
+    fn check(&self, config: &Config, what: &str) -> Result<()> {
+        if !self.config.is_empty() && self.config != config.fingerprint() {
+            return Err(input_error(
+                what,
+                "the run was started with another configuration (or seed); resume it with the same one, or start afresh in another folder",
+            ));
+        }
+        let fault = |m: String| {
+            Err(input_error(
+                what,
+                format!("{m}: not a progress of this configuration"),
+            ))
+        };
+        let stages = config.stages.len();
+        if self.stage > stages || self.done.len() != self.stage.min(stages) {
+            return fault(format!(
+                "stage {} with {} stages done, of {stages}",
+                self.stage,
+                self.done.len()
+            ));
+        }
+        if let Some(stage) = config.stages.get(self.stage) {
+            let models = stage.train.len();
+            if self.epoch > stage.epochs {
+                return fault(format!(
+                    "epoch {} of a {}-epoch stage",
+                    self.epoch, stage.epochs
+                ));
+            }
+            if self.epoch > 0 && (self.best.len() != models || self.accuracy.len() != models) {
+                return fault(format!(
+                    "accuracies for {} of {models} models",
+                    self.accuracy.len()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
+/// The files of one epoch of a stage, committed together by [`RunFolder::commit_epoch`].
+pub struct EpochFiles {
+    /// Each trained model's name and export.
+    pub models: Vec<(String, TensorMap)>,
+    /// The step state, under the key of the models trained together.
+    pub state: (String, TensorMap),
+    /// Self-distillation heads, under the same key.
+    pub heads: Option<TensorMap>,
+    /// One `metrics.jsonl` line per model.
+    pub metrics: Vec<serde_json::Value>,
+    /// The progress after the epoch.
+    pub progress: Progress,
+}
+
+/// The lock a run holds on its folder while it writes there.
+pub struct RunLock {
+    _file: File,
+}
+
 /// A run's output folder.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RunFolder {
     out: PathBuf,
+    // For the fault-injection test: the 1-based write that fails as a full disk would.
+    fail_write: Option<usize>,
+    writes: Cell<usize>,
 }
 
 impl RunFolder {
-    /// The folder `out`, with its `checkpoints/` created.
+    /// The folder `out`, with its `checkpoints/` and `state/` created.
     pub fn create(out: &Path) -> Result<RunFolder> {
         let folder = RunFolder {
             out: out.to_path_buf(),
+            fail_write: None,
+            writes: Cell::new(0),
         };
-        let dir = folder.checkpoints();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| input_error(dir.display().to_string(), format!("cannot create ({e})")))?;
+        for dir in [folder.checkpoints(), folder.states()] {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                input_error(dir.display().to_string(), format!("cannot create ({e})"))
+            })?;
+        }
         Ok(folder)
+    }
+
+    /// The same folder, failing its `n`th file write (1-based) as a full disk would: for testing
+    /// that a crash at any write costs at most the epoch in progress.
+    pub fn failing_write(mut self, n: Option<usize>) -> RunFolder {
+        self.fail_write = n;
+        self
+    }
+
+    /// Takes the folder's lock, or says that another run holds it.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.out.join(".lock");
+        let what = path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| input_error(&what, format!("cannot open ({e})")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(input_error(
+                self.out.display().to_string(),
+                "another wgdistill run is writing to this folder; wait for it or use another --out",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(input_error(&what, format!("cannot lock ({e})")))
+            }
+        }
     }
 
     /// The folder itself.
@@ -73,20 +186,18 @@ impl RunFolder {
         self.out.join("checkpoints")
     }
 
+    fn states(&self) -> PathBuf {
+        self.out.join("state")
+    }
+
+    /// The state folder of epoch `epoch` (1-based, completed) of stage `stage`.
+    pub fn state(&self, stage: usize, epoch: usize) -> PathBuf {
+        self.states().join(format!("s{stage}-e{epoch}"))
+    }
+
     /// `checkpoints/NAME.safetensors`: a model as PyTorch loads it.
     pub fn model(&self, name: &str) -> PathBuf {
         self.checkpoints().join(format!("{name}.safetensors"))
-    }
-
-    /// The step state of the models trained together under `key` (`a+b` for peers).
-    pub fn train_state(&self, key: &str) -> PathBuf {
-        self.checkpoints()
-            .join(format!("{key}.train-state.safetensors"))
-    }
-
-    /// The self-distillation heads of `key`.
-    pub fn heads(&self, key: &str) -> PathBuf {
-        self.checkpoints().join(format!("{key}.heads.safetensors"))
     }
 
     fn progress_path(&self) -> PathBuf {
@@ -102,18 +213,51 @@ impl RunFolder {
         self.progress_path().is_file()
     }
 
-    /// The progress an interrupted run left.
-    pub fn read_progress(&self) -> Result<Progress> {
+    /// Counts a file write, and fails it where the test asks.
+    fn count_write(&self, path: &Path) -> Result<()> {
+        let n = self.writes.get() + 1;
+        self.writes.set(n);
+        if self.fail_write == Some(n) {
+            return Err(input_error(
+                path.display().to_string(),
+                "cannot write (no space left on device: simulated)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// One file write, through a temporary file and a rename.
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.count_write(path)?;
+        io::write_atomic(path, bytes)
+    }
+
+    fn write_tensors(&self, path: &Path, tensors: &TensorMap) -> Result<()> {
+        self.write(path, &io::serialize_safetensors(path, tensors)?)
+    }
+
+    /// Writes `value` as pretty JSON to `path`.
+    pub fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| input_error(path.display().to_string(), e.to_string()))?;
+        self.write(path, text.as_bytes())
+    }
+
+    /// The progress an interrupted run left, checked against `config`.
+    pub fn read_progress(&self, config: &Config) -> Result<Progress> {
         let path = self.progress_path();
         let what = path.display().to_string();
         let text = std::fs::read_to_string(&path)
             .map_err(|e| input_error(&what, format!("nothing to resume ({e})")))?;
-        serde_json::from_str(&text).map_err(|e| input_error(&what, e.to_string()))
+        let progress: Progress =
+            serde_json::from_str(&text).map_err(|e| input_error(&what, e.to_string()))?;
+        progress.check(config, &what)?;
+        Ok(progress)
     }
 
-    /// Records where the run stands.
+    /// Records where the run stands (between stages, or for a later seed's start).
     pub fn write_progress(&self, progress: &Progress) -> Result<()> {
-        write_json(&self.progress_path(), progress)
+        self.write_json(&self.progress_path(), progress)
     }
 
     /// Starts `metrics.jsonl` afresh (a new run).
@@ -121,39 +265,137 @@ impl RunFolder {
         let _ = std::fs::remove_file(self.metrics_path());
     }
 
-    /// Appends one line to `metrics.jsonl` and redraws `curves.svg`.
-    pub fn append_metrics(&self, line: &serde_json::Value) -> Result<()> {
+    /// Keeps the `metrics.jsonl` lines of the epochs `progress` holds (a crash after an epoch's
+    /// lines were appended but before its progress was recorded leaves lines the resumed run
+    /// writes again).
+    pub fn trim_metrics(&self, config: &Config, progress: &Progress) -> Result<()> {
         let path = self.metrics_path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let stage_index = |name: &str| config.stages.iter().position(|s| s.name == name);
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                let stage = v["stage"].as_str().and_then(stage_index);
+                let epoch = v["epoch"].as_u64().unwrap_or(u64::MAX) as usize;
+                match stage {
+                    Some(s) if s < progress.stage => true,
+                    Some(s) => s == progress.stage && epoch <= progress.epoch,
+                    None => false,
+                }
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        if kept != text {
+            self.write(&path, kept.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Commits the files of epoch `epoch` (1-based) of stage `stage`: the state folder, written
+    /// whole and renamed into place; the metrics lines; `progress.json`, the switch; then the
+    /// users' checkpoints and the curves, and the state folders no longer needed are removed.
+    pub fn commit_epoch(&self, stage: usize, epoch: usize, files: &EpochFiles) -> Result<()> {
+        let dir = self.state(stage, epoch);
+        let partial = dir.with_extension("partial");
+        let fs_error = |p: &Path, e: std::io::Error| {
+            input_error(p.display().to_string(), format!("cannot write ({e})"))
+        };
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(|e| fs_error(&partial, e))?;
+        for (name, tensors) in &files.models {
+            self.write_tensors(&partial.join(format!("{name}.safetensors")), tensors)?;
+        }
+        let (key, state) = &files.state;
+        self.write_tensors(
+            &partial.join(format!("{key}.train-state.safetensors")),
+            state,
+        )?;
+        if let Some(heads) = &files.heads {
+            self.write_tensors(&partial.join(format!("{key}.heads.safetensors")), heads)?;
+        }
+        // A folder left by an attempt that crashed before its switch is replaced.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&partial, &dir).map_err(|e| fs_error(&dir, e))?;
+        self.append_metrics(&files.metrics)?;
+        self.write_progress(&files.progress)?;
+        for (name, tensors) in &files.models {
+            self.write_tensors(&self.model(name), tensors)?;
+        }
+        if let Some(heads) = &files.heads {
+            self.write_tensors(
+                &self.checkpoints().join(format!("{key}.heads.safetensors")),
+                heads,
+            )?;
+        }
+        super::curves::write_curves(&self.out)?;
+        // The previous epoch of this stage is no longer needed; earlier stages keep their last.
+        if epoch > 1 {
+            let _ = std::fs::remove_dir_all(self.state(stage, epoch - 1));
+        }
+        Ok(())
+    }
+
+    /// Writes the users' checkpoints of a stage's models (and heads) again, with the curves: for
+    /// a run resumed after its stage's last epoch was recorded but before they were all written.
+    pub fn rewrite_exports(
+        &self,
+        models: &[(String, TensorMap)],
+        heads: Option<(&str, &TensorMap)>,
+    ) -> Result<()> {
+        for (name, tensors) in models {
+            self.write_tensors(&self.model(name), tensors)?;
+        }
+        if let Some((key, heads)) = heads {
+            self.write_tensors(
+                &self.checkpoints().join(format!("{key}.heads.safetensors")),
+                heads,
+            )?;
+        }
+        super::curves::write_curves(&self.out)
+    }
+
+    fn append_metrics(&self, lines: &[serde_json::Value]) -> Result<()> {
+        let path = self.metrics_path();
+        self.count_write(&path)?;
+        let mut text = String::new();
+        for l in lines {
+            text.push_str(&l.to_string());
+            text.push('\n');
+        }
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .and_then(|mut f| writeln!(f, "{line}"))
+            .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
     }
 
-    /// Redraws `curves.svg` from `metrics.jsonl`.
-    pub fn draw_curves(&self) -> Result<()> {
-        super::curves::write_curves(&self.out)
-    }
-
-    /// Reads a model's checkpoint into weights for `graph`.
-    pub fn load_model(&self, gpu: &Gpu, name: &str, graph: &Graph) -> Result<Weights> {
-        let path = self.model(name);
+    /// Reads a model from the state of epoch `epoch` of stage `stage`, for `graph`.
+    pub fn load_model(
+        &self,
+        gpu: &Gpu,
+        stage: usize,
+        epoch: usize,
+        name: &str,
+        graph: &Graph,
+    ) -> Result<Weights> {
+        let path = self.state(stage, epoch).join(format!("{name}.safetensors"));
         let host = io::read_safetensors(&path)?;
         Weights::load(gpu, graph, &path.display().to_string(), &host)
     }
 
-    /// Writes a model's checkpoint ([`export`]).
-    pub fn save_model(
+    /// A state file of epoch `epoch` of stage `stage` (`KEY.train-state` or `KEY.heads`).
+    pub fn read_state(
         &self,
-        gpu: &Gpu,
-        name: &str,
-        graph: &Graph,
-        weights: &Weights,
-        steps: u32,
-    ) -> Result<()> {
-        io::write_safetensors(&self.model(name), &export(gpu, graph, weights, steps)?)
+        stage: usize,
+        epoch: usize,
+        file: &str,
+    ) -> Result<(String, TensorMap)> {
+        let path = self.state(stage, epoch).join(format!("{file}.safetensors"));
+        Ok((path.display().to_string(), io::read_safetensors(&path)?))
     }
 }
 
@@ -178,16 +420,10 @@ pub fn export(gpu: &Gpu, graph: &Graph, weights: &Weights, steps: u32) -> Result
     Ok(out)
 }
 
-/// Writes `value` as pretty JSON to `path`, through a temporary file.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| input_error(path.display().to_string(), e.to_string()))?;
-    io::write_atomic(path, text.as_bytes())
-}
-
-/// Prepares the folder `out` of a later seed to start from the first seed's `once` stages
-/// (`first` is that seed's folder, complete): their models' checkpoints are copied and a
-/// `progress.json` marks those stages done, so that resuming `out` trains the rest.
+/// Prepares the folder `out` of a later seed (whose configuration is `config`) to start from
+/// the first seed's `once` stages (`first` is that seed's folder, complete): their final states
+/// and checkpoints are copied and a `progress.json` marks those stages done, so that resuming
+/// `out` trains the rest.
 pub fn start_from_first_seed(config: &Config, first: &Path, out: &Path) -> Result<()> {
     let once = config.once_stages();
     let summary_path = first.join("summary.json");
@@ -202,7 +438,7 @@ pub fn start_from_first_seed(config: &Config, first: &Path, out: &Path) -> Resul
         serde_json::from_str(&text).map_err(|e| input_error(&what, e.to_string()))?;
     if first_summary.stages.len() < once {
         return Err(input_error(
-            summary_path.display().to_string(),
+            &what,
             format!(
                 "has {} stages, the once stages are {once}",
                 first_summary.stages.len()
@@ -210,17 +446,27 @@ pub fn start_from_first_seed(config: &Config, first: &Path, out: &Path) -> Resul
         ));
     }
     let (from, to) = (RunFolder::create(first)?, RunFolder::create(out)?);
-    for model in config.stages[..once].iter().flat_map(|s| &s.train) {
-        let (src, dst) = (from.model(model), to.model(model));
-        std::fs::copy(&src, &dst).map_err(|e| {
+    let copy = |src: PathBuf, dst: PathBuf| {
+        std::fs::copy(&src, &dst).map(|_| ()).map_err(|e| {
             input_error(
                 src.display().to_string(),
                 format!("cannot copy to {} ({e})", dst.display()),
             )
-        })?;
+        })
+    };
+    for (s, stage) in config.stages[..once].iter().enumerate() {
+        let dir = to.state(s, stage.epochs);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| input_error(dir.display().to_string(), format!("cannot create ({e})")))?;
+        for model in &stage.train {
+            let file = format!("{model}.safetensors");
+            copy(from.state(s, stage.epochs).join(&file), dir.join(&file))?;
+            copy(from.model(model), to.model(model))?;
+        }
     }
     to.clear_metrics();
     to.write_progress(&Progress::between_stages(
+        config,
         once,
         &first_summary.stages[..once],
     ))

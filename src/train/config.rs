@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::error::input_error;
@@ -18,7 +18,7 @@ use super::method::{Fault, Method};
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// A whole run.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Seed for initialisation, shuffling and augmentation.
@@ -33,7 +33,7 @@ pub struct Config {
 }
 
 /// Which data set.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// Fashion-MNIST from IDX files.
@@ -43,7 +43,7 @@ pub enum DatasetKind {
 }
 
 /// `[data]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// `fashion-mnist` or `synthetic`.
@@ -69,7 +69,7 @@ fn default_batch() -> usize {
 }
 
 /// `[models.NAME]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "arch", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ModelConfig {
     /// A multi-layer perceptron.
@@ -130,7 +130,7 @@ impl ModelConfig {
 }
 
 /// `[[stages]]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     /// Name, for reports.
@@ -199,7 +199,7 @@ impl StageConfig {
 }
 
 /// Which optimizer.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// `torch.optim.SGD`.
@@ -209,7 +209,7 @@ pub enum OptimizerKind {
 }
 
 /// The learning-rate schedule over epochs.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     /// Constant.
@@ -222,7 +222,7 @@ pub enum ScheduleKind {
 }
 
 /// `optimizer = { … }`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
     /// `sgd` or `adamw`.
@@ -254,7 +254,7 @@ pub struct OptimizerConfig {
 }
 
 /// Adapter names.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AdapterName {
     /// A Linear regressor.
@@ -266,7 +266,7 @@ pub enum AdapterName {
 /// One entry of `losses = [ … ]`. Besides the keys below, an entry sets the attributes of its
 /// loss by name (`temperature = 4.0`, `alpha = 1.0`, …: the loss registry's, with their
 /// defaults and ranges); any other key is an error naming it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct LossConfig {
     /// Which loss: a name from the loss registry (`ce`, `kd`, `dkd`, `hint`, …).
     pub kind: String,
@@ -361,7 +361,115 @@ fn located(what: &str, text: &str, e: &toml::de::Error, path: Option<String>) ->
     )
 }
 
+/// The largest batch a configuration may ask for.
+pub const MAX_BATCH: usize = 1 << 16;
+/// The largest parameter tensor a model may hold (2 GiB: beyond what a storage binding holds on
+/// most adapters, and beyond the kernels' 32-bit indexing).
+pub const MAX_PARAMETER_BYTES: u64 = 1 << 31;
+/// The most parameter bytes a model may hold in all.
+pub const MAX_MODEL_BYTES: u64 = 8 << 30;
+/// The most layers (MLP hidden layers, ResNet depth) a configuration may ask for.
+pub const MAX_DEPTH: usize = 1202;
+/// The widest layer (MLP width, CNN or ResNet channels).
+pub const MAX_WIDTH: usize = 1 << 16;
+
+/// Model names become file names: they must be identifiers.
+fn check_model_name(name: &str) -> std::result::Result<(), Fault> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            format!("models.{name}"),
+            "a model name must be 1 to 64 letters, digits, '_' or '-' (it names the model's files), not starting with '.' or '-'".into(),
+        ))
+    }
+}
+
+/// Every parameter tensor's size, and the model's, within the limits, before anything is
+/// allocated for them.
+fn check_parameter_sizes(graph: &Graph) -> std::result::Result<(), String> {
+    let mut total = 0u64;
+    for (_, node) in graph.params() {
+        let bytes = node
+            .shape
+            .iter()
+            .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+            .unwrap_or(u64::MAX);
+        if bytes > MAX_PARAMETER_BYTES {
+            return Err(format!(
+                "parameter {} of shape {:?} needs {bytes} bytes; a tensor may hold at most {MAX_PARAMETER_BYTES}",
+                node.name, node.shape
+            ));
+        }
+        total = total.saturating_add(bytes);
+    }
+    if total > MAX_MODEL_BYTES {
+        return Err(format!(
+            "{total} bytes of parameters; a model may hold at most {MAX_MODEL_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+impl ModelConfig {
+    /// The sizes are within the limits; errors name keys relative to the model.
+    fn check(&self) -> std::result::Result<(), Fault> {
+        let widths =
+            |key: &str, list: &[usize], max_len: usize| -> std::result::Result<(), Fault> {
+                if list.len() > max_len {
+                    return Err((
+                        format!(".{key}"),
+                        format!("at most {max_len} entries, got {}", list.len()),
+                    ));
+                }
+                match list.iter().position(|&w| !(1..=MAX_WIDTH).contains(&w)) {
+                    Some(i) => Err((
+                        format!(".{key}[{i}]"),
+                        format!("must be from 1 to {MAX_WIDTH}, got {}", list[i]),
+                    )),
+                    None => Ok(()),
+                }
+            };
+        match self {
+            ModelConfig::Mlp { hidden, .. } => widths("hidden", hidden, MAX_DEPTH),
+            // Each block halves the 28×28 map: four leave 1×1.
+            ModelConfig::Cnn { channels, .. } => {
+                if channels.is_empty() {
+                    return Err((".channels".into(), "needs at least one block".into()));
+                }
+                widths("channels", channels, 4)
+            }
+            ModelConfig::Resnet {
+                depth, widths: w, ..
+            } => {
+                if *depth > MAX_DEPTH {
+                    return Err((
+                        ".depth".into(),
+                        format!("must be at most {MAX_DEPTH}, got {depth}"),
+                    ));
+                }
+                widths("widths", w, 3)
+            }
+        }
+    }
+}
+
 impl Config {
+    /// A fingerprint of everything in the configuration (SHA-256 of its canonical JSON): a run
+    /// records it, and `--resume` refuses to continue under another one.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_string(self).unwrap_or_default();
+        let digest = sha2::Sha256::digest(json.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// How many leading stages are `once`: trained in the first seed only.
     pub fn once_stages(&self) -> usize {
         self.stages.iter().take_while(|s| s.once).count()
@@ -377,12 +485,19 @@ impl Config {
     fn check_fault(&self) -> std::result::Result<(), Fault> {
         self.check_data()?;
         self.check_stage_order()?;
-        let input = [self.data.batch_size, 1, 28, 28];
+        for (name, m) in &self.models {
+            check_model_name(name)?;
+            m.check()
+                .map_err(|(key, msg)| (format!("models.{name}{key}"), msg))?;
+        }
+        let [c, h, w] = crate::data::IMAGE;
+        let input = [self.data.batch_size, c, h, w];
         let mut graphs = BTreeMap::new();
         for (name, m) in &self.models {
             let graph = m
-                .graph(input, 10)
+                .graph(input, crate::data::CLASSES)
                 .map_err(|e| (format!("models.{name}"), e.to_string()))?;
+            check_parameter_sizes(&graph).map_err(|m| (format!("models.{name}"), m))?;
             graphs.insert(name.as_str(), graph);
         }
         // Models a stage can use as teachers: loaded from checkpoints, or trained earlier.
@@ -402,11 +517,28 @@ impl Config {
     }
 
     fn check_data(&self) -> std::result::Result<(), Fault> {
-        if self.data.batch_size < 2 {
+        let d = &self.data;
+        if d.batch_size < 2 || d.batch_size > MAX_BATCH {
+            let bound = if d.batch_size < 2 {
+                "at least 2".to_string()
+            } else {
+                format!("at most {MAX_BATCH}")
+            };
             return Err((
                 "data.batch_size".into(),
-                format!("must be at least 2, got {}", self.data.batch_size),
+                format!("must be {bound}, got {}", d.batch_size),
             ));
+        }
+        // A last batch of one is dropped (batch statistics need two samples), so a training
+        // set needs at least two.
+        if let Some(n) = d.train_limit.filter(|&n| n < 2) {
+            return Err((
+                "data.train_limit".into(),
+                format!("must be at least 2 (a batch of one is dropped), got {n}"),
+            ));
+        }
+        if d.test_limit == Some(0) {
+            return Err(("data.test_limit".into(), "must be at least 1".into()));
         }
         if !self.data.teacher_cache {
             return Ok(());
@@ -497,8 +629,14 @@ impl StageConfig {
                 (method == Method::SelfDistillation).then(|| &graphs[self.train[0].as_str()])
             });
         for (j, term) in self.losses.iter().enumerate() {
-            method.check_term(j, term, !self.teachers.is_empty())?;
             let at = |key: &str| format!("losses[{j}].{key}");
+            if !(term.weight.is_finite() && term.weight >= 0.0) {
+                return Err((
+                    at("weight"),
+                    format!("must be a number ≥ 0, got {}", term.weight),
+                ));
+            }
+            method.check_term(j, term, !self.teachers.is_empty())?;
             let tap = term.student_tap.as_deref().unwrap_or("logits");
             for m in &self.train {
                 graphs[m.as_str()]
@@ -523,16 +661,16 @@ impl StageConfig {
                 format!("needs one or more distinct models, got {:?}", self.train),
             ));
         }
-        if let Some(w) = &self.teacher_weights {
-            if w.len() != self.teachers.len() || w.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
-                return Err((
-                    "teacher_weights".into(),
-                    format!(
-                        "need one positive weight per teacher ({}), got {w:?}",
-                        self.teachers.len()
-                    ),
-                ));
-            }
+        if let Some(w) = &self.teacher_weights
+            && (w.len() != self.teachers.len() || w.iter().any(|v| !(v.is_finite() && *v > 0.0)))
+        {
+            return Err((
+                "teacher_weights".into(),
+                format!(
+                    "need one positive weight per teacher ({}), got {w:?}",
+                    self.teachers.len()
+                ),
+            ));
         }
         let model_names = || config.models.keys().cloned().collect::<Vec<_>>().join(", ");
         for (j, m) in self.train.iter().chain(&self.teachers).enumerate() {
@@ -586,6 +724,36 @@ impl OptimizerConfig {
                 ".lr".into(),
                 format!("must be a number > 0, got {}", self.lr),
             ));
+        }
+        let within = |key: &str, v: f64, ok: bool, what: &str| {
+            if ok && v.is_finite() {
+                Ok(())
+            } else {
+                Err((format!(".{key}"), format!("must be {what}, got {v}")))
+            }
+        };
+        let m = f64::from(self.momentum);
+        within(
+            "momentum",
+            m,
+            (0.0..1.0).contains(&m),
+            "a number ≥ 0 and < 1",
+        )?;
+        if let Some(wd) = self.weight_decay.map(f64::from) {
+            within("weight_decay", wd, wd >= 0.0, "a number ≥ 0")?;
+        }
+        for (i, &b) in self.betas.iter().flatten().enumerate() {
+            let ok = (0.0..1.0).contains(&b);
+            within(&format!("betas[{i}]"), b, ok, "a number ≥ 0 and < 1")?;
+        }
+        if let Some(eps) = self.eps.map(f64::from) {
+            within("eps", eps, eps > 0.0, "a number > 0")?;
+        }
+        if let Some(g) = self.gamma.map(f64::from) {
+            within("gamma", g, g > 0.0, "a number > 0")?;
+        }
+        if self.step_size == Some(0) {
+            return Err((".step_size".into(), "must be at least 1".into()));
         }
         if self.kind == OptimizerKind::Sgd && (self.betas.is_some() || self.eps.is_some()) {
             return Err(("".into(), "betas and eps belong to adamw, not sgd".into()));

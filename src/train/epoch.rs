@@ -46,6 +46,8 @@ pub fn train_epoch(
     let augment_images = stage.augment.unwrap_or(config.data.augment);
     let (mut xb, mut yb, mut tb) = (Vec::new(), Vec::new(), Vec::new());
     let mut samples = 0;
+    // The step that ran last: its losses are the epoch's.
+    let mut last = &plan.step;
     for (bi, idx) in order.chunks(batch).enumerate() {
         let full = idx.len() == batch;
         // A last batch of one is dropped: batch statistics need two samples.
@@ -65,16 +67,21 @@ pub fn train_epoch(
                 step.write_teacher_input(gpu, tap, &tb)?;
             }
         }
-        // Every tenth step also fetches its losses, collected later without a stall.
-        if full && opts.progress && bi % 10 == 0 {
+        // Every tenth step also fetches its losses, collected later without a stall: they feed
+        // the progress bar and stop a diverging stage early.
+        if full && bi % 10 == 0 {
             step.run_fetching_losses(gpu, &xb, &yb)?;
         } else {
             step.run(gpu, &xb, &yb)?;
         }
+        last = step;
         samples += idx.len();
-        if opts.progress {
-            if let Some(losses) = plan.step.poll_losses(gpu)? {
-                let total: f32 = losses.iter().map(|(_, w, l)| w * l).sum();
+        if let Some(losses) = plan.step.poll_losses(gpu)? {
+            let total: f32 = losses.iter().map(|(_, w, l)| w * l).sum();
+            if !total.is_finite() {
+                return Err(diverged(plan, epoch, Some(bi + 1)));
+            }
+            if opts.progress {
                 let rate = samples as f64 / start.elapsed().as_secs_f64();
                 let acc = if epoch > 0 {
                     format!(
@@ -90,11 +97,35 @@ pub fn train_epoch(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let loss = last.total_loss(gpu)?;
+    if !loss.is_finite() {
+        return Err(diverged(plan, epoch, None));
+    }
     Ok(EpochStats {
-        loss: plan.step.total_loss(gpu)?,
+        loss,
         samples,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The error that stops a diverging stage, before its epoch's files are written (the last
+/// finite epoch's checkpoints stay).
+fn diverged(plan: &StagePlan<'_>, epoch: usize, step: Option<usize>) -> crate::Error {
+    let when = match step {
+        Some(s) => format!("epoch {}, step {s}", epoch + 1),
+        None => format!("epoch {}", epoch + 1),
+    };
+    let kept = if epoch > 0 {
+        format!("the checkpoints of epoch {epoch} are kept")
+    } else {
+        "no checkpoint of this stage was written".to_string()
+    };
+    crate::error::input_error(
+        format!("stage '{}'", plan.stage.name),
+        format!(
+            "the loss is not finite at {when}: training diverged ({kept}); lower the learning rate or the loss weights"
+        ),
+    )
 }
 
 /// Writes the epoch's learning rate and each term's weight (ramped over its warm-up) into both

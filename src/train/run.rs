@@ -14,11 +14,11 @@ use crate::gpu::Gpu;
 use crate::graph::{EvalStep, Graph, Weights};
 use crate::io;
 
-use super::checkpoint::{Progress, RunFolder};
+use super::checkpoint::{EpochFiles, Progress, RunFolder, export};
 use super::config::{Config, DatasetKind};
 use super::epoch::train_epoch;
 use super::stage::{Shapes, StagePlan, learning_rate};
-use super::summary::{AdapterSummary, StageSummary, Summary, write_summary};
+use super::summary::{AdapterSummary, StageSummary, Summary};
 
 /// Where the data comes from and where results go.
 #[derive(Clone, Debug)]
@@ -39,6 +39,9 @@ pub struct RunOptions {
     /// Root of the teacher-output cache (`data.teacher_cache`); `None` picks
     /// [`default_teacher_cache`].
     pub teacher_cache: Option<PathBuf>,
+    /// Fail the run's `n`th file write (1-based) as a full disk would. For testing that a
+    /// crash at any write costs at most the epoch in progress.
+    pub fail_write: Option<usize>,
 }
 
 impl RunOptions {
@@ -53,6 +56,7 @@ impl RunOptions {
             stop_after: None,
             progress: false,
             teacher_cache: None,
+            fail_write: None,
         }
     }
 }
@@ -168,9 +172,12 @@ pub fn run(
     test: &Dataset,
     log: &mut dyn FnMut(&str),
 ) -> Result<Summary> {
-    let folder = RunFolder::create(&opts.out)?;
+    let folder = RunFolder::create(&opts.out)?.failing_write(opts.fail_write);
+    let _lock = folder.lock()?;
     let resumed = if opts.resume {
-        Some(folder.read_progress()?)
+        let progress = folder.read_progress(config)?;
+        folder.trim_metrics(config, &progress)?;
+        Some(progress)
     } else {
         folder.clear_metrics();
         None
@@ -193,7 +200,8 @@ pub fn run(
             for name in &stage.train {
                 let graph =
                     config.models[name].graph(shapes.input(shapes.batch), shapes.classes)?;
-                models.insert(name.clone(), folder.load_model(gpu, name, &graph)?);
+                let weights = folder.load_model(gpu, index, stage.epochs, name, &graph)?;
+                models.insert(name.clone(), weights);
             }
             stages.push(p.done[index].clone());
             continue;
@@ -208,14 +216,14 @@ pub fn run(
         // A stage whose first epoch had not finished starts afresh.
         let resume = resuming.filter(|p| p.epoch > 0);
         stages.push(run.train(index, resume, &mut models, &stages, train, test, log)?);
-        folder.write_progress(&Progress::between_stages(index + 1, &stages))?;
+        folder.write_progress(&Progress::between_stages(config, index + 1, &stages))?;
     }
     let summary = Summary {
         adapter: AdapterSummary::of(gpu),
         data: train.source.clone(),
         stages,
     };
-    write_summary(&opts.out, &summary)?;
+    folder.write_json(&opts.out.join("summary.json"), &summary)?;
     Ok(summary)
 }
 
@@ -273,37 +281,36 @@ impl StageRun<'_> {
             let stats = train_epoch(gpu, config, epoch, lr, &mut plan, train, opts)?;
             trained += stats.samples;
             let steps = plan.step.steps_taken(gpu)?;
+            let mut exports = Vec::new();
+            let mut metrics = Vec::new();
             for k in 0..stage.train.len() {
                 plan.accuracy[k] = accuracy(gpu, &plan.evals[k], &plan.graphs[k], test)?;
                 plan.best[k] = plan.best[k].max(plan.accuracy[k]);
                 let name = &stage.train[k];
-                self.folder
-                    .save_model(gpu, name, &plan.graphs[k], &plan.weights[k], steps)?;
-                let line = serde_json::json!({
+                exports.push((
+                    name.clone(),
+                    export(gpu, &plan.graphs[k], &plan.weights[k], steps)?,
+                ));
+                metrics.push(serde_json::json!({
                     "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": stats.loss,
                     "test_accuracy": plan.accuracy[k], "seconds": stats.seconds, "samples_per_second": stats.samples as f64 / stats.seconds,
-                });
-                self.folder.append_metrics(&line)?;
+                }));
             }
-            let key = plan.key();
-            io::write_safetensors(&self.folder.train_state(&key), &plan.step.save_state(gpu)?)?;
-            if let Some(h) = &plan.heads {
-                io::write_safetensors(&self.folder.heads(&key), &h.to_host(gpu)?)?;
-            }
-            self.folder.write_progress(&Progress {
-                stage: index,
-                epoch: epoch + 1,
-                best: plan.best.clone(),
-                accuracy: plan.accuracy.clone(),
-                done: done.to_vec(),
-            })?;
-            self.folder.draw_curves()?;
-            if !stats.loss.is_finite() {
-                log(&format!(
-                    "{}: the loss is not finite: training diverged (lower the learning rate or the loss weights)",
-                    stage.name
-                ));
-            }
+            let files = EpochFiles {
+                models: exports,
+                state: (plan.key(), plan.step.save_state(gpu)?),
+                heads: plan.heads.as_ref().map(|h| h.to_host(gpu)).transpose()?,
+                metrics,
+                progress: Progress {
+                    stage: index,
+                    epoch: epoch + 1,
+                    best: plan.best.clone(),
+                    accuracy: plan.accuracy.clone(),
+                    done: done.to_vec(),
+                    config: config.fingerprint(),
+                },
+            };
+            self.folder.commit_epoch(index, epoch + 1, &files)?;
             let accs: Vec<String> = plan.accuracy.iter().map(|a| format!("{a:.4}")).collect();
             log(&format!(
                 "{} epoch {}/{}: loss {:.4}, test accuracy {}, {:.0} samples/s",
@@ -314,6 +321,21 @@ impl StageRun<'_> {
                 accs.join(" / "),
                 stats.samples as f64 / stats.seconds
             ));
+        }
+        if plan.start_epoch == stage.epochs {
+            // Resumed after the last epoch was recorded: its exports may not all have been
+            // written before the interruption.
+            let steps = plan.step.steps_taken(gpu)?;
+            let exports = (0..stage.train.len())
+                .map(|k| {
+                    let e = export(gpu, &plan.graphs[k], &plan.weights[k], steps)?;
+                    Ok((stage.train[k].clone(), e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let heads = plan.heads.as_ref().map(|h| h.to_host(gpu)).transpose()?;
+            let key = plan.key();
+            self.folder
+                .rewrite_exports(&exports, heads.as_ref().map(|h| (key.as_str(), h)))?;
         }
         let summary = plan.summary(started.elapsed().as_secs_f64(), trained);
         for (name, w) in stage.train.iter().zip(plan.weights) {

@@ -37,7 +37,7 @@ pub fn run_seeds(
         let resume = if opts.resume && RunFolder::create(&out)?.has_progress() {
             true
         } else if k > 0 && config.once_stages() > 0 {
-            start_from_first_seed(config, &first, &out)?;
+            start_from_first_seed(&cfg, &first, &out)?;
             true
         } else {
             false

@@ -10,7 +10,6 @@ use crate::data::Dataset;
 use crate::error::input_error;
 use crate::gpu::Gpu;
 use crate::graph::{EvalStep, Graph, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep, Weights};
-use crate::io;
 use crate::kernels::optimizer::{AdamW, Sgd};
 
 use super::checkpoint::{Progress, RunFolder};
@@ -182,7 +181,7 @@ impl<'a> StagePlan<'a> {
             .iter()
             .zip(&graphs)
             .map(|(name, graph)| match (resume, models.get(name)) {
-                (Some(_), _) => folder.load_model(gpu, name, graph),
+                (Some(p), _) => folder.load_model(gpu, index, p.epoch, name, graph),
                 (None, Some(w)) => Ok(w.clone()),
                 (None, None) => Weights::init(gpu, graph, seed_of(config.seed, name)),
             })
@@ -219,12 +218,9 @@ impl<'a> StagePlan<'a> {
             let fresh = Weights::init(gpu, &student, seed_of(config.seed, &stage.name))?
                 .with_prefix("aux.");
             Some(if start_epoch > 0 {
-                let path = folder.heads(&key);
-                fresh.reload(
-                    gpu,
-                    &path.display().to_string(),
-                    &io::read_safetensors(&path)?,
-                )?
+                let (what, saved) =
+                    folder.read_state(index, start_epoch, &format!("{key}.heads"))?;
+                fresh.reload(gpu, &what, &saved)?
             } else {
                 fresh
             })
@@ -275,12 +271,9 @@ impl<'a> StagePlan<'a> {
         };
         let step = TrainStep::compile(gpu, &spec)?;
         if start_epoch > 0 {
-            let path = folder.train_state(&key);
-            step.load_state(
-                gpu,
-                &path.display().to_string(),
-                &io::read_safetensors(&path)?,
-            )?;
+            let file = format!("{key}.train-state");
+            let (what, saved) = folder.read_state(index, start_epoch, &file)?;
+            step.load_state(gpu, &what, &saved)?;
         }
         let tail_step = if shapes.tail >= 2 {
             let tail_student = student_at(shapes.tail)?;

@@ -231,9 +231,22 @@ fn read_entry(
         for ((name, shape), v) in taps.iter().zip(values.iter_mut()) {
             let mut full = vec![rows];
             full.extend(shape);
-            match map.get(name) {
-                Some(t) if t.shape == full && t.as_f32().is_some() => {
-                    v.extend_from_slice(t.as_f32().unwrap_or(&[]));
+            match map
+                .get(name)
+                .filter(|t| t.shape == full)
+                .and_then(|t| t.as_f32())
+            {
+                Some(values) => {
+                    // A damaged entry must not be replayed as a teacher's outputs.
+                    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                        return Err(input_error(
+                            path.display().to_string(),
+                            format!(
+                                "{name}: element {i} is not finite; delete the entry to recompute it"
+                            ),
+                        ));
+                    }
+                    v.extend_from_slice(values);
                 }
                 _ => {
                     return Err(input_error(
