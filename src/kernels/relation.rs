@@ -247,15 +247,36 @@ pub fn sp(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     })
 }
 
+/// What both RKD terms start from: the student's centred embeddings (its gradient is `C·E_s`)
+/// and both sides' Gram matrices of centred embeddings.
+struct Centred {
+    es: Tensor,
+    gs: Tensor,
+    gt: Tensor,
+}
+
+/// Appends the centring of both sides and their Gram matrices.
+fn centred_grams(
+    gpu: &Gpu,
+    plan: &mut Vec<Dispatch>,
+    op: &str,
+    student: &Tensor,
+    teacher: &Tensor,
+) -> Result<Centred> {
+    let (b, ds, dt) = relation_inputs(op, student, teacher)?;
+    let es = centered(gpu, plan, op, student, b, ds)?;
+    let et = centered(gpu, plan, op, teacher, b, dt)?;
+    let gs = gram(gpu, plan, &es, b, ds)?;
+    let gt = gram(gpu, plan, &et, b, dt)?;
+    Ok(Centred { es, gs, gt })
+}
+
 /// RKD distance: smooth-L1 between mean-normalised pairwise distance matrices.
 pub fn rkd_distance(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     let op = "rkd_distance";
-    let (b, ds, dt) = relation_inputs(op, student, teacher)?;
+    let (b, ds, _) = relation_inputs(op, student, teacher)?;
     let mut plan = Vec::new();
-    let es = centered(gpu, &mut plan, op, student, b, ds)?;
-    let et = centered(gpu, &mut plan, op, teacher, b, dt)?;
-    let gs = gram(gpu, &mut plan, &es, b, ds)?;
-    let gt = gram(gpu, &mut plan, &et, b, dt)?;
+    let Centred { es, gs, gt } = centred_grams(gpu, &mut plan, op, student, teacher)?;
     for spec in [
         &RKD_DISTANCE_ROWS,
         &RKD_DISTANCE_MEANS,
@@ -310,12 +331,9 @@ pub fn rkd_distance(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<Los
 /// matrices in O(B³ + B²D) without a B×B×D tensor.
 pub fn rkd_angle(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     let op = "rkd_angle";
-    let (b, ds, dt) = relation_inputs(op, student, teacher)?;
+    let (b, ds, _) = relation_inputs(op, student, teacher)?;
     let mut plan = Vec::new();
-    let es = centered(gpu, &mut plan, op, student, b, ds)?;
-    let et = centered(gpu, &mut plan, op, teacher, b, dt)?;
-    let gs = gram(gpu, &mut plan, &es, b, ds)?;
-    let gt = gram(gpu, &mut plan, &et, b, dt)?;
+    let Centred { es, gs, gt } = centred_grams(gpu, &mut plan, op, student, teacher)?;
     let r = gpu.empty(&[b, b], DType::F32)?;
     let bcoef = gpu.empty(&[b, b], DType::F32)?;
     let pair_loss = gpu.empty(&[b, b], DType::F32)?;
