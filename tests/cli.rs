@@ -329,3 +329,17 @@ fn bench_writes_json_with_the_adapter_and_same_run_baselines() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn bench_with_a_filter_that_matches_nothing_fails() {
+    let Some(out) = on_ci_backend(&["bench", "--filter", "no-such-kernel"]) else {
+        return;
+    };
+    assert!(!out.status.success());
+    assert_one_line_error(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no-such-kernel") && stderr.contains("matmul"),
+        "{stderr}"
+    );
+}
