@@ -135,8 +135,8 @@ fn main() -> Result<(), Error> {
     let hint = LossSpec {
         loss: Loss::new("hint")?,
         weight: 1.0,
-        student_tap: Some("hidden.0".into()),
-        teacher_tap: Some("hidden.1".into()),
+        student_taps: vec!["hidden.0".into()],
+        teacher_taps: vec!["hidden.1".into()],
         adapter: Some(Adapter::Linear),
     };
     let losses = vec![

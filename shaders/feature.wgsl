@@ -1,5 +1,8 @@
-// Feature-based losses: FitNet hint (elementwise MSE) and attention transfer.
-// Each writes the gradient and per-element or per-sample loss partials; reduce.wgsl sums them.
+// Feature-based losses: FitNet hint (elementwise MSE), attention transfer and factor transfer
+// (one kernel set: FT is AT with another distance), activation boundaries (elementwise), and
+// neuron selectivity transfer (per-sample Gram matrices of channel-normalised maps).
+// Each writes the gradient and per-element, per-entry or per-sample loss partials; reduce.wgsl
+// sums them.
 
 struct Params {
     batch: u32,
@@ -9,8 +12,10 @@ struct Params {
     hw: u32,
     p: f32,
     grad_scale: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // at/ft: the distance's exponent (2 for AT; FT's p2, 1 or 2). ab: unused.
+    q: f32,
+    // nst: where a Gram launch writes its loss partials.
+    offset: u32,
 }
 
 const WG: u32 = 256u;
@@ -39,9 +44,19 @@ fn hint(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     hint_partial[i] = d * d;
 }
 
-// ---- at: a(f) = normalize(mean_c f^p) per sample; loss mean((a_s − a_t)²) -----------------
-// Three passes: channel means per (sample, position); norms and the normalisation's dot product
-// per sample; the gradient per student element.
+// ---- at / ft: a(f) = normalize(mean_c f^p) per sample; loss mean(dist(a_s − a_t)) ------------
+// dist(d) = d² (AT, q = 2) or |d| (FT's p2 = 1, q = 1). Three passes: channel means per
+// (sample, position); norms and the normalisation's dot product per sample; the gradient per
+// student element.
+
+fn distance(d: f32) -> f32 {
+    return select(d * d, abs(d), params.q == 1.0);
+}
+
+// d dist / d d; |d| has slope 0 at 0 (sign(0) = 0), as PyTorch's l1_loss.
+fn distance_slope(d: f32) -> f32 {
+    return select(2.0 * d, sign(d), params.q == 1.0);
+}
 
 // x^p as PyTorch's pow: exact for integer p (sign kept for odd p), pow() otherwise.
 fn pow_p(x: f32, p: f32) -> f32 {
@@ -118,8 +133,8 @@ fn at_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     for (var i = 0u; i < hw; i = i + 1u) {
         let a_s = rows_ms[b * hw + i] / ns_c;
         let d = a_s - rows_mt[b * hw + i] / nt_c;
-        loss = loss + d * d;
-        dot = dot + a_s * d * params.grad_scale;
+        loss = loss + distance(d);
+        dot = dot + a_s * distance_slope(d) * params.grad_scale;
     }
     rows_stats[b] = vec4<f32>(ns, ns_c, nt_c, dot);
     rows_loss[b] = loss;
@@ -144,8 +159,204 @@ fn at_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let i = k % hw;
     let stats = grad_stats[b];
     let a_s = grad_ms[b * hw + i] / stats.y;
-    let g = (a_s - grad_mt[b * hw + i] / stats.z) * params.grad_scale;
+    let g = distance_slope(a_s - grad_mt[b * hw + i] / stats.z) * params.grad_scale;
     // Through normalize: (g − a (a·g)) / ‖m‖, or g / eps where the norm was clamped.
     let dm = select(g / stats.y, (g - a_s * stats.w) / stats.y, stats.x > 1e-12);
     grad_out[k] = dm * params.p * pow_p(grad_student[k], params.p - 1.0) / f32(cs);
+}
+
+// ---- ab: activation boundaries, elementwise ------------------------------------------------
+// (s + m)² where s > −m and t ≤ 0, (s − m)² where s ≤ m and t > 0; m = params.p.
+@group(0) @binding(1) var<storage, read> ab_student: array<f32>;
+@group(0) @binding(2) var<storage, read> ab_teacher: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ab_grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ab_partial: array<f32>;
+
+@compute @workgroup_size(256)
+fn ab(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+      @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= params.n) {
+        return;
+    }
+    let s = ab_student[i];
+    let t = ab_teacher[i];
+    let m = params.p;
+    let below = s > -m && t <= 0.0;
+    let above = s <= m && t > 0.0;
+    let lo = select(0.0, s + m, below);
+    let hi = select(0.0, s - m, above);
+    ab_partial[i] = lo * lo + hi * hi;
+    ab_grad[i] = 2.0 * (lo + hi) * params.grad_scale;
+}
+
+// ---- nst: neuron selectivity transfer -------------------------------------------------------
+// Rows are (sample, channel) maps of H·W values. Each row is normalised (F.normalize); per
+// sample the Gram matrices ŝŝᵀ, ŝt̂ᵀ and t̂t̂ᵀ are formed one entry per invocation, each entry
+// also writing its weighted square (the loss's terms); the gradient with respect to ŝ reads the
+// Gram rows back, and the normalisation's backward pass finishes it.
+
+// Rows of hw values: out = x / max(‖x‖, eps), norms = (‖x‖, max(‖x‖, eps)). batch = rows.
+@group(0) @binding(1) var<storage, read> nrm_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> nrm_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> nrm_norms: array<vec2<f32>>;
+
+@compute @workgroup_size(64)
+fn normalize_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let r = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if (r >= params.batch) {
+        return;
+    }
+    let hw = params.hw;
+    var ss = 0.0;
+    for (var k = 0u; k < hw; k = k + 1u) {
+        let v = nrm_in[r * hw + k];
+        ss = ss + v * v;
+    }
+    let n = sqrt(ss);
+    let nc = max(n, 1e-12);
+    for (var k = 0u; k < hw; k = k + 1u) {
+        nrm_out[r * hw + k] = nrm_in[r * hw + k] / nc;
+    }
+    nrm_norms[r] = vec2<f32>(n, nc);
+}
+
+// g[n, i, j] = a[n, i, :] · b[n, j, :] for a (B, n, hw) and b (B, teacher_channels, hw);
+// partial[offset + entry] = p · g².
+@group(0) @binding(1) var<storage, read> gram_a: array<f32>;
+@group(0) @binding(2) var<storage, read> gram_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gram_out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> gram_partial: array<f32>;
+
+@compute @workgroup_size(64)
+fn row_grams(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.x + wid.y * nwg.x) * 64u + lid;
+    let ca = params.n;
+    let cb = params.teacher_channels;
+    if (e >= params.batch * ca * cb) {
+        return;
+    }
+    let j = e % cb;
+    let i = (e / cb) % ca;
+    let b = e / (ca * cb);
+    let hw = params.hw;
+    let x = (b * ca + i) * hw;
+    let y = (b * cb + j) * hw;
+    var g = 0.0;
+    for (var k = 0u; k < hw; k = k + 1u) {
+        g = fma(gram_a[x + k], gram_b[y + k], g);
+    }
+    gram_out[e] = g;
+    gram_partial[params.offset + e] = params.p * g * g;
+}
+
+// d loss / d ŝ[n, i, x] = p · Σ_j G_ss[n,i,j] ŝ[n,j,x] + grad_scale · Σ_j G_st[n,i,j] t̂[n,j,x]
+// (p = 4·w_ss, grad_scale = 2·w_st; n = Cs, teacher_channels = Ct).
+@group(0) @binding(1) var<storage, read> ng_s: array<f32>;
+@group(0) @binding(2) var<storage, read> ng_t: array<f32>;
+@group(0) @binding(3) var<storage, read> ng_gss: array<f32>;
+@group(0) @binding(4) var<storage, read> ng_gst: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ng_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn nst_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let k = linear_index(wid, nwg, lid);
+    let cs = params.n;
+    let ct = params.teacher_channels;
+    let hw = params.hw;
+    if (k >= params.batch * cs * hw) {
+        return;
+    }
+    let x = k % hw;
+    let i = (k / hw) % cs;
+    let b = k / (cs * hw);
+    var own = 0.0;
+    for (var j = 0u; j < cs; j = j + 1u) {
+        own = fma(ng_gss[(b * cs + i) * cs + j], ng_s[(b * cs + j) * hw + x], own);
+    }
+    var cross = 0.0;
+    for (var j = 0u; j < ct; j = j + 1u) {
+        cross = fma(ng_gst[(b * cs + i) * ct + j], ng_t[(b * ct + j) * hw + x], cross);
+    }
+    ng_out[k] = params.p * own + params.grad_scale * cross;
+}
+
+// The normalisation's backward pass per row: (g − x̂ (x̂·g)) / ‖x‖, or g / eps where clamped.
+@group(0) @binding(1) var<storage, read> nb_xhat: array<f32>;
+@group(0) @binding(2) var<storage, read> nb_norms: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> nb_g: array<f32>;
+@group(0) @binding(4) var<storage, read_write> nb_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn normalize_rows_backward(@builtin(workgroup_id) wid: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let r = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if (r >= params.batch) {
+        return;
+    }
+    let hw = params.hw;
+    var dot = 0.0;
+    for (var k = 0u; k < hw; k = k + 1u) {
+        dot = fma(nb_xhat[r * hw + k], nb_g[r * hw + k], dot);
+    }
+    let norms = nb_norms[r];
+    let clamped = norms.x <= 1e-12;
+    for (var k = 0u; k < hw; k = k + 1u) {
+        let g = nb_g[r * hw + k];
+        nb_out[r * hw + k] = select((g - nb_xhat[r * hw + k] * dot) / norms.y, g / norms.y, clamped);
+    }
+}
+
+// ---- fsp: flow of solution procedure -------------------------------------------------------
+// G(a, b)[n, j, i] = (1/HW) Σ_x b[n, j, x] a[n, i, x], from row_grams of (b, a); the loss is
+// mean((G_s − G_t)²) over B·C2·C1, and the gradients contract dG with each side's other map.
+
+// Per entry e of (B, C2, C1): d = gs·p − gt·q (p, q: each side's 1/HW); partial = d²;
+// dG = d · grad_scale (grad_scale = 2 / (B·C1·C2) · the student's 1/HW). n: entries.
+@group(0) @binding(1) var<storage, read> fd_gs: array<f32>;
+@group(0) @binding(2) var<storage, read> fd_gt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> fd_dg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> fd_partial: array<f32>;
+
+@compute @workgroup_size(256)
+fn fsp_diff(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let e = linear_index(wid, nwg, lid);
+    if (e >= params.n) {
+        return;
+    }
+    let d = fd_gs[e] * params.p - fd_gt[e] * params.q;
+    fd_partial[e] = d * d;
+    fd_dg[e] = d * params.grad_scale;
+}
+
+// out[n, r, x] = Σ_k M(n, r, k) · X[n, k, x] over rows of hw values, M(n, r, k) = m[n, r, k]
+// (offset = 0) or m[n, k, r] (offset = 1, transposed). n: R rows out, teacher_channels: K.
+@group(0) @binding(1) var<storage, read> mix_m: array<f32>;
+@group(0) @binding(2) var<storage, read> mix_x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mix_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn row_mix(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let t = linear_index(wid, nwg, lid);
+    let rows = params.n;
+    let inner = params.teacher_channels;
+    let hw = params.hw;
+    if (t >= params.batch * rows * hw) {
+        return;
+    }
+    let x = t % hw;
+    let r = (t / hw) % rows;
+    let b = t / (rows * hw);
+    var acc = 0.0;
+    for (var k = 0u; k < inner; k = k + 1u) {
+        let m = select(mix_m[(b * rows + r) * inner + k], mix_m[(b * inner + k) * rows + r], params.offset == 1u);
+        acc = fma(m, mix_x[(b * inner + k) * hw + x], acc);
+    }
+    mix_out[t] = acc;
 }

@@ -1,5 +1,5 @@
 // Relation-based losses over (B, D) embeddings: similarity preserving (SP), RKD distance and
-// angle, and PKT. Everything is built from B×B Gram matrices (computed by matmul.wgsl), so no
+// angle, PKT and correlation congruence (CC). Everything is built from B×B Gram matrices (computed by matmul.wgsl), so no
 // kernel ever holds a B×B×D tensor: RKD angle's A_ijk = (e_j − e_i)·(e_k − e_i) /
 // (‖e_j − e_i‖‖e_k − e_i‖) is read off the Gram matrix of the centred embeddings, and every
 // gradient ends as C·E for a B×B coefficient matrix C (again a matmul).
@@ -7,8 +7,9 @@
 struct Params {
     batch: u32,
     dim: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // cc: γ of the Gaussian kernel and the Taylor series' order.
+    gamma: f32,
+    order: u32,
 }
 
 const WG: u32 = 64u;
@@ -462,5 +463,75 @@ fn normalize_rows_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     for (var d = 0u; d < dim; d = d + 1u) {
         let g = nb_dxh[i * dim + d] / ne - nb_x[i * dim + d] * xg / (n * ne * ne);
         nb_grad[i * dim + d] = select(0.0, g, n > 0.0);
+    }
+}
+
+// ---- cc: correlation congruence --------------------------------------------------------------
+// C(f)_ij = e^(−2γ) Σ_{p=0..P} (2γ)^p / p! (f_i·f_j)^p from the Gram matrices; the loss is the
+// Frobenius norm of C_s − C_t over B², and the gradient (C_s − C_t) ∘ C_s' times F_s, scaled
+// by 2 / (B² ‖C_s − C_t‖) once the norm is known.
+
+// (value, slope) of the kernel at g.
+fn cc_kernel(g: f32) -> vec2<f32> {
+    var value = 0.0;
+    var slope = 0.0;
+    var coef = 1.0;
+    var power = 1.0;
+    var below = 0.0;
+    for (var p = 0u; p <= params.order; p = p + 1u) {
+        value = fma(coef, power, value);
+        slope = slope + f32(p) * coef * below;
+        below = power;
+        power = power * g;
+        coef = coef * 2.0 * params.gamma / f32(p + 1u);
+    }
+    let scale = exp(-2.0 * params.gamma);
+    return vec2<f32>(scale * value, scale * slope);
+}
+
+// Per row i: Σ_j (C_s − C_t)²_ij, and coef_ij = (C_s − C_t)_ij · C_s'(G_s,ij).
+@group(0) @binding(1) var<storage, read> cc_gs: array<f32>;
+@group(0) @binding(2) var<storage, read> cc_gt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> cc_coef: array<f32>;
+@group(0) @binding(4) var<storage, read_write> cc_row_sq: array<f32>;
+
+@compute @workgroup_size(64)
+fn cc_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let b = params.batch;
+    if (i >= b) {
+        return;
+    }
+    var sq = 0.0;
+    for (var j = 0u; j < b; j = j + 1u) {
+        let ks = cc_kernel(cc_gs[i * b + j]);
+        let d = ks.x - cc_kernel(cc_gt[i * b + j]).x;
+        sq = fma(d, d, sq);
+        cc_coef[i * b + j] = d * ks.y;
+    }
+    cc_row_sq[i] = sq;
+}
+
+// grad = raw · 2 / (B² ‖D‖) (0 where ‖D‖ = 0, as PyTorch's norm), loss = ‖D‖ / B²; dim is the
+// number of gradient elements.
+@group(0) @binding(1) var<storage, read> ccs_total: array<f32>;
+@group(0) @binding(2) var<storage, read> ccs_raw: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ccs_loss: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ccs_grad: array<f32>;
+
+@compute @workgroup_size(64)
+fn cc_scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let k = linear_index(wid, nwg, lid);
+    if (k >= params.dim) {
+        return;
+    }
+    let b2 = f32(params.batch) * f32(params.batch);
+    let norm = sqrt(ccs_total[0]);
+    let factor = select(0.0, 2.0 / (b2 * norm), norm > 0.0);
+    ccs_grad[k] = ccs_raw[k] * factor;
+    if (k == 0u) {
+        ccs_loss[0] = norm / b2;
     }
 }

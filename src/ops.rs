@@ -32,7 +32,7 @@ pub struct OpInfo {
     /// Attributes with their defaults and ranges.
     pub attrs: Vec<AttrDef>,
     /// Output tensor names.
-    pub outputs: Vec<&'static str>,
+    pub outputs: Vec<String>,
     /// The registry entry, for a loss.
     pub loss: Option<&'static LossDef>,
 }
@@ -271,7 +271,7 @@ pub fn all() -> Vec<OpInfo> {
                 doc: "",
             })
             .collect(),
-        outputs: k.outputs.to_vec(),
+        outputs: k.outputs.iter().map(|o| o.to_string()).collect(),
         loss: None,
     });
     let loss_ops = losses::registry().map(|def| OpInfo {
@@ -280,7 +280,7 @@ pub fn all() -> Vec<OpInfo> {
         inputs: def.inputs.iter().map(|i| i.name).collect(),
         optional: Vec::new(),
         attrs: def.attrs.to_vec(),
-        outputs: losses::OUTPUTS.to_vec(),
+        outputs: def.outputs(),
         loss: Some(def),
     });
     kernel_ops.chain(loss_ops).collect()
@@ -674,26 +674,28 @@ pub fn run(
             let loss = Loss::of(def).with_all(attrs.iter().map(|(k, v)| (k.as_str(), *v)))?;
             let tensors: Vec<&Tensor> = def.inputs.iter().map(|i| &dev[i.name]).collect();
             let plan = loss.launch(gpu, &tensors)?;
-            let [loss_name, grad_name] = [losses::OUTPUTS[0], losses::OUTPUTS[1]];
-            (
-                plan.dispatches,
-                vec![(loss_name, plan.loss), (grad_name, plan.grad)],
-            )
+            let mut tensors = vec![plan.loss];
+            tensors.extend(plan.grads);
+            let named: Vec<(String, Tensor)> = def.outputs().into_iter().zip(tensors).collect();
+            (plan.dispatches, named)
         }
-        None => plan(
-            gpu,
-            name,
-            &dev,
-            &Attrs {
+        None => {
+            let values = Attrs {
                 op: name,
                 values: &attrs,
-            },
-        )?,
+            };
+            let (dispatches, outputs) = plan(gpu, name, &dev, &values)?;
+            let named = outputs
+                .into_iter()
+                .map(|(k, t)| (k.to_string(), t))
+                .collect();
+            (dispatches, named)
+        }
     };
     gpu.execute(&dispatches)?;
     let mut out = TensorMap::new();
     for (k, t) in outputs {
-        out.insert(k.to_string(), download(gpu, &t)?);
+        out.insert(k, download(gpu, &t)?);
     }
     Ok(out)
 }

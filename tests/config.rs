@@ -23,6 +23,7 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../configs/teacher_cache.toml"),
         include_str!("../examples/pytorch_teacher/distill.toml"),
         include_str!("../configs/results.toml"),
+        include_str!("../configs/feature_knowledge.toml"),
     ] {
         check(text).unwrap();
     }

@@ -42,9 +42,17 @@ fn gpu_grads(
     let mut plan = Vec::new();
     let fwd = plan_forward(gpu, g, w, &inputs, Mode::Train, None, &mut plan).unwrap();
     let out = g.output.unwrap();
-    let lp = response::ce(gpu, fwd.get(out), &tl).unwrap();
+    let mut lp = response::ce(gpu, fwd.get(out), &tl).unwrap();
     plan.extend(lp.dispatches);
-    let grads = plan_backward(gpu, g, &fwd, vec![(out, lp.grad)], &[], &mut plan).unwrap();
+    let grads = plan_backward(
+        gpu,
+        g,
+        &fwd,
+        vec![(out, lp.grads.remove(0))],
+        &[],
+        &mut plan,
+    )
+    .unwrap();
     gpu.execute(&plan).unwrap();
     grads
         .iter()
@@ -300,8 +308,8 @@ fn kd_steps_with_a_frozen_teacher_and_a_fitnet_adapter_train_the_student() {
     let hint = LossSpec {
         loss: loss("hint"),
         weight: 1.0,
-        student_tap: Some("hidden.0".into()),
-        teacher_tap: Some("hidden.1".into()),
+        student_taps: vec!["hidden.0".into()],
+        teacher_taps: vec!["hidden.1".into()],
         adapter: Some(Adapter::Linear),
     };
     let spec = StepSpec {
@@ -381,8 +389,8 @@ fn feature_losses_on_cnn_taps_train_through_a_1x1_conv_adapter() {
     let tap = |loss, adapter| LossSpec {
         loss,
         weight: 1.0,
-        student_tap: Some("features.3".into()),
-        teacher_tap: Some("features.3".into()),
+        student_taps: vec!["features.3".into()],
+        teacher_taps: vec!["features.3".into()],
         adapter,
     };
     let spec = StepSpec {
@@ -395,8 +403,8 @@ fn feature_losses_on_cnn_taps_train_through_a_1x1_conv_adapter() {
             LossSpec {
                 loss: loss("rkd_distance"),
                 weight: 1.0,
-                student_tap: Some("features.7".into()),
-                teacher_tap: Some("features.7".into()),
+                student_taps: vec!["features.7".into()],
+                teacher_taps: vec!["features.7".into()],
                 adapter: None,
             },
         ],
@@ -445,8 +453,8 @@ fn mismatched_adapters_and_missing_teachers_are_compile_errors() {
     let bad = LossSpec {
         loss: loss("hint"),
         weight: 1.0,
-        student_tap: Some("hidden.0".into()),
-        teacher_tap: Some("hidden.0".into()),
+        student_taps: vec!["hidden.0".into()],
+        teacher_taps: vec!["hidden.0".into()],
         adapter: Some(Adapter::Conv1x1),
     };
     let s = StepSpec {
@@ -596,8 +604,8 @@ fn a_sibling_step_for_the_last_batch_shares_the_optimizer_and_adapters() {
             LossSpec {
                 loss: loss("hint"),
                 weight: 1.0,
-                student_tap: Some("hidden.0".into()),
-                teacher_tap: Some("hidden.0".into()),
+                student_taps: vec!["hidden.0".into()],
+                teacher_taps: vec!["hidden.0".into()],
                 adapter: Some(Adapter::Linear),
             },
         ]
@@ -662,9 +670,17 @@ fn dropout_in_a_graph_masks_forward_and_backward_alike_and_changes_each_step() {
             &mut plan,
         )
         .unwrap();
-        let lp = response::ce(gpu, fwd.get(logits), &labels).unwrap();
+        let mut lp = response::ce(gpu, fwd.get(logits), &labels).unwrap();
         plan.extend(lp.dispatches);
-        let grads = plan_backward(gpu, &g, &fwd, vec![(logits, lp.grad)], &[], &mut plan).unwrap();
+        let grads = plan_backward(
+            gpu,
+            &g,
+            &fwd,
+            vec![(logits, lp.grads.remove(0))],
+            &[],
+            &mut plan,
+        )
+        .unwrap();
         gpu.execute(&plan).unwrap();
         let (wv, yv, gw) = (
             gpu.read::<f32>(fwd.get(w)).unwrap(),
@@ -733,9 +749,17 @@ fn the_memory_planner_reuses_buffers_without_changing_results() {
         let mut plan = Vec::new();
         let fwd = plan_forward(gpu, &g, &w, &inputs, Mode::Train, None, &mut plan).unwrap();
         let out = g.output.unwrap();
-        let lp = response::ce(gpu, fwd.get(out), &tl).unwrap();
+        let mut lp = response::ce(gpu, fwd.get(out), &tl).unwrap();
         plan.extend(lp.dispatches);
-        let grads = plan_backward(gpu, &g, &fwd, vec![(out, lp.grad)], &[], &mut plan).unwrap();
+        let grads = plan_backward(
+            gpu,
+            &g,
+            &fwd,
+            vec![(out, lp.grads.remove(0))],
+            &[],
+            &mut plan,
+        )
+        .unwrap();
         let mut planned = plan.clone();
         let mut pinned: Vec<&Tensor> = grads.values().collect();
         pinned.push(&lp.loss);

@@ -99,7 +99,7 @@ fn every_op_runs_and_returns_exactly_its_declared_outputs() {
         let out = ops::run(gpu, info.name, &inputs, &BTreeMap::new())
             .unwrap_or_else(|e| panic!("{}: {e}", info.name));
         let got: Vec<&str> = out.keys().map(String::as_str).collect();
-        let mut want: Vec<&str> = info.outputs.clone();
+        let mut want: Vec<&str> = info.outputs.iter().map(String::as_str).collect();
         want.sort_unstable();
         assert_eq!(got, want, "{}: outputs", info.name);
     }

@@ -22,9 +22,14 @@ fn small(text: &str) -> String {
 }
 
 fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wgdistill-train-{name}-{}", std::process::id()));
+    let dir = out_dir_kept(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// The folder `out_dir(name)` made, left as it is.
+fn out_dir_kept(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wgdistill-train-{name}-{}", std::process::id()))
 }
 
 #[test]
@@ -971,4 +976,44 @@ fn resume_refuses_another_configuration_and_a_busy_folder() {
     assert!(e.contains("progress.json") && e.contains("stage 9"), "{e}");
     std::fs::write(&path, progress).unwrap();
     run::run(gpu, &cfg, &resume, &train, &test, &mut |_| {}).unwrap();
+}
+
+/// The feature-knowledge config (NST, FT, AB with its initialisation stage, CC) runs as written
+/// at CI size: every stage trains, with finite losses, and the distilled models are exported.
+#[test]
+fn the_feature_knowledge_config_runs_every_method() {
+    if gpu().is_none() {
+        return;
+    }
+    let text = include_str!("../configs/feature_knowledge.toml");
+    let s = run_small("feature-knowledge", text);
+    let names: Vec<&str> = s.stages.iter().map(|st| st.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "teacher",
+            "scratch",
+            "nst",
+            "ft",
+            "ab-init",
+            "ab",
+            "cc",
+            "narrow-teacher",
+            "fsp-init",
+            "fsp"
+        ]
+    );
+    let metrics =
+        std::fs::read_to_string(out_dir_kept("feature-knowledge").join("metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["train_loss"].as_f64().is_some_and(f64::is_finite),
+            "{line}"
+        );
+    }
+    for stage in &s.stages {
+        let acc = stage.models[0].test_accuracy;
+        assert!((0.0..=1.0).contains(&acc), "{}: {acc}", stage.name);
+    }
 }

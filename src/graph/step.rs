@@ -12,7 +12,7 @@ use crate::error::shape_error;
 use crate::gpu::pool::PooledBuffer;
 use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
-use crate::kernels::losses::{Loss, LossPlan, Role};
+use crate::kernels::losses::{Loss, Role};
 use crate::kernels::{elementwise, optimizer};
 use crate::{Error, Result};
 
@@ -31,8 +31,9 @@ pub enum Adapter {
     Conv1x1,
 }
 
-/// Prefix of a `teacher_tap` that names a tap of the student graph itself, read detached: the
-/// target of online (mutual) distillation between peers trained in one step.
+/// Prefix of a teacher tap that names a tap of the student graph itself, read detached: the
+/// target of online (mutual) distillation between peers trained in one step, and of
+/// self-distillation.
 pub const PEER: &str = "peer:";
 
 /// One weighted loss term over taps.
@@ -42,11 +43,13 @@ pub struct LossSpec {
     pub loss: Loss,
     /// Its weight in the total.
     pub weight: f32,
-    /// Student tap (`logits` when `None`).
-    pub student_tap: Option<String>,
-    /// Teacher tap (`logits` when `None`).
-    pub teacher_tap: Option<String>,
-    /// A regressor from the student tap to the teacher tap's shape.
+    /// The student's taps, one per student input of the loss, in order (`logits` for any not
+    /// given).
+    pub student_taps: Vec<String>,
+    /// The target's taps, one per teacher input of the loss (`logits` for any not given).
+    pub teacher_taps: Vec<String>,
+    /// A regressor from the student tap to the teacher tap's shape (losses of one student and
+    /// one teacher input).
     pub adapter: Option<Adapter>,
 }
 
@@ -56,10 +59,29 @@ impl LossSpec {
         Self {
             loss,
             weight,
-            student_tap: None,
-            teacher_tap: None,
+            student_taps: Vec::new(),
+            teacher_taps: Vec::new(),
             adapter: None,
         }
+    }
+
+    /// A term between one student tap and one teacher tap.
+    pub fn taps(loss: Loss, weight: f32, student: &str, teacher: &str) -> Self {
+        Self {
+            student_taps: vec![student.to_string()],
+            teacher_taps: vec![teacher.to_string()],
+            ..Self::logits(loss, weight)
+        }
+    }
+
+    /// The tap of student input `k`.
+    pub fn student_tap(&self, k: usize) -> &str {
+        self.student_taps.get(k).map_or("logits", String::as_str)
+    }
+
+    /// The tap of teacher input `k`.
+    pub fn teacher_tap(&self, k: usize) -> &str {
+        self.teacher_taps.get(k).map_or("logits", String::as_str)
     }
 }
 
@@ -99,7 +121,8 @@ pub struct TrainStep {
     state: Arc<TrainState>,
     fetch: LossFetch,
     memory: MemoryReport,
-    weight_launches: Vec<usize>,
+    // Per term, the scale launches of its gradients.
+    weight_launches: Vec<Vec<usize>>,
     optimizer_launches: Vec<usize>,
 }
 
@@ -164,28 +187,6 @@ fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> R
     }
     g.set_output(y)?;
     Ok(g)
-}
-
-/// Plans one loss term: its inputs by role (the student side, the target side, the labels),
-/// then the registry's launcher.
-fn loss_plan(
-    gpu: &Gpu,
-    loss: &Loss,
-    s: &Tensor,
-    t: Option<&Tensor>,
-    labels: &Tensor,
-) -> Result<LossPlan> {
-    let inputs: Vec<&Tensor> = loss
-        .def()
-        .inputs
-        .iter()
-        .map(|input| match input.role {
-            Role::Student => Ok(s),
-            Role::Teacher => t.ok_or_else(|| shape_error(loss.name(), "this loss needs a teacher")),
-            Role::Labels => Ok(labels),
-        })
-        .collect::<Result<_>>()?;
-    loss.launch(gpu, &inputs)
 }
 
 impl Drop for LossFetch {
@@ -285,32 +286,30 @@ impl TrainStep {
         let mut adapter_parts = Vec::new();
         for (i, term) in spec.losses.iter().enumerate() {
             let label = format!("{i}:{}", term.loss.name());
-            let sv = student.tapped(term.student_tap.as_deref().unwrap_or("logits"))?;
-            let peer = term
-                .teacher_tap
-                .as_deref()
-                .and_then(|t| t.strip_prefix(PEER));
-            let teacher_tensor = match (term.loss.def().needs_teacher(), peer) {
-                (false, _) => None,
-                // A peer's output in this same step, detached: no gradient is seeded into it here.
-                (true, Some(tap)) => Some(fwd.get(student.tapped(tap)?).clone()),
-                (true, None) => {
+            let def = term.loss.def();
+            // The student side: a tap per student input.
+            let svs: Vec<Value> = (0..def.student_inputs().count())
+                .map(|k| student.tapped(term.student_tap(k)))
+                .collect::<Result<_>>()?;
+            // The target side: a tap per teacher input, of the teacher, or of this step's own
+            // graph (peers, deeper taps), detached: no gradient is seeded into it here.
+            let targets: Vec<Tensor> = (0..def.teacher_inputs().count())
+                .map(|k| {
+                    let tap = term.teacher_tap(k);
+                    if let Some(own) = tap.strip_prefix(PEER) {
+                        return Ok(fwd.get(student.tapped(own)?).clone());
+                    }
                     let (tg, tf) = teacher_fwd
                         .as_ref()
                         .ok_or_else(|| shape_error(&label, "this loss needs a teacher"))?;
-                    Some(
-                        tf.get(tg.tapped(term.teacher_tap.as_deref().unwrap_or("logits"))?)
-                            .clone(),
-                    )
-                }
-            };
-            let (student_side, adapter) = match term.adapter {
-                Some(kind) => {
-                    let to = teacher_tensor
-                        .as_ref()
-                        .map(|t| t.shape().to_vec())
-                        .unwrap_or_default();
-                    let g = adapter_graph(kind, i, student.shape(sv), &to)?;
+                    Ok(tf.get(tg.tapped(tap)?).clone())
+                })
+                .collect::<Result<_>>()?;
+            let (student_sides, adapter) = match (term.adapter, svs.as_slice(), targets.as_slice())
+            {
+                (None, _, _) => (svs.iter().map(|v| fwd.get(*v).clone()).collect(), None),
+                (Some(kind), &[sv], [target]) => {
+                    let g = adapter_graph(kind, i, student.shape(sv), target.shape())?;
                     let w = match shared
                         .as_ref()
                         .and_then(|s| s.adapters.get(adapter_parts.len()))
@@ -321,35 +320,58 @@ impl TrainStep {
                     let ins: BTreeMap<String, Tensor> =
                         [("x".to_string(), fwd.get(sv).clone())].into();
                     let f = plan_forward(gpu, &g, &w, &ins, Mode::Train, Some(&step), &mut plan)?;
-                    let out = f.get(g.output.expect("adapter output")).clone();
-                    (out, Some((g, w, f)))
+                    let out_value = g
+                        .output
+                        .ok_or_else(|| shape_error(&label, "the adapter has no output"))?;
+                    let out = f.get(out_value).clone();
+                    (vec![out], Some((g, w, f)))
                 }
-                None => (fwd.get(sv).clone(), None),
+                (Some(_), _, _) => {
+                    return Err(shape_error(
+                        &label,
+                        "an adapter maps one student tap to one teacher tap; this loss reads several",
+                    ));
+                }
             };
-            let lp = loss_plan(
-                gpu,
-                &term.loss,
-                &student_side,
-                teacher_tensor.as_ref(),
-                &labels,
-            )?;
+            // The loss's inputs in its own order, by role.
+            let (mut students, mut teachers) = (student_sides.iter(), targets.iter());
+            let inputs: Vec<&Tensor> = def
+                .inputs
+                .iter()
+                .map(|input| match input.role {
+                    Role::Student => students.next(),
+                    Role::Teacher => teachers.next(),
+                    Role::Labels => Some(&labels),
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| shape_error(&label, "inputs do not match the loss's roles"))?;
+            let lp = term.loss.launch(gpu, &inputs)?;
             plan.extend(lp.dispatches);
-            // Always a scale launch, so the weight can follow a schedule without recompiling.
-            let (d, grad) = elementwise::scale_plan(gpu, &lp.grad, term.weight)?;
-            weight_launches.push(plan.len());
-            plan.push(d);
-            loss_values.push((label, term.weight, lp.loss));
+            // Always a scale launch per gradient, so the weight can follow a schedule without
+            // recompiling.
+            let mut launches = Vec::new();
+            let mut scaled = Vec::new();
+            for g in &lp.grads {
+                let (d, s) = elementwise::scale_plan(gpu, g, term.weight)?;
+                launches.push(plan.len());
+                plan.push(d);
+                scaled.push(s);
+            }
+            weight_launches.push(launches);
+            loss_values.push((label.clone(), term.weight, lp.loss));
             match adapter {
                 Some((g, w, f)) => {
-                    let gx = g.find("x").expect("adapter input");
-                    let out = g.output.expect("adapter output");
-                    let grads = plan_backward(gpu, &g, &f, vec![(out, grad)], &[gx], &mut plan)?;
+                    let (Some(gx), Some(out)) = (g.find("x"), g.output) else {
+                        return Err(shape_error(&label, "the adapter has no input or output"));
+                    };
+                    let seed = vec![(out, scaled.remove(0))];
+                    let grads = plan_backward(gpu, &g, &f, seed, &[gx], &mut plan)?;
                     if let Some(dx) = grads.get("x") {
-                        seeds.push((sv, dx.clone()));
+                        seeds.push((svs[0], dx.clone()));
                     }
                     adapter_parts.push((w, grads));
                 }
-                None => seeds.push((sv, grad)),
+                None => seeds.extend(svs.iter().copied().zip(scaled)),
             }
         }
         let grads = plan_backward(gpu, student, &fwd, seeds, &[], &mut plan)?;
@@ -443,12 +465,14 @@ impl TrainStep {
 
     /// Sets loss term `index`'s weight (a schedule's step).
     pub fn set_loss_weight(&mut self, gpu: &Gpu, index: usize, weight: f32) {
-        if let (Some(&launch), Some(term)) =
+        if let (Some(launches), Some(term)) =
             (self.weight_launches.get(index), self.losses.get_mut(index))
         {
             let offset = elementwise::ALPHA_OFFSET;
-            self.bound
-                .write_uniform(gpu, launch, offset, bytemuck::bytes_of(&weight));
+            for &launch in launches {
+                self.bound
+                    .write_uniform(gpu, launch, offset, bytemuck::bytes_of(&weight));
+            }
             term.1 = weight;
         }
     }

@@ -12,10 +12,11 @@ use crate::{Result, kernels::reduce};
 
 use super::AttrDef;
 use super::losses::{
-    LossCase, LossDef, LossPlan, Range, Reads, STUDENT, TEACHER, check_attr, u32_of,
+    LossCase, LossDef, LossInput, LossPlan, Range, Reads, Role, STUDENT, TEACHER, check_attr,
+    u32_of,
 };
 
-use Binding::{Output as W, ReadOnly as R, Uniform as U};
+use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -26,7 +27,8 @@ struct Params {
     hw: u32,
     p: f32,
     grad_scale: f32,
-    pad: [u32; 2],
+    q: f32,
+    offset: u32,
 }
 
 /// FitNet hint: squared differences and the gradient.
@@ -39,8 +41,40 @@ pub const AT_ROWS: KernelSpec = KernelSpec::new::<Params>("feature", "at_rows", 
 pub const AT_GRAD: KernelSpec =
     KernelSpec::new::<Params>("feature", "at_grad", &[U, R, R, R, R, W]);
 
+/// Activation boundaries: terms and the gradient per element.
+pub const AB_TERMS: KernelSpec = KernelSpec::new::<Params>("feature", "ab", &[U, R, R, W, W]);
+/// Rows normalised as `F.normalize` does (NST).
+pub const NORMALIZE_ROWS: KernelSpec =
+    KernelSpec::new::<Params>("feature", "normalize_rows", &[U, R, W, W]);
+/// Per-sample Gram entries of row pairs and their weighted squares (NST).
+pub const ROW_GRAMS: KernelSpec =
+    KernelSpec::new::<Params>("feature", "row_grams", &[U, R, R, W, RW]);
+/// NST's gradient with respect to the normalised student rows.
+pub const NST_GRAD: KernelSpec =
+    KernelSpec::new::<Params>("feature", "nst_grad", &[U, R, R, R, R, W]);
+/// The normalisation's backward pass (NST).
+pub const NORMALIZE_ROWS_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("feature", "normalize_rows_backward", &[U, R, R, R, W]);
+
+/// FSP: the flow matrices' differences, squared terms and gradient.
+pub const FSP_DIFF: KernelSpec = KernelSpec::new::<Params>("feature", "fsp_diff", &[U, R, R, W, W]);
+/// Per-sample mixing of rows by a (possibly transposed) matrix (FSP's gradients).
+pub const ROW_MIX: KernelSpec = KernelSpec::new::<Params>("feature", "row_mix", &[U, R, R, W]);
+
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[HINT_TERMS, AT_MAPS, AT_ROWS, AT_GRAD];
+pub const KERNELS: &[KernelSpec] = &[
+    FSP_DIFF,
+    ROW_MIX,
+    HINT_TERMS,
+    AT_MAPS,
+    AT_ROWS,
+    AT_GRAD,
+    AB_TERMS,
+    NORMALIZE_ROWS,
+    ROW_GRAMS,
+    NST_GRAD,
+    NORMALIZE_ROWS_BACKWARD,
+];
 
 /// `hint`: FitNet's hint between a regressed student tap and the teacher's.
 pub const HINT: LossDef = LossDef {
@@ -50,7 +84,7 @@ pub const HINT: LossDef = LossDef {
     inputs: &[STUDENT, TEACHER],
     attrs: &[],
     launch: |gpu, _, x| hint(gpu, x[0], x[1]),
-    reference: |_, x| cpu::hint(&x[0].values, &x[1].values),
+    reference: |_, x| cpu::hint(&x[0].values, &x[1].values).into(),
     cases: hint_cases,
 };
 
@@ -71,13 +105,130 @@ pub const AT: LossDef = LossDef {
         let (s, t) = (&x[0], &x[1]);
         let hw = s.shape[2..].iter().product();
         let (b, cs, ct) = (s.shape[0], s.shape[1], t.shape[1]);
-        cpu::at(&s.values, &t.values, b, cs, ct, hw, l.attr("p"))
+        cpu::at(&s.values, &t.values, b, cs, ct, hw, l.attr("p")).into()
     },
     cases: at_cases,
 };
 
+/// `ft`: factor transfer between a translated student map and the teacher's factor.
+pub const FT: LossDef = LossDef {
+    name: "ft",
+    summary: "factor transfer: mean |f(s) − f(t)| (p2 = 1) or mean (f(s) − f(t))² (p2 = 2)",
+    reads: Reads::Features,
+    inputs: &[STUDENT, TEACHER],
+    attrs: &[
+        AttrDef {
+            name: "p1",
+            default: 2.0,
+            range: Range::positive(16.0),
+            doc: "exponent of the channel mean mean_c(x^p1)",
+        },
+        AttrDef {
+            name: "p2",
+            default: 1.0,
+            range: Range {
+                min: 1.0,
+                min_inclusive: true,
+                max: 2.0,
+            },
+            doc: "the distance: 1 for L1, 2 for squared",
+        },
+    ],
+    launch: |gpu, l, x| ft(gpu, x[0], x[1], l.attr_f32("p1"), l.attr_f32("p2")),
+    reference: |l, x| {
+        let (s, t) = (&x[0], &x[1]);
+        let hw = s.shape[2..].iter().product();
+        let (b, cs, ct) = (s.shape[0], s.shape[1], t.shape[1]);
+        cpu::ft(
+            &s.values,
+            &t.values,
+            b,
+            cs,
+            ct,
+            hw,
+            l.attr("p1"),
+            l.attr("p2"),
+        )
+        .into()
+    },
+    cases: ft_cases,
+};
+
+/// `ab`: activation boundaries of a connector's output against the teacher's pre-activations.
+pub const AB: LossDef = LossDef {
+    name: "ab",
+    summary: "activation boundaries: 3/(1000·B) Σ squared margins on the wrong side",
+    reads: Reads::Features,
+    inputs: &[STUDENT, TEACHER],
+    attrs: &[AttrDef {
+        name: "margin",
+        default: 1.0,
+        range: Range::non_negative(1e4),
+        doc: "the margin m around the activation boundary",
+    }],
+    launch: |gpu, l, x| ab(gpu, x[0], x[1], l.attr_f32("margin")),
+    reference: |l, x| cpu::ab(&x[0].values, &x[1].values, x[0].shape[0], l.attr("margin")).into(),
+    cases: ab_cases,
+};
+
+/// `nst`: neuron selectivity transfer.
+pub const NST: LossDef = LossDef {
+    name: "nst",
+    summary: "neuron selectivity transfer: polynomial-kernel MMD of channel-normalised maps",
+    reads: Reads::Features,
+    inputs: &[STUDENT, TEACHER],
+    attrs: &[],
+    launch: |gpu, _, x| nst(gpu, x[0], x[1]),
+    reference: |_, x| {
+        let (s, t) = (&x[0], &x[1]);
+        let hw = s.shape[2..].iter().product();
+        cpu::nst(&s.values, &t.values, s.shape[0], s.shape[1], t.shape[1], hw).into()
+    },
+    cases: nst_cases,
+};
+
+/// `fsp`: flow of solution procedure between two taps on each side.
+pub const FSP: LossDef = LossDef {
+    name: "fsp",
+    summary: "flow of solution procedure: mean((G(s_a, s_b) − G(t_a, t_b))²), G the taps' flow matrix",
+    reads: Reads::Features,
+    inputs: &[
+        LossInput {
+            name: "student_a",
+            role: Role::Student,
+        },
+        LossInput {
+            name: "student_b",
+            role: Role::Student,
+        },
+        LossInput {
+            name: "teacher_a",
+            role: Role::Teacher,
+        },
+        LossInput {
+            name: "teacher_b",
+            role: Role::Teacher,
+        },
+    ],
+    attrs: &[],
+    launch: |gpu, _, x| fsp(gpu, x[0], x[1], x[2], x[3]),
+    reference: |_, x| {
+        let ([b, c1, hw_s], [c2, hw_t]) = (
+            [
+                x[0].shape[0],
+                x[0].shape[1],
+                x[0].shape[2..].iter().product(),
+            ],
+            [x[1].shape[1], x[2].shape[2..].iter().product()],
+        );
+        let v = |k: usize| x[k].values.as_slice();
+        cpu::fsp(v(0), v(1), v(2), v(3), b, c1, c2, hw_s, hw_t)
+    },
+    cases: fsp_cases,
+};
+
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&HINT, &AT];
+pub const LOSSES: &[&LossDef] = &[&HINT, &AT, &FT, &AB, &NST, &FSP];
 
 /// FitNet hint: `mean((s − t)²)`; `s` is the regressor's output, shaped like `t`.
 pub fn hint(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
@@ -97,26 +248,133 @@ pub fn hint(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
         hw: 0,
         p: 0.0,
         grad_scale: 2.0 / n as f32,
-        pad: [0; 2],
+        q: 0.0,
+        offset: 0,
     };
     let tensors = [student, teacher, &grad, &partial];
     let mut dispatches = vec![gpu.dispatch_over(&HINT_TERMS, &params, &tensors, n)?];
     reduce::sum_into(gpu, &mut dispatches, &partial, &loss, 1.0 / n as f32)?;
-    Ok(LossPlan {
-        dispatches,
-        loss,
-        grad,
-    })
+    Ok(LossPlan::single(dispatches, loss, grad))
 }
 
 /// Attention transfer: `mean((a(s) − a(t))²)` with `a(f) = normalize(mean_c f^p)`. Student
 /// `(B, Cs, H, W)` and teacher `(B, Ct, H, W)` may differ in channels only.
 pub fn at(gpu: &Gpu, student: &Tensor, teacher: &Tensor, p: f32) -> Result<LossPlan> {
+    check_attr(&AT, "p", p)?;
+    attention_factors(gpu, "at", student, teacher, p, 2.0)
+}
+
+/// Factor transfer: `mean(|f(s) − f(t)|)` (`p2 = 1`) or `mean((f(s) − f(t))²)` (`p2 = 2`) with
+/// `f(x) = normalize(mean_c x^p1)`, over B·H·W. Channels may differ.
+pub fn ft(gpu: &Gpu, student: &Tensor, teacher: &Tensor, p1: f32, p2: f32) -> Result<LossPlan> {
+    check_attr(&FT, "p1", p1)?;
+    if p2 != 1.0 && p2 != 2.0 {
+        return Err(crate::error::input_error(
+            "ft: p2",
+            format!("must be 1 (L1) or 2 (squared), got {p2}"),
+        ));
+    }
+    attention_factors(gpu, "ft", student, teacher, p1, p2)
+}
+
+/// Flow of solution procedure: with `G(a, b)[n,j,i] = (1/HW) Σ_x b[n,j,x]·a[n,i,x]`,
+/// `mean((G(s_a, s_b) − G(t_a, t_b))²)` over B·C2·C1. Each side's two maps share their size
+/// (the teacher's may differ from the student's); C1 and C2 agree across sides. Gradients for
+/// `s_a` and `s_b`.
+pub fn fsp(
+    gpu: &Gpu,
+    student_a: &Tensor,
+    student_b: &Tensor,
+    teacher_a: &Tensor,
+    teacher_b: &Tensor,
+) -> Result<LossPlan> {
+    let op = "fsp";
+    let ([b, c1, hw_s, _], c2) = maps(op, student_a, student_b)?;
+    let ([bt, tc1, hw_t, _], tc2) = maps(op, teacher_a, teacher_b)?;
+    if (bt, tc1, tc2) != (b, c1, c2) {
+        return Err(shape_error(
+            op,
+            format!(
+                "the teacher's maps {:?}, {:?} must have the student's batch and channels {:?}, {:?}",
+                teacher_a.shape(),
+                teacher_b.shape(),
+                student_a.shape(),
+                student_b.shape()
+            ),
+        ));
+    }
+    let entries = b * c2 * c1;
+    let base = Params {
+        batch: u32_of(op, "batch", b)?,
+        n: 0,
+        teacher_channels: 0,
+        hw: 0,
+        p: 0.0,
+        grad_scale: 0.0,
+        q: 0.0,
+        offset: 0,
+    };
+    gpu.check_loops(&ROW_GRAMS, hw_s.max(hw_t) as u64)?;
+    gpu.check_loops(&ROW_MIX, c1.max(c2) as u64)?;
+    let mut plan = Vec::new();
+    // Unweighted Gram entries; their partials are not used.
+    let scratch = gpu.empty(&[entries], DType::F32)?;
+    let mut flow = |a: &Tensor, bb: &Tensor, hw: usize| -> Result<Tensor> {
+        let g = gpu.empty(&[b, c2, c1], DType::F32)?;
+        let p = Params {
+            n: u32_of(op, "channels", c2)?,
+            teacher_channels: u32_of(op, "channels", c1)?,
+            hw: u32_of(op, "H·W", hw)?,
+            ..base
+        };
+        plan.push(gpu.dispatch_over(&ROW_GRAMS, &p, &[bb, a, &g, &scratch], entries)?);
+        Ok(g)
+    };
+    let gs = flow(student_a, student_b, hw_s)?;
+    let gt = flow(teacher_a, teacher_b, hw_t)?;
+    let (dg, partial) = (
+        gpu.empty(&[b, c2, c1], DType::F32)?,
+        gpu.empty(&[entries], DType::F32)?,
+    );
+    let p = Params {
+        n: u32_of(op, "entries", entries)?,
+        p: 1.0 / hw_s as f32,
+        q: 1.0 / hw_t as f32,
+        grad_scale: 2.0 / (entries as f32 * hw_s as f32),
+        ..base
+    };
+    plan.push(gpu.dispatch_over(&FSP_DIFF, &p, &[&gs, &gt, &dg, &partial], entries)?);
+    // d/da[n,i,x] = Σ_j dG[n,j,i] b[n,j,x] (dG transposed); d/db[n,j,x] = Σ_i dG[n,j,i] a[n,i,x].
+    let mut mix = |rows: usize, inner: usize, x: &Tensor, transposed: bool| -> Result<Tensor> {
+        let out = gpu.empty(&[b, rows, hw_s], DType::F32)?;
+        let p = Params {
+            n: u32_of(op, "channels", rows)?,
+            teacher_channels: u32_of(op, "channels", inner)?,
+            hw: u32_of(op, "H·W", hw_s)?,
+            offset: u32::from(transposed),
+            ..base
+        };
+        plan.push(gpu.dispatch_over(&ROW_MIX, &p, &[&dg, x, &out], b * rows * hw_s)?);
+        Ok(out)
+    };
+    let grad_a = mix(c1, c2, student_b, true)?.reshape(student_a.shape())?;
+    let grad_b = mix(c2, c1, student_a, false)?.reshape(student_b.shape())?;
+    let loss = gpu.empty(&[1], DType::F32)?;
+    reduce::sum_into(gpu, &mut plan, &partial, &loss, 1.0 / entries as f32)?;
+    Ok(LossPlan {
+        dispatches: plan,
+        loss,
+        grads: vec![grad_a, grad_b],
+    })
+}
+
+/// The maps of (B, C, H, W) tensors, checked: equal batch and spatial size.
+fn maps(op: &str, student: &Tensor, teacher: &Tensor) -> Result<([usize; 4], usize)> {
     let four = |what: &str, t: &Tensor| -> Result<[usize; 4]> {
         match (t.dtype(), t.shape()) {
             (DType::F32, &[b, c, h, w]) if b * c * h * w > 0 => Ok([b, c, h, w]),
             _ => Err(shape_error(
-                "at",
+                op,
                 format!(
                     "{what} must be a non-empty f32 (B, C, H, W) map, got {}{:?}",
                     t.dtype().name(),
@@ -129,7 +387,7 @@ pub fn at(gpu: &Gpu, student: &Tensor, teacher: &Tensor, p: f32) -> Result<LossP
     let [bt, ct, ht, wt] = four("teacher", teacher)?;
     if (b, h, w) != (bt, ht, wt) {
         return Err(shape_error(
-            "at",
+            op,
             format!(
                 "student {:?} and teacher {:?} must agree in batch and spatial size",
                 student.shape(),
@@ -137,16 +395,29 @@ pub fn at(gpu: &Gpu, student: &Tensor, teacher: &Tensor, p: f32) -> Result<LossP
             ),
         ));
     }
-    check_attr(&AT, "p", p)?;
-    let hw = h * w;
+    Ok(([b, cs, h * w, 0], ct))
+}
+
+/// AT and FT: normalised channel means of `x^p`, compared per position with distance exponent
+/// `q` (2: squared, 1: absolute).
+fn attention_factors(
+    gpu: &Gpu,
+    op: &str,
+    student: &Tensor,
+    teacher: &Tensor,
+    p: f32,
+    q: f32,
+) -> Result<LossPlan> {
+    let ([b, cs, hw, _], ct) = maps(op, student, teacher)?;
     let params = Params {
-        batch: u32_of("at", "batch", b)?,
-        n: u32_of("at", "channels", cs)?,
-        teacher_channels: u32_of("at", "channels", ct)?,
-        hw: u32_of("at", "H·W", hw)?,
+        batch: u32_of(op, "batch", b)?,
+        n: u32_of(op, "channels", cs)?,
+        teacher_channels: u32_of(op, "channels", ct)?,
+        hw: u32_of(op, "H·W", hw)?,
         p,
-        grad_scale: 2.0 / (b * hw) as f32,
-        pad: [0; 2],
+        grad_scale: 1.0 / (b * hw) as f32,
+        q,
+        offset: 0,
     };
     gpu.check_loops(&AT_MAPS, (cs + ct) as u64)?;
     gpu.check_loops(&AT_ROWS, 2 * hw as u64)?;
@@ -168,11 +439,127 @@ pub fn at(gpu: &Gpu, student: &Tensor, teacher: &Tensor, p: f32) -> Result<LossP
     ];
     let scale = 1.0 / (b * hw) as f32;
     reduce::sum_into(gpu, &mut dispatches, &row_loss, &loss, scale)?;
-    Ok(LossPlan {
-        dispatches,
-        loss,
-        grad,
-    })
+    Ok(LossPlan::single(dispatches, loss, grad))
+}
+
+/// Activation boundaries: `3/(1000·B) · Σ [(s + m)²·1(s > −m ∧ t ≤ 0) + (s − m)²·1(s ≤ m ∧
+/// t > 0)]` for `s` (the connector's output) and `t` (the teacher's pre-activation) of one shape.
+pub fn ab(gpu: &Gpu, student: &Tensor, teacher: &Tensor, margin: f32) -> Result<LossPlan> {
+    check_attr(&AB, "margin", margin)?;
+    let b = match student.shape().first() {
+        Some(&b) if b > 0 && student.numel() > 0 => b,
+        _ => {
+            return Err(shape_error(
+                "ab",
+                "student must be a non-empty (B, …) tensor",
+            ));
+        }
+    };
+    student.expect("ab", "student", DType::F32, student.shape())?;
+    teacher.expect("ab", "teacher", DType::F32, student.shape())?;
+    let n = student.numel();
+    let scale = 3.0 / (1000.0 * b as f32);
+    let params = Params {
+        batch: u32_of("ab", "batch", b)?,
+        n: u32_of("ab", "elements", n)?,
+        teacher_channels: 0,
+        hw: 0,
+        p: margin,
+        grad_scale: scale,
+        q: 0.0,
+        offset: 0,
+    };
+    let grad = gpu.empty(student.shape(), DType::F32)?;
+    let partial = gpu.empty(&[n], DType::F32)?;
+    let loss = gpu.empty(&[1], DType::F32)?;
+    let tensors = [student, teacher, &grad, &partial];
+    let mut dispatches = vec![gpu.dispatch_over(&AB_TERMS, &params, &tensors, n)?];
+    reduce::sum_into(gpu, &mut dispatches, &partial, &loss, scale)?;
+    Ok(LossPlan::single(dispatches, loss, grad))
+}
+
+/// Neuron selectivity transfer: with every channel normalised over its H·W positions and
+/// `K(a, b)_ij = (a_i · b_j)²` per sample, `mean K(t̂, t̂) + mean K(ŝ, ŝ) − 2·mean K(ŝ, t̂)`.
+/// Channels may differ; the maps' sizes must agree.
+pub fn nst(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
+    let op = "nst";
+    let ([b, cs, hw, _], ct) = maps(op, student, teacher)?;
+    let base = Params {
+        batch: u32_of(op, "batch", b)?,
+        n: 0,
+        teacher_channels: 0,
+        hw: u32_of(op, "H·W", hw)?,
+        p: 0.0,
+        grad_scale: 0.0,
+        q: 0.0,
+        offset: 0,
+    };
+    for spec in [&NORMALIZE_ROWS, &ROW_GRAMS, &NORMALIZE_ROWS_BACKWARD] {
+        gpu.check_loops(spec, 2 * hw as u64)?;
+    }
+    gpu.check_loops(&NST_GRAD, (cs + ct) as u64)?;
+    let mut plan = Vec::new();
+    // Each side's rows normalised.
+    let normalized = |plan: &mut Vec<_>, x: &Tensor, c: usize| -> Result<(Tensor, Tensor)> {
+        let (xn, norms) = (
+            gpu.empty(&[b, c, hw], DType::F32)?,
+            gpu.empty(&[b * c, 2], DType::F32)?,
+        );
+        let p = Params {
+            batch: u32_of(op, "rows", b * c)?,
+            ..base
+        };
+        plan.push(gpu.dispatch_over(&NORMALIZE_ROWS, &p, &[x, &xn, &norms], b * c)?);
+        Ok((xn, norms))
+    };
+    let (sn, s_norms) = normalized(&mut plan, student, cs)?;
+    let (tn, _) = normalized(&mut plan, teacher, ct)?;
+    // The three Gram matrices, their weighted squares side by side in one partial buffer.
+    let bf = b as f32;
+    let w_ss = 1.0 / (bf * (cs * cs) as f32);
+    let w_st = -2.0 / (bf * (cs * ct) as f32);
+    let w_tt = 1.0 / (bf * (ct * ct) as f32);
+    let partial = gpu.empty(&[b * (cs * cs + cs * ct + ct * ct)], DType::F32)?;
+    let mut offset = 0;
+    let mut grams = Vec::new();
+    for (a, ca, bb, cb, weight) in [
+        (&sn, cs, &sn, cs, w_ss),
+        (&sn, cs, &tn, ct, w_st),
+        (&tn, ct, &tn, ct, w_tt),
+    ] {
+        let entries = b * ca * cb;
+        let g = gpu.empty(&[b, ca, cb], DType::F32)?;
+        let p = Params {
+            n: u32_of(op, "channels", ca)?,
+            teacher_channels: u32_of(op, "channels", cb)?,
+            p: weight,
+            offset: u32_of(op, "Gram entries", offset)?,
+            ..base
+        };
+        plan.push(gpu.dispatch_over(&ROW_GRAMS, &p, &[a, bb, &g, &partial], entries)?);
+        offset += entries;
+        grams.push(g);
+    }
+    let raw = gpu.empty(&[b, cs, hw], DType::F32)?;
+    let p = Params {
+        n: u32_of(op, "channels", cs)?,
+        teacher_channels: u32_of(op, "channels", ct)?,
+        p: 4.0 * w_ss,
+        grad_scale: 2.0 * w_st,
+        ..base
+    };
+    let tensors = [&sn, &tn, &grams[0], &grams[1], &raw];
+    plan.push(gpu.dispatch_over(&NST_GRAD, &p, &tensors, b * cs * hw)?);
+    let grad = gpu.empty(student.shape(), DType::F32)?;
+    let p = Params {
+        batch: u32_of(op, "rows", b * cs)?,
+        ..base
+    };
+    let tensors = [&sn, &s_norms, &raw, &grad];
+    plan.push(gpu.dispatch_over(&NORMALIZE_ROWS_BACKWARD, &p, &tensors, b * cs)?);
+    let loss = gpu.empty(&[1], DType::F32)?;
+    reduce::sum_into(gpu, &mut plan, &partial, &loss, 1.0)?;
+    Ok(LossPlan::single(plan, loss, grad))
 }
 
 fn map(shape: &[usize], seed: u64) -> HostTensor {
@@ -220,4 +607,94 @@ fn at_cases(suite: Suite) -> Vec<LossCase> {
         }
     }
     out
+}
+
+fn ft_cases(suite: Suite) -> Vec<LossCase> {
+    let (shapes, settings): (Vec<[usize; 5]>, &[(f64, f64)]) = match suite {
+        Suite::Check => (CHECK_MAPS.to_vec(), &[(2.0, 1.0), (2.0, 2.0), (1.0, 1.0)]),
+        Suite::Bench { .. } => (vec![[suite.pick(64, 256), 64, 128, 16, 16]], &[(2.0, 1.0)]),
+    };
+    let mut out = Vec::new();
+    for [b, cs, ct, h, w] in shapes {
+        for &(p1, p2) in settings {
+            let inputs = vec![map(&[b, cs, h, w], 3), map(&[b, ct, h, w], 4)];
+            let bytes = 4.0 * (b * h * w * (2 * cs + ct)) as f64;
+            out.push(
+                LossCase::new(format!("[{b}, {cs}|{ct}, {h}, {w}]"), inputs)
+                    .attrs(&[("p1", p1), ("p2", p2)])
+                    .work(Work::Bytes(bytes)),
+            );
+        }
+    }
+    out
+}
+
+fn ab_cases(suite: Suite) -> Vec<LossCase> {
+    let shapes: Vec<Vec<usize>> = match suite {
+        Suite::Check => vec![
+            vec![1, 1, 1, 1],
+            vec![3, 5, 3, 11],
+            vec![7, 16, 6, 6],
+            vec![3 * 4096 + 17],
+        ],
+        Suite::Bench { .. } => vec![vec![suite.pick(64, 256), 64, 16, 16]],
+    };
+    let mut out = Vec::new();
+    for s in shapes {
+        let n = s.iter().product::<usize>() as f64;
+        for margin in [1.0, 0.25] {
+            out.push(
+                LossCase::new(format!("{s:?}"), vec![map(&s, 6), map(&s, 7)])
+                    .attrs(&[("margin", margin)])
+                    .work(Work::Bytes(12.0 * n)),
+            );
+        }
+    }
+    out
+}
+
+fn nst_cases(suite: Suite) -> Vec<LossCase> {
+    let shapes: Vec<[usize; 5]> = match suite {
+        // Includes maps whose H·W is one position and channels off the workgroup size.
+        Suite::Check => vec![
+            [1, 1, 1, 1, 1],
+            [3, 5, 7, 3, 11],
+            [7, 16, 3, 6, 6],
+            [2, 33, 65, 4, 4],
+        ],
+        Suite::Bench { .. } => vec![[suite.pick(32, 128), 64, 128, 8, 8]],
+    };
+    shapes
+        .into_iter()
+        .map(|[b, cs, ct, h, w]| {
+            let inputs = vec![map(&[b, cs, h, w], 8), map(&[b, ct, h, w], 9)];
+            LossCase::new(format!("[{b}, {cs}|{ct}, {h}, {w}]"), inputs).tolerance(1e-3, 1e-5)
+        })
+        .collect()
+}
+
+fn fsp_cases(suite: Suite) -> Vec<LossCase> {
+    // (B, C1, C2, student H×W, teacher H×W).
+    let shapes: Vec<[usize; 5]> = match suite {
+        Suite::Check => vec![
+            [1, 1, 1, 1, 1],
+            [3, 5, 7, 3, 4],
+            [4, 16, 9, 6, 6],
+            [2, 33, 65, 4, 7],
+        ],
+        Suite::Bench { .. } => vec![[suite.pick(32, 128), 32, 64, 8, 8]],
+    };
+    shapes
+        .into_iter()
+        .map(|[b, c1, c2, hs, ht]| {
+            let inputs = vec![
+                map(&[b, c1, hs, hs], 12),
+                map(&[b, c2, hs, hs], 13),
+                map(&[b, c1, ht, ht], 14),
+                map(&[b, c2, ht, ht], 15),
+            ];
+            let shape = format!("[{b}, {c1}+{c2}, {hs}×{hs}|{ht}×{ht}]");
+            LossCase::new(shape, inputs).tolerance(1e-3, 1e-5)
+        })
+        .collect()
 }

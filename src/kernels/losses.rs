@@ -13,7 +13,7 @@ use crate::catalogue::{Case, Prepared, Suite, Work};
 use crate::error::input_error;
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::io::{HostData, HostTensor};
-use crate::reference::{LossGrad, widen};
+use crate::reference::{LossGrads, widen};
 use crate::{Error, Result};
 
 use super::{AttrDef, feature, relation, response};
@@ -61,7 +61,9 @@ pub enum Role {
     Labels,
 }
 
-/// One input tensor of a loss: its name (the `op` runner's tensor name) and role.
+/// One input tensor of a loss: its name (the `op` runner's tensor name) and role. A loss may take
+/// several inputs of one role (FSP's two student maps): they are read in order, each from its
+/// own tap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LossInput {
     /// Tensor name.
@@ -86,29 +88,44 @@ pub const LABELS: LossInput = LossInput {
     role: Role::Labels,
 };
 
-/// The prepared launches of a loss: the loss (shape `[1]`) and its gradient with respect to the
-/// student, ready to run now or to be recorded into a compiled step.
+/// The prepared launches of a loss: the loss (shape `[1]`) and its gradient with respect to each
+/// student input, ready to run now or to be recorded into a compiled step.
 pub struct LossPlan {
     /// The launches, in order.
     pub dispatches: Vec<Dispatch>,
     /// The loss, shape `[1]`.
     pub loss: Tensor,
-    /// `dL/d student`, the student's shape.
-    pub grad: Tensor,
+    /// `dL/d input` for each student input, in the order of the loss's inputs.
+    pub grads: Vec<Tensor>,
 }
 
 impl LossPlan {
-    /// Runs the launches in one submission and returns `(loss, grad)`.
+    /// A loss of one student input.
+    pub fn single(dispatches: Vec<Dispatch>, loss: Tensor, grad: Tensor) -> LossPlan {
+        LossPlan {
+            dispatches,
+            loss,
+            grads: vec![grad],
+        }
+    }
+
+    /// Runs the launches in one submission and returns the loss and the first student input's
+    /// gradient.
     pub fn run(self, gpu: &Gpu) -> Result<(Tensor, Tensor)> {
         gpu.execute(&self.dispatches)?;
-        Ok((self.loss, self.grad))
+        let grad = self
+            .grads
+            .into_iter()
+            .next()
+            .ok_or_else(|| input_error("loss", "the loss has no student input"))?;
+        Ok((self.loss, grad))
     }
 }
 
 /// Launches a loss on device tensors given in the order of [`LossDef::inputs`].
 pub type LaunchFn = fn(&Gpu, &Loss, &[&Tensor]) -> Result<LossPlan>;
 /// The f64 reference on inputs given in the order of [`LossDef::inputs`].
-pub type ReferenceFn = fn(&Loss, &[RefInput]) -> LossGrad;
+pub type ReferenceFn = fn(&Loss, &[RefInput]) -> LossGrads;
 
 /// An input of a loss's f64 reference: shape and values (labels as whole numbers).
 #[derive(Clone, Debug, PartialEq)]
@@ -162,10 +179,24 @@ pub struct LossDef {
     pub cases: CasesFn,
 }
 
-/// The op runner's outputs of every loss.
-pub const OUTPUTS: &[&str] = &["loss", "grad_student"];
-
 impl LossDef {
+    /// The op runner's outputs: `loss`, then `grad_NAME` for each student input `NAME`.
+    pub fn outputs(&self) -> Vec<String> {
+        std::iter::once("loss".to_string())
+            .chain(self.student_inputs().map(|i| format!("grad_{}", i.name)))
+            .collect()
+    }
+
+    /// Its student inputs, in order.
+    pub fn student_inputs(&self) -> impl Iterator<Item = &'static LossInput> {
+        self.inputs.iter().filter(|i| i.role == Role::Student)
+    }
+
+    /// Its teacher inputs, in order.
+    pub fn teacher_inputs(&self) -> impl Iterator<Item = &'static LossInput> {
+        self.inputs.iter().filter(|i| i.role == Role::Teacher)
+    }
+
     /// Whether it compares the student with a target (a teacher, peer or deeper tap).
     pub fn needs_teacher(&self) -> bool {
         self.inputs.iter().any(|i| i.role == Role::Teacher)
@@ -307,7 +338,7 @@ impl Loss {
     }
 
     /// The f64 reference on inputs in the order of [`LossDef::inputs`].
-    pub fn reference(&self, inputs: &[RefInput]) -> LossGrad {
+    pub fn reference(&self, inputs: &[RefInput]) -> LossGrads {
         (self.def.reference)(self, inputs)
     }
 }
@@ -407,14 +438,18 @@ fn catalogue_case(def: &'static LossDef, case: LossCase) -> Result<Case> {
             .map(|t| upload(gpu, t))
             .collect::<Result<_>>()?;
         let plan = loss.launch(gpu, &tensors.iter().collect::<Vec<_>>())?;
+        let mut outputs = vec![plan.loss];
+        outputs.extend(plan.grads);
         Ok(Prepared {
             plan: plan.dispatches,
-            outputs: vec![plan.loss, plan.grad],
+            outputs,
         })
     })
     .reference(move || {
         let got = l2.reference(&i2.iter().map(RefInput::of).collect::<Vec<_>>());
-        std::iter::once(got.loss).chain(got.grad).collect()
+        std::iter::once(got.loss)
+            .chain(got.grads.into_iter().flatten())
+            .collect()
     })
     .tolerance(case.rtol, case.atol))
 }

@@ -12,7 +12,10 @@ use crate::reference::relation as cpu;
 use crate::rng::sample;
 use crate::{Result, kernels::reduce};
 
-use super::losses::{LossCase, LossDef, LossPlan, Reads, STUDENT, TEACHER, u32_of};
+use super::AttrDef;
+use super::losses::{
+    LossCase, LossDef, LossPlan, Range, Reads, STUDENT, TEACHER, check_attr, u32_of,
+};
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
@@ -21,7 +24,8 @@ use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 struct Params {
     batch: u32,
     dim: u32,
-    pad: [u32; 2],
+    gamma: f32,
+    order: u32,
 }
 
 /// Column centring.
@@ -61,8 +65,16 @@ pub const PKT_ROWS: KernelSpec =
 pub const NORMALIZE_ROWS_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("relation", "normalize_rows_backward", &[U, R, R, R, W]);
 
+/// CC per row: the kernel differences' squares and the gradient coefficients.
+pub const CC_ROWS: KernelSpec = KernelSpec::new::<Params>("relation", "cc_rows", &[U, R, R, W, W]);
+/// CC: the loss and the gradient scaled by the norm.
+pub const CC_SCALE: KernelSpec =
+    KernelSpec::new::<Params>("relation", "cc_scale", &[U, R, R, W, W]);
+
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
+    CC_ROWS,
+    CC_SCALE,
     CENTER,
     SYMMETRIZE,
     SP_ROWS,
@@ -88,7 +100,7 @@ macro_rules! relation_loss {
             inputs: &[STUDENT, TEACHER],
             attrs: &[],
             launch: |gpu, _, x| $launch(gpu, x[0], x[1]),
-            reference: |_, x| $reference(&x[0].values, &x[1].values, x[0].shape[0]),
+            reference: |_, x| $reference(&x[0].values, &x[1].values, x[0].shape[0]).into(),
             cases,
         }
     };
@@ -113,8 +125,43 @@ pub const RKD_ANGLE: LossDef = relation_loss!(
 /// `pkt`: probabilistic knowledge transfer.
 pub const PKT: LossDef = relation_loss!("pkt", "probabilistic knowledge transfer", pkt, cpu::pkt);
 
+/// `cc`: correlation congruence (torchdistill's CCKD, Gaussian kernel).
+pub const CC: LossDef = LossDef {
+    name: "cc",
+    summary: "correlation congruence: ‖C(s) − C(t)‖_F / B², C the Taylor-expanded Gaussian kernel",
+    reads: Reads::Features,
+    inputs: &[STUDENT, TEACHER],
+    attrs: &[
+        AttrDef {
+            name: "gamma",
+            default: 0.4,
+            range: Range::positive(100.0),
+            doc: "the Gaussian kernel's γ",
+        },
+        AttrDef {
+            name: "max_p",
+            default: 2.0,
+            range: Range::non_negative(16.0),
+            doc: "the order P of its Taylor series (a whole number)",
+        },
+    ],
+    launch: |gpu, l, x| cc(gpu, x[0], x[1], l.attr_f32("gamma"), l.attr("max_p")),
+    reference: |l, x| {
+        let order = l.attr("max_p") as usize;
+        cpu::cc(
+            &x[0].values,
+            &x[1].values,
+            x[0].shape[0],
+            l.attr("gamma"),
+            order,
+        )
+        .into()
+    },
+    cases: cc_cases,
+};
+
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&SP, &RKD_DISTANCE, &RKD_ANGLE, &PKT];
+pub const LOSSES: &[&LossDef] = &[&SP, &RKD_DISTANCE, &RKD_ANGLE, &PKT, &CC];
 
 /// Flattens a relation-loss input to `(B, D)`, requiring `B ≥ 2`.
 fn embeddings(op: &str, what: &str, t: &Tensor) -> Result<(usize, usize)> {
@@ -148,7 +195,8 @@ fn rparams(op: &str, batch: usize, dim: usize) -> Result<Params> {
     Ok(Params {
         batch: u32_of(op, "batch", batch)?,
         dim: u32_of(op, "features", dim)?,
-        pad: [0; 2],
+        gamma: 0.0,
+        order: 0,
     })
 }
 
@@ -240,11 +288,7 @@ pub fn sp(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     )?;
     let loss = gpu.empty(&[1], DType::F32)?;
     reduce::sum_into(gpu, &mut plan, &row_loss, &loss, 1.0 / (b * b) as f32)?;
-    Ok(LossPlan {
-        dispatches: plan,
-        loss,
-        grad,
-    })
+    Ok(LossPlan::single(plan, loss, grad))
 }
 
 /// What both RKD terms start from: the student's centred embeddings (its gradient is `C·E_s`)
@@ -320,11 +364,7 @@ pub fn rkd_distance(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<Los
         false,
         student.shape(),
     )?;
-    Ok(LossPlan {
-        dispatches: plan,
-        loss,
-        grad,
-    })
+    Ok(LossPlan::single(plan, loss, grad))
 }
 
 /// RKD angle: smooth-L1 between the angle tensors `A_ijk = u_ij · u_ik`, computed from Gram
@@ -361,11 +401,7 @@ pub fn rkd_angle(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPl
     )?;
     let loss = gpu.empty(&[1], DType::F32)?;
     reduce::sum_into(gpu, &mut plan, &pair_loss, &loss, 1.0 / (b * b * b) as f32)?;
-    Ok(LossPlan {
-        dispatches: plan,
-        loss,
-        grad,
-    })
+    Ok(LossPlan::single(plan, loss, grad))
 }
 
 /// PKT: divergence between row-normalised cosine-similarity distributions.
@@ -411,28 +447,28 @@ pub fn pkt(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     )?);
     let loss = gpu.empty(&[1], DType::F32)?;
     reduce::sum_into(gpu, &mut plan, &row_loss, &loss, 1.0 / (b * b) as f32)?;
-    Ok(LossPlan {
-        dispatches: plan,
-        loss,
-        grad,
-    })
+    Ok(LossPlan::single(plan, loss, grad))
 }
 
-fn cases(suite: Suite) -> Vec<LossCase> {
-    let shapes: &[(usize, usize, usize)] = match suite {
+/// (B, student D, teacher D) of the family's cases.
+fn shapes(suite: Suite) -> &'static [(usize, usize, usize)] {
+    match suite {
         // (D = 1 makes PKT's similarities ±1 exactly, where its 1e-7 terms exceed f32
         // precision.) B = 256 has 65,536 pairs: more than llvmpipe lets one invocation loop over.
         Suite::Check => &[(2, 3, 2), (7, 33, 5), (13, 9, 65), (256, 16, 24)],
         Suite::Bench { small: true } => &[(256, 128, 128)],
         Suite::Bench { small: false } => &[(256, 2048, 2048)],
-    };
+    }
+}
+
+fn cases(suite: Suite) -> Vec<LossCase> {
     let embeddings = |b: usize, d: usize, seed| {
         HostTensor::f32(
             &[b, d],
             sample(b * d, seed).iter().map(|v| 2.0 * v).collect(),
         )
     };
-    shapes
+    shapes(suite)
         .iter()
         .map(|&(b, ds, dt)| {
             let inputs = vec![embeddings(b, ds, 8), embeddings(b, dt, 9)];
@@ -446,4 +482,77 @@ fn cases(suite: Suite) -> Vec<LossCase> {
                 .work(Work::Time)
         })
         .collect()
+}
+
+/// Correlation congruence: `‖C(s) − C(t)‖_F / B²`, `C(f)_ij = e^(−2γ) Σ_{p=0..P} (2γ)^p/p! ·
+/// (f_i·f_j)^p` (torchdistill's CCKD, Gaussian kernel). Widths may differ; `max_p` is whole.
+pub fn cc(
+    gpu: &Gpu,
+    student: &Tensor,
+    teacher: &Tensor,
+    gamma: f32,
+    max_p: f64,
+) -> Result<LossPlan> {
+    let op = "cc";
+    check_attr(&CC, "gamma", gamma)?;
+    if max_p.fract() != 0.0 || !(0.0..=16.0).contains(&max_p) {
+        return Err(crate::error::input_error(
+            "cc: max_p",
+            format!("must be a whole number from 0 to 16, got {max_p}"),
+        ));
+    }
+    let (b, ds, dt) = relation_inputs(op, student, teacher)?;
+    let mut plan = Vec::new();
+    let gs = gram(gpu, &mut plan, student, b, ds)?;
+    let gt = gram(gpu, &mut plan, teacher, b, dt)?;
+    let order = max_p as u32;
+    gpu.check_loops(&CC_ROWS, (b as u64) * (2 * u64::from(order) + 2))?;
+    let p = Params {
+        gamma,
+        order,
+        ..rparams(op, b, 0)?
+    };
+    let coef = gpu.empty(&[b, b], DType::F32)?;
+    let row_sq = gpu.empty(&[b], DType::F32)?;
+    plan.push(gpu.dispatch_over(&CC_ROWS, &p, &[&gs, &gt, &coef, &row_sq], b)?);
+    let raw = coef_times(gpu, &mut plan, op, &coef, student, b, ds, false, &[b, ds])?;
+    let total = gpu.empty(&[1], DType::F32)?;
+    reduce::sum_into(gpu, &mut plan, &row_sq, &total, 1.0)?;
+    let (loss, grad) = (
+        gpu.empty(&[1], DType::F32)?,
+        gpu.empty(student.shape(), DType::F32)?,
+    );
+    let p = Params {
+        dim: u32_of(op, "elements", b * ds)?,
+        ..p
+    };
+    plan.push(gpu.dispatch_over(&CC_SCALE, &p, &[&total, &raw, &loss, &grad], b * ds)?);
+    Ok(LossPlan::single(plan, loss, grad))
+}
+
+fn cc_cases(suite: Suite) -> Vec<LossCase> {
+    let embeddings = |b: usize, d: usize, seed| {
+        HostTensor::f32(
+            &[b, d],
+            sample(b * d, seed).iter().map(|v| 0.5 * v).collect(),
+        )
+    };
+    // (γ, P): the defaults, a higher order, and the constant kernel (a zero loss and gradient).
+    let settings: &[(f64, f64)] = match suite {
+        Suite::Check => &[(0.4, 2.0), (0.5, 3.0), (0.4, 0.0)],
+        Suite::Bench { .. } => &[(0.4, 2.0)],
+    };
+    let mut out = Vec::new();
+    for &(b, ds, dt) in shapes(suite) {
+        for &(gamma, max_p) in settings {
+            let inputs = vec![embeddings(b, ds, 10), embeddings(b, dt, 11)];
+            out.push(
+                LossCase::new(format!("[{b}, {ds}|{dt}]"), inputs)
+                    .attrs(&[("gamma", gamma), ("max_p", max_p)])
+                    .tolerance(1e-3, 1e-5)
+                    .work(Work::Time),
+            );
+        }
+    }
+    out
 }

@@ -54,7 +54,7 @@ pub const CE: LossDef = LossDef {
     inputs: &[STUDENT, LABELS],
     attrs: &[],
     launch: |gpu, _, x| ce(gpu, x[0], x[1]),
-    reference: |_, x| cpu::ce(&x[0].values, &x[1].classes(), x[0].shape[1]),
+    reference: |_, x| cpu::ce(&x[0].values, &x[1].classes(), x[0].shape[1]).into(),
     cases: |suite| cases(suite, Which::Ce),
 };
 
@@ -68,7 +68,7 @@ pub const KD: LossDef = LossDef {
     launch: |gpu, l, x| kd(gpu, x[0], x[1], l.attr_f32("temperature")),
     reference: |l, x| {
         let t = l.attr("temperature");
-        cpu::kd(&x[0].values, &x[1].values, x[0].shape[1], t)
+        cpu::kd(&x[0].values, &x[1].values, x[0].shape[1], t).into()
     },
     cases: |suite| cases(suite, Which::Kd),
 };
@@ -118,6 +118,7 @@ pub const DKD: LossDef = LossDef {
             a("beta"),
             a("temperature"),
         )
+        .into()
     },
     cases: |suite| cases(suite, Which::Dkd),
 };
@@ -161,11 +162,7 @@ fn rows(
     bound.push(&row_loss);
     let mut dispatches = vec![gpu.dispatch_over(spec, &params, &bound, rows)?];
     reduce::sum_into(gpu, &mut dispatches, &row_loss, &loss, loss_scale)?;
-    Ok(LossPlan {
-        dispatches,
-        loss,
-        grad,
-    })
+    Ok(LossPlan::single(dispatches, loss, grad))
 }
 
 fn params(op: &str, b: usize, c: usize, temperature: f32, alpha: f32, beta: f32) -> Result<Params> {

@@ -27,7 +27,8 @@ pub fn mlp(input: [usize; 4], hidden: &[usize], classes: usize) -> Result<Graph>
 /// `features` = [Conv2d(3×3, pad 1, no bias), BatchNorm2d, ReLU, MaxPool2d(2)] per width, then
 /// `classifier` = Linear over the flattened features, as `nn.Sequential` numbers them
 /// (`features.0.weight`, `features.1.running_mean`, …, `classifier.weight`). Taps
-/// `features.{4i+3}` (each block's output) and `logits`.
+/// `features.{4i+1}` (each block's batch-normalised map, before its ReLU: activation
+/// boundaries read it), `features.{4i+3}` (each block's output) and `logits`.
 pub fn cnn(input: [usize; 4], channels: &[usize], classes: usize) -> Result<Graph> {
     let mut g = Graph::new();
     let mut h = g.input("x", &input, DType::F32)?;
@@ -45,6 +46,7 @@ pub fn cnn(input: [usize; 4], channels: &[usize], classes: usize) -> Result<Grap
             },
         )?;
         let bn = g.batch_norm(&format!("features.{}", 4 * i + 1), conv)?;
+        g.tap(&format!("features.{}", 4 * i + 1), bn)?;
         let act = g.relu(bn)?;
         h = g.max_pool(act, 2, 2, 0)?;
         g.tap(&format!("features.{}", 4 * i + 3), h)?;

@@ -1,5 +1,5 @@
-//! f64 references for the feature-based losses (`shaders/feature.wgsl`): `hint` and `at`, as
-//! `docs/losses.md` defines them (RepDistiller's FitNet and AT). Each returns the loss and its
+//! f64 references for the feature-based losses (`shaders/feature.wgsl`): `hint`, `at`, `ft`,
+//! `ab` and `nst`, as `docs/losses.md` defines them (RepDistiller's FitNet, AT, FT, AB and NST). Each returns the loss and its
 //! gradient with respect to the student; the teacher is a constant.
 
 use super::LossGrad;
@@ -48,19 +48,43 @@ fn attention(
 
 /// Attention transfer: `mean((a(s) − a(t))²)` over B·H·W. Shapes (B, Cs, HW) and (B, Ct, HW).
 pub fn at(s: &[f64], t: &[f64], batch: usize, cs: usize, ct: usize, hw: usize, p: f64) -> LossGrad {
-    let (a_s, m_s, n_s) = attention(s, batch, cs, hw, p);
-    let (a_t, _, _) = attention(t, batch, ct, hw, p);
+    ft(s, t, batch, cs, ct, hw, p, 2.0)
+}
+
+/// Factor transfer: with `f(x) = normalize(mean_c(x^p1))` per sample, `mean(|f(s) − f(t)|)` for
+/// `p2 = 1`, else `mean((f(s) − f(t))^p2)`, over B·H·W. The gradient of |d| at d = 0 is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn ft(
+    s: &[f64],
+    t: &[f64],
+    batch: usize,
+    cs: usize,
+    ct: usize,
+    hw: usize,
+    p1: f64,
+    p2: f64,
+) -> LossGrad {
+    let (a_s, m_s, n_s) = attention(s, batch, cs, hw, p1);
+    let (a_t, _, _) = attention(t, batch, ct, hw, p1);
     let count = (batch * hw) as f64;
+    let distance = |d: f64| if p2 == 1.0 { d.abs() } else { d.powf(p2) };
+    let slope = |d: f64| {
+        if p2 == 1.0 {
+            if d == 0.0 { 0.0 } else { d.signum() }
+        } else {
+            p2 * d.powf(p2 - 1.0)
+        }
+    };
     let loss = a_s
         .iter()
         .zip(&a_t)
-        .map(|(x, y)| (x - y) * (x - y))
+        .map(|(x, y)| distance(x - y))
         .sum::<f64>()
         / count;
     let mut grad = vec![0.0; s.len()];
     for b in 0..batch {
         let g: Vec<f64> = (0..hw)
-            .map(|i| 2.0 * (a_s[b * hw + i] - a_t[b * hw + i]) / count)
+            .map(|i| slope(a_s[b * hw + i] - a_t[b * hw + i]) / count)
             .collect();
         let row_norm = m_s[b * hw..(b + 1) * hw]
             .iter()
@@ -77,9 +101,154 @@ pub fn at(s: &[f64], t: &[f64], batch: usize, cs: usize, ct: usize, hw: usize, p
             };
             for c in 0..cs {
                 let k = (b * cs + c) * hw + i;
-                grad[k] = dm * p * powf(s[k], p - 1.0) / cs as f64;
+                grad[k] = dm * p1 * powf(s[k], p1 - 1.0) / cs as f64;
             }
         }
     }
     LossGrad { loss, grad }
+}
+
+/// Activation boundaries (RepDistiller's ABLoss): `3/(1000·B) · Σ [(s + m)²·1(s > −m ∧ t ≤ 0) +
+/// (s − m)²·1(s ≤ m ∧ t > 0)]` over every element.
+pub fn ab(s: &[f64], t: &[f64], batch: usize, margin: f64) -> LossGrad {
+    let scale = 3.0 / (1000.0 * batch as f64);
+    let mut loss = 0.0;
+    let grad = s
+        .iter()
+        .zip(t)
+        .map(|(&x, &y)| {
+            let mut g = 0.0;
+            if x > -margin && y <= 0.0 {
+                loss += (x + margin) * (x + margin);
+                g += 2.0 * (x + margin);
+            }
+            if x <= margin && y > 0.0 {
+                loss += (x - margin) * (x - margin);
+                g += 2.0 * (x - margin);
+            }
+            scale * g
+        })
+        .collect();
+    LossGrad {
+        loss: scale * loss,
+        grad,
+    }
+}
+
+/// Rows of (R, HW) normalised as `F.normalize` does, with each row's clamped norm.
+fn normalize_rows(x: &[f64], hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let norms: Vec<f64> = x
+        .chunks(hw)
+        .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12))
+        .collect();
+    let out = x
+        .iter()
+        .enumerate()
+        .map(|(k, v)| v / norms[k / hw])
+        .collect();
+    (out, norms)
+}
+
+/// Per sample, `G[i][j] = a_i · b_j` for rows of (B, Ca, HW) and (B, Cb, HW): (B, Ca, Cb).
+fn row_grams(a: &[f64], b: &[f64], batch: usize, ca: usize, cb: usize, hw: usize) -> Vec<f64> {
+    let mut g = vec![0.0; batch * ca * cb];
+    for n in 0..batch {
+        for i in 0..ca {
+            for j in 0..cb {
+                let (x, y) = ((n * ca + i) * hw, (n * cb + j) * hw);
+                g[(n * ca + i) * cb + j] = (0..hw).map(|k| a[x + k] * b[y + k]).sum();
+            }
+        }
+    }
+    g
+}
+
+/// Neuron selectivity transfer (RepDistiller's NSTLoss): with each channel normalised over its
+/// H·W positions and `K(a, b)_ij = (a_i · b_j)²`, `mean K(t̂, t̂) + mean K(ŝ, ŝ) − 2·mean K(ŝ, t̂)`.
+pub fn nst(s: &[f64], t: &[f64], batch: usize, cs: usize, ct: usize, hw: usize) -> LossGrad {
+    let (sn, norms) = normalize_rows(s, hw);
+    let (tn, _) = normalize_rows(t, hw);
+    let gss = row_grams(&sn, &sn, batch, cs, cs, hw);
+    let gst = row_grams(&sn, &tn, batch, cs, ct, hw);
+    let gtt = row_grams(&tn, &tn, batch, ct, ct, hw);
+    let b = batch as f64;
+    let sq = |g: &[f64]| g.iter().map(|v| v * v).sum::<f64>();
+    let (wss, wst, wtt) = (
+        1.0 / (b * (cs * cs) as f64),
+        -2.0 / (b * (cs * ct) as f64),
+        1.0 / (b * (ct * ct) as f64),
+    );
+    let loss = wtt * sq(&gtt) + wss * sq(&gss) + wst * sq(&gst);
+    let mut grad = vec![0.0; s.len()];
+    for n in 0..batch {
+        for i in 0..cs {
+            let row = (n * cs + i) * hw;
+            // d/dŝ_i: 4·wss Σ_j G_ss[i,j] ŝ_j + 2·wst Σ_j G_st[i,j] t̂_j.
+            let g: Vec<f64> = (0..hw)
+                .map(|k| {
+                    let own: f64 = (0..cs)
+                        .map(|j| gss[(n * cs + i) * cs + j] * sn[(n * cs + j) * hw + k])
+                        .sum();
+                    let cross: f64 = (0..ct)
+                        .map(|j| gst[(n * cs + i) * ct + j] * tn[(n * ct + j) * hw + k])
+                        .sum();
+                    4.0 * wss * own + 2.0 * wst * cross
+                })
+                .collect();
+            let norm = norms[n * cs + i];
+            let raw = s[row..row + hw].iter().map(|v| v * v).sum::<f64>().sqrt();
+            let dot: f64 = (0..hw).map(|k| sn[row + k] * g[k]).sum();
+            for k in 0..hw {
+                grad[row + k] = if raw > 1e-12 {
+                    (g[k] - sn[row + k] * dot) / norm
+                } else {
+                    g[k] / norm
+                };
+            }
+        }
+    }
+    LossGrad { loss, grad }
+}
+
+/// Flow of solution procedure (RepDistiller's FSP): with `G(a, b)[n,j,i] = (1/HW) Σ_x
+/// b[n,j,x]·a[n,i,x]` per side, `mean((G(s_a, s_b) − G(t_a, t_b))²)` over B·C2·C1; the sides'
+/// H·W may differ. Returns the gradients with respect to `s_a` and `s_b`.
+#[allow(clippy::too_many_arguments)]
+pub fn fsp(
+    sa: &[f64],
+    sb: &[f64],
+    ta: &[f64],
+    tb: &[f64],
+    batch: usize,
+    c1: usize,
+    c2: usize,
+    hw_s: usize,
+    hw_t: usize,
+) -> super::LossGrads {
+    let flow = |a: &[f64], b: &[f64], hw: usize| -> Vec<f64> {
+        row_grams(b, a, batch, c2, c1, hw)
+            .into_iter()
+            .map(|g| g / hw as f64)
+            .collect()
+    };
+    let (gs, gt) = (flow(sa, sb, hw_s), flow(ta, tb, hw_t));
+    let count = (batch * c1 * c2) as f64;
+    let d: Vec<f64> = gs.iter().zip(&gt).map(|(x, y)| x - y).collect();
+    let loss = d.iter().map(|v| v * v).sum::<f64>() / count;
+    let (mut ga, mut gb) = (vec![0.0; sa.len()], vec![0.0; sb.len()]);
+    for n in 0..batch {
+        for j in 0..c2 {
+            for i in 0..c1 {
+                let dg = 2.0 * d[(n * c2 + j) * c1 + i] / (count * hw_s as f64);
+                for x in 0..hw_s {
+                    ga[(n * c1 + i) * hw_s + x] += dg * sb[(n * c2 + j) * hw_s + x];
+                    gb[(n * c2 + j) * hw_s + x] += dg * sa[(n * c1 + i) * hw_s + x];
+                }
+            }
+        }
+    }
+    super::LossGrads {
+        loss,
+        grads: vec![ga, gb],
+    }
 }

@@ -24,6 +24,24 @@ pub struct LossGrad {
     pub grad: Vec<f64>,
 }
 
+/// A loss's value and its gradients with respect to each of its student inputs, in order.
+#[derive(Clone, Debug)]
+pub struct LossGrads {
+    /// The scalar loss.
+    pub loss: f64,
+    /// `dL/d input` for each student input.
+    pub grads: Vec<Vec<f64>>,
+}
+
+impl From<LossGrad> for LossGrads {
+    fn from(g: LossGrad) -> LossGrads {
+        LossGrads {
+            loss: g.loss,
+            grads: vec![g.grad],
+        }
+    }
+}
+
 /// f32 values widened to f64, for the references.
 pub fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()

@@ -298,3 +298,51 @@ pub fn pkt(s: &[f64], t: &[f64], batch: usize) -> LossGrad {
     }
     LossGrad { loss, grad }
 }
+
+/// The correlation kernel of CC: the `max_p`-order Taylor series of the Gaussian RBF,
+/// `e^(−2γ) Σ_{p=0..P} (2γ)^p / p! · g^p`, and its derivative in `g`.
+pub fn cc_kernel(g: f64, gamma: f64, max_p: usize) -> (f64, f64) {
+    let scale = (-2.0 * gamma).exp();
+    let (mut value, mut slope) = (0.0, 0.0);
+    let mut coef = 1.0; // (2γ)^p / p!
+    for p in 0..=max_p {
+        value += coef * g.powi(p as i32);
+        if p >= 1 {
+            // (2γ)^p/(p−1)! = p·(2γ)^p/p!
+            slope += p as f64 * coef * g.powi(p as i32 - 1);
+        }
+        coef *= 2.0 * gamma / (p + 1) as f64;
+    }
+    (scale * value, scale * slope)
+}
+
+/// Correlation congruence (torchdistill's CCKDLoss, Gaussian kernel, batchmean):
+/// `‖C(s) − C(t)‖_F / B²` with `C(f)_ij` the kernel of `f_i · f_j` (the norm, not its square; its
+/// gradient is 0 where the two agree).
+pub fn cc(s: &[f64], t: &[f64], batch: usize, gamma: f64, max_p: usize) -> LossGrad {
+    let (gs, gt) = (gram(s, batch), gram(t, batch));
+    let d: Vec<f64> = gs
+        .iter()
+        .zip(&gt)
+        .map(|(&a, &b)| cc_kernel(a, gamma, max_p).0 - cc_kernel(b, gamma, max_p).0)
+        .collect();
+    let norm = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let b2 = (batch * batch) as f64;
+    let dim = s.len() / batch;
+    let mut grad = vec![0.0; s.len()];
+    if norm > 0.0 {
+        for i in 0..batch {
+            for j in 0..batch {
+                let c = 2.0 * d[i * batch + j] * cc_kernel(gs[i * batch + j], gamma, max_p).1
+                    / (b2 * norm);
+                for k in 0..dim {
+                    grad[i * dim + k] += c * s[j * dim + k];
+                }
+            }
+        }
+    }
+    LossGrad {
+        loss: norm / b2,
+        grad,
+    }
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::error::input_error;
 use crate::graph::Graph;
-use crate::kernels::losses::{self, Loss};
+use crate::kernels::losses::{self, Loss, LossDef};
 use crate::models;
 
 use super::method::{Fault, Method};
@@ -277,6 +277,10 @@ pub struct LossConfig {
     pub student_tap: Option<String>,
     /// Teacher tap (logits when absent).
     pub teacher_tap: Option<String>,
+    /// Student taps, one per student input, for losses that read several (FSP's pair).
+    pub student_taps: Option<Vec<String>>,
+    /// Teacher taps, one per teacher input, likewise.
+    pub teacher_taps: Option<Vec<String>>,
     /// A trainable regressor from the student tap to the teacher's.
     pub adapter: Option<AdapterName>,
     /// Linear warm-up of the weight over the first epochs (as DKD uses).
@@ -288,6 +292,71 @@ pub struct LossConfig {
 }
 
 impl LossConfig {
+    /// The student taps as written (`student_tap` or `student_taps`; none means logits).
+    pub fn student_taps(&self) -> Vec<String> {
+        self.student_taps
+            .clone()
+            .unwrap_or_else(|| self.student_tap.iter().cloned().collect())
+    }
+
+    /// The teacher taps as written (`teacher_tap` or `teacher_taps`; none means logits).
+    pub fn teacher_taps(&self) -> Vec<String> {
+        self.teacher_taps
+            .clone()
+            .unwrap_or_else(|| self.teacher_tap.iter().cloned().collect())
+    }
+
+    /// The taps fit the loss: one spelling each, and as many taps as it has inputs of that role
+    /// (none for a loss of one input, which then reads the logits).
+    pub fn check_taps(&self, def: &LossDef) -> std::result::Result<(), (String, String)> {
+        let sides = [
+            (
+                "student",
+                self.student_tap.is_some(),
+                &self.student_taps,
+                def.student_inputs().count(),
+            ),
+            (
+                "teacher",
+                self.teacher_tap.is_some(),
+                &self.teacher_taps,
+                def.teacher_inputs().count(),
+            ),
+        ];
+        for (side, single, list, inputs) in sides {
+            if single && list.is_some() {
+                return Err((
+                    format!(".{side}_taps"),
+                    format!("set {side}_tap or {side}_taps, not both"),
+                ));
+            }
+            let given = list.as_ref().map_or(usize::from(single), Vec::len);
+            if given != inputs && !(given == 0 && inputs == 1) {
+                let key = if list.is_some() {
+                    format!(".{side}_taps")
+                } else {
+                    format!(".{side}_tap")
+                };
+                return Err((
+                    key,
+                    format!(
+                        "{} reads {inputs} {side} input(s) ({}): give {side}_taps = [one tap each]",
+                        def.name,
+                        def.inputs
+                            .iter()
+                            .filter(|i| (side == "student")
+                                == (i.role == crate::kernels::losses::Role::Student)
+                                && i.role != crate::kernels::losses::Role::Labels)
+                            .map(|i| i.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The registry's loss with this entry's attributes, or the key at fault (relative to the
     /// entry: `.kind`, `.temperature`) and what is wrong.
     pub fn loss(&self) -> std::result::Result<Loss, (String, String)> {
@@ -637,16 +706,39 @@ impl StageConfig {
                 ));
             }
             method.check_term(j, term, !self.teachers.is_empty())?;
-            let tap = term.student_tap.as_deref().unwrap_or("logits");
-            for m in &self.train {
-                graphs[m.as_str()]
-                    .tapped(tap)
-                    .map_err(|e| (at("student_tap"), e.to_string()))?;
+            let def = term.loss().map_err(|(key, m)| (at(&key[1..]), m))?.def();
+            let student_key = if term.student_taps.is_some() {
+                "student_taps"
+            } else {
+                "student_tap"
+            };
+            for k in 0..def.student_inputs().count() {
+                let tap = term
+                    .student_taps()
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| "logits".into());
+                for m in &self.train {
+                    graphs[m.as_str()]
+                        .tapped(&tap)
+                        .map_err(|e| (at(student_key), e.to_string()))?;
+                }
             }
             if let Some(t) = target {
-                let tap = term.teacher_tap.as_deref().unwrap_or("logits");
-                t.tapped(tap)
-                    .map_err(|e| (at("teacher_tap"), e.to_string()))?;
+                let teacher_key = if term.teacher_taps.is_some() {
+                    "teacher_taps"
+                } else {
+                    "teacher_tap"
+                };
+                for k in 0..def.teacher_inputs().count() {
+                    let tap = term
+                        .teacher_taps()
+                        .get(k)
+                        .cloned()
+                        .unwrap_or_else(|| "logits".into());
+                    t.tapped(&tap)
+                        .map_err(|e| (at(teacher_key), e.to_string()))?;
+                }
             }
         }
         Ok(())

@@ -56,8 +56,9 @@ impl Method {
         let at = |key: &str| format!("losses[{j}]{key}");
         let loss = term.loss().map_err(|(key, m)| (at(&key), m))?;
         let def = loss.def();
+        term.check_taps(def).map_err(|(key, m)| (at(&key), m))?;
         if !def.needs_teacher() {
-            if term.teacher_tap.is_some() || term.adapter.is_some() {
+            if !term.teacher_taps().is_empty() || term.adapter.is_some() {
                 let message = format!(
                     "{} uses the labels: it takes no teacher_tap or adapter",
                     def.name
@@ -80,7 +81,9 @@ impl Method {
             );
             return Err((at(".kind"), message));
         }
-        if self == Method::SelfDistillation && term.student_tap.is_some() {
+        if self == Method::SelfDistillation
+            && (!term.student_taps().is_empty() || def.student_inputs().count() > 1)
+        {
             return Err((
                 at(".student_tap"),
                 "with heads, the student side of each term is the head (its logits, or its tap for feature terms)".into(),
@@ -100,60 +103,56 @@ impl Method {
                 Method::Offline => out.push((i, base)),
                 Method::Mutual => {
                     let peers = &stage.train;
-                    let tap = |model: &str| {
-                        Some(format!(
-                            "{model}.{}",
-                            term.student_tap.as_deref().unwrap_or("logits")
-                        ))
+                    // Each peer's own taps: the same names under its prefix.
+                    let taps_of = |model: &str| -> Vec<String> {
+                        (0..def.student_inputs().count())
+                            .map(|k| format!("{model}.{}", base.student_tap(k)))
+                            .collect()
                     };
                     let toward_peers = def.distils_logits() && stage.teachers.is_empty();
                     for (a, me) in peers.iter().enumerate() {
                         if !toward_peers {
-                            out.push((
-                                i,
-                                LossSpec {
-                                    student_tap: tap(me),
-                                    ..base.clone()
-                                },
-                            ));
+                            let spec = LossSpec {
+                                student_taps: taps_of(me),
+                                ..base.clone()
+                            };
+                            out.push((i, spec));
                             continue;
                         }
                         let others = peers.iter().enumerate().filter(|(b, _)| *b != a);
                         for (_, other) in others {
-                            out.push((
-                                i,
-                                LossSpec {
-                                    weight: term.weight / (peers.len() - 1) as f32,
-                                    student_tap: tap(me),
-                                    teacher_tap: Some(format!("{PEER}{other}.logits")),
-                                    ..base.clone()
-                                },
-                            ));
+                            let spec = LossSpec {
+                                weight: term.weight / (peers.len() - 1) as f32,
+                                student_taps: taps_of(me),
+                                teacher_taps: vec![format!("{PEER}{other}.logits")],
+                                ..base.clone()
+                            };
+                            out.push((i, spec));
                         }
                     }
                 }
                 Method::SelfDistillation => {
-                    let own = |tap: &str| Some(format!("{PEER}{tap}"));
+                    let own = |tap: &str| vec![format!("{PEER}{tap}")];
                     if !def.needs_teacher() {
                         out.push((i, base.clone()));
                     }
                     for (h, tap) in stage.heads.iter().enumerate() {
-                        let head_logits = Some(format!("aux.{h}.logits"));
+                        let head_logits = vec![format!("aux.{h}.logits")];
                         let term_spec = if !def.needs_teacher() {
                             LossSpec {
-                                student_tap: head_logits,
+                                student_taps: head_logits,
                                 ..base.clone()
                             }
                         } else if def.reads_logits() {
                             LossSpec {
-                                student_tap: head_logits,
-                                teacher_tap: own("logits"),
+                                student_taps: head_logits,
+                                teacher_taps: own("logits"),
                                 ..base.clone()
                             }
                         } else {
                             LossSpec {
-                                student_tap: Some(tap.clone()),
-                                teacher_tap: own(term.teacher_tap.as_deref().unwrap_or("logits")),
+                                student_taps: vec![tap.clone()],
+                                teacher_taps: own(base.teacher_tap(0)),
                                 ..base.clone()
                             }
                         };
@@ -174,8 +173,8 @@ fn spec(term: &LossConfig) -> crate::Result<LossSpec> {
     Ok(LossSpec {
         loss,
         weight: term.weight,
-        student_tap: term.student_tap.clone(),
-        teacher_tap: term.teacher_tap.clone(),
+        student_taps: term.student_taps(),
+        teacher_taps: term.teacher_taps(),
         adapter: term.adapter.map(|a| match a {
             AdapterName::Linear => Adapter::Linear,
             AdapterName::Conv1x1 => Adapter::Conv1x1,

@@ -106,10 +106,11 @@ pub fn learning_rate(o: &OptimizerConfig, epoch: usize, epochs: usize) -> f32 {
 fn teacher_taps(losses: &[(usize, LossSpec)]) -> Vec<String> {
     let mut taps = vec!["logits".to_string()];
     for (_, l) in losses {
-        let tap = l.teacher_tap.as_deref().unwrap_or("logits");
-        if l.loss.def().needs_teacher() && !tap.starts_with(PEER) && !taps.iter().any(|t| t == tap)
-        {
-            taps.push(tap.to_string());
+        for k in 0..l.loss.def().teacher_inputs().count() {
+            let tap = l.teacher_tap(k);
+            if !tap.starts_with(PEER) && !taps.iter().any(|t| t == tap) {
+                taps.push(tap.to_string());
+            }
         }
     }
     taps

@@ -67,13 +67,10 @@ fn references_reproduce_every_golden_case() {
             case.rtol,
             case.atol,
         );
-        assert_close_f64(
-            &what("grad"),
-            &got.grad,
-            &want("grad_student"),
-            case.rtol,
-            case.atol,
-        );
+        for (grad, input) in got.grads.iter().zip(def.student_inputs()) {
+            let name = format!("grad_{}", input.name);
+            assert_close_f64(&what(&name), grad, &want(&name), case.rtol, case.atol);
+        }
     }
 }
 
@@ -86,23 +83,24 @@ fn every_reference_gradient_matches_finite_differences() {
         for case in (def.cases)(Suite::Check) {
             let loss = Loss::of(def).with_all(case.attrs.iter().copied()).unwrap();
             let inputs: Vec<RefInput> = case.inputs.iter().map(RefInput::of).collect();
-            let s = def
-                .inputs
-                .iter()
-                .position(|i| i.role == Role::Student)
-                .unwrap();
-            if inputs[s].values.len() > 400 {
+            let students: Vec<usize> = (0..def.inputs.len())
+                .filter(|&k| def.inputs[k].role == Role::Student)
+                .collect();
+            if students.iter().any(|&k| inputs[k].values.len() > 400) {
                 continue;
             }
-            let at = |x: &[f64]| {
-                let mut moved = inputs.clone();
-                moved[s].values = x.to_vec();
-                loss.reference(&moved)
-            };
-            let analytic = at(&inputs[s].values).grad;
-            let numeric = finite_difference(&inputs[s].values, 1e-5, |x| at(x).loss);
-            let what = format!("{} {} {:?}", def.name, case.shape, case.attrs);
-            assert_close_f64(&what, &analytic, &numeric, 1e-5, 1e-8);
+            for (g, &s) in students.iter().enumerate() {
+                let at = |x: &[f64]| {
+                    let mut moved = inputs.clone();
+                    moved[s].values = x.to_vec();
+                    loss.reference(&moved)
+                };
+                let analytic = at(&inputs[s].values).grads.swap_remove(g);
+                let numeric = finite_difference(&inputs[s].values, 1e-5, |x| at(x).loss);
+                let input = def.inputs[s].name;
+                let what = format!("{} {} {:?} d/d{input}", def.name, case.shape, case.attrs);
+                assert_close_f64(&what, &analytic, &numeric, 1e-5, 1e-8);
+            }
             checked += 1;
         }
         assert!(checked > 0, "{}: no case small enough to check", def.name);
@@ -125,7 +123,7 @@ fn registry_entries_are_consistent() {
             .iter()
             .filter(|i| i.role == Role::Student)
             .count();
-        assert_eq!(students, 1, "{}: student inputs", def.name);
+        assert!(students >= 1, "{}: no student input", def.name);
         for a in def.attrs {
             assert!(
                 a.range.contains(a.default),

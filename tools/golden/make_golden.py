@@ -19,6 +19,7 @@ Needs torch, numpy and safetensors (pip install torch numpy safetensors).
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 
@@ -123,6 +124,60 @@ def pkt(student, teacher, eps=1e-7):
     return (pt * torch.log((pt + eps) / (ps + eps))).mean()
 
 
+def ft(student, teacher, p1=2.0, p2=1.0):
+    # RepDistiller's FactorTransfer: the factors are AT's maps; L1 for p2 = 1.
+    def factor(f):
+        return F.normalize(f.pow(p1).mean(1).reshape(f.shape[0], -1))
+
+    d = factor(student) - factor(teacher)
+    return F.l1_loss(factor(student), factor(teacher)) if p2 == 1 else d.pow(p2).mean()
+
+
+def ab(student, teacher, margin=1.0):
+    # RepDistiller's ABLoss on one tap, with its 3/1000 and the batch mean.
+    m = margin
+    loss = (student + m).pow(2) * ((student > -m) & (teacher <= 0)).to(student.dtype) + (
+        student - m
+    ).pow(2) * ((student <= m) & (teacher > 0)).to(student.dtype)
+    return loss.sum() / student.shape[0] / 1000 * 3
+
+
+def nst(student, teacher):
+    # RepDistiller's NSTLoss (full loss): channels normalised over H·W, polynomial kernel.
+    def normalized(f):
+        return F.normalize(f.reshape(f.shape[0], f.shape[1], -1), dim=2)
+
+    def kernel(a, b):
+        return torch.bmm(a, b.transpose(1, 2)).pow(2)
+
+    s, t = normalized(student), normalized(teacher)
+    return kernel(t, t).mean() + kernel(s, s).mean() - 2 * kernel(s, t).mean()
+
+
+def cc(student, teacher, gamma=0.4, max_p=2.0):
+    # torchdistill's CCKDLoss, Gaussian kernel, batchmean: the Frobenius norm over B².
+    def correlation(f):
+        sim = f @ f.t()
+        total = torch.zeros_like(sim)
+        for p in range(int(max_p) + 1):
+            total = total + (2 * gamma) ** p / math.factorial(p) * sim.pow(p)
+        return math.exp(-2 * gamma) * total
+
+    b = student.shape[0]
+    return torch.dist(correlation(student), correlation(teacher), 2) / (b * b)
+
+
+def fsp(student_a, student_b, teacher_a, teacher_b):
+    # RepDistiller's FSP: compute_fsp's (bot.unsqueeze(1) * top.unsqueeze(2)).mean(-1), then the
+    # mean squared difference; a is the earlier tap, b the later.
+    def flow(a, b):
+        a = a.reshape(a.shape[0], a.shape[1], -1)
+        b = b.reshape(b.shape[0], b.shape[1], -1)
+        return (a.unsqueeze(1) * b.unsqueeze(2)).mean(-1)
+
+    return (flow(student_a, student_b) - flow(teacher_a, teacher_b)).pow(2).mean()
+
+
 # Each op: its function and the names of its tensor inputs, in order.
 OPS = {
     "ce": (ce, ["student", "labels"]),
@@ -134,11 +189,17 @@ OPS = {
     "rkd_distance": (rkd_distance, ["student", "teacher"]),
     "rkd_angle": (rkd_angle, ["student", "teacher"]),
     "pkt": (pkt, ["student", "teacher"]),
+    "ft": (ft, ["student", "teacher"]),
+    "ab": (ab, ["student", "teacher"]),
+    "nst": (nst, ["student", "teacher"]),
+    "cc": (cc, ["student", "teacher"]),
+    "fsp": (fsp, ["student_a", "student_b", "teacher_a", "teacher_b"]),
 }
 
 
 def expected(op, inputs, attrs):
-    """loss and grad_student of `op` on `inputs` (name -> tensor), in float64, rounded to f32."""
+    """loss and grad_X for each student input X of `op` on `inputs` (name -> tensor), in float64
+    with autograd, rounded to f32."""
     fn, names = OPS[op]
     args = []
     for name in names:
@@ -146,13 +207,14 @@ def expected(op, inputs, attrs):
         if name == "labels":
             args.append(x.to(torch.int64))
         else:
-            args.append(x.to(torch.float64).requires_grad_(name == "student"))
+            args.append(x.to(torch.float64).requires_grad_(name.startswith("student")))
     loss = fn(*args, **attrs)
     loss.backward()
-    return {
-        "loss": loss.detach().reshape(1).to(torch.float32),
-        "grad_student": args[0].grad.to(torch.float32),
-    }
+    out = {"loss": loss.detach().reshape(1).to(torch.float32)}
+    for name, x in zip(names, args):
+        if name.startswith("student"):
+            out[f"grad_{name}"] = x.grad.to(torch.float32)
+    return out
 
 
 def read_manifest(directory):
