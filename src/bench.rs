@@ -6,8 +6,12 @@
 use serde::Serialize;
 
 use crate::Result;
-use crate::catalogue::{Case, Suite, Work};
+use crate::catalogue::{Case, Prepared, Suite, Work};
 use crate::gpu::{BoundPlan, Dispatch, Gpu, TimingSource, measure};
+use crate::graph::{Adapter, Graph, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights};
+use crate::kernels::losses::Loss;
+use crate::kernels::optimizer::Sgd;
+use crate::models;
 
 /// One measured case.
 #[derive(Clone, Debug, Serialize)]
@@ -24,6 +28,11 @@ pub struct BenchResult {
     /// GB/s of compulsory traffic, for memory-bound cases.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gbps: Option<f64>,
+    /// Training samples per second, for whole training steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples_per_second: Option<f64>,
+    /// Launches per run.
+    pub launches: usize,
     /// The baseline case, measured in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
@@ -91,12 +100,24 @@ pub fn run(gpu: &Gpu, cases: &[Case], target: f64) -> Result<Vec<BenchResult>> {
     let mut results: Vec<BenchResult> = Vec::new();
     for c in cases {
         let prepared = c.prepare(gpu)?;
-        let bound = gpu.bind_plan(&prepared.plan)?;
+        let (bound, kernels) = match prepared.bound {
+            Some(bound) => {
+                let mut names: Vec<String> = Vec::new();
+                for name in bound.kernel_names() {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                (bound, names)
+            }
+            None => (gpu.bind_plan(&prepared.plan)?, kernel_names(&prepared.plan)),
+        };
         let (seconds, timing) = time_plan(gpu, &bound, target)?;
-        let (gflops, gbps) = match c.work {
-            Work::Flops(f) => (Some(f / seconds * 1e-9), None),
-            Work::Bytes(b) => (None, Some(b / seconds * 1e-9)),
-            Work::Time => (None, None),
+        let (gflops, gbps, samples_per_second) = match c.work {
+            Work::Flops(f) => (Some(f / seconds * 1e-9), None, None),
+            Work::Bytes(b) => (None, Some(b / seconds * 1e-9), None),
+            Work::Samples(n) => (None, None, Some(n / seconds)),
+            Work::Time => (None, None, None),
         };
         results.push(BenchResult {
             kernel: c.kernel.clone(),
@@ -104,9 +125,11 @@ pub fn run(gpu: &Gpu, cases: &[Case], target: f64) -> Result<Vec<BenchResult>> {
             seconds,
             gflops,
             gbps,
+            samples_per_second,
+            launches: bound.len(),
             baseline: c.baseline.clone(),
             ratio: None,
-            kernels: kernel_names(&prepared.plan),
+            kernels,
             adapter: caps.name.clone(),
             backend: caps.backend.to_string(),
             driver: format!("{} {}", caps.driver, caps.driver_info)
@@ -127,4 +150,185 @@ pub fn run(gpu: &Gpu, cases: &[Case], target: f64) -> Result<Vec<BenchResult>> {
         results[i].ratio = rate(&results[i]).zip(base_rate).map(|(a, b)| a / b);
     }
     Ok(results)
+}
+
+/// A training step of the bench suite: the student, an optional frozen teacher, the loss terms.
+struct StepCase {
+    name: &'static str,
+    shape: &'static str,
+    student: fn([usize; 4]) -> Result<Graph>,
+    teacher: Option<fn([usize; 4]) -> Result<Graph>>,
+    losses: fn() -> Result<Vec<LossSpec>>,
+}
+
+/// The whole training steps timed beside the kernels (batch 128 of 28×28 images, SGD with
+/// momentum): the default KD step, a CNN step, a ResNet-8 step and a feature-distillation step.
+/// `tools/peers/torch_steps.py` runs the same steps in PyTorch under the same names.
+const STEPS: &[StepCase] = &[
+    StepCase {
+        name: "kd_step",
+        shape: "mlp[512,512]→mlp[32] b128",
+        student: |i| models::mlp(i, &[32], 10),
+        teacher: Some(|i| models::mlp(i, &[512, 512], 10)),
+        losses: || {
+            Ok(vec![
+                LossSpec::logits(Loss::new("ce")?, 0.1),
+                LossSpec::logits(Loss::new("kd")?.with("temperature", 4.0)?, 0.9),
+            ])
+        },
+    },
+    StepCase {
+        name: "cnn_step",
+        shape: "cnn[32,64] b128",
+        student: |i| models::cnn(i, &[32, 64], 10),
+        teacher: None,
+        losses: || Ok(vec![LossSpec::logits(Loss::new("ce")?, 1.0)]),
+    },
+    StepCase {
+        name: "resnet8_step",
+        shape: "resnet8[16,32,64] b128",
+        student: |i| models::resnet(i, 8, [16, 32, 64], 10),
+        teacher: None,
+        losses: || Ok(vec![LossSpec::logits(Loss::new("ce")?, 1.0)]),
+    },
+    StepCase {
+        name: "feature_step",
+        shape: "mlp[512,512]→mlp[32] kd+hint+rkd b128",
+        student: |i| models::mlp(i, &[32], 10),
+        teacher: Some(|i| models::mlp(i, &[512, 512], 10)),
+        losses: || {
+            let hint = LossSpec {
+                adapter: Some(Adapter::Linear),
+                ..LossSpec::taps(Loss::new("hint")?, 10.0, "hidden.0", "hidden.1")
+            };
+            Ok(vec![
+                LossSpec::logits(Loss::new("ce")?, 0.1),
+                LossSpec::logits(Loss::new("kd")?.with("temperature", 4.0)?, 0.9),
+                hint,
+                LossSpec::logits(Loss::new("rkd_distance")?, 25.0),
+            ])
+        },
+    },
+];
+
+/// The batch of the step cases.
+pub const STEP_BATCH: usize = 128;
+
+/// The bench suite's whole training steps (none in the check suite).
+pub fn step_cases(suite: Suite) -> Vec<Case> {
+    if suite == Suite::Check {
+        return Vec::new();
+    }
+    STEPS
+        .iter()
+        .map(|s| {
+            let work = Work::Samples(STEP_BATCH as f64);
+            Case::new(s.name, s.shape, work, move |gpu| {
+                let input = [STEP_BATCH, 1, 28, 28];
+                let student = (s.student)(input)?;
+                let weights = Weights::init(gpu, &student, 1)?;
+                let teacher = match s.teacher {
+                    Some(build) => {
+                        let g = build(input)?;
+                        let w = Weights::init(gpu, &g, 2)?;
+                        Some((g, w))
+                    }
+                    None => None,
+                };
+                let spec = StepSpec {
+                    student: &student,
+                    student_weights: &weights,
+                    teacher: teacher.as_ref().map(|(g, w)| (g, w)),
+                    losses: (s.losses)()?,
+                    optimizer: OptimizerSpec::Sgd(Sgd {
+                        lr: 0.01,
+                        momentum: 0.9,
+                        dampening: 0.0,
+                        weight_decay: 5e-4,
+                        nesterov: false,
+                    }),
+                    seed: 0,
+                };
+                let step = TrainStep::compile(gpu, &spec)?;
+                Ok(Prepared {
+                    plan: Vec::new(),
+                    outputs: Vec::new(),
+                    bound: Some(step.into_bound()),
+                })
+            })
+        })
+        .collect()
+}
+
+/// One result of a peer (`tools/peers/torch_steps.py`): the same case, measured elsewhere.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct PeerResult {
+    /// Case name, as wgdistill's.
+    pub kernel: String,
+    /// Shape, as wgdistill's.
+    pub shape: String,
+    /// Seconds per run.
+    pub seconds: f64,
+    /// What ran it (framework, version, device).
+    #[serde(default)]
+    pub peer: String,
+}
+
+/// A case measured by wgdistill and by a peer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    /// Case name.
+    pub kernel: String,
+    /// Shape.
+    pub shape: String,
+    /// wgdistill's seconds per run.
+    pub ours: f64,
+    /// The peer's seconds per run.
+    pub theirs: f64,
+    /// What the peer is.
+    pub peer: String,
+    /// The peer's time over ours: above 1, wgdistill is faster.
+    pub speedup: f64,
+}
+
+/// Reads a peer's results (JSON, a list of rows with `kernel`, `shape`, `seconds`).
+pub fn read_peer(path: &std::path::Path) -> Result<Vec<PeerResult>> {
+    let what = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::error::input_error(&what, format!("cannot read ({e})")))?;
+    let rows: Vec<PeerResult> = serde_json::from_str(&text).map_err(|e| {
+        crate::error::input_error(&what, format!("not a list of peer results ({e})"))
+    })?;
+    if let Some(bad) = rows
+        .iter()
+        .find(|r| !(r.seconds.is_finite() && r.seconds > 0.0))
+    {
+        return Err(crate::error::input_error(
+            &what,
+            format!(
+                "{} {}: seconds must be > 0, got {}",
+                bad.kernel, bad.shape, bad.seconds
+            ),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Our results beside a peer's, for the cases both measured (same kernel and shape).
+pub fn compare(ours: &[BenchResult], peers: &[PeerResult]) -> Vec<Comparison> {
+    ours.iter()
+        .filter_map(|r| {
+            let p = peers
+                .iter()
+                .find(|p| p.kernel == r.kernel && p.shape == r.shape)?;
+            Some(Comparison {
+                kernel: r.kernel.clone(),
+                shape: r.shape.clone(),
+                ours: r.seconds,
+                theirs: p.seconds,
+                peer: p.peer.clone(),
+                speedup: p.seconds / r.seconds,
+            })
+        })
+        .collect()
 }

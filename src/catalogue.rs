@@ -9,7 +9,7 @@
 //! traffic) and, for benchmarks, the case measured as its same-run baseline.
 
 use crate::Result;
-use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::gpu::{BoundPlan, Dispatch, Gpu, Tensor};
 use crate::kernels;
 use crate::reference::{allclose, max_errors};
 
@@ -49,6 +49,8 @@ pub enum Work {
     Flops(f64),
     /// Bytes of compulsory memory traffic (each input read once, each output written once).
     Bytes(f64),
+    /// Training samples (a whole training step).
+    Samples(f64),
     /// Time only.
     Time,
 }
@@ -59,6 +61,19 @@ pub struct Prepared {
     pub plan: Vec<Dispatch>,
     /// What to compare with the reference, concatenated in this order.
     pub outputs: Vec<Tensor>,
+    /// Launches already bound (a compiled training step), timed instead of `plan`.
+    pub bound: Option<BoundPlan>,
+}
+
+impl Prepared {
+    /// Launches and the tensors to read back.
+    pub fn new(plan: Vec<Dispatch>, outputs: Vec<Tensor>) -> Prepared {
+        Prepared {
+            plan,
+            outputs,
+            bound: None,
+        }
+    }
 }
 
 type PrepareFn = Box<dyn Fn(&Gpu) -> Result<Prepared>>;
@@ -166,12 +181,15 @@ impl Case {
     }
 }
 
-/// Every family's cases of `suite`, in the order of [`kernels::FAMILIES`].
+/// Every family's cases of `suite`, in the order of [`kernels::FAMILIES`], then (for the bench
+/// suite) whole training steps.
 pub fn all(gpu: &Gpu, suite: Suite) -> Vec<Case> {
-    kernels::FAMILIES
+    let mut cases: Vec<Case> = kernels::FAMILIES
         .iter()
         .flat_map(|family| (family.cases)(gpu, suite))
-        .collect()
+        .collect();
+    cases.extend(crate::bench::step_cases(suite));
+    cases
 }
 
 /// A tensor of `shape` filled with [`sample`](crate::rng::sample)`(…, seed)`, and its values.

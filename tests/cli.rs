@@ -343,3 +343,51 @@ fn bench_with_a_filter_that_matches_nothing_fails() {
         "{stderr}"
     );
 }
+
+/// A whole training step in the bench suite, beside a peer's figure for the same case: the
+/// table names the speedup, the JSON the samples per second and the launches per step.
+#[test]
+fn bench_times_a_training_step_and_compares_it_with_a_peer() {
+    let dir = std::env::temp_dir().join(format!("wgdistill-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let peer = dir.join("peer.json");
+    std::fs::write(
+        &peer,
+        r#"[{"kernel": "kd_step", "shape": "mlp[512,512]→mlp[32] b128", "seconds": 0.5, "peer": "a test"}]"#,
+    )
+    .unwrap();
+    let json = dir.join("bench.json");
+    let Some(out) = on_ci_backend(&[
+        "bench",
+        "--json",
+        json.to_str().unwrap(),
+        "--compare",
+        peer.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("speedup") && stdout.contains("a test"),
+        "{stdout}"
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "only the peer's cases run: {rows:?}");
+    assert!(rows[0]["samples_per_second"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["launches"].as_u64().unwrap() > 10);
+    // A peer file that is not one, and one with no case in common.
+    std::fs::write(&peer, "[{\"kernel\": 3}]").unwrap();
+    let out = on_ci_backend(&["bench", "--compare", peer.to_str().unwrap()]).unwrap();
+    assert_one_line_error(&out);
+    std::fs::write(&peer, r#"[{"kernel": "x", "shape": "y", "seconds": 1.0}]"#).unwrap();
+    let out = on_ci_backend(&["bench", "--compare", peer.to_str().unwrap()]).unwrap();
+    assert_one_line_error(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no case of the peer's"));
+}

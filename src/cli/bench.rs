@@ -7,9 +7,34 @@ use wgdistill::gpu::Gpu;
 
 use super::CliError;
 
-/// Runs the catalogue (filtered by kernel name), prints a table and optionally writes JSON.
-pub fn run(gpu: &Gpu, filter: Option<&str>, json: Option<&Path>) -> Result<(), CliError> {
-    let cases = bench::catalogue(gpu, filter);
+/// Runs the catalogue (filtered by kernel name; with a peer's results, the cases it measured),
+/// prints a table (and the comparison with the peer) and optionally writes JSON.
+pub fn run(
+    gpu: &Gpu,
+    filter: Option<&str>,
+    json: Option<&Path>,
+    compare: Option<&Path>,
+) -> Result<(), CliError> {
+    let peers = compare.map(bench::read_peer).transpose()?;
+    let mut cases = bench::catalogue(gpu, filter);
+    if let Some(peers) = &peers {
+        let keep: Vec<String> = cases
+            .iter()
+            .filter(|c| {
+                peers
+                    .iter()
+                    .any(|p| p.kernel == c.kernel && p.shape == c.shape)
+            })
+            .flat_map(|c| std::iter::once(c.key()).chain(c.baseline.clone()))
+            .collect();
+        if keep.is_empty() {
+            return Err(CliError::Message(format!(
+                "{}: no case of the peer's is in this adapter's bench suite",
+                compare.map(|p| p.display().to_string()).unwrap_or_default()
+            )));
+        }
+        cases.retain(|c| keep.contains(&c.key()));
+    }
     if let Some(f) = filter.filter(|f| !cases.iter().any(|c| c.kernel.contains(f))) {
         let mut names: Vec<String> = bench::catalogue(gpu, None)
             .into_iter()
@@ -24,13 +49,14 @@ pub fn run(gpu: &Gpu, filter: Option<&str>, json: Option<&Path>) -> Result<(), C
     let results = bench::run(gpu, &cases, 0.2)?;
     println!("adapter: {}", gpu.caps().label());
     println!(
-        "{:<14} {:<28} {:>11} {:>14} {:>26}  kernels",
-        "kernel", "shape", "ms", "throughput", "vs baseline (same run)"
+        "{:<14} {:<38} {:>11} {:>16} {:>26} {:>8}  kernels",
+        "kernel", "shape", "ms", "throughput", "vs baseline (same run)", "launches"
     );
     for r in &results {
-        let throughput = match (r.gflops, r.gbps) {
-            (Some(g), _) => format!("{g:.1} GFLOP/s"),
-            (_, Some(g)) => format!("{g:.1} GB/s"),
+        let throughput = match (r.gflops, r.gbps, r.samples_per_second) {
+            (Some(g), _, _) => format!("{g:.1} GFLOP/s"),
+            (_, Some(g), _) => format!("{g:.1} GB/s"),
+            (_, _, Some(n)) => format!("{n:.0} samples/s"),
             _ => "-".to_string(),
         };
         let ratio = match (&r.baseline, r.ratio) {
@@ -38,14 +64,33 @@ pub fn run(gpu: &Gpu, filter: Option<&str>, json: Option<&Path>) -> Result<(), C
             _ => String::new(),
         };
         println!(
-            "{:<14} {:<28} {:>11.4} {:>14} {:>26}  {}",
+            "{:<14} {:<38} {:>11.4} {:>16} {:>26} {:>8}  {}",
             r.kernel,
             r.shape,
             r.seconds * 1e3,
             throughput,
             ratio,
+            r.launches,
             r.kernels.join(", ")
         );
+    }
+    if let Some(peers) = &peers {
+        println!();
+        println!(
+            "{:<14} {:<38} {:>12} {:>12} {:>9}  peer",
+            "case", "shape", "ours ms", "peer ms", "speedup"
+        );
+        for c in bench::compare(&results, peers) {
+            println!(
+                "{:<14} {:<38} {:>12.4} {:>12.4} {:>8.2}×  {}",
+                c.kernel,
+                c.shape,
+                c.ours * 1e3,
+                c.theirs * 1e3,
+                c.speedup,
+                c.peer
+            );
+        }
     }
     if let Some(path) = json {
         let text =

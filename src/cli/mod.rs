@@ -84,6 +84,10 @@ enum Command {
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// A peer's results (tools/peers/torch_steps.py): time the same cases and print both,
+        /// with the speedup per case.
+        #[arg(long, value_name = "PEER.json")]
+        compare: Option<PathBuf>,
     },
     /// Print a checkpoint's test accuracy on Fashion-MNIST.
     Eval {
@@ -220,7 +224,11 @@ pub fn run() -> Result<(), CliError> {
             baseline,
             json,
         }) => train::report(&run, &baseline, json.as_deref()),
-        Some(Command::Bench { filter, json }) => {
+        Some(Command::Bench {
+            filter,
+            json,
+            compare,
+        }) => {
             if let Some(dir) = json
                 .as_deref()
                 .and_then(|p| p.parent())
@@ -231,7 +239,8 @@ pub fn run() -> Result<(), CliError> {
                     dir.display()
                 )));
             }
-            bench::run(&Gpu::new(&query)?, filter.as_deref(), json.as_deref())
+            let gpu = Gpu::new(&query)?;
+            bench::run(&gpu, filter.as_deref(), json.as_deref(), compare.as_deref())
         }
         Some(Command::Op { list: true, .. }) => {
             op::list();

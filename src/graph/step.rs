@@ -477,6 +477,12 @@ impl TrainStep {
         }
     }
 
+    /// The step's bound launches, for timing them alone (the batch is whatever the buffers
+    /// hold).
+    pub fn into_bound(self) -> BoundPlan {
+        self.bound
+    }
+
     /// What the memory planner saved for this step.
     pub fn memory(&self) -> MemoryReport {
         self.memory

@@ -87,10 +87,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             8.0 * n as f64,
             move |gpu| {
                 let (d, y) = forward(gpu, Kind::Relu, &sample_tensor(gpu, &[n], 6)?)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![y],
-                })
+                Ok(Prepared::new(vec![d], vec![y]))
             },
         )];
     }
@@ -107,10 +104,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                             (sample_tensor(gpu, &[n], 23)?, sample_tensor(gpu, &[n], 24)?);
                         let (f, y) = forward(gpu, kind, &x)?;
                         let (b, dx) = backward(gpu, kind, &x, &dy)?;
-                        Ok(Prepared {
-                            plan: vec![f, b],
-                            outputs: vec![y, dx],
-                        })
+                        Ok(Prepared::new(vec![f, b], vec![y, dx]))
                     },
                 )
                 .reference(move || {

@@ -254,10 +254,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             move |gpu| {
                 let t = state(gpu, shape[1])?;
                 let (plan, y, _) = forward_train(gpu, &sample_tensor(gpu, &shape, 9)?, &st(&t))?;
-                Ok(Prepared {
-                    plan,
-                    outputs: vec![y],
-                })
+                Ok(Prepared::new(plan, vec![y]))
             },
         )];
     }
@@ -276,10 +273,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                     let (mut plan, y, saved) = forward_train(gpu, &x, &st(&t))?;
                     let (back, g) = backward(gpu, &x, &dy, &st(&t), &saved)?;
                     plan.extend(back);
-                    Ok(Prepared {
-                        plan,
-                        outputs: vec![y, g.dx, g.dgamma, g.dbeta],
-                    })
+                    Ok(Prepared::new(plan, vec![y, g.dx, g.dgamma, g.dbeta]))
                 },
             )
             .reference(move || {

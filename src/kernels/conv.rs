@@ -440,7 +440,7 @@ fn check_case(name: &str, win: Window, cout: usize, spec: Conv2d, subgroups: Opt
         outputs.extend(g.dx);
         outputs.push(g.dw);
         outputs.extend(g.dbias);
-        Ok(Prepared { plan, outputs })
+        Ok(Prepared::new(plan, outputs))
     })
     .reference(move || {
         let (x, wt, b) = (
@@ -547,20 +547,14 @@ fn bench_cases(suite: Suite) -> Vec<Case> {
     let forward_case = Case::new("conv2d", shape.clone(), Work::Flops(flops), move |gpu| {
         let (x, w) = inputs(gpu, c)?;
         let (d, y) = forward(gpu, &x, &w, None, &spec)?;
-        Ok(Prepared {
-            plan: vec![d],
-            outputs: vec![y],
-        })
+        Ok(Prepared::new(vec![d], vec![y]))
     });
     // dx and dw, each a GEMM of that size.
     let backward_case = Case::new("conv2d_bwd", shape, Work::Flops(2.0 * flops), move |gpu| {
         let (x, w) = inputs(gpu, c)?;
         let dy = sample_tensor(gpu, &[b, c, hw, hw], 6)?;
         let (plan, g) = backward(gpu, &x, &w, &dy, false, &spec)?;
-        Ok(Prepared {
-            plan,
-            outputs: vec![g.dw],
-        })
+        Ok(Prepared::new(plan, vec![g.dw]))
     });
     let depthwise = Conv2d { groups: c, ..spec };
     let bytes = 8.0 * (b * c * hw * hw) as f64;
@@ -568,10 +562,7 @@ fn bench_cases(suite: Suite) -> Vec<Case> {
     let depthwise_case = memory_case(suite, "conv2d_depthwise", shape, bytes, move |gpu| {
         let (x, w) = inputs(gpu, 1)?;
         let (d, y) = forward(gpu, &x, &w, None, &depthwise)?;
-        Ok(Prepared {
-            plan: vec![d],
-            outputs: vec![y],
-        })
+        Ok(Prepared::new(vec![d], vec![y]))
     });
     let key = base.key();
     vec![

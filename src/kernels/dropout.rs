@@ -104,10 +104,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             8.0 * n as f64,
             move |gpu| {
                 let (d, y) = dropout(gpu, &sample_tensor(gpu, &[n], 18)?, 0.5, 1)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![y],
-                })
+                Ok(Prepared::new(vec![d], vec![y]))
             },
         )];
     }
@@ -120,10 +117,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                 Work::Bytes(8.0 * n as f64),
                 move |gpu| {
                     let (d, y) = dropout(gpu, &sample_tensor(gpu, &[n], 40)?, p, 11)?;
-                    Ok(Prepared {
-                        plan: vec![d],
-                        outputs: vec![y],
-                    })
+                    Ok(Prepared::new(vec![d], vec![y]))
                 },
             )
             .reference(move || cpu::dropout(&sample_f64(n, 40), f64::from(p), 11, threshold(p))),
@@ -138,10 +132,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             move |gpu| {
                 let step = gpu.upload(&[1], &[3u32])?;
                 let (d, y) = dropout_step(gpu, &sample_tensor(gpu, &[n], 41)?, p, 5, &step)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![y],
-                })
+                Ok(Prepared::new(vec![d], vec![y]))
             },
         )
         .reference(move || {

@@ -138,10 +138,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             Work::Bytes(8.0 * n as f64),
             move |gpu| {
                 let (d, out) = scale_plan(gpu, &sample_tensor(gpu, &[n], 3)?, 1.0)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![out],
-                })
+                Ok(Prepared::new(vec![d], vec![out]))
             },
         )];
     }
@@ -153,20 +150,14 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             Case::new("add", shape.clone(), work, move |gpu| {
                 let (a, b) = (sample_tensor(gpu, &[n], 1)?, sample_tensor(gpu, &[n], 2)?);
                 let (d, out) = add_plan(gpu, &a, &b)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![out],
-                })
+                Ok(Prepared::new(vec![d], vec![out]))
             })
             .reference(move || cpu::add(&sample_f64(n, 1), &sample_f64(n, 2))),
         );
         cases.push(
             Case::new("scale", shape.clone(), work, move |gpu| {
                 let (d, out) = scale_plan(gpu, &sample_tensor(gpu, &[n], 1)?, -1.5)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![out],
-                })
+                Ok(Prepared::new(vec![d], vec![out]))
             })
             .reference(move || cpu::scale(&sample_f64(n, 1), -1.5)),
         );
@@ -174,10 +165,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             Case::new("axpy", shape, work, move |gpu| {
                 let y = sample_tensor(gpu, &[n], 2)?;
                 let d = axpy_plan(gpu, 0.25, &sample_tensor(gpu, &[n], 1)?, &y)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![y],
-                })
+                Ok(Prepared::new(vec![d], vec![y]))
             })
             .reference(move || cpu::axpy(0.25, &sample_f64(n, 1), &sample_f64(n, 2))),
         );

@@ -440,10 +440,7 @@ fn catalogue_case(def: &'static LossDef, case: LossCase) -> Result<Case> {
         let plan = loss.launch(gpu, &tensors.iter().collect::<Vec<_>>())?;
         let mut outputs = vec![plan.loss];
         outputs.extend(plan.grads);
-        Ok(Prepared {
-            plan: plan.dispatches,
-            outputs,
-        })
+        Ok(Prepared::new(plan.dispatches, outputs))
     })
     .reference(move || {
         let got = l2.reference(&i2.iter().map(RefInput::of).collect::<Vec<_>>());

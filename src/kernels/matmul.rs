@@ -249,10 +249,7 @@ fn linear_case(
             ..options
         };
         let (d, y) = matmul(gpu, &x, &w, Some(&b), options)?;
-        Ok(Prepared {
-            plan: vec![d],
-            outputs: vec![y],
-        })
+        Ok(Prepared::new(vec![d], vec![y]))
     })
     .reference(move || {
         let (x, w, b) = (
@@ -274,10 +271,7 @@ pub fn bench_case(m: usize, n: usize, k: usize) -> Case {
             sample_tensor(gpu, &[k, n], 2)?,
         );
         let (d, c) = matmul(gpu, &a, &b, None, MatmulOptions::default())?;
-        Ok(Prepared {
-            plan: vec![d],
-            outputs: vec![c],
-        })
+        Ok(Prepared::new(vec![d], vec![c]))
     })
 }
 

@@ -190,10 +190,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                 let (m, v) = (gpu.zeros(&[n], DType::F32)?, gpu.zeros(&[n], DType::F32)?);
                 let step = gpu.upload(&[1], &[1u32])?;
                 let d = adamw(gpu, &ADAMW_CASE, &p, &g, &m, &v, &step)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![p],
-                })
+                Ok(Prepared::new(vec![d], vec![p]))
             },
         )];
     }
@@ -213,10 +210,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                     plan.push(advance_step(gpu, &step)?);
                     plan.push(adamw(gpu, &ADAMW_CASE, &p, &g, &m, &v, &step)?);
                 }
-                Ok(Prepared {
-                    plan,
-                    outputs: vec![p, m, v],
-                })
+                Ok(Prepared::new(plan, vec![p, m, v]))
             },
         )
         .reference(move || {
@@ -260,10 +254,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                         plan.push(advance_step(gpu, &step)?);
                         plan.push(sgd(gpu, &s, &p, &g, &buf, &step)?);
                     }
-                    Ok(Prepared {
-                        plan,
-                        outputs: vec![p, buf],
-                    })
+                    Ok(Prepared::new(plan, vec![p, buf]))
                 },
             )
             .reference(move || {
@@ -288,10 +279,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                 move |gpu| {
                     let g = sample_tensor(gpu, &[n], 39)?;
                     let (plan, norm_sq) = clip_grad_norm(gpu, &g, max_norm)?;
-                    Ok(Prepared {
-                        plan,
-                        outputs: vec![g, norm_sq],
-                    })
+                    Ok(Prepared::new(plan, vec![g, norm_sq]))
                 },
             )
             .reference(move || {

@@ -257,10 +257,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             bytes,
             move |gpu| {
                 let (d, y, _) = max_pool_forward(gpu, &sample_tensor(gpu, &shape, 8)?, &spec)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![y],
-                })
+                Ok(Prepared::new(vec![d], vec![y]))
             },
         )];
     }
@@ -293,10 +290,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                 let dy = sample_tensor(gpu, &[n, c, ho, wo], 31)?;
                 let (f, y, arg) = max_pool_forward(gpu, &x, &spec)?;
                 let (b, dx) = max_pool_backward(gpu, &x, &spec, &arg, &dy)?;
-                Ok(Prepared {
-                    plan: vec![f, b],
-                    outputs: vec![y, dx],
-                })
+                Ok(Prepared::new(vec![f, b], vec![y, dx]))
             })
             .reference(move || {
                 let (mut y, arg) = cpu::max_pool(&sample_f64(len, 30), &win);
@@ -310,10 +304,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                 let dy = sample_tensor(gpu, &[n, c, ho, wo], 31)?;
                 let (f, y) = avg_pool_forward(gpu, &x, &spec)?;
                 let (b, dx) = avg_pool_backward(gpu, &x, &spec, &dy)?;
-                Ok(Prepared {
-                    plan: vec![f, b],
-                    outputs: vec![y, dx],
-                })
+                Ok(Prepared::new(vec![f, b], vec![y, dx]))
             })
             .reference(move || {
                 let mut y = cpu::avg_pool(&sample_f64(len, 30), &win);
@@ -333,10 +324,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                 let dy = sample_tensor(gpu, &[n, c], 33)?;
                 let (f, y) = global_avg_pool_forward(gpu, &x)?;
                 let (b, dx) = global_avg_pool_backward(gpu, &x, &dy)?;
-                Ok(Prepared {
-                    plan: vec![f, b],
-                    outputs: vec![y, dx],
-                })
+                Ok(Prepared::new(vec![f, b], vec![y, dx]))
             },
         )
         .reference(move || {

@@ -146,10 +146,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             move |gpu| {
                 let x = sample_tensor(gpu, &[rows, cols], 19)?;
                 let (d, out) = reduce_axis(gpu, &x, 0, AxisOp::Sum)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![out],
-                })
+                Ok(Prepared::new(vec![d], vec![out]))
             },
         )];
     }
@@ -174,10 +171,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                     move |gpu| {
                         let x = sample_tensor(gpu, &s, 20)?;
                         let (d, out) = reduce_axis(gpu, &x, axis, op)?;
-                        Ok(Prepared {
-                            plan: vec![d],
-                            outputs: vec![out],
-                        })
+                        Ok(Prepared::new(vec![d], vec![out]))
                     },
                 )
                 .reference({
@@ -197,10 +191,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                     let (x, out) = (sample_tensor(gpu, &[n], 21)?, gpu.empty(&[1], DType::F32)?);
                     let mut plan = Vec::new();
                     sum_into(gpu, &mut plan, &x, &out, 0.5)?;
-                    Ok(Prepared {
-                        plan,
-                        outputs: vec![out],
-                    })
+                    Ok(Prepared::new(plan, vec![out]))
                 },
             )
             .reference(move || vec![0.5 * sample_f64(n, 21).iter().sum::<f64>()])

@@ -187,10 +187,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             bytes,
             move |gpu| {
                 let (d, y) = forward(gpu, &sample_tensor(gpu, &[rows, cols], 7)?, 1.0, false)?;
-                Ok(Prepared {
-                    plan: vec![d],
-                    outputs: vec![y],
-                })
+                Ok(Prepared::new(vec![d], vec![y]))
             },
         )];
     }
@@ -208,10 +205,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                         let dy = sample_tensor(gpu, &[rows, cols], 26)?;
                         let (f, y) = forward(gpu, &x, 2.0, log)?;
                         let (b, dx) = backward(gpu, &y, &dy, 2.0, log)?;
-                        Ok(Prepared {
-                            plan: vec![f, b],
-                            outputs: vec![y, dx],
-                        })
+                        Ok(Prepared::new(vec![f, b], vec![y, dx]))
                     },
                 )
                 .reference(move || {
@@ -236,10 +230,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                     .collect::<Result<_>>()?;
                 let refs: Vec<&Tensor> = ts.iter().collect();
                 let (plan, out) = mixture_logits(gpu, &refs, &[0.5, 0.3, 0.2], 4.0)?;
-                Ok(Prepared {
-                    plan,
-                    outputs: vec![out],
-                })
+                Ok(Prepared::new(plan, vec![out]))
             },
         )
         .reference(move || {
