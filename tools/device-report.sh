@@ -31,7 +31,8 @@ devices = json.load(open(sys.argv[1]))
 if not devices:
     sys.exit("device-report: no adapter on this backend")
 d = devices[0]
-print(d["name"].replace(" ", "_"), d["device_type"])
+slug = "".join(c if c.isalnum() or c == "." else "-" for c in d["name"].lower())
+print("-".join(part for part in slug.split("-") if part), d["device_type"])
 PY
 )
 echo "adapter: $adapter ($device_type)"

@@ -7,8 +7,8 @@ use wgdistill::gpu::Gpu;
 
 use super::CliError;
 
-/// Runs the catalogue (filtered by kernel name; with a peer's results, the cases it measured),
-/// prints a table (and the comparison with the peer) and optionally writes JSON.
+/// Runs the catalogue (filtered by kernel name), prints a table (and, with a peer's results, the
+/// comparison for the cases both measured) and optionally writes JSON.
 pub fn run(
     gpu: &Gpu,
     filter: Option<&str>,
@@ -16,24 +16,19 @@ pub fn run(
     compare: Option<&Path>,
 ) -> Result<(), CliError> {
     let peers = compare.map(bench::read_peer).transpose()?;
-    let mut cases = bench::catalogue(gpu, filter);
+    let cases = bench::catalogue(gpu, filter);
     if let Some(peers) = &peers {
-        let keep: Vec<String> = cases
-            .iter()
-            .filter(|c| {
-                peers
-                    .iter()
-                    .any(|p| p.kernel == c.kernel && p.shape == c.shape)
-            })
-            .flat_map(|c| std::iter::once(c.key()).chain(c.baseline.clone()))
-            .collect();
-        if keep.is_empty() {
+        let shared = cases.iter().any(|c| {
+            peers
+                .iter()
+                .any(|p| p.kernel == c.kernel && p.shape == c.shape)
+        });
+        if !shared {
             return Err(CliError::Message(format!(
-                "{}: no case of the peer's is in this adapter's bench suite",
+                "{}: no case of the peer's is among the cases to run on this adapter",
                 compare.map(|p| p.display().to_string()).unwrap_or_default()
             )));
         }
-        cases.retain(|c| keep.contains(&c.key()));
     }
     if let Some(f) = filter.filter(|f| !cases.iter().any(|c| c.kernel.contains(f))) {
         let mut names: Vec<String> = bench::catalogue(gpu, None)
