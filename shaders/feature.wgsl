@@ -1,6 +1,7 @@
 // Feature-based losses: FitNet hint (elementwise MSE), attention transfer and factor transfer
-// (one kernel set: FT is AT with another distance), activation boundaries (elementwise), and
-// neuron selectivity transfer (per-sample Gram matrices of channel-normalised maps).
+// (one kernel set: FT is AT with another distance), activation boundaries (elementwise),
+// neuron selectivity transfer (per-sample Gram matrices of channel-normalised maps), FSP, and
+// variational information distillation (elementwise, per-channel variances).
 // Each writes the gradient and per-element, per-entry or per-sample loss partials; reduce.wgsl
 // sums them.
 
@@ -359,4 +360,42 @@ fn row_mix(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         acc = fma(m, mix_x[(b * inner + k) * hw + x], acc);
     }
     mix_out[t] = acc;
+}
+
+// ---- vid: variational information distillation, elementwise ----------------------------------
+// With v_c = softplus(log_scale_c) + eps (params.p = eps) and N = B·C·H·W (params.grad_scale =
+// 1/N): the term 0.5·((s − t)²/v_c + log v_c), the gradient (s − t)/(v_c·N), and each element's
+// share of d/d log_scale_c, 0.5·(1/v_c − (s − t)²/v_c²)·sigmoid(log_scale_c)/N, which two axis
+// reductions sum per channel. params.teacher_channels = C, params.hw = H·W, params.n = N.
+@group(0) @binding(1) var<storage, read> vid_mean: array<f32>;
+@group(0) @binding(2) var<storage, read> vid_target: array<f32>;
+@group(0) @binding(3) var<storage, read> vid_log_scale: array<f32>;
+@group(0) @binding(4) var<storage, read_write> vid_grad: array<f32>;
+@group(0) @binding(5) var<storage, read_write> vid_partial: array<f32>;
+@group(0) @binding(6) var<storage, read_write> vid_scale_share: array<f32>;
+
+// log(1 + eˣ) without overflow, and without losing e^(−|x|) where it is below f32's epsilon
+// next to 1.
+fn softplus(x: f32) -> f32 {
+    let y = exp(-abs(x));
+    let log1p_y = select(log(1.0 + y), y * (1.0 - 0.5 * y), y < 1e-4);
+    return max(x, 0.0) + log1p_y;
+}
+
+@compute @workgroup_size(256)
+fn vid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= params.n) {
+        return;
+    }
+    let c = (i / params.hw) % params.teacher_channels;
+    let a = vid_log_scale[c];
+    let v = softplus(a) + params.p;
+    let d = vid_mean[i] - vid_target[i];
+    let d2_v = d * d / v;
+    vid_partial[i] = 0.5 * (d2_v + log(v));
+    vid_grad[i] = d / v * params.grad_scale;
+    let sigmoid = 1.0 / (1.0 + exp(-a));
+    vid_scale_share[i] = 0.5 * (1.0 - d2_v) / v * sigmoid * params.grad_scale;
 }

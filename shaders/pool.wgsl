@@ -196,3 +196,63 @@ fn global_avg_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
         avg_out[x] = avg_in[x / per_plane] / f32(per_plane);
     }
 }
+
+// ---- adaptive average pooling (PyTorch's adaptive_avg_pool2d) --------------------------------
+// Output cell (i, j) of an (ho, wo) grid averages input rows ⌊i·h/ho⌋ … ⌈(i+1)·h/ho⌉ − 1 and the
+// columns likewise; windows overlap when ho does not divide h. The backward pass gathers: input
+// row y lies in the windows of output rows ⌊y·ho/h⌋ … ⌈(y+1)·ho/h⌉ − 1.
+fn window_start(i: u32, n: u32, out: u32) -> u32 {
+    return i * n / out;
+}
+
+fn window_end(i: u32, n: u32, out: u32) -> u32 {
+    return ((i + 1u) * n + out - 1u) / out;
+}
+
+@compute @workgroup_size(256)
+fn adaptive_avg_pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wid, nwg, lid);
+    let per_plane = params.ho * params.wo;
+    if (o >= params.planes * per_plane) {
+        return;
+    }
+    let plane = o / per_plane;
+    let oh = (o % per_plane) / params.wo;
+    let ow = o % params.wo;
+    let h0 = window_start(oh, params.h, params.ho);
+    let h1 = window_end(oh, params.h, params.ho);
+    let w0 = window_start(ow, params.w, params.wo);
+    let w1 = window_end(ow, params.w, params.wo);
+    var acc = 0.0;
+    for (var ih = h0; ih < h1; ih = ih + 1u) {
+        for (var iw = w0; iw < w1; iw = iw + 1u) {
+            acc = acc + avg_in[(plane * params.h + ih) * params.w + iw];
+        }
+    }
+    avg_out[o] = acc / f32((h1 - h0) * (w1 - w0));
+}
+
+@compute @workgroup_size(256)
+fn adaptive_avg_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) lid: u32) {
+    let x = linear_index(wid, nwg, lid);
+    let per_plane = params.h * params.w;
+    if (x >= params.planes * per_plane) {
+        return;
+    }
+    let plane = x / per_plane;
+    let ih = (x % per_plane) / params.w;
+    let iw = x % params.w;
+    let rows = vec2<u32>(ih * params.ho / params.h, window_end(ih, params.ho, params.h));
+    let cols = vec2<u32>(iw * params.wo / params.w, window_end(iw, params.wo, params.w));
+    var acc = 0.0;
+    for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {
+        let area_h = window_end(oh, params.h, params.ho) - window_start(oh, params.h, params.ho);
+        for (var ow = cols.x; ow < cols.y; ow = ow + 1u) {
+            let area_w = window_end(ow, params.w, params.wo) - window_start(ow, params.w, params.wo);
+            acc = acc + avg_in[(plane * params.ho + oh) * params.wo + ow] / f32(area_h * area_w);
+        }
+    }
+    avg_out[x] = acc;
+}

@@ -535,3 +535,258 @@ fn cc_scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         ccs_loss[0] = norm / b2;
     }
 }
+
+// ---- irg: instance relationship graph ----------------------------------------------------------
+// Edges: E[i,j] = max(G_ii + G_jj − 2·G_ij, 1e-12), zero on the diagonal, read from a Gram
+// matrix (symmetric by construction: entry (i, j) and (j, i) read the same G entry; the clamp is
+// applied by the comparison).
+// Graph comparison (edges and the transformation vector alike): with a = the student's values
+// clamped at 1e-12, b = the teacher's, m_a, m_b their maxima, L = scale·Σ (a/m_a − b/m_b)²; the
+// gradient with respect to a is 2·scale·d/m_a, plus −S/m_a² at a's (first) maximum,
+// S = Σ 2·scale·d·a, and 0 where a was clamped or on an edge matrix's diagonal.
+struct IrgParams {
+    // Entries compared (B² for edges, B for the transformation vector).
+    n: u32,
+    // Edge matrices: B (the diagonal is fixed at 0); 0 for a vector.
+    diagonal: u32,
+    scale: f32,
+    // Which 8-float slot of the statistics buffer a comparison writes.
+    slot: u32,
+    // The transformation: C1 (channels after halving), H2·W2, whether fm2's channels are
+    // averaged in adjacent pairs (C2 = 2·C1), and the batch.
+    channels: u32,
+    plane: u32,
+    halved: u32,
+    batch: u32,
+}
+
+@group(0) @binding(0) var<uniform> irg: IrgParams;
+
+@group(0) @binding(1) var<storage, read> irg_gram: array<f32>;
+@group(0) @binding(2) var<storage, read_write> irg_edges_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn irg_edges(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let e = linear_index(wid, nwg, lid);
+    let b = irg.diagonal;
+    if (e >= b * b) {
+        return;
+    }
+    let i = e / b;
+    let j = e % b;
+    if (i == j) {
+        irg_edges_out[e] = 0.0;
+        return;
+    }
+    let lo = min(i, j);
+    let hi = max(i, j);
+    // Unclamped: the comparison clamps, and its gradient needs to know where it did.
+    irg_edges_out[e] = irg_gram[i * b + i] + irg_gram[j * b + j] - 2.0 * irg_gram[lo * b + hi];
+}
+
+// Statistics of one comparison in one workgroup of 256, in a fixed order: slot = (m_a, m_b,
+// index of a's first maximum, L, S).
+const IRG_WG: u32 = 256u;
+var<workgroup> irg_max_a: array<f32, IRG_WG>;
+var<workgroup> irg_arg_a: array<u32, IRG_WG>;
+var<workgroup> irg_max_b: array<f32, IRG_WG>;
+var<workgroup> irg_sum_l: array<f32, IRG_WG>;
+var<workgroup> irg_sum_s: array<f32, IRG_WG>;
+
+@group(0) @binding(1) var<storage, read> irg_a: array<f32>;
+@group(0) @binding(2) var<storage, read> irg_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> irg_stats: array<f32>;
+
+fn irg_value(raw: f32, k: u32) -> f32 {
+    if (irg.diagonal > 0u && k % (irg.diagonal + 1u) == 0u) {
+        return 0.0;
+    }
+    return max(raw, EPS_CLAMP);
+}
+
+@compute @workgroup_size(256)
+fn irg_compare(@builtin(local_invocation_index) lid: u32) {
+    var ma = -1.0;
+    var arg = 0u;
+    var mb = -1.0;
+    for (var k = lid; k < irg.n; k = k + IRG_WG) {
+        let a = irg_value(irg_a[k], k);
+        if (a > ma) {
+            ma = a;
+            arg = k;
+        }
+        mb = max(mb, irg_value(irg_b[k], k));
+    }
+    irg_max_a[lid] = ma;
+    irg_arg_a[lid] = arg;
+    irg_max_b[lid] = mb;
+    workgroupBarrier();
+    for (var stride = IRG_WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            let other = irg_max_a[lid + stride];
+            let other_arg = irg_arg_a[lid + stride];
+            // The first maximum: ties go to the lower index.
+            if (other > irg_max_a[lid] || (other == irg_max_a[lid] && other_arg < irg_arg_a[lid])) {
+                irg_max_a[lid] = other;
+                irg_arg_a[lid] = other_arg;
+            }
+            irg_max_b[lid] = max(irg_max_b[lid], irg_max_b[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    let m_a = irg_max_a[0];
+    let m_b = irg_max_b[0];
+    var l = 0.0;
+    var s = 0.0;
+    for (var k = lid; k < irg.n; k = k + IRG_WG) {
+        let a = irg_value(irg_a[k], k);
+        let d = a / m_a - irg_value(irg_b[k], k) / m_b;
+        l = l + d * d;
+        s = s + d * a;
+    }
+    irg_sum_l[lid] = l;
+    irg_sum_s[lid] = s;
+    workgroupBarrier();
+    for (var stride = IRG_WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            irg_sum_l[lid] = irg_sum_l[lid] + irg_sum_l[lid + stride];
+            irg_sum_s[lid] = irg_sum_s[lid] + irg_sum_s[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let o = irg.slot * 8u;
+        irg_stats[o] = m_a;
+        irg_stats[o + 1u] = m_b;
+        irg_stats[o + 2u] = f32(irg_arg_a[0]);
+        irg_stats[o + 3u] = irg.scale * irg_sum_l[0];
+        irg_stats[o + 4u] = 2.0 * irg.scale * irg_sum_s[0];
+    }
+}
+
+// d L / d a per entry (0 where a was clamped or on the diagonal).
+@group(0) @binding(1) var<storage, read> irg_ga: array<f32>;
+@group(0) @binding(2) var<storage, read> irg_gb: array<f32>;
+@group(0) @binding(3) var<storage, read> irg_gstats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> irg_grad: array<f32>;
+
+@compute @workgroup_size(64)
+fn irg_compare_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let k = linear_index(wid, nwg, lid);
+    if (k >= irg.n) {
+        return;
+    }
+    let o = irg.slot * 8u;
+    let m_a = irg_gstats[o];
+    let raw = irg_ga[k];
+    let a = irg_value(raw, k);
+    let on_diagonal = irg.diagonal > 0u && k % (irg.diagonal + 1u) == 0u;
+    if (on_diagonal || raw < EPS_CLAMP) {
+        irg_grad[k] = 0.0;
+        return;
+    }
+    let d = a / m_a - irg_value(irg_gb[k], k) / irg_gstats[o + 1u];
+    var g = 2.0 * irg.scale * d / m_a;
+    if (k == u32(irg_gstats[o + 2u])) {
+        g = g - irg_gstats[o + 4u] / (m_a * m_a);
+    }
+    irg_grad[k] = g;
+}
+
+// The edge gradient dE (B×B) as the coefficients C of dx = C·x: off the diagonal
+// C_ij = −2·(dE_ij + dE_ji), on it C_ii = −Σ_{j≠i} C_ij.
+@group(0) @binding(1) var<storage, read> irg_de: array<f32>;
+@group(0) @binding(2) var<storage, read_write> irg_coef: array<f32>;
+
+@compute @workgroup_size(64)
+fn irg_edge_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let e = linear_index(wid, nwg, lid);
+    let b = irg.diagonal;
+    if (e >= b * b) {
+        return;
+    }
+    let i = e / b;
+    let j = e % b;
+    if (i != j) {
+        irg_coef[e] = -2.0 * (irg_de[i * b + j] + irg_de[j * b + i]);
+        return;
+    }
+    var sum = 0.0;
+    for (var k = 0u; k < b; k = k + 1u) {
+        if (k != i) {
+            sum = sum + irg_de[i * b + k] + irg_de[k * b + i];
+        }
+    }
+    irg_coef[e] = 2.0 * sum;
+}
+
+// The transformation's difference per element of the (pooled) fm1, (B, C1, H2·W2): fm1 − fm2,
+// fm2's channels averaged in adjacent pairs when halved; also its square.
+@group(0) @binding(1) var<storage, read> irg_fm1: array<f32>;
+@group(0) @binding(2) var<storage, read> irg_fm2: array<f32>;
+@group(0) @binding(3) var<storage, read_write> irg_diff: array<f32>;
+@group(0) @binding(4) var<storage, read_write> irg_diff_sq: array<f32>;
+
+@compute @workgroup_size(64)
+fn irg_transform(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let e = linear_index(wid, nwg, lid);
+    let per_sample = irg.channels * irg.plane;
+    if (e >= irg.batch * per_sample) {
+        return;
+    }
+    let n = e / per_sample;
+    let c = (e % per_sample) / irg.plane;
+    let x = e % irg.plane;
+    var q: f32;
+    if (irg.halved == 1u) {
+        let base = (n * 2u * irg.channels + 2u * c) * irg.plane + x;
+        q = 0.5 * (irg_fm2[base] + irg_fm2[base + irg.plane]);
+    } else {
+        q = irg_fm2[e];
+    }
+    let d = irg_fm1[e] - q;
+    irg_diff[e] = d;
+    irg_diff_sq[e] = d * d;
+}
+
+// Gradients of the transformation term: with dT (B) from irg_compare_grad, d(pooled fm1) =
+// 2·diff·dT_n (n = 0 … B·C1·H2·W2), and d fm2 = −2·diff·dT_n, halved onto both channels of a
+// pair (n over B·C2·H2·W2).
+@group(0) @binding(1) var<storage, read> irg_tdiff: array<f32>;
+@group(0) @binding(2) var<storage, read> irg_dt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> irg_dfm1: array<f32>;
+@group(0) @binding(4) var<storage, read_write> irg_dfm2: array<f32>;
+
+@compute @workgroup_size(64)
+fn irg_transform_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let e = linear_index(wid, nwg, lid);
+    let per_sample = irg.channels * irg.plane;
+    let factor = select(1u, 2u, irg.halved == 1u);
+    if (e < irg.batch * per_sample) {
+        irg_dfm1[e] = 2.0 * irg_tdiff[e] * irg_dt[e / per_sample];
+    }
+    if (e < irg.batch * per_sample * factor) {
+        let per_sample2 = per_sample * factor;
+        let n = e / per_sample2;
+        let c2 = (e % per_sample2) / irg.plane;
+        let x = e % irg.plane;
+        let d = irg_tdiff[(n * irg.channels + c2 / factor) * irg.plane + x];
+        irg_dfm2[e] = -2.0 * d * irg_dt[n] / f32(factor);
+    }
+}
+
+// The total: w_vert·(vertex MSE) + the edge and transformation comparisons' losses (slots 0–3).
+@group(0) @binding(1) var<storage, read> irg_vertex: array<f32>;
+@group(0) @binding(2) var<storage, read> irg_parts: array<f32>;
+@group(0) @binding(3) var<storage, read_write> irg_total_out: array<f32>;
+
+@compute @workgroup_size(1)
+fn irg_total() {
+    irg_total_out[0] = irg.scale * irg_vertex[0] + irg_parts[3] + irg_parts[11] + irg_parts[19]
+        + irg_parts[27];
+}

@@ -848,3 +848,107 @@ fn several_seeds_on_one_value_sum_like_one_seed() {
             .unwrap_or_else(|e| panic!("{k}: {e}"));
     }
 }
+
+/// VID through its regressor: the term's `log_scale` is created once (v = 5), trained with the
+/// term's weight applied, shared with a sibling step, saved and restored with the step's state,
+/// and kept out of the student's weights like the regressor.
+#[test]
+fn vid_trains_its_regressor_and_its_own_variance() {
+    let Some(gpu) = gpu() else { return };
+    let batch = 8;
+    let teacher = models::cnn([batch, 1, 8, 8], &[8, 12], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 30).unwrap();
+    let student = models::cnn([batch, 1, 8, 8], &[4, 6], 4).unwrap();
+    let x = data(batch * 64, 32);
+    let y: Vec<i32> = (0..batch as i32).map(|i| i % 4).collect();
+    let compile = |w: &Weights, weight: f32| {
+        let vid = LossSpec {
+            loss: loss("vid"),
+            weight,
+            student_taps: vec!["features.3".into()],
+            teacher_taps: vec!["features.3".into()],
+            adapter: Some(Adapter::VidRegressor),
+        };
+        let spec = StepSpec {
+            student: &student,
+            student_weights: w,
+            teacher: Some((&teacher, &tw)),
+            losses: vec![vid],
+            optimizer: sgd(0.05),
+            seed: 4,
+        };
+        TrainStep::compile(gpu, &spec).unwrap()
+    };
+    let log_scale = |step: &TrainStep| -> Vec<f32> {
+        let t = step.parameters()[0].get("terms.0.log_scale").unwrap();
+        gpu.read::<f32>(t).unwrap()
+    };
+    // One step at weights 1 and 3 from the same start: the variance moves three times as far.
+    let moved = |weight: f32| -> Vec<f32> {
+        let w = Weights::init(gpu, &student, 31).unwrap();
+        let step = compile(&w, weight);
+        let before = log_scale(&step);
+        let v: Vec<f64> = before.iter().map(|&a| f64::from(a).exp().ln_1p()).collect();
+        assert!(v.iter().all(|v| (v + 1e-5 - 5.0).abs() < 1e-4), "{v:?}");
+        step.run(gpu, &x, &y).unwrap();
+        log_scale(&step)
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect()
+    };
+    let (once, thrice) = (moved(1.0), moved(3.0));
+    assert_eq!(once.len(), 8, "one variance per teacher channel");
+    for (a, b) in once.iter().zip(&thrice) {
+        assert!(*a != 0.0 && (b / a - 3.0).abs() < 1e-3, "{a} vs {b}");
+    }
+
+    let sw = Weights::init(gpu, &student, 31).unwrap();
+    let step = compile(&sw, 1.0);
+    step.run(gpu, &x, &y).unwrap();
+    let first = step.losses(gpu).unwrap()[0].2;
+    for _ in 0..30 {
+        step.run(gpu, &x, &y).unwrap();
+    }
+    let last = step.losses(gpu).unwrap()[0].2;
+    assert!(last.is_finite() && last < first, "vid {first} → {last}");
+    let regressor = &step.adapters()[0];
+    for (name, shape) in [
+        ("adapters.0.0.weight", [8, 4, 1, 1]),
+        ("adapters.0.2.weight", [8, 8, 1, 1]),
+        ("adapters.0.4.weight", [8, 8, 1, 1]),
+    ] {
+        assert_eq!(regressor.get(name).unwrap().shape(), shape, "{name}");
+    }
+    assert!(regressor.get("adapters.0.0.bias").is_none(), "no biases");
+    let host = sw.to_host(gpu).unwrap();
+    assert!(
+        host.keys()
+            .all(|k| !k.starts_with("adapters.") && !k.starts_with("terms."))
+    );
+
+    // A sibling shares the variance; a fresh step restores it from the saved state.
+    let sibling = TrainStep::compile_sibling(
+        gpu,
+        &StepSpec {
+            student: &student,
+            student_weights: &sw,
+            teacher: Some((&teacher, &tw)),
+            losses: vec![LossSpec {
+                adapter: Some(Adapter::VidRegressor),
+                ..LossSpec::taps(loss("vid"), 1.0, "features.3", "features.3")
+            }],
+            optimizer: sgd(0.05),
+            seed: 4,
+        },
+        &step,
+    )
+    .unwrap();
+    assert_eq!(log_scale(&sibling), log_scale(&step));
+    let saved = step.save_state(gpu).unwrap();
+    assert!(saved.contains_key("terms.0.log_scale"));
+    let fresh = compile(&Weights::init(gpu, &student, 31).unwrap(), 1.0);
+    assert_ne!(log_scale(&fresh), log_scale(&step));
+    fresh.load_state(gpu, "saved", &saved).unwrap();
+    assert_eq!(log_scale(&fresh), log_scale(&step));
+}

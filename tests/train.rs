@@ -978,8 +978,9 @@ fn resume_refuses_another_configuration_and_a_busy_folder() {
     run::run(gpu, &cfg, &resume, &train, &test, &mut |_| {}).unwrap();
 }
 
-/// The feature-knowledge config (NST, FT, AB with its initialisation stage, CC) runs as written
-/// at CI size: every stage trains, with finite losses, and the distilled models are exported.
+/// The feature-knowledge config (NST, FT, AB and FSP with their initialisation stages, CC, VID,
+/// IRG) runs as written at CI size: every stage trains, with finite losses, and the distilled
+/// models are exported.
 #[test]
 fn the_feature_knowledge_config_runs_every_method() {
     if gpu().is_none() {
@@ -1000,7 +1001,9 @@ fn the_feature_knowledge_config_runs_every_method() {
             "cc",
             "narrow-teacher",
             "fsp-init",
-            "fsp"
+            "fsp",
+            "vid",
+            "irg"
         ]
     );
     let metrics =
@@ -1008,7 +1011,8 @@ fn the_feature_knowledge_config_runs_every_method() {
     for line in metrics.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(
-            v["train_loss"].as_f64().is_some_and(f64::is_finite),
+            v["train_loss"].as_f64().is_some_and(f64::is_finite)
+                && v["train_loss_mean"].as_f64().is_some_and(f64::is_finite),
             "{line}"
         );
     }

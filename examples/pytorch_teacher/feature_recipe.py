@@ -6,6 +6,9 @@ CNN [16, 32] teacher checkpoint, with cross-entropy plus
     nst  50 · NST on features.7
     ft   200 · FT (p1 2, p2 1) on features.7, the student's map through a 1×1-conv translator
     cc   KL at T = 1 (weight 1) + 0.003 · CC (γ 0.4, P 2) of the logits
+    vid  VID on features.3 and features.7, each through its regressor (three 1×1 convs, no
+         biases) with its own per-channel log-scale starting at variance 5 (weight 1 each)
+    irg  IRG (0.1 / 5 / 5) on the logits, features.7 flattened, features.3 and features.7
 
 and its test accuracy on the first 5,000 test images. It tells a recipe's result from an engine
 bug: the losses are tools/golden/make_golden.py's transcriptions of the reference code.
@@ -25,7 +28,7 @@ from safetensors.torch import load_file
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(here, "..", "..", "tools", "golden"))
-from make_golden import cc, ft, kd, nst  # noqa: E402
+from make_golden import cc, ft, irg, kd, nst, vid  # noqa: E402
 from train_teacher import Cnn, load  # noqa: E402
 
 
@@ -35,9 +38,21 @@ def block_output(model, x):
     return h, model.classifier(torch.flatten(h, 1))
 
 
+def block_outputs(model, x):
+    """features.3 and features.7 (both blocks' outputs) and the logits."""
+    h1 = model.features[:4](x)
+    h2 = model.features[4:](h1)
+    return h1, h2, model.classifier(torch.flatten(h2, 1))
+
+
+def vid_regressor(cin, cout):
+    conv = lambda a, b: torch.nn.Conv2d(a, b, 1, bias=False)  # noqa: E731
+    return torch.nn.Sequential(conv(cin, cout), torch.nn.ReLU(), conv(cout, cout), torch.nn.ReLU(), conv(cout, cout))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("method", choices=["scratch", "nst", "ft", "cc"])
+    p.add_argument("method", choices=["scratch", "nst", "ft", "cc", "vid", "irg"])
     p.add_argument("--teacher", required=True, help="the CNN [16, 32] teacher's checkpoint")
     p.add_argument("--data", default=os.environ.get("WGDISTILL_DATA", "/usr/share/datasets/fashion-mnist"))
     p.add_argument("--seed", type=int, default=0)
@@ -52,24 +67,37 @@ def main():
     teacher.eval()
     student = Cnn((8, 16))
     translator = torch.nn.Conv2d(16, 32, 1)
-    params = list(student.parameters()) + (list(translator.parameters()) if args.method == "ft" else [])
+    regressors = torch.nn.ModuleList([vid_regressor(8, 16), vid_regressor(16, 32)])
+    start = math.log(math.expm1(5.0 - 1e-5))
+    log_scales = [torch.nn.Parameter(torch.full((c,), start)) for c in (16, 32)]
+    params = list(student.parameters())
+    if args.method == "ft":
+        params += list(translator.parameters())
+    if args.method == "vid":
+        params += list(regressors.parameters()) + log_scales
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
     for epoch in range(args.epochs):
         for group in opt.param_groups:
             group["lr"] = 0.05 * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
         student.train()
         order = torch.randperm(len(train_x))
+        total, steps = 0.0, 0
         for start in range(0, len(order), 128):
             idx = order[start:start + 128]
             if len(idx) < 2:
                 continue
             x, y = train_x[idx], train_y[idx]
-            fs, logits = block_output(student, x)
+            s1, fs, logits = block_outputs(student, x)
             loss = F.cross_entropy(logits, y)
             if args.method != "scratch":
                 with torch.no_grad():
-                    ft_map, t_logits = block_output(teacher, x)
-                if args.method == "nst":
+                    t1, ft_map, t_logits = block_outputs(teacher, x)
+                if args.method == "irg":
+                    loss = loss + irg(logits, fs, s1, fs, t_logits, ft_map, t1, ft_map)
+                elif args.method == "vid":
+                    for r, ls, a, b in zip(regressors, log_scales, (s1, fs), (t1, ft_map)):
+                        loss = loss + vid(r(a), b, ls)
+                elif args.method == "nst":
                     loss = loss + 50.0 * nst(fs, ft_map)
                 elif args.method == "ft":
                     loss = loss + 200.0 * ft(translator(fs), ft_map)
@@ -78,10 +106,11 @@ def main():
             opt.zero_grad()
             loss.backward()
             opt.step()
+            total, steps = total + loss.item(), steps + 1
         student.eval()
         with torch.no_grad():
             acc = (student(test_x).argmax(1) == test_y).float().mean().item()
-        print(f"{args.method} epoch {epoch + 1}/{args.epochs}: test accuracy {acc:.4f}")
+        print(f"{args.method} epoch {epoch + 1}/{args.epochs}: loss {total / steps:.4f}, test accuracy {acc:.4f}")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,19 @@ use super::memory::{MemoryReport, plan_memory};
 use super::weights::Weights;
 
 /// A trainable regressor between a student tap and the teacher's (FitNet): it trains with the
-/// student and is not part of the student's exported weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// student and is not part of the student's exported weights. A config's `adapter` key names one
+/// (`linear`, `conv1x1`, `vid_regressor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Adapter {
     /// `nn.Linear` for (B, D) taps.
     Linear,
     /// 1×1 `nn.Conv2d` for (B, C, H, W) taps.
     Conv1x1,
+    /// VID's regressor of the teacher map's mean, for (B, C, H, W) taps: 1×1 convolutions
+    /// `Cs → Ct`, ReLU, `Ct → Ct`, ReLU, `Ct → Ct`, without biases (RepDistiller's `VIDLoss`;
+    /// parameters `adapters.I.0.weight`, `.2.weight`, `.4.weight` as in its `nn.Sequential`).
+    VidRegressor,
 }
 
 /// Prefix of a teacher tap that names a tap of the student graph itself, read detached: the
@@ -126,12 +132,14 @@ pub struct TrainStep {
     optimizer_launches: Vec<usize>,
 }
 
-/// What successive steps share: the step counter, the optimizer's state per parameter, and the
-/// adapters' weights. A step compiled for a smaller last batch shares these with the main one.
+/// What successive steps share: the step counter, the optimizer's state per parameter, the
+/// adapters' weights and the loss terms' own parameters. A step compiled for a smaller last batch
+/// shares these with the main one.
 pub struct TrainState {
     step: Tensor,
     optimizer: BTreeMap<String, Vec<Tensor>>,
     adapters: Vec<Weights>,
+    parameters: Vec<Weights>,
 }
 
 /// A staging buffer the losses are copied into every so often, mapped without waiting.
@@ -148,6 +156,19 @@ fn input_value(graph: &Graph, name: &str) -> Result<Value> {
         .ok_or_else(|| shape_error(name, "the model has no input with this name"))
 }
 
+/// A 1×1 convolution to `out` channels.
+fn conv1x1(g: &mut Graph, prefix: &str, x: Value, out: usize, bias: bool) -> Result<Value> {
+    let layer = ConvLayer {
+        out,
+        kernel: 1,
+        stride: 1,
+        padding: 0,
+        bias,
+        groups: 1,
+    };
+    g.conv2d(prefix, x, layer)
+}
+
 /// Builds the regressor graph of an adapter from a student tap's shape to the teacher's.
 fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> Result<Graph> {
     let mut g = Graph::new();
@@ -155,23 +176,21 @@ fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> R
     let prefix = format!("adapters.{index}");
     let y = match (kind, from, to) {
         (Adapter::Linear, &[_, _], &[_, out]) => g.linear(&prefix, x, out, true)?,
-        (Adapter::Conv1x1, &[_, _, _, _], &[_, out, _, _]) => g.conv2d(
-            &prefix,
-            x,
-            ConvLayer {
-                out,
-                kernel: 1,
-                stride: 1,
-                padding: 0,
-                bias: true,
-                groups: 1,
-            },
-        )?,
+        (Adapter::Conv1x1, &[_, _, _, _], &[_, out, _, _]) => {
+            conv1x1(&mut g, &prefix, x, out, true)?
+        }
+        (Adapter::VidRegressor, &[_, _, _, _], &[_, out, _, _]) => {
+            let h = conv1x1(&mut g, &format!("{prefix}.0"), x, out, false)?;
+            let h = g.relu(h)?;
+            let h = conv1x1(&mut g, &format!("{prefix}.2"), h, out, false)?;
+            let h = g.relu(h)?;
+            conv1x1(&mut g, &format!("{prefix}.4"), h, out, false)?
+        }
         _ => {
             return Err(shape_error(
                 &prefix,
                 format!(
-                    "a {kind:?} adapter cannot map {from:?} to {to:?} (Linear: 2-D taps, Conv1x1: 4-D taps)"
+                    "a {kind:?} adapter cannot map {from:?} to {to:?} (linear: 2-D taps, conv1x1 and vid_regressor: 4-D taps)"
                 ),
             ));
         }
@@ -187,6 +206,36 @@ fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> R
     }
     g.set_output(y)?;
     Ok(g)
+}
+
+/// The initial parameters of loss term `index` (named `terms.INDEX.NAME`), from the shapes of its
+/// other inputs.
+fn term_parameters(
+    gpu: &Gpu,
+    index: usize,
+    term: &LossSpec,
+    students: &[Tensor],
+    targets: &[Tensor],
+    labels: &Tensor,
+) -> Result<Weights> {
+    let def = term.loss.def();
+    let (mut s, mut t) = (students.iter(), targets.iter());
+    let shapes: Vec<&[usize]> = def
+        .inputs
+        .iter()
+        .filter_map(|input| match input.role {
+            Role::Student => s.next().map(Tensor::shape),
+            Role::Teacher => t.next().map(Tensor::shape),
+            Role::Labels => Some(labels.shape()),
+            Role::Parameter => None,
+        })
+        .collect();
+    let host: TensorMap = def
+        .parameter_inputs()
+        .zip(term.loss.initial_parameters(&shapes))
+        .map(|(p, v)| (format!("terms.{index}.{}", p.name), v))
+        .collect();
+    Weights::upload(gpu, &format!("{index}:{}", def.name), &host)
 }
 
 impl Drop for LossFetch {
@@ -284,6 +333,7 @@ impl TrainStep {
         let mut optimizer_launches = Vec::new();
         let mut loss_values = Vec::new();
         let mut adapter_parts = Vec::new();
+        let mut parameter_parts: Vec<(Weights, BTreeMap<String, Tensor>)> = Vec::new();
         for (i, term) in spec.losses.iter().enumerate() {
             let label = format!("{i}:{}", term.loss.name());
             let def = term.loss.def();
@@ -333,8 +383,28 @@ impl TrainStep {
                     ));
                 }
             };
+            // The term's own trainable tensors (VID's variance), made once and shared with a
+            // sibling step, like the adapters.
+            let params = if def.parameter_inputs().next().is_none() {
+                None
+            } else {
+                let existing = shared
+                    .as_ref()
+                    .and_then(|s| s.parameters.get(parameter_parts.len()));
+                Some(match existing {
+                    Some(w) => w.clone(),
+                    None => term_parameters(gpu, i, term, &student_sides, &targets, &labels)?,
+                })
+            };
+            let param_names: Vec<String> = def
+                .parameter_inputs()
+                .map(|p| format!("terms.{i}.{}", p.name))
+                .collect();
             // The loss's inputs in its own order, by role.
             let (mut students, mut teachers) = (student_sides.iter(), targets.iter());
+            let mut own = param_names
+                .iter()
+                .map(|n| params.as_ref().and_then(|w| w.get(n)));
             let inputs: Vec<&Tensor> = def
                 .inputs
                 .iter()
@@ -342,6 +412,7 @@ impl TrainStep {
                     Role::Student => students.next(),
                     Role::Teacher => teachers.next(),
                     Role::Labels => Some(&labels),
+                    Role::Parameter => own.next().flatten(),
                 })
                 .collect::<Option<_>>()
                 .ok_or_else(|| shape_error(&label, "inputs do not match the loss's roles"))?;
@@ -350,28 +421,35 @@ impl TrainStep {
             // Always a scale launch per gradient, so the weight can follow a schedule without
             // recompiling.
             let mut launches = Vec::new();
-            let mut scaled = Vec::new();
-            for g in &lp.grads {
+            let mut student_grads = Vec::new();
+            let mut param_grads = Vec::new();
+            for (g, input) in lp.grads.iter().zip(def.trainable_inputs()) {
                 let (d, s) = elementwise::scale_plan(gpu, g, term.weight)?;
                 launches.push(plan.len());
                 plan.push(d);
-                scaled.push(s);
+                match input.role {
+                    Role::Parameter => param_grads.push(s),
+                    _ => student_grads.push(s),
+                }
             }
             weight_launches.push(launches);
             loss_values.push((label.clone(), term.weight, lp.loss));
+            if let Some(w) = params {
+                parameter_parts.push((w, param_names.into_iter().zip(param_grads).collect()));
+            }
             match adapter {
                 Some((g, w, f)) => {
                     let (Some(gx), Some(out)) = (g.find("x"), g.output) else {
                         return Err(shape_error(&label, "the adapter has no input or output"));
                     };
-                    let seed = vec![(out, scaled.remove(0))];
+                    let seed = vec![(out, student_grads.remove(0))];
                     let grads = plan_backward(gpu, &g, &f, seed, &[gx], &mut plan)?;
                     if let Some(dx) = grads.get("x") {
                         seeds.push((svs[0], dx.clone()));
                     }
                     adapter_parts.push((w, grads));
                 }
-                None => seeds.extend(svs.iter().copied().zip(scaled)),
+                None => seeds.extend(svs.iter().copied().zip(student_grads)),
             }
         }
         let grads = plan_backward(gpu, student, &fwd, seeds, &[], &mut plan)?;
@@ -387,7 +465,7 @@ impl TrainStep {
                 .ok_or_else(|| shape_error(name, "missing from the weights"))?;
             updates.push((name.clone(), p, g));
         }
-        for (w, grads) in &adapter_parts {
+        for (w, grads) in adapter_parts.iter().chain(&parameter_parts) {
             for (name, g) in grads {
                 if let Some(p) = w.get(name) {
                     updates.push((name.clone(), p, g));
@@ -419,6 +497,7 @@ impl TrainStep {
             step,
             optimizer: opt_state,
             adapters: adapter_parts.into_iter().map(|(w, _)| w).collect(),
+            parameters: parameter_parts.into_iter().map(|(w, _)| w).collect(),
         });
         let fetch = LossFetch {
             staging: gpu.pool().acquire(
@@ -644,14 +723,21 @@ impl TrainStep {
         &self.state.adapters
     }
 
+    /// The loss terms' own parameters (`terms.I.NAME`; trained with the student, not exported
+    /// with it), one set per term that has any.
+    pub fn parameters(&self) -> &[Weights] {
+        &self.state.parameters
+    }
+
     /// Optimizer steps taken so far (by this step and its siblings; waits for the GPU).
     pub fn steps_taken(&self, gpu: &Gpu) -> Result<u32> {
         Ok(gpu.read::<u32>(&self.state.step)?[0])
     }
 
     /// Everything a step carries from one call to the next besides the model's weights: the step
-    /// counter (`step`), the optimizer's state (`optimizer.PARAM.K`) and the adapters' weights
-    /// (`adapters.I.…`), as host tensors for a resumable checkpoint (waits for the GPU).
+    /// counter (`step`), the optimizer's state (`optimizer.PARAM.K`), the adapters' weights
+    /// (`adapters.I.…`) and the loss terms' parameters (`terms.I.…`), as host tensors for a
+    /// resumable checkpoint (waits for the GPU).
     pub fn save_state(&self, gpu: &Gpu) -> Result<TensorMap> {
         let mut out = TensorMap::new();
         out.insert(
@@ -666,7 +752,7 @@ impl TrainStep {
                 );
             }
         }
-        for w in &self.state.adapters {
+        for w in self.state.adapters.iter().chain(&self.state.parameters) {
             out.extend(w.to_host(gpu)?);
         }
         Ok(out)
@@ -693,7 +779,7 @@ impl TrainStep {
                     .map(|(k, t)| (format!("optimizer.{name}.{k}"), t)),
             );
         }
-        for w in &self.state.adapters {
+        for w in self.state.adapters.iter().chain(&self.state.parameters) {
             targets.extend(w.iter().map(|(n, t)| (n.clone(), t)));
         }
         for (name, t) in targets {

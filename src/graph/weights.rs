@@ -55,6 +55,13 @@ impl Weights {
         Self::load_named(gpu, wanted, what, host)
     }
 
+    /// Uploads named host tensors as they are (a loss term's initial parameters), refusing
+    /// non-finite values; `what` names the source in errors.
+    pub fn upload(gpu: &Gpu, what: &str, host: &TensorMap) -> Result<Weights> {
+        let wanted = host.iter().map(|(k, t)| (k.as_str(), t.shape.as_slice()));
+        Self::load_named(gpu, wanted, what, host)
+    }
+
     /// New tensors with these weights' names and shapes, loaded from named host tensors.
     pub fn reload(&self, gpu: &Gpu, what: &str, host: &TensorMap) -> Result<Weights> {
         let wanted = self.tensors.iter().map(|(k, t)| (k.as_str(), t.shape()));

@@ -61,8 +61,13 @@ pub const FSP_DIFF: KernelSpec = KernelSpec::new::<Params>("feature", "fsp_diff"
 /// Per-sample mixing of rows by a (possibly transposed) matrix (FSP's gradients).
 pub const ROW_MIX: KernelSpec = KernelSpec::new::<Params>("feature", "row_mix", &[U, R, R, W]);
 
+/// VID: terms, the mean's gradient and each element's share of the variance's gradient.
+pub const VID_TERMS: KernelSpec =
+    KernelSpec::new::<Params>("feature", "vid", &[U, R, R, R, W, W, W]);
+
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
+    VID_TERMS,
     FSP_DIFF,
     ROW_MIX,
     HINT_TERMS,
@@ -86,6 +91,7 @@ pub const HINT: LossDef = LossDef {
     launch: |gpu, _, x| hint(gpu, x[0], x[1]),
     reference: |_, x| cpu::hint(&x[0].values, &x[1].values).into(),
     cases: hint_cases,
+    parameters: None,
 };
 
 /// `at`: attention transfer between feature maps.
@@ -108,6 +114,7 @@ pub const AT: LossDef = LossDef {
         cpu::at(&s.values, &t.values, b, cs, ct, hw, l.attr("p")).into()
     },
     cases: at_cases,
+    parameters: None,
 };
 
 /// `ft`: factor transfer between a translated student map and the teacher's factor.
@@ -152,6 +159,7 @@ pub const FT: LossDef = LossDef {
         .into()
     },
     cases: ft_cases,
+    parameters: None,
 };
 
 /// `ab`: activation boundaries of a connector's output against the teacher's pre-activations.
@@ -169,6 +177,7 @@ pub const AB: LossDef = LossDef {
     launch: |gpu, l, x| ab(gpu, x[0], x[1], l.attr_f32("margin")),
     reference: |l, x| cpu::ab(&x[0].values, &x[1].values, x[0].shape[0], l.attr("margin")).into(),
     cases: ab_cases,
+    parameters: None,
 };
 
 /// `nst`: neuron selectivity transfer.
@@ -185,6 +194,7 @@ pub const NST: LossDef = LossDef {
         cpu::nst(&s.values, &t.values, s.shape[0], s.shape[1], t.shape[1], hw).into()
     },
     cases: nst_cases,
+    parameters: None,
 };
 
 /// `fsp`: flow of solution procedure between two taps on each side.
@@ -225,10 +235,61 @@ pub const FSP: LossDef = LossDef {
         cpu::fsp(v(0), v(1), v(2), v(3), b, c1, c2, hw_s, hw_t)
     },
     cases: fsp_cases,
+    parameters: None,
 };
 
+/// `vid`: variational information distillation.
+pub const VID: LossDef = LossDef {
+    name: "vid",
+    summary: "variational information: Gaussian NLL of the teacher map under the regressed mean and a learned per-channel variance",
+    reads: Reads::Features,
+    inputs: &[
+        STUDENT,
+        TEACHER,
+        LossInput {
+            name: "log_scale",
+            role: Role::Parameter,
+        },
+    ],
+    attrs: &[AttrDef {
+        name: "eps",
+        default: 1e-5,
+        range: Range::positive(1.0),
+        doc: "the variance's floor: v = softplus(log_scale) + eps",
+    }],
+    launch: |gpu, l, x| vid(gpu, x[0], x[1], x[2], l.attr_f32("eps")),
+    reference: |l, x| {
+        let [b, c] = [x[0].shape[0], x[0].shape[1]];
+        let hw = x[0].shape[2..].iter().product();
+        cpu::vid(
+            &x[0].values,
+            &x[1].values,
+            &x[2].values,
+            b,
+            c,
+            hw,
+            l.attr("eps"),
+        )
+    },
+    cases: vid_cases,
+    // v starts at 5 in every channel (RepDistiller's init_pred_var).
+    parameters: Some(|l, shapes| {
+        let channels = shapes[1].get(1).copied().unwrap_or(1);
+        let start = vid_log_scale_for(VID_INITIAL_VARIANCE, l.attr("eps")) as f32;
+        vec![HostTensor::f32(&[channels], vec![start; channels])]
+    }),
+};
+
+/// VID's variance at the start of training (RepDistiller's `init_pred_var`).
+pub const VID_INITIAL_VARIANCE: f64 = 5.0;
+
+/// The `log_scale` that gives variance `v` with floor `eps`: softplus⁻¹(v − eps).
+pub fn vid_log_scale_for(v: f64, eps: f64) -> f64 {
+    (v - eps).exp_m1().ln()
+}
+
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&HINT, &AT, &FT, &AB, &NST, &FSP];
+pub const LOSSES: &[&LossDef] = &[&HINT, &AT, &FT, &AB, &NST, &FSP, &VID];
 
 /// FitNet hint: `mean((s − t)²)`; `s` is the regressor's output, shaped like `t`.
 pub fn hint(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
@@ -562,6 +623,60 @@ pub fn nst(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     Ok(LossPlan::single(plan, loss, grad))
 }
 
+/// Variational information distillation: with `v_c = softplus(log_scale_c) + eps`,
+/// `mean(0.5·((s − t)²/v_c + log v_c))` over B·C·H·W, `s` the regressor's predicted mean (shaped
+/// like the teacher's map `t`). Gradients for `s` and `log_scale`.
+pub fn vid(
+    gpu: &Gpu,
+    student: &Tensor,
+    teacher: &Tensor,
+    log_scale: &Tensor,
+    eps: f32,
+) -> Result<LossPlan> {
+    let op = "vid";
+    check_attr(&VID, "eps", eps)?;
+    let ([b, c, hw, _], ct) = maps(op, student, teacher)?;
+    if ct != c {
+        return Err(shape_error(
+            op,
+            format!(
+                "student {:?} (the regressed mean) and teacher {:?} must have the same channels",
+                student.shape(),
+                teacher.shape()
+            ),
+        ));
+    }
+    log_scale.expect(op, "log_scale", DType::F32, &[c])?;
+    let n = b * c * hw;
+    let params = Params {
+        batch: u32_of(op, "batch", b)?,
+        n: u32_of(op, "elements", n)?,
+        teacher_channels: u32_of(op, "channels", c)?,
+        hw: u32_of(op, "H·W", hw)?,
+        p: eps,
+        grad_scale: 1.0 / n as f32,
+        q: 0.0,
+        offset: 0,
+    };
+    let grad = gpu.empty(student.shape(), DType::F32)?;
+    let partial = gpu.empty(&[n], DType::F32)?;
+    let share = gpu.empty(&[b, c, hw], DType::F32)?;
+    let tensors = [student, teacher, log_scale, &grad, &partial, &share];
+    let mut plan = vec![gpu.dispatch_over(&VID_TERMS, &params, &tensors, n)?];
+    // d/d log_scale_c: the shares summed over positions, then over the batch.
+    let (d, per_sample) = reduce::reduce_axis(gpu, &share, 2, reduce::AxisOp::Sum)?;
+    plan.push(d);
+    let (d, grad_log_scale) = reduce::reduce_axis(gpu, &per_sample, 0, reduce::AxisOp::Sum)?;
+    plan.push(d);
+    let loss = gpu.empty(&[1], DType::F32)?;
+    reduce::sum_into(gpu, &mut plan, &partial, &loss, 1.0 / n as f32)?;
+    Ok(LossPlan {
+        dispatches: plan,
+        loss,
+        grads: vec![grad, grad_log_scale],
+    })
+}
+
 fn map(shape: &[usize], seed: u64) -> HostTensor {
     HostTensor::f32(shape, sample(shape.iter().product(), seed))
 }
@@ -671,6 +786,37 @@ fn nst_cases(suite: Suite) -> Vec<LossCase> {
             LossCase::new(format!("[{b}, {cs}|{ct}, {h}, {w}]"), inputs).tolerance(1e-3, 1e-5)
         })
         .collect()
+}
+
+fn vid_cases(suite: Suite) -> Vec<LossCase> {
+    let shapes: Vec<[usize; 4]> = match suite {
+        Suite::Check => vec![[1, 1, 1, 1], [3, 5, 3, 11], [7, 16, 6, 6], [2, 3, 70, 70]],
+        Suite::Bench { .. } => vec![[suite.pick(64, 256), 64, 16, 16]],
+    };
+    let mut out = Vec::new();
+    for s in shapes {
+        let c = s[1];
+        let n = s.iter().product::<usize>() as f64;
+        // Variances from the initial 5 down to the floor's neighbourhood, and log-scales far
+        // out on both sides of softplus.
+        let mut scales = vec![vid_log_scale_for(VID_INITIAL_VARIANCE, 1e-5) as f32; c];
+        for (k, v) in sample(c, 21).into_iter().enumerate().skip(1) {
+            scales[k] = if k % 4 == 3 { 40.0 * v } else { 3.0 * v };
+        }
+        let inputs = vec![map(&s, 16), map(&s, 17), HostTensor::f32(&[c], scales)];
+        out.push(LossCase::new(format!("{s:?}"), inputs).work(Work::Bytes(16.0 * n)));
+    }
+    if suite == Suite::Check {
+        // A larger floor.
+        let s = [3, 4, 5, 5];
+        let inputs = vec![
+            map(&s, 18),
+            map(&s, 19),
+            HostTensor::f32(&[4], sample(4, 22)),
+        ];
+        out.push(LossCase::new(format!("{s:?}"), inputs).attrs(&[("eps", 0.1)]));
+    }
+    out
 }
 
 fn fsp_cases(suite: Suite) -> Vec<LossCase> {

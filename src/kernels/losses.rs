@@ -59,6 +59,17 @@ pub enum Role {
     Teacher,
     /// Integer class labels, `(B)`.
     Labels,
+    /// A trainable tensor the loss term owns (VID's per-channel variance): initialised by the
+    /// loss's [`LossDef::parameters`], trained with the student, saved for `--resume`, never
+    /// exported with the student. The loss's gradient is taken with respect to it.
+    Parameter,
+}
+
+impl Role {
+    /// Whether the loss's gradient is taken with respect to an input of this role.
+    pub fn trains(self) -> bool {
+        matches!(self, Role::Student | Role::Parameter)
+    }
 }
 
 /// One input tensor of a loss: its name (the `op` runner's tensor name) and role. A loss may take
@@ -89,13 +100,14 @@ pub const LABELS: LossInput = LossInput {
 };
 
 /// The prepared launches of a loss: the loss (shape `[1]`) and its gradient with respect to each
-/// student input, ready to run now or to be recorded into a compiled step.
+/// trainable (student or parameter) input, ready to run now or to be recorded into a compiled
+/// step.
 pub struct LossPlan {
     /// The launches, in order.
     pub dispatches: Vec<Dispatch>,
     /// The loss, shape `[1]`.
     pub loss: Tensor,
-    /// `dL/d input` for each student input, in the order of the loss's inputs.
+    /// `dL/d input` for each trainable input, in the order of the loss's inputs.
     pub grads: Vec<Tensor>,
 }
 
@@ -157,6 +169,9 @@ impl RefInput {
 }
 /// The loss's cases for a suite.
 pub type CasesFn = fn(Suite) -> Vec<LossCase>;
+/// The initial values of a loss term's [`Role::Parameter`] inputs, in order, from the loss and
+/// the shapes of its other inputs (in the order of [`LossDef::inputs`], parameters left out).
+pub type ParametersFn = fn(&Loss, &[&[usize]]) -> Vec<HostTensor>;
 
 /// A distillation (or task) loss: the one definition every consumer reads.
 #[derive(Debug)]
@@ -177,14 +192,27 @@ pub struct LossDef {
     pub reference: ReferenceFn,
     /// Conformance and benchmark cases.
     pub cases: CasesFn,
+    /// How its [`Role::Parameter`] inputs start (`None` for a loss without any).
+    pub parameters: Option<ParametersFn>,
 }
 
 impl LossDef {
-    /// The op runner's outputs: `loss`, then `grad_NAME` for each student input `NAME`.
+    /// The op runner's outputs: `loss`, then `grad_NAME` for each trainable input `NAME`.
     pub fn outputs(&self) -> Vec<String> {
         std::iter::once("loss".to_string())
-            .chain(self.student_inputs().map(|i| format!("grad_{}", i.name)))
+            .chain(self.trainable_inputs().map(|i| format!("grad_{}", i.name)))
             .collect()
+    }
+
+    /// Its inputs the gradient is taken with respect to (student and parameter inputs), in
+    /// order: the order of [`LossPlan::grads`].
+    pub fn trainable_inputs(&self) -> impl Iterator<Item = &'static LossInput> {
+        self.inputs.iter().filter(|i| i.role.trains())
+    }
+
+    /// Its parameter inputs, in order.
+    pub fn parameter_inputs(&self) -> impl Iterator<Item = &'static LossInput> {
+        self.inputs.iter().filter(|i| i.role == Role::Parameter)
     }
 
     /// Its student inputs, in order.
@@ -340,6 +368,14 @@ impl Loss {
     /// The f64 reference on inputs in the order of [`LossDef::inputs`].
     pub fn reference(&self, inputs: &[RefInput]) -> LossGrads {
         (self.def.reference)(self, inputs)
+    }
+
+    /// The initial values of its parameter inputs, given the shapes of its other inputs (in
+    /// order, parameters left out): empty for a loss without parameters.
+    pub fn initial_parameters(&self, shapes: &[&[usize]]) -> Vec<HostTensor> {
+        self.def
+            .parameters
+            .map_or_else(Vec::new, |f| f(self, shapes))
     }
 }
 

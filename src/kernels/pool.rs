@@ -1,4 +1,5 @@
-//! Max, average and global average pooling over NCHW tensors (`shaders/pool.wgsl`).
+//! Max, average, adaptive average and global average pooling over NCHW tensors
+//! (`shaders/pool.wgsl`).
 
 use crate::Result;
 use crate::catalogue::{Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor};
@@ -26,8 +27,17 @@ pub const AVG_POOL_BACKWARD: KernelSpec =
 pub const GLOBAL_AVG_POOL_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("pool", "global_avg_pool_backward", &[U, R, W]);
 
+/// Adaptive average pooling to a given output size.
+pub const ADAPTIVE_AVG_POOL_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("pool", "adaptive_avg_pool_forward", &[U, R, W]);
+/// Adaptive average pooling backward.
+pub const ADAPTIVE_AVG_POOL_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("pool", "adaptive_avg_pool_backward", &[U, R, W]);
+
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
+    ADAPTIVE_AVG_POOL_FORWARD,
+    ADAPTIVE_AVG_POOL_BACKWARD,
     MAX_POOL_FORWARD,
     MAX_POOL_BACKWARD,
     AVG_POOL_FORWARD,
@@ -59,7 +69,7 @@ impl Pool2d {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
 struct Params {
     planes: u32,
     h: u32,
@@ -73,6 +83,21 @@ struct Params {
     ph: u32,
     pw: u32,
     pad: u32,
+}
+
+impl Params {
+    /// Pooling whose windows follow from the sizes alone (adaptive and global pooling).
+    fn windowless(planes: usize, input: [usize; 2], out: [usize; 2]) -> Params {
+        let u = |v: usize| v as u32;
+        Params {
+            planes: u(planes),
+            h: u(input[0]),
+            w: u(input[1]),
+            ho: u(out[0]),
+            wo: u(out[1]),
+            ..Params::default()
+        }
+    }
 }
 
 fn nchw(op: &str, x: &Tensor) -> Result<[usize; 4]> {
@@ -207,6 +232,70 @@ pub fn avg_pool_backward(
     ))
 }
 
+/// The parameters of adaptive average pooling from `x`'s (H, W) to `out`.
+fn adaptive_params(gpu: &Gpu, spec: &KernelSpec, x: &Tensor, out: [usize; 2]) -> Result<Params> {
+    let op = spec.entry;
+    let [n, c, h, w] = nchw(op, x)?;
+    if out[0] == 0 || out[1] == 0 {
+        return Err(shape_error(
+            op,
+            format!("output size {out:?} must be at least 1×1"),
+        ));
+    }
+    // The forward pass loops over a window, ⌈h/oh⌉ + 1 rows at most; the backward pass over the
+    // windows covering an input, ⌈oh/h⌉ + 1.
+    let span = |a: usize, b: usize| (a.div_ceil(b) + 1) as u64;
+    gpu.check_loops(spec, span(h, out[0]) * (1 + span(w, out[1])))?;
+    gpu.check_loops(spec, span(out[0], h) * (1 + span(out[1], w)))?;
+    Ok(Params::windowless(n * c, [h, w], out))
+}
+
+/// Prepares adaptive average pooling to an `out` = (OH, OW) grid, as PyTorch's
+/// `adaptive_avg_pool2d`: output cell (i, j) averages input rows `⌊i·H/OH⌋ … ⌈(i+1)·H/OH⌉ − 1`
+/// and the columns likewise (overlapping windows when OH does not divide H).
+pub fn adaptive_avg_pool_forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    out: [usize; 2],
+) -> Result<(Dispatch, Tensor)> {
+    let p = adaptive_params(gpu, &ADAPTIVE_AVG_POOL_FORWARD, x, out)?;
+    let y = gpu.empty(&[x.shape()[0], x.shape()[1], out[0], out[1]], DType::F32)?;
+    Ok((
+        gpu.dispatch_over(&ADAPTIVE_AVG_POOL_FORWARD, &p, &[x, &y], y.numel())?,
+        y,
+    ))
+}
+
+/// Prepares adaptive average pooling's backward pass into a tensor shaped like the input `x`.
+pub fn adaptive_avg_pool_backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    dy: &Tensor,
+) -> Result<(Dispatch, Tensor)> {
+    let out = match dy.shape() {
+        &[_, _, oh, ow] => [oh, ow],
+        other => {
+            return Err(shape_error(
+                "adaptive_avg_pool_backward",
+                format!("dy must be (N, C, OH, OW), got {other:?}"),
+            ));
+        }
+    };
+    let p = adaptive_params(gpu, &ADAPTIVE_AVG_POOL_BACKWARD, x, out)?;
+    let [n, c] = [x.shape()[0], x.shape()[1]];
+    dy.expect(
+        "adaptive_avg_pool_backward",
+        "dy",
+        DType::F32,
+        &[n, c, out[0], out[1]],
+    )?;
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    Ok((
+        gpu.dispatch_over(&ADAPTIVE_AVG_POOL_BACKWARD, &p, &[dy, &dx], dx.numel())?,
+        dx,
+    ))
+}
+
 /// Prepares global average pooling: (N, C, H, W) → (N, C).
 pub fn global_avg_pool_forward(gpu: &Gpu, x: &Tensor) -> Result<(Dispatch, Tensor)> {
     let [n, c, h, w] = nchw("global_avg_pool", x)?;
@@ -217,20 +306,7 @@ pub fn global_avg_pool_forward(gpu: &Gpu, x: &Tensor) -> Result<(Dispatch, Tenso
 pub fn global_avg_pool_backward(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<(Dispatch, Tensor)> {
     let [n, c, h, w] = nchw("global_avg_pool_backward", x)?;
     dy.expect("global_avg_pool_backward", "dy", DType::F32, &[n, c])?;
-    let p = Params {
-        planes: (n * c) as u32,
-        h: h as u32,
-        w: w as u32,
-        ho: 1,
-        wo: 1,
-        kh: 0,
-        kw: 0,
-        sh: 0,
-        sw: 0,
-        ph: 0,
-        pw: 0,
-        pad: 0,
-    };
+    let p = Params::windowless(n * c, [h, w], [1, 1]);
     let dx = gpu.empty(x.shape(), DType::F32)?;
     Ok((
         gpu.dispatch_over(&GLOBAL_AVG_POOL_BACKWARD, &p, &[dy, &dx], dx.numel())?,
@@ -239,7 +315,7 @@ pub fn global_avg_pool_backward(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<(D
 }
 
 /// The family's catalogue: max and average pooling forward and backward on odd maps with
-/// padding and overlapping windows; global average pooling.
+/// padding and overlapping windows; adaptive and global average pooling.
 pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
     if let Suite::Bench { .. } = suite {
         let shape = [suite.pick(8, 64), 64, 32, 32];
@@ -309,6 +385,39 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             .reference(move || {
                 let mut y = cpu::avg_pool(&sample_f64(len, 30), &win);
                 y.extend(cpu::avg_pool_backward(&sample_f64(out_len, 31), &win));
+                y
+            }),
+        );
+    }
+    // Adaptive pooling: overlapping windows (7 → 4, 9 → 5), exact ones (28 → 7), and a grid
+    // larger than the input (3 → 5).
+    for ([n, c, h, w], [oh, ow]) in [
+        ([2usize, 3, 7, 9], [4usize, 5usize]),
+        ([3, 2, 28, 28], [7, 7]),
+        ([1, 4, 3, 6], [5, 4]),
+    ] {
+        let (len, out_len) = (n * c * h * w, n * c * oh * ow);
+        cases.push(
+            Case::new(
+                "adaptive_avg_pool2d fwd+bwd",
+                format!("[{n}, {c}, {h}, {w}] → {oh}×{ow}"),
+                Work::Bytes(4.0 * (2 * len + 2 * out_len) as f64),
+                move |gpu| {
+                    let x = sample_tensor(gpu, &[n, c, h, w], 34)?;
+                    let dy = sample_tensor(gpu, &[n, c, oh, ow], 35)?;
+                    let (f, y) = adaptive_avg_pool_forward(gpu, &x, [oh, ow])?;
+                    let (b, dx) = adaptive_avg_pool_backward(gpu, &x, &dy)?;
+                    Ok(Prepared::new(vec![f, b], vec![y, dx]))
+                },
+            )
+            .reference(move || {
+                let shape = [n, c, h, w];
+                let mut y = cpu::adaptive_avg_pool(&sample_f64(len, 34), shape, [oh, ow]);
+                y.extend(cpu::adaptive_avg_pool_backward(
+                    &sample_f64(out_len, 35),
+                    shape,
+                    [oh, ow],
+                ));
                 y
             }),
         );

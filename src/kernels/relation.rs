@@ -14,7 +14,8 @@ use crate::{Result, kernels::reduce};
 
 use super::AttrDef;
 use super::losses::{
-    LossCase, LossDef, LossPlan, Range, Reads, STUDENT, TEACHER, check_attr, u32_of,
+    LossCase, LossDef, LossInput, LossPlan, Range, Reads, Role, STUDENT, TEACHER, check_attr,
+    u32_of,
 };
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
@@ -71,8 +72,50 @@ pub const CC_ROWS: KernelSpec = KernelSpec::new::<Params>("relation", "cc_rows",
 pub const CC_SCALE: KernelSpec =
     KernelSpec::new::<Params>("relation", "cc_scale", &[U, R, R, W, W]);
 
+/// IRG's parameters (`IrgParams` in the shader).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct IrgParams {
+    n: u32,
+    diagonal: u32,
+    scale: f32,
+    slot: u32,
+    channels: u32,
+    plane: u32,
+    halved: u32,
+    batch: u32,
+}
+
+/// IRG: squared distances from a Gram matrix (unclamped, diagonal 0).
+pub const IRG_EDGES: KernelSpec = KernelSpec::new::<IrgParams>("relation", "irg_edges", &[U, R, W]);
+/// IRG: one graph comparison's statistics, in one workgroup.
+pub const IRG_COMPARE: KernelSpec =
+    KernelSpec::new::<IrgParams>("relation", "irg_compare", &[U, R, R, RW]);
+/// IRG: a graph comparison's gradient.
+pub const IRG_COMPARE_GRAD: KernelSpec =
+    KernelSpec::new::<IrgParams>("relation", "irg_compare_grad", &[U, R, R, R, W]);
+/// IRG: the edge gradient as matmul coefficients.
+pub const IRG_EDGE_COEF: KernelSpec =
+    KernelSpec::new::<IrgParams>("relation", "irg_edge_coef", &[U, R, W]);
+/// IRG: the transformation's difference and its square.
+pub const IRG_TRANSFORM: KernelSpec =
+    KernelSpec::new::<IrgParams>("relation", "irg_transform", &[U, R, R, W, W]);
+/// IRG: the transformation's gradients.
+pub const IRG_TRANSFORM_GRAD: KernelSpec =
+    KernelSpec::new::<IrgParams>("relation", "irg_transform_grad", &[U, R, R, W, W]);
+/// IRG: the weighted total.
+pub const IRG_TOTAL: KernelSpec =
+    KernelSpec::new::<IrgParams>("relation", "irg_total", &[U, R, R, W]);
+
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
+    IRG_EDGES,
+    IRG_COMPARE,
+    IRG_COMPARE_GRAD,
+    IRG_EDGE_COEF,
+    IRG_TRANSFORM,
+    IRG_TRANSFORM_GRAD,
+    IRG_TOTAL,
     CC_ROWS,
     CC_SCALE,
     CENTER,
@@ -102,6 +145,7 @@ macro_rules! relation_loss {
             launch: |gpu, _, x| $launch(gpu, x[0], x[1]),
             reference: |_, x| $reference(&x[0].values, &x[1].values, x[0].shape[0]).into(),
             cases,
+            parameters: None,
         }
     };
 }
@@ -158,10 +202,262 @@ pub const CC: LossDef = LossDef {
         .into()
     },
     cases: cc_cases,
+    parameters: None,
+};
+
+const fn irg_input(name: &'static str, role: Role) -> LossInput {
+    LossInput { name, role }
+}
+
+/// `irg`: instance relationship graph.
+pub const IRG: LossDef = LossDef {
+    name: "irg",
+    summary: "instance relationship graph: vertices (logits), edges (distance graphs of a feature and two maps), transformation between the maps",
+    reads: Reads::Features,
+    inputs: &[
+        irg_input("student", Role::Student),
+        irg_input("student_feat", Role::Student),
+        irg_input("student_fm1", Role::Student),
+        irg_input("student_fm2", Role::Student),
+        irg_input("teacher", Role::Teacher),
+        irg_input("teacher_feat", Role::Teacher),
+        irg_input("teacher_fm1", Role::Teacher),
+        irg_input("teacher_fm2", Role::Teacher),
+    ],
+    attrs: &[
+        AttrDef {
+            name: "w_vert",
+            default: 0.1,
+            range: Range::non_negative(1e6),
+            doc: "weight of the vertex term (MSE of the logits)",
+        },
+        AttrDef {
+            name: "w_edge",
+            default: 5.0,
+            range: Range::non_negative(1e6),
+            doc: "weight of the edge term (mean over the three distance graphs)",
+        },
+        AttrDef {
+            name: "w_tran",
+            default: 5.0,
+            range: Range::non_negative(1e6),
+            doc: "weight of the transformation term",
+        },
+    ],
+    launch: |gpu, l, x| {
+        let weights = ["w_vert", "w_edge", "w_tran"].map(|k| l.attr_f32(k));
+        irg(
+            gpu,
+            [x[0], x[1], x[2], x[3]],
+            [x[4], x[5], x[6], x[7]],
+            weights,
+        )
+    },
+    reference: |l, x| {
+        let four = |k: usize| -> [usize; 4] { x[k].shape.clone().try_into().unwrap_or([0; 4]) };
+        let side = |o: usize| cpu::IrgSide {
+            logits: &x[o].values,
+            feat: &x[o + 1].values,
+            fm1: (&x[o + 2].values, four(o + 2)),
+            fm2: (&x[o + 3].values, four(o + 3)),
+        };
+        let weights = ["w_vert", "w_edge", "w_tran"].map(|k| l.attr(k));
+        cpu::irg(&side(0), &side(4), x[0].shape[0], weights)
+    },
+    cases: irg_cases,
+    parameters: None,
 };
 
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&SP, &RKD_DISTANCE, &RKD_ANGLE, &PKT, &CC];
+pub const LOSSES: &[&LossDef] = &[&SP, &RKD_DISTANCE, &RKD_ANGLE, &PKT, &CC, &IRG];
+
+/// One side's maps for IRG's transformation, checked: `(B, C1, H1, W1)` and `(B, C2, H2, W2)`
+/// with H1 ≥ H2, W1 ≥ W2 (equal H only with equal W) and C2 = C1 or 2·C1.
+fn irg_maps(side: &str, fm1: &Tensor, fm2: &Tensor) -> Result<([usize; 4], [usize; 4])> {
+    let four = |what: &str, t: &Tensor| -> Result<[usize; 4]> {
+        match (t.dtype(), t.shape()) {
+            (DType::F32, &[b, c, h, w]) if b * c * h * w > 0 => Ok([b, c, h, w]),
+            _ => Err(shape_error(
+                "irg",
+                format!(
+                    "{side}_{what} must be a non-empty f32 (B, C, H, W) map, got {}{:?}",
+                    t.dtype().name(),
+                    t.shape()
+                ),
+            )),
+        }
+    };
+    let (a, b) = (four("fm1", fm1)?, four("fm2", fm2)?);
+    let fits = a[0] == b[0]
+        && a[2] >= b[2]
+        && a[3] >= b[3]
+        && (a[2] > b[2] || a[3] == b[3])
+        && (b[1] == a[1] || b[1] == 2 * a[1]);
+    if !fits {
+        return Err(shape_error(
+            "irg",
+            format!(
+                "{side}_fm1 {a:?} and {side}_fm2 {b:?}: fm1 must be at least fm2's size (equal heights with equal widths) and fm2 must have fm1's channels or twice as many"
+            ),
+        ));
+    }
+    Ok((a, b))
+}
+
+/// Appends IRG's edge term for one (student, teacher) pair, comparing in statistics slot
+/// `slot`; returns the student's gradient (its shape).
+#[allow(clippy::too_many_arguments)]
+fn irg_edge_term(
+    gpu: &Gpu,
+    plan: &mut Vec<Dispatch>,
+    student: &Tensor,
+    teacher: &Tensor,
+    stats: &Tensor,
+    slot: u32,
+    weight: f32,
+) -> Result<Tensor> {
+    let op = "irg";
+    let (b, ds, dt) = relation_inputs(op, student, teacher)?;
+    let n = b * b;
+    let p = IrgParams {
+        n: u32_of(op, "B²", n)?,
+        diagonal: b as u32,
+        scale: weight / n as f32,
+        slot,
+        ..Default::default()
+    };
+    let mut edges = |x: &Tensor, d: usize| -> Result<Tensor> {
+        let g = gram(gpu, plan, x, b, d)?;
+        let e = gpu.empty(&[b, b], DType::F32)?;
+        plan.push(gpu.dispatch_over(&IRG_EDGES, &p, &[&g, &e], n)?);
+        Ok(e)
+    };
+    let (es, et) = (edges(student, ds)?, edges(teacher, dt)?);
+    plan.push(gpu.dispatch(&IRG_COMPARE, &p, &[&es, &et, stats], 1)?);
+    let de = gpu.empty(&[b, b], DType::F32)?;
+    let tensors = [&es, &et, stats, &de];
+    plan.push(gpu.dispatch_over(&IRG_COMPARE_GRAD, &p, &tensors, n)?);
+    let coef = gpu.empty(&[b, b], DType::F32)?;
+    plan.push(gpu.dispatch_over(&IRG_EDGE_COEF, &p, &[&de, &coef], n)?);
+    coef_times(gpu, plan, op, &coef, student, b, ds, false, student.shape())
+}
+
+/// Instance relationship graph (Knowledge-Distillation-Zoo's `IRG`) on each side's logits
+/// (B, K), feature (B, …) and two maps: `w_vert·mean((s − t)²)` + `w_edge` × the mean over the
+/// feature and both maps of the distance graphs' MSE + `w_tran` × the transformation vectors'
+/// MSE (each graph clamped at 1e-12 and normalised by its maximum, the student's in its graph).
+/// Gradients for the student's four inputs.
+pub fn irg(
+    gpu: &Gpu,
+    student: [&Tensor; 4],
+    teacher: [&Tensor; 4],
+    [w_vert, w_edge, w_tran]: [f32; 3],
+) -> Result<LossPlan> {
+    let op = "irg";
+    for (k, w) in ["w_vert", "w_edge", "w_tran"]
+        .into_iter()
+        .zip([w_vert, w_edge, w_tran])
+    {
+        check_attr(&IRG, k, w)?;
+    }
+    let [s, s_feat, s_fm1, s_fm2] = student;
+    let [t, t_feat, t_fm1, t_fm2] = teacher;
+    let (b, _, _) = relation_inputs(op, s, t)?;
+    t.expect(op, "teacher", DType::F32, s.shape())?;
+    let (sa, sb) = irg_maps("student", s_fm1, s_fm2)?;
+    let (ta, tb) = irg_maps("teacher", t_fm1, t_fm2)?;
+    if ta[0] != b || sa[0] != b {
+        return Err(shape_error(op, "every input must have the logits' batch"));
+    }
+    gpu.check_loops(&IRG_COMPARE, (b * b).div_ceil(256) as u64)?;
+    gpu.check_loops(&IRG_EDGE_COEF, b as u64)?;
+    let mut plan = Vec::new();
+    let stats = gpu.zeros(&[32], DType::F32)?;
+    // Vertices: the logits' MSE (the hint kernel), its gradient weighted.
+    let vertex = super::feature::hint(gpu, s, t)?;
+    plan.extend(vertex.dispatches);
+    let (d, grad_logits) = super::elementwise::scale_plan(gpu, &vertex.grads[0], w_vert)?;
+    plan.push(d);
+    // Edges: the feature's and both maps' distance graphs, slots 0–2.
+    let we = w_edge / 3.0;
+    let grad_feat = irg_edge_term(gpu, &mut plan, s_feat, t_feat, &stats, 0, we)?;
+    let edge_fm1 = irg_edge_term(gpu, &mut plan, s_fm1, t_fm1, &stats, 1, we)?;
+    let edge_fm2 = irg_edge_term(gpu, &mut plan, s_fm2, t_fm2, &stats, 2, we)?;
+    // Transformation, slot 3: per side the squared distance between the maps per sample.
+    let transform = |plan: &mut Vec<Dispatch>,
+                     fm1: &Tensor,
+                     fm2: &Tensor,
+                     a: [usize; 4],
+                     c: [usize; 4]|
+     -> Result<(Tensor, Tensor, IrgParams)> {
+        let pooled = if a[2] > c[2] {
+            let (d, y) = super::pool::adaptive_avg_pool_forward(gpu, fm1, [c[2], c[3]])?;
+            plan.push(d);
+            y
+        } else {
+            fm1.clone()
+        };
+        let plane = c[2] * c[3];
+        let p = IrgParams {
+            channels: u32_of(op, "channels", a[1])?,
+            plane: u32_of(op, "H·W", plane)?,
+            halved: u32::from(c[1] == 2 * a[1] && a[1] != c[1]),
+            batch: b as u32,
+            ..Default::default()
+        };
+        let len = b * a[1] * plane;
+        let (diff, sq) = (
+            gpu.empty(&[b, a[1], c[2], c[3]], DType::F32)?,
+            gpu.empty(&[b, a[1] * plane], DType::F32)?,
+        );
+        plan.push(gpu.dispatch_over(&IRG_TRANSFORM, &p, &[&pooled, fm2, &diff, &sq], len)?);
+        let (d, per_sample) = reduce::reduce_axis(gpu, &sq, 1, reduce::AxisOp::Sum)?;
+        plan.push(d);
+        Ok((per_sample, diff, p))
+    };
+    let (ts, diff, tp) = transform(&mut plan, s_fm1, s_fm2, sa, sb)?;
+    let (tt, _, _) = transform(&mut plan, t_fm1, t_fm2, ta, tb)?;
+    let p = IrgParams {
+        n: b as u32,
+        scale: w_tran / b as f32,
+        slot: 3,
+        ..tp
+    };
+    plan.push(gpu.dispatch(&IRG_COMPARE, &p, &[&ts, &tt, &stats], 1)?);
+    let dt = gpu.empty(&[b], DType::F32)?;
+    plan.push(gpu.dispatch_over(&IRG_COMPARE_GRAD, &p, &[&ts, &tt, &stats, &dt], b)?);
+    let dp = gpu.empty(diff.shape(), DType::F32)?;
+    let dfm2 = gpu.empty(s_fm2.shape(), DType::F32)?;
+    let tensors = [&diff, &dt, &dp, &dfm2];
+    plan.push(gpu.dispatch_over(
+        &IRG_TRANSFORM_GRAD,
+        &p,
+        &tensors,
+        s_fm2.numel().max(dp.numel()),
+    )?);
+    let dfm1 = if sa[2] > sb[2] {
+        let (d, dx) = super::pool::adaptive_avg_pool_backward(gpu, s_fm1, &dp)?;
+        plan.push(d);
+        dx
+    } else {
+        dp
+    };
+    let (d, grad_fm1) = super::elementwise::add_plan(gpu, &edge_fm1, &dfm1)?;
+    plan.push(d);
+    let (d, grad_fm2) = super::elementwise::add_plan(gpu, &edge_fm2, &dfm2)?;
+    plan.push(d);
+    let loss = gpu.empty(&[1], DType::F32)?;
+    let p = IrgParams {
+        scale: w_vert,
+        ..Default::default()
+    };
+    plan.push(gpu.dispatch(&IRG_TOTAL, &p, &[&vertex.loss, &stats, &loss], 1)?);
+    Ok(LossPlan {
+        dispatches: plan,
+        loss,
+        grads: vec![grad_logits, grad_feat, grad_fm1, grad_fm2],
+    })
+}
 
 /// Flattens a relation-loss input to `(B, D)`, requiring `B ≥ 2`.
 fn embeddings(op: &str, what: &str, t: &Tensor) -> Result<(usize, usize)> {
@@ -555,4 +851,88 @@ fn cc_cases(suite: Suite) -> Vec<LossCase> {
         }
     }
     out
+}
+
+/// One IRG case: (B, K), (feature widths), each side's fm1 and fm2 shapes.
+struct IrgShape {
+    batch: usize,
+    classes: usize,
+    feat: [usize; 2],
+    student: [[usize; 3]; 2],
+    teacher: [[usize; 3]; 2],
+}
+
+fn irg_cases(suite: Suite) -> Vec<LossCase> {
+    let shape = |batch, classes, feat, student, teacher| IrgShape {
+        batch,
+        classes,
+        feat,
+        student,
+        teacher,
+    };
+    let shapes = match suite {
+        Suite::Check => vec![
+            // Overlapping pooling windows (7 → 4) with halved channels; equal maps on the
+            // teacher's side.
+            shape(3, 4, [5, 6], [[2, 7, 7], [4, 4, 4]], [[3, 5, 6], [3, 5, 6]]),
+            // The golden cases' patterns at other sizes.
+            shape(
+                5,
+                7,
+                [12, 9],
+                [[6, 4, 4], [6, 4, 4]],
+                [[3, 4, 4], [6, 2, 2]],
+            ),
+            shape(
+                6,
+                10,
+                [16, 24],
+                [[4, 8, 8], [8, 4, 4]],
+                [[8, 8, 8], [16, 4, 4]],
+            ),
+            shape(2, 1, [1, 1], [[1, 1, 1], [1, 1, 1]], [[1, 2, 3], [2, 1, 2]]),
+        ],
+        Suite::Bench { .. } => {
+            let b = suite.pick(64, 128);
+            vec![shape(
+                b,
+                10,
+                [128, 256],
+                [[16, 14, 14], [32, 7, 7]],
+                [[32, 14, 14], [64, 7, 7]],
+            )]
+        }
+    };
+    shapes
+        .into_iter()
+        .map(|c| {
+            let b = c.batch;
+            let t = |shape: Vec<usize>, seed| {
+                let n = shape.iter().product();
+                HostTensor::f32(&shape, sample(n, seed))
+            };
+            let map = |[ch, h, w]: [usize; 3], seed| t(vec![b, ch, h, w], seed);
+            let inputs = vec![
+                t(vec![b, c.classes], 40),
+                t(vec![b, c.feat[0]], 41),
+                map(c.student[0], 42),
+                map(c.student[1], 43),
+                t(vec![b, c.classes], 44),
+                t(vec![b, c.feat[1]], 45),
+                map(c.teacher[0], 46),
+                map(c.teacher[1], 47),
+            ];
+            let label = format!(
+                "B {b}, K {}, feat {}|{}, maps {:?}→{:?}|{:?}→{:?}",
+                c.classes,
+                c.feat[0],
+                c.feat[1],
+                c.student[0],
+                c.student[1],
+                c.teacher[0],
+                c.teacher[1]
+            );
+            LossCase::new(label, inputs).tolerance(1e-3, 1e-5)
+        })
+        .collect()
 }

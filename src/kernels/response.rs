@@ -56,6 +56,7 @@ pub const CE: LossDef = LossDef {
     launch: |gpu, _, x| ce(gpu, x[0], x[1]),
     reference: |_, x| cpu::ce(&x[0].values, &x[1].classes(), x[0].shape[1]).into(),
     cases: |suite| cases(suite, Which::Ce),
+    parameters: None,
 };
 
 /// `kd`: Hinton's knowledge distillation.
@@ -71,6 +72,7 @@ pub const KD: LossDef = LossDef {
         cpu::kd(&x[0].values, &x[1].values, x[0].shape[1], t).into()
     },
     cases: |suite| cases(suite, Which::Kd),
+    parameters: None,
 };
 
 /// `dkd`: decoupled KD (mdistiller).
@@ -121,6 +123,7 @@ pub const DKD: LossDef = LossDef {
         .into()
     },
     cases: |suite| cases(suite, Which::Dkd),
+    parameters: None,
 };
 
 /// The family's losses, in registry order.

@@ -1,8 +1,9 @@
 //! f64 references for the feature-based losses (`shaders/feature.wgsl`): `hint`, `at`, `ft`,
-//! `ab` and `nst`, as `docs/losses.md` defines them (RepDistiller's FitNet, AT, FT, AB and NST). Each returns the loss and its
-//! gradient with respect to the student; the teacher is a constant.
+//! `ab`, `nst`, `fsp` and `vid`, as `docs/losses.md` defines them (RepDistiller's FitNet, AT, FT,
+//! AB, NST, FSP and VID). Each returns the loss and its gradients with respect to the student
+//! inputs (and VID's `log_scale`); the teacher is a constant.
 
-use super::LossGrad;
+use super::{LossGrad, LossGrads};
 
 /// FitNet hint: `mean((s − t)²)`.
 pub fn hint(s: &[f64], t: &[f64]) -> LossGrad {
@@ -250,5 +251,37 @@ pub fn fsp(
     super::LossGrads {
         loss,
         grads: vec![ga, gb],
+    }
+}
+
+/// VID on (B, C, H·W) maps `s` (the predicted mean) and `t`, with per-channel `log_scale`:
+/// `mean(0.5·((s − t)²/v_c + log v_c))`, `v_c = softplus(log_scale_c) + eps`; gradients for `s`
+/// and `log_scale`.
+pub fn vid(
+    s: &[f64],
+    t: &[f64],
+    log_scale: &[f64],
+    batch: usize,
+    channels: usize,
+    hw: usize,
+    eps: f64,
+) -> LossGrads {
+    let n = (batch * channels * hw) as f64;
+    let softplus = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let mut loss = 0.0;
+    let mut grad_s = vec![0.0; s.len()];
+    let mut grad_scale = vec![0.0; channels];
+    for (i, (&x, &y)) in s.iter().zip(t).enumerate() {
+        let c = (i / hw) % channels;
+        let v = softplus(log_scale[c]) + eps;
+        let d = x - y;
+        loss += 0.5 * (d * d / v + v.ln());
+        grad_s[i] = d / (v * n);
+        grad_scale[c] += 0.5 * (1.0 / v - d * d / (v * v)) * sigmoid(log_scale[c]) / n;
+    }
+    LossGrads {
+        loss: loss / n,
+        grads: vec![grad_s, grad_scale],
     }
 }

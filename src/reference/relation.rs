@@ -2,7 +2,7 @@
 //! `rkd_angle`, `pkt`, as `docs/losses.md` defines them (RepDistiller's). Inputs are flattened to
 //! (B, D) row-major; each returns the loss and its gradient with respect to the student.
 
-use super::LossGrad;
+use super::{LossGrad, LossGrads};
 
 fn gram(f: &[f64], batch: usize) -> Vec<f64> {
     let d = f.len() / batch;
@@ -344,5 +344,195 @@ pub fn cc(s: &[f64], t: &[f64], batch: usize, gamma: f64, max_p: usize) -> LossG
     LossGrad {
         loss: norm / b2,
         grad,
+    }
+}
+
+/// One side's inputs of IRG: the logits (B, K), the feature (B, D) and two maps (B, C, H, W).
+pub struct IrgSide<'a> {
+    /// Logits.
+    pub logits: &'a [f64],
+    /// The pooled feature, flattened.
+    pub feat: &'a [f64],
+    /// The earlier map and its shape.
+    pub fm1: (&'a [f64], [usize; 4]),
+    /// The later map and its shape.
+    pub fm2: (&'a [f64], [usize; 4]),
+}
+
+/// A graph compared by IRG: values clamped at 1e-12 (entries on `zero`'s list kept at 0),
+/// normalised by their maximum.
+struct IrgGraph {
+    raw: Vec<f64>,
+    value: Vec<f64>,
+    max: f64,
+    arg: usize,
+    fixed: Vec<bool>,
+}
+
+impl IrgGraph {
+    fn new(raw: Vec<f64>, fixed: Vec<bool>) -> IrgGraph {
+        let value: Vec<f64> = raw
+            .iter()
+            .zip(&fixed)
+            .map(|(&r, &f)| if f { 0.0 } else { r.max(1e-12) })
+            .collect();
+        let (mut arg, mut max) = (0, f64::NEG_INFINITY);
+        for (k, &v) in value.iter().enumerate() {
+            if v > max {
+                (arg, max) = (k, v);
+            }
+        }
+        IrgGraph {
+            raw,
+            value,
+            max,
+            arg,
+            fixed,
+        }
+    }
+
+    /// `scale·Σ (a/m_a − b/m_b)²` and its gradient with respect to `self`'s raw values.
+    fn compare(&self, other: &IrgGraph, scale: f64) -> (f64, Vec<f64>) {
+        let d: Vec<f64> = self
+            .value
+            .iter()
+            .zip(&other.value)
+            .map(|(a, b)| a / self.max - b / other.max)
+            .collect();
+        let loss = scale * d.iter().map(|d| d * d).sum::<f64>();
+        let s: f64 = d
+            .iter()
+            .zip(&self.value)
+            .map(|(d, a)| 2.0 * scale * d * a)
+            .sum();
+        let mut grad: Vec<f64> = d.iter().map(|d| 2.0 * scale * d / self.max).collect();
+        grad[self.arg] -= s / (self.max * self.max);
+        for (k, g) in grad.iter_mut().enumerate() {
+            if self.fixed[k] || self.raw[k] < 1e-12 {
+                *g = 0.0;
+            }
+        }
+        (loss, grad)
+    }
+}
+
+/// IRG's edge graph of `x` viewed as (B, D): squared distances, diagonal 0.
+fn irg_edges(x: &[f64], batch: usize) -> IrgGraph {
+    let g = gram(x, batch);
+    let raw = (0..batch * batch)
+        .map(|e| {
+            let (i, j) = (e / batch, e % batch);
+            g[i * batch + i] + g[j * batch + j] - 2.0 * g[i * batch + j]
+        })
+        .collect();
+    let fixed = (0..batch * batch).map(|e| e / batch == e % batch).collect();
+    IrgGraph::new(raw, fixed)
+}
+
+/// `w·mean((E(s) − E(t))²)` of two edge graphs and the gradient with respect to `s`.
+fn irg_edge_term(s: &[f64], t: &[f64], batch: usize, w: f64) -> (f64, Vec<f64>) {
+    let (es, et) = (irg_edges(s, batch), irg_edges(t, batch));
+    let (loss, de) = es.compare(&et, w / (batch * batch) as f64);
+    let d = s.len() / batch;
+    let mut grad = vec![0.0; s.len()];
+    for i in 0..batch {
+        for j in 0..batch {
+            // E_ij = |x_i|² + |x_j|² − 2 x_i·x_j.
+            let g = de[i * batch + j];
+            for k in 0..d {
+                let diff = 2.0 * g * (s[i * d + k] - s[j * d + k]);
+                grad[i * d + k] += diff;
+                grad[j * d + k] -= diff;
+            }
+        }
+    }
+    (loss, grad)
+}
+
+/// IRG's transformation of one side: fm1 pooled to fm2's size when larger, fm2's channels
+/// averaged in adjacent pairs when it has twice fm1's; the squared distance per sample, and the
+/// difference (B, C1, H2·W2) it came from.
+fn irg_transform(side: &IrgSide) -> (IrgGraph, Vec<f64>, bool, bool) {
+    let ((fm1, [b, c1, h1, w1]), (fm2, [_, c2, h2, w2])) = (side.fm1, side.fm2);
+    let pooled = h1 > h2;
+    let p = if pooled {
+        super::pool::adaptive_avg_pool(fm1, [b, c1, h1, w1], [h2, w2])
+    } else {
+        fm1.to_vec()
+    };
+    let halved = c1 < c2;
+    let plane = h2 * w2;
+    let diff: Vec<f64> = (0..b * c1 * plane)
+        .map(|e| {
+            let (n, c, x) = (e / (c1 * plane), (e / plane) % c1, e % plane);
+            let q = if halved {
+                let base = (n * c2 + 2 * c) * plane + x;
+                0.5 * (fm2[base] + fm2[base + plane])
+            } else {
+                fm2[e]
+            };
+            p[e] - q
+        })
+        .collect();
+    let raw = diff
+        .chunks(c1 * plane)
+        .map(|r| r.iter().map(|d| d * d).sum())
+        .collect();
+    (IrgGraph::new(raw, vec![false; b]), diff, pooled, halved)
+}
+
+/// Instance relationship graph (Knowledge-Distillation-Zoo `IRG`): `w_vert·mean((s − t)²)` on the
+/// logits, plus `w_edge` times the mean over the feature and both maps of the edge graphs' MSE,
+/// plus `w_tran` times the transformation vectors' MSE. Gradients for the student's logits,
+/// feature, fm1 and fm2.
+pub fn irg(s: &IrgSide, t: &IrgSide, batch: usize, weights: [f64; 3]) -> LossGrads {
+    let [w_vert, w_edge, w_tran] = weights;
+    let n = s.logits.len() as f64;
+    let vertex: f64 = s
+        .logits
+        .iter()
+        .zip(t.logits)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        / n;
+    let grad_logits = s
+        .logits
+        .iter()
+        .zip(t.logits)
+        .map(|(a, b)| w_vert * 2.0 * (a - b) / n)
+        .collect();
+    let (l_feat, grad_feat) = irg_edge_term(s.feat, t.feat, batch, w_edge / 3.0);
+    let (l_fm1, mut grad_fm1) = irg_edge_term(s.fm1.0, t.fm1.0, batch, w_edge / 3.0);
+    let (l_fm2, mut grad_fm2) = irg_edge_term(s.fm2.0, t.fm2.0, batch, w_edge / 3.0);
+    let (ts, diff, pooled, halved) = irg_transform(s);
+    let (tt, ..) = irg_transform(t);
+    let (l_tran, dt) = ts.compare(&tt, w_tran / batch as f64);
+    let ([_, c1, h1, w1], [_, c2, h2, w2]) = (s.fm1.1, s.fm2.1);
+    let per_sample = diff.len() / batch;
+    let dp: Vec<f64> = diff
+        .iter()
+        .enumerate()
+        .map(|(e, d)| 2.0 * d * dt[e / per_sample])
+        .collect();
+    let dfm1 = if pooled {
+        super::pool::adaptive_avg_pool_backward(&dp, [batch, c1, h1, w1], [h2, w2])
+    } else {
+        dp.clone()
+    };
+    let plane = h2 * w2;
+    for (g, d) in grad_fm1.iter_mut().zip(dfm1) {
+        *g += d;
+    }
+    for (e, g) in grad_fm2.iter_mut().enumerate() {
+        let (n, c, x) = (e / (c2 * plane), (e / plane) % c2, e % plane);
+        *g -= if halved {
+            0.5 * dp[(n * c1 + c / 2) * plane + x]
+        } else {
+            dp[e]
+        };
+    }
+    LossGrads {
+        loss: w_vert * vertex + l_feat + l_fm1 + l_fm2 + l_tran,
+        grads: vec![grad_logits, grad_feat, grad_fm1, grad_fm2],
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::error::input_error;
-use crate::graph::Graph;
+use crate::graph::{Adapter, Graph};
 use crate::kernels::losses::{self, Loss, LossDef};
 use crate::models;
 
@@ -253,16 +253,6 @@ pub struct OptimizerConfig {
     pub warmup_epochs: usize,
 }
 
-/// Adapter names.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AdapterName {
-    /// A Linear regressor.
-    Linear,
-    /// A 1×1 convolution.
-    Conv1x1,
-}
-
 /// One entry of `losses = [ … ]`. Besides the keys below, an entry sets the attributes of its
 /// loss by name (`temperature = 4.0`, `alpha = 1.0`, …: the loss registry's, with their
 /// defaults and ranges); any other key is an error naming it.
@@ -282,7 +272,7 @@ pub struct LossConfig {
     /// Teacher taps, one per teacher input, likewise.
     pub teacher_taps: Option<Vec<String>>,
     /// A trainable regressor from the student tap to the teacher's.
-    pub adapter: Option<AdapterName>,
+    pub adapter: Option<Adapter>,
     /// Linear warm-up of the weight over the first epochs (as DKD uses).
     #[serde(default)]
     pub warmup_epochs: usize,

@@ -26,7 +26,11 @@ fn read(metrics: &Path) -> Series {
         ) else {
             continue;
         };
-        let loss = v["train_loss"].as_f64().unwrap_or(f64::NAN);
+        // The epoch's mean of sampled losses where the run wrote it, else its last step's.
+        let loss = v["train_loss_mean"]
+            .as_f64()
+            .or_else(|| v["train_loss"].as_f64())
+            .unwrap_or(f64::NAN);
         series
             .entry(format!("{stage}: {model}"))
             .or_default()

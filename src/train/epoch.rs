@@ -17,6 +17,9 @@ use super::stage::StagePlan;
 pub struct EpochStats {
     /// The weighted total loss of the epoch's last full step.
     pub loss: f32,
+    /// The mean of the weighted total losses sampled during the epoch (every tenth step's, as
+    /// they arrive without a stall, and the last step's): one batch's loss is noisy.
+    pub mean_loss: f32,
     /// Samples trained on.
     pub samples: usize,
     /// Training time (no evaluation).
@@ -46,6 +49,7 @@ pub fn train_epoch(
     let augment_images = stage.augment.unwrap_or(config.data.augment);
     let (mut xb, mut yb, mut tb) = (Vec::new(), Vec::new(), Vec::new());
     let mut samples = 0;
+    let (mut sampled, mut sampled_count) = (0.0f64, 0usize);
     // The step that ran last: its losses are the epoch's.
     let mut last = &plan.step;
     for (bi, idx) in order.chunks(batch).enumerate() {
@@ -81,6 +85,8 @@ pub fn train_epoch(
             if !total.is_finite() {
                 return Err(diverged(plan, epoch, Some(bi + 1)));
             }
+            sampled += f64::from(total);
+            sampled_count += 1;
             if opts.progress {
                 let rate = samples as f64 / start.elapsed().as_secs_f64();
                 let acc = if epoch > 0 {
@@ -103,6 +109,7 @@ pub fn train_epoch(
     }
     Ok(EpochStats {
         loss,
+        mean_loss: ((sampled + f64::from(loss)) / (sampled_count + 1) as f64) as f32,
         samples,
         seconds: start.elapsed().as_secs_f64(),
     })

@@ -11,9 +11,9 @@
 //!   taps; label terms train the model and every head, logits terms pull each head toward the
 //!   model's own detached logits, feature terms pull each head's tap toward a deeper tap.
 
-use crate::graph::{Adapter, LossSpec, PEER};
+use crate::graph::{LossSpec, PEER};
 
-use super::config::{AdapterName, LossConfig, StageConfig};
+use super::config::{LossConfig, StageConfig};
 
 /// How a stage trains its models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,9 +175,6 @@ fn spec(term: &LossConfig) -> crate::Result<LossSpec> {
         weight: term.weight,
         student_taps: term.student_taps(),
         teacher_taps: term.teacher_taps(),
-        adapter: term.adapter.map(|a| match a {
-            AdapterName::Linear => Adapter::Linear,
-            AdapterName::Conv1x1 => Adapter::Conv1x1,
-        }),
+        adapter: term.adapter,
     })
 }

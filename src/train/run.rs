@@ -292,7 +292,7 @@ impl StageRun<'_> {
                     export(gpu, &plan.graphs[k], &plan.weights[k], steps)?,
                 ));
                 metrics.push(serde_json::json!({
-                    "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": stats.loss,
+                    "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_loss_mean": stats.mean_loss,
                     "test_accuracy": plan.accuracy[k], "seconds": stats.seconds, "samples_per_second": stats.samples as f64 / stats.seconds,
                 }));
             }

@@ -67,7 +67,7 @@ fn references_reproduce_every_golden_case() {
             case.rtol,
             case.atol,
         );
-        for (grad, input) in got.grads.iter().zip(def.student_inputs()) {
+        for (grad, input) in got.grads.iter().zip(def.trainable_inputs()) {
             let name = format!("grad_{}", input.name);
             assert_close_f64(&what(&name), grad, &want(&name), case.rtol, case.atol);
         }
@@ -84,7 +84,7 @@ fn every_reference_gradient_matches_finite_differences() {
             let loss = Loss::of(def).with_all(case.attrs.iter().copied()).unwrap();
             let inputs: Vec<RefInput> = case.inputs.iter().map(RefInput::of).collect();
             let students: Vec<usize> = (0..def.inputs.len())
-                .filter(|&k| def.inputs[k].role == Role::Student)
+                .filter(|&k| def.inputs[k].role.trains())
                 .collect();
             if students.iter().any(|&k| inputs[k].values.len() > 400) {
                 continue;
@@ -124,6 +124,12 @@ fn registry_entries_are_consistent() {
             .filter(|i| i.role == Role::Student)
             .count();
         assert!(students >= 1, "{}: no student input", def.name);
+        assert_eq!(
+            def.parameters.is_some(),
+            def.parameter_inputs().next().is_some(),
+            "{}: parameter inputs and their initialiser go together",
+            def.name
+        );
         for a in def.attrs {
             assert!(
                 a.range.contains(a.default),
@@ -260,6 +266,22 @@ fn docs_define_every_registry_loss_with_its_defaults() {
                 "{}: docs/losses.md lacks '{entry}'",
                 def.name
             );
+        }
+    }
+}
+
+/// VID's variance starts at 5 in every channel of the teacher's map, whatever the floor.
+#[test]
+fn vid_starts_every_channel_at_variance_five() {
+    for eps in [1e-5, 0.1] {
+        let loss = Loss::new("vid").unwrap().with("eps", eps).unwrap();
+        let shapes: [&[usize]; 2] = [&[2, 7, 3, 3], &[2, 7, 3, 3]];
+        let init = loss.initial_parameters(&shapes);
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0].shape, vec![7]);
+        for &a in init[0].as_f32().unwrap() {
+            let v = f64::from(a).exp().ln_1p() + eps;
+            assert!((v - 5.0).abs() < 1e-5, "eps {eps}: v = {v}");
         }
     }
 }

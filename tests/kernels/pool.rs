@@ -119,3 +119,19 @@ fn global_average_pooling_matches_reference() {
         .collect();
     allclose(&read(gpu, &[d], &dx), &want, 1e-6, 1e-8).unwrap();
 }
+
+#[test]
+fn adaptive_pooling_reference_follows_pytorch_windows_and_finite_differences() {
+    // adaptive_avg_pool2d's windows for 7 → 4 overlap: rows [0, 2), [1, 4), [3, 6), [5, 7).
+    let windows: Vec<_> = (0..4).map(|i| cpu::adaptive_window(i, 7, 4)).collect();
+    assert_eq!(windows, [(0, 2), (1, 4), (3, 6), (5, 7)]);
+    for (shape, out) in [([1, 2, 7, 5], [4, 3]), ([2, 1, 3, 4], [5, 2])] {
+        let n: usize = shape.iter().product();
+        let x = widen(&data(n, 13));
+        let r = widen(&data(shape[0] * shape[1] * out[0] * out[1], 14));
+        let dot = |y: Vec<f64>| -> f64 { y.iter().zip(&r).map(|(a, b)| a * b).sum() };
+        let fd = finite_difference(&x, 1e-6, |x| dot(cpu::adaptive_avg_pool(x, shape, out)));
+        let got = cpu::adaptive_avg_pool_backward(&r, shape, out);
+        assert_close_f64(&format!("{shape:?} → {out:?}"), &got, &fd, 1e-6, 1e-8);
+    }
+}

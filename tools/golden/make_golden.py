@@ -179,6 +179,47 @@ def fsp(student_a, student_b, teacher_a, teacher_b):
 
 
 # Each op: its function and the names of its tensor inputs, in order.
+def vid(student, teacher, log_scale, eps=1e-5):
+    # RepDistiller VIDLoss: softplus written out, v = softplus(log_scale) + eps per channel.
+    v = F.softplus(log_scale) + eps
+    v = v.view(1, -1, 1, 1)
+    return torch.mean(0.5 * ((student - teacher) ** 2 / v + torch.log(v)))
+
+
+def irg_edges(x):
+    # Knowledge-Distillation-Zoo irg.py euclidean_dist_feat, squared: clamped, diagonal zeroed,
+    # normalised by the graph's maximum.
+    x = flat(x)
+    sq = x.pow(2).sum(1)
+    e = (sq.unsqueeze(0) + sq.unsqueeze(1) - 2 * x @ x.t()).clamp(min=1e-12)
+    e = e.clone()
+    e[range(len(x)), range(len(x))] = 0
+    return e / e.max()
+
+
+def irg_transform(fm1, fm2):
+    if fm1.size(2) > fm2.size(2):
+        fm1 = F.adaptive_avg_pool2d(fm1, (fm2.size(2), fm2.size(3)))
+    if fm1.size(1) < fm2.size(1):
+        fm2 = (fm2[:, 0::2] + fm2[:, 1::2]) / 2
+    t = (fm1.flatten(1) - fm2.flatten(1)).pow(2).sum(1).clamp(min=1e-12)
+    return t / t.max()
+
+
+def irg(student, student_feat, student_fm1, student_fm2, teacher, teacher_feat, teacher_fm1,
+        teacher_fm2, w_vert=0.1, w_edge=5.0, w_tran=5.0):
+    vert = F.mse_loss(student, teacher)
+    edge = sum(
+        F.mse_loss(irg_edges(s), irg_edges(t))
+        for s, t in ((student_feat, teacher_feat), (student_fm1, teacher_fm1), (student_fm2, teacher_fm2))
+    ) / 3
+    tran = F.mse_loss(irg_transform(student_fm1, student_fm2), irg_transform(teacher_fm1, teacher_fm2))
+    return w_vert * vert + w_edge * edge + w_tran * tran
+
+
+# Inputs that are trainable besides the student's (the gradient is taken and stored for them).
+PARAMETERS = {"log_scale"}
+
 OPS = {
     "ce": (ce, ["student", "labels"]),
     "kd": (kd, ["student", "teacher"]),
@@ -194,7 +235,14 @@ OPS = {
     "nst": (nst, ["student", "teacher"]),
     "cc": (cc, ["student", "teacher"]),
     "fsp": (fsp, ["student_a", "student_b", "teacher_a", "teacher_b"]),
+    "vid": (vid, ["student", "teacher", "log_scale"]),
+    "irg": (irg, ["student", "student_feat", "student_fm1", "student_fm2", "teacher", "teacher_feat",
+                  "teacher_fm1", "teacher_fm2"]),
 }
+
+
+def trainable(name):
+    return name.startswith("student") or name in PARAMETERS
 
 
 def expected(op, inputs, attrs):
@@ -207,12 +255,12 @@ def expected(op, inputs, attrs):
         if name == "labels":
             args.append(x.to(torch.int64))
         else:
-            args.append(x.to(torch.float64).requires_grad_(name.startswith("student")))
+            args.append(x.to(torch.float64).requires_grad_(trainable(name)))
     loss = fn(*args, **attrs)
     loss.backward()
     out = {"loss": loss.detach().reshape(1).to(torch.float32)}
     for name, x in zip(names, args):
-        if name.startswith("student"):
+        if trainable(name):
             out[f"grad_{name}"] = x.grad.to(torch.float32)
     return out
 
