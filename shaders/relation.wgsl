@@ -7,7 +7,7 @@
 struct Params {
     batch: u32,
     dim: u32,
-    // cc: γ of the Gaussian kernel and the Taylor series' order.
+    // cc: γ of the Gaussian kernel and the Taylor series' order; normalize_rows: ε in gamma.
     gamma: f32,
     order: u32,
 }
@@ -376,9 +376,10 @@ fn rkd_angle_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     ac_coef[p] = acc;
 }
 
-// ---- PKT ----------------------------------------------------------------------------------------
+// ---- row normalisation (PKT, CRD's embedding heads) ---------------------------------------------
 
-// x̂ = x / (‖x‖ + 1e-7) per row, keeping ‖x‖ for the backward pass.
+// x̂ = x / (‖x‖ + ε) per row (ε = params.gamma: 1e-7 in PKT, 0 in CRD's heads), keeping ‖x‖ for
+// the backward pass.
 @group(0) @binding(1) var<storage, read> nr_in: array<f32>;
 @group(0) @binding(2) var<storage, read_write> nr_out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> nr_norms: array<f32>;
@@ -397,7 +398,7 @@ fn normalize_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     let n = sqrt(ss);
     for (var d = 0u; d < dim; d = d + 1u) {
-        nr_out[i * dim + d] = nr_in[i * dim + d] / (n + PKT_EPS);
+        nr_out[i * dim + d] = nr_in[i * dim + d] / (n + params.gamma);
     }
     nr_norms[i] = n;
 }
@@ -459,7 +460,7 @@ fn normalize_rows_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     for (var d = 0u; d < dim; d = d + 1u) {
         xg = xg + nb_x[i * dim + d] * nb_dxh[i * dim + d];
     }
-    let ne = n + PKT_EPS;
+    let ne = n + params.gamma;
     for (var d = 0u; d < dim; d = d + 1u) {
         let g = nb_dxh[i * dim + d] / ne - nb_x[i * dim + d] * xg / (n * ne * ne);
         nb_grad[i * dim + d] = select(0.0, g, n > 0.0);

@@ -676,6 +676,7 @@ pub fn run(
             let plan = loss.launch(gpu, &tensors)?;
             let mut tensors = vec![plan.loss];
             tensors.extend(plan.grads);
+            tensors.extend(plan.updated);
             let named: Vec<(String, Tensor)> = def.outputs().into_iter().zip(tensors).collect();
             (plan.dispatches, named)
         }

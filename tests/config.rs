@@ -104,6 +104,21 @@ fn every_config_error_names_its_key() {
             &["stages[2].losses[1].p", "kd takes no p"],
         ),
         (
+            with("adapter = \"linear\"", "adapter = \"pooling\""),
+            &[
+                "stages[2].losses[2].adapter",
+                "unknown variant `pooling`",
+                "`pool`",
+            ],
+        ),
+        (
+            with(
+                "{ kind = \"rkd_distance\", weight = 25.0 }",
+                "{ kind = \"crd\", nce_t = -1.0 }",
+            ),
+            &["stages[2].losses[3].nce_t", "> 0"],
+        ),
+        (
             with("student_tap = \"hidden.0\"", "student_tap = \"hidden.5\""),
             &["stages[2].losses[2].student_tap", "hidden.5", "hidden.0"],
         ),

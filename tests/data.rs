@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 
-use wgdistill::data::{self, idx};
+use wgdistill::data::{self, NegativeSampler, idx};
 
 fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut b = vec![0, 0, 8, dims.len() as u8];
@@ -155,5 +155,38 @@ fn empty_misshapen_and_oversized_idx_files_are_refused() {
     assert!(
         e.contains("bomb.gz") && e.contains("header declares"),
         "{e}"
+    );
+}
+
+/// CRD's negatives: each sample's own index first, then K from other classes, without
+/// replacement while K is at most their count and with replacement beyond; the same seed draws
+/// the same rows, another seed others.
+#[test]
+fn negatives_come_from_other_classes_and_follow_the_seed() {
+    let labels: Vec<i32> = (0..30).map(|i| i % 3).collect();
+    let mut sampler = NegativeSampler::new(&labels, 3, 12);
+    let samples = [4, 0, 29];
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    sampler.fill(&samples, 1, &mut a);
+    sampler.fill(&samples, 1, &mut b);
+    sampler.fill(&samples, 2, &mut c);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    for (rows, &s) in a.chunks(13).zip(&samples) {
+        assert_eq!(rows[0], s as i32);
+        let mut negatives = rows[1..].to_vec();
+        assert!(negatives.iter().all(|&j| labels[j as usize] != labels[s]));
+        negatives.sort_unstable();
+        negatives.dedup();
+        assert_eq!(negatives.len(), 12, "20 candidates: no repeats");
+    }
+    // 25 negatives from 20 candidates: repeats are unavoidable, still from other classes.
+    let mut more = NegativeSampler::new(&labels, 3, 25);
+    more.fill(&samples, 3, &mut a);
+    assert_eq!(a.len(), 3 * 26);
+    assert!(
+        a.chunks(26)
+            .zip(&samples)
+            .all(|(rows, &s)| { rows[1..].iter().all(|&j| labels[j as usize] != labels[s]) })
     );
 }

@@ -175,6 +175,100 @@ fn residual_gradients_accumulate_over_both_paths() {
     check_model_gradients("residual", &g, 3);
 }
 
+/// CRD's embedding head (linear, then each row divided by its norm) inside a model, with and
+/// without ε: its backward pass against central differences.
+#[test]
+fn l2_normalized_rows_have_exact_gradients() {
+    for (eps, seed) in [(0.0, 5), (0.1, 6)] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[3, 1, 1, 5], DType::F32).unwrap();
+        let flat = g.flatten(x).unwrap();
+        let z = g.linear("embed", flat, 4, true).unwrap();
+        let unit = g.l2_normalize(z, eps).unwrap();
+        let logits = g.linear("head", unit, 3, true).unwrap();
+        g.set_output(logits).unwrap();
+        check_model_gradients("l2_normalize", &g, seed);
+    }
+    let mut g = Graph::new();
+    let x = g.input("x", &[3, 1, 2, 2], DType::F32).unwrap();
+    let e = g.l2_normalize(x, 0.0).unwrap_err().to_string();
+    assert!(e.contains("(N, D)"), "{e}");
+}
+
+/// Adaptive average pooling in a model (5 → 3 and 6 → 4: overlapping windows) against central
+/// differences.
+#[test]
+fn adaptive_average_pooling_has_exact_gradients() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 2, 5, 6], DType::F32).unwrap();
+    let c = g
+        .conv2d(
+            "conv",
+            x,
+            ConvLayer {
+                out: 3,
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+                bias: true,
+                groups: 1,
+            },
+        )
+        .unwrap();
+    let p = g.adaptive_avg_pool(c, [3, 4]).unwrap();
+    let flat = g.flatten(p).unwrap();
+    let logits = g.linear("head", flat, 3, true).unwrap();
+    g.set_output(logits).unwrap();
+    check_model_gradients("adaptive_avg_pool", &g, 7);
+}
+
+/// The pool adapter reconciles maps of different sizes: a larger student map is pooled with its
+/// backward pass (the student trains through it), a larger teacher map is pooled as a constant;
+/// without it the loss refuses the shapes.
+#[test]
+fn a_pool_adapter_matches_map_sizes_on_either_side() {
+    let Some(gpu) = gpu() else { return };
+    let batch = 4;
+    let teacher = models::cnn([batch, 1, 8, 8], &[6, 8], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 50).unwrap();
+    let student = models::cnn([batch, 1, 8, 8], &[4, 6], 4).unwrap();
+    let x = data(batch * 64, 51);
+    let y: Vec<i32> = (0..batch as i32).collect();
+    let at = |s: &str, t: &str, adapter| LossSpec {
+        adapter,
+        ..LossSpec::taps(loss("at"), 100.0, s, t)
+    };
+    let compile = |w: &Weights, term: LossSpec| {
+        TrainStep::compile(
+            gpu,
+            &StepSpec {
+                student: &student,
+                student_weights: w,
+                teacher: Some((&teacher, &tw)),
+                losses: vec![term],
+                optimizer: sgd(0.1),
+                seed: 5,
+            },
+        )
+    };
+    // features.3 is 4×4 after the first pool, features.7 2×2 after the second.
+    for (s, t) in [("features.3", "features.7"), ("features.7", "features.3")] {
+        let w = Weights::init(gpu, &student, 52).unwrap();
+        let before = w.to_host(gpu).unwrap();
+        let step = compile(&w, at(s, t, Some(Adapter::Pool))).unwrap();
+        step.run(gpu, &x, &y).unwrap();
+        let l = step.losses(gpu).unwrap()[0].2;
+        assert!(l.is_finite() && l > 0.0, "{s} → {t}: {l}");
+        let after = w.to_host(gpu).unwrap();
+        assert_ne!(
+            before["features.0.weight"], after["features.0.weight"],
+            "{s} → {t}"
+        );
+        let e = compile(&w, at(s, t, None)).err().unwrap().to_string();
+        assert!(e.contains("must agree in batch and spatial size"), "{e}");
+    }
+}
+
 fn sgd(lr: f32) -> OptimizerSpec {
     OptimizerSpec::Sgd(optimizer::Sgd {
         lr,
@@ -951,4 +1045,163 @@ fn vid_trains_its_regressor_and_its_own_variance() {
     assert_ne!(log_scale(&fresh), log_scale(&step));
     fresh.load_state(gpu, "saved", &saved).unwrap();
     assert_eq!(log_scale(&fresh), log_scale(&step));
+}
+
+/// CRD in a compiled step: both embedding heads train (the teacher does not), the banks change
+/// only at the batch's own rows, which come out of unit length, Z is set by the first step and
+/// kept, a sibling shares the memory, and the state saves and restores it.
+#[test]
+fn crd_steps_update_their_banks_in_place_and_train_both_heads() {
+    let Some(gpu) = gpu() else { return };
+    let (batch, n, k) = (8, 40, 6);
+    let teacher = models::cnn([batch, 1, 8, 8], &[8, 12], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 40).unwrap();
+    let teacher_before = tw.to_host(gpu).unwrap();
+    let student = models::cnn([batch, 1, 8, 8], &[4, 6], 4).unwrap();
+    let sw = Weights::init(gpu, &student, 41).unwrap();
+    let crd = || LossSpec {
+        loss: loss("crd")
+            .with_all([
+                ("nce_k", k as f64),
+                ("feat_dim", 16.0),
+                ("n_data", n as f64),
+            ])
+            .unwrap(),
+        ..LossSpec::taps(loss("crd"), 0.8, "features.7", "features.7")
+    };
+    let spec = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![LossSpec::logits(loss("ce"), 1.0), crd()],
+        optimizer: sgd(0.05),
+        seed: 7,
+    };
+    let with_adapter = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![LossSpec {
+            adapter: Some(Adapter::Linear),
+            ..crd()
+        }],
+        optimizer: sgd(0.05),
+        seed: 7,
+    };
+    let e = TrainStep::compile(gpu, &with_adapter)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("own embedding heads"), "{e}");
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    assert_eq!(step.sample_rows().collect::<Vec<_>>(), [(1, k + 1, n)]);
+    let memory = |step: &TrainStep, name: &str| -> Vec<f32> {
+        gpu.read::<f32>(
+            step.parameters()[0]
+                .get(&format!("terms.1.{name}"))
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let heads = |step: &TrainStep| -> Vec<Vec<f32>> {
+        step.adapters()
+            .iter()
+            .flat_map(|w| w.iter().map(|(_, t)| gpu.read::<f32>(t).unwrap()))
+            .collect()
+    };
+    let bank_before = memory(&step, "memory_student");
+    assert_eq!(bank_before.len(), n * 16);
+    assert_eq!(memory(&step, "z"), [0.0, 0.0]);
+    let heads_before = heads(&step);
+    assert_eq!(
+        heads_before.len(),
+        4,
+        "embed_s and embed_t, weight and bias each"
+    );
+
+    // Samples 3, 5, …, 17 of a 40-sample set, each with 6 negatives from other classes.
+    let labels: Vec<i32> = (0..n as i32).map(|i| i % 4).collect();
+    let mut sampler = wgdistill::data::NegativeSampler::new(&labels, 4, k);
+    let samples: Vec<usize> = (0..batch).map(|i| 3 + 2 * i).collect();
+    let mut rows = Vec::new();
+    sampler.fill(&samples, 9, &mut rows);
+    for (b, r) in rows.chunks(k + 1).enumerate() {
+        assert_eq!(r[0], samples[b] as i32);
+        let mut negatives = r[1..].to_vec();
+        negatives.sort_unstable();
+        negatives.dedup();
+        assert_eq!(negatives.len(), k, "without replacement");
+        assert!(
+            negatives
+                .iter()
+                .all(|&j| labels[j as usize] != labels[samples[b]])
+        );
+    }
+    let bad = vec![n as i32; rows.len()];
+    let e = step
+        .write_sample_rows(gpu, 1, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside"), "{e}");
+    step.write_sample_rows(gpu, 1, &rows).unwrap();
+    let x = data(batch * 64, 42);
+    let y: Vec<i32> = samples.iter().map(|&i| labels[i]).collect();
+    step.run(gpu, &x, &y).unwrap();
+    let crd_loss = step.losses(gpu).unwrap()[1].2;
+    assert!(crd_loss.is_finite() && crd_loss > 0.0, "{crd_loss}");
+
+    let bank = memory(&step, "memory_student");
+    for r in 0..n {
+        let (old, new) = (&bank_before[r * 16..][..16], &bank[r * 16..][..16]);
+        if samples.contains(&r) {
+            let norm: f32 = new.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!(
+                (norm - 1.0).abs() < 1e-5 && old != new,
+                "row {r}: norm {norm}"
+            );
+        } else {
+            assert_eq!(old, new, "row {r} is not the batch's and must not change");
+        }
+    }
+    let z = memory(&step, "z");
+    assert!(z.iter().all(|&v| v > 0.0), "{z:?}");
+    step.run(gpu, &x, &y).unwrap();
+    assert_eq!(memory(&step, "z"), z, "Z is kept after the first batch");
+    let heads_after = heads(&step);
+    for (a, b) in heads_before.iter().zip(&heads_after) {
+        assert_ne!(a, b, "both heads train");
+    }
+    assert_eq!(
+        tw.to_host(gpu).unwrap(),
+        teacher_before,
+        "the teacher stays frozen"
+    );
+    let exported = sw.to_host(gpu).unwrap();
+    assert!(
+        exported
+            .keys()
+            .all(|k| !k.starts_with("adapters.") && !k.starts_with("terms."))
+    );
+
+    let sibling = TrainStep::compile_sibling(gpu, &spec, &step).unwrap();
+    assert_eq!(
+        memory(&sibling, "memory_teacher"),
+        memory(&step, "memory_teacher")
+    );
+    let saved = step.save_state(gpu).unwrap();
+    for name in [
+        "terms.1.memory_student",
+        "terms.1.memory_teacher",
+        "terms.1.z",
+    ] {
+        assert!(saved.contains_key(name), "{name}");
+    }
+    assert!(saved.contains_key("adapters.1.embed_t.linear.weight"));
+    let fresh = TrainStep::compile(gpu, &spec).unwrap();
+    fresh.load_state(gpu, "saved", &saved).unwrap();
+    assert_eq!(
+        memory(&fresh, "memory_student"),
+        memory(&step, "memory_student")
+    );
+    assert_eq!(memory(&fresh, "z"), z);
 }

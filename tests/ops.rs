@@ -18,6 +18,20 @@ fn f(shape: &[usize], seed: u64) -> HostTensor {
     HostTensor::f32(shape, data(shape.iter().product(), seed))
 }
 
+/// The attributes of a loss's first check case (CRD's n_data has no default), none otherwise.
+fn sample_attrs(op: &str) -> BTreeMap<String, f64> {
+    losses::find(op).map_or_else(
+        |_| BTreeMap::new(),
+        |def| {
+            let case = (def.cases)(Suite::Check).remove(0);
+            case.attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect()
+        },
+    )
+}
+
 /// Plausible inputs for each op, by name.
 fn sample_inputs(op: &str) -> TensorMap {
     let mut m = TensorMap::new();
@@ -96,7 +110,7 @@ fn every_op_runs_and_returns_exactly_its_declared_outputs() {
     let Some(gpu) = gpu() else { return };
     for info in ops::all() {
         let inputs = sample_inputs(info.name);
-        let out = ops::run(gpu, info.name, &inputs, &BTreeMap::new())
+        let out = ops::run(gpu, info.name, &inputs, &sample_attrs(info.name))
             .unwrap_or_else(|e| panic!("{}: {e}", info.name));
         let got: Vec<&str> = out.keys().map(String::as_str).collect();
         let mut want: Vec<&str> = info.outputs.iter().map(String::as_str).collect();

@@ -1003,7 +1003,8 @@ fn the_feature_knowledge_config_runs_every_method() {
             "fsp-init",
             "fsp",
             "vid",
-            "irg"
+            "irg",
+            "crd"
         ]
     );
     let metrics =

@@ -9,6 +9,9 @@ CNN [16, 32] teacher checkpoint, with cross-entropy plus
     vid  VID on features.3 and features.7, each through its regressor (three 1×1 convs, no
          biases) with its own per-channel log-scale starting at variance 5 (weight 1 each)
     irg  IRG (0.1 / 5 / 5) on the logits, features.7 flattened, features.3 and features.7
+    crd  0.8 · CRD on features.7 flattened through two 128-wide embedding heads (linear, then
+         divided by the norm), memory banks of all 20,000 samples, 4,096 negatives per sample
+         from other classes, nce_t 0.07, nce_mom 0.5, Z set by the first batch
 
 and its test accuracy on the first 5,000 test images. It tells a recipe's result from an engine
 bug: the losses are tools/golden/make_golden.py's transcriptions of the reference code.
@@ -28,7 +31,7 @@ from safetensors.torch import load_file
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(here, "..", "..", "tools", "golden"))
-from make_golden import cc, ft, irg, kd, nst, vid  # noqa: E402
+from make_golden import cc, crd, ft, irg, kd, nst, vid  # noqa: E402
 from train_teacher import Cnn, load  # noqa: E402
 
 
@@ -50,9 +53,46 @@ def vid_regressor(cin, cout):
     return torch.nn.Sequential(conv(cin, cout), torch.nn.ReLU(), conv(cout, cout), torch.nn.ReLU(), conv(cout, cout))
 
 
+class Memory:
+    """CRD's two banks, the per-sample negatives and the first batch's Z (RepDistiller's
+    ContrastMemory and CIFAR100InstanceSample)."""
+
+    def __init__(self, labels, dim=128, k=4096):
+        n = len(labels)
+        sigma = 1.0 / math.sqrt(dim / 3)
+        self.banks = [torch.rand(n, dim) * 2 * sigma - sigma for _ in range(2)]
+        self.others = [torch.nonzero(labels != c).squeeze(1) for c in range(10)]
+        self.labels, self.k, self.z = labels, k, (0.0, 0.0)
+
+    def rows(self, idx):
+        negatives = []
+        for i in idx.tolist():
+            pool = self.others[int(self.labels[i])]
+            negatives.append(pool[torch.randperm(len(pool))[:self.k]])
+        return torch.cat([idx.unsqueeze(1), torch.stack(negatives)], 1)
+
+    def loss(self, student, teacher, idx):
+        rows = self.rows(idx)
+        memory_student, memory_teacher = (b[rows] for b in self.banks)
+        n = float(len(self.labels))
+        if self.z == (0.0, 0.0):
+            with torch.no_grad():
+                self.z = tuple((torch.exp(torch.bmm(m, a.unsqueeze(2)) / 0.07).mean() * n).item()
+                               for m, a in ((memory_teacher, student), (memory_student, teacher)))
+        loss, new = crd(student, teacher, memory_student, memory_teacher, n_data=n,
+                        z_student=self.z[0], z_teacher=self.z[1])
+        self.banks[0][idx] = new["memory_student_new"]
+        self.banks[1][idx] = new["memory_teacher_new"]
+        return loss
+
+
+def embed(width):
+    return torch.nn.Linear(width, 128)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("method", choices=["scratch", "nst", "ft", "cc", "vid", "irg"])
+    p.add_argument("method", choices=["scratch", "nst", "ft", "cc", "vid", "irg", "crd"])
     p.add_argument("--teacher", required=True, help="the CNN [16, 32] teacher's checkpoint")
     p.add_argument("--data", default=os.environ.get("WGDISTILL_DATA", "/usr/share/datasets/fashion-mnist"))
     p.add_argument("--seed", type=int, default=0)
@@ -75,6 +115,10 @@ def main():
         params += list(translator.parameters())
     if args.method == "vid":
         params += list(regressors.parameters()) + log_scales
+    heads = torch.nn.ModuleList([embed(16 * 7 * 7), embed(32 * 7 * 7)])
+    memory = Memory(train_y)
+    if args.method == "crd":
+        params += list(heads.parameters())
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
     for epoch in range(args.epochs):
         for group in opt.param_groups:
@@ -92,7 +136,11 @@ def main():
             if args.method != "scratch":
                 with torch.no_grad():
                     t1, ft_map, t_logits = block_outputs(teacher, x)
-                if args.method == "irg":
+                if args.method == "crd":
+                    unit = [F.normalize(h(torch.flatten(f, 1)), dim=1, eps=0.0)
+                            for h, f in zip(heads, (fs, ft_map))]
+                    loss = loss + 0.8 * memory.loss(unit[0], unit[1], idx)
+                elif args.method == "irg":
                     loss = loss + irg(logits, fs, s1, fs, t_logits, ft_map, t1, ft_map)
                 elif args.method == "vid":
                     for r, ls, a, b in zip(regressors, log_scales, (s1, fs), (t1, ft_map)):

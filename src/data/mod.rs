@@ -2,6 +2,9 @@
 //! per-epoch loader (seeded shuffling, normalisation, optional augmentation).
 
 pub mod idx;
+mod negatives;
+
+pub use negatives::NegativeSampler;
 
 use std::path::{Path, PathBuf};
 

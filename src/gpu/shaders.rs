@@ -71,6 +71,7 @@ macro_rules! shader_file {
 pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("activation"),
     shader_file!("batchnorm"),
+    shader_file!("contrast"),
     shader_file!("conv", trusted),
     shader_file!("conv_subgroup", trusted, subgroups),
     shader_file!("dropout"),

@@ -12,7 +12,7 @@ use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormSaved, BatchNormState};
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
-use crate::kernels::{conv, dropout, elementwise, pool, softmax};
+use crate::kernels::{conv, dropout, elementwise, pool, relation, softmax};
 
 use super::ir::{Graph, Op, Value};
 use super::weights::Weights;
@@ -29,6 +29,7 @@ pub enum Mode {
 /// What a node's backward pass needs besides its inputs.
 enum Saved {
     Argmax(Tensor),
+    Norms(Tensor),
     BatchNorm(BatchNormSaved),
 }
 
@@ -169,6 +170,17 @@ pub fn plan_forward(
                 y
             }
             Op::Flatten { x } => v(x).reshape(&node.shape)?,
+            Op::AdaptiveAvgPool { x, out } => {
+                let (d, y) = pool::adaptive_avg_pool_forward(gpu, v(x), out)?;
+                plan.push(d);
+                y
+            }
+            Op::L2Normalize { x, eps } => {
+                let (d, y, norms) = relation::normalize_rows(gpu, v(x), eps)?;
+                plan.push(d);
+                saved.insert(i, Saved::Norms(norms));
+                y
+            }
             Op::Dropout { x, p } => match (mode, step) {
                 (Mode::Eval, _) => v(x).clone(),
                 (Mode::Train, Some(step)) => {
@@ -395,6 +407,22 @@ pub fn plan_backward(
                 grads.add(gpu, plan, x, dx, true)?;
             }
             Op::Flatten { x } => grads.add(gpu, plan, x, dy.reshape(graph.shape(x))?, false)?,
+            Op::AdaptiveAvgPool { x, .. } => {
+                let (d, dx) = pool::adaptive_avg_pool_backward(gpu, &f[x.0], &dy)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
+            }
+            Op::L2Normalize { x, eps } => {
+                let Some(Saved::Norms(norms)) = fwd.saved.get(&i) else {
+                    return Err(shape_error(
+                        &node.name,
+                        "backward needs the forward's norms",
+                    ));
+                };
+                let (d, dx) = relation::normalize_rows_backward(gpu, &f[x.0], norms, &dy, eps)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
+            }
             Op::Dropout { x, p } => {
                 let step = fwd
                     .step

@@ -108,6 +108,20 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                     .collect()
             }
             Op::Flatten { x } => v(x),
+            Op::AdaptiveAvgPool { x, out } => {
+                let s = graph.shape(x);
+                pool::adaptive_avg_pool(&values[x.0], [s[0], s[1], s[2], s[3]], out)
+            }
+            Op::L2Normalize { x, eps } => {
+                let d = graph.shape(x)[1];
+                values[x.0]
+                    .chunks(d)
+                    .flat_map(|r| {
+                        let n = r.iter().map(|a| a * a).sum::<f64>().sqrt() + f64::from(eps);
+                        r.iter().map(move |a| a / n)
+                    })
+                    .collect()
+            }
             // The reference is deterministic: it checks gradients of graphs without dropout.
             Op::Dropout { x, .. } => v(x),
             Op::Add { a, b } => values[a.0]

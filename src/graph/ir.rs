@@ -125,6 +125,22 @@ pub enum Op {
         /// The KD temperature the mixture is taken at.
         temperature: f32,
     },
+    /// Adaptive average pooling to `out` (PyTorch's `adaptive_avg_pool2d`: overlapping windows
+    /// when the size does not divide).
+    AdaptiveAvgPool {
+        /// Input `(N, C, H, W)`.
+        x: Value,
+        /// Output `(OH, OW)`.
+        out: [usize; 2],
+    },
+    /// Each row divided by its Euclidean norm (plus `eps`): `(N, D)` embeddings onto the unit
+    /// sphere (CRD's heads).
+    L2Normalize {
+        /// Input `(N, D)`.
+        x: Value,
+        /// Added to the norm (0 for none).
+        eps: f32,
+    },
     /// Elementwise sum (residual connections).
     Add {
         /// First operand.
@@ -158,7 +174,11 @@ impl Op {
             Op::Relu { x } | Op::Gelu { x } | Op::MaxPool { x, .. } | Op::AvgPool { x, .. } => {
                 vec![x]
             }
-            Op::GlobalAvgPool { x } | Op::Flatten { x } | Op::Dropout { x, .. } => vec![x],
+            Op::GlobalAvgPool { x }
+            | Op::Flatten { x }
+            | Op::Dropout { x, .. }
+            | Op::AdaptiveAvgPool { x, .. }
+            | Op::L2Normalize { x, .. } => vec![x],
             Op::Add { a, b } => vec![a, b],
             Op::Mixture { ref parts, .. } => parts.clone(),
         }
@@ -195,7 +215,9 @@ impl Op {
             | Op::AvgPool { x, .. }
             | Op::GlobalAvgPool { x }
             | Op::Flatten { x }
-            | Op::Dropout { x, .. } => *x = f(*x),
+            | Op::Dropout { x, .. }
+            | Op::AdaptiveAvgPool { x, .. }
+            | Op::L2Normalize { x, .. } => *x = f(*x),
             Op::Add { a, b } => {
                 *a = f(*a);
                 *b = f(*b);
@@ -492,6 +514,25 @@ impl Graph {
         self.push(name, Op::AvgPool { x, pool }, shape, DType::F32)
     }
 
+    /// (N, C, H, W) → (N, C, OH, OW) by adaptive average pooling (`out` at least 1×1).
+    pub fn adaptive_avg_pool(&mut self, x: Value, out: [usize; 2]) -> Result<Value> {
+        let name = self.auto_name("adaptive_avg_pool");
+        let &[n, c, _, _] = self.shape(x) else {
+            return Err(shape_error(
+                &name,
+                format!("needs an (N, C, H, W) input, got {:?}", self.shape(x)),
+            ));
+        };
+        if out.contains(&0) {
+            return Err(shape_error(
+                &name,
+                format!("output {out:?} must be at least 1×1"),
+            ));
+        }
+        let shape = vec![n, c, out[0], out[1]];
+        self.push(name, Op::AdaptiveAvgPool { x, out }, shape, DType::F32)
+    }
+
     /// (N, C, H, W) → (N, C).
     pub fn global_avg_pool(&mut self, x: Value) -> Result<Value> {
         let name = self.auto_name("global_avg_pool");
@@ -515,6 +556,19 @@ impl Graph {
             vec![n, rest],
             DType::F32,
         )
+    }
+
+    /// Rows of an `(N, D)` value divided by their norm plus `eps`.
+    pub fn l2_normalize(&mut self, x: Value, eps: f32) -> Result<Value> {
+        let name = self.auto_name("l2_normalize");
+        let shape = self.shape(x).to_vec();
+        if shape.len() != 2 || eps.is_nan() || eps < 0.0 {
+            return Err(shape_error(
+                &name,
+                format!("needs (N, D) rows and eps ≥ 0, got {shape:?} and {eps}"),
+            ));
+        }
+        self.push(name, Op::L2Normalize { x, eps }, shape, DType::F32)
     }
 
     /// Dropout with drop probability `p` (0 ≤ p < 1).

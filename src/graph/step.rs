@@ -12,18 +12,18 @@ use crate::error::shape_error;
 use crate::gpu::pool::PooledBuffer;
 use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
-use crate::kernels::losses::{Loss, Role};
-use crate::kernels::{elementwise, optimizer};
+use crate::kernels::losses::{Loss, LossPlan, Role};
+use crate::kernels::{contrast, elementwise, optimizer, pool};
 use crate::{Error, Result};
 
-use super::exec::{Mode, plan_backward, plan_forward};
+use super::exec::{Forward, Mode, plan_backward, plan_forward};
 use super::ir::{ConvLayer, Graph, Op, Value};
 use super::memory::{MemoryReport, plan_memory};
 use super::weights::Weights;
 
 /// A trainable regressor between a student tap and the teacher's (FitNet): it trains with the
 /// student and is not part of the student's exported weights. A config's `adapter` key names one
-/// (`linear`, `conv1x1`, `vid_regressor`).
+/// (`linear`, `conv1x1`, `vid_regressor`, `pool`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Adapter {
@@ -35,6 +35,10 @@ pub enum Adapter {
     /// `Cs → Ct`, ReLU, `Ct → Ct`, ReLU, `Ct → Ct`, without biases (RepDistiller's `VIDLoss`;
     /// parameters `adapters.I.0.weight`, `.2.weight`, `.4.weight` as in its `nn.Sequential`).
     VidRegressor,
+    /// Adaptive average pooling of the larger of two (B, C, H, W) maps to the smaller one's
+    /// H × H (RepDistiller's reconciliation of a size mismatch): the student's with its backward
+    /// pass, the teacher's as a constant. No parameters; channels are left to the loss.
+    Pool,
 }
 
 /// Prefix of a teacher tap that names a tap of the student graph itself, read detached: the
@@ -121,6 +125,7 @@ pub struct TrainStep {
     bound: BoundPlan,
     x: Tensor,
     teacher_inputs: Vec<(String, Tensor)>,
+    sample_rows: Vec<SampleRows>,
     labels: Tensor,
     logits: Tensor,
     losses: Vec<(String, f32, Tensor)>,
@@ -208,6 +213,111 @@ fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> R
     Ok(g)
 }
 
+/// Adaptive average pooling of a `from` map to `h × h`.
+fn pool_graph(from: &[usize], h: usize) -> Result<Graph> {
+    let mut g = Graph::new();
+    let x = g.input("x", from, DType::F32)?;
+    let y = g.adaptive_avg_pool(x, [h, h])?;
+    g.set_output(y)?;
+    Ok(g)
+}
+
+/// An embedding head of a contrastive term on a tap: flatten, `nn.Linear` to `dim`, divide by
+/// the norm (RepDistiller's `Embed`); parameters `adapters.I.NAME.linear.weight` and `.bias`.
+fn embed_graph(index: usize, name: &str, from: &[usize], dim: usize) -> Result<Graph> {
+    let mut g = Graph::new();
+    let x = g.input("x", from, DType::F32)?;
+    let flat = if from.len() > 2 { g.flatten(x)? } else { x };
+    let h = g.linear(&format!("adapters.{index}.{name}.linear"), flat, dim, true)?;
+    let y = g.l2_normalize(h, 0.0)?;
+    g.set_output(y)?;
+    Ok(g)
+}
+
+/// The memory of a contrastive term (`terms.I.memory_student`, `terms.I.memory_teacher`, N×D,
+/// and `terms.I.z`, its two normalisers, 0 until the first batch sets them), for the loss `l`
+/// over `n` samples.
+fn term_memory(
+    gpu: &Gpu,
+    index: usize,
+    l: &Loss,
+    n: usize,
+    d: usize,
+    seed: u64,
+) -> Result<Weights> {
+    let attrs = contrast::attrs_of(l);
+    let host: TensorMap = [
+        ("memory_student", contrast::initial_bank(n, d, seed)),
+        (
+            "memory_teacher",
+            contrast::initial_bank(n, d, seed ^ 0x5eed),
+        ),
+        ("z", HostTensor::f32(&[2], attrs.z.to_vec())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("terms.{index}.{k}"), v))
+    .collect();
+    Weights::upload(gpu, &format!("{index}:{}", l.name()), &host)
+}
+
+/// The rows a contrastive term reads in its banks, written by the loader before each step.
+struct SampleRows {
+    term: usize,
+    // (B, K+1) i32: each sample's own index, then its negatives.
+    indices: Tensor,
+    // The banks' rows N.
+    bank_rows: usize,
+}
+
+/// Plans a contrastive term on its memory: the loss and gradients from the banks read in place,
+/// then the updated rows written back after every read. Its launches go into `plan`; returns
+/// the indices the loader writes per step and the loss's tensors.
+fn banked_term(
+    gpu: &Gpu,
+    index: usize,
+    term: &LossSpec,
+    memory: &Weights,
+    inputs: &[&Tensor],
+    plan: &mut Vec<Dispatch>,
+) -> Result<(SampleRows, LossPlan)> {
+    let label = format!("{index}:{}", term.loss.name());
+    if term.loss.name() != contrast::CRD.name {
+        return Err(shape_error(&label, "has no memory-bank training step"));
+    }
+    let get = |k: &str| {
+        let name = format!("terms.{index}.{k}");
+        memory
+            .get(&name)
+            .ok_or_else(|| shape_error(&name, "missing from the term's memory"))
+    };
+    let (bank_s, bank_t, z) = (get("memory_student")?, get("memory_teacher")?, get("z")?);
+    let batch = inputs[0].shape()[0];
+    let negatives = term.loss.attr("nce_k") as usize;
+    let indices = gpu.zeros(&[batch, negatives + 1], DType::I32)?;
+    let banks = contrast::Banks {
+        student: bank_s,
+        teacher: bank_t,
+        indices: &indices,
+        z,
+    };
+    let attrs = contrast::attrs_of(&term.loss);
+    let lp = contrast::crd_banked(gpu, &attrs, inputs[0], inputs[1], &banks)?;
+    plan.extend(lp.dispatches);
+    for (rows, bank) in lp.updated.iter().zip([bank_s, bank_t]) {
+        plan.push(contrast::write_rows(gpu, rows, &indices, bank)?);
+    }
+    let rows = SampleRows {
+        term: index,
+        bank_rows: bank_s.shape()[0],
+        indices,
+    };
+    let lp = LossPlan {
+        dispatches: Vec::new(),
+        ..lp
+    };
+    Ok((rows, lp))
+}
+
 /// The initial parameters of loss term `index` (named `terms.INDEX.NAME`), from the shapes of its
 /// other inputs.
 fn term_parameters(
@@ -225,9 +335,9 @@ fn term_parameters(
         .iter()
         .filter_map(|input| match input.role {
             Role::Student => s.next().map(Tensor::shape),
-            Role::Teacher => t.next().map(Tensor::shape),
+            Role::Teacher | Role::TeacherEmbedding => t.next().map(Tensor::shape),
             Role::Labels => Some(labels.shape()),
-            Role::Parameter => None,
+            Role::Parameter | Role::Memory => None,
         })
         .collect();
     let host: TensorMap = def
@@ -334,6 +444,7 @@ impl TrainStep {
         let mut loss_values = Vec::new();
         let mut adapter_parts = Vec::new();
         let mut parameter_parts: Vec<(Weights, BTreeMap<String, Tensor>)> = Vec::new();
+        let mut sample_rows: Vec<SampleRows> = Vec::new();
         for (i, term) in spec.losses.iter().enumerate() {
             let label = format!("{i}:{}", term.loss.name());
             let def = term.loss.def();
@@ -355,46 +466,104 @@ impl TrainStep {
                     Ok(tf.get(tg.tapped(tap)?).clone())
                 })
                 .collect::<Result<_>>()?;
-            let (student_sides, adapter) = match (term.adapter, svs.as_slice(), targets.as_slice())
-            {
-                (None, _, _) => (svs.iter().map(|v| fwd.get(*v).clone()).collect(), None),
-                (Some(kind), &[sv], [target]) => {
-                    let g = adapter_graph(kind, i, student.shape(sv), target.shape())?;
-                    let w = match shared
-                        .as_ref()
-                        .and_then(|s| s.adapters.get(adapter_parts.len()))
-                    {
-                        Some(existing) => existing.clone(),
-                        None => Weights::init(gpu, &g, spec.seed.wrapping_add(i as u64))?,
+            // A head runs on a tap before the loss: a FitNet regressor from the student tap to
+            // the teacher's shape, or a contrastive term's two embedding heads (one per side).
+            // Each is (graph, weights, forward pass, whether it sits on the student side).
+            let mut heads: Vec<(Graph, Weights, Forward, bool)> = Vec::new();
+            let mut head = |g: Graph, on: &Tensor, student_side: bool, plan: &mut Vec<Dispatch>| {
+                let k = adapter_parts.len() + heads.len();
+                let w = match shared.as_ref().and_then(|s| s.adapters.get(k)) {
+                    Some(existing) => existing.clone(),
+                    None => Weights::init(gpu, &g, spec.seed.wrapping_add((i + k) as u64))?,
+                };
+                let ins: BTreeMap<String, Tensor> = [("x".to_string(), on.clone())].into();
+                let f = plan_forward(gpu, &g, &w, &ins, Mode::Train, Some(&step), plan)?;
+                let out_value = g
+                    .output
+                    .ok_or_else(|| shape_error(&label, "the head has no output"))?;
+                let out = f.get(out_value).clone();
+                heads.push((g, w, f, student_side));
+                Ok::<Tensor, Error>(out)
+            };
+            let mut targets = targets;
+            let student_sides: Vec<Tensor> = match (term.adapter, svs.as_slice()) {
+                (None, _) if def.has_embedding_heads() => {
+                    let (&[sv], [target]) = (svs.as_slice(), targets.as_mut_slice()) else {
+                        return Err(shape_error(
+                            &label,
+                            "embedding heads need one student and one teacher input",
+                        ));
                     };
-                    let ins: BTreeMap<String, Tensor> =
-                        [("x".to_string(), fwd.get(sv).clone())].into();
-                    let f = plan_forward(gpu, &g, &w, &ins, Mode::Train, Some(&step), &mut plan)?;
-                    let out_value = g
-                        .output
-                        .ok_or_else(|| shape_error(&label, "the adapter has no output"))?;
-                    let out = f.get(out_value).clone();
-                    (vec![out], Some((g, w, f)))
+                    let dim = term.loss.attr("feat_dim") as usize;
+                    let sg = embed_graph(i, "embed_s", student.shape(sv), dim)?;
+                    let tg = embed_graph(i, "embed_t", target.shape(), dim)?;
+                    let s_out = head(sg, fwd.get(sv), true, &mut plan)?;
+                    let t_out = head(tg, target, false, &mut plan)?;
+                    *target = t_out;
+                    vec![s_out]
                 }
-                (Some(_), _, _) => {
+                (None, _) => svs.iter().map(|v| fwd.get(*v).clone()).collect(),
+                (Some(_), _) if def.has_embedding_heads() => {
+                    return Err(shape_error(
+                        &label,
+                        "this loss has its own embedding heads: leave out `adapter`",
+                    ));
+                }
+                (Some(Adapter::Pool), &[sv]) if targets.len() == 1 => {
+                    let (s, t) = (student.shape(sv).to_vec(), targets[0].shape().to_vec());
+                    let (&[_, _, hs, _], &[_, _, ht, _]) = (s.as_slice(), t.as_slice()) else {
+                        return Err(shape_error(
+                            &label,
+                            format!("a pool adapter needs (B, C, H, W) taps, got {s:?} and {t:?}"),
+                        ));
+                    };
+                    if ht > hs {
+                        let (d, y) = pool::adaptive_avg_pool_forward(gpu, &targets[0], [hs, hs])?;
+                        plan.push(d);
+                        targets[0] = y;
+                    }
+                    if hs > ht {
+                        vec![head(pool_graph(&s, ht)?, fwd.get(sv), true, &mut plan)?]
+                    } else {
+                        vec![fwd.get(sv).clone()]
+                    }
+                }
+                (Some(kind), &[sv]) if targets.len() == 1 => {
+                    let g = adapter_graph(kind, i, student.shape(sv), targets[0].shape())?;
+                    vec![head(g, fwd.get(sv), true, &mut plan)?]
+                }
+                (Some(_), _) => {
                     return Err(shape_error(
                         &label,
                         "an adapter maps one student tap to one teacher tap; this loss reads several",
                     ));
                 }
             };
-            // The term's own trainable tensors (VID's variance), made once and shared with a
-            // sibling step, like the adapters.
-            let params = if def.parameter_inputs().next().is_none() {
-                None
-            } else {
-                let existing = shared
-                    .as_ref()
-                    .and_then(|s| s.parameters.get(parameter_parts.len()));
+            if def.memory_inputs().next().is_some() && def.parameter_inputs().next().is_some() {
+                return Err(shape_error(
+                    &label,
+                    "a loss cannot own both parameters and banks",
+                ));
+            }
+            // The term's own tensors, made once and shared with a sibling step like the
+            // adapters: trainable parameters (VID's variance), or a contrastive term's banks.
+            let existing = shared
+                .as_ref()
+                .and_then(|s| s.parameters.get(parameter_parts.len()));
+            let params = if def.parameter_inputs().next().is_some() {
                 Some(match existing {
                     Some(w) => w.clone(),
                     None => term_parameters(gpu, i, term, &student_sides, &targets, &labels)?,
                 })
+            } else if def.memory_inputs().next().is_some() {
+                let n = term.loss.attr("n_data") as usize;
+                let d = student_sides[0].shape().iter().skip(1).product();
+                Some(match existing {
+                    Some(w) => w.clone(),
+                    None => term_memory(gpu, i, &term.loss, n, d, spec.seed ^ i as u64)?,
+                })
+            } else {
+                None
             };
             let param_names: Vec<String> = def
                 .parameter_inputs()
@@ -408,16 +577,31 @@ impl TrainStep {
             let inputs: Vec<&Tensor> = def
                 .inputs
                 .iter()
+                .filter(|input| input.role != Role::Memory)
                 .map(|input| match input.role {
                     Role::Student => students.next(),
-                    Role::Teacher => teachers.next(),
+                    Role::Teacher | Role::TeacherEmbedding => teachers.next(),
                     Role::Labels => Some(&labels),
                     Role::Parameter => own.next().flatten(),
+                    Role::Memory => None,
                 })
                 .collect::<Option<_>>()
                 .ok_or_else(|| shape_error(&label, "inputs do not match the loss's roles"))?;
-            let lp = term.loss.launch(gpu, &inputs)?;
-            plan.extend(lp.dispatches);
+            let lp = match (&params, def.memory_inputs().next()) {
+                (Some(memory), Some(_)) => {
+                    let (rows, lp) = banked_term(gpu, i, term, memory, &inputs, &mut plan)?;
+                    sample_rows.push(rows);
+                    lp
+                }
+                _ => {
+                    let lp = term.loss.launch(gpu, &inputs)?;
+                    plan.extend(lp.dispatches);
+                    LossPlan {
+                        dispatches: Vec::new(),
+                        ..lp
+                    }
+                }
+            };
             // Always a scale launch per gradient, so the weight can follow a schedule without
             // recompiling.
             let mut launches = Vec::new();
@@ -437,19 +621,21 @@ impl TrainStep {
             if let Some(w) = params {
                 parameter_parts.push((w, param_names.into_iter().zip(param_grads).collect()));
             }
-            match adapter {
-                Some((g, w, f)) => {
-                    let (Some(gx), Some(out)) = (g.find("x"), g.output) else {
-                        return Err(shape_error(&label, "the adapter has no input or output"));
-                    };
-                    let seed = vec![(out, student_grads.remove(0))];
-                    let grads = plan_backward(gpu, &g, &f, seed, &[gx], &mut plan)?;
-                    if let Some(dx) = grads.get("x") {
-                        seeds.push((svs[0], dx.clone()));
-                    }
-                    adapter_parts.push((w, grads));
+            if heads.is_empty() {
+                seeds.extend(svs.iter().copied().zip(student_grads.drain(..)));
+            }
+            // Back through each head: the student side's into the student's tap, the teacher
+            // side's into the head alone (the teacher stays frozen).
+            for ((g, w, f, student_side), grad) in heads.into_iter().zip(student_grads) {
+                let (Some(gx), Some(out)) = (g.find("x"), g.output) else {
+                    return Err(shape_error(&label, "the head has no input or output"));
+                };
+                let want: &[Value] = if student_side { &[gx] } else { &[] };
+                let grads = plan_backward(gpu, &g, &f, vec![(out, grad)], want, &mut plan)?;
+                if let (true, Some(dx)) = (student_side, grads.get("x")) {
+                    seeds.push((svs[0], dx.clone()));
                 }
-                None => seeds.extend(svs.iter().copied().zip(student_grads)),
+                adapter_parts.push((w, grads));
             }
         }
         let grads = plan_backward(gpu, student, &fwd, seeds, &[], &mut plan)?;
@@ -521,6 +707,7 @@ impl TrainStep {
             bound,
             x,
             teacher_inputs,
+            sample_rows,
             labels,
             logits,
             losses: loss_values,
@@ -606,6 +793,42 @@ impl TrainStep {
             .find(|(n, _)| n == name)
             .ok_or_else(|| shape_error(name, "the step's teacher has no such input"))?;
         gpu.write(t, data)
+    }
+
+    /// The contrastive terms that read bank rows per sample: each term's index, `K + 1` (the
+    /// rows per sample) and the banks' size N.
+    pub fn sample_rows(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        self.sample_rows
+            .iter()
+            .map(|r| (r.term, r.indices.shape()[1], r.bank_rows))
+    }
+
+    /// Writes term `term`'s bank rows for the next step: `(B, K+1)` indices below N, each
+    /// sample's own index first (see [`crate::data::NegativeSampler`]). Like x, they travel with
+    /// the next submission.
+    pub fn write_sample_rows(&self, gpu: &Gpu, term: usize, rows: &[i32]) -> Result<()> {
+        let r = self
+            .sample_rows
+            .iter()
+            .find(|r| r.term == term)
+            .ok_or_else(|| shape_error(&format!("term {term}"), "reads no bank rows"))?;
+        if rows.len() != r.indices.numel() {
+            return Err(shape_error(
+                &format!("term {term}"),
+                format!(
+                    "needs {:?} bank rows, got {}",
+                    r.indices.shape(),
+                    rows.len()
+                ),
+            ));
+        }
+        if let Some(bad) = rows.iter().find(|&&i| i < 0 || i as usize >= r.bank_rows) {
+            return Err(shape_error(
+                &format!("term {term}"),
+                format!("bank row {bad} is outside the {} rows", r.bank_rows),
+            ));
+        }
+        gpu.write(&r.indices, rows)
     }
 
     /// Runs one step on a batch: one upload of x and the labels, one command buffer, one submit.

@@ -426,6 +426,7 @@ pub fn fsp(
         dispatches: plan,
         loss,
         grads: vec![grad_a, grad_b],
+        updated: Vec::new(),
     })
 }
 
@@ -674,6 +675,7 @@ pub fn vid(
         dispatches: plan,
         loss,
         grads: vec![grad, grad_log_scale],
+        updated: Vec::new(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The loss registry: one [`LossDef`] per distillation loss, each defined in the file of its
 //! shader family ([`response`]: `ce`, `kd`, `dkd`; [`feature`]:
-//! `hint`, `at`; [`relation`]: `sp`, `rkd_distance`, `rkd_angle`, `pkt`).
+//! `hint`, `at`, …; [`relation`]: `sp`, `rkd_distance`, `rkd_angle`, `pkt`, …; [`contrast`]:
+//! `crd`).
 //!
 //! An entry holds everything that has the loss's name: the name itself (the config's `kind`, the
 //! `op` runner's op and the metric label are that one string), a summary, what the loss reads
@@ -16,7 +17,7 @@ use crate::io::{HostData, HostTensor};
 use crate::reference::{LossGrads, widen};
 use crate::{Error, Result};
 
-use super::{AttrDef, feature, relation, response};
+use super::{AttrDef, contrast, feature, relation, response};
 
 pub use super::Range;
 
@@ -26,6 +27,7 @@ pub fn registry() -> impl Iterator<Item = &'static LossDef> {
         .iter()
         .chain(feature::LOSSES)
         .chain(relation::LOSSES)
+        .chain(contrast::LOSSES)
         .copied()
 }
 
@@ -63,12 +65,29 @@ pub enum Role {
     /// loss's [`LossDef::parameters`], trained with the student, saved for `--resume`, never
     /// exported with the student. The loss's gradient is taken with respect to it.
     Parameter,
+    /// A teacher-side tap seen through an embedding head the loss term owns (CRD's teacher
+    /// embedding): the loss's gradient is taken with respect to it and trains the head; the
+    /// teacher itself stays frozen.
+    TeacherEmbedding,
+    /// Rows gathered from a memory bank the loss term owns, `(B, K+1, D)`: the op runner takes
+    /// them as given; a training step reads them in place from the term's `(N, D)` bank through
+    /// the loader's per-sample indices. The loss also returns the bank's updated rows, as
+    /// `NAME_new`.
+    Memory,
 }
 
 impl Role {
+    /// Whether an input of this role reads a teacher-side tap (`teacher_taps`).
+    pub fn teacher_side(self) -> bool {
+        matches!(self, Role::Teacher | Role::TeacherEmbedding)
+    }
+
     /// Whether the loss's gradient is taken with respect to an input of this role.
     pub fn trains(self) -> bool {
-        matches!(self, Role::Student | Role::Parameter)
+        matches!(
+            self,
+            Role::Student | Role::Parameter | Role::TeacherEmbedding
+        )
     }
 }
 
@@ -109,6 +128,8 @@ pub struct LossPlan {
     pub loss: Tensor,
     /// `dL/d input` for each trainable input, in the order of the loss's inputs.
     pub grads: Vec<Tensor>,
+    /// The updated bank rows for each [`Role::Memory`] input, `(B, D)`, in order.
+    pub updated: Vec<Tensor>,
 }
 
 impl LossPlan {
@@ -118,6 +139,7 @@ impl LossPlan {
             dispatches,
             loss,
             grads: vec![grad],
+            updated: Vec::new(),
         }
     }
 
@@ -197,11 +219,18 @@ pub struct LossDef {
 }
 
 impl LossDef {
-    /// The op runner's outputs: `loss`, then `grad_NAME` for each trainable input `NAME`.
+    /// The op runner's outputs: `loss`, then `grad_NAME` for each trainable input `NAME`, then
+    /// `NAME_new` for each memory input.
     pub fn outputs(&self) -> Vec<String> {
         std::iter::once("loss".to_string())
             .chain(self.trainable_inputs().map(|i| format!("grad_{}", i.name)))
+            .chain(self.memory_inputs().map(|i| format!("{}_new", i.name)))
             .collect()
+    }
+
+    /// Its memory-bank inputs, in order: the order of [`LossPlan::updated`].
+    pub fn memory_inputs(&self) -> impl Iterator<Item = &'static LossInput> {
+        self.inputs.iter().filter(|i| i.role == Role::Memory)
     }
 
     /// Its inputs the gradient is taken with respect to (student and parameter inputs), in
@@ -220,14 +249,20 @@ impl LossDef {
         self.inputs.iter().filter(|i| i.role == Role::Student)
     }
 
-    /// Its teacher inputs, in order.
+    /// Its teacher-side inputs (read from `teacher_taps`), in order.
     pub fn teacher_inputs(&self) -> impl Iterator<Item = &'static LossInput> {
-        self.inputs.iter().filter(|i| i.role == Role::Teacher)
+        self.inputs.iter().filter(|i| i.role.teacher_side())
     }
 
     /// Whether it compares the student with a target (a teacher, peer or deeper tap).
     pub fn needs_teacher(&self) -> bool {
-        self.inputs.iter().any(|i| i.role == Role::Teacher)
+        self.inputs.iter().any(|i| i.role.teacher_side())
+    }
+
+    /// Whether its term owns embedding heads (a [`Role::TeacherEmbedding`] input: CRD's
+    /// `embed_s` and `embed_t`).
+    pub fn has_embedding_heads(&self) -> bool {
+        self.inputs.iter().any(|i| i.role == Role::TeacherEmbedding)
     }
 
     /// Whether it reads the labels.
@@ -476,12 +511,14 @@ fn catalogue_case(def: &'static LossDef, case: LossCase) -> Result<Case> {
         let plan = loss.launch(gpu, &tensors.iter().collect::<Vec<_>>())?;
         let mut outputs = vec![plan.loss];
         outputs.extend(plan.grads);
+        outputs.extend(plan.updated);
         Ok(Prepared::new(plan.dispatches, outputs))
     })
     .reference(move || {
         let got = l2.reference(&i2.iter().map(RefInput::of).collect::<Vec<_>>());
         std::iter::once(got.loss)
             .chain(got.grads.into_iter().flatten())
+            .chain(got.updated.into_iter().flatten())
             .collect()
     })
     .tolerance(case.rtol, case.atol))
@@ -494,8 +531,13 @@ pub fn cases(defs: &[&'static LossDef], suite: Suite) -> Vec<Case> {
         for case in (def.cases)(suite) {
             // A case's attributes are the family's own constants; the registry test checks
             // that every one is in range, so none is dropped here.
+            let memory_bound = matches!(case.work, Work::Bytes(_));
             if let Ok(c) = catalogue_case(def, case) {
-                out.push(c);
+                out.push(if memory_bound {
+                    c.baseline(crate::catalogue::stream_key(suite))
+                } else {
+                    c
+                });
             }
         }
     }

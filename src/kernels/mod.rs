@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod contrast;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
@@ -189,6 +190,15 @@ pub const FAMILIES: &[Family] = &[
     loss_family!(response),
     loss_family!(feature),
     loss_family!(relation),
+    Family {
+        name: "contrast",
+        kernels: contrast::KERNELS,
+        cases: |_, suite| {
+            let mut cases = losses::cases(contrast::LOSSES, suite);
+            cases.extend(contrast::bank_cases(suite));
+            cases
+        },
+    },
 ];
 
 /// Every kernel the launchers use, for the portability and binding tests.

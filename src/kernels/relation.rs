@@ -456,6 +456,7 @@ pub fn irg(
         dispatches: plan,
         loss,
         grads: vec![grad_logits, grad_feat, grad_fm1, grad_fm2],
+        updated: Vec::new(),
     })
 }
 
@@ -700,29 +701,76 @@ pub fn rkd_angle(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPl
     Ok(LossPlan::single(plan, loss, grad))
 }
 
+/// The parameters of row normalisation of `x` viewed as (B, D), ε in `gamma`.
+fn norm_params(op: &str, x: &Tensor, eps: f32) -> Result<(Params, [usize; 2])> {
+    let b = x.shape().first().copied().unwrap_or(0);
+    let d = x.numel() / b.max(1);
+    if x.dtype() != DType::F32 || b == 0 || d == 0 || eps.is_nan() || eps < 0.0 {
+        return Err(shape_error(
+            op,
+            format!(
+                "needs f32 (B, D) rows and ε ≥ 0, got {}{:?} and {eps}",
+                x.dtype().name(),
+                x.shape()
+            ),
+        ));
+    }
+    let p = Params {
+        gamma: eps,
+        ..rparams(op, b, d)?
+    };
+    Ok((p, [b, d]))
+}
+
+/// Prepares `x̂ = x / (‖x‖ + ε)` per row of `x` viewed as (B, D); returns x̂ (B, D) and the norms
+/// (B) its backward pass reads.
+pub fn normalize_rows(gpu: &Gpu, x: &Tensor, eps: f32) -> Result<(Dispatch, Tensor, Tensor)> {
+    let (p, [b, d]) = norm_params("normalize_rows", x, eps)?;
+    gpu.check_loops(&NORMALIZE_ROWS, 2 * d as u64)?;
+    let (y, norms) = (
+        gpu.empty(&[b, d], DType::F32)?,
+        gpu.empty(&[b], DType::F32)?,
+    );
+    let dispatch = gpu.dispatch_over(&NORMALIZE_ROWS, &p, &[x, &y, &norms], b)?;
+    Ok((dispatch, y, norms))
+}
+
+/// Prepares the backward pass of [`normalize_rows`]: `dx` (shaped like `x`) from `dy` (B, D).
+pub fn normalize_rows_backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    norms: &Tensor,
+    dy: &Tensor,
+    eps: f32,
+) -> Result<(Dispatch, Tensor)> {
+    let op = "normalize_rows_backward";
+    let (p, [b, d]) = norm_params(op, x, eps)?;
+    norms.expect(op, "norms", DType::F32, &[b])?;
+    if dy.numel() != b * d {
+        return Err(shape_error(
+            op,
+            format!("dy must hold {b}×{d}, got {:?}", dy.shape()),
+        ));
+    }
+    gpu.check_loops(&NORMALIZE_ROWS_BACKWARD, 2 * d as u64)?;
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    let dispatch = gpu.dispatch_over(&NORMALIZE_ROWS_BACKWARD, &p, &[x, norms, dy, &dx], b)?;
+    Ok((dispatch, dx))
+}
+
+/// PKT's ε (in the normalisation and the divergence).
+const PKT_EPS: f32 = 1e-7;
+
 /// PKT: divergence between row-normalised cosine-similarity distributions.
 pub fn pkt(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
     let op = "pkt";
     let (b, ds, dt) = relation_inputs(op, student, teacher)?;
     let mut plan = Vec::new();
-    let xs = gpu.empty(&[b, ds], DType::F32)?;
-    let xt = gpu.empty(&[b, dt], DType::F32)?;
-    let ns = gpu.empty(&[b], DType::F32)?;
-    let nt = gpu.empty(&[b], DType::F32)?;
-    gpu.check_loops(&NORMALIZE_ROWS, 2 * ds.max(dt) as u64)?;
     gpu.check_loops(&PKT_ROWS, 3 * b as u64)?;
-    plan.push(gpu.dispatch_over(
-        &NORMALIZE_ROWS,
-        &rparams(op, b, ds)?,
-        &[student, &xs, &ns],
-        b,
-    )?);
-    plan.push(gpu.dispatch_over(
-        &NORMALIZE_ROWS,
-        &rparams(op, b, dt)?,
-        &[teacher, &xt, &nt],
-        b,
-    )?);
+    let (d, xs, ns) = normalize_rows(gpu, student, PKT_EPS)?;
+    plan.push(d);
+    let (d, xt, _) = normalize_rows(gpu, teacher, PKT_EPS)?;
+    plan.push(d);
     let ks = gram(gpu, &mut plan, &xs, b, ds)?;
     let kt = gram(gpu, &mut plan, &xt, b, dt)?;
     let dk = gpu.empty(&[b, b], DType::F32)?;
@@ -734,13 +782,8 @@ pub fn pkt(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
         b,
     )?);
     let dxh = coef_times(gpu, &mut plan, op, &dk, &xs, b, ds, true, &[b, ds])?;
-    let grad = gpu.empty(student.shape(), DType::F32)?;
-    plan.push(gpu.dispatch_over(
-        &NORMALIZE_ROWS_BACKWARD,
-        &rparams(op, b, ds)?,
-        &[student, &ns, &dxh, &grad],
-        b,
-    )?);
+    let (d, grad) = normalize_rows_backward(gpu, student, &ns, &dxh, PKT_EPS)?;
+    plan.push(d);
     let loss = gpu.empty(&[1], DType::F32)?;
     reduce::sum_into(gpu, &mut plan, &row_loss, &loss, 1.0 / (b * b) as f32)?;
     Ok(LossPlan::single(plan, loss, grad))

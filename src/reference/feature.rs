@@ -251,6 +251,7 @@ pub fn fsp(
     super::LossGrads {
         loss,
         grads: vec![ga, gb],
+        updated: Vec::new(),
     }
 }
 
@@ -283,5 +284,6 @@ pub fn vid(
     LossGrads {
         loss: loss / n,
         grads: vec![grad_s, grad_scale],
+        updated: Vec::new(),
     }
 }

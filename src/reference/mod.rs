@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod contrast;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
@@ -29,8 +30,10 @@ pub struct LossGrad {
 pub struct LossGrads {
     /// The scalar loss.
     pub loss: f64,
-    /// `dL/d input` for each student input.
+    /// `dL/d input` for each trainable input.
     pub grads: Vec<Vec<f64>>,
+    /// The updated bank rows for each memory input (empty for losses without a memory).
+    pub updated: Vec<Vec<f64>>,
 }
 
 impl From<LossGrad> for LossGrads {
@@ -38,6 +41,7 @@ impl From<LossGrad> for LossGrads {
         LossGrads {
             loss: g.loss,
             grads: vec![g.grad],
+            updated: Vec::new(),
         }
     }
 }

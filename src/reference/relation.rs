@@ -534,5 +534,6 @@ pub fn irg(s: &IrgSide, t: &IrgSide, batch: usize, weights: [f64; 3]) -> LossGra
     LossGrads {
         loss: w_vert * vertex + l_feat + l_fm1 + l_fm2 + l_tran,
         grads: vec![grad_logits, grad_feat, grad_fm1, grad_fm2],
+        updated: Vec::new(),
     }
 }

@@ -47,7 +47,7 @@ pub fn train_epoch(
         &format!("{} {}/{}", stage.name, epoch + 1, stage.epochs),
     );
     let augment_images = stage.augment.unwrap_or(config.data.augment);
-    let (mut xb, mut yb, mut tb) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut xb, mut yb, mut tb, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut samples = 0;
     let (mut sampled, mut sampled_count) = (0.0f64, 0usize);
     // The step that ran last: its losses are the epoch's.
@@ -70,6 +70,12 @@ pub fn train_epoch(
                 outputs.gather(k, idx, &mut tb);
                 step.write_teacher_input(gpu, tap, &tb)?;
             }
+        }
+        // Contrastive terms: each sample's bank row and its negatives, drawn per batch.
+        for (term, sampler) in plan.samplers.iter_mut() {
+            let seed = config.seed ^ ((epoch as u64) << 40) ^ ((bi as u64) << 8) ^ *term as u64;
+            sampler.fill(idx, seed, &mut rows);
+            step.write_sample_rows(gpu, *term, &rows)?;
         }
         // Every tenth step also fetches its losses, collected later without a stall: they feed
         // the progress bar and stop a diverging stage early.

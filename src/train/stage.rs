@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::Result;
-use crate::data::Dataset;
+use crate::data::{Dataset, NegativeSampler};
 use crate::error::input_error;
 use crate::gpu::Gpu;
 use crate::graph::{EvalStep, Graph, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep, Weights};
@@ -116,6 +116,31 @@ fn teacher_taps(losses: &[(usize, LossSpec)]) -> Vec<String> {
     taps
 }
 
+/// Sets each memory-bank term's `n_data` to the training set's size `n` (its banks hold a row per
+/// sample); a configured value must agree.
+fn with_bank_size(
+    terms: Vec<(usize, LossSpec)>,
+    stage: &str,
+    n: usize,
+) -> Result<Vec<(usize, LossSpec)>> {
+    terms
+        .into_iter()
+        .map(|(source, mut spec)| {
+            if spec.loss.def().memory_inputs().next().is_some() {
+                let given = spec.loss.attr("n_data");
+                if given != 0.0 && given != n as f64 {
+                    return Err(input_error(
+                        format!("stage '{stage}': losses[{source}].n_data"),
+                        format!("must be the training set's size {n} (or left out), got {given}"),
+                    ));
+                }
+                spec.loss = spec.loss.with("n_data", n as f64)?;
+            }
+            Ok((source, spec))
+        })
+        .collect()
+}
+
 /// A stage compiled for training.
 pub struct StagePlan<'a> {
     /// The stage's index in the configuration.
@@ -137,6 +162,8 @@ pub struct StagePlan<'a> {
     pub tail_step: Option<TrainStep>,
     /// An evaluation step per model.
     pub evals: Vec<EvalStep>,
+    /// Per contrastive term (by index), the sampler of its negatives.
+    pub samplers: Vec<(usize, NegativeSampler)>,
     /// The teacher's stored outputs, replayed instead of running it.
     pub cached: Option<TeacherOutputs>,
     /// The first epoch to train (after a resumed run's completed ones).
@@ -188,7 +215,7 @@ impl<'a> StagePlan<'a> {
             })
             .collect::<Result<_>>()?;
         let method = stage.method()?;
-        let terms = method.terms(stage)?;
+        let terms = with_bank_size(method.terms(stage)?, &stage.name, train.len())?;
 
         // One model as it is; several (online distillation) as one graph of peers; with heads,
         // the model and its heads.
@@ -292,6 +319,13 @@ impl<'a> StagePlan<'a> {
             .zip(&weights)
             .map(|(g, w)| EvalStep::compile(gpu, g, w))
             .collect::<Result<_>>()?;
+        let samplers = step
+            .sample_rows()
+            .map(|(term, rows, _)| {
+                let sampler = NegativeSampler::new(&train.labels, train.classes, rows - 1);
+                (term, sampler)
+            })
+            .collect();
         Ok(StagePlan {
             index,
             stage,
@@ -302,6 +336,7 @@ impl<'a> StagePlan<'a> {
             step,
             tail_step,
             evals,
+            samplers,
             cached,
             start_epoch,
             best,

@@ -71,6 +71,16 @@ fn references_reproduce_every_golden_case() {
             let name = format!("grad_{}", input.name);
             assert_close_f64(&what(&name), grad, &want(&name), case.rtol, case.atol);
         }
+        assert_eq!(
+            got.updated.len(),
+            def.memory_inputs().count(),
+            "{}",
+            case.name
+        );
+        for (rows, input) in got.updated.iter().zip(def.memory_inputs()) {
+            let name = format!("{}_new", input.name);
+            assert_close_f64(&what(&name), rows, &want(&name), case.rtol, case.atol);
+        }
     }
 }
 
@@ -82,6 +92,12 @@ fn every_reference_gradient_matches_finite_differences() {
         let mut checked = 0;
         for case in (def.cases)(Suite::Check) {
             let loss = Loss::of(def).with_all(case.attrs.iter().copied()).unwrap();
+            // CRD's normaliser Z, when the first batch sets it, is a constant by definition (no
+            // gradient flows through it): only the cases that give it are differentiable as
+            // the loss is defined.
+            if def.name == "crd" && loss.attr("z_student") * loss.attr("z_teacher") == 0.0 {
+                continue;
+            }
             let inputs: Vec<RefInput> = case.inputs.iter().map(RefInput::of).collect();
             let students: Vec<usize> = (0..def.inputs.len())
                 .filter(|&k| def.inputs[k].role.trains())

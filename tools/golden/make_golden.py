@@ -217,8 +217,39 @@ def irg(student, student_feat, student_fm1, student_fm2, teacher, teacher_feat, 
     return w_vert * vert + w_edge * edge + w_tran * tran
 
 
-# Inputs that are trainable besides the student's (the gradient is taken and stored for them).
+def nce(x, n_data, eps=1e-7):
+    # RepDistiller ContrastLoss: the own sample's score against noise at rate K/N, then each
+    # negative's; K is read from the scores' shape.
+    c = (x.size(1) - 1) / n_data
+    positive = torch.log(x[:, 0] / (x[:, 0] + c + eps))
+    negative = torch.log(c / (x[:, 1:] + c + eps))
+    return -(positive.sum() + negative.sum()) / x.size(0)
+
+
+def crd(student, teacher, memory_student, memory_teacher, nce_t=0.07, nce_mom=0.5, n_data=0.0,
+        z_student=0.0, z_teacher=0.0, nce_k=16384.0, feat_dim=128.0):
+    """RepDistiller ContrastMemory + ContrastLoss on gathered bank rows: the loss, and the updated
+    rows as side outputs. Z = 0 is set from these scores (the first batch) and gets no gradient."""
+    def scores(rows, anchor, z):
+        s = torch.exp(torch.bmm(rows.detach(), anchor.unsqueeze(2)).squeeze(2) / nce_t)
+        if z == 0:
+            z = (s.mean() * n_data).item()
+        return s / z
+
+    def updated(rows, anchor):
+        v = rows[:, 0].detach() * nce_mom + anchor.detach() * (1 - nce_mom)
+        return v / v.pow(2).sum(1, keepdim=True).sqrt()
+
+    loss = nce(scores(memory_teacher, student, z_student), n_data) + nce(
+        scores(memory_student, teacher, z_teacher), n_data)
+    return loss, {"memory_student_new": updated(memory_student, student),
+                  "memory_teacher_new": updated(memory_teacher, teacher)}
+
+
+# Inputs that are trainable besides the student's (the gradient is taken and stored for them),
+# and ops whose teacher input is (CRD's teacher embedding trains its head).
 PARAMETERS = {"log_scale"}
+TRAINABLE_TEACHER = {"crd"}
 
 OPS = {
     "ce": (ce, ["student", "labels"]),
@@ -238,11 +269,13 @@ OPS = {
     "vid": (vid, ["student", "teacher", "log_scale"]),
     "irg": (irg, ["student", "student_feat", "student_fm1", "student_fm2", "teacher", "teacher_feat",
                   "teacher_fm1", "teacher_fm2"]),
+    "crd": (crd, ["student", "teacher", "memory_student", "memory_teacher"]),
 }
 
 
-def trainable(name):
-    return name.startswith("student") or name in PARAMETERS
+def trainable(op, name):
+    return ((name.startswith("student") or name in PARAMETERS)
+            or (name == "teacher" and op in TRAINABLE_TEACHER))
 
 
 def expected(op, inputs, attrs):
@@ -255,13 +288,17 @@ def expected(op, inputs, attrs):
         if name == "labels":
             args.append(x.to(torch.int64))
         else:
-            args.append(x.to(torch.float64).requires_grad_(trainable(name)))
+            args.append(x.to(torch.float64).requires_grad_(trainable(op, name)))
     loss = fn(*args, **attrs)
+    side = {}
+    if isinstance(loss, tuple):
+        loss, side = loss
     loss.backward()
     out = {"loss": loss.detach().reshape(1).to(torch.float32)}
     for name, x in zip(names, args):
-        if trainable(name):
+        if trainable(op, name):
             out[f"grad_{name}"] = x.grad.to(torch.float32)
+    out.update({k: v.to(torch.float32) for k, v in side.items()})
     return out
 
 

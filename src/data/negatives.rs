@@ -1,0 +1,80 @@
+//! Negatives for contrastive distillation (CRD): for each sample of a batch, its own index and
+//! K indices of samples from other classes, drawn without replacement while K is at most their
+//! count (with replacement beyond, as RepDistiller's `CIFAR100InstanceSample` does).
+
+/// Draws each sample's negatives from the other classes of a training set.
+#[derive(Clone, Debug)]
+pub struct NegativeSampler {
+    // Per class: the indices of every sample of the other classes.
+    others: Vec<Vec<i32>>,
+    labels: Vec<i32>,
+    k: usize,
+}
+
+/// xorshift64 step.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+impl NegativeSampler {
+    /// A sampler of `k` negatives per sample over a training set's `labels` (in `0..classes`).
+    pub fn new(labels: &[i32], classes: usize, k: usize) -> NegativeSampler {
+        let others = (0..classes as i32)
+            .map(|c| {
+                (0..labels.len() as i32)
+                    .filter(|&i| labels[i as usize] != c)
+                    .collect()
+            })
+            .collect();
+        NegativeSampler {
+            others,
+            labels: labels.to_vec(),
+            k,
+        }
+    }
+
+    /// Negatives per sample.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Fills `out` with `(samples.len(), K+1)` indices: each sample's own, then its negatives,
+    /// drawn from `seed` (a partial Fisher–Yates shuffle of the other classes' indices, undone
+    /// after each sample so the draw depends only on the seed).
+    pub fn fill(&mut self, samples: &[usize], seed: u64, out: &mut Vec<i32>) {
+        out.clear();
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut swaps = Vec::with_capacity(self.k);
+        for &i in samples {
+            out.push(i as i32);
+            let class = self.labels[i].max(0) as usize;
+            let pool = &mut self.others[class];
+            let n = pool.len();
+            if n == 0 {
+                // A set of one class has no negatives: the sample stands in for them (its
+                // scores then only scale the loss).
+                out.extend(std::iter::repeat_n(i as i32, self.k));
+                continue;
+            }
+            if self.k > n {
+                for _ in 0..self.k {
+                    out.push(pool[(next(&mut state) % n as u64) as usize]);
+                }
+                continue;
+            }
+            swaps.clear();
+            for j in 0..self.k {
+                let r = j + (next(&mut state) % (n - j) as u64) as usize;
+                pool.swap(j, r);
+                swaps.push(r);
+                out.push(pool[j]);
+            }
+            for (j, &r) in swaps.iter().enumerate().rev() {
+                pool.swap(j, r);
+            }
+        }
+    }
+}
