@@ -1022,3 +1022,70 @@ fn the_feature_knowledge_config_runs_every_method() {
         assert!((0.0..=1.0).contains(&acc), "{}: {acc}", stage.name);
     }
 }
+
+/// A CRD term's sizes: its banks take the training set's size (a configured `n_data` must
+/// agree), and `nce_k` and `feat_dim` are whole numbers; each mistake is one line naming the
+/// stage and key.
+#[test]
+fn crd_sizes_are_checked_against_the_training_set() {
+    let Some(gpu) = gpu() else { return };
+    let text = |term: &str| {
+        format!(
+            r#"
+seed = 1
+[data]
+dataset = "synthetic"
+batch_size = 32
+train_limit = 96
+test_limit = 32
+[models.teacher]
+arch = "mlp"
+hidden = [16]
+[models.student]
+arch = "mlp"
+hidden = [8]
+[[stages]]
+name = "teacher"
+train = ["teacher"]
+epochs = 1
+optimizer = {{ kind = "sgd", lr = 0.1 }}
+losses = [{{ kind = "ce" }}]
+[[stages]]
+name = "crd"
+train = ["student"]
+teachers = ["teacher"]
+epochs = 1
+optimizer = {{ kind = "sgd", lr = 0.1 }}
+losses = [{{ kind = "ce" }}, {{ kind = "crd", student_tap = "hidden.0", teacher_tap = "hidden.0", {term} }}]
+"#
+        )
+    };
+    let run_text = |name: &str, t: String| {
+        let cfg = config::parse(name, &t).unwrap();
+        cfg.check(name).unwrap();
+        let opts = RunOptions::new(out_dir(name));
+        let (train, test) = run::load_data(&cfg, &opts).unwrap();
+        run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
+    };
+    for (term, want) in [
+        (
+            "nce_k = 10.5",
+            "losses[1].nce_k: must be a whole number, got 10.5",
+        ),
+        (
+            "feat_dim = 7.25",
+            "losses[1].feat_dim: must be a whole number",
+        ),
+        (
+            "nce_k = 8, n_data = 50",
+            "must be the training set's size 96",
+        ),
+    ] {
+        let e = run_text("crd-sizes", text(term)).err().unwrap().to_string();
+        assert!(e.contains("stage 'crd'") && e.contains(want), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    // Right as given: 8 negatives, 12-wide heads.
+    let s = run_text("crd-sizes", text("nce_k = 8, feat_dim = 12")).unwrap();
+    assert!(s.stages[1].models[0].test_accuracy.is_finite());
+}

@@ -117,7 +117,7 @@ fn teacher_taps(losses: &[(usize, LossSpec)]) -> Vec<String> {
 }
 
 /// Sets each memory-bank term's `n_data` to the training set's size `n` (its banks hold a row per
-/// sample); a configured value must agree.
+/// sample); a configured value must agree, and the sizes `nce_k` and `feat_dim` be whole.
 fn with_bank_size(
     terms: Vec<(usize, LossSpec)>,
     stage: &str,
@@ -133,6 +133,15 @@ fn with_bank_size(
                         format!("stage '{stage}': losses[{source}].n_data"),
                         format!("must be the training set's size {n} (or left out), got {given}"),
                     ));
+                }
+                for key in ["nce_k", "feat_dim"] {
+                    let v = spec.loss.attr(key);
+                    if v.fract() != 0.0 {
+                        return Err(input_error(
+                            format!("stage '{stage}': losses[{source}].{key}"),
+                            format!("must be a whole number, got {v}"),
+                        ));
+                    }
                 }
                 spec.loss = spec.loss.with("n_data", n as f64)?;
             }
