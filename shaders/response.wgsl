@@ -28,8 +28,11 @@ fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
+// A quiet NaN, built at run time: WGSL forbids a constant expression whose value is NaN (Tint
+// rejects `bitcast<f32>(0x7fc00000u)` written as a constant; a variable's value is not one).
 fn nan() -> f32 {
-    return bitcast<f32>(0x7fc00000u);
+    var bits = 0x7fc00000u;
+    return bitcast<f32>(bits);
 }
 
 // Adds z to a running log-sum-exp state (max, Σ exp(z − max)).

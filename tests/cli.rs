@@ -393,3 +393,30 @@ fn bench_times_a_training_step_and_compares_it_with_a_peer() {
     assert_one_line_error(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no case of the peer's"));
 }
+
+/// `wgdistill shaders --export DIR` writes every kernel family as standard WGSL (the subgroup
+/// files with their `enable` directive); a folder it cannot create is one line.
+#[test]
+fn shaders_export_writes_every_family_as_standard_wgsl() {
+    let dir = std::env::temp_dir().join(format!("wgdistill-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = wgdistill(&["shaders", "--export", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in wgdistill::gpu::shaders::SHADER_FILES {
+        let text = std::fs::read_to_string(dir.join(format!("{}.wgsl", file.name))).unwrap();
+        assert_eq!(text, file.standard_source(), "{}", file.name);
+    }
+    let listed = String::from_utf8_lossy(&wgdistill(&["shaders"]).stdout).into_owned();
+    assert!(
+        listed.contains("matmul_subgroup") && listed.contains("(subgroups)"),
+        "{listed}"
+    );
+    let blocked = dir.join("response.wgsl").join("sub");
+    let out = wgdistill(&["shaders", "--export", blocked.to_str().unwrap()]);
+    assert_one_line_error(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+}

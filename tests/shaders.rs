@@ -186,3 +186,72 @@ fn a_parameter_struct_of_the_wrong_size_is_an_error() {
     let right = KernelSpec::new::<[u32; 4]>("elementwise", "add", bindings);
     check_spec(&right, &v).expect("16 bytes match");
 }
+
+/// No constant expression is NaN or infinite: the WGSL spec forbids one (Tint, Chrome's compiler,
+/// rejects it; naga does not), so a kernel that needs such a value builds it at run time. Checked
+/// on naga's IR: float literals, and bit casts of integer literals to floats.
+#[test]
+fn no_constant_expression_is_nan_or_infinite() {
+    use naga::{Arena, Expression, Literal, ScalarKind};
+    fn non_finite(arena: &Arena<Expression>, e: &Expression) -> bool {
+        match e {
+            Expression::Literal(Literal::F32(v)) => !v.is_finite(),
+            Expression::Literal(Literal::F64(v)) => !v.is_finite(),
+            Expression::As {
+                expr,
+                kind: ScalarKind::Float,
+                convert: None,
+            } => match arena[*expr] {
+                Expression::Literal(Literal::U32(b)) => !f32::from_bits(b).is_finite(),
+                Expression::Literal(Literal::I32(b)) => !f32::from_bits(b as u32).is_finite(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+    let any = |arena: &Arena<Expression>| arena.iter().any(|(_, e)| non_finite(arena, e));
+    let offending = |m: &naga::Module| {
+        m.functions.iter().any(|(_, f)| any(&f.expressions))
+            || m.entry_points.iter().any(|e| any(&e.function.expressions))
+            || any(&m.global_expressions)
+    };
+    for file in SHADER_FILES {
+        let v = validate(file.path, file.source, file.extensions(false)).unwrap();
+        assert!(!offending(&v.module), "{}", file.path);
+    }
+    // The check sees one: a constant NaN in an otherwise valid kernel (as response.wgsl had).
+    let src = "fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }\n\
+               @compute @workgroup_size(1) fn main() { let x = nan(); }";
+    let m = validate("nan.wgsl", src, Extensions::default())
+        .unwrap()
+        .module;
+    assert!(offending(&m), "the check must find a constant NaN");
+}
+
+/// `wgdistill shaders --export`'s text: the subgroup files gain the `enable subgroups;` the WGSL
+/// specification requires (naga 30 refuses the directive, which is why the embedded files leave
+/// it out), the others are the files as they are, and with the directive removed every exported
+/// file validates.
+#[test]
+fn the_standard_form_adds_only_the_directives_the_spec_requires() {
+    for file in SHADER_FILES {
+        let text = file.standard_source();
+        let body = match text.strip_prefix("enable subgroups;\n\n") {
+            Some(rest) => {
+                assert!(file.subgroups, "{}", file.path);
+                let refused = validate(file.path, &text, file.extensions(false));
+                assert!(
+                    refused.is_err(),
+                    "naga now takes the directive: keep it in the file"
+                );
+                rest
+            }
+            None => {
+                assert!(!file.subgroups, "{} lacks its directive", file.path);
+                text.as_str()
+            }
+        };
+        assert_eq!(body, file.source, "{}", file.path);
+        validate(file.path, body, file.extensions(false)).unwrap();
+    }
+}

@@ -4,6 +4,7 @@ mod bench;
 mod check;
 mod devices;
 mod op;
+mod shaders;
 mod train;
 
 use std::path::PathBuf;
@@ -112,6 +113,14 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// List the kernel families' WGSL files, or export them as standard WGSL for other
+    /// WebGPU implementations (Dawn/Tint in Chrome, Edge and Deno).
+    Shaders {
+        /// Write every file into this folder (created if missing), with the `enable` directives
+        /// the WGSL specification requires.
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+    },
     /// Run one op (kernel or loss) on tensors from a safetensors file.
     Op {
         /// The op's name (see --list).
@@ -177,6 +186,7 @@ pub fn run() -> Result<(), CliError> {
     match cli.command {
         Some(Command::Devices { json }) => devices::run(&query, json),
         Some(Command::Check) => check::run(&Gpu::new(&query)?),
+        Some(Command::Shaders { export }) => shaders::run(export.as_deref()),
         None => train::main_job(&query, cli.data),
         Some(Command::Eval {
             checkpoint,

@@ -20,6 +20,17 @@ pub struct ShaderFile {
 }
 
 impl ShaderFile {
+    /// The file as the WGSL specification writes it, for other implementations (Dawn/Tint):
+    /// with the `enable subgroups;` directive its subgroup built-ins require, which naga 30 does
+    /// not accept and the embedded source therefore leaves out. The other files are unchanged.
+    pub fn standard_source(&self) -> String {
+        if self.subgroups {
+            format!("enable subgroups;\n\n{}", self.source)
+        } else {
+            self.source.to_string()
+        }
+    }
+
     /// The extensions this file may use on an adapter that has f16 when `f16` is set.
     pub fn extensions(&self, f16: bool) -> Extensions {
         Extensions {

@@ -55,3 +55,25 @@ fn kd_decomposes_into_tckd_and_weighted_nckd_per_sample() {
         );
     }
 }
+
+/// A label outside the classes (which the op runner and the loader refuse before any launch)
+/// makes the kernel's loss NaN, so a bad batch stops training as a divergence instead of
+/// training on a wrong target; the NaN is built at run time (WGSL forbids it as a constant).
+#[test]
+fn a_label_outside_the_classes_gives_a_nan_loss() {
+    let Some(gpu) = gpu() else { return };
+    let (b, c) = (3, 5);
+    let s = up(gpu, &[b, c], &data(b * c, 12));
+    let t = up(gpu, &[b, c], &data(b * c, 13));
+    let bad = gpu.upload(&[b], &[1i32, 7, 2]).unwrap();
+    let (loss, _) = response::ce(gpu, &s, &bad).unwrap().run(gpu).unwrap();
+    assert!(gpu.read::<f32>(&loss).unwrap()[0].is_nan());
+    let (loss, _) = response::dkd(gpu, &s, &t, &bad, 1.0, 8.0, 4.0)
+        .unwrap()
+        .run(gpu)
+        .unwrap();
+    assert!(gpu.read::<f32>(&loss).unwrap()[0].is_nan());
+    let good = gpu.upload(&[b], &[1i32, 4, 2]).unwrap();
+    let (loss, _) = response::ce(gpu, &s, &good).unwrap().run(gpu).unwrap();
+    assert!(gpu.read::<f32>(&loss).unwrap()[0].is_finite());
+}
