@@ -36,11 +36,6 @@ impl NegativeSampler {
         }
     }
 
-    /// Negatives per sample.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// Fills `out` with `(samples.len(), K+1)` indices: each sample's own, then its negatives,
     /// drawn from `seed` (a partial Fisher–Yates shuffle of the other classes' indices, undone
     /// after each sample so the draw depends only on the seed).
