@@ -138,6 +138,7 @@ fn main() -> Result<(), Error> {
         student_taps: vec!["hidden.0".into()],
         teacher_taps: vec!["hidden.1".into()],
         adapter: Some(Adapter::Linear),
+        paraphraser: None,
     };
     let losses = vec![
         LossSpec::logits(Loss::new("ce")?, 0.1),

@@ -1,9 +1,10 @@
 // Activations, forward and backward, elementwise over flat f32 arrays.
 // GELU is the exact (erf) form, PyTorch's default; erf is approximated to |error| < 1.5e-7.
+// Leaky ReLU's negative slope is a uniform, so one pipeline serves every slope.
 
 struct Params {
     n: u32,
-    _pad0: u32,
+    slope: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -39,6 +40,16 @@ fn relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 }
 
 @compute @workgroup_size(256)
+fn leaky_relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        let x = fwd_x[i];
+        fwd_y[i] = select(params.slope * x, x, x > 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
 fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
@@ -59,6 +70,17 @@ fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let i = linear_index(wid, nwg, lid);
     if (i < params.n) {
         bwd_dx[i] = select(0.0, bwd_dy[i], bwd_x[i] > 0.0);
+    }
+}
+
+// PyTorch's convention at 0: the negative side's slope.
+@compute @workgroup_size(256)
+fn leaky_relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        let g = bwd_dy[i];
+        bwd_dx[i] = select(params.slope * g, g, bwd_x[i] > 0.0);
     }
 }
 

@@ -84,6 +84,14 @@ const KERNEL_OPS: &[KernelOp] = &[
         &["out"]
     ),
     op!("relu", "out = max(x, 0)", &["x"], NONE, &[], &["out"]),
+    op!(
+        "leaky_relu",
+        "out = x where x > 0, negative_slope·x elsewhere",
+        &["x"],
+        NONE,
+        &[("negative_slope", 0.01)],
+        &["out"]
+    ),
     op!("gelu", "out = x·Φ(x) (exact)", &["x"], NONE, &[], &["out"]),
     op!(
         "relu_backward",
@@ -91,6 +99,14 @@ const KERNEL_OPS: &[KernelOp] = &[
         &["x", "grad_out"],
         NONE,
         &[],
+        &["grad_x"]
+    ),
+    op!(
+        "leaky_relu_backward",
+        "grad_x = grad_out where x > 0, negative_slope·grad_out elsewhere",
+        &["x", "grad_out"],
+        NONE,
+        &[("negative_slope", 0.01)],
         &["grad_x"]
     ),
     op!(
@@ -492,9 +508,22 @@ fn plan(
             )
         }
         "relu" => one(activation::forward(gpu, Kind::Relu, t("x"))?, "out"),
+        "leaky_relu" => one(
+            activation::forward(gpu, Kind::LeakyRelu(a.f32("negative_slope")), t("x"))?,
+            "out",
+        ),
         "gelu" => one(activation::forward(gpu, Kind::Gelu, t("x"))?, "out"),
         "relu_backward" => one(
             activation::backward(gpu, Kind::Relu, t("x"), t("grad_out"))?,
+            "grad_x",
+        ),
+        "leaky_relu_backward" => one(
+            activation::backward(
+                gpu,
+                Kind::LeakyRelu(a.f32("negative_slope")),
+                t("x"),
+                t("grad_out"),
+            )?,
             "grad_x",
         ),
         "gelu_backward" => one(

@@ -10,7 +10,8 @@ use common::{data, gpu, widen};
 use wgdistill::gpu::{DType, Gpu, Tensor};
 use wgdistill::graph::exec::{Mode, plan_backward, plan_forward};
 use wgdistill::graph::{
-    Adapter, ConvLayer, EvalStep, Graph, LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights,
+    Adapter, ConvLayer, EvalStep, Graph, LossSpec, OptimizerSpec, Paraphraser, StepSpec, TrainStep,
+    Weights, paraphraser_graph,
 };
 use wgdistill::kernels::losses::Loss;
 use wgdistill::kernels::{optimizer, response};
@@ -193,6 +194,30 @@ fn l2_normalized_rows_have_exact_gradients() {
     let x = g.input("x", &[3, 1, 2, 2], DType::F32).unwrap();
     let e = g.l2_normalize(x, 0.0).unwrap_err().to_string();
     assert!(e.contains("(N, D)"), "{e}");
+}
+
+/// FT's paraphraser and translator blocks: 3×3 convolutions with leaky ReLU (slope 0.1, and a
+/// steep 3 so a wrong slope in backward cannot hide) against central differences.
+#[test]
+fn leaky_relu_in_a_model_has_exact_gradients() {
+    for (slope, seed) in [(0.1, 11), (3.0, 12)] {
+        let mut g = Graph::new();
+        let x = g.input("x", &[2, 2, 5, 5], DType::F32).unwrap();
+        let layer = ConvLayer {
+            out: 3,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            bias: true,
+            groups: 1,
+        };
+        let c = g.conv2d("conv", x, layer).unwrap();
+        let a = g.leaky_relu(c, slope).unwrap();
+        let flat = g.flatten(a).unwrap();
+        let logits = g.linear("head", flat, 3, true).unwrap();
+        g.set_output(logits).unwrap();
+        check_model_gradients("leaky_relu", &g, seed);
+    }
 }
 
 /// Adaptive average pooling in a model (5 → 3 and 6 → 4: overlapping windows) against central
@@ -405,6 +430,7 @@ fn kd_steps_with_a_frozen_teacher_and_a_fitnet_adapter_train_the_student() {
         student_taps: vec!["hidden.0".into()],
         teacher_taps: vec!["hidden.1".into()],
         adapter: Some(Adapter::Linear),
+        paraphraser: None,
     };
     let spec = StepSpec {
         student: &student,
@@ -486,6 +512,7 @@ fn feature_losses_on_cnn_taps_train_through_a_1x1_conv_adapter() {
         student_taps: vec!["features.3".into()],
         teacher_taps: vec!["features.3".into()],
         adapter,
+        paraphraser: None,
     };
     let spec = StepSpec {
         student: &student,
@@ -500,6 +527,7 @@ fn feature_losses_on_cnn_taps_train_through_a_1x1_conv_adapter() {
                 student_taps: vec!["features.7".into()],
                 teacher_taps: vec!["features.7".into()],
                 adapter: None,
+                paraphraser: None,
             },
         ],
         optimizer: sgd(0.02),
@@ -550,6 +578,7 @@ fn mismatched_adapters_and_missing_teachers_are_compile_errors() {
         student_taps: vec!["hidden.0".into()],
         teacher_taps: vec!["hidden.0".into()],
         adapter: Some(Adapter::Conv1x1),
+        paraphraser: None,
     };
     let s = StepSpec {
         student: &student,
@@ -701,6 +730,7 @@ fn a_sibling_step_for_the_last_batch_shares_the_optimizer_and_adapters() {
                 student_taps: vec!["hidden.0".into()],
                 teacher_taps: vec!["hidden.0".into()],
                 adapter: Some(Adapter::Linear),
+                paraphraser: None,
             },
         ]
     };
@@ -962,6 +992,7 @@ fn vid_trains_its_regressor_and_its_own_variance() {
             student_taps: vec!["features.3".into()],
             teacher_taps: vec!["features.3".into()],
             adapter: Some(Adapter::VidRegressor),
+            paraphraser: None,
         };
         let spec = StepSpec {
             student: &student,
@@ -1204,4 +1235,252 @@ fn crd_steps_update_their_banks_in_place_and_train_both_heads() {
         memory(&step, "memory_student")
     );
     assert_eq!(memory(&fresh, "z"), z);
+}
+
+/// Host copies of weights, widened, by name.
+fn host_f64(gpu: &Gpu, w: &Weights) -> BTreeMap<String, Vec<f64>> {
+    w.to_host(gpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
+        .collect()
+}
+
+/// A model of one 3×3 convolution to `c` channels (tapped `map`) and a linear classifier, on
+/// (5, 2, 6, 6) inputs.
+fn conv_model(c: usize) -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("x", &[5, 2, 6, 6], DType::F32).unwrap();
+    let layer = ConvLayer {
+        out: c,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        bias: true,
+        groups: 1,
+    };
+    let m = g.conv2d("conv", x, layer).unwrap();
+    g.tap("map", m).unwrap();
+    let flat = g.flatten(m).unwrap();
+    let y = g.linear("fc", flat, 4, true).unwrap();
+    g.set_output(y).unwrap();
+    g
+}
+
+/// FT through a frozen paraphraser: the step's loss is the f64 FT between the student's map and
+/// the encoder's factor of the teacher's map (the encoder interpreted in f64), the paraphraser's
+/// weights never move while the student's do, and a sibling step shares them.
+#[test]
+fn a_frozen_paraphraser_gives_ft_the_teachers_factor() {
+    let Some(gpu) = gpu() else { return };
+    let (student, teacher) = (conv_model(3), conv_model(6));
+    let sw = Weights::init(gpu, &student, 1).unwrap();
+    let tw = Weights::init(gpu, &teacher, 2).unwrap();
+    let encoder = paraphraser_graph(0, "x", &[5, 6, 6, 6], 0.5, false).unwrap();
+    assert_eq!(encoder.shape(encoder.output.unwrap()), [5, 3, 6, 6]);
+    let pw = Weights::init(gpu, &encoder, 3).unwrap();
+    let term = LossSpec {
+        paraphraser: Some(Paraphraser {
+            rate: 0.5,
+            weights: Some(pw.clone()),
+        }),
+        ..LossSpec::taps(loss("ft"), 1.0, "map", "map")
+    };
+    let spec = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![term],
+        optimizer: sgd(0.5),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    assert_eq!(step.frozen().len(), 1);
+    let x = data(5 * 2 * 36, 4);
+    let labels = [0, 1, 2, 3, 0];
+    let (s_host, t_host, p_host) = (host_f64(gpu, &sw), host_f64(gpu, &tw), host_f64(gpu, &pw));
+    step.run(gpu, &x, &labels).unwrap();
+    let got = step.losses(gpu).unwrap()[0].2;
+    let xd = widen(&x);
+    let map = |g: &Graph, w: &BTreeMap<String, Vec<f64>>| {
+        cpu_graph::forward(g, w, &xd)[g.tapped("map").unwrap().0].clone()
+    };
+    let t_map = map(&teacher, &t_host);
+    let factor = cpu_graph::forward(&encoder, &p_host, &t_map)[encoder.output.unwrap().0].clone();
+    let want =
+        wgdistill::reference::feature::ft(&map(&student, &s_host), &factor, 5, 3, 3, 36, 2.0, 1.0)
+            .loss;
+    assert!(
+        (f64::from(got) - want).abs() <= 1e-5 + 1e-4 * want.abs(),
+        "ft through the paraphraser: gpu {got}, f64 {want}"
+    );
+    // Without the paraphraser the target is the raw map: another loss.
+    let raw =
+        wgdistill::reference::feature::ft(&map(&student, &s_host), &t_map, 5, 3, 6, 36, 2.0, 1.0)
+            .loss;
+    assert!(
+        (raw - want).abs() > 1e-3,
+        "the factor differs from the raw map: {raw} vs {want}"
+    );
+    let tail_student = {
+        let mut g = conv_model(3);
+        g.nodes[0].shape[0] = 5;
+        g
+    };
+    let tail = StepSpec {
+        student: &tail_student,
+        ..spec
+    };
+    let sibling = TrainStep::compile_sibling(gpu, &tail, &step).unwrap();
+    for _ in 0..3 {
+        step.run(gpu, &x, &labels).unwrap();
+        sibling.run(gpu, &x, &labels).unwrap();
+    }
+    assert_eq!(
+        host_f64(gpu, &step.frozen()[0]),
+        p_host,
+        "the paraphraser is frozen"
+    );
+    assert_eq!(host_f64(gpu, &sibling.frozen()[0]), p_host);
+    assert_ne!(host_f64(gpu, &sw), s_host, "the student trains");
+    let state = step.save_state(gpu).unwrap();
+    assert!(
+        state.contains_key("terms.0.paraphraser.encoder.6.weight"),
+        "saved for --resume"
+    );
+}
+
+/// A module over the teacher's features (inputs `teacher:TAP`): FT's paraphraser pretrained by
+/// reconstruction, the teacher frozen; its loss falls. A tap the teacher lacks, or a step
+/// without a teacher, is refused.
+#[test]
+fn a_paraphraser_learns_to_reconstruct_the_teachers_map() {
+    let Some(gpu) = gpu() else { return };
+    let teacher = conv_model(6);
+    let tw = Weights::init(gpu, &teacher, 2).unwrap();
+    let t_before = host_f64(gpu, &tw);
+    let g = paraphraser_graph(0, "teacher:map", &[5, 6, 6, 6], 0.5, true).unwrap();
+    assert_eq!(g.shape(g.tapped("factor").unwrap()), [5, 3, 6, 6]);
+    let w = Weights::init(gpu, &g, 5).unwrap();
+    let spec = StepSpec {
+        student: &g,
+        student_weights: &w,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![LossSpec::taps(loss("hint"), 1.0, "logits", "map")],
+        optimizer: OptimizerSpec::AdamW(optimizer::AdamW {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let x = data(5 * 2 * 36, 6);
+    let labels = [0; 5];
+    step.run(gpu, &x, &labels).unwrap();
+    let first = step.total_loss(gpu).unwrap();
+    for _ in 0..60 {
+        step.run(gpu, &x, &labels).unwrap();
+    }
+    let last = step.total_loss(gpu).unwrap();
+    assert!(last < 0.5 * first, "reconstruction loss {first} → {last}");
+    assert_eq!(host_f64(gpu, &tw), t_before, "the teacher is frozen");
+
+    let wrong = paraphraser_graph(0, "teacher:nosuch", &[5, 6, 6, 6], 0.5, true).unwrap();
+    let ww = Weights::init(gpu, &wrong, 5).unwrap();
+    let e = TrainStep::compile(
+        gpu,
+        &StepSpec {
+            student: &wrong,
+            student_weights: &ww,
+            ..spec
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("nosuch"), "{e}");
+    let e = TrainStep::compile(
+        gpu,
+        &StepSpec {
+            teacher: None,
+            losses: vec![],
+            ..spec
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("no teacher"), "{e}");
+    let e = paraphraser_graph(0, "x", &[5, 1, 6, 6], 0.5, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("rate"), "{e}");
+}
+
+/// FT's translator: three 3×3 convolutions with batch norm and leaky ReLU, RepDistiller's module
+/// names, to the teacher's channels at the student's size; a size mismatch is refused.
+#[test]
+fn the_translator_adapter_maps_the_student_map_to_the_factor() {
+    let Some(gpu) = gpu() else { return };
+    let (student, teacher) = (conv_model(3), conv_model(6));
+    let sw = Weights::init(gpu, &student, 1).unwrap();
+    let tw = Weights::init(gpu, &teacher, 2).unwrap();
+    let term = LossSpec {
+        adapter: Some(Adapter::Translator),
+        paraphraser: Some(Paraphraser {
+            rate: 0.5,
+            weights: None,
+        }),
+        ..LossSpec::taps(loss("ft"), 1.0, "map", "map")
+    };
+    let spec = StepSpec {
+        student: &student,
+        student_weights: &sw,
+        teacher: Some((&teacher, &tw)),
+        losses: vec![term.clone()],
+        optimizer: sgd(0.1),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let names: Vec<String> = step.adapters()[0].iter().map(|(n, _)| n.clone()).collect();
+    for want in [
+        "adapters.0.encoder.0.weight",
+        "adapters.0.encoder.1.running_var",
+        "adapters.0.encoder.3.weight",
+        "adapters.0.encoder.7.bias",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    let shape = step.adapters()[0]
+        .get("adapters.0.encoder.6.weight")
+        .unwrap()
+        .shape()
+        .to_vec();
+    assert_eq!(shape, [3, 3, 3, 3], "Cs → Cs → ⌊Ct/2⌋ → ⌊Ct/2⌋");
+    let x = data(5 * 2 * 36, 4);
+    step.run(gpu, &x, &[0, 1, 2, 3, 0]).unwrap();
+    assert!(step.total_loss(gpu).unwrap().is_finite());
+    // A teacher map of another size cannot be translated.
+    let mut small = Graph::new();
+    let xi = small.input("x", &[5, 2, 6, 6], DType::F32).unwrap();
+    let pooled = small.max_pool(xi, 2, 2, 0).unwrap();
+    small.tap("map", pooled).unwrap();
+    let flat = small.flatten(pooled).unwrap();
+    let y = small.linear("fc", flat, 4, true).unwrap();
+    small.set_output(y).unwrap();
+    let smw = Weights::init(gpu, &small, 2).unwrap();
+    let bad = StepSpec {
+        teacher: Some((&small, &smw)),
+        losses: vec![LossSpec {
+            paraphraser: None,
+            ..term
+        }],
+        ..spec
+    };
+    let e = TrainStep::compile(gpu, &bad).err().unwrap().to_string();
+    assert!(e.contains("translator"), "{e}");
 }

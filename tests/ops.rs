@@ -56,7 +56,7 @@ fn sample_inputs(op: &str) -> TensorMap {
             put("b", f(&[4, 5], 2));
             put("bias", f(&[5], 3));
         }
-        "relu_backward" | "gelu_backward" => {
+        "relu_backward" | "leaky_relu_backward" | "gelu_backward" => {
             put("x", f(&[2, 3], 1));
             put("grad_out", f(&[2, 3], 2));
         }
@@ -151,6 +151,21 @@ fn op_outputs_agree_with_the_references() {
         wgdistill::reference::activation::Act::Gelu,
     );
     allclose(values(&out["out"]), &want, 1e-5, 1e-6).unwrap();
+
+    // leaky_relu and its backward at the attribute's slope (not the default 0.01).
+    let inputs = sample_inputs("leaky_relu_backward");
+    let slope = attrs(&[("negative_slope", 0.2)]);
+    let act = wgdistill::reference::activation::Act::LeakyRelu(0.2f32.into());
+    let x = widen(values(&inputs["x"]));
+    let only_x: TensorMap = [("x".to_string(), inputs["x"].clone())].into();
+    let out = ops::run(gpu, "leaky_relu", &only_x, &slope).unwrap();
+    let want: Vec<f64> = x.iter().map(|&v| act.apply(v)).collect();
+    allclose(values(&out["out"]), &want, 1e-6, 1e-7).unwrap();
+    let out = ops::run(gpu, "leaky_relu_backward", &inputs, &slope).unwrap();
+    let dy = widen(values(&inputs["grad_out"]));
+    let want: Vec<f64> = x.iter().zip(&dy).map(|(&v, g)| g * act.grad(v)).collect();
+    allclose(values(&out["grad_x"]), &want, 1e-6, 1e-7).unwrap();
+    assert!(x.iter().any(|&v| v < 0.0) && x.iter().any(|&v| v > 0.0));
 
     // conv2d with stride 2 and padding 1.
     let inputs = sample_inputs("conv2d");

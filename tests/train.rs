@@ -577,6 +577,35 @@ fn damaged_or_foreign_checkpoints_are_refused() {
     wgdistill::graph::Weights::load(gpu, &graph, "torch", &from_torch).unwrap();
 }
 
+/// Runs `cfg` like `base` into `out_dir(name)`, interrupted before epoch `stop.1` of stage
+/// `stop.0`, then resumes it to the end: the resumed run's options and log lines.
+fn cut_and_resume(
+    cfg: &config::Config,
+    base: &RunOptions,
+    name: &str,
+    stop: (usize, usize),
+) -> (RunOptions, Vec<String>) {
+    let gpu = gpu().expect("checked by the caller");
+    let (train, test) = run::load_data(cfg, base).unwrap();
+    let opts = RunOptions {
+        out: out_dir(name),
+        stop_after: Some(stop),
+        ..base.clone()
+    };
+    assert!(run::run(gpu, cfg, &opts, &train, &test, &mut |_| {}).is_err());
+    let resumed = RunOptions {
+        resume: true,
+        stop_after: None,
+        ..opts
+    };
+    let mut lines = Vec::new();
+    run::run(gpu, cfg, &resumed, &train, &test, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    (resumed, lines)
+}
+
 #[test]
 fn self_distillation_trains_heads_that_are_not_exported_and_resumes() {
     let Some(gpu) = gpu() else { return };
@@ -611,18 +640,7 @@ fn self_distillation_trains_heads_that_are_not_exported_and_resumes() {
     assert_eq!(heads["aux.1.weight"].shape, [10, 64]);
     // Stopped after the first epoch of the self-distillation stage, then resumed: the heads come
     // back from their file and the result is the uninterrupted run's, bit for bit.
-    let opts = RunOptions {
-        out: out_dir("sd-cut"),
-        stop_after: Some((1, 1)),
-        ..base.clone()
-    };
-    assert!(run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).is_err());
-    let resumed = RunOptions {
-        resume: true,
-        stop_after: None,
-        ..opts
-    };
-    run::run(gpu, &cfg, &resumed, &train, &test, &mut |_| {}).unwrap();
+    let (resumed, _) = cut_and_resume(&cfg, &base, "sd-cut", (1, 1));
     let again =
         wgdistill::io::read_safetensors(&resumed.out.join("checkpoints/student_byot.safetensors"))
             .unwrap();
@@ -1088,4 +1106,131 @@ losses = [{{ kind = "ce" }}, {{ kind = "crd", student_tap = "hidden.0", teacher_
     // Right as given: 8 negatives, 12-wide heads.
     let s = run_text("crd-sizes", text("nce_k = 8, feat_dim = 12")).unwrap();
     assert!(s.stages[1].models[0].test_accuracy.is_finite());
+}
+
+/// FT with RepDistiller's modules, on a CNN teacher's last block.
+const FT_CONFIG: &str = r#"
+seed = 0
+[data]
+dataset = "synthetic"
+batch_size = 64
+train_limit = 300
+test_limit = 128
+augment = false
+
+[models.teacher]
+arch = "cnn"
+channels = [8, 16]
+[models.ft]
+arch = "cnn"
+channels = [4, 8]
+
+[[stages]]
+name = "teacher"
+train = ["teacher"]
+epochs = 1
+optimizer = { kind = "sgd", lr = 0.05, momentum = 0.9 }
+losses = [{ kind = "ce" }]
+
+[[stages]]
+name = "ft"
+train = ["ft"]
+teachers = ["teacher"]
+epochs = 3
+optimizer = { kind = "sgd", lr = 0.05, momentum = 0.9 }
+losses = [
+  { kind = "ce" },
+  { kind = "ft", weight = 200.0, student_tap = "features.7", teacher_tap = "features.7", adapter = "translator", paraphraser = { epochs = 3 } },
+]
+"#;
+
+/// The paraphraser trains on the teacher's map before the FT stage (a line per epoch, its
+/// reconstruction loss falling), is frozen and kept out of the exported student but saved with
+/// the step's state, so that a run interrupted inside the stage resumes without retraining it,
+/// to the same student bit for bit.
+#[test]
+fn ft_pretrains_its_paraphraser_and_resumes_with_it() {
+    let Some(gpu) = gpu() else { return };
+    let cfg = config::parse("ft", FT_CONFIG).unwrap();
+    cfg.check("ft").unwrap();
+    let base = RunOptions::new(out_dir("ft-whole"));
+    let (train, test) = run::load_data(&cfg, &base).unwrap();
+    let mut lines = Vec::new();
+    run::run(gpu, &cfg, &base, &train, &test, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    let recon: Vec<f64> = lines
+        .iter()
+        .filter(|l| l.contains("paraphraser of losses[1] epoch"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(recon.len(), 3, "{lines:?}");
+    assert!(recon[2] < recon[0], "reconstruction loss {recon:?}");
+    let student =
+        wgdistill::io::read_safetensors(&base.out.join("checkpoints/ft.safetensors")).unwrap();
+    assert!(
+        student
+            .keys()
+            .all(|k| k.starts_with("features.") || k.starts_with("classifier")),
+        "the export is the bare student: {:?}",
+        student.keys().collect::<Vec<_>>()
+    );
+    let state = std::fs::read_dir(base.out.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("ft.train-state.safetensors"))
+        .find(|p| p.exists())
+        .expect("the FT stage's state is kept");
+    let state = wgdistill::io::read_safetensors(&state).unwrap();
+    assert_eq!(
+        state["terms.1.paraphraser.encoder.3.weight"].shape,
+        [8, 16, 3, 3]
+    );
+    assert_eq!(state["adapters.1.encoder.6.weight"].shape, [8, 8, 3, 3]);
+
+    let (resumed, again_lines) = cut_and_resume(&cfg, &base, "ft-cut", (1, 1));
+    assert!(
+        !again_lines.iter().any(|l| l.contains("paraphraser")),
+        "resuming reloads the paraphraser: {again_lines:?}"
+    );
+    let again =
+        wgdistill::io::read_safetensors(&resumed.out.join("checkpoints/ft.safetensors")).unwrap();
+    assert!(again == student, "the resumed FT student differs");
+}
+
+/// A paraphraser where it cannot go is a one-line error naming the key.
+#[test]
+fn paraphraser_settings_are_checked() {
+    let cases = [
+        (
+            "paraphraser = { epochs = 3 }",
+            "paraphraser = { epochs = 0 }",
+            "paraphraser.epochs",
+        ),
+        (
+            "paraphraser = { epochs = 3 }",
+            "paraphraser = { epochs = 1, rate = 1.5 }",
+            "paraphraser.rate",
+        ),
+        (
+            "paraphraser = { epochs = 3 }",
+            "paraphraser = { epochs = 1, size = 2 }",
+            "size",
+        ),
+        (
+            "{ kind = \"ce\" },\n",
+            "{ kind = \"ce\", paraphraser = { epochs = 1 } },\n",
+            "losses[0]",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let text = FT_CONFIG.replace(from, to);
+        assert_ne!(text, FT_CONFIG);
+        let e = config::parse("ft.toml", &text)
+            .and_then(|c| c.check("ft.toml"))
+            .err()
+            .unwrap_or_else(|| panic!("{to} accepted"))
+            .to_string();
+        assert!(e.contains(key) && !e.contains('\n'), "{to}: {e}");
+    }
 }

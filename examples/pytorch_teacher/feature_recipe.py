@@ -4,7 +4,11 @@ student (channels [8, 16]) trained for 3 epochs of SGD (lr 0.05, momentum 0.9, w
 CNN [16, 32] teacher checkpoint, with cross-entropy plus
 
     nst  50 · NST on features.7
-    ft   200 · FT (p1 2, p2 1) on features.7, the student's map through a 1×1-conv translator
+    ft   200 · FT (p1 2, p2 1) on features.7: the student's map through RepDistiller's translator
+         (three 3×3 convs with batch norm and leaky ReLU 0.1, to half the teacher's channels),
+         the teacher's through the encoder of a paraphraser (3×3 convs 32 → 32 → 16 → 16 and a
+         decoder back, leaky ReLU 0.1, no batch norm) first trained for 3 epochs to reconstruct
+         the teacher's map (mean squared error, SGD at lr 0.05 without schedule), then frozen
     cc   KL at T = 1 (weight 1) + 0.003 · CC (γ 0.4, P 2) of the logits
     vid  VID on features.3 and features.7, each through its regressor (three 1×1 convs, no
          biases) with its own per-channel log-scale starting at variance 5 (weight 1 each)
@@ -86,6 +90,35 @@ class Memory:
         return loss
 
 
+def ft_block(widths, bn):
+    """FT's three 3×3 convolutions, each with batch norm (when bn) and leaky ReLU 0.1."""
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [torch.nn.Conv2d(a, b, 3, 1, 1), torch.nn.BatchNorm2d(b) if bn else torch.nn.Sequential(),
+                   torch.nn.LeakyReLU(0.1)]
+    return torch.nn.Sequential(*layers)
+
+
+def pretrain_paraphraser(teacher, train_x, epochs):
+    """RepDistiller's paraphraser (its decoder's stride-1 transposed convolutions written as the
+    equal 3×3 convolutions, as wgdistill builds it), trained to reconstruct features.7."""
+    encoder, decoder = ft_block((32, 32, 16, 16), False), ft_block((16, 16, 32, 32), False)
+    params = list(encoder.parameters()) + list(decoder.parameters())
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for epoch in range(epochs):
+        order = torch.randperm(len(train_x))
+        for start in range(0, len(order) - 127, 128):
+            with torch.no_grad():
+                t = block_output(teacher, train_x[order[start:start + 128]])[0]
+            loss = F.mse_loss(decoder(encoder(t)), t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"paraphraser epoch {epoch + 1}/{epochs}: reconstruction loss {loss.item():.4f}")
+    encoder.eval()
+    return encoder
+
+
 def embed(width):
     return torch.nn.Linear(width, 128)
 
@@ -106,7 +139,8 @@ def main():
     teacher.load_state_dict(load_file(args.teacher), strict=True)
     teacher.eval()
     student = Cnn((8, 16))
-    translator = torch.nn.Conv2d(16, 32, 1)
+    translator = ft_block((16, 16, 16, 16), True)
+    paraphraser = pretrain_paraphraser(teacher, train_x, 3) if args.method == "ft" else None
     regressors = torch.nn.ModuleList([vid_regressor(8, 16), vid_regressor(16, 32)])
     start = math.log(math.expm1(5.0 - 1e-5))
     log_scales = [torch.nn.Parameter(torch.full((c,), start)) for c in (16, 32)]
@@ -124,6 +158,7 @@ def main():
         for group in opt.param_groups:
             group["lr"] = 0.05 * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
         student.train()
+        translator.train()
         order = torch.randperm(len(train_x))
         total, steps = 0.0, 0
         for start in range(0, len(order), 128):
@@ -148,7 +183,9 @@ def main():
                 elif args.method == "nst":
                     loss = loss + 50.0 * nst(fs, ft_map)
                 elif args.method == "ft":
-                    loss = loss + 200.0 * ft(translator(fs), ft_map)
+                    with torch.no_grad():
+                        factor = paraphraser(ft_map)
+                    loss = loss + 200.0 * ft(translator(fs), factor)
                 else:
                     loss = loss + kd(logits, t_logits, 1.0) + 0.003 * cc(logits, t_logits)
             opt.zero_grad()

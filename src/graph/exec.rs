@@ -67,6 +67,15 @@ fn bn_state<'a>(
     }
 }
 
+/// The activation kernel of an activation op.
+fn activation_kind(op: &Op) -> Kind {
+    match *op {
+        Op::LeakyRelu { slope, .. } => Kind::LeakyRelu(slope),
+        Op::Gelu { .. } => Kind::Gelu,
+        _ => Kind::Relu,
+    }
+}
+
 /// Appends the forward pass of `graph` to `plan`. `inputs` gives a tensor for every Input node;
 /// `step` is the training step counter (u32 `[1]`) that seeds dropout in training mode.
 pub fn plan_forward(
@@ -143,13 +152,8 @@ pub fn plan_forward(
                     y
                 }
             }
-            Op::Relu { x } | Op::Gelu { x } => {
-                let kind = if matches!(node.op, Op::Relu { .. }) {
-                    Kind::Relu
-                } else {
-                    Kind::Gelu
-                };
-                let (d, y) = activation::forward(gpu, kind, v(x))?;
+            Op::Relu { x } | Op::LeakyRelu { x, .. } | Op::Gelu { x } => {
+                let (d, y) = activation::forward(gpu, activation_kind(&node.op), v(x))?;
                 plan.push(d);
                 y
             }
@@ -375,12 +379,8 @@ pub fn plan_backward(
                 grads.add(gpu, plan, gamma, g.dgamma, true)?;
                 grads.add(gpu, plan, beta, g.dbeta, true)?;
             }
-            Op::Relu { x } | Op::Gelu { x } => {
-                let kind = if matches!(node.op, Op::Relu { .. }) {
-                    Kind::Relu
-                } else {
-                    Kind::Gelu
-                };
+            Op::Relu { x } | Op::LeakyRelu { x, .. } | Op::Gelu { x } => {
+                let kind = activation_kind(&node.op);
                 let (d, dx) = activation::backward(gpu, kind, &f[x.0], &dy)?;
                 plan.push(d);
                 grads.add(gpu, plan, x, dx, true)?;

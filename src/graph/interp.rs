@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{Graph, Op};
 
-use crate::reference::activation::{Act, gelu, relu};
+use crate::reference::activation::{Act, gelu, leaky_relu, relu};
 use crate::reference::conv::{self as cpu_conv, Window};
 use crate::reference::matmul::{LinearShape, linear_forward};
 use crate::reference::{batchnorm, pool, response, softmax};
@@ -81,6 +81,10 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                 .0
             }
             Op::Relu { x } => values[x.0].iter().map(|&z| relu(z)).collect(),
+            Op::LeakyRelu { x, slope } => values[x.0]
+                .iter()
+                .map(|&z| leaky_relu(z, f64::from(slope)))
+                .collect(),
             Op::Gelu { x } => values[x.0].iter().map(|&z| gelu(z)).collect(),
             Op::MaxPool { x, pool } | Op::AvgPool { x, pool } => {
                 let s = graph.shape(x);

@@ -79,6 +79,13 @@ pub enum Op {
         /// Input.
         x: Value,
     },
+    /// Leaky ReLU (`nn.LeakyReLU`).
+    LeakyRelu {
+        /// Input.
+        x: Value,
+        /// The slope where the input is not positive.
+        slope: f32,
+    },
     /// Exact GELU.
     Gelu {
         /// Input.
@@ -175,6 +182,7 @@ impl Op {
                 vec![x]
             }
             Op::GlobalAvgPool { x }
+            | Op::LeakyRelu { x, .. }
             | Op::Flatten { x }
             | Op::Dropout { x, .. }
             | Op::AdaptiveAvgPool { x, .. }
@@ -214,6 +222,7 @@ impl Op {
             | Op::MaxPool { x, .. }
             | Op::AvgPool { x, .. }
             | Op::GlobalAvgPool { x }
+            | Op::LeakyRelu { x, .. }
             | Op::Flatten { x }
             | Op::Dropout { x, .. }
             | Op::AdaptiveAvgPool { x, .. }
@@ -466,6 +475,13 @@ impl Graph {
     pub fn relu(&mut self, x: Value) -> Result<Value> {
         let shape = self.shape(x).to_vec();
         self.push(self.auto_name("relu"), Op::Relu { x }, shape, DType::F32)
+    }
+
+    /// Leaky ReLU with negative slope `slope`.
+    pub fn leaky_relu(&mut self, x: Value, slope: f32) -> Result<Value> {
+        let shape = self.shape(x).to_vec();
+        let op = Op::LeakyRelu { x, slope };
+        self.push(self.auto_name("leaky_relu"), op, shape, DType::F32)
     }
 
     /// Exact GELU.

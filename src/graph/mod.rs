@@ -14,5 +14,8 @@ pub mod weights;
 pub use exec::Mode;
 pub use ir::{ConvLayer, Graph, Init, Op, Value};
 pub use memory::{MemoryReport, plan_memory};
-pub use step::{Adapter, EvalStep, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep};
+pub use step::{
+    Adapter, EvalStep, LossSpec, OptimizerSpec, PEER, Paraphraser, StepSpec, TEACHER_INPUT,
+    TrainStep, paraphraser_graph,
+};
 pub use weights::Weights;

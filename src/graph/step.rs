@@ -23,7 +23,7 @@ use super::weights::Weights;
 
 /// A trainable regressor between a student tap and the teacher's (FitNet): it trains with the
 /// student and is not part of the student's exported weights. A config's `adapter` key names one
-/// (`linear`, `conv1x1`, `vid_regressor`, `pool`).
+/// (`linear`, `conv1x1`, `vid_regressor`, `translator`, `pool`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Adapter {
@@ -35,11 +35,24 @@ pub enum Adapter {
     /// `Cs → Ct`, ReLU, `Ct → Ct`, ReLU, `Ct → Ct`, without biases (RepDistiller's `VIDLoss`;
     /// parameters `adapters.I.0.weight`, `.2.weight`, `.4.weight` as in its `nn.Sequential`).
     VidRegressor,
+    /// FT's translator of the student map into the teacher's factor, for (B, C, H, W) taps of
+    /// one H × W: 3×3 convolutions `Cs → Cs → Ct → Ct`, each followed by batch norm and leaky
+    /// ReLU (0.1) (RepDistiller's `Translator`; modules `adapters.I.encoder.0`, `.1`, `.3`, `.4`,
+    /// `.6`, `.7` as in its `nn.Sequential`).
+    Translator,
     /// Adaptive average pooling of the larger of two (B, C, H, W) maps to the smaller one's
     /// H × H (RepDistiller's reconciliation of a size mismatch): the student's with its backward
     /// pass, the teacher's as a constant. No parameters; channels are left to the loss.
     Pool,
 }
+
+/// Prefix of a student graph's input that reads a teacher tap instead of the images: a module
+/// over the teacher's features (FT's paraphraser, pretrained by reconstruction), whose input
+/// `teacher:TAP` is bound to the step's teacher forward pass.
+pub const TEACHER_INPUT: &str = "teacher:";
+
+/// The negative slope of FT's leaky ReLUs (RepDistiller's `nn.LeakyReLU(0.1)`).
+const FT_SLOPE: f32 = 0.1;
 
 /// Prefix of a teacher tap that names a tap of the student graph itself, read detached: the
 /// target of online (mutual) distillation between peers trained in one step, and of
@@ -61,6 +74,31 @@ pub struct LossSpec {
     /// A regressor from the student tap to the teacher tap's shape (losses of one student and
     /// one teacher input).
     pub adapter: Option<Adapter>,
+    /// A frozen paraphraser whose encoder turns the teacher tap into the factor the loss reads
+    /// (FT; losses of one teacher input).
+    pub paraphraser: Option<Paraphraser>,
+}
+
+/// FT's paraphraser on a term's teacher map (RepDistiller's `Paraphraser`, without batch norm as
+/// its FT uses it): an encoder of 3×3 convolutions `C → C → ⌊rate·C⌋ → ⌊rate·C⌋` with leaky
+/// ReLU (0.1) after each, and a decoder back to `C` channels for its reconstruction training.
+/// In a training step only the encoder runs, frozen.
+#[derive(Clone)]
+pub struct Paraphraser {
+    /// The factor's channels as a fraction of the teacher map's (RepDistiller's k = 0.5).
+    pub rate: f64,
+    /// Its trained weights (`terms.I.paraphraser.…`, see [`paraphraser_graph`]); none: freshly
+    /// initialised.
+    pub weights: Option<Weights>,
+}
+
+impl std::fmt::Debug for Paraphraser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paraphraser")
+            .field("rate", &self.rate)
+            .field("trained", &self.weights.is_some())
+            .finish()
+    }
 }
 
 impl LossSpec {
@@ -72,6 +110,7 @@ impl LossSpec {
             student_taps: Vec::new(),
             teacher_taps: Vec::new(),
             adapter: None,
+            paraphraser: None,
         }
     }
 
@@ -138,13 +177,14 @@ pub struct TrainStep {
 }
 
 /// What successive steps share: the step counter, the optimizer's state per parameter, the
-/// adapters' weights and the loss terms' own parameters. A step compiled for a smaller last batch
-/// shares these with the main one.
+/// adapters' weights, the loss terms' own parameters and their frozen modules (paraphrasers). A
+/// step compiled for a smaller last batch shares these with the main one.
 pub struct TrainState {
     step: Tensor,
     optimizer: BTreeMap<String, Vec<Tensor>>,
     adapters: Vec<Weights>,
     parameters: Vec<Weights>,
+    frozen: Vec<Weights>,
 }
 
 /// A staging buffer the losses are copied into every so often, mapped without waiting.
@@ -174,6 +214,86 @@ fn conv1x1(g: &mut Graph, prefix: &str, x: Value, out: usize, bias: bool) -> Res
     g.conv2d(prefix, x, layer)
 }
 
+/// FT's block of three 3×3 convolutions (`C → widths[0] → widths[1] → widths[2]`), each followed
+/// by batch norm when `bn` and leaky ReLU (0.1); modules `PREFIX.0`, `.3`, `.6` (and `.1`, `.4`,
+/// `.7` for batch norm), the indices of RepDistiller's `nn.Sequential`.
+fn ft_block(
+    g: &mut Graph,
+    prefix: &str,
+    mut x: Value,
+    widths: [usize; 3],
+    bn: bool,
+) -> Result<Value> {
+    for (k, out) in widths.into_iter().enumerate() {
+        let layer = ConvLayer {
+            out,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            bias: true,
+            groups: 1,
+        };
+        x = g.conv2d(&format!("{prefix}.{}", 3 * k), x, layer)?;
+        if bn {
+            x = g.batch_norm(&format!("{prefix}.{}", 3 * k + 1), x)?;
+        }
+        x = g.leaky_relu(x, FT_SLOPE)?;
+    }
+    Ok(x)
+}
+
+/// The graph of term `index`'s paraphraser on a teacher map of `shape` (B, C, H, W), reading the
+/// input `input`: the encoder's factor (B, ⌊rate·C⌋, H, W) as its output, or with `decoder` the
+/// reconstruction (B, C, H, W), the factor then tapped as `factor`. Parameters
+/// `terms.I.paraphraser.encoder.{0,3,6}` and `.decoder.{0,3,6}`. RepDistiller's decoder is made
+/// of stride-1 transposed convolutions, the same functions as these 3×3 convolutions with
+/// padding 1 (the kernel flipped and its channels swapped); it only serves the pretraining.
+pub fn paraphraser_graph(
+    index: usize,
+    input: &str,
+    shape: &[usize],
+    rate: f64,
+    decoder: bool,
+) -> Result<Graph> {
+    let prefix = format!("terms.{index}.paraphraser");
+    let &[_, c, _, _] = shape else {
+        return Err(shape_error(
+            &prefix,
+            format!("a paraphraser reads a (B, C, H, W) teacher map, got {shape:?}"),
+        ));
+    };
+    let factor = (rate * c as f64) as usize;
+    if !(rate > 0.0 && rate <= 1.0) || factor == 0 {
+        return Err(shape_error(
+            &prefix,
+            format!("rate {rate} of {c} channels leaves no factor (want 0 < rate ≤ 1, rate·C ≥ 1)"),
+        ));
+    }
+    let mut g = Graph::new();
+    let x = g.input(input, shape, DType::F32)?;
+    let f = ft_block(
+        &mut g,
+        &format!("{prefix}.encoder"),
+        x,
+        [c, factor, factor],
+        false,
+    )?;
+    if decoder {
+        g.tap("factor", f)?;
+        let r = ft_block(
+            &mut g,
+            &format!("{prefix}.decoder"),
+            f,
+            [factor, c, c],
+            false,
+        )?;
+        g.set_output(r)?;
+    } else {
+        g.set_output(f)?;
+    }
+    Ok(g)
+}
+
 /// Builds the regressor graph of an adapter from a student tap's shape to the teacher's.
 fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> Result<Graph> {
     let mut g = Graph::new();
@@ -184,6 +304,13 @@ fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> R
         (Adapter::Conv1x1, &[_, _, _, _], &[_, out, _, _]) => {
             conv1x1(&mut g, &prefix, x, out, true)?
         }
+        (Adapter::Translator, &[_, cs, h, w], &[_, out, th, tw]) if (h, w) == (th, tw) => ft_block(
+            &mut g,
+            &format!("{prefix}.encoder"),
+            x,
+            [cs, out, out],
+            true,
+        )?,
         (Adapter::VidRegressor, &[_, _, _, _], &[_, out, _, _]) => {
             let h = conv1x1(&mut g, &format!("{prefix}.0"), x, out, false)?;
             let h = g.relu(h)?;
@@ -195,7 +322,7 @@ fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> R
             return Err(shape_error(
                 &prefix,
                 format!(
-                    "a {kind:?} adapter cannot map {from:?} to {to:?} (linear: 2-D taps, conv1x1 and vid_regressor: 4-D taps)"
+                    "a {kind:?} adapter cannot map {from:?} to {to:?} (linear: 2-D taps, conv1x1 and vid_regressor: 4-D taps, translator: 4-D taps of one height and width)"
                 ),
             ));
         }
@@ -376,12 +503,25 @@ impl TrainStep {
         shared: Option<Arc<TrainState>>,
     ) -> Result<TrainStep> {
         let student = spec.student;
-        let xv = input_value(student, "x")?;
-        let x_shape = student.shape(xv).to_vec();
+        // The images, read by the student, or only by the teacher when the student is a module
+        // over the teacher's features.
+        let reads_teacher = student
+            .nodes
+            .iter()
+            .any(|n| n.op == Op::Input && n.name.starts_with(TEACHER_INPUT));
+        let x_shape = match (reads_teacher, spec.teacher) {
+            (false, _) => student.shape(input_value(student, "x")?).to_vec(),
+            (true, Some((tg, _))) => tg.shape(input_value(tg, "x")?).to_vec(),
+            (true, None) => {
+                return Err(shape_error(
+                    "student",
+                    "reads teacher taps but the step has no teacher",
+                ));
+            }
+        };
         let batch = x_shape[0];
         let x = gpu.empty(&x_shape, DType::F32)?;
         let labels = gpu.zeros(&[batch], DType::I32)?;
-        let inputs: BTreeMap<String, Tensor> = [("x".to_string(), x.clone())].into();
         let mut plan: Vec<Dispatch> = Vec::new();
         let step = match &shared {
             Some(st) => st.step.clone(),
@@ -425,6 +565,23 @@ impl TrainStep {
             }
             None => None,
         };
+        let mut inputs: BTreeMap<String, Tensor> = BTreeMap::new();
+        for node in student.nodes.iter().filter(|n| n.op == Op::Input) {
+            let t = match (node.name.strip_prefix(TEACHER_INPUT), &teacher_fwd) {
+                (None, _) if node.name == "x" => x.clone(),
+                // Any other input is the planner's to refuse.
+                (None, _) => continue,
+                (Some(tap), Some((tg, tf))) => tf.get(tg.tapped(tap)?).clone(),
+                (Some(_), None) => return Err(shape_error(&node.name, "the step has no teacher")),
+            };
+            if t.shape() != node.shape {
+                return Err(shape_error(
+                    &format!("student input '{}'", node.name),
+                    format!("is {:?} but what it reads is {:?}", node.shape, t.shape()),
+                ));
+            }
+            inputs.insert(node.name.clone(), t);
+        }
         let fwd = plan_forward(
             gpu,
             student,
@@ -444,6 +601,7 @@ impl TrainStep {
         let mut loss_values = Vec::new();
         let mut adapter_parts = Vec::new();
         let mut parameter_parts: Vec<(Weights, BTreeMap<String, Tensor>)> = Vec::new();
+        let mut frozen_parts: Vec<Weights> = Vec::new();
         let mut sample_rows: Vec<SampleRows> = Vec::new();
         for (i, term) in spec.losses.iter().enumerate() {
             let label = format!("{i}:{}", term.loss.name());
@@ -466,6 +624,28 @@ impl TrainStep {
                     Ok(tf.get(tg.tapped(tap)?).clone())
                 })
                 .collect::<Result<_>>()?;
+            // A paraphraser turns the teacher map into its factor, frozen.
+            let mut targets = targets;
+            if let Some(p) = &term.paraphraser {
+                let [target] = targets.as_mut_slice() else {
+                    return Err(shape_error(&label, "a paraphraser reads one teacher tap"));
+                };
+                let g = paraphraser_graph(i, "x", target.shape(), p.rate, false)?;
+                let shared_w = shared
+                    .as_ref()
+                    .and_then(|s| s.frozen.get(frozen_parts.len()));
+                let w = match (shared_w, &p.weights) {
+                    (Some(w), _) | (None, Some(w)) => w.clone(),
+                    (None, None) => Weights::init(gpu, &g, spec.seed.wrapping_add(i as u64))?,
+                };
+                let ins: BTreeMap<String, Tensor> = [("x".to_string(), target.clone())].into();
+                let f = plan_forward(gpu, &g, &w, &ins, Mode::Eval, None, &mut plan)?;
+                let out = g
+                    .output
+                    .ok_or_else(|| shape_error(&label, "the paraphraser has no output"))?;
+                *target = f.get(out).clone();
+                frozen_parts.push(w);
+            }
             // A head runs on a tap before the loss: a FitNet regressor from the student tap to
             // the teacher's shape, or a contrastive term's two embedding heads (one per side).
             // Each is (graph, weights, forward pass, whether it sits on the student side).
@@ -485,7 +665,6 @@ impl TrainStep {
                 heads.push((g, w, f, student_side));
                 Ok::<Tensor, Error>(out)
             };
-            let mut targets = targets;
             let student_sides: Vec<Tensor> = match (term.adapter, svs.as_slice()) {
                 (None, _) if def.has_embedding_heads() => {
                     let (&[sv], [target]) = (svs.as_slice(), targets.as_mut_slice()) else {
@@ -684,6 +863,7 @@ impl TrainStep {
             optimizer: opt_state,
             adapters: adapter_parts.into_iter().map(|(w, _)| w).collect(),
             parameters: parameter_parts.into_iter().map(|(w, _)| w).collect(),
+            frozen: frozen_parts,
         });
         let fetch = LossFetch {
             staging: gpu.pool().acquire(
@@ -952,6 +1132,11 @@ impl TrainStep {
         &self.state.parameters
     }
 
+    /// The loss terms' frozen modules (FT's paraphrasers), one per term that has one.
+    pub fn frozen(&self) -> &[Weights] {
+        &self.state.frozen
+    }
+
     /// Optimizer steps taken so far (by this step and its siblings; waits for the GPU).
     pub fn steps_taken(&self, gpu: &Gpu) -> Result<u32> {
         Ok(gpu.read::<u32>(&self.state.step)?[0])
@@ -959,8 +1144,8 @@ impl TrainStep {
 
     /// Everything a step carries from one call to the next besides the model's weights: the step
     /// counter (`step`), the optimizer's state (`optimizer.PARAM.K`), the adapters' weights
-    /// (`adapters.I.…`) and the loss terms' parameters (`terms.I.…`), as host tensors for a
-    /// resumable checkpoint (waits for the GPU).
+    /// (`adapters.I.…`), the loss terms' parameters and frozen paraphrasers (`terms.I.…`), as
+    /// host tensors for a resumable checkpoint (waits for the GPU).
     pub fn save_state(&self, gpu: &Gpu) -> Result<TensorMap> {
         let mut out = TensorMap::new();
         out.insert(
@@ -975,7 +1160,13 @@ impl TrainStep {
                 );
             }
         }
-        for w in self.state.adapters.iter().chain(&self.state.parameters) {
+        for w in self
+            .state
+            .adapters
+            .iter()
+            .chain(&self.state.parameters)
+            .chain(&self.state.frozen)
+        {
             out.extend(w.to_host(gpu)?);
         }
         Ok(out)
@@ -1002,7 +1193,13 @@ impl TrainStep {
                     .map(|(k, t)| (format!("optimizer.{name}.{k}"), t)),
             );
         }
-        for w in self.state.adapters.iter().chain(&self.state.parameters) {
+        for w in self
+            .state
+            .adapters
+            .iter()
+            .chain(&self.state.parameters)
+            .chain(&self.state.frozen)
+        {
             targets.extend(w.iter().map(|(n, t)| (n.clone(), t)));
         }
         for (name, t) in targets {

@@ -1,4 +1,4 @@
-//! ReLU and GELU forward and backward (`shaders/activation.wgsl`).
+//! ReLU, leaky ReLU and GELU forward and backward (`shaders/activation.wgsl`).
 
 use crate::Result;
 use crate::catalogue::{
@@ -13,24 +13,39 @@ use Binding::{Output as W, ReadOnly as R, Uniform as U};
 /// `y = max(x, 0)`.
 pub const RELU_FORWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "relu_forward", &[U, R, W]);
+/// `y = x` where positive, `slope·x` elsewhere.
+pub const LEAKY_RELU_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "leaky_relu_forward", &[U, R, W]);
 /// `y = x·Φ(x)`.
 pub const GELU_FORWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "gelu_forward", &[U, R, W]);
 /// `dx = dy·[x > 0]`.
 pub const RELU_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "relu_backward", &[U, R, R, W]);
+/// `dx = dy` where `x > 0`, `slope·dy` elsewhere.
+pub const LEAKY_RELU_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "leaky_relu_backward", &[U, R, R, W]);
 /// `dx = dy·(Φ(x) + x·φ(x))`.
 pub const GELU_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "gelu_backward", &[U, R, R, W]);
 
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[RELU_FORWARD, GELU_FORWARD, RELU_BACKWARD, GELU_BACKWARD];
+pub const KERNELS: &[KernelSpec] = &[
+    RELU_FORWARD,
+    LEAKY_RELU_FORWARD,
+    GELU_FORWARD,
+    RELU_BACKWARD,
+    LEAKY_RELU_BACKWARD,
+    GELU_BACKWARD,
+];
 
 /// Which activation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     /// ReLU.
     Relu,
+    /// Leaky ReLU with its negative slope (`nn.LeakyReLU(negative_slope)`).
+    LeakyRelu(f32),
     /// Exact GELU.
     Gelu,
 }
@@ -39,24 +54,40 @@ pub enum Kind {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
-    pad: [u32; 3],
+    slope: f32,
+    pad: [u32; 2],
 }
 
-fn params(op: &str, t: &Tensor) -> Result<Params> {
+fn params(op: &str, kind: Kind, t: &Tensor) -> Result<Params> {
     t.expect(op, "x", DType::F32, t.shape())?;
     let n = u32::try_from(t.numel())
         .map_err(|_| shape_error(op, "too many elements for u32 indexing"))?;
-    Ok(Params { n, pad: [0; 3] })
+    let slope = match kind {
+        Kind::LeakyRelu(slope) if !slope.is_finite() => {
+            return Err(shape_error(
+                op,
+                format!("slope must be finite, got {slope}"),
+            ));
+        }
+        Kind::LeakyRelu(slope) => slope,
+        Kind::Relu | Kind::Gelu => 0.0,
+    };
+    Ok(Params {
+        n,
+        slope,
+        pad: [0; 2],
+    })
 }
 
 /// Prepares `y = f(x)` into a new tensor.
 pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> {
     let spec = match kind {
         Kind::Relu => &RELU_FORWARD,
+        Kind::LeakyRelu(_) => &LEAKY_RELU_FORWARD,
         Kind::Gelu => &GELU_FORWARD,
     };
     let y = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch_over(spec, &params(spec.entry, x)?, &[x, &y], x.numel())?;
+    let d = gpu.dispatch_over(spec, &params(spec.entry, kind, x)?, &[x, &y], x.numel())?;
     Ok((d, y))
 }
 
@@ -64,18 +95,29 @@ pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> 
 pub fn backward(gpu: &Gpu, kind: Kind, x: &Tensor, dy: &Tensor) -> Result<(Dispatch, Tensor)> {
     let spec = match kind {
         Kind::Relu => &RELU_BACKWARD,
+        Kind::LeakyRelu(_) => &LEAKY_RELU_BACKWARD,
         Kind::Gelu => &GELU_BACKWARD,
     };
     dy.expect(spec.entry, "dy", DType::F32, x.shape())?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch_over(spec, &params(spec.entry, x)?, &[x, dy, &dx], x.numel())?;
+    let d = gpu.dispatch_over(
+        spec,
+        &params(spec.entry, kind, x)?,
+        &[x, dy, &dx],
+        x.numel(),
+    )?;
     Ok((d, dx))
 }
 
-/// The family's catalogue: both activations forward and backward at odd sizes.
+/// The family's catalogue: every activation forward and backward at odd sizes.
 pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
     let kinds = [
         (Kind::Relu, Act::Relu, "relu"),
+        (
+            Kind::LeakyRelu(0.1),
+            Act::LeakyRelu(0.1f32 as f64),
+            "leaky_relu",
+        ),
         (Kind::Gelu, Act::Gelu, "gelu"),
     ];
     if let Suite::Bench { .. } = suite {

@@ -1,4 +1,5 @@
-//! f64 reference for `shaders/activation.wgsl`: ReLU and exact GELU with their derivatives.
+//! f64 reference for `shaders/activation.wgsl`: ReLU, leaky ReLU and exact GELU with their
+//! derivatives.
 
 /// ReLU.
 pub fn relu(x: f64) -> f64 {
@@ -8,6 +9,16 @@ pub fn relu(x: f64) -> f64 {
 /// ReLU's derivative (0 at 0, as PyTorch).
 pub fn relu_grad(x: f64) -> f64 {
     if x > 0.0 { 1.0 } else { 0.0 }
+}
+
+/// Leaky ReLU: `x` where positive, `slope·x` elsewhere.
+pub fn leaky_relu(x: f64, slope: f64) -> f64 {
+    if x > 0.0 { x } else { slope * x }
+}
+
+/// Leaky ReLU's derivative (`slope` at 0, as PyTorch).
+pub fn leaky_relu_grad(x: f64, slope: f64) -> f64 {
+    if x > 0.0 { 1.0 } else { slope }
 }
 
 /// Exact GELU `x·Φ(x)`.
@@ -23,12 +34,14 @@ pub fn gelu_grad(x: f64) -> f64 {
 }
 
 /// Which activation a Linear layer applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Act {
     /// None.
     Identity,
     /// ReLU.
     Relu,
+    /// Leaky ReLU with its negative slope.
+    LeakyRelu(f64),
     /// Exact GELU.
     Gelu,
 }
@@ -39,6 +52,7 @@ impl Act {
         match self {
             Act::Identity => z,
             Act::Relu => relu(z),
+            Act::LeakyRelu(slope) => leaky_relu(z, slope),
             Act::Gelu => gelu(z),
         }
     }
@@ -48,6 +62,7 @@ impl Act {
         match self {
             Act::Identity => 1.0,
             Act::Relu => relu_grad(z),
+            Act::LeakyRelu(slope) => leaky_relu_grad(z, slope),
             Act::Gelu => gelu_grad(z),
         }
     }

@@ -276,9 +276,28 @@ pub struct LossConfig {
     /// Linear warm-up of the weight over the first epochs (as DKD uses).
     #[serde(default)]
     pub warmup_epochs: usize,
+    /// A paraphraser on the teacher side (FT), pretrained by reconstruction before the stage.
+    pub paraphraser: Option<ParaphraserConfig>,
     /// The loss's attributes, by name.
     #[serde(flatten)]
     pub attrs: BTreeMap<String, toml::Value>,
+}
+
+/// FT's paraphraser of a term's teacher map (`paraphraser = { epochs = 1, rate = 0.5 }`): trained
+/// to reconstruct the map (mean squared error, the stage's optimizer at its base learning rate)
+/// before the stage's first epoch, then frozen; its encoder's factor is the term's target.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParaphraserConfig {
+    /// Epochs of reconstruction training (RepDistiller's `init_epochs`), at least 1.
+    pub epochs: usize,
+    /// The factor's channels as a fraction of the teacher map's (RepDistiller's k).
+    #[serde(default = "half")]
+    pub rate: f64,
+}
+
+fn half() -> f64 {
+    0.5
 }
 
 impl LossConfig {

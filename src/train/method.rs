@@ -11,7 +11,7 @@
 //!   taps; label terms train the model and every head, logits terms pull each head toward the
 //!   model's own detached logits, feature terms pull each head's tap toward a deeper tap.
 
-use crate::graph::{LossSpec, PEER};
+use crate::graph::{LossSpec, PEER, Paraphraser};
 
 use super::config::{LossConfig, StageConfig};
 
@@ -58,9 +58,12 @@ impl Method {
         let def = loss.def();
         term.check_taps(def).map_err(|(key, m)| (at(&key), m))?;
         if !def.needs_teacher() {
-            if !term.teacher_taps().is_empty() || term.adapter.is_some() {
+            if !term.teacher_taps().is_empty()
+                || term.adapter.is_some()
+                || term.paraphraser.is_some()
+            {
                 let message = format!(
-                    "{} uses the labels: it takes no teacher_tap or adapter",
+                    "{} uses the labels: it takes no teacher_tap, adapter or paraphraser",
                     def.name
                 );
                 return Err((at(""), message));
@@ -80,6 +83,33 @@ impl Method {
                 def.name
             );
             return Err((at(".kind"), message));
+        }
+        if let Some(p) = &term.paraphraser {
+            if self != Method::Offline || !has_teachers {
+                return Err((
+                    at(".paraphraser"),
+                    "a paraphraser encodes a teacher's map: one model trained against teachers"
+                        .into(),
+                ));
+            }
+            if def.teacher_inputs().count() != 1 {
+                let message = format!(
+                    "a paraphraser reads one teacher tap; {} has {}",
+                    def.name,
+                    def.teacher_inputs().count()
+                );
+                return Err((at(".paraphraser"), message));
+            }
+            if p.epochs == 0 {
+                return Err((
+                    at(".paraphraser.epochs"),
+                    "must be at least 1 (its reconstruction training before the stage)".into(),
+                ));
+            }
+            if !(p.rate > 0.0 && p.rate <= 1.0) {
+                let message = format!("must be in (0, 1], got {}", p.rate);
+                return Err((at(".paraphraser.rate"), message));
+            }
         }
         if self == Method::SelfDistillation
             && (!term.student_taps().is_empty() || def.student_inputs().count() > 1)
@@ -176,5 +206,9 @@ fn spec(term: &LossConfig) -> crate::Result<LossSpec> {
         student_taps: term.student_taps(),
         teacher_taps: term.teacher_taps(),
         adapter: term.adapter,
+        paraphraser: term.paraphraser.as_ref().map(|p| Paraphraser {
+            rate: p.rate,
+            weights: None,
+        }),
     })
 }

@@ -1,6 +1,6 @@
 //! Training runs: the staged configuration ([`config`]) and each stage's method ([`method`]),
 //! the runner that executes it ([`run`]: [`stage`] plans a stage, [`epoch`] trains one epoch),
-//! the run folder ([`checkpoint`]), `summary.json` ([`summary`]), several seeds ([`seeds`]),
+//! the modules trained before a stage ([`pretrain`]), the run folder ([`checkpoint`]), `summary.json` ([`summary`]), several seeds ([`seeds`]),
 //! the curves ([`curves`]), the teacher-output cache ([`teacher_cache`]) and the results table
 //! ([`report`]).
 
@@ -9,6 +9,7 @@ pub mod config;
 pub mod curves;
 pub mod epoch;
 pub mod method;
+pub mod pretrain;
 pub mod report;
 pub mod run;
 pub mod seeds;

@@ -14,6 +14,7 @@ use crate::kernels::optimizer::{AdamW, Sgd};
 
 use super::checkpoint::{Progress, RunFolder};
 use super::config::{Config, OptimizerConfig, OptimizerKind, ScheduleKind, StageConfig};
+use super::pretrain;
 use super::run::{RunOptions, default_teacher_cache};
 use super::summary::{ModelResult, StageSummary};
 use super::teacher_cache::{self, TeacherOutputs};
@@ -224,7 +225,7 @@ impl<'a> StagePlan<'a> {
             })
             .collect::<Result<_>>()?;
         let method = stage.method()?;
-        let terms = with_bank_size(method.terms(stage)?, &stage.name, train.len())?;
+        let mut terms = with_bank_size(method.terms(stage)?, &stage.name, train.len())?;
 
         // One model as it is; several (online distillation) as one graph of peers; with heads,
         // the model and its heads.
@@ -278,6 +279,12 @@ impl<'a> StagePlan<'a> {
         // the cache, a replay of their stored outputs.
         let teacher_at = |b: usize| teacher_graph(config, stage, shapes, b);
         let teacher_w = teacher_weights(stage, models);
+        // Paraphrasers train on the teacher's maps first; a resumed stage reloads them with the
+        // step's state.
+        if let (Some(w), 0) = (&teacher_w, start_epoch) {
+            let g = teacher_at(shapes.batch)?;
+            pretrain::paraphrasers(gpu, config, stage, (&g, w), &mut terms, train, log)?;
+        }
         let cached = match &teacher_w {
             Some(w) if config.data.teacher_cache => {
                 let g = teacher_at(shapes.batch)?;

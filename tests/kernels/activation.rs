@@ -12,7 +12,8 @@ fn activations_match_reference_forward_and_backward() {
         let xv: Vec<f32> = data(n, 6).iter().map(|v| 4.0 * v).collect();
         let dyv = data(n, 7);
         let (x, dy) = (up(gpu, &[n], &xv), up(gpu, &[n], &dyv));
-        for (kind, act) in [(Kind::Relu, Act::Relu), (Kind::Gelu, Act::Gelu)] {
+        let leaky = (Kind::LeakyRelu(0.1), Act::LeakyRelu(f64::from(0.1f32)));
+        for (kind, act) in [(Kind::Relu, Act::Relu), leaky, (Kind::Gelu, Act::Gelu)] {
             let want: Vec<f64> = widen(&xv).iter().map(|&v| act.apply(v)).collect();
             allclose(
                 &run(gpu, activation::forward(gpu, kind, &x).unwrap()),
@@ -39,7 +40,12 @@ fn activations_match_reference_forward_and_backward() {
 
 #[test]
 fn activation_reference_derivatives_match_finite_differences() {
-    for act in [Act::Relu, Act::Gelu] {
+    for act in [
+        Act::Relu,
+        Act::LeakyRelu(0.1),
+        Act::LeakyRelu(2.5),
+        Act::Gelu,
+    ] {
         for x in [-3.0, -0.7, 0.3, 1.9, 5.0] {
             let fd = (act.apply(x + 1e-6) - act.apply(x - 1e-6)) / 2e-6;
             assert!(
@@ -49,4 +55,21 @@ fn activation_reference_derivatives_match_finite_differences() {
             );
         }
     }
+}
+
+#[test]
+fn leaky_relu_takes_the_negative_slope_at_zero_and_rejects_a_non_finite_one() {
+    let Some(gpu) = gpu() else { return };
+    let x = up(gpu, &[3], &[0.0, -2.0, 3.0]);
+    let dy = up(gpu, &[3], &[1.0, 1.0, 1.0]);
+    let kind = Kind::LeakyRelu(0.25);
+    let y = run(gpu, activation::forward(gpu, kind, &x).unwrap());
+    assert_eq!(y, [0.0, -0.5, 3.0]);
+    // PyTorch's leaky_relu_backward: the slope where x <= 0.
+    let dx = run(gpu, activation::backward(gpu, kind, &x, &dy).unwrap());
+    assert_eq!(dx, [0.25, 0.25, 1.0]);
+    let e = activation::forward(gpu, Kind::LeakyRelu(f32::NAN), &x)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("slope must be finite"), "{e}");
 }
