@@ -115,15 +115,24 @@ fn crd_scores_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 @group(0) @binding(1) var<storage, read> z_scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> z_value: array<f32>;
 
+var<workgroup> z_known: f32;
+
 @compute @workgroup_size(256)
 fn crd_z(@builtin(local_invocation_index) lid: u32) {
+    // Once the first batch has set Z, every later step skips the B·(K+1) exponentials.
+    if (lid == 0u) {
+        z_known = z_value[params.side];
+    }
+    if (workgroupUniformLoad(&z_known) != 0.0) {
+        return;
+    }
     let n = params.batch * params.rows;
     var s = 0.0;
     for (var e = lid; e < n; e = e + Z_WG) {
         s = s + exp(z_scores[e]);
     }
     let total = workgroup_sum(lid, s, Z_WG);
-    if (lid == 0u && z_value[params.side] == 0.0) {
+    if (lid == 0u) {
         z_value[params.side] = params.n_data * total / f32(n);
     }
 }

@@ -244,8 +244,8 @@ fn adaptive_avg_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     let plane = x / per_plane;
     let ih = (x % per_plane) / params.w;
     let iw = x % params.w;
-    let rows = vec2<u32>(ih * params.ho / params.h, window_end(ih, params.ho, params.h));
-    let cols = vec2<u32>(iw * params.wo / params.w, window_end(iw, params.wo, params.w));
+    let rows = vec2<u32>(window_start(ih, params.ho, params.h), window_end(ih, params.ho, params.h));
+    let cols = vec2<u32>(window_start(iw, params.wo, params.w), window_end(iw, params.wo, params.w));
     var acc = 0.0;
     for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {
         let area_h = window_end(oh, params.h, params.ho) - window_start(oh, params.h, params.ho);

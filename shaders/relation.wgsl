@@ -583,7 +583,7 @@ fn irg_edges(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let lo = min(i, j);
     let hi = max(i, j);
     // Unclamped: the comparison clamps, and its gradient needs to know where it did.
-    irg_edges_out[e] = irg_gram[i * b + i] + irg_gram[j * b + j] - 2.0 * irg_gram[lo * b + hi];
+    irg_edges_out[e] = squared_distance(irg_gram[lo * b + hi], irg_gram[i * b + i], irg_gram[j * b + j]);
 }
 
 // Statistics of one comparison in one workgroup of 256, in a fixed order: slot = (m_a, m_b,
@@ -660,7 +660,8 @@ fn irg_compare(@builtin(local_invocation_index) lid: u32) {
         let o = irg.slot * 8u;
         irg_stats[o] = m_a;
         irg_stats[o + 1u] = m_b;
-        irg_stats[o + 2u] = f32(irg_arg_a[0]);
+        // The index's bits, not its value: an f32 holds integers exactly only below 2^24.
+        irg_stats[o + 2u] = bitcast<f32>(irg_arg_a[0]);
         irg_stats[o + 3u] = irg.scale * irg_sum_l[0];
         irg_stats[o + 4u] = 2.0 * irg.scale * irg_sum_s[0];
     }
@@ -690,7 +691,7 @@ fn irg_compare_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
     let d = a / m_a - irg_value(irg_gb[k], k) / irg_gstats[o + 1u];
     var g = 2.0 * irg.scale * d / m_a;
-    if (k == u32(irg_gstats[o + 2u])) {
+    if (k == bitcast<u32>(irg_gstats[o + 2u])) {
         g = g - irg_gstats[o + 4u] / (m_a * m_a);
     }
     irg_grad[k] = g;

@@ -1,15 +1,29 @@
 //! The crate's deterministic pseudo-random numbers: initial weights, the synthetic data set and
 //! the inputs of `check`, the tests and the benches, reproducible across runs and machines.
 
+/// A xorshift64 generator: the crate's one source of pseudo-random bits.
+#[derive(Clone, Copy, Debug)]
+pub struct Xorshift(u64);
+
+impl Xorshift {
+    /// A generator whose state is mixed from `seed` (never zero).
+    pub fn new(seed: u64) -> Xorshift {
+        Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// `n` deterministic pseudo-random values in [-1, 1) from `seed` (xorshift).
 pub fn sample(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Xorshift::new(seed);
     (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
+        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
         .collect()
 }

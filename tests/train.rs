@@ -1080,27 +1080,25 @@ losses = [{{ kind = "ce" }}, {{ kind = "crd", student_tap = "hidden.0", teacher_
     };
     let run_text = |name: &str, t: String| {
         let cfg = config::parse(name, &t).unwrap();
-        cfg.check(name).unwrap();
+        cfg.check(name)?;
         let opts = RunOptions::new(out_dir(name));
         let (train, test) = run::load_data(&cfg, &opts).unwrap();
         run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
     };
-    for (term, want) in [
-        (
-            "nce_k = 10.5",
-            "losses[1].nce_k: must be a whole number, got 10.5",
-        ),
-        (
-            "feat_dim = 7.25",
-            "losses[1].feat_dim: must be a whole number",
-        ),
+    // Sizes that are not whole are refused when the config is checked, a bank size that is not
+    // the training set's before the first stage trains; each names the stage and key.
+    for (term, stage, want) in [
+        ("nce_k = 10.5", "stages[1]", "losses[1].nce_k"),
+        ("feat_dim = 7.25", "stages[1]", "losses[1].feat_dim"),
         (
             "nce_k = 8, n_data = 50",
-            "must be the training set's size 96",
+            "stage 'crd'",
+            "losses[1].n_data: must be the training set's size 96",
         ),
     ] {
         let e = run_text("crd-sizes", text(term)).err().unwrap().to_string();
-        assert!(e.contains("stage 'crd'") && e.contains(want), "{e}");
+        assert!(e.contains(stage) && e.contains(want), "{e}");
+        assert!(!term.contains('.') || e.contains("whole number"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
     }
     // Right as given: 8 negatives, 12-wide heads.
@@ -1221,6 +1219,17 @@ fn paraphraser_settings_are_checked() {
             "{ kind = \"ce\" },\n",
             "{ kind = \"ce\", paraphraser = { epochs = 1 } },\n",
             "losses[0]",
+        ),
+        // Shapes are checked with the config too: a factor of no channels, a 2-D teacher tap.
+        (
+            "paraphraser = { epochs = 3 }",
+            "paraphraser = { epochs = 3, rate = 0.01 }",
+            "losses[1].paraphraser",
+        ),
+        (
+            "teacher_tap = \"features.7\", adapter",
+            "teacher_tap = \"logits\", adapter",
+            "losses[1].paraphraser",
         ),
     ];
     for (from, to, key) in cases {

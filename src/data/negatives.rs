@@ -2,6 +2,8 @@
 //! K indices of samples from other classes, drawn without replacement while K is at most their
 //! count (with replacement beyond, as RepDistiller's `CIFAR100InstanceSample` does).
 
+use crate::rng::Xorshift;
+
 /// Draws each sample's negatives from the other classes of a training set.
 #[derive(Clone, Debug)]
 pub struct NegativeSampler {
@@ -9,14 +11,8 @@ pub struct NegativeSampler {
     others: Vec<Vec<i32>>,
     labels: Vec<i32>,
     k: usize,
-}
-
-/// xorshift64 step.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
+    // The partial shuffle's swaps, undone after each sample (kept to allocate once).
+    swaps: Vec<usize>,
 }
 
 impl NegativeSampler {
@@ -33,6 +29,7 @@ impl NegativeSampler {
             others,
             labels: labels.to_vec(),
             k,
+            swaps: Vec::with_capacity(k),
         }
     }
 
@@ -41,8 +38,7 @@ impl NegativeSampler {
     /// after each sample so the draw depends only on the seed).
     pub fn fill(&mut self, samples: &[usize], seed: u64, out: &mut Vec<i32>) {
         out.clear();
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut swaps = Vec::with_capacity(self.k);
+        let mut rng = Xorshift::new(seed);
         for &i in samples {
             out.push(i as i32);
             let class = self.labels[i].max(0) as usize;
@@ -56,18 +52,18 @@ impl NegativeSampler {
             }
             if self.k > n {
                 for _ in 0..self.k {
-                    out.push(pool[(next(&mut state) % n as u64) as usize]);
+                    out.push(pool[(rng.next_u64() % n as u64) as usize]);
                 }
                 continue;
             }
-            swaps.clear();
+            self.swaps.clear();
             for j in 0..self.k {
-                let r = j + (next(&mut state) % (n - j) as u64) as usize;
+                let r = j + (rng.next_u64() % (n - j) as u64) as usize;
                 pool.swap(j, r);
-                swaps.push(r);
+                self.swaps.push(r);
                 out.push(pool[j]);
             }
-            for (j, &r) in swaps.iter().enumerate().rev() {
+            for (j, &r) in self.swaps.iter().enumerate().rev() {
                 pool.swap(j, r);
             }
         }

@@ -16,6 +16,6 @@ pub use ir::{ConvLayer, Graph, Init, Op, Value};
 pub use memory::{MemoryReport, plan_memory};
 pub use step::{
     Adapter, EvalStep, LossSpec, OptimizerSpec, PEER, Paraphraser, StepSpec, TEACHER_INPUT,
-    TrainStep, paraphraser_graph,
+    TrainStep, adapter_graph, paraphraser_graph,
 };
 pub use weights::Weights;

@@ -12,8 +12,8 @@ use crate::error::shape_error;
 use crate::gpu::pool::PooledBuffer;
 use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
-use crate::kernels::losses::{Loss, LossPlan, Role};
-use crate::kernels::{contrast, elementwise, optimizer, pool};
+use crate::kernels::losses::{Loss, LossPlan, MemoryDef, Role};
+use crate::kernels::{elementwise, optimizer, pool};
 use crate::{Error, Result};
 
 use super::exec::{Forward, Mode, plan_backward, plan_forward};
@@ -294,8 +294,9 @@ pub fn paraphraser_graph(
     Ok(g)
 }
 
-/// Builds the regressor graph of an adapter from a student tap's shape to the teacher's.
-fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> Result<Graph> {
+/// Builds the regressor graph of an adapter from a student tap's shape to the teacher's (not
+/// for [`Adapter::Pool`], which the step plans itself).
+pub fn adapter_graph(kind: Adapter, index: usize, from: &[usize], to: &[usize]) -> Result<Graph> {
     let mut g = Graph::new();
     let x = g.input("x", from, DType::F32)?;
     let prefix = format!("adapters.{index}");
@@ -361,81 +362,63 @@ fn embed_graph(index: usize, name: &str, from: &[usize], dim: usize) -> Result<G
     Ok(g)
 }
 
-/// The memory of a contrastive term (`terms.I.memory_student`, `terms.I.memory_teacher`, N×D,
-/// and `terms.I.z`, its two normalisers, 0 until the first batch sets them), for the loss `l`
-/// over `n` samples.
+/// The memory of a loss term with memory inputs (`terms.I.NAME` for each of its
+/// [`MemoryDef::names`]: CRD's two N×D banks and its normalisers), for `n` rows of width `d`.
 fn term_memory(
     gpu: &Gpu,
     index: usize,
     l: &Loss,
-    n: usize,
-    d: usize,
+    memory: &MemoryDef,
+    (n, d): (usize, usize),
     seed: u64,
 ) -> Result<Weights> {
-    let attrs = contrast::attrs_of(l);
-    let host: TensorMap = [
-        ("memory_student", contrast::initial_bank(n, d, seed)),
-        (
-            "memory_teacher",
-            contrast::initial_bank(n, d, seed ^ 0x5eed),
-        ),
-        ("z", HostTensor::f32(&[2], attrs.z.to_vec())),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("terms.{index}.{k}"), v))
-    .collect();
+    let host: TensorMap = memory
+        .names
+        .iter()
+        .zip((memory.init)(l, n, d, seed))
+        .map(|(k, v)| (format!("terms.{index}.{k}"), v))
+        .collect();
     Weights::upload(gpu, &format!("{index}:{}", l.name()), &host)
 }
 
-/// The rows a contrastive term reads in its banks, written by the loader before each step.
+/// The rows a memory term reads in its banks, written by the loader before each step.
 struct SampleRows {
     term: usize,
-    // (B, K+1) i32: each sample's own index, then its negatives.
+    // (B, rows): each sample's own index, then its negatives.
     indices: Tensor,
     // The banks' rows N.
     bank_rows: usize,
 }
 
-/// Plans a contrastive term on its memory: the loss and gradients from the banks read in place,
-/// then the updated rows written back after every read. Its launches go into `plan`; returns
-/// the indices the loader writes per step and the loss's tensors.
+/// Plans a memory term: the loss and gradients from the banks read in place, then the updated
+/// rows written back after every read (the registry's [`MemoryDef::banked`]). Its launches go
+/// into `plan`; returns the indices the loader writes per step and the loss's tensors.
 fn banked_term(
     gpu: &Gpu,
     index: usize,
     term: &LossSpec,
-    memory: &Weights,
+    memory: (&MemoryDef, &Weights),
     inputs: &[&Tensor],
     plan: &mut Vec<Dispatch>,
 ) -> Result<(SampleRows, LossPlan)> {
-    let label = format!("{index}:{}", term.loss.name());
-    if term.loss.name() != contrast::CRD.name {
-        return Err(shape_error(&label, "has no memory-bank training step"));
-    }
-    let get = |k: &str| {
-        let name = format!("terms.{index}.{k}");
-        memory
-            .get(&name)
-            .ok_or_else(|| shape_error(&name, "missing from the term's memory"))
-    };
-    let (bank_s, bank_t, z) = (get("memory_student")?, get("memory_teacher")?, get("z")?);
+    let (def, weights) = memory;
+    let tensors: Vec<&Tensor> = def
+        .names
+        .iter()
+        .map(|k| {
+            let name = format!("terms.{index}.{k}");
+            weights
+                .get(&name)
+                .ok_or_else(|| shape_error(&name, "missing from the term's memory"))
+        })
+        .collect::<Result<_>>()?;
     let batch = inputs[0].shape()[0];
-    let negatives = term.loss.attr("nce_k") as usize;
-    let indices = gpu.zeros(&[batch, negatives + 1], DType::I32)?;
-    let banks = contrast::Banks {
-        student: bank_s,
-        teacher: bank_t,
-        indices: &indices,
-        z,
-    };
-    let attrs = contrast::attrs_of(&term.loss);
-    let lp = contrast::crd_banked(gpu, &attrs, inputs[0], inputs[1], &banks)?;
+    let indices = gpu.zeros(&[batch, (def.rows)(&term.loss)], DType::I32)?;
+    let lp = (def.banked)(gpu, &term.loss, inputs, &tensors, &indices)?;
     plan.extend(lp.dispatches);
-    for (rows, bank) in lp.updated.iter().zip([bank_s, bank_t]) {
-        plan.push(contrast::write_rows(gpu, rows, &indices, bank)?);
-    }
     let rows = SampleRows {
         term: index,
-        bank_rows: bank_s.shape()[0],
+        bank_rows: tensors[0].shape()[0],
         indices,
     };
     let lp = LossPlan {
@@ -718,14 +701,14 @@ impl TrainStep {
                     ));
                 }
             };
-            if def.memory_inputs().next().is_some() && def.parameter_inputs().next().is_some() {
+            if def.memory.is_some() && def.parameter_inputs().next().is_some() {
                 return Err(shape_error(
                     &label,
                     "a loss cannot own both parameters and banks",
                 ));
             }
             // The term's own tensors, made once and shared with a sibling step like the
-            // adapters: trainable parameters (VID's variance), or a contrastive term's banks.
+            // adapters: trainable parameters (VID's variance), or a memory term's banks.
             let existing = shared
                 .as_ref()
                 .and_then(|s| s.parameters.get(parameter_parts.len()));
@@ -734,12 +717,12 @@ impl TrainStep {
                     Some(w) => w.clone(),
                     None => term_parameters(gpu, i, term, &student_sides, &targets, &labels)?,
                 })
-            } else if def.memory_inputs().next().is_some() {
-                let n = term.loss.attr("n_data") as usize;
+            } else if let Some(memory) = &def.memory {
+                let n = term.loss.attr(memory.size_attr) as usize;
                 let d = student_sides[0].shape().iter().skip(1).product();
                 Some(match existing {
                     Some(w) => w.clone(),
-                    None => term_memory(gpu, i, &term.loss, n, d, spec.seed ^ i as u64)?,
+                    None => term_memory(gpu, i, &term.loss, memory, (n, d), spec.seed ^ i as u64)?,
                 })
             } else {
                 None
@@ -766,9 +749,10 @@ impl TrainStep {
                 })
                 .collect::<Option<_>>()
                 .ok_or_else(|| shape_error(&label, "inputs do not match the loss's roles"))?;
-            let lp = match (&params, def.memory_inputs().next()) {
-                (Some(memory), Some(_)) => {
-                    let (rows, lp) = banked_term(gpu, i, term, memory, &inputs, &mut plan)?;
+            let lp = match (&params, &def.memory) {
+                (Some(weights), Some(memory)) => {
+                    let (rows, lp) =
+                        banked_term(gpu, i, term, (memory, weights), &inputs, &mut plan)?;
                     sample_rows.push(rows);
                     lp
                 }
@@ -1126,8 +1110,9 @@ impl TrainStep {
         &self.state.adapters
     }
 
-    /// The loss terms' own parameters (`terms.I.NAME`; trained with the student, not exported
-    /// with it), one set per term that has any.
+    /// The loss terms' own tensors (`terms.I.NAME`), one set per term that has any: trainable
+    /// parameters (VID's variances, trained with the student) or a memory term's banks (CRD's,
+    /// updated by its own launches); never exported with the student.
     pub fn parameters(&self) -> &[Weights] {
         &self.state.parameters
     }

@@ -4,7 +4,7 @@ use crate::Result;
 use crate::catalogue::{
     Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor, stream_len,
 };
-use crate::error::shape_error;
+use crate::error::{input_error, shape_error};
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::reference::activation::Act;
 
@@ -64,7 +64,7 @@ fn params(op: &str, kind: Kind, t: &Tensor) -> Result<Params> {
         .map_err(|_| shape_error(op, "too many elements for u32 indexing"))?;
     let slope = match kind {
         Kind::LeakyRelu(slope) if !slope.is_finite() => {
-            return Err(shape_error(
+            return Err(input_error(
                 op,
                 format!("slope must be finite, got {slope}"),
             ));

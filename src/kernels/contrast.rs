@@ -12,7 +12,9 @@ use crate::reference::contrast as cpu;
 use crate::rng::sample;
 
 use super::AttrDef;
-use super::losses::{LossCase, LossDef, LossInput, LossPlan, Range, Reads, Role, u32_of};
+use super::losses::{
+    LossCase, LossDef, LossInput, LossPlan, MemoryDef, Range, Reads, Role, u32_of,
+};
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
@@ -68,9 +70,6 @@ pub const KERNELS: &[KernelSpec] = &[
     CRD_SCATTER,
 ];
 
-/// The default number of negatives per sample (RepDistiller's `nce_k`).
-pub const DEFAULT_NCE_K: f64 = 16384.0;
-
 /// `crd`: contrastive representation distillation (Tian et al. 2020).
 pub const CRD: LossDef = LossDef {
     name: "crd",
@@ -110,7 +109,7 @@ pub const CRD: LossDef = LossDef {
         AttrDef {
             name: "n_data",
             default: 0.0,
-            range: Range::non_negative(1e9),
+            range: Range::non_negative(1e9).whole(),
             doc: "the banks' rows N (the op requires it; a training step uses the training set's size)",
         },
         AttrDef {
@@ -127,26 +126,20 @@ pub const CRD: LossDef = LossDef {
         },
         AttrDef {
             name: "nce_k",
-            default: DEFAULT_NCE_K,
-            range: Range::positive(1e7),
+            default: 16384.0,
+            range: Range::positive(1e7).whole(),
             doc: "negatives per sample in a training step (the op reads K from its inputs)",
         },
         AttrDef {
             name: "feat_dim",
             default: 128.0,
-            range: Range::positive(65536.0),
+            range: Range::positive(65536.0).whole(),
             doc: "width of the embedding heads in a training step (the op reads D from its inputs)",
         },
     ],
     launch: |gpu, l, x| crd(gpu, &attrs_of(l), x[0], x[1], x[2], x[3]),
     reference: |l, x| {
-        let a = attrs_of(l);
-        let attrs = cpu::CrdAttrs {
-            t: f64::from(a.t),
-            momentum: f64::from(a.momentum),
-            n_data: f64::from(a.n_data),
-            z: a.z.map(f64::from),
-        };
+        let attrs = attrs_of(l).widened();
         cpu::crd(
             &x[0].values,
             &x[1].values,
@@ -158,6 +151,19 @@ pub const CRD: LossDef = LossDef {
     },
     cases,
     parameters: None,
+    memory: Some(MemoryDef {
+        size_attr: "n_data",
+        names: &["memory_student", "memory_teacher", "z"],
+        rows: |l| l.attr("nce_k") as usize + 1,
+        init: |l, n, d, seed| {
+            vec![
+                initial_bank(n, d, seed),
+                initial_bank(n, d, seed ^ 0x5eed),
+                HostTensor::f32(&[2], attrs_of(l).z.to_vec()),
+            ]
+        },
+        banked: crd_step,
+    }),
 };
 
 /// The family's losses, in registry order.
@@ -174,6 +180,18 @@ pub struct CrdAttrs {
     pub n_data: f32,
     /// Initial normalisers (student, teacher); 0 sets one from the first batch.
     pub z: [f32; 2],
+}
+
+impl CrdAttrs {
+    /// The same in f64, for the reference.
+    pub fn widened(&self) -> cpu::CrdAttrs {
+        cpu::CrdAttrs {
+            t: f64::from(self.t),
+            momentum: f64::from(self.momentum),
+            n_data: f64::from(self.n_data),
+            z: self.z.map(f64::from),
+        }
+    }
 }
 
 /// The kernels' attributes of a `crd` loss.
@@ -300,7 +318,8 @@ pub fn crd_banked(
     };
     gpu.check_loops(&CRD_SCORES, d as u64)?;
     gpu.check_loops(&CRD_GRAD, rows as u64)?;
-    gpu.check_loops(&CRD_Z, (b * rows).div_ceil(256) as u64)?;
+    gpu.check_loops(&CRD_Z, (b * rows).div_ceil(256) as u64 + 8)?;
+    gpu.check_loops(&CRD_TOTAL, b as u64)?;
     let mut plan: Vec<Dispatch> = Vec::new();
     // Student anchors score against the teacher bank (Z slot 0), teacher anchors against the
     // student bank (slot 1).
@@ -345,6 +364,34 @@ pub fn crd_banked(
         grads: vec![grad_s, grad_t],
         updated,
     })
+}
+
+/// CRD in a training step: [`crd_banked`] on the memory (both banks, then Z) through the
+/// loader's `indices`, then both banks' updated rows written back.
+fn crd_step(
+    gpu: &Gpu,
+    l: &super::losses::Loss,
+    inputs: &[&Tensor],
+    memory: &[&Tensor],
+    indices: &Tensor,
+) -> Result<LossPlan> {
+    let (&[student, teacher], &[bank_s, bank_t, z]) = (inputs, memory) else {
+        return Err(shape_error(
+            "crd",
+            "a step reads two anchors and the memory (two banks, Z)",
+        ));
+    };
+    let banks = Banks {
+        student: bank_s,
+        teacher: bank_t,
+        indices,
+        z,
+    };
+    let mut lp = crd_banked(gpu, &attrs_of(l), student, teacher, &banks)?;
+    for (rows, bank) in lp.updated.iter().zip([bank_s, bank_t]) {
+        lp.dispatches.push(write_rows(gpu, rows, indices, bank)?);
+    }
+    Ok(lp)
 }
 
 /// Writes updated rows `(B, D)` into `bank` at each sample's own index (`indices[b, 0]`): the
@@ -392,7 +439,7 @@ fn unit_rows(rows: usize, d: usize, seed: u64) -> Vec<f32> {
 
 fn cases(suite: Suite) -> Vec<LossCase> {
     // (B, K+1, D, N): rows past one workgroup (64) and widths past the update's stride; the
-    // bench shape is a Fashion-MNIST step at nce_k = 4096.
+    // bench shape is a Fashion-MNIST step at nce_k = 4096 (1024 on CPU-like drivers).
     let shapes: &[(usize, usize, usize, f64)] = match suite {
         Suite::Check => &[(1, 2, 3, 10.0), (4, 9, 16, 500.0), (5, 67, 130, 900.0)],
         Suite::Bench { small: true } => &[(128, 1025, 128, 60000.0)],
@@ -413,7 +460,8 @@ fn cases(suite: Suite) -> Vec<LossCase> {
             LossCase::new(shape.clone(), inputs.clone())
                 .attrs(&[("n_data", n_data)])
                 .tolerance(2e-4, 1e-6)
-                .work(Work::Bytes(bytes)),
+                .work(Work::Bytes(bytes))
+                .batch_estimated(),
         );
         if suite == Suite::Check {
             out.push(
@@ -434,8 +482,9 @@ fn cases(suite: Suite) -> Vec<LossCase> {
 
 /// The training step's path: `(B, K+1)` random rows of two N-row banks read in place, the loss,
 /// both gradients and both banks' updated rows written back (against the reference on the
-/// gathered rows). The bench shape is Fashion-MNIST's full training set at nce_k = 4096: its
-/// GB/s count the bank rows the kernels read and write, against the same run's copy.
+/// gathered rows). The bench shape is Fashion-MNIST's full training set at nce_k = 4096 (1024 on
+/// CPU-like drivers): its GB/s count the bank rows the kernels read and write, against the same
+/// run's copy.
 pub fn bank_cases(suite: Suite) -> Vec<crate::catalogue::Case> {
     use crate::catalogue::{Case, Prepared, stream_key};
     let (n, b, rows, d) = match suite {
@@ -454,10 +503,8 @@ pub fn bank_cases(suite: Suite) -> Vec<crate::catalogue::Case> {
     let anchors = [unit_rows(b, d, 26), unit_rows(b, d, 27)];
     let banks = [unit_rows(n, d, 28), unit_rows(n, d, 29)];
     let attrs = CrdAttrs {
-        t: 0.07,
-        momentum: 0.5,
         n_data: n as f32,
-        z: [0.0, 0.0],
+        ..attrs_of(&super::losses::Loss::of(&CRD))
     };
     let gathered = |bank: &[f32]| -> Vec<f64> {
         indices
@@ -473,16 +520,22 @@ pub fn bank_cases(suite: Suite) -> Vec<crate::catalogue::Case> {
             &gathered(&banks[0]),
             &gathered(&banks[1]),
             b,
-            &cpu::CrdAttrs {
-                t: f64::from(attrs.t),
-                momentum: f64::from(attrs.momentum),
-                n_data: n as f64,
-                z: [0.0, 0.0],
-            },
+            &attrs.widened(),
         );
         let mut v = vec![r.loss];
         v.extend(r.grads.into_iter().flatten());
-        v.extend(r.updated.into_iter().flatten());
+        v.extend(r.updated.iter().flatten());
+        // In the check, the whole banks after the write-back: each sample's own row replaced.
+        if suite == Suite::Check {
+            for (bank, new) in banks.iter().zip(&r.updated) {
+                let mut whole = wide(bank);
+                for (k, row) in new.chunks(d).enumerate() {
+                    let own = indices[k * rows] as usize;
+                    whole[own * d..][..d].copy_from_slice(row);
+                }
+                v.extend(whole);
+            }
+        }
         v
     };
     // Rows read by the scores and the gradients on both sides, rows read and written by the
@@ -498,21 +551,16 @@ pub fn bank_cases(suite: Suite) -> Vec<crate::catalogue::Case> {
             let (bs, bt) = (up(&banks[0], &[n, d])?, up(&banks[1], &[n, d])?);
             let idx = gpu.upload(&[b, rows], &indices)?;
             let z = gpu.upload(&[2], &attrs.z)?;
-            let memory = Banks {
-                student: &bs,
-                teacher: &bt,
-                indices: &idx,
-                z: &z,
-            };
-            let lp = crd_banked(gpu, &attrs, &s, &t, &memory)?;
-            let mut plan = lp.dispatches;
-            for (new_rows, bank) in lp.updated.iter().zip([&bs, &bt]) {
-                plan.push(write_rows(gpu, new_rows, &idx, bank)?);
-            }
+            // The training step's own entry: the registry's memory definition.
+            let loss = super::losses::Loss::of(&CRD).with("n_data", n as f64)?;
+            let lp = crd_step(gpu, &loss, &[&s, &t], &[&bs, &bt, &z], &idx)?;
             let mut outputs = vec![lp.loss];
             outputs.extend(lp.grads);
             outputs.extend(lp.updated);
-            Ok(Prepared::new(plan, outputs))
+            if suite == Suite::Check {
+                outputs.extend([bs, bt]);
+            }
+            Ok(Prepared::new(lp.dispatches, outputs))
         },
     )
     .reference(move || want.clone())

@@ -92,6 +92,7 @@ pub const HINT: LossDef = LossDef {
     reference: |_, x| cpu::hint(&x[0].values, &x[1].values).into(),
     cases: hint_cases,
     parameters: None,
+    memory: None,
 };
 
 /// `at`: attention transfer between feature maps.
@@ -115,6 +116,7 @@ pub const AT: LossDef = LossDef {
     },
     cases: at_cases,
     parameters: None,
+    memory: None,
 };
 
 /// `ft`: factor transfer between a translated student map and the teacher's factor.
@@ -137,6 +139,7 @@ pub const FT: LossDef = LossDef {
                 min: 1.0,
                 min_inclusive: true,
                 max: 2.0,
+                whole: true,
             },
             doc: "the distance: 1 for L1, 2 for squared",
         },
@@ -160,6 +163,7 @@ pub const FT: LossDef = LossDef {
     },
     cases: ft_cases,
     parameters: None,
+    memory: None,
 };
 
 /// `ab`: activation boundaries of a connector's output against the teacher's pre-activations.
@@ -178,6 +182,7 @@ pub const AB: LossDef = LossDef {
     reference: |l, x| cpu::ab(&x[0].values, &x[1].values, x[0].shape[0], l.attr("margin")).into(),
     cases: ab_cases,
     parameters: None,
+    memory: None,
 };
 
 /// `nst`: neuron selectivity transfer.
@@ -195,6 +200,7 @@ pub const NST: LossDef = LossDef {
     },
     cases: nst_cases,
     parameters: None,
+    memory: None,
 };
 
 /// `fsp`: flow of solution procedure between two taps on each side.
@@ -236,6 +242,7 @@ pub const FSP: LossDef = LossDef {
     },
     cases: fsp_cases,
     parameters: None,
+    memory: None,
 };
 
 /// `vid`: variational information distillation.
@@ -278,6 +285,7 @@ pub const VID: LossDef = LossDef {
         let start = vid_log_scale_for(VID_INITIAL_VARIANCE, l.attr("eps")) as f32;
         vec![HostTensor::f32(&[channels], vec![start; channels])]
     }),
+    memory: None,
 };
 
 /// VID's variance at the start of training (RepDistiller's `init_pred_var`).

@@ -195,6 +195,29 @@ pub type CasesFn = fn(Suite) -> Vec<LossCase>;
 /// the shapes of its other inputs (in the order of [`LossDef::inputs`], parameters left out).
 pub type ParametersFn = fn(&Loss, &[&[usize]]) -> Vec<HostTensor>;
 
+/// A memory loss's training-step launcher: the loss, its other inputs, its memory tensors and the
+/// loader's indices.
+pub type BankedFn = fn(&Gpu, &Loss, &[&Tensor], &[&Tensor], &Tensor) -> Result<LossPlan>;
+
+/// How a loss with [`Role::Memory`] inputs trains: banks of a row per training sample, read in
+/// place through the rows the loader picks for each sample, updated rows written back.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryDef {
+    /// The attribute holding the banks' rows N (a training step sets it to the training set's
+    /// size).
+    pub size_attr: &'static str,
+    /// The memory's tensors (the memory inputs, then any state such as CRD's normalisers), in the
+    /// order of `init` and `banked`.
+    pub names: &'static [&'static str],
+    /// Rows a step reads per sample: the width of the loader's indices.
+    pub rows: fn(&Loss) -> usize,
+    /// Initial values of `names` for N rows of width D, from a seed.
+    pub init: fn(&Loss, usize, usize, u64) -> Vec<HostTensor>,
+    /// Plans the loss on the memory read in place (`memory` in `names` order, `indices`
+    /// `(B, rows)`), ending with the launches that write the updated rows back.
+    pub banked: BankedFn,
+}
+
 /// A distillation (or task) loss: the one definition every consumer reads.
 #[derive(Debug)]
 pub struct LossDef {
@@ -216,6 +239,8 @@ pub struct LossDef {
     pub cases: CasesFn,
     /// How its [`Role::Parameter`] inputs start (`None` for a loss without any).
     pub parameters: Option<ParametersFn>,
+    /// How its [`Role::Memory`] inputs live in a training step (`None` for a loss without any).
+    pub memory: Option<MemoryDef>,
 }
 
 impl LossDef {
@@ -448,6 +473,9 @@ pub struct LossCase {
     pub atol: f64,
     /// Work per run.
     pub work: Work,
+    /// Whether the loss is differentiable as computed here: not when it sets a constant from the
+    /// batch itself (CRD's first-batch Z), through which no gradient flows by definition.
+    pub differentiable: bool,
 }
 
 impl LossCase {
@@ -461,7 +489,14 @@ impl LossCase {
             rtol: 2e-4,
             atol: 2e-6,
             work: Work::Time,
+            differentiable: true,
         }
+    }
+
+    /// A case whose loss sets a constant from its own batch (see [`LossCase::differentiable`]).
+    pub fn batch_estimated(mut self) -> LossCase {
+        self.differentiable = false;
+        self
     }
 
     /// With attributes.

@@ -23,7 +23,7 @@ use crate::error::shape_error;
 use crate::gpu::{Gpu, KernelSpec, KernelStyle};
 
 /// The range an attribute's value must lie in: `min < v` (or `min ≤ v` when `min_inclusive`)
-/// and `v ≤ max`, always finite.
+/// and `v ≤ max`, always finite, and whole when it counts something (`whole`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Range {
     /// Lower bound.
@@ -32,6 +32,8 @@ pub struct Range {
     pub min_inclusive: bool,
     /// Upper bound (inclusive).
     pub max: f64,
+    /// Whether only whole numbers are allowed (sizes, counts).
+    pub whole: bool,
 }
 
 impl Range {
@@ -40,6 +42,7 @@ impl Range {
         min: f64::MIN,
         min_inclusive: true,
         max: f64::MAX,
+        whole: false,
     };
 
     /// `0 < v ≤ max`.
@@ -48,6 +51,7 @@ impl Range {
             min: 0.0,
             min_inclusive: false,
             max,
+            whole: false,
         }
     }
 
@@ -57,12 +61,24 @@ impl Range {
             min: 0.0,
             min_inclusive: true,
             max,
+            whole: false,
+        }
+    }
+
+    /// The same range, whole numbers only.
+    pub const fn whole(self) -> Range {
+        Range {
+            whole: true,
+            ..self
         }
     }
 
     /// Whether `v` lies in the range.
     pub fn contains(&self, v: f64) -> bool {
-        v.is_finite() && (v > self.min || (self.min_inclusive && v == self.min)) && v <= self.max
+        v.is_finite()
+            && (v > self.min || (self.min_inclusive && v == self.min))
+            && v <= self.max
+            && (!self.whole || v.fract() == 0.0)
     }
 
     /// What the range allows, for errors: `a number > 0 and ≤ 10000`.
@@ -71,7 +87,8 @@ impl Range {
             return "a finite number".into();
         }
         let op = if self.min_inclusive { "≥" } else { ">" };
-        format!("a number {op} {} and ≤ {}", self.min, self.max)
+        let kind = if self.whole { "whole number" } else { "number" };
+        format!("a {kind} {op} {} and ≤ {}", self.min, self.max)
     }
 }
 

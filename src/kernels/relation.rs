@@ -146,6 +146,7 @@ macro_rules! relation_loss {
             reference: |_, x| $reference(&x[0].values, &x[1].values, x[0].shape[0]).into(),
             cases,
             parameters: None,
+            memory: None,
         }
     };
 }
@@ -203,11 +204,15 @@ pub const CC: LossDef = LossDef {
     },
     cases: cc_cases,
     parameters: None,
+    memory: None,
 };
 
 const fn irg_input(name: &'static str, role: Role) -> LossInput {
     LossInput { name, role }
 }
+
+/// IRG's three weights, in the order of its attributes and of [`irg`]'s `weights`.
+const IRG_WEIGHTS: [&str; 3] = ["w_vert", "w_edge", "w_tran"];
 
 /// `irg`: instance relationship graph.
 pub const IRG: LossDef = LossDef {
@@ -245,7 +250,7 @@ pub const IRG: LossDef = LossDef {
         },
     ],
     launch: |gpu, l, x| {
-        let weights = ["w_vert", "w_edge", "w_tran"].map(|k| l.attr_f32(k));
+        let weights = IRG_WEIGHTS.map(|k| l.attr_f32(k));
         irg(
             gpu,
             [x[0], x[1], x[2], x[3]],
@@ -261,11 +266,12 @@ pub const IRG: LossDef = LossDef {
             fm1: (&x[o + 2].values, four(o + 2)),
             fm2: (&x[o + 3].values, four(o + 3)),
         };
-        let weights = ["w_vert", "w_edge", "w_tran"].map(|k| l.attr(k));
+        let weights = IRG_WEIGHTS.map(|k| l.attr(k));
         cpu::irg(&side(0), &side(4), x[0].shape[0], weights)
     },
     cases: irg_cases,
     parameters: None,
+    memory: None,
 };
 
 /// The family's losses, in registry order.
@@ -354,10 +360,7 @@ pub fn irg(
     [w_vert, w_edge, w_tran]: [f32; 3],
 ) -> Result<LossPlan> {
     let op = "irg";
-    for (k, w) in ["w_vert", "w_edge", "w_tran"]
-        .into_iter()
-        .zip([w_vert, w_edge, w_tran])
-    {
+    for (k, w) in IRG_WEIGHTS.into_iter().zip([w_vert, w_edge, w_tran]) {
         check_attr(&IRG, k, w)?;
     }
     let [s, s_feat, s_fm1, s_fm2] = student;
@@ -366,10 +369,12 @@ pub fn irg(
     t.expect(op, "teacher", DType::F32, s.shape())?;
     let (sa, sb) = irg_maps("student", s_fm1, s_fm2)?;
     let (ta, tb) = irg_maps("teacher", t_fm1, t_fm2)?;
-    if ta[0] != b || sa[0] != b {
+    let feats = [s_feat.shape().first(), t_feat.shape().first()];
+    if ta[0] != b || sa[0] != b || feats != [Some(&b); 2] {
         return Err(shape_error(op, "every input must have the logits' batch"));
     }
-    gpu.check_loops(&IRG_COMPARE, (b * b).div_ceil(256) as u64)?;
+    // Two passes over the B² entries, then two reduction trees of 8 levels.
+    gpu.check_loops(&IRG_COMPARE, 2 * (b * b).div_ceil(256) as u64 + 16)?;
     gpu.check_loops(&IRG_EDGE_COEF, b as u64)?;
     let mut plan = Vec::new();
     let stats = gpu.zeros(&[32], DType::F32)?;
@@ -401,7 +406,7 @@ pub fn irg(
         let p = IrgParams {
             channels: u32_of(op, "channels", a[1])?,
             plane: u32_of(op, "H·W", plane)?,
-            halved: u32::from(c[1] == 2 * a[1] && a[1] != c[1]),
+            halved: u32::from(c[1] > a[1]),
             batch: b as u32,
             ..Default::default()
         };

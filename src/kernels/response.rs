@@ -57,6 +57,7 @@ pub const CE: LossDef = LossDef {
     reference: |_, x| cpu::ce(&x[0].values, &x[1].classes(), x[0].shape[1]).into(),
     cases: |suite| cases(suite, Which::Ce),
     parameters: None,
+    memory: None,
 };
 
 /// `kd`: Hinton's knowledge distillation.
@@ -73,6 +74,7 @@ pub const KD: LossDef = LossDef {
     },
     cases: |suite| cases(suite, Which::Kd),
     parameters: None,
+    memory: None,
 };
 
 /// `dkd`: decoupled KD (mdistiller).
@@ -124,6 +126,7 @@ pub const DKD: LossDef = LossDef {
     },
     cases: |suite| cases(suite, Which::Dkd),
     parameters: None,
+    memory: None,
 };
 
 /// The family's losses, in registry order.

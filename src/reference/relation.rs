@@ -487,20 +487,8 @@ fn irg_transform(side: &IrgSide) -> (IrgGraph, Vec<f64>, bool, bool) {
 /// feature, fm1 and fm2.
 pub fn irg(s: &IrgSide, t: &IrgSide, batch: usize, weights: [f64; 3]) -> LossGrads {
     let [w_vert, w_edge, w_tran] = weights;
-    let n = s.logits.len() as f64;
-    let vertex: f64 = s
-        .logits
-        .iter()
-        .zip(t.logits)
-        .map(|(a, b)| (a - b) * (a - b))
-        .sum::<f64>()
-        / n;
-    let grad_logits = s
-        .logits
-        .iter()
-        .zip(t.logits)
-        .map(|(a, b)| w_vert * 2.0 * (a - b) / n)
-        .collect();
+    let vertex = super::feature::hint(s.logits, t.logits);
+    let grad_logits = vertex.grad.iter().map(|g| w_vert * g).collect();
     let (l_feat, grad_feat) = irg_edge_term(s.feat, t.feat, batch, w_edge / 3.0);
     let (l_fm1, mut grad_fm1) = irg_edge_term(s.fm1.0, t.fm1.0, batch, w_edge / 3.0);
     let (l_fm2, mut grad_fm2) = irg_edge_term(s.fm2.0, t.fm2.0, batch, w_edge / 3.0);
@@ -532,7 +520,7 @@ pub fn irg(s: &IrgSide, t: &IrgSide, batch: usize, weights: [f64; 3]) -> LossGra
         };
     }
     LossGrads {
-        loss: w_vert * vertex + l_feat + l_fm1 + l_fm2 + l_tran,
+        loss: w_vert * vertex.loss + l_feat + l_fm1 + l_fm2 + l_tran,
         grads: vec![grad_logits, grad_feat, grad_fm1, grad_fm2],
         updated: Vec::new(),
     }

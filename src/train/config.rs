@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::error::input_error;
-use crate::graph::{Adapter, Graph};
+use crate::graph::{Adapter, Graph, adapter_graph, paraphraser_graph};
 use crate::kernels::losses::{self, Loss, LossDef};
 use crate::models;
 
@@ -298,6 +298,48 @@ pub struct ParaphraserConfig {
 
 fn half() -> f64 {
     0.5
+}
+
+/// A term's paraphraser and adapter fit its taps (one student, one teacher tap of an offline
+/// stage): they are built here, so a shape they cannot take is an error before any training.
+fn check_heads(
+    j: usize,
+    term: &LossConfig,
+    def: &LossDef,
+    student: &Graph,
+    teacher: &Graph,
+) -> std::result::Result<(), Fault> {
+    let (s_taps, t_taps) = (term.student_taps(), term.teacher_taps());
+    let one = |taps: &[String], n: usize| match (taps, n) {
+        ([tap], 1) => Some(tap.clone()),
+        ([], 1) => Some("logits".to_string()),
+        _ => None,
+    };
+    let (Some(s_tap), Some(t_tap)) = (
+        one(&s_taps, def.student_inputs().count()),
+        one(&t_taps, def.teacher_inputs().count()),
+    ) else {
+        return Ok(());
+    };
+    let at = |key: &str| format!("losses[{j}].{key}");
+    let shape_of = |g: &Graph, tap: &str| g.tapped(tap).map(|v| g.shape(v).to_vec());
+    let (Ok(from), Ok(mut to)) = (shape_of(student, &s_tap), shape_of(teacher, &t_tap)) else {
+        return Ok(());
+    };
+    if let Some(p) = &term.paraphraser {
+        let g = paraphraser_graph(j, "x", &to, p.rate, false)
+            .map_err(|e| (at("paraphraser"), e.to_string()))?;
+        if let Some(out) = g.output {
+            to = g.shape(out).to_vec();
+        }
+    }
+    match term.adapter {
+        Some(kind) if kind != Adapter::Pool && !def.has_embedding_heads() => {
+            adapter_graph(kind, j, &from, &to).map_err(|e| (at("adapter"), e.to_string()))?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 impl LossConfig {
@@ -747,6 +789,9 @@ impl StageConfig {
                         .unwrap_or_else(|| "logits".into());
                     t.tapped(&tap)
                         .map_err(|e| (at(teacher_key), e.to_string()))?;
+                }
+                if method == Method::Offline {
+                    check_heads(j, term, def, &graphs[self.train[0].as_str()], t)?;
                 }
             }
         }

@@ -17,7 +17,7 @@ use crate::io;
 use super::checkpoint::{EpochFiles, Progress, RunFolder, export};
 use super::config::{Config, DatasetKind};
 use super::epoch::train_epoch;
-use super::stage::{Shapes, StagePlan, learning_rate};
+use super::stage::{Shapes, StagePlan, learning_rate, with_bank_size};
 use super::summary::{AdapterSummary, StageSummary, Summary};
 
 /// Where the data comes from and where results go.
@@ -191,6 +191,11 @@ pub fn run(
             let host = io::read_safetensors(Path::new(file))?;
             models.insert(name.clone(), Weights::load(gpu, &graph, file, &host)?);
         }
+    }
+    // Memory banks hold a row per training sample: their sizes are checked before any stage
+    // trains.
+    for stage in &config.stages {
+        with_bank_size(stage.method()?.terms(stage)?, &stage.name, train.len())?;
     }
     let mut stages: Vec<StageSummary> = Vec::new();
     for (index, stage) in config.stages.iter().enumerate() {

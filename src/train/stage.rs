@@ -117,9 +117,9 @@ fn teacher_taps(losses: &[(usize, LossSpec)]) -> Vec<String> {
     taps
 }
 
-/// Sets each memory-bank term's `n_data` to the training set's size `n` (its banks hold a row per
-/// sample); a configured value must agree, and the sizes `nce_k` and `feat_dim` be whole.
-fn with_bank_size(
+/// Sets each memory-bank term's size (CRD's `n_data`) to the training set's size `n` (its banks
+/// hold a row per sample); a configured value must agree.
+pub fn with_bank_size(
     terms: Vec<(usize, LossSpec)>,
     stage: &str,
     n: usize,
@@ -127,24 +127,16 @@ fn with_bank_size(
     terms
         .into_iter()
         .map(|(source, mut spec)| {
-            if spec.loss.def().memory_inputs().next().is_some() {
-                let given = spec.loss.attr("n_data");
+            if let Some(memory) = &spec.loss.def().memory {
+                let key = memory.size_attr;
+                let given = spec.loss.attr(key);
                 if given != 0.0 && given != n as f64 {
                     return Err(input_error(
-                        format!("stage '{stage}': losses[{source}].n_data"),
+                        format!("stage '{stage}': losses[{source}].{key}"),
                         format!("must be the training set's size {n} (or left out), got {given}"),
                     ));
                 }
-                for key in ["nce_k", "feat_dim"] {
-                    let v = spec.loss.attr(key);
-                    if v.fract() != 0.0 {
-                        return Err(input_error(
-                            format!("stage '{stage}': losses[{source}].{key}"),
-                            format!("must be a whole number, got {v}"),
-                        ));
-                    }
-                }
-                spec.loss = spec.loss.with("n_data", n as f64)?;
+                spec.loss = spec.loss.with(key, n as f64)?;
             }
             Ok((source, spec))
         })

@@ -92,10 +92,9 @@ fn every_reference_gradient_matches_finite_differences() {
         let mut checked = 0;
         for case in (def.cases)(Suite::Check) {
             let loss = Loss::of(def).with_all(case.attrs.iter().copied()).unwrap();
-            // CRD's normaliser Z, when the first batch sets it, is a constant by definition (no
-            // gradient flows through it): only the cases that give it are differentiable as
-            // the loss is defined.
-            if def.name == "crd" && loss.attr("z_student") * loss.attr("z_teacher") == 0.0 {
+            // A constant the batch sets (CRD's first-batch Z) has no gradient by definition:
+            // only the cases that give it are differentiable as the loss is defined.
+            if !case.differentiable {
                 continue;
             }
             let inputs: Vec<RefInput> = case.inputs.iter().map(RefInput::of).collect();
@@ -146,6 +145,28 @@ fn registry_entries_are_consistent() {
             "{}: parameter inputs and their initialiser go together",
             def.name
         );
+        // Memory inputs come with their step definition, which names them first (then its
+        // state), and keeps a size attribute; a loss owns parameters or memory, not both.
+        assert_eq!(
+            def.memory.is_some(),
+            def.memory_inputs().next().is_some(),
+            "{}: memory inputs and their step definition go together",
+            def.name
+        );
+        if let Some(m) = &def.memory {
+            let inputs: Vec<&str> = def.memory_inputs().map(|i| i.name).collect();
+            assert_eq!(&m.names[..inputs.len()], inputs, "{}", def.name);
+            assert!(
+                def.attrs.iter().any(|a| a.name == m.size_attr),
+                "{}",
+                def.name
+            );
+            assert!(
+                def.parameters.is_none(),
+                "{}: parameters and memory",
+                def.name
+            );
+        }
         for a in def.attrs {
             assert!(
                 a.range.contains(a.default),
