@@ -9,7 +9,7 @@
 //! traffic) and, for benchmarks, the case measured as its same-run baseline.
 
 use crate::Result;
-use crate::gpu::{BoundPlan, Dispatch, Gpu, Tensor};
+use crate::gpu::{BoundPlan, Dispatch, Gpu, Replay, Tensor, replay};
 use crate::kernels;
 use crate::reference::{allclose, max_errors};
 
@@ -160,6 +160,23 @@ impl Case {
     /// Whether the case has a reference to check against.
     pub fn has_reference(&self) -> bool {
         self.reference.is_some()
+    }
+
+    /// The case's launches as a portable record (see [`crate::gpu::replay`]), with its outputs
+    /// (`out0`, `out1`, …) and the reference they must match; nothing is run.
+    pub fn replay(&self, gpu: &Gpu) -> Result<Replay> {
+        let prepared = self.prepare(gpu)?;
+        let outputs: Vec<(String, Tensor)> = prepared
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("out{i}"), t.clone()))
+            .collect();
+        let record = replay::record(gpu, &self.key(), &prepared.plan, &outputs)?;
+        Ok(match &self.reference {
+            Some(reference) => record.expecting(reference(), self.rtol, self.atol),
+            None => record,
+        })
     }
 
     /// Runs the case and compares its outputs with the reference.

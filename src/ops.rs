@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::Result;
 use crate::error::input_error;
 use crate::gpu::{DType, Dispatch};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Replay, Tensor, replay};
 use crate::io::{HostData, HostTensor, TensorMap};
 use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormState};
@@ -681,6 +681,18 @@ pub fn run(
     inputs: &TensorMap,
     attrs: &BTreeMap<String, f64>,
 ) -> Result<TensorMap> {
+    run_recorded(gpu, name, inputs, attrs, false).map(|(outputs, _)| outputs)
+}
+
+/// [`run`], and with `record` also the launches as a portable record (see
+/// [`crate::gpu::replay`]) taken before they ran, its outputs named as the op's.
+pub fn run_recorded(
+    gpu: &Gpu,
+    name: &str,
+    inputs: &TensorMap,
+    attrs: &BTreeMap<String, f64>,
+    record: bool,
+) -> Result<(TensorMap, Option<Replay>)> {
     let info = find(name)?;
     let attrs = validate(&info, inputs, attrs)?;
     let mut dev = BTreeMap::new();
@@ -722,10 +734,15 @@ pub fn run(
             (dispatches, named)
         }
     };
+    let replay = if record {
+        Some(replay::record(gpu, name, &dispatches, &outputs)?)
+    } else {
+        None
+    };
     gpu.execute(&dispatches)?;
     let mut out = TensorMap::new();
     for (k, t) in outputs {
         out.insert(k, download(gpu, &t)?);
     }
-    Ok(out)
+    Ok((out, replay))
 }

@@ -15,6 +15,20 @@ fn wgdistill(args: &[&str]) -> Output {
         .expect("wgdistill runs")
 }
 
+/// The command succeeded (else its stderr is the failure message).
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A JSON file the command wrote.
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn assert_one_line_error(out: &Output) {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -169,6 +183,94 @@ fn op_runs_a_golden_case_from_file_to_file() {
     let _ = std::fs::remove_file(out_path);
 }
 
+/// `op --replay` writes a launch record with everything another WebGPU implementation needs:
+/// each launch's kernel, layout, parameters and ranges inside recorded buffers, the inputs' bytes,
+/// and the op's outputs by name. (tools/webgpu/dawn_check.mjs replays them on Dawn in CI.)
+#[test]
+fn op_writes_a_launch_record_another_implementation_can_replay() {
+    use base64::Engine as _;
+    let stem = std::env::temp_dir().join(format!("wgdistill-replay-{}", std::process::id()));
+    let (out_path, record_path) = (
+        stem.with_extension("safetensors"),
+        stem.with_extension("json"),
+    );
+    let input = fixture("kd_t4.in.safetensors");
+    let Some(out) = on_ci_backend(&[
+        "op",
+        "kd",
+        "--input",
+        &input,
+        "--output",
+        out_path.to_str().unwrap(),
+        "--attr",
+        "temperature=4",
+        "--replay",
+        record_path.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    assert_success(&out);
+    let record: serde_json::Value = read_json(&record_path);
+    assert_eq!(record["format"], wgdistill::gpu::replay::FORMAT);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let buffers: Vec<Vec<u8>> = record["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let bytes = b64.decode(b["data"].as_str().unwrap()).unwrap();
+            assert_eq!(bytes.len() as u64, b["bytes"].as_u64().unwrap());
+            bytes
+        })
+        .collect();
+    let all = wgdistill::kernels::all_kernels();
+    let launches = record["launches"].as_array().unwrap();
+    assert!(!launches.is_empty());
+    for l in launches {
+        let spec = all
+            .iter()
+            .find(|k| l["family"] == k.family && l["entry"] == k.entry)
+            .unwrap_or_else(|| panic!("unknown kernel {l}"));
+        let params = b64.decode(l["params"].as_str().unwrap()).unwrap();
+        assert_eq!(params.len(), spec.params, "{}", spec.name());
+        let resources = l["resources"].as_array().unwrap();
+        assert_eq!(resources.len() + 1, spec.bindings.len(), "{}", spec.name());
+        for r in resources {
+            let end = r["offset"].as_u64().unwrap() + r["size"].as_u64().unwrap();
+            assert!(end as usize <= buffers[r["buffer"].as_u64().unwrap() as usize].len());
+        }
+    }
+    // The inputs' values are in the record, at the offset a launch binds them.
+    let inputs = wgdistill::io::read_safetensors(std::path::Path::new(&input)).unwrap();
+    for (name, tensor) in &inputs {
+        let bytes: &[u8] = bytemuck::cast_slice(tensor.as_f32().unwrap());
+        let found = launches
+            .iter()
+            .flat_map(|l| l["resources"].as_array().unwrap())
+            .any(|r| {
+                let (buffer, offset) =
+                    (r["buffer"].as_u64().unwrap(), r["offset"].as_u64().unwrap());
+                buffers[buffer as usize].get(offset as usize..offset as usize + bytes.len())
+                    == Some(bytes)
+            });
+        assert!(found, "input '{name}' is not in the record");
+    }
+    let names: Vec<&str> = record["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    let written = wgdistill::io::read_safetensors(&out_path).unwrap();
+    let mut expected: Vec<&str> = written.keys().map(String::as_str).collect();
+    expected.sort_unstable();
+    let mut names_sorted = names.clone();
+    names_sorted.sort_unstable();
+    assert_eq!(names_sorted, expected);
+    let _ = std::fs::remove_file(out_path);
+    let _ = std::fs::remove_file(record_path);
+}
+
 #[test]
 fn op_input_errors_are_one_line_before_any_gpu_work() {
     let input = fixture("kd_t4.in.safetensors");
@@ -278,7 +380,8 @@ fn on_ci_backend(args: &[&str]) -> Option<Output> {
 
 #[test]
 fn check_passes_on_this_adapter() {
-    let Some(out) = on_ci_backend(&["check"]) else {
+    let dir = std::env::temp_dir().join(format!("wgdistill-records-{}", std::process::id()));
+    let Some(out) = on_ci_backend(&["check", "--replay", dir.to_str().unwrap()]) else {
         return;
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -291,6 +394,22 @@ fn check_passes_on_this_adapter() {
         stdout.contains("kernel checks passed") && !stdout.contains("FAIL"),
         "{stdout}"
     );
+    // --replay: one record per case, each with its reference and tolerances.
+    let index: Vec<serde_json::Value> = read_json(&dir.join("index.json"));
+    let cases = stdout.lines().filter(|l| l.contains(" pass ")).count();
+    assert_eq!(index.len(), cases, "{stdout}");
+    let kd = index
+        .iter()
+        .find(|e| e["kernel"] == "kd (temperature=4)")
+        .unwrap();
+    let record: serde_json::Value = read_json(&dir.join(kd["file"].as_str().unwrap()));
+    assert_eq!(
+        record["name"],
+        format!("kd (temperature=4) {}", kd["shape"].as_str().unwrap())
+    );
+    assert!(record["expected"].as_array().is_some_and(|e| !e.is_empty()));
+    assert!(record["rtol"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -305,13 +424,8 @@ fn bench_writes_json_with_the_adapter_and_same_run_baselines() {
     ]) else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_success(&out);
+    let json: serde_json::Value = read_json(&path);
     let rows = json.as_array().unwrap();
     let relu = rows
         .iter()
@@ -369,17 +483,12 @@ fn bench_times_a_training_step_and_compares_it_with_a_peer() {
         return;
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(
         stdout.contains("speedup") && stdout.contains("a test"),
         "{stdout}"
     );
-    let rows: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows: serde_json::Value = read_json(&json);
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 1, "the filtered case: {rows:?}");
     assert!(rows[0]["samples_per_second"].as_f64().unwrap() > 0.0);
@@ -401,15 +510,29 @@ fn shaders_export_writes_every_family_as_standard_wgsl() {
     let dir = std::env::temp_dir().join(format!("wgdistill-export-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = wgdistill(&["shaders", "--export", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for file in wgdistill::gpu::shaders::SHADER_FILES {
         let text = std::fs::read_to_string(dir.join(format!("{}.wgsl", file.name))).unwrap();
         assert_eq!(text, file.standard_source(), "{}", file.name);
     }
+    // kernels.json: every pipeline the launchers build, with its layout and overrides.
+    let list: Vec<serde_json::Value> = read_json(&dir.join("kernels.json"));
+    let all = wgdistill::kernels::all_kernels();
+    assert_eq!(list.len(), all.len());
+    for (entry, spec) in list.iter().zip(&all) {
+        assert_eq!(entry["family"], spec.family);
+        assert_eq!(entry["entry"], spec.entry);
+        assert_eq!(
+            entry["bindings"].as_array().unwrap().len(),
+            spec.bindings.len()
+        );
+        assert_eq!(entry["bindings"][0], "uniform", "{}", spec.name());
+    }
+    let matmul = list.iter().find(|e| e["entry"] == "matmul_rb").unwrap();
+    assert_eq!(
+        matmul["overrides"],
+        serde_json::json!(["TRANS_A", "TRANS_B"])
+    );
     let listed = String::from_utf8_lossy(&wgdistill(&["shaders"]).stdout).into_owned();
     assert!(
         listed.contains("matmul_subgroup") && listed.contains("(subgroups)"),

@@ -7,6 +7,7 @@ use common::{data, gpu};
 use wgdistill::Error;
 use wgdistill::gpu::{AdapterQuery, DType, Gpu, measure};
 use wgdistill::kernels::elementwise;
+use wgdistill::kernels::matmul::MATMUL_RB;
 
 #[test]
 fn backend_names_parse_and_unknown_ones_are_errors() {
@@ -181,6 +182,7 @@ fn a_spec_that_disagrees_with_its_wgsl_is_an_error_not_a_panic() {
         entry: "scale",
         bindings: &[Binding::Uniform, Binding::ReadWrite, Binding::ReadWrite],
         params: 16,
+        overrides: &[],
     };
     assert!(matches!(gpu.kernel(&wrong, &[]), Err(Error::Kernel { .. })));
     let unknown = KernelSpec {
@@ -188,11 +190,24 @@ fn a_spec_that_disagrees_with_its_wgsl_is_an_error_not_a_panic() {
         entry: "main",
         bindings: &[],
         params: 0,
+        overrides: &[],
     };
     assert!(matches!(
         gpu.kernel(&unknown, &[]),
         Err(Error::Kernel { .. })
     ));
+    // A constant the spec does not declare would escape the exported kernel list (and other
+    // implementations' pipeline checks): refused, naming it.
+    let undeclared = gpu.kernel(&elementwise::SCALE, &[("TRANS_A", 1.0)]);
+    assert!(
+        matches!(&undeclared, Err(Error::Kernel { message, .. }) if message.contains("TRANS_A")),
+        "{:?}",
+        undeclared.err()
+    );
+    assert!(
+        gpu.kernel(&MATMUL_RB, &[("TRANS_A", 1.0), ("TRANS_B", 0.0)])
+            .is_ok()
+    );
 }
 
 #[test]

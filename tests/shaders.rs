@@ -79,6 +79,27 @@ fn every_launcher_matches_its_wgsl_bindings() {
 }
 
 #[test]
+fn every_override_constant_is_declared_by_the_launchers() {
+    // Exported kernel lists enumerate the declared overrides so other WebGPU implementations
+    // build every pipeline variant: a constant a file declares but no spec names would escape.
+    for file in SHADER_FILES {
+        let v = validate(file.path, file.source, file.extensions(false)).expect("valid");
+        let in_file: BTreeSet<String> = v
+            .module
+            .overrides
+            .iter()
+            .filter_map(|(_, o)| o.name.clone())
+            .collect();
+        let declared: BTreeSet<String> = kernels::all_kernels()
+            .iter()
+            .filter(|k| k.family == file.name)
+            .flat_map(|k| k.overrides.iter().map(|o| o.to_string()))
+            .collect();
+        assert_eq!(in_file, declared, "{}: overrides", file.path);
+    }
+}
+
+#[test]
 fn every_entry_point_has_a_launcher() {
     let launched: BTreeSet<String> = kernels::all_kernels().iter().map(|k| k.name()).collect();
     for file in SHADER_FILES {
@@ -134,6 +155,7 @@ fn a_kernel_spec_that_disagrees_with_wgsl_is_an_error() {
         entry: "add",
         bindings: &[Binding::Uniform, Binding::ReadOnly],
         params: 16,
+        overrides: &[],
     };
     let err = check_spec(&wrong, &v).expect_err("must fail").to_string();
     assert!(err.contains("elementwise::add"), "{err}");
@@ -142,6 +164,7 @@ fn a_kernel_spec_that_disagrees_with_wgsl_is_an_error() {
         entry: "nope",
         bindings: &[],
         params: 0,
+        overrides: &[],
     };
     assert!(check_spec(&missing, &v).is_err());
 }

@@ -90,10 +90,7 @@ pub fn run(
     if let Some(path) = json {
         let text =
             serde_json::to_string_pretty(&results).map_err(|e| CliError::Message(e.to_string()))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| CliError::Message(format!("{}: cannot write ({e})", path.display())))?;
+        wgdistill::io::write_atomic(path, text.as_bytes())?;
         println!("wrote {}", path.display());
     }
     Ok(())

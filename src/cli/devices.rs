@@ -18,6 +18,15 @@ fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
+/// The implementations and drivers CI runs wgdistill's tests on, for `devices` to say.
+const TESTED_IN_CI: &[&str] = &[
+    "wgpu on Mesa lavapipe (Vulkan) and llvmpipe (GL): every test",
+    "wgpu on SwiftShader (Vulkan, subgroups of 4 lanes): `check` and the kernel tests",
+    "Dawn/Tint (Chrome's WebGPU) on SwiftShader: every exported WGSL file and pipeline, every \
+     check and golden case (tools/webgpu/check.sh)",
+    "Chromium's WebGPU: the browser example (examples/web) on every check case",
+];
+
 /// Prints each adapter matching the query (text or JSON); none is an error naming the fix.
 pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
     let instance = select::create_instance(query.backends);
@@ -70,6 +79,10 @@ pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
                 "    loops stop after {limit} iterations per invocation (llvmpipe): longer launches are refused"
             );
         }
+    }
+    println!("tested in CI:");
+    for line in TESTED_IN_CI {
+        println!("    {line}");
     }
     Ok(())
 }

@@ -39,7 +39,13 @@ enum Command {
         json: bool,
     },
     /// Check every kernel against its CPU reference on the chosen adapter.
-    Check,
+    Check {
+        /// Also write each case as a launch record (JSON, with its reference values) into this
+        /// folder, with an index.json, for other WebGPU implementations to replay
+        /// (tools/webgpu/replay.mjs, examples/web).
+        #[arg(long, value_name = "DIR")]
+        replay: Option<PathBuf>,
+    },
     /// Train the models of a staged configuration (teachers, students, distillation).
     Train {
         /// The configuration (TOML).
@@ -138,7 +144,22 @@ enum Command {
         /// An attribute, e.g. --attr temperature=4 (repeatable).
         #[arg(long = "attr", value_name = "KEY=VALUE")]
         attrs: Vec<String>,
+        /// Also write the launches as a record (JSON) that other WebGPU implementations can
+        /// replay from the exported WGSL (tools/webgpu/replay.mjs).
+        #[arg(long, value_name = "FILE.json")]
+        replay: Option<PathBuf>,
     },
+}
+
+/// Fails in one line, before any work, when the folder a file is to be written into is missing.
+fn check_parent(path: &std::path::Path) -> Result<(), CliError> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(CliError::Message(format!(
+            "{}: output folder does not exist",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Process-wide set-up done before any thread starts.
@@ -185,7 +206,7 @@ pub fn run() -> Result<(), CliError> {
     let query = AdapterQuery::new(cli.backend.as_deref(), cli.adapter.as_deref())?;
     match cli.command {
         Some(Command::Devices { json }) => devices::run(&query, json),
-        Some(Command::Check) => check::run(&Gpu::new(&query)?),
+        Some(Command::Check { replay }) => check::run(&Gpu::new(&query)?, replay.as_deref()),
         Some(Command::Shaders { export }) => shaders::run(export.as_deref()),
         None => train::main_job(&query, cli.data),
         Some(Command::Eval {
@@ -239,15 +260,8 @@ pub fn run() -> Result<(), CliError> {
             json,
             compare,
         }) => {
-            if let Some(dir) = json
-                .as_deref()
-                .and_then(|p| p.parent())
-                .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-            {
-                return Err(CliError::Message(format!(
-                    "{}: output folder does not exist",
-                    dir.display()
-                )));
+            if let Some(path) = json.as_deref() {
+                check_parent(path)?;
             }
             let gpu = Gpu::new(&query)?;
             bench::run(&gpu, filter.as_deref(), json.as_deref(), compare.as_deref())
@@ -261,10 +275,11 @@ pub fn run() -> Result<(), CliError> {
             input,
             output,
             attrs,
+            replay,
             ..
         }) => match (name, input, output) {
             (Some(name), Some(input), Some(output)) => {
-                op::run(&query, &name, &input, &output, &attrs)
+                op::run(&query, &name, &input, &output, &attrs, replay.as_deref())
             }
             _ => Err(CliError::Message(
                 "op needs NAME, --input and --output (or --list)".into(),

@@ -63,22 +63,22 @@ pub fn run(
     input: &Path,
     output: &Path,
     attrs: &[String],
+    replay: Option<&Path>,
 ) -> Result<(), CliError> {
     let info = ops::find(name)?;
     let attrs = parse_attrs(attrs)?;
     let inputs = io::read_safetensors(input)?;
     ops::validate(&info, &inputs, &attrs)?;
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        return Err(CliError::Message(format!(
-            "{}: output folder does not exist",
-            dir.display()
-        )));
+    for path in std::iter::once(output).chain(replay) {
+        super::check_parent(path)?;
     }
     let gpu = Gpu::new(query)?;
-    let outputs = ops::run(&gpu, name, &inputs, &attrs)?;
+    let (outputs, record) = ops::run_recorded(&gpu, name, &inputs, &attrs, replay.is_some())?;
     io::write_safetensors(output, &outputs)?;
+    if let (Some(path), Some(record)) = (replay, record) {
+        io::write_atomic(path, record.to_json().as_bytes())?;
+        println!("{name}: wrote its launch record to {}", path.display());
+    }
     let names: Vec<&str> = outputs.keys().map(String::as_str).collect();
     println!(
         "{name} on {}: wrote {} to {}",

@@ -1,13 +1,31 @@
-//! `wgdistill shaders`: the kernel families' WGSL files, listed or exported as standard WGSL.
+//! `wgdistill shaders`: the kernel families' WGSL files, listed or exported as standard WGSL
+//! with a list of the kernels the launchers build from them.
 
 use std::path::Path;
 
+use serde::Serialize;
+use wgdistill::gpu::replay::binding_name;
 use wgdistill::gpu::shaders::SHADER_FILES;
+use wgdistill::io::write_atomic;
+use wgdistill::kernels;
 
 use super::CliError;
 
-/// Lists the files (name, whether trusted, whether they need subgroups), or writes each as
-/// standard WGSL into `export` (every file written whole, then renamed into place).
+/// One pipeline the launchers build, as `kernels.json` lists it for other implementations.
+#[derive(Serialize)]
+struct KernelEntry {
+    family: &'static str,
+    entry: &'static str,
+    /// `uniform`, `read-only-storage` or `storage` for bindings 0.. of group 0.
+    bindings: Vec<&'static str>,
+    /// Boolean override constants; every combination is a pipeline the launchers may build.
+    overrides: &'static [&'static str],
+    /// Whether the family needs the `subgroups` feature.
+    subgroups: bool,
+}
+
+/// Lists the files (name, whether they need subgroups), or writes each as standard WGSL into
+/// `export` with `kernels.json` (every file written whole, then renamed into place).
 pub fn run(export: Option<&Path>) -> Result<(), CliError> {
     let Some(dir) = export else {
         for f in SHADER_FILES {
@@ -16,20 +34,32 @@ pub fn run(export: Option<&Path>) -> Result<(), CliError> {
         }
         return Ok(());
     };
-    let fail = |what: &Path, e: std::io::Error| {
-        CliError::Message(format!("{}: cannot write ({e})", what.display()))
-    };
-    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::Message(format!("{}: cannot create ({e})", dir.display())))?;
     for f in SHADER_FILES {
-        let path = dir.join(format!("{}.wgsl", f.name));
-        let tmp = dir.join(format!(".{}.wgsl.tmp", f.name));
-        std::fs::write(&tmp, f.standard_source())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| fail(&path, e))?;
+        write_atomic(
+            &dir.join(format!("{}.wgsl", f.name)),
+            f.standard_source().as_bytes(),
+        )?;
     }
+    let list: Vec<KernelEntry> = kernels::all_kernels()
+        .iter()
+        .map(|k| KernelEntry {
+            family: k.family,
+            entry: k.entry,
+            bindings: k.bindings.iter().map(|b| binding_name(*b)).collect(),
+            overrides: k.overrides,
+            subgroups: SHADER_FILES
+                .iter()
+                .any(|f| f.name == k.family && f.subgroups),
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&list).map_err(|e| CliError::Message(e.to_string()))?;
+    write_atomic(&dir.join("kernels.json"), text.as_bytes())?;
     println!(
-        "wrote {} WGSL files to {}",
+        "wrote {} WGSL files and kernels.json ({} kernels) to {}",
         SHADER_FILES.len(),
+        list.len(),
         dir.display()
     );
     Ok(())

@@ -130,13 +130,17 @@ pub fn loop_limit_of(adapter_name: &str) -> Option<u64> {
         .then_some(LLVMPIPE_LOOP_LIMIT)
 }
 
+/// Lanes a subgroup needs for the subgroup kernels: their 8-invocation workgroup must be one
+/// subgroup.
+pub const SUBGROUP_KERNEL_LANES: u32 = 8;
+
 impl Capabilities {
     /// Whether the subgroup kernels (`shaders/matmul_subgroup.wgsl`, `conv_subgroup.wgsl`) can
     /// run here: they need subgroups of at least 8 lanes, so that their 8-invocation workgroup is
     /// one subgroup. They are tuned for CPU-like drivers, and chosen by default only with the
     /// register-blocked style.
     pub fn subgroup_matmul(&self) -> bool {
-        self.subgroups && self.subgroup_sizes[0] >= 8
+        self.subgroups && self.subgroup_sizes[0] >= SUBGROUP_KERNEL_LANES
     }
 }
 

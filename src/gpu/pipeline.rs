@@ -34,6 +34,10 @@ pub struct KernelSpec {
     pub bindings: &'static [Binding],
     /// Size in bytes of the Rust twin of the uniform parameter struct.
     pub params: usize,
+    /// The boolean pipeline-overridable constants its launcher sets (each combination may be
+    /// used): a launch with any other constant is refused, and exported kernel lists name them
+    /// so other WebGPU implementations can build every pipeline variant.
+    pub overrides: &'static [&'static str],
 }
 
 impl KernelSpec {
@@ -48,7 +52,13 @@ impl KernelSpec {
             entry,
             bindings,
             params: std::mem::size_of::<P>(),
+            overrides: &[],
         }
+    }
+
+    /// The same kernel, launched with these boolean override constants.
+    pub const fn with_overrides(self, overrides: &'static [&'static str]) -> KernelSpec {
+        KernelSpec { overrides, ..self }
     }
 
     /// `family::entry`.
@@ -67,6 +77,8 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
     /// Workgroup size declared by the entry point.
     pub workgroup_size: [u32; 3],
+    /// The override constants it was compiled with (name, value), as launched.
+    pub constants: Vec<(String, f64)>,
 }
 
 type PipelineKey = (KernelSpec, Vec<(String, u64)>);
@@ -250,6 +262,15 @@ impl PipelineCache {
         {
             return Ok(k);
         }
+        if let Some((name, _)) = constants.iter().find(|(k, _)| !spec.overrides.contains(k)) {
+            return Err(Error::Kernel {
+                kernel: spec.name(),
+                message: format!(
+                    "launched with override '{name}', which its spec does not declare (declared: {:?})",
+                    spec.overrides
+                ),
+            });
+        }
         let module = self.module(device, spec.family, f16)?;
         let workgroup_size = check_spec(spec, &module.1)?;
         let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
@@ -302,6 +323,7 @@ impl PipelineCache {
             pipeline,
             layout,
             workgroup_size,
+            constants: constants.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         });
         if let Ok(mut p) = self.pipelines.lock() {
             p.insert(key, kernel.clone());

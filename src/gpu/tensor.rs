@@ -158,6 +158,17 @@ impl Tensor {
         Arc::as_ptr(&self.buffer) as usize
     }
 
+    /// A `u32` view of `words` words of this tensor's buffer from byte `offset` (for whole-buffer
+    /// snapshots that ignore the views' own shapes).
+    pub(crate) fn words(&self, offset: u64, words: usize) -> Tensor {
+        Tensor {
+            buffer: self.buffer.clone(),
+            offset,
+            shape: vec![words],
+            dtype: DType::U32,
+        }
+    }
+
     /// Bytes this view needs from the start of its buffer.
     pub fn extent(&self) -> u64 {
         self.offset + self.byte_len()

@@ -31,7 +31,8 @@ pub const CONV_FORWARD_SG: KernelSpec =
 
 /// Gradient of the input with subgroup-shared weights (CPU-like drivers with subgroups).
 pub const CONV_BACKWARD_INPUT_SG: KernelSpec =
-    KernelSpec::new::<Params>("conv_subgroup", "conv_backward_input_sg", &[U, R, R, W]);
+    KernelSpec::new::<Params>("conv_subgroup", "conv_backward_input_sg", &[U, R, R, W])
+        .with_overrides(&["UNIT_STRIDE"]);
 /// Per-chunk partial gradients of the weight with subgroup-shared dy, summed by a reduction.
 pub const CONV_BACKWARD_WEIGHT_SG: KernelSpec =
     KernelSpec::new::<Params>("conv_subgroup", "conv_backward_weight_sg", &[U, R, R, W]);

@@ -12,10 +12,12 @@ use Binding::{Output as W, ReadOnly as R, Uniform as U};
 
 /// Barrier-free, 8×8 outputs per invocation (CPU-like drivers).
 pub const MATMUL_RB: KernelSpec =
-    KernelSpec::new::<Params>("matmul", "matmul_rb", &[U, R, R, R, W]);
+    KernelSpec::new::<Params>("matmul", "matmul_rb", &[U, R, R, R, W])
+        .with_overrides(&["TRANS_A", "TRANS_B"]);
 /// Workgroup-memory tiles (discrete and integrated GPUs).
 pub const MATMUL_TILED: KernelSpec =
-    KernelSpec::new::<Params>("matmul", "matmul_tiled", &[U, R, R, R, W]);
+    KernelSpec::new::<Params>("matmul", "matmul_tiled", &[U, R, R, R, W])
+        .with_overrides(&["TRANS_A", "TRANS_B"]);
 
 /// Subgroup-shared rows, vec4 loads: A M×K, B K×N (CPU-like drivers with subgroups).
 pub const MATMUL_SG_NN: KernelSpec =

@@ -24,7 +24,7 @@ const CONV_CASES: &[(Window, usize)] = &[
 /// applies, which it must on lavapipe (so CI's Vulkan job cannot skip it).
 fn forward_kernels(gpu: &Gpu) -> Vec<Option<bool>> {
     let caps = gpu.caps();
-    if caps.backend == "vulkan" && caps.device_type == "cpu" {
+    if caps.backend == "vulkan" && caps.name.starts_with("llvmpipe") {
         assert!(caps.subgroup_matmul(), "lavapipe should offer subgroups");
     }
     if caps.subgroup_matmul() {

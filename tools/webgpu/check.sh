@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# wgdistill beyond wgpu on Mesa: a third driver and a second WebGPU implementation.
+#   1. wgpu on SwiftShader (Google's Vulkan CPU driver, subgroups of 4 lanes): README's test
+#      command, then `wgdistill check`, which also records every case for the next steps;
+#   2. Dawn/Tint (Chrome's WebGPU, Node's `webgpu` package) on SwiftShader: every exported WGSL
+#      file and pipeline, every check and golden case against its reference (dawn_check.mjs);
+#   3. headless Chromium's WebGPU: the browser example on every check case (browser_check.mjs).
+# Needs Node.js with npm and Debian's chromium (which ships SwiftShader); .ci/run installs them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+icd="${SWIFTSHADER_ICD:-/usr/lib/chromium/vk_swiftshader_icd.json}"
+chromium="${CHROMIUM:-/usr/bin/chromium}"
+for need in "$icd" "$chromium"; do
+    if [ ! -e "$need" ]; then
+        echo "webgpu check: $need is missing (apt-get install chromium)" >&2
+        exit 1
+    fi
+done
+
+echo "webgpu check: npm ci (tools/webgpu)"
+npm ci --prefix tools/webgpu --no-audit --no-fund --loglevel=error
+
+# wgdistill records on wgpu's adapter and Dawn replays on its own: the same driver for both.
+export WGPU_BACKEND=vulkan VK_ICD_FILENAMES="$icd"
+echo "webgpu check: the tests on SwiftShader"
+cargo test --release --quiet
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+node tools/webgpu/dawn_check.mjs --wgdistill target/release/wgdistill --work "$work"
+node tools/webgpu/browser_check.mjs --work "$work" --chromium "$chromium"
+echo "webgpu check: all green"
