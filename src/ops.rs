@@ -684,14 +684,14 @@ pub fn run(
     run_recorded(gpu, name, inputs, attrs, false).map(|(outputs, _)| outputs)
 }
 
-/// [`run`], and with `record` also the launches as a portable record (see
+/// [`run`], and with `with_record` also the launches as a portable record (see
 /// [`crate::gpu::replay`]) taken before they ran, its outputs named as the op's.
 pub fn run_recorded(
     gpu: &Gpu,
     name: &str,
     inputs: &TensorMap,
     attrs: &BTreeMap<String, f64>,
-    record: bool,
+    with_record: bool,
 ) -> Result<(TensorMap, Option<Replay>)> {
     let info = find(name)?;
     let attrs = validate(&info, inputs, attrs)?;
@@ -734,7 +734,7 @@ pub fn run_recorded(
             (dispatches, named)
         }
     };
-    let replay = if record {
+    let record = if with_record {
         Some(replay::record(gpu, name, &dispatches, &outputs)?)
     } else {
         None
@@ -744,5 +744,5 @@ pub fn run_recorded(
     for (k, t) in outputs {
         out.insert(k, download(gpu, &t)?);
     }
-    Ok((out, replay))
+    Ok((out, record))
 }

@@ -3,7 +3,7 @@
 // `wgdistill shaders --export examples/web/kernels`, the records from
 // `wgdistill check --replay examples/web/records`; the replay logic is shared with the Dawn check.
 
-import { Kernels, check } from '../../tools/webgpu/replay.mjs';
+import { Kernels, check, openDevice } from '../../tools/webgpu/replay.mjs';
 
 const $ = (id) => document.getElementById(id);
 const fmt = (x) => (Number.isFinite(x) ? x.toPrecision(7) : String(x));
@@ -12,17 +12,9 @@ async function start() {
   if (!navigator.gpu) throw new Error('this browser has no WebGPU (navigator.gpu is missing)');
   const adapter = await navigator.gpu.requestAdapter();
   if (!adapter) throw new Error('WebGPU found no adapter');
-  const info = adapter.info;
-  const requiredFeatures = adapter.features.has('subgroups') ? ['subgroups'] : [];
-  const requiredLimits = {};
-  for (const key of ['maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupStorageSize',
-    'maxStorageBuffersPerShaderStage', 'maxStorageBufferBindingSize', 'maxBufferSize']) {
-    requiredLimits[key] = adapter.limits[key];
-  }
-  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
-  const name = [info.vendor, info.architecture, info.description].filter((s) => s).join(' ');
-  $('adapter').textContent = `Adapter: ${name || 'unnamed'} (subgroups: ${
-    requiredFeatures.length ? `${info.subgroupMinSize}–${info.subgroupMaxSize} lanes` : 'no'})`;
+  const { device, info, name, features } = await openDevice(adapter);
+  $('adapter').textContent = `Adapter: ${name} (subgroups: ${
+    features.includes('subgroups') ? `${info.subgroupMinSize}–${info.subgroupMaxSize} lanes` : 'no'})`;
   const kernels = new Kernels(device, info, async (family) => {
     const response = await fetch(`kernels/${family}.wgsl`);
     if (!response.ok) throw new Error(`kernels/${family}.wgsl: ${response.status}`);

@@ -20,48 +20,73 @@ struct IndexEntry {
     shape: String,
 }
 
-/// Writes every case's launch record into `dir` (created if missing) and its `index.json`.
-fn write_replays(gpu: &Gpu, cases: &[Case], dir: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::Message(format!("{}: cannot create ({e})", dir.display())))?;
-    let mut index = Vec::new();
-    for (i, case) in cases.iter().enumerate() {
+/// Where `--replay` writes: the folder, and its index as it grows.
+struct Records<'a> {
+    dir: &'a Path,
+    index: Vec<IndexEntry>,
+}
+
+impl Records<'_> {
+    /// Writes case `i`'s launch record and adds it to the index.
+    fn write(&mut self, gpu: &Gpu, i: usize, case: &Case) -> Result<(), CliError> {
         let slug: String = case
             .kernel
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         let file = format!("{i:03}-{slug}.json");
-        write_atomic(&dir.join(&file), case.replay(gpu)?.to_json().as_bytes())?;
-        index.push(IndexEntry {
+        write_atomic(
+            &self.dir.join(&file),
+            case.replay(gpu)?.to_json()?.as_bytes(),
+        )?;
+        self.index.push(IndexEntry {
             file,
             kernel: case.kernel.clone(),
             shape: case.shape.clone(),
         });
+        Ok(())
     }
-    let text =
-        serde_json::to_string_pretty(&index).map_err(|e| CliError::Message(e.to_string()))?;
-    write_atomic(&dir.join("index.json"), text.as_bytes())?;
-    println!("wrote {} launch records to {}", index.len(), dir.display());
-    Ok(())
+
+    /// Writes `index.json`, listing the records written.
+    fn finish(self) -> Result<(), CliError> {
+        let text = serde_json::to_string_pretty(&self.index)
+            .map_err(|e| CliError::Message(e.to_string()))?;
+        write_atomic(&self.dir.join("index.json"), text.as_bytes())?;
+        println!(
+            "wrote {} launch records to {}",
+            self.index.len(),
+            self.dir.display()
+        );
+        Ok(())
+    }
 }
 
 /// Runs every check and prints a table; any failure makes the command fail. With `replay`,
-/// first writes every case as a launch record there.
+/// also writes every case as a launch record there (a case that cannot be recorded fails).
 pub fn run(gpu: &Gpu, replay: Option<&Path>) -> Result<(), CliError> {
+    let mut records = match replay {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                CliError::Message(format!("{}: cannot create ({e})", dir.display()))
+            })?;
+            Some(Records {
+                dir,
+                index: Vec::new(),
+            })
+        }
+        None => None,
+    };
     println!("adapter: {}", gpu.caps().label());
     println!(
         "{:<34} {:>30} {:>10} {:>10} {:>6} {:>9}",
         "kernel", "shape", "max abs", "max rel", "result", "ms"
     );
     let cases = catalogue::all(gpu, Suite::Check);
-    if let Some(dir) = replay {
-        write_replays(gpu, &cases, dir)?;
-    }
     let mut failures = 0;
-    for case in &cases {
+    for (i, case) in cases.iter().enumerate() {
         let start = Instant::now();
-        let verdict = case.verify(gpu);
+        let recorded = records.as_mut().map_or(Ok(()), |r| r.write(gpu, i, case));
+        let verdict = recorded.and_then(|()| case.verify(gpu).map_err(CliError::from));
         let ms = start.elapsed().as_secs_f64() * 1e3;
         match verdict {
             Ok(v) => {
@@ -81,6 +106,9 @@ pub fn run(gpu: &Gpu, replay: Option<&Path>) -> Result<(), CliError> {
                 println!("{:<34} {:>30} FAIL: {e}", case.kernel, case.shape);
             }
         }
+    }
+    if let Some(records) = records {
+        records.finish()?;
     }
     if failures > 0 {
         return Err(CliError::Message(format!(

@@ -21,7 +21,7 @@ fn yes(b: bool) -> &'static str {
 /// The implementations and drivers CI runs wgdistill's tests on, for `devices` to say.
 const TESTED_IN_CI: &[&str] = &[
     "wgpu on Mesa lavapipe (Vulkan) and llvmpipe (GL): every test",
-    "wgpu on SwiftShader (Vulkan, subgroups of 4 lanes): `check` and the kernel tests",
+    "wgpu on SwiftShader (Vulkan, subgroups of 4 lanes): every test, and `check`",
     "Dawn/Tint (Chrome's WebGPU) on SwiftShader: every exported WGSL file and pipeline, every \
      check and golden case (tools/webgpu/check.sh)",
     "Chromium's WebGPU: the browser example (examples/web) on every check case",

@@ -76,7 +76,7 @@ pub fn run(
     let (outputs, record) = ops::run_recorded(&gpu, name, &inputs, &attrs, replay.is_some())?;
     io::write_safetensors(output, &outputs)?;
     if let (Some(path), Some(record)) = (replay, record) {
-        io::write_atomic(path, record.to_json().as_bytes())?;
+        io::write_atomic(path, record.to_json()?.as_bytes())?;
         println!("{name}: wrote its launch record to {}", path.display());
     }
     let names: Vec<&str> = outputs.keys().map(String::as_str).collect();

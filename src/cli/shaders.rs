@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use wgdistill::gpu::replay::binding_name;
-use wgdistill::gpu::shaders::SHADER_FILES;
+use wgdistill::gpu::shaders::{SHADER_FILES, needs_subgroups};
 use wgdistill::io::write_atomic;
 use wgdistill::kernels;
 
@@ -49,9 +49,7 @@ pub fn run(export: Option<&Path>) -> Result<(), CliError> {
             entry: k.entry,
             bindings: k.bindings.iter().map(|b| binding_name(*b)).collect(),
             overrides: k.overrides,
-            subgroups: SHADER_FILES
-                .iter()
-                .any(|f| f.name == k.family && f.subgroups),
+            subgroups: needs_subgroups(k.family),
         })
         .collect();
     let text = serde_json::to_string_pretty(&list).map_err(|e| CliError::Message(e.to_string()))?;

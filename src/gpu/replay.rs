@@ -5,7 +5,7 @@
 //! match where those are known. `tools/webgpu/replay.mjs` runs records on Dawn (Node) and in
 //! browsers, so the cases `wgdistill check` runs through wgpu are checked through Tint too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -28,10 +28,10 @@ pub struct Replay {
     pub recorded_on: String,
     /// WebGPU features the launches need (`subgroups` for the subgroup kernel families).
     pub features: Vec<&'static str>,
-    /// With `subgroups`: the fewest lanes a subgroup may have (the subgroup kernels assume
-    /// their workgroup is one subgroup), to be checked against the adapter's
-    /// `subgroupMinSize`: a record made where subgroups are wider fails there, not silently.
-    pub subgroup_min_size: Option<u32>,
+    /// With `subgroups`: the lanes a subgroup must have at least (the subgroup kernels assume
+    /// their workgroup is one subgroup), checked against the adapter's `subgroupMinSize`: a
+    /// record made where subgroups are wider is refused where they are narrower, not run wrong.
+    pub needs_subgroup_lanes: Option<u32>,
     buffers: Vec<BufferRecord>,
     launches: Vec<LaunchRecord>,
     outputs: Vec<OutputRecord>,
@@ -56,7 +56,7 @@ struct LaunchRecord {
     entry: &'static str,
     /// `uniform`, `read-only-storage` or `storage` for bindings 0.. of group 0 (WebGPU's names).
     bindings: Vec<&'static str>,
-    constants: HashMap<String, f64>,
+    constants: BTreeMap<String, f64>,
     /// Base64 of the uniform parameter bytes (binding 0).
     params: String,
     /// Bindings 1.., in order.
@@ -117,7 +117,7 @@ pub fn record(
     }
     let mut buffer_records = Vec::with_capacity(buffers.len());
     for (t, bytes) in &buffers {
-        let words: Vec<u32> = gpu.read(&t.words(0, (*bytes / 4) as usize))?;
+        let words: Vec<u32> = gpu.read(&t.raw_words(0, (*bytes / 4) as usize))?;
         buffer_records.push(BufferRecord {
             bytes: *bytes,
             data: b64.encode(bytemuck::cast_slice::<u32, u8>(&words)),
@@ -133,9 +133,7 @@ pub fn record(
         .iter()
         .map(|d| {
             let spec = &d.kernel.spec;
-            if super::shaders::find(spec.family).is_some_and(|f| f.subgroups)
-                && !features.contains(&"subgroups")
-            {
+            if super::shaders::needs_subgroups(spec.family) && !features.contains(&"subgroups") {
                 features.push("subgroups");
             }
             LaunchRecord {
@@ -163,7 +161,7 @@ pub fn record(
         format: FORMAT,
         name: name.to_string(),
         recorded_on: gpu.caps().name.clone(),
-        subgroup_min_size: features
+        needs_subgroup_lanes: features
             .contains(&"subgroups")
             .then_some(super::caps::SUBGROUP_KERNEL_LANES),
         features,
@@ -186,7 +184,9 @@ impl Replay {
     }
 
     /// The record as JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| {
+            crate::error::input_error(&self.name, format!("cannot write its record ({e})"))
+        })
     }
 }

@@ -103,6 +103,11 @@ pub fn find(name: &str) -> Option<&'static ShaderFile> {
     SHADER_FILES.iter().find(|s| s.name == name)
 }
 
+/// Whether kernel family `family` needs subgroup operations.
+pub fn needs_subgroups(family: &str) -> bool {
+    find(family).is_some_and(|f| f.subgroups)
+}
+
 /// A module naga has parsed and validated.
 pub struct Validated {
     /// The IR.

@@ -160,7 +160,7 @@ impl Tensor {
 
     /// A `u32` view of `words` words of this tensor's buffer from byte `offset` (for whole-buffer
     /// snapshots that ignore the views' own shapes).
-    pub(crate) fn words(&self, offset: u64, words: usize) -> Tensor {
+    pub(crate) fn raw_words(&self, offset: u64, words: usize) -> Tensor {
         Tensor {
             buffer: self.buffer.clone(),
             offset,

@@ -13,23 +13,11 @@ import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
+import { parseArgs } from './args.mjs';
+
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const TYPES = { '.html': 'text/html', '.mjs': 'text/javascript', '.js': 'text/javascript',
   '.json': 'application/json', '.wgsl': 'text/plain' };
-
-function args() {
-  const out = { chromium: '/usr/bin/chromium', cases: '*', screenshot: '' };
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i += 2) {
-    const key = argv[i].replace(/^--/, '');
-    if (!['work', 'chromium', 'cases', 'screenshot'].includes(key) || argv[i + 1] === undefined) {
-      throw new Error(`unknown or incomplete argument '${argv[i]}'`);
-    }
-    out[key] = argv[i + 1];
-  }
-  if (!out.work) throw new Error('--work is required (a dawn_check.mjs work folder)');
-  return out;
-}
 
 /** A static server of the repository, with the generated folders mapped from `work`. */
 function serve(work) {
@@ -54,7 +42,8 @@ function serve(work) {
 }
 
 async function main() {
-  const opts = args();
+  const opts = parseArgs({ work: '', chromium: '/usr/bin/chromium', cases: '*', screenshot: '' },
+    ['work']);
   const server = await serve(path.resolve(opts.work));
   const browser = await chromium.launch({
     executablePath: opts.chromium,
@@ -66,7 +55,8 @@ async function main() {
   let failed = true;
   try {
     const page = await browser.newPage();
-    page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+    const pageErrors = [];
+    page.on('pageerror', (e) => pageErrors.push(e.message));
     const url = `http://127.0.0.1:${server.address().port}/examples/web/?cases=${encodeURIComponent(opts.cases)}`;
     await page.goto(url);
     await page.waitForSelector('body[data-state="done"], body[data-state="error"]', { timeout: 300_000 });
@@ -75,13 +65,19 @@ async function main() {
     if (summary.error) throw new Error(`the page failed: ${summary.error}`);
     const bad = summary.results.filter((r) => !r.pass);
     for (const r of bad) console.log(`FAIL ${r.case}: ${r.error ?? `max abs ${r.maxAbs}`}`);
+    for (const e of pageErrors) console.log(`FAIL page error: ${e}`);
+    // With every case asked for, the page must have run every recorded one.
+    const recorded = JSON.parse(fs.readFileSync(path.join(opts.work, 'check', 'index.json'), 'utf8'));
+    const missing = opts.cases === '*' && summary.results.length !== recorded.length;
+    if (missing) console.log(`FAIL the page ran ${summary.results.length} of ${recorded.length} cases`);
     const kd = summary.results.filter((r) => r.case.startsWith('kd '));
     for (const r of kd.filter((r) => r.reference !== 0).slice(0, 4)) {
       console.log(`  ${r.case}: loss ${r.loss} on the GPU, ${r.reference} on the CPU`);
     }
     console.log(`Chromium (${summary.adapter}): ${summary.results.length - bad.length} of ` +
       `${summary.results.length} cases match, ${kd.length} of them KD`);
-    failed = bad.length > 0 || summary.results.length === 0 || (opts.cases === '*' && kd.length === 0);
+    failed = bad.length > 0 || pageErrors.length > 0 || missing || summary.results.length === 0 ||
+      (opts.cases === '*' && kd.length === 0);
   } finally {
     await browser.close();
     server.close();

@@ -17,6 +17,13 @@ for need in "$icd" "$chromium"; do
         exit 1
     fi
 done
+node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+if [ "$node_major" -lt 20 ]; then
+    echo "webgpu check: needs Node.js 20 or later (found: $(node --version 2>/dev/null || echo none))" >&2
+    exit 1
+fi
+# A missing adapter fails the tests rather than skipping them, as in CI.
+export CI="${CI:-true}"
 
 echo "webgpu check: npm ci (tools/webgpu)"
 npm ci --prefix tools/webgpu --no-audit --no-fund --loglevel=error
@@ -25,9 +32,11 @@ npm ci --prefix tools/webgpu --no-audit --no-fund --loglevel=error
 export WGPU_BACKEND=vulkan VK_ICD_FILENAMES="$icd"
 echo "webgpu check: the tests on SwiftShader"
 cargo test --release --quiet
+cargo build --release --quiet
+bin="${CARGO_TARGET_DIR:-target}/release/wgdistill"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-node tools/webgpu/dawn_check.mjs --wgdistill target/release/wgdistill --work "$work"
+node tools/webgpu/dawn_check.mjs --wgdistill "$bin" --work "$work"
 node tools/webgpu/browser_check.mjs --work "$work" --chromium "$chromium"
 echo "webgpu check: all green"

@@ -23,24 +23,9 @@ import path from 'node:path';
 
 import { create, globals } from 'webgpu';
 
-import { Kernels, check, compare, overrideCombinations, replay } from './replay.mjs';
+import { parseArgs } from './args.mjs';
+import { Kernels, check, compare, openDevice, overrideCombinations, replay } from './replay.mjs';
 import { readSafetensors } from './safetensors.mjs';
-
-function args() {
-  const out = { golden: 'tests/fixtures/golden', backend: 'vulkan' };
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i += 2) {
-    const key = argv[i].replace(/^--/, '');
-    if (!(key in { wgdistill: 1, work: 1, golden: 1, backend: 1 }) || argv[i + 1] === undefined) {
-      throw new Error(`unknown or incomplete argument '${argv[i]}'`);
-    }
-    out[key] = argv[i + 1];
-  }
-  for (const needed of ['wgdistill', 'work']) {
-    if (!out[needed]) throw new Error(`--${needed} is required`);
-  }
-  return out;
-}
 
 /** Runs wgdistill, echoing its last line unless `quiet`; on failure its whole output, then throws. */
 function wgdistill(bin, argv, quiet = false) {
@@ -55,40 +40,26 @@ function wgdistill(bin, argv, quiet = false) {
   }
 }
 
+/** Dawn's adapter on `backend`, opened as wgdistill opens one. */
 async function device(backend) {
   Object.assign(globalThis, globals);
   const gpu = create([`backend=${backend}`]);
   const adapter = await gpu.requestAdapter();
   if (!adapter) throw new Error(`Dawn found no ${backend} adapter (is VK_ICD_FILENAMES set?)`);
-  const info = adapter.info;
-  const name = [info.vendor, info.architecture, info.device, info.description]
-    .filter((s) => s).join(' ') || 'unnamed adapter';
-  // The adapter's own limits, as wgpu requests them; the features the kernels may use.
-  const requiredLimits = {};
-  for (const key of ['maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX',
-    'maxComputeWorkgroupSizeY', 'maxComputeWorkgroupSizeZ', 'maxComputeWorkgroupStorageSize',
-    'maxComputeWorkgroupsPerDimension', 'maxStorageBuffersPerShaderStage',
-    'maxStorageBufferBindingSize', 'maxBufferSize']) {
-    requiredLimits[key] = adapter.limits[key];
-  }
-  const requiredFeatures = ['subgroups', 'shader-f16'].filter((f) => adapter.features.has(f));
-  const dev = await adapter.requestDevice({ requiredLimits, requiredFeatures });
-  dev.addEventListener('uncapturederror', (e) => {
-    console.error(`uncaptured WebGPU error: ${e.error.message}`);
-    process.exitCode = 1;
-  });
   // The instance must outlive the device: Dawn's Node binding tears its threads down when
   // `gpu` is collected, and a device still in use then dies in a futex error.
-  return { gpu, dev, info, name, features: requiredFeatures };
+  return { gpu, ...(await openDevice(adapter)) };
 }
 
 async function main() {
-  const opts = args();
+  const opts = parseArgs({ wgdistill: '', work: '', golden: 'tests/fixtures/golden', backend: 'vulkan' },
+    ['wgdistill', 'work']);
   const work = path.resolve(opts.work);
   const kernelsDir = path.join(work, 'kernels');
   const checkDir = path.join(work, 'check');
   const goldenDir = path.join(work, 'golden');
-  fs.rmSync(work, { recursive: true, force: true });
+  // Only what this script writes: --work may be a folder with other things in it.
+  for (const dir of [kernelsDir, checkDir, goldenDir]) fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(goldenDir, { recursive: true });
 
   console.log('recording with wgdistill:');
@@ -104,7 +75,7 @@ async function main() {
   }
   console.log(`  wgdistill op: recorded ${manifest.length} golden cases`);
 
-  const { gpu, dev, info, name, features } = await device(opts.backend);
+  const { gpu, device: dev, info, name, features } = await device(opts.backend);
   console.log(`Dawn on ${name} (${opts.backend}; features: ${features.join(', ') || 'none'})`);
   const kernels = new Kernels(dev, info, (family) =>
     fs.readFileSync(path.join(kernelsDir, `${family}.wgsl`), 'utf8'));
@@ -113,6 +84,12 @@ async function main() {
     failures += 1;
     console.log(`FAIL ${what}: ${e.message ?? e}`);
   };
+  // Errors outside every scope, and a lost device, fail the check too.
+  dev.addEventListener('uncapturederror', (e) => fail('uncaptured WebGPU error', e.error));
+  let finished = false;
+  dev.lost.then((lost) => {
+    if (!finished) fail('device lost', new Error(lost.message));
+  });
 
   // 1 and 2: every module, every pipeline variant.
   const list = JSON.parse(fs.readFileSync(path.join(kernelsDir, 'kernels.json'), 'utf8'));
@@ -161,15 +138,19 @@ async function main() {
     const record = JSON.parse(fs.readFileSync(path.join(goldenDir, `${c.name}.json`), 'utf8'));
     const expected = readSafetensors(path.join(opts.golden, `${c.name}.expected.safetensors`));
     try {
-      const outputs = await replay(kernels, record);
+      const outputs = new Map((await replay(kernels, record)).map((o) => [o.name, o]));
       let ok = true;
-      for (const out of outputs) {
-        const want = expected.get(out.name);
-        if (!want) throw new Error(`golden file has no '${out.name}'`);
-        const v = compare(Array.from(out.values), Array.from(want.values), c.rtol, c.atol);
+      // Every golden output, with its shape and values.
+      for (const [name, want] of expected) {
+        const got = outputs.get(name);
+        const v = !got
+          ? { pass: false, firstBad: 'the record has no such output' }
+          : JSON.stringify(got.shape) !== JSON.stringify(want.shape)
+            ? { pass: false, firstBad: `shape ${JSON.stringify(got.shape)}, golden ${JSON.stringify(want.shape)}` }
+            : compare(Array.from(got.values), Array.from(want.values), c.rtol, c.atol);
         if (!v.pass) {
           ok = false;
-          fail(`${c.name} ${out.name}`, new Error(v.firstBad));
+          fail(`${c.name} ${name}`, new Error(v.firstBad));
         }
       }
       if (ok) passed += 1;
@@ -179,6 +160,8 @@ async function main() {
   }
   console.log(`golden cases on Dawn: ${passed} of ${manifest.length} match tests/fixtures/golden`);
 
+  await dev.queue.onSubmittedWorkDone();
+  finished = true;
   dev.destroy();
   void gpu;
   if (failures > 0) {

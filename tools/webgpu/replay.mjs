@@ -17,6 +17,43 @@ export function decodeBase64(text) {
   return bytes;
 }
 
+/** The limits wgdistill opens a device with where the adapter has more than WebGPU's defaults. */
+const LIMITS = ['maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY', 'maxComputeWorkgroupSizeZ', 'maxComputeWorkgroupStorageSize',
+  'maxComputeWorkgroupsPerDimension', 'maxStorageBuffersPerShaderStage',
+  'maxStorageBufferBindingSize', 'maxBufferSize'];
+
+/**
+ * Opens a device as wgdistill does: the adapter's own limits, and `subgroups` and `shader-f16`
+ * where the adapter has them. Returns `{ device, info, name, features }`.
+ */
+export async function openDevice(adapter) {
+  const requiredLimits = {};
+  for (const key of LIMITS) requiredLimits[key] = adapter.limits[key];
+  const features = ['subgroups', 'shader-f16'].filter((f) => adapter.features.has(f));
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: features });
+  const info = adapter.info;
+  const name = [info.vendor, info.architecture, info.device, info.description]
+    .filter((s) => s).join(' ') || 'unnamed adapter';
+  return { device, info, name, features };
+}
+
+/** Runs `make` inside a validation error scope: its error, or the scope's, is thrown. */
+async function validated(device, what, make) {
+  device.pushErrorScope('validation');
+  let value;
+  let thrown = null;
+  try {
+    value = await make();
+  } catch (e) {
+    thrown = e;
+  }
+  const error = await device.popErrorScope();
+  if (thrown) throw new Error(`${what}: ${thrown.message ?? thrown}`);
+  if (error) throw new Error(`${what}: ${error.message}`);
+  return value;
+}
+
 /** The combinations of boolean overrides a kernel may be built with: 2^n objects. */
 export function overrideCombinations(names) {
   let combos = [{}];
@@ -46,6 +83,7 @@ export class Kernels {
   constructor(device, adapterInfo, loadShader) {
     this.device = device;
     this.subgroupMinSize = adapterInfo.subgroupMinSize ?? 0;
+    this.features = device.features;
     this.loadShader = loadShader;
     this.modules = new Map();
     this.pipelines = new Map();
@@ -75,16 +113,15 @@ export class Kernels {
     if (!this.pipelines.has(key)) {
       this.pipelines.set(key, (async () => {
         const module = await this.module(family);
-        const layout = bindGroupLayout(this.device, bindings, `${family}::${entry}`);
-        this.device.pushErrorScope('validation');
-        const pipeline = await this.device.createComputePipelineAsync({
-          label: key,
-          layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
-          compute: { module, entryPoint: entry, constants },
+        return validated(this.device, key, async () => {
+          const layout = bindGroupLayout(this.device, bindings, `${family}::${entry}`);
+          const pipeline = await this.device.createComputePipelineAsync({
+            label: key,
+            layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+            compute: { module, entryPoint: entry, constants },
+          });
+          return { pipeline, layout };
         });
-        const error = await this.device.popErrorScope();
-        if (error) throw new Error(`${key}: ${error.message}`);
-        return { pipeline, layout };
       })());
     }
     return this.pipelines.get(key);
@@ -110,64 +147,66 @@ export async function replay(kernels, record) {
   if (record.format !== FORMAT) {
     throw new Error(`${record.name}: format ${record.format}, expected ${FORMAT}`);
   }
-  const lanes = record.subgroup_min_size;
+  for (const feature of record.features) {
+    if (!kernels.features.has(feature)) {
+      throw new Error(`${record.name}: needs WebGPU feature '${feature}', which this device lacks`);
+    }
+  }
+  const lanes = record.needs_subgroup_lanes;
   if (lanes && kernels.subgroupMinSize < lanes) {
     throw new Error(`${record.name}: recorded with subgroup kernels that need subgroups of at ` +
       `least ${lanes} lanes; this adapter's can have ${kernels.subgroupMinSize} ` +
       '(record it with wgdistill on a driver like this one)');
   }
   const device = kernels.device;
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const pipelines = [];
+  for (const launch of record.launches) {
+    pipelines.push(await kernels.pipeline(
+      launch.family, launch.entry, launch.bindings, launch.constants));
+  }
   const owned = [];
-  const buffers = record.buffers.map((b) => {
-    const buffer = device.createBuffer({ size: b.bytes, usage });
-    device.queue.writeBuffer(buffer, 0, decodeBase64(b.data));
-    owned.push(buffer);
-    return buffer;
-  });
   try {
-    const steps = [];
-    for (const launch of record.launches) {
-      const { pipeline, layout } = await kernels.pipeline(
-        launch.family, launch.entry, launch.bindings, launch.constants);
-      const params = decodeBase64(launch.params);
-      const uniform = device.createBuffer({
-        size: Math.max(16, Math.ceil(params.length / 16) * 16),
-        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    const readbacks = await validated(device, record.name, async () => {
+      const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+      const buffers = record.buffers.map((b) => {
+        const buffer = device.createBuffer({ size: b.bytes, usage });
+        owned.push(buffer);
+        device.queue.writeBuffer(buffer, 0, decodeBase64(b.data));
+        return buffer;
       });
-      owned.push(uniform);
-      device.queue.writeBuffer(uniform, 0, params);
-      const entries = [{ binding: 0, resource: { buffer: uniform, size: params.length } }];
-      launch.resources.forEach((r, i) => entries.push({
-        binding: i + 1,
-        resource: { buffer: buffers[r.buffer], offset: r.offset, size: r.size },
-      }));
-      steps.push({ pipeline, group: device.createBindGroup({ layout, entries }), grid: launch.grid });
-    }
-    const readbacks = record.outputs.map((o) => {
-      const count = o.shape.reduce((a, b) => a * b, 1);
-      const bytes = Math.max(4, count * 4);
-      const staging = device.createBuffer({
-        size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      const encoder = device.createCommandEncoder({ label: record.name });
+      const pass = encoder.beginComputePass();
+      record.launches.forEach((launch, i) => {
+        const params = decodeBase64(launch.params);
+        const uniform = device.createBuffer({
+          size: Math.max(16, Math.ceil(params.length / 16) * 16),
+          usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        });
+        owned.push(uniform);
+        device.queue.writeBuffer(uniform, 0, params);
+        const entries = [{ binding: 0, resource: { buffer: uniform, size: params.length } }];
+        launch.resources.forEach((r, j) => entries.push({
+          binding: j + 1,
+          resource: { buffer: buffers[r.buffer], offset: r.offset, size: r.size },
+        }));
+        pass.setPipeline(pipelines[i].pipeline);
+        pass.setBindGroup(0, device.createBindGroup({ layout: pipelines[i].layout, entries }));
+        pass.dispatchWorkgroups(...launch.grid);
       });
-      owned.push(staging);
-      return { output: o, staging, bytes, count };
+      pass.end();
+      const copies = record.outputs.map((o) => {
+        const count = o.shape.reduce((a, b) => a * b, 1);
+        const bytes = Math.max(4, count * 4);
+        const staging = device.createBuffer({
+          size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        });
+        owned.push(staging);
+        encoder.copyBufferToBuffer(buffers[o.buffer], o.offset, staging, 0, bytes);
+        return { output: o, staging, count };
+      });
+      device.queue.submit([encoder.finish()]);
+      return copies;
     });
-    device.pushErrorScope('validation');
-    const encoder = device.createCommandEncoder({ label: record.name });
-    const pass = encoder.beginComputePass();
-    for (const s of steps) {
-      pass.setPipeline(s.pipeline);
-      pass.setBindGroup(0, s.group);
-      pass.dispatchWorkgroups(...s.grid);
-    }
-    pass.end();
-    for (const r of readbacks) {
-      encoder.copyBufferToBuffer(buffers[r.output.buffer], r.output.offset, r.staging, 0, r.bytes);
-    }
-    device.queue.submit([encoder.finish()]);
-    const error = await device.popErrorScope();
-    if (error) throw new Error(`${record.name}: ${error.message}`);
     const outputs = [];
     for (const r of readbacks) {
       await r.staging.mapAsync(GPUMapMode.READ);
