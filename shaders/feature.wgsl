@@ -1,4 +1,5 @@
-// Feature-based losses: FitNet hint (elementwise MSE), attention transfer and factor transfer
+// Feature-based losses: FitNet hint (elementwise MSE; with q = 1 the mean absolute difference,
+// the `l1` loss between logits), attention transfer and factor transfer
 // (one kernel set: FT is AT with another distance), activation boundaries (elementwise),
 // neuron selectivity transfer (per-sample Gram matrices of channel-normalised maps), FSP, and
 // variational information distillation (elementwise, per-channel variances).
@@ -13,7 +14,8 @@ struct Params {
     hw: u32,
     p: f32,
     grad_scale: f32,
-    // at/ft: the distance's exponent (2 for AT; FT's p2, 1 or 2). ab: unused.
+    // hint: 2 (squared) or 1 (absolute). at/ft: the distance's exponent (2 for AT; FT's p2, 1
+    // or 2). ab: unused.
     q: f32,
     // nst: where a Gram launch writes its loss partials.
     offset: u32,
@@ -27,7 +29,8 @@ fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
-// ---- hint: (s − t)²; gradient 2(s − t)/N -----------------------------------------------------
+// ---- hint: (s − t)², gradient 2(s − t)/N; with q = 1, |s − t|, gradient sign(s − t)/N ---------
+// (grad_scale carries the 2/N or 1/N; sign(0) = 0, as PyTorch's l1_loss gradient).
 @group(0) @binding(1) var<storage, read> hint_student: array<f32>;
 @group(0) @binding(2) var<storage, read> hint_teacher: array<f32>;
 @group(0) @binding(3) var<storage, read_write> hint_grad: array<f32>;
@@ -41,8 +44,13 @@ fn hint(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let d = hint_student[i] - hint_teacher[i];
-    hint_grad[i] = d * params.grad_scale;
-    hint_partial[i] = d * d;
+    if (params.q == 1.0) {
+        hint_grad[i] = sign(d) * params.grad_scale;
+        hint_partial[i] = abs(d);
+    } else {
+        hint_grad[i] = d * params.grad_scale;
+        hint_partial[i] = d * d;
+    }
 }
 
 // ---- at / ft: a(f) = normalize(mean_c f^p) per sample; loss mean(dist(a_s − a_t)) ------------

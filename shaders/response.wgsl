@@ -4,7 +4,7 @@
 // The batch sum of the partials is done by reduce.wgsl, deterministically.
 //
 // grad_scale is 1/B for ce and T/B for kd and dkd; the loss scale (1/B or T²/B) is applied by
-// the reduction.
+// the reduction. bce is elementwise (one invocation per element).
 
 struct Params {
     rows: u32,
@@ -182,4 +182,30 @@ fn dkd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         dkd_grad[base + c] = (params.alpha * d_tckd + params.beta * d_nckd) * params.grad_scale;
     }
     dkd_row_loss[r] = select(nan(), params.alpha * tckd + params.beta * nckd, valid);
+}
+
+// ---- bce: binary cross-entropy with logits, per element: max(z, 0) − z·y + log(1 + e^−|z|);
+// gradient σ(z) − y. Stable for any z: exp only of −|z|; log1p by the compensated form
+// log(u) − ((u − 1) − e)/u with u = 1 + e, exact to rounding where 1 + e loses e's low bits.
+// Here `rows` counts elements and grad_scale is 1/N.
+@group(0) @binding(1) var<storage, read> bce_logits: array<f32>;
+@group(0) @binding(2) var<storage, read> bce_target: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bce_grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bce_loss: array<f32>;
+
+@compute @workgroup_size(64)
+fn bce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = row_index(wid, nwg, lid);
+    if (i >= params.rows) {
+        return;
+    }
+    let z = bce_logits[i];
+    let y = bce_target[i];
+    let e = exp(-abs(z));
+    let u = 1.0 + e;
+    let log1p_e = select(log(u) - ((u - 1.0) - e) / u, e, u == 1.0);
+    let sigmoid = select(e / u, 1.0 / u, z >= 0.0);
+    bce_grad[i] = (sigmoid - y) * params.grad_scale;
+    bce_loss[i] = max(z, 0.0) - z * y + log1p_e;
 }

@@ -93,6 +93,7 @@ const KERNEL_OPS: &[KernelOp] = &[
         &["out"]
     ),
     op!("gelu", "out = x·Φ(x) (exact)", &["x"], NONE, &[], &["out"]),
+    op!("tanh", "out = tanh(x)", &["x"], NONE, &[], &["out"]),
     op!(
         "relu_backward",
         "grad_x = grad_out·[x > 0]",
@@ -112,6 +113,14 @@ const KERNEL_OPS: &[KernelOp] = &[
     op!(
         "gelu_backward",
         "grad_x = grad_out·GELU'(x)",
+        &["x", "grad_out"],
+        NONE,
+        &[],
+        &["grad_x"]
+    ),
+    op!(
+        "tanh_backward",
+        "grad_x = grad_out·(1 − tanh²(x))",
         &["x", "grad_out"],
         NONE,
         &[],
@@ -513,6 +522,7 @@ fn plan(
             "out",
         ),
         "gelu" => one(activation::forward(gpu, Kind::Gelu, t("x"))?, "out"),
+        "tanh" => one(activation::forward(gpu, Kind::Tanh, t("x"))?, "out"),
         "relu_backward" => one(
             activation::backward(gpu, Kind::Relu, t("x"), t("grad_out"))?,
             "grad_x",
@@ -528,6 +538,10 @@ fn plan(
         ),
         "gelu_backward" => one(
             activation::backward(gpu, Kind::Gelu, t("x"), t("grad_out"))?,
+            "grad_x",
+        ),
+        "tanh_backward" => one(
+            activation::backward(gpu, Kind::Tanh, t("x"), t("grad_out"))?,
             "grad_x",
         ),
         "softmax" | "log_softmax" => one(

@@ -140,6 +140,13 @@ fn every_config_error_names_its_key() {
         ),
         (
             with(
+                "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }",
+                "{ kind = \"bce\", weight = 0.9 }",
+            ),
+            &["stages[2].losses[1].kind", "bce's targets", "adversarial"],
+        ),
+        (
+            with(
                 "epochs = 3\noptimizer = { kind = \"sgd\", lr = 0.1, momentum = 0.9 }\nlosses = [{ kind = \"ce\", weight = 1.0 }]",
                 "epochs = 0\noptimizer = { kind = \"sgd\", lr = 0.1, momentum = 0.9 }\nlosses = [{ kind = \"ce\", weight = 1.0 }]",
             ),

@@ -220,6 +220,50 @@ fn leaky_relu_in_a_model_has_exact_gradients() {
     }
 }
 
+/// A generator's tail (DFAD's): nearest 2× upsampling, a 3×3 convolution, tanh, against central
+/// differences; and the upsampling itself against an independent nearest-neighbour reference.
+#[test]
+fn upsampling_and_tanh_in_a_model_have_exact_gradients() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 3, 3, 4], DType::F32).unwrap();
+    let up2 = g.upsample_nearest(x, 2).unwrap();
+    assert_eq!(g.shape(up2), &[2, 3, 6, 8]);
+    let layer = ConvLayer {
+        out: 2,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        bias: true,
+        groups: 1,
+    };
+    let c = g.conv2d("conv", up2, layer).unwrap();
+    let t = g.tanh(c).unwrap();
+    let flat = g.flatten(t).unwrap();
+    let logits = g.linear("head", flat, 3, true).unwrap();
+    g.set_output(logits).unwrap();
+    check_model_gradients("upsample+tanh", &g, 13);
+
+    let Some(gpu) = gpu() else { return };
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 3, 3, 5], DType::F32).unwrap();
+    let y = g.upsample_nearest(x, 3).unwrap();
+    g.set_output(y).unwrap();
+    let w = Weights::init(gpu, &g, 1).unwrap();
+    let xv = data(2 * 3 * 3 * 5, 14);
+    let got = EvalStep::compile(gpu, &g, &w)
+        .unwrap()
+        .run(gpu, &xv)
+        .unwrap();
+    let want: Vec<f32> = (0..2 * 3 * 9 * 15)
+        .map(|i| {
+            let (plane, r, c) = (i / 135, i % 135 / 15, i % 15);
+            xv[plane * 15 + (r / 3) * 5 + c / 3]
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(g.upsample_nearest(x, 0).is_err());
+}
+
 /// Adaptive average pooling in a model (5 → 3 and 6 → 4: overlapping windows) against central
 /// differences.
 #[test]

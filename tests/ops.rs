@@ -56,7 +56,7 @@ fn sample_inputs(op: &str) -> TensorMap {
             put("b", f(&[4, 5], 2));
             put("bias", f(&[5], 3));
         }
-        "relu_backward" | "leaky_relu_backward" | "gelu_backward" => {
+        "relu_backward" | "leaky_relu_backward" | "gelu_backward" | "tanh_backward" => {
             put("x", f(&[2, 3], 1));
             put("grad_out", f(&[2, 3], 2));
         }

@@ -72,6 +72,7 @@ fn activation_kind(op: &Op) -> Kind {
     match *op {
         Op::LeakyRelu { slope, .. } => Kind::LeakyRelu(slope),
         Op::Gelu { .. } => Kind::Gelu,
+        Op::Tanh { .. } => Kind::Tanh,
         _ => Kind::Relu,
     }
 }
@@ -152,7 +153,7 @@ pub fn plan_forward(
                     y
                 }
             }
-            Op::Relu { x } | Op::LeakyRelu { x, .. } | Op::Gelu { x } => {
+            Op::Relu { x } | Op::LeakyRelu { x, .. } | Op::Gelu { x } | Op::Tanh { x } => {
                 let (d, y) = activation::forward(gpu, activation_kind(&node.op), v(x))?;
                 plan.push(d);
                 y
@@ -379,7 +380,7 @@ pub fn plan_backward(
                 grads.add(gpu, plan, gamma, g.dgamma, true)?;
                 grads.add(gpu, plan, beta, g.dbeta, true)?;
             }
-            Op::Relu { x } | Op::LeakyRelu { x, .. } | Op::Gelu { x } => {
+            Op::Relu { x } | Op::LeakyRelu { x, .. } | Op::Gelu { x } | Op::Tanh { x } => {
                 let kind = activation_kind(&node.op);
                 let (d, dx) = activation::backward(gpu, kind, &f[x.0], &dy)?;
                 plan.push(d);

@@ -86,6 +86,7 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                 .map(|&z| leaky_relu(z, f64::from(slope)))
                 .collect(),
             Op::Gelu { x } => values[x.0].iter().map(|&z| gelu(z)).collect(),
+            Op::Tanh { x } => values[x.0].iter().map(|&z| z.tanh()).collect(),
             Op::MaxPool { x, pool } | Op::AvgPool { x, pool } => {
                 let s = graph.shape(x);
                 let win = Window {

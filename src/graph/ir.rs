@@ -91,6 +91,11 @@ pub enum Op {
         /// Input.
         x: Value,
     },
+    /// Hyperbolic tangent (`nn.Tanh`).
+    Tanh {
+        /// Input.
+        x: Value,
+    },
     /// Max pooling.
     MaxPool {
         /// Input.
@@ -183,6 +188,7 @@ impl Op {
             }
             Op::GlobalAvgPool { x }
             | Op::LeakyRelu { x, .. }
+            | Op::Tanh { x }
             | Op::Flatten { x }
             | Op::Dropout { x, .. }
             | Op::AdaptiveAvgPool { x, .. }
@@ -223,6 +229,7 @@ impl Op {
             | Op::AvgPool { x, .. }
             | Op::GlobalAvgPool { x }
             | Op::LeakyRelu { x, .. }
+            | Op::Tanh { x }
             | Op::Flatten { x }
             | Op::Dropout { x, .. }
             | Op::AdaptiveAvgPool { x, .. }
@@ -490,6 +497,12 @@ impl Graph {
         self.push(self.auto_name("gelu"), Op::Gelu { x }, shape, DType::F32)
     }
 
+    /// Hyperbolic tangent.
+    pub fn tanh(&mut self, x: Value) -> Result<Value> {
+        let shape = self.shape(x).to_vec();
+        self.push(self.auto_name("tanh"), Op::Tanh { x }, shape, DType::F32)
+    }
+
     fn pooled(&self, kind: &str, x: Value, pool: &Pool2d) -> Result<Vec<usize>> {
         let &[n, c, h, w] = self.shape(x) else {
             return Err(shape_error(
@@ -547,6 +560,24 @@ impl Graph {
         }
         let shape = vec![n, c, out[0], out[1]];
         self.push(name, Op::AdaptiveAvgPool { x, out }, shape, DType::F32)
+    }
+
+    /// Nearest-neighbour upsampling by an integer `scale` (`nn.Upsample(scale_factor=s)`, mode
+    /// `nearest`): output `(i, j)` is input `(⌊i/s⌋, ⌊j/s⌋)`. That is adaptive average pooling
+    /// to `(s·H, s·W)`, whose window for output `i` is rows `⌊i/s⌋ … ⌈(i+1)/s⌉ − 1`, the single
+    /// row `⌊i/s⌋`; its backward pass sums each `s × s` block, as upsampling's does. So the op is
+    /// that one, not a second kernel.
+    pub fn upsample_nearest(&mut self, x: Value, scale: usize) -> Result<Value> {
+        let &[_, _, h, w] = self.shape(x) else {
+            return Err(shape_error(
+                "upsample_nearest",
+                format!("needs an (N, C, H, W) input, got {:?}", self.shape(x)),
+            ));
+        };
+        if scale == 0 {
+            return Err(shape_error("upsample_nearest", "scale must be at least 1"));
+        }
+        self.adaptive_avg_pool(x, [h * scale, w * scale])
     }
 
     /// (N, C, H, W) → (N, C).

@@ -447,7 +447,7 @@ fn term_parameters(
             Role::Student => s.next().map(Tensor::shape),
             Role::Teacher | Role::TeacherEmbedding => t.next().map(Tensor::shape),
             Role::Labels => Some(labels.shape()),
-            Role::Parameter | Role::Memory => None,
+            Role::Parameter | Role::Memory | Role::Target => None,
         })
         .collect();
     let host: TensorMap = def
@@ -745,7 +745,7 @@ impl TrainStep {
                     Role::Teacher | Role::TeacherEmbedding => teachers.next(),
                     Role::Labels => Some(&labels),
                     Role::Parameter => own.next().flatten(),
-                    Role::Memory => None,
+                    Role::Memory | Role::Target => None,
                 })
                 .collect::<Option<_>>()
                 .ok_or_else(|| shape_error(&label, "inputs do not match the loss's roles"))?;

@@ -1,4 +1,4 @@
-//! ReLU, leaky ReLU and GELU forward and backward (`shaders/activation.wgsl`).
+//! ReLU, leaky ReLU, GELU and tanh forward and backward (`shaders/activation.wgsl`).
 
 use crate::Result;
 use crate::catalogue::{
@@ -19,6 +19,9 @@ pub const LEAKY_RELU_FORWARD: KernelSpec =
 /// `y = x·Φ(x)`.
 pub const GELU_FORWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "gelu_forward", &[U, R, W]);
+/// `y = tanh(x)`.
+pub const TANH_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "tanh_forward", &[U, R, W]);
 /// `dx = dy·[x > 0]`.
 pub const RELU_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "relu_backward", &[U, R, R, W]);
@@ -28,15 +31,20 @@ pub const LEAKY_RELU_BACKWARD: KernelSpec =
 /// `dx = dy·(Φ(x) + x·φ(x))`.
 pub const GELU_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "gelu_backward", &[U, R, R, W]);
+/// `dx = dy·(1 − tanh²(x))`.
+pub const TANH_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "tanh_backward", &[U, R, R, W]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
     RELU_FORWARD,
     LEAKY_RELU_FORWARD,
     GELU_FORWARD,
+    TANH_FORWARD,
     RELU_BACKWARD,
     LEAKY_RELU_BACKWARD,
     GELU_BACKWARD,
+    TANH_BACKWARD,
 ];
 
 /// Which activation.
@@ -48,6 +56,8 @@ pub enum Kind {
     LeakyRelu(f32),
     /// Exact GELU.
     Gelu,
+    /// Hyperbolic tangent (a generator's output layer).
+    Tanh,
 }
 
 #[repr(C)]
@@ -70,7 +80,7 @@ fn params(op: &str, kind: Kind, t: &Tensor) -> Result<Params> {
             ));
         }
         Kind::LeakyRelu(slope) => slope,
-        Kind::Relu | Kind::Gelu => 0.0,
+        Kind::Relu | Kind::Gelu | Kind::Tanh => 0.0,
     };
     Ok(Params {
         n,
@@ -85,6 +95,7 @@ pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> 
         Kind::Relu => &RELU_FORWARD,
         Kind::LeakyRelu(_) => &LEAKY_RELU_FORWARD,
         Kind::Gelu => &GELU_FORWARD,
+        Kind::Tanh => &TANH_FORWARD,
     };
     let y = gpu.empty(x.shape(), DType::F32)?;
     let d = gpu.dispatch_over(spec, &params(spec.entry, kind, x)?, &[x, &y], x.numel())?;
@@ -97,6 +108,7 @@ pub fn backward(gpu: &Gpu, kind: Kind, x: &Tensor, dy: &Tensor) -> Result<(Dispa
         Kind::Relu => &RELU_BACKWARD,
         Kind::LeakyRelu(_) => &LEAKY_RELU_BACKWARD,
         Kind::Gelu => &GELU_BACKWARD,
+        Kind::Tanh => &TANH_BACKWARD,
     };
     dy.expect(spec.entry, "dy", DType::F32, x.shape())?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
@@ -119,6 +131,7 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             "leaky_relu",
         ),
         (Kind::Gelu, Act::Gelu, "gelu"),
+        (Kind::Tanh, Act::Tanh, "tanh"),
     ];
     if let Suite::Bench { .. } = suite {
         let n = stream_len(suite);

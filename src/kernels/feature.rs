@@ -301,23 +301,48 @@ pub const LOSSES: &[&LossDef] = &[&HINT, &AT, &FT, &AB, &NST, &FSP, &VID];
 
 /// FitNet hint: `mean((s − t)²)`; `s` is the regressor's output, shaped like `t`.
 pub fn hint(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
-    student.expect("hint", "student", DType::F32, student.shape())?;
-    teacher.expect("hint", "teacher", DType::F32, student.shape())?;
+    elementwise_distance(gpu, "hint", student, teacher, Distance::Squared)
+}
+
+/// How [`elementwise_distance`] compares two elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distance {
+    /// `(s − t)²`.
+    Squared,
+    /// `|s − t|`.
+    Absolute,
+}
+
+/// `mean(dist(s − t))` over all elements of two tensors of one shape, and its gradient: FitNet's
+/// hint (squared) and the `l1` loss between logits (absolute).
+pub fn elementwise_distance(
+    gpu: &Gpu,
+    op: &str,
+    student: &Tensor,
+    teacher: &Tensor,
+    distance: Distance,
+) -> Result<LossPlan> {
+    student.expect(op, "student", DType::F32, student.shape())?;
+    teacher.expect(op, "teacher", DType::F32, student.shape())?;
     let n = student.numel();
     if n == 0 {
-        return Err(shape_error("hint", "student is empty"));
+        return Err(shape_error(op, "student is empty"));
     }
+    let (q, grad_scale) = match distance {
+        Distance::Squared => (2.0, 2.0 / n as f32),
+        Distance::Absolute => (1.0, 1.0 / n as f32),
+    };
     let grad = gpu.empty(student.shape(), DType::F32)?;
     let partial = gpu.empty(&[n], DType::F32)?;
     let loss = gpu.empty(&[1], DType::F32)?;
     let params = Params {
         batch: 1,
-        n: u32_of("hint", "elements", n)?,
+        n: u32_of(op, "elements", n)?,
         teacher_channels: 0,
         hw: 0,
         p: 0.0,
-        grad_scale: 2.0 / n as f32,
-        q: 0.0,
+        grad_scale,
+        q,
         offset: 0,
     };
     let tensors = [student, teacher, &grad, &partial];

@@ -61,6 +61,10 @@ pub enum Role {
     Teacher,
     /// Integer class labels, `(B)`.
     Labels,
+    /// Targets a training scheme supplies itself, shaped like the student input (a
+    /// discriminator's real/fake labels for `bce`): read from no tap, so an ordinary distillation
+    /// step cannot feed them and refuses the loss.
+    Target,
     /// A trainable tensor the loss term owns (VID's per-channel variance): initialised by the
     /// loss's [`LossDef::parameters`], trained with the student, saved for `--resume`, never
     /// exported with the student. The loss's gradient is taken with respect to it.

@@ -1,18 +1,23 @@
 //! Response-based losses (`shaders/response.wgsl`): cross-entropy, Hinton KD and decoupled KD,
 //! each one fused pass per row (running log-sum-exp states, the gradient and the row's loss
-//! written in one sweep), then a deterministic batch sum. Definitions in `docs/losses.md`.
+//! written in one sweep), then a deterministic batch sum; and the elementwise ones adversarial and
+//! data-free distillation use: binary cross-entropy with logits (a discriminator's loss) and the
+//! L1 distance between logits (DFAD's discrepancy, through the hint kernel). Definitions in
+//! `docs/losses.md`.
 
 use crate::catalogue::{Suite, Work};
 use crate::error::shape_error;
 use crate::gpu::{Binding, DType, Gpu, KernelSpec, Tensor};
-use crate::io::HostTensor;
+use crate::io::{HostData, HostTensor};
 use crate::reference::response as cpu;
 use crate::rng::sample;
 use crate::{Result, kernels::reduce};
 
 use super::AttrDef;
+use super::feature::{self, Distance};
 use super::losses::{
-    LABELS, LossCase, LossDef, LossPlan, Range, Reads, STUDENT, TEACHER, check_attr, u32_of,
+    LABELS, LossCase, LossDef, LossInput, LossPlan, Range, Reads, Role, STUDENT, TEACHER,
+    check_attr, u32_of,
 };
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
@@ -36,8 +41,11 @@ pub const KD_ROWS: KernelSpec = KernelSpec::new::<Params>("response", "kd", &[U,
 /// Decoupled KD rows.
 pub const DKD_ROWS: KernelSpec = KernelSpec::new::<Params>("response", "dkd", &[U, R, R, R, W, W]);
 
+/// Binary cross-entropy with logits, per element.
+pub const BCE_TERMS: KernelSpec = KernelSpec::new::<Params>("response", "bce", &[U, R, R, W, W]);
+
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[CE_ROWS, KD_ROWS, DKD_ROWS];
+pub const KERNELS: &[KernelSpec] = &[CE_ROWS, KD_ROWS, DKD_ROWS, BCE_TERMS];
 
 const TEMPERATURE: AttrDef = AttrDef {
     name: "temperature",
@@ -129,8 +137,43 @@ pub const DKD: LossDef = LossDef {
     memory: None,
 };
 
+/// `bce`: binary cross-entropy with logits against targets.
+pub const BCE: LossDef = LossDef {
+    name: "bce",
+    summary: "binary cross-entropy with logits, mean over elements (a discriminator's loss)",
+    reads: Reads::Logits,
+    inputs: &[STUDENT, TARGET],
+    attrs: &[],
+    launch: |gpu, _, x| bce(gpu, x[0], x[1]),
+    reference: |_, x| cpu::bce(&x[0].values, &x[1].values).into(),
+    cases: |suite| cases(suite, Which::Bce),
+    parameters: None,
+    memory: None,
+};
+
+/// `l1`: mean absolute difference between the student's and the teacher's logits.
+pub const L1: LossDef = LossDef {
+    name: "l1",
+    summary: "mean |s − t| over the logits (data-free adversarial KD's discrepancy)",
+    reads: Reads::Logits,
+    inputs: &[STUDENT, TEACHER],
+    attrs: &[],
+    launch: |gpu, _, x| feature::elementwise_distance(gpu, "l1", x[0], x[1], Distance::Absolute),
+    reference: |_, x| cpu::l1(&x[0].values, &x[1].values).into(),
+    cases: |suite| cases(suite, Which::L1),
+    parameters: None,
+    memory: None,
+};
+
+/// The targets of `bce`, `target`: probabilities in [0, 1] (1 for "real", 0 for "fake"),
+/// shaped like the logits.
+pub const TARGET: LossInput = LossInput {
+    name: "target",
+    role: Role::Target,
+};
+
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&CE, &KD, &DKD];
+pub const LOSSES: &[&LossDef] = &[&CE, &KD, &DKD, &BCE, &L1];
 
 /// Checks an f32 `(B, C)` logits tensor with `B ≥ 1` and `C ≥ min_cols`; returns `(B, C)`.
 fn logits_shape(op: &str, what: &str, t: &Tensor, min_cols: usize) -> Result<(usize, usize)> {
@@ -223,11 +266,29 @@ pub fn dkd(
     rows(gpu, &DKD_ROWS, student, &[teacher, labels], p, scale)
 }
 
+/// Binary cross-entropy with logits: `mean(max(z, 0) − z·y + log(1 + e^−|z|))` over all
+/// elements of `logits` (any shape) and `target` (the same shape; PyTorch's
+/// `binary_cross_entropy_with_logits`, which does not check that targets lie in [0, 1]).
+pub fn bce(gpu: &Gpu, logits: &Tensor, target: &Tensor) -> Result<LossPlan> {
+    logits.expect("bce", "student", DType::F32, logits.shape())?;
+    target.expect("bce", "target", DType::F32, logits.shape())?;
+    let n = logits.numel();
+    if n == 0 {
+        return Err(shape_error("bce", "the logits are empty"));
+    }
+    // One "row" per element.
+    let mut p = params("bce", n, 1, 1.0, 0.0, 0.0)?;
+    p.grad_scale = 1.0 / n as f32;
+    rows(gpu, &BCE_TERMS, logits, &[target], p, 1.0 / n as f32)
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Which {
     Ce,
     Kd,
     Dkd,
+    Bce,
+    L1,
 }
 
 /// Logits of a few units' spread (scaled samples), labels `(7i + 3) mod C`.
@@ -239,8 +300,24 @@ fn logits_case(b: usize, c: usize, which: Which) -> Vec<HostTensor> {
     let labels = HostTensor::i32(&[b], (0..b).map(|i| ((i * 7 + 3) % c) as i32).collect());
     match which {
         Which::Ce => vec![logits(1), labels],
-        Which::Kd => vec![logits(1), logits(2)],
+        Which::Kd | Which::L1 => vec![logits(1), logits(2)],
         Which::Dkd => vec![logits(1), logits(2), labels],
+        Which::Bce => {
+            // Logits far into both tails (±40: e^−|z| near f32's smallest normal), targets 0,
+            // 1 and in between; one equal pair for l1's zero gradient is in logits_case's
+            // callers.
+            let z: Vec<f32> = sample(b * c, 1).iter().map(|v| 40.0 * v * v * v).collect();
+            let y: Vec<f32> = sample(b * c, 2)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match i % 3 {
+                    0 => 0.0,
+                    1 => 1.0,
+                    _ => 0.5 * (v + 1.0),
+                })
+                .collect();
+            vec![HostTensor::f32(&[b, c], z), HostTensor::f32(&[b, c], y)]
+        }
     }
 }
 
@@ -250,6 +327,7 @@ fn cases(suite: Suite, which: Which) -> Vec<LossCase> {
         Suite::Check => &[(1, 1), (7, 33), (33, 10), (129, 7), (5, 1000)],
         Suite::Bench { small } => match (which, small) {
             (Which::Kd, _) => &[(256, 10), (4096, 1000)],
+            (Which::Bce | Which::L1, _) => &[(4096, 1000)],
             (_, true) => &[(4096, 1000)],
             (_, false) => &[(16384, 1000)],
         },
@@ -268,7 +346,16 @@ fn cases(suite: Suite, which: Which) -> Vec<LossCase> {
         let work = Work::Bytes(4.0 * tensors * (b * c) as f64);
         let case = || LossCase::new(format!("[{b}, {c}]"), logits_case(b, c, which)).work(work);
         match which {
-            Which::Ce => out.push(case()),
+            Which::Ce | Which::Bce => out.push(case()),
+            Which::L1 => {
+                // Equal elements, where the gradient is 0.
+                let mut inputs = logits_case(b, c, which);
+                let student = inputs[0].clone();
+                if let (Some(s), HostData::F32(t)) = (student.as_f32(), &mut inputs[1].data) {
+                    t.iter_mut().zip(s).step_by(5).for_each(|(t, s)| *t = *s);
+                }
+                out.push(LossCase::new(format!("[{b}, {c}]"), inputs).work(work));
+            }
             Which::Kd => out.extend(
                 temperatures
                     .iter()

@@ -1,4 +1,4 @@
-//! f64 reference for `shaders/activation.wgsl`: ReLU, leaky ReLU and exact GELU with their
+//! f64 reference for `shaders/activation.wgsl`: ReLU, leaky ReLU, exact GELU and tanh with their
 //! derivatives.
 
 /// ReLU.
@@ -33,6 +33,11 @@ pub fn gelu_grad(x: f64) -> f64 {
     cdf + x * pdf
 }
 
+/// tanh's derivative `1 − tanh²(x)`.
+pub fn tanh_grad(x: f64) -> f64 {
+    1.0 - x.tanh().powi(2)
+}
+
 /// Which activation a Linear layer applies.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Act {
@@ -44,6 +49,8 @@ pub enum Act {
     LeakyRelu(f64),
     /// Exact GELU.
     Gelu,
+    /// Hyperbolic tangent.
+    Tanh,
 }
 
 impl Act {
@@ -54,6 +61,7 @@ impl Act {
             Act::Relu => relu(z),
             Act::LeakyRelu(slope) => leaky_relu(z, slope),
             Act::Gelu => gelu(z),
+            Act::Tanh => z.tanh(),
         }
     }
 
@@ -64,6 +72,7 @@ impl Act {
             Act::Relu => relu_grad(z),
             Act::LeakyRelu(slope) => leaky_relu_grad(z, slope),
             Act::Gelu => gelu_grad(z),
+            Act::Tanh => tanh_grad(z),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! f64 references for the response-based losses (`shaders/response.wgsl`): `ce`, `kd`, `dkd`, as
-//! `docs/losses.md` defines them (RepDistiller's KD, mdistiller's DKD). Each returns the loss and
+//! f64 references for the response-based losses (`shaders/response.wgsl`): `ce`, `kd`, `dkd`,
+//! `bce` and `l1`, as `docs/losses.md` defines them (RepDistiller's KD, mdistiller's DKD,
+//! PyTorch's `binary_cross_entropy_with_logits` and `l1_loss`). Each returns the loss and
 //! its gradient with respect to the student; the teacher is a constant.
 
 use super::LossGrad;
@@ -106,5 +107,34 @@ pub fn dkd(
             grad.push(temperature / b * (alpha * d_tckd + beta * d_nckd));
         }
     }
+    LossGrad { loss, grad }
+}
+
+/// Binary cross-entropy with logits, mean over all elements: `max(z, 0) − z·y + log(1 + e^−|z|)`,
+/// gradient `(σ(z) − y)/N` (PyTorch's `binary_cross_entropy_with_logits`).
+pub fn bce(z: &[f64], y: &[f64]) -> LossGrad {
+    let n = z.len() as f64;
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let loss = z
+        .iter()
+        .zip(y)
+        .map(|(&z, &y)| z.max(0.0) - z * y + (-z.abs()).exp().ln_1p())
+        .sum::<f64>()
+        / n;
+    let grad = z
+        .iter()
+        .zip(y)
+        .map(|(&z, &y)| (sigmoid(z) - y) / n)
+        .collect();
+    LossGrad { loss, grad }
+}
+
+/// Mean absolute difference `mean|s − t|`, gradient `sign(s − t)/N` (0 where equal), PyTorch's
+/// `l1_loss`.
+pub fn l1(s: &[f64], t: &[f64]) -> LossGrad {
+    let n = s.len() as f64;
+    let loss = s.iter().zip(t).map(|(a, b)| (a - b).abs()).sum::<f64>() / n;
+    let sign = |d: f64| if d == 0.0 { 0.0 } else { d.signum() };
+    let grad = s.iter().zip(t).map(|(a, b)| sign(a - b) / n).collect();
     LossGrad { loss, grad }
 }

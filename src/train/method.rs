@@ -12,6 +12,7 @@
 //!   model's own detached logits, feature terms pull each head's tap toward a deeper tap.
 
 use crate::graph::{LossSpec, PEER, Paraphraser};
+use crate::kernels::losses::Role;
 
 use super::config::{LossConfig, StageConfig};
 
@@ -57,6 +58,14 @@ impl Method {
         let loss = term.loss().map_err(|(key, m)| (at(&key), m))?;
         let def = loss.def();
         term.check_taps(def).map_err(|(key, m)| (at(&key), m))?;
+        if def.inputs.iter().any(|i| i.role == Role::Target) {
+            let message = format!(
+                "{}'s targets are supplied by an adversarial scheme, which no stage kind offers \
+                 yet; it runs through `wgdistill op`",
+                def.name
+            );
+            return Err((at(".kind"), message));
+        }
         if !def.needs_teacher() {
             if !term.teacher_taps().is_empty()
                 || term.adapter.is_some()

@@ -13,7 +13,13 @@ fn activations_match_reference_forward_and_backward() {
         let dyv = data(n, 7);
         let (x, dy) = (up(gpu, &[n], &xv), up(gpu, &[n], &dyv));
         let leaky = (Kind::LeakyRelu(0.1), Act::LeakyRelu(f64::from(0.1f32)));
-        for (kind, act) in [(Kind::Relu, Act::Relu), leaky, (Kind::Gelu, Act::Gelu)] {
+        let kinds = [
+            (Kind::Relu, Act::Relu),
+            leaky,
+            (Kind::Gelu, Act::Gelu),
+            (Kind::Tanh, Act::Tanh),
+        ];
+        for (kind, act) in kinds {
             let want: Vec<f64> = widen(&xv).iter().map(|&v| act.apply(v)).collect();
             allclose(
                 &run(gpu, activation::forward(gpu, kind, &x).unwrap()),
@@ -45,6 +51,7 @@ fn activation_reference_derivatives_match_finite_differences() {
         Act::LeakyRelu(0.1),
         Act::LeakyRelu(2.5),
         Act::Gelu,
+        Act::Tanh,
     ] {
         for x in [-3.0, -0.7, 0.3, 1.9, 5.0] {
             let fd = (act.apply(x + 1e-6) - act.apply(x - 1e-6)) / 2e-6;
@@ -72,4 +79,44 @@ fn leaky_relu_takes_the_negative_slope_at_zero_and_rejects_a_non_finite_one() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("slope must be finite"), "{e}");
+}
+
+/// tanh saturates to exactly ±1 with a zero gradient, never NaN, however large the input (some
+/// drivers compute it through exp(2x)); near 0 and in the tails it and its gradient keep their
+/// relative precision (lavapipe's built-in tanh is off by 2e-4 relative at 1e-4).
+#[test]
+fn tanh_saturates_cleanly_and_is_precise_near_zero() {
+    let Some(gpu) = gpu() else { return };
+    let xv = [
+        0.0f32,
+        1e-4,
+        -1e-4,
+        0.5,
+        -3.0,
+        9.0,
+        -100.0,
+        1e30,
+        f32::MAX,
+        -f32::MAX,
+    ];
+    let x = up(gpu, &[xv.len()], &xv);
+    let dy = up(gpu, &[xv.len()], &[1.0; 10]);
+    let y = run(gpu, activation::forward(gpu, Kind::Tanh, &x).unwrap());
+    let dx = run(gpu, activation::backward(gpu, Kind::Tanh, &x, &dy).unwrap());
+    for (i, &v) in xv.iter().enumerate() {
+        let want = f64::from(v).tanh();
+        assert!(
+            (f64::from(y[i]) - want).abs() <= 1e-6 * want.abs().max(1e-3),
+            "tanh({v}) = {}, want {want}",
+            y[i]
+        );
+        // 1/cosh², relatively precise in the tails too (where 1 − y² would cancel).
+        let want_grad = 1.0 / f64::from(v).cosh().powi(2);
+        assert!(
+            (f64::from(dx[i]) - want_grad).abs() <= 1e-5 * want_grad + 1e-30,
+            "tanh'({v}) = {}, want {want_grad}",
+            dx[i]
+        );
+    }
+    assert_eq!(&y[6..], &[-1.0, 1.0, 1.0, -1.0]);
 }

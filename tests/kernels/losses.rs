@@ -131,7 +131,11 @@ fn registry_entries_are_consistent() {
     for def in losses::registry() {
         assert!(!names.contains(&def.name), "{} twice", def.name);
         names.push(def.name);
-        let snake = def.name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        let snake = def.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && def
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         assert!(snake, "{}: not snake_case", def.name);
         let students = def
             .inputs

@@ -65,6 +65,14 @@ def dkd(student, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0):
     return alpha * tckd + beta * nckd
 
 
+def bce(student, target):
+    return F.binary_cross_entropy_with_logits(student, target)
+
+
+def l1(student, teacher):
+    return F.l1_loss(student, teacher)
+
+
 def hint(student, teacher):
     return F.mse_loss(student, teacher)
 
@@ -255,6 +263,8 @@ OPS = {
     "ce": (ce, ["student", "labels"]),
     "kd": (kd, ["student", "teacher"]),
     "dkd": (dkd, ["student", "teacher", "labels"]),
+    "bce": (bce, ["student", "target"]),
+    "l1": (l1, ["student", "teacher"]),
     "hint": (hint, ["student", "teacher"]),
     "at": (at, ["student", "teacher"]),
     "sp": (sp, ["student", "teacher"]),
@@ -342,6 +352,11 @@ def make(args):
         if name == "labels":
             b = [int(v) for v in shapes["student"].split(",")][0]
             inputs[name] = torch.randint(0, args.classes, (b,), generator=generator)
+        elif name == "target":
+            # bce's targets: probabilities, with exact 0s and 1s among them.
+            shape = [int(v) for v in shapes["student"].split(",")]
+            y = torch.rand(shape, generator=generator)
+            inputs[name] = torch.where(y < 0.25, 0.0, torch.where(y > 0.75, 1.0, y)).to(torch.float32)
         else:
             shape = [int(v) for v in shapes[name].split(",")]
             inputs[name] = (torch.randn(shape, generator=generator) * args.scale).to(torch.float32)
