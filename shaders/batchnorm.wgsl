@@ -12,6 +12,10 @@
 // The launcher keeps chunk and chunks per channel well below that.
 //
 // stats is [4, C]: mean, 1/sqrt(var + eps), and (after grad_merge) dgamma, dbeta.
+// Also here: the evaluation-mode backward pass (an affine map per channel: gradients flow through
+// a frozen network to its input), and a channel's moments as a value of their own (mean and
+// biased variance, [2, C], from the same chunked statistics) with their backward pass: the batch
+// statistics DeepInversion matches against a layer's running statistics.
 // partial is [C, chunks, 2].
 
 struct Params {
@@ -97,17 +101,13 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 // ---- per channel: the chunks merged in order (Chan et al.), then the running statistics ------
 @group(0) @binding(1) var<storage, read> sm_partial: array<f32>;
-@group(0) @binding(2) var<storage, read_write> sm_stats: array<f32>;
+// stats_merge writes [mean; 1/sqrt(var + eps)] here, moments_merge [mean; var].
+@group(0) @binding(2) var<storage, read_write> sm_out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> sm_running_mean: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sm_running_var: array<f32>;
 
-@compute @workgroup_size(64)
-fn stats_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let c = linear_index(wid, nwg, lid, WG);
-    if (c >= params.c) {
-        return;
-    }
+// Channel c's chunks merged in order: (mean, sum of squared deviations, count).
+fn merge_chunks(c: u32) -> vec3<f32> {
     let total = params.n * params.s;
     var count = 0.0;
     var mean = 0.0;
@@ -121,12 +121,39 @@ fn stats_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         m2 = m2 + sm_partial[p + 1u] + delta * delta * (count * nb / merged);
         count = merged;
     }
+    return vec3<f32>(mean, m2, count);
+}
+
+@compute @workgroup_size(64)
+fn stats_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let c = linear_index(wid, nwg, lid, WG);
+    if (c >= params.c) {
+        return;
+    }
+    let m = merge_chunks(c);
+    let mean = m.x;
+    let m2 = m.y;
+    let count = m.z;
     let var_biased = m2 / count;
-    sm_stats[c] = mean;
-    sm_stats[params.c + c] = 1.0 / sqrt(var_biased + params.eps);
+    sm_out[c] = mean;
+    sm_out[params.c + c] = 1.0 / sqrt(var_biased + params.eps);
     let unbiased = select(var_biased, m2 / (count - 1.0), count > 1.0);
     sm_running_mean[c] = (1.0 - params.momentum) * sm_running_mean[c] + params.momentum * mean;
     sm_running_var[c] = (1.0 - params.momentum) * sm_running_var[c] + params.momentum * unbiased;
+}
+
+// A channel's moments as a value of their own: [mean; biased variance], nothing else touched.
+@compute @workgroup_size(64)
+fn moments_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let c = linear_index(wid, nwg, lid, WG);
+    if (c >= params.c) {
+        return;
+    }
+    let m = merge_chunks(c);
+    sm_out[c] = m.x;
+    sm_out[params.c + c] = m.y / m.z;
 }
 
 // ---- normalise with batch statistics: y = (x − mean)·invstd·gamma + beta --------------------
@@ -242,4 +269,40 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let invstd = bx_stats[cc + c];
     let xhat = (bx_x[i] - bx_stats[c]) * invstd;
     bx_dx[i] = bx_gamma[c] * invstd / m * (m * bx_dy[i] - bx_stats[3u * cc + c] - xhat * bx_stats[2u * cc + c]);
+}
+
+// ---- evaluation-mode backward: dx = dy·gamma/sqrt(running_var + eps) --------------------------
+@group(0) @binding(1) var<storage, read> be_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> be_running_var: array<f32>;
+@group(0) @binding(3) var<storage, read> be_gamma: array<f32>;
+@group(0) @binding(4) var<storage, read_write> be_dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward_input_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, 256u);
+    if (i >= params.n * params.c * params.s) {
+        return;
+    }
+    let c = (i / params.s) % params.c;
+    be_dx[i] = be_dy[i] * be_gamma[c] / sqrt(be_running_var[c] + params.eps);
+}
+
+// dx = dmean/M + dvar·2(x − mean)/M, M = N·S.
+@group(0) @binding(1) var<storage, read> mb_x: array<f32>;
+@group(0) @binding(2) var<storage, read> mb_moments: array<f32>;
+@group(0) @binding(3) var<storage, read> mb_dmoments: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mb_dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn moments_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, 256u);
+    if (i >= params.n * params.c * params.s) {
+        return;
+    }
+    let c = (i / params.s) % params.c;
+    let m = f32(params.n * params.s);
+    let centred = mb_x[i] - mb_moments[c];
+    mb_dx[i] = (mb_dmoments[c] + 2.0 * mb_dmoments[params.c + c] * centred) / m;
 }

@@ -2,14 +2,17 @@
 // the `l1` loss between logits), attention transfer and factor transfer
 // (one kernel set: FT is AT with another distance), activation boundaries (elementwise),
 // neuron selectivity transfer (per-sample Gram matrices of channel-normalised maps), FSP, and
-// variational information distillation (elementwise, per-channel variances).
+// variational information distillation (elementwise, per-channel variances); and the image
+// priors data-free distillation optimises inputs with: total variation (DeepInversion's four
+// neighbour differences).
 // Each writes the gradient and per-element, per-entry or per-sample loss partials; reduce.wgsl
 // sums them.
 
 struct Params {
     batch: u32,
-    // hint: element count; at: student channels.
+    // hint, tv: element count; at: student channels.
     n: u32,
+    // tv: the width W.
     teacher_channels: u32,
     hw: u32,
     p: f32,
@@ -406,4 +409,148 @@ fn vid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     vid_grad[i] = d / v * params.grad_scale;
     let sigmoid = 1.0 / (1.0 + exp(-a));
     vid_scale_share[i] = 0.5 * (1.0 - d2_v) / v * sigmoid * params.grad_scale;
+}
+
+// ---- tv: total variation over the four neighbour differences of (planes, H, W) images --------
+// D1 = x[h, w] − x[h, w+1], D2 = x[h, w] − x[h+1, w], D3 = x[h+1, w] − x[h, w+1],
+// D4 = x[h, w] − x[h+1, w+1] (DeepInversion's diff1…diff4, each over the positions where both
+// neighbours exist). p = 2: Σ_d ‖D_d‖₂ over the whole batch; p = 1: Σ_d mean |D_d|. tv_terms
+// writes |D_d|^p for the differences an element starts, one partial array per direction (0
+// where the difference does not exist); reduce.wgsl sums each; tv_finish turns the four sums
+// into the loss and a coefficient per direction; tv_grad adds each difference's derivative to
+// both of its elements.
+fn tv_at(i: u32) -> vec3<u32> {
+    let w = params.teacher_channels;
+    return vec3<u32>(i / params.hw, (i % params.hw) / w, i % w);
+}
+
+fn tv_diffs(i: u32, hh: u32, ww: u32) -> array<f32, 4> {
+    let w = params.teacher_channels;
+    let h = params.hw / w;
+    var d = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    if (ww + 1u < w) {
+        d[0] = tv_x[i] - tv_x[i + 1u];
+    }
+    if (hh + 1u < h) {
+        d[1] = tv_x[i] - tv_x[i + w];
+    }
+    if (ww + 1u < w && hh + 1u < h) {
+        d[2] = tv_x[i + w] - tv_x[i + 1u];
+        d[3] = tv_x[i] - tv_x[i + w + 1u];
+    }
+    return d;
+}
+
+@group(0) @binding(1) var<storage, read> tv_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> tv_partial1: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tv_partial2: array<f32>;
+@group(0) @binding(4) var<storage, read_write> tv_partial3: array<f32>;
+@group(0) @binding(5) var<storage, read_write> tv_partial4: array<f32>;
+
+fn tv_power(d: f32) -> f32 {
+    return select(abs(d), d * d, params.p == 2.0);
+}
+
+@compute @workgroup_size(256)
+fn tv_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= params.n) {
+        return;
+    }
+    let at = tv_at(i);
+    let d = tv_diffs(i, at.y, at.z);
+    tv_partial1[i] = tv_power(d[0]);
+    tv_partial2[i] = tv_power(d[1]);
+    tv_partial3[i] = tv_power(d[2]);
+    tv_partial4[i] = tv_power(d[3]);
+}
+
+@group(0) @binding(1) var<storage, read> tvf_sum1: array<f32>;
+@group(0) @binding(2) var<storage, read> tvf_sum2: array<f32>;
+@group(0) @binding(3) var<storage, read> tvf_sum3: array<f32>;
+@group(0) @binding(4) var<storage, read> tvf_sum4: array<f32>;
+@group(0) @binding(5) var<storage, read_write> tvf_loss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> tvf_coef: array<f32>;
+
+@compute @workgroup_size(1)
+fn tv_finish() {
+    let w = params.teacher_channels;
+    let h = params.hw / w;
+    let planes = f32(params.batch);
+    let counts = array<f32, 4>(
+        planes * f32(h) * f32(w - 1u),
+        planes * f32(h - 1u) * f32(w),
+        planes * f32(h - 1u) * f32(w - 1u),
+        planes * f32(h - 1u) * f32(w - 1u),
+    );
+    let sums = array<f32, 4>(tvf_sum1[0], tvf_sum2[0], tvf_sum3[0], tvf_sum4[0]);
+    var loss = 0.0;
+    for (var k = 0u; k < 4u; k++) {
+        let s = sums[k];
+        if (params.p == 2.0) {
+            let norm = sqrt(s);
+            loss += norm;
+            // d‖D‖/dD = D/‖D‖; 0 where D is 0 everywhere, as PyTorch's norm gradient.
+            tvf_coef[k] = select(0.0, 1.0 / norm, norm > 0.0);
+        } else {
+            loss += s / counts[k];
+            tvf_coef[k] = 1.0 / counts[k];
+        }
+    }
+    tvf_loss[0] = loss;
+}
+
+@group(0) @binding(1) var<storage, read> tvg_x: array<f32>;
+@group(0) @binding(2) var<storage, read> tvg_coef: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tvg_grad: array<f32>;
+
+// The derivative of |D|^p's contribution for one difference value.
+fn tv_slope(k: u32, d: f32) -> f32 {
+    return tvg_coef[k] * select(sign(d), d, params.p == 2.0);
+}
+
+@compute @workgroup_size(256)
+fn tv_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= params.n) {
+        return;
+    }
+    let w = params.teacher_channels;
+    let h = params.hw / w;
+    let at = tv_at(i);
+    let hh = at.y;
+    let ww = at.z;
+    var g = 0.0;
+    // D1 at (h, w) with +1, at (h, w−1) with −1.
+    if (ww + 1u < w) {
+        g += tv_slope(0u, tvg_x[i] - tvg_x[i + 1u]);
+    }
+    if (ww >= 1u) {
+        g -= tv_slope(0u, tvg_x[i - 1u] - tvg_x[i]);
+    }
+    // D2 at (h, w) with +1, at (h−1, w) with −1.
+    if (hh + 1u < h) {
+        g += tv_slope(1u, tvg_x[i] - tvg_x[i + w]);
+    }
+    if (hh >= 1u) {
+        g -= tv_slope(1u, tvg_x[i - w] - tvg_x[i]);
+    }
+    // D3(a, b) = x[a+1, b] − x[a, b+1]: this element is x[a+1, b] at (h−1, w) with +1, and
+    // x[a, b+1] at (h, w−1) with −1.
+    if (hh >= 1u && ww + 1u < w) {
+        g += tv_slope(2u, tvg_x[i] - tvg_x[i - w + 1u]);
+    }
+    if (hh + 1u < h && ww >= 1u) {
+        g -= tv_slope(2u, tvg_x[i + w - 1u] - tvg_x[i]);
+    }
+    // D4(a, b) = x[a, b] − x[a+1, b+1]: at (h, w) with +1, at (h−1, w−1) with −1.
+    if (hh + 1u < h && ww + 1u < w) {
+        g += tv_slope(3u, tvg_x[i] - tvg_x[i + w + 1u]);
+    }
+    if (hh >= 1u && ww >= 1u) {
+        g -= tv_slope(3u, tvg_x[i - w - 1u] - tvg_x[i]);
+    }
+    tvg_grad[i] = g * params.grad_scale;
 }

@@ -13,6 +13,7 @@ use wgdistill::graph::{
     Adapter, ConvLayer, EvalStep, Graph, LossSpec, OptimizerSpec, Paraphraser, StepSpec, TrainStep,
     Weights, paraphraser_graph,
 };
+use wgdistill::io::HostTensor;
 use wgdistill::kernels::losses::Loss;
 use wgdistill::kernels::{optimizer, response};
 use wgdistill::models;
@@ -218,6 +219,116 @@ fn leaky_relu_in_a_model_has_exact_gradients() {
         g.set_output(logits).unwrap();
         check_model_gradients("leaky_relu", &g, seed);
     }
+}
+
+/// Gradients with respect to a frozen network's input, in evaluation mode (running statistics),
+/// and through the batch moments of every BatchNorm layer's input (DeepInversion's taps): a CNN
+/// with non-trivial γ, β and running statistics, loss `Σ R·logits + Σ_k R_k·moments_k`, against
+/// central differences of the f64 interpreter in evaluation mode.
+#[test]
+fn input_and_batch_moment_gradients_through_a_frozen_cnn_match_finite_differences() {
+    let Some(gpu) = gpu() else { return };
+    let mut g = models::cnn([3, 2, 6, 6], &[3, 4], 3).unwrap().frozen();
+    let bn_inputs: Vec<wgdistill::graph::Value> = g
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            wgdistill::graph::Op::BatchNorm { x, .. } => Some(x),
+            _ => None,
+        })
+        .collect();
+    let moments: Vec<_> = bn_inputs
+        .iter()
+        .map(|&x| g.channel_moments(x).unwrap())
+        .collect();
+    assert_eq!(moments.len(), 2);
+    // Random γ, β and running statistics (variances positive), so none of them can hide.
+    let mut host = Weights::init(gpu, &g, 21).unwrap().to_host(gpu).unwrap();
+    for (k, (name, t)) in host.iter_mut().enumerate() {
+        if name.contains("running_var") {
+            let v: Vec<f32> = data(t.shape.iter().product(), 30 + k as u64)
+                .iter()
+                .map(|v| 0.5 + v.abs())
+                .collect();
+            *t = HostTensor::f32(&t.shape.clone(), v);
+        } else if name.contains("running_mean")
+            || [
+                "features.1.weight",
+                "features.1.bias",
+                "features.5.weight",
+                "features.5.bias",
+            ]
+            .contains(&name.as_str())
+        {
+            *t = HostTensor::f32(
+                &t.shape.clone(),
+                data(t.shape.iter().product(), 30 + k as u64),
+            );
+        }
+    }
+    let w = Weights::upload(gpu, "frozen cnn", &host).unwrap();
+    let x = data(3 * 2 * 6 * 6, 22);
+    let out = g.output.unwrap();
+    let seeds: Vec<(wgdistill::graph::Value, Vec<f32>)> = std::iter::once(out)
+        .chain(moments.iter().copied())
+        .enumerate()
+        .map(|(k, v)| (v, data(g.shape(v).iter().product(), 40 + k as u64)))
+        .collect();
+
+    let tx = gpu.upload(&[3, 2, 6, 6], &x).unwrap();
+    let inputs: BTreeMap<String, Tensor> = [("x".to_string(), tx)].into();
+    let mut plan = Vec::new();
+    let fwd = plan_forward(gpu, &g, &w, &inputs, Mode::Eval, None, &mut plan).unwrap();
+    let seed_tensors = seeds
+        .iter()
+        .map(|(v, r)| (*v, gpu.upload(g.shape(*v), r).unwrap()))
+        .collect();
+    let xv = g.find("x").unwrap();
+    let grads = plan_backward(gpu, &g, &fwd, seed_tensors, &[xv], &mut plan).unwrap();
+    assert_eq!(
+        grads.keys().collect::<Vec<_>>(),
+        ["x"],
+        "a frozen network trains nothing"
+    );
+    gpu.execute(&plan).unwrap();
+    let got = gpu.read::<f32>(&grads["x"]).unwrap();
+
+    let params: BTreeMap<String, Vec<f64>> = host
+        .iter()
+        .map(|(k, t)| (k.clone(), widen(t.as_f32().unwrap())))
+        .collect();
+    let loss = |x: &[f64]| {
+        let values = cpu_graph::forward_in(&g, &params, x, Mode::Eval);
+        seeds
+            .iter()
+            .map(|(v, r)| {
+                values[v.0]
+                    .iter()
+                    .zip(r)
+                    .map(|(a, b)| a * f64::from(*b))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+    };
+    let fd = common::finite_difference(&widen(&x), 1e-5, loss);
+    for (i, (g, f)) in got.iter().zip(&fd).enumerate() {
+        let g = f64::from(*g);
+        assert!(
+            (g - f).abs() <= 2e-4 + 2e-3 * f.abs(),
+            "dx[{i}]: gpu {g}, finite difference {f}"
+        );
+    }
+    // The moments' own part is not negligible: without it the gradient differs.
+    let no_moments = |x: &[f64]| {
+        let values = cpu_graph::forward_in(&g, &params, x, Mode::Eval);
+        values[out.0]
+            .iter()
+            .zip(&seeds[0].1)
+            .map(|(a, b)| a * f64::from(*b))
+            .sum::<f64>()
+    };
+    let fd_logits = common::finite_difference(&widen(&x), 1e-5, no_moments);
+    assert!(fd.iter().zip(&fd_logits).any(|(a, b)| (a - b).abs() > 1e-2));
 }
 
 /// A generator's tail (DFAD's): nearest 2× upsampling, a 3×3 convolution, tanh, against central

@@ -180,6 +180,11 @@ pub fn plan_forward(
                 plan.push(d);
                 y
             }
+            Op::ChannelMoments { x } => {
+                let (p, y) = batchnorm::moments(gpu, v(x))?;
+                plan.extend(p);
+                y
+            }
             Op::L2Normalize { x, eps } => {
                 let (d, y, norms) = relation::normalize_rows(gpu, v(x), eps)?;
                 plan.push(d);
@@ -365,13 +370,24 @@ pub fn plan_backward(
                 eps,
                 momentum,
             } => {
-                let Some(Saved::BatchNorm(saved)) = fwd.saved.get(&i) else {
-                    return Err(shape_error(
-                        &node.name,
-                        "backward needs a training-mode forward pass",
-                    ));
-                };
                 let st = bn_state(f, gamma, beta, running_mean, running_var, eps, momentum);
+                let Some(Saved::BatchNorm(saved)) = fwd.saved.get(&i) else {
+                    // Evaluation mode: the running statistics are constants and the layer an
+                    // affine map per channel; only its input gets a gradient (a frozen network
+                    // passing gradients through to its input).
+                    if want(gamma) || want(beta) {
+                        return Err(shape_error(
+                            &node.name,
+                            "γ and β train only in a training-mode forward pass",
+                        ));
+                    }
+                    if want(x) {
+                        let (d, dx) = batchnorm::backward_eval(gpu, &f[x.0], &dy, &st)?;
+                        plan.push(d);
+                        grads.add(gpu, plan, x, dx, true)?;
+                    }
+                    continue;
+                };
                 let (p, g) = batchnorm::backward(gpu, &f[x.0], &dy, &st, saved)?;
                 plan.extend(p);
                 if want(x) {
@@ -408,6 +424,11 @@ pub fn plan_backward(
                 grads.add(gpu, plan, x, dx, true)?;
             }
             Op::Flatten { x } => grads.add(gpu, plan, x, dy.reshape(graph.shape(x))?, false)?,
+            Op::ChannelMoments { x } => {
+                let (d, dx) = batchnorm::moments_backward(gpu, &f[x.0], &f[i], &dy)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
+            }
             Op::AdaptiveAvgPool { x, .. } => {
                 let (d, dx) = pool::adaptive_avg_pool_backward(gpu, &f[x.0], &dy)?;
                 plan.push(d);

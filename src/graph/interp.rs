@@ -1,8 +1,10 @@
 //! An f64 interpreter of the graph IR over the CPU references, in training mode (batch
-//! statistics): the reference the executor's gradients are checked against by finite differences.
+//! statistics) or evaluation mode (running statistics): the reference the executor's gradients
+//! are checked against by finite differences.
 
 use std::collections::BTreeMap;
 
+use super::exec::Mode;
 use super::{Graph, Op};
 
 use crate::reference::activation::{Act, gelu, leaky_relu, relu};
@@ -10,9 +12,19 @@ use crate::reference::conv::{self as cpu_conv, Window};
 use crate::reference::matmul::{LinearShape, linear_forward};
 use crate::reference::{batchnorm, pool, response, softmax};
 
-/// Runs the forward pass on host values (parameters and buffers by name, input `x`) and returns
-/// every value.
+/// Runs the training-mode forward pass on host values (parameters and buffers by name, input
+/// `x`) and returns every value.
 pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) -> Vec<Vec<f64>> {
+    forward_in(graph, params, x, Mode::Train)
+}
+
+/// [`forward`] in either mode: in evaluation mode batch norm uses its running statistics.
+pub fn forward_in(
+    graph: &Graph,
+    params: &BTreeMap<String, Vec<f64>>,
+    x: &[f64],
+    mode: Mode,
+) -> Vec<Vec<f64>> {
     let mut values: Vec<Vec<f64>> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
         let shape = &node.shape;
@@ -59,6 +71,28 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                     ws[0],
                     spec.groups,
                 )
+            }
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                eps,
+                ..
+            } if mode == Mode::Eval => {
+                let s = graph.shape(x);
+                let spatial: usize = s[2..].iter().product();
+                let (rm, rv) = (&values[running_mean.0], &values[running_var.0]);
+                let (g, b) = (&values[gamma.0], &values[beta.0]);
+                values[x.0]
+                    .iter()
+                    .enumerate()
+                    .map(|(k, z)| {
+                        let c = (k / spatial) % s[1];
+                        (z - rm[c]) / (rv[c] + f64::from(eps)).sqrt() * g[c] + b[c]
+                    })
+                    .collect()
             }
             Op::BatchNorm {
                 x,
@@ -113,6 +147,10 @@ pub fn forward(graph: &Graph, params: &BTreeMap<String, Vec<f64>>, x: &[f64]) ->
                     .collect()
             }
             Op::Flatten { x } => v(x),
+            Op::ChannelMoments { x } => {
+                let s = graph.shape(x);
+                batchnorm::moments(&values[x.0], s[0], s[1], s[2..].iter().product())
+            }
             Op::AdaptiveAvgPool { x, out } => {
                 let s = graph.shape(x);
                 pool::adaptive_avg_pool(&values[x.0], [s[0], s[1], s[2], s[3]], out)

@@ -96,6 +96,13 @@ pub enum Op {
         /// Input.
         x: Value,
     },
+    /// Per-channel moments of `(N, C)` or `(N, C, H, W)`: `[2, C]`, the means then the biased
+    /// variances over N and the positions (the batch statistics a BatchNorm layer's input has:
+    /// DeepInversion's taps).
+    ChannelMoments {
+        /// Input.
+        x: Value,
+    },
     /// Max pooling.
     MaxPool {
         /// Input.
@@ -189,6 +196,7 @@ impl Op {
             Op::GlobalAvgPool { x }
             | Op::LeakyRelu { x, .. }
             | Op::Tanh { x }
+            | Op::ChannelMoments { x }
             | Op::Flatten { x }
             | Op::Dropout { x, .. }
             | Op::AdaptiveAvgPool { x, .. }
@@ -230,6 +238,7 @@ impl Op {
             | Op::GlobalAvgPool { x }
             | Op::LeakyRelu { x, .. }
             | Op::Tanh { x }
+            | Op::ChannelMoments { x }
             | Op::Flatten { x }
             | Op::Dropout { x, .. }
             | Op::AdaptiveAvgPool { x, .. }
@@ -605,6 +614,22 @@ impl Graph {
         )
     }
 
+    /// The per-channel moments of `x` (`(N, C)` or `(N, C, H, W)`): `[2, C]`, means then biased
+    /// variances.
+    pub fn channel_moments(&mut self, x: Value) -> Result<Value> {
+        let name = self.auto_name("channel_moments");
+        let c = match self.shape(x) {
+            &[_, c] | &[_, c, _, _] => c,
+            other => {
+                return Err(shape_error(
+                    &name,
+                    format!("needs an (N, C) or (N, C, H, W) input, got {other:?}"),
+                ));
+            }
+        };
+        self.push(name, Op::ChannelMoments { x }, vec![2, c], DType::F32)
+    }
+
     /// Rows of an `(N, D)` value divided by their norm plus `eps`.
     pub fn l2_normalize(&mut self, x: Value, eps: f32) -> Result<Value> {
         let name = self.auto_name("l2_normalize");
@@ -839,5 +864,17 @@ impl Graph {
             .enumerate()
             .filter(|(_, n)| matches!(n.op, Op::Param { .. }))
             .map(|(i, n)| (Value(i), n))
+    }
+
+    /// The same graph with every parameter frozen (not trainable): a network that gradients pass
+    /// through to its input without training it (DeepInversion's teacher).
+    pub fn frozen(&self) -> Graph {
+        let mut g = self.clone();
+        for node in &mut g.nodes {
+            if let Op::Param { trainable, .. } = &mut node.op {
+                *trainable = false;
+            }
+        }
+        g
     }
 }

@@ -1,6 +1,8 @@
 //! Batch normalisation (`shaders/batchnorm.wgsl`) over (N, C) features or (N, C, H, W) maps, as
 //! PyTorch's BatchNorm1d/2d: batch statistics and running-stat updates in training, running
-//! statistics in evaluation; the training backward pass.
+//! statistics in evaluation; the backward pass in both modes (evaluation's is what gradients
+//! with respect to a frozen network's input pass through); and a channel's moments (mean, biased
+//! variance) as a value with its own backward pass (DeepInversion's batch-statistic taps).
 
 use crate::Result;
 use crate::catalogue::{Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor};
@@ -31,6 +33,15 @@ pub const GRAD_MERGE: KernelSpec =
 /// dx.
 pub const BACKWARD_INPUT: KernelSpec =
     KernelSpec::new::<Params>("batchnorm", "backward_input", &[U, R, R, R, R, W]);
+/// dx in evaluation mode: `dy·γ/sqrt(running_var + ε)`.
+pub const BACKWARD_INPUT_EVAL: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "backward_input_eval", &[U, R, R, R, W]);
+/// Per channel: the chunks merged into `[mean; biased variance]`.
+pub const MOMENTS_MERGE: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "moments_merge", &[U, R, W]);
+/// dx from the moments' gradient.
+pub const MOMENTS_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "moments_backward", &[U, R, R, R, W]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
@@ -41,6 +52,9 @@ pub const KERNELS: &[KernelSpec] = &[
     GRAD_PARTIAL,
     GRAD_MERGE,
     BACKWARD_INPUT,
+    BACKWARD_INPUT_EVAL,
+    MOMENTS_MERGE,
+    MOMENTS_BACKWARD,
 ];
 
 #[repr(C)]
@@ -86,7 +100,8 @@ pub struct BatchNormSaved {
     pub stats: Tensor,
 }
 
-fn params(op: &str, x: &Tensor, st: &BatchNormState<'_>) -> Result<Params> {
+/// The launch parameters for x viewed as (N, C, S), with its chunking; ε and momentum 0.
+fn layout(op: &str, x: &Tensor) -> Result<Params> {
     let (n, c, s) = match (x.dtype(), x.shape()) {
         (DType::F32, &[n, c]) => (n, c, 1),
         (DType::F32, &[n, c, h, w]) => (n, c, h * w),
@@ -104,14 +119,6 @@ fn params(op: &str, x: &Tensor, st: &BatchNormState<'_>) -> Result<Params> {
     if n * c * s == 0 {
         return Err(shape_error(op, format!("x {:?} is empty", x.shape())));
     }
-    for (what, t) in [
-        ("gamma", st.gamma),
-        ("beta", st.beta),
-        ("running_mean", st.running_mean),
-        ("running_var", st.running_var),
-    ] {
-        t.expect(op, what, DType::F32, &[c])?;
-    }
     let (chunk, chunks) = chunking(n * s);
     Ok(Params {
         n: n as u32,
@@ -119,9 +126,26 @@ fn params(op: &str, x: &Tensor, st: &BatchNormState<'_>) -> Result<Params> {
         s: s as u32,
         chunk: chunk as u32,
         chunks: chunks as u32,
+        eps: 0.0,
+        momentum: 0.0,
+        pad: 0,
+    })
+}
+
+fn params(op: &str, x: &Tensor, st: &BatchNormState<'_>) -> Result<Params> {
+    let p = layout(op, x)?;
+    for (what, t) in [
+        ("gamma", st.gamma),
+        ("beta", st.beta),
+        ("running_mean", st.running_mean),
+        ("running_var", st.running_var),
+    ] {
+        t.expect(op, what, DType::F32, &[p.c as usize])?;
+    }
+    Ok(Params {
         eps: st.eps,
         momentum: st.momentum,
-        pad: 0,
+        ..p
     })
 }
 
@@ -222,6 +246,65 @@ pub fn backward(
     Ok((plan, BatchNormGrads { dx, dgamma, dbeta }))
 }
 
+/// Prepares the evaluation-mode backward pass into a tensor shaped like `x`: the running
+/// statistics are constants, so `dx = dy·γ/sqrt(running_var + ε)` (γ and β get no gradient here:
+/// a network in evaluation mode is a frozen one).
+pub fn backward_eval(
+    gpu: &Gpu,
+    x: &Tensor,
+    dy: &Tensor,
+    st: &BatchNormState<'_>,
+) -> Result<(Dispatch, Tensor)> {
+    let p = params("batch_norm_backward_eval", x, st)?;
+    dy.expect("batch_norm_backward_eval", "dy", DType::F32, x.shape())?;
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    let tensors = [dy, st.running_var, st.gamma, &dx];
+    Ok((
+        gpu.dispatch_over(&BACKWARD_INPUT_EVAL, &p, &tensors, x.numel())?,
+        dx,
+    ))
+}
+
+/// Prepares the per-channel moments of `x` ((N, C) or (N, C, H, W)): `[2, C]`, the mean and the
+/// biased variance over N and the spatial positions (what a BatchNorm layer normalises with in
+/// training, as DeepInversion computes them), by the training statistics' chunks.
+pub fn moments(gpu: &Gpu, x: &Tensor) -> Result<(Vec<Dispatch>, Tensor)> {
+    let p = layout("channel_moments", x)?;
+    let (c, chunks) = (p.c as usize, p.chunks as usize);
+    gpu.check_loops(&STATS_PARTIAL, 2 * u64::from(p.chunk))?;
+    gpu.check_loops(&MOMENTS_MERGE, u64::from(p.chunks))?;
+    let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
+    let out = gpu.empty(&[2, c], DType::F32)?;
+    let plan = vec![
+        gpu.dispatch_over(&STATS_PARTIAL, &p, &[x, &partial], c * chunks)?,
+        gpu.dispatch_over(&MOMENTS_MERGE, &p, &[&partial, &out], c)?,
+    ];
+    Ok((plan, out))
+}
+
+/// Prepares the moments' backward pass: `dx = (dmean + 2·dvar·(x − mean))/M`, M = N·H·W.
+pub fn moments_backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    moments: &Tensor,
+    dmoments: &Tensor,
+) -> Result<(Dispatch, Tensor)> {
+    let p = layout("channel_moments_backward", x)?;
+    let c = p.c as usize;
+    moments.expect("channel_moments_backward", "moments", DType::F32, &[2, c])?;
+    dmoments.expect("channel_moments_backward", "dmoments", DType::F32, &[2, c])?;
+    let dx = gpu.empty(x.shape(), DType::F32)?;
+    Ok((
+        gpu.dispatch_over(
+            &MOMENTS_BACKWARD,
+            &p,
+            &[x, moments, dmoments, &dx],
+            x.numel(),
+        )?,
+        dx,
+    ))
+}
+
 /// The family's catalogue: training forward and backward on small maps and on a channel longer
 /// than one chunk (merged statistics), against the f64 reference.
 pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
@@ -287,6 +370,54 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                 want
             })
             .tolerance(1e-3, 1e-5),
+        );
+        // Evaluation mode's input gradient, and the moments (one chunk; several chunks merged)
+        // with theirs.
+        cases.push(
+            Case::new(
+                "batch_norm eval bwd",
+                format!("[{n}, {c}, {s}, 1]"),
+                Work::Bytes(8.0 * len as f64),
+                move |gpu| {
+                    let t = state(gpu, c)?;
+                    let rv = gpu.upload(&[c], &[0.5, 2.0, 0.01][..c])?;
+                    let x = sample_tensor(gpu, &[n, c, s, 1], 31)?;
+                    let dy = sample_tensor(gpu, &[n, c, s, 1], 34)?;
+                    let st = BatchNormState {
+                        running_var: &rv,
+                        ..st(&t)
+                    };
+                    let (d, dx) = backward_eval(gpu, &x, &dy, &st)?;
+                    Ok(Prepared::new(vec![d], vec![dx]))
+                },
+            )
+            .reference(move || {
+                let rv = [0.5, 2.0, 0.01][..c].to_vec();
+                let gamma = sample_f64(c, 10);
+                cpu::batch_norm_eval_backward(&sample_f64(len, 34), c, s, &gamma, &rv, 1e-5)
+            }),
+        );
+        cases.push(
+            Case::new(
+                "channel_moments fwd+bwd",
+                format!("[{n}, {c}, {s}, 1]"),
+                Work::Bytes(12.0 * len as f64),
+                move |gpu| {
+                    let x = sample_tensor(gpu, &[n, c, s, 1], 31)?;
+                    let dm = sample_tensor(gpu, &[2, c], 35)?;
+                    let (mut plan, m) = moments(gpu, &x)?;
+                    let (d, dx) = moments_backward(gpu, &x, &m, &dm)?;
+                    plan.push(d);
+                    Ok(Prepared::new(plan, vec![m, dx]))
+                },
+            )
+            .reference(move || {
+                let x = sample_f64(len, 31);
+                let mut want = cpu::moments(&x, n, c, s);
+                want.extend(cpu::moments_backward(&x, n, c, s, &sample_f64(2 * c, 35)));
+                want
+            })
+            .tolerance(1e-4, 1e-6),
         );
     }
     cases

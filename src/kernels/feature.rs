@@ -61,12 +61,24 @@ pub const FSP_DIFF: KernelSpec = KernelSpec::new::<Params>("feature", "fsp_diff"
 /// Per-sample mixing of rows by a (possibly transposed) matrix (FSP's gradients).
 pub const ROW_MIX: KernelSpec = KernelSpec::new::<Params>("feature", "row_mix", &[U, R, R, W]);
 
+/// Total variation: each element's four neighbour differences raised to p, one array each.
+pub const TV_TERMS: KernelSpec =
+    KernelSpec::new::<Params>("feature", "tv_terms", &[U, R, W, W, W, W]);
+/// Total variation: the loss and a coefficient per direction from the four sums.
+pub const TV_FINISH: KernelSpec =
+    KernelSpec::new::<Params>("feature", "tv_finish", &[U, R, R, R, R, W, W]);
+/// Total variation's gradient.
+pub const TV_GRAD: KernelSpec = KernelSpec::new::<Params>("feature", "tv_grad", &[U, R, R, W]);
+
 /// VID: terms, the mean's gradient and each element's share of the variance's gradient.
 pub const VID_TERMS: KernelSpec =
     KernelSpec::new::<Params>("feature", "vid", &[U, R, R, R, W, W, W]);
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
+    TV_TERMS,
+    TV_FINISH,
+    TV_GRAD,
     VID_TERMS,
     FSP_DIFF,
     ROW_MIX,
@@ -297,7 +309,123 @@ pub fn vid_log_scale_for(v: f64, eps: f64) -> f64 {
 }
 
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&HINT, &AT, &FT, &AB, &NST, &FSP, &VID];
+pub const LOSSES: &[&LossDef] = &[&HINT, &AT, &FT, &AB, &NST, &FSP, &VID, &TV, &L2_NORM];
+
+/// `tv`: total variation of images, DeepInversion's smoothness prior.
+pub const TV: LossDef = LossDef {
+    name: "tv",
+    summary: "total variation of (B, C, H, W) images over 4 neighbour differences (an image prior)",
+    reads: Reads::Features,
+    inputs: &[STUDENT],
+    attrs: &[AttrDef {
+        name: "p",
+        default: 2.0,
+        range: Range {
+            min: 1.0,
+            min_inclusive: true,
+            max: 2.0,
+            whole: true,
+        },
+        doc: "2: Σ of each difference's L2 norm over the batch; 1: Σ of their mean absolute values",
+    }],
+    launch: |gpu, l, x| tv(gpu, x[0], l.attr_f32("p")),
+    reference: |l, x| {
+        let s = &x[0].shape;
+        cpu::tv(&x[0].values, [s[0] * s[1], s[2], s[3]], l.attr("p")).into()
+    },
+    cases: tv_cases,
+    parameters: None,
+    memory: None,
+};
+
+/// `l2_norm`: the mean over the batch of each sample's L2 norm, DeepInversion's size prior.
+pub const L2_NORM: LossDef = LossDef {
+    name: "l2_norm",
+    summary: "mean over the batch of each sample's L2 norm (an image prior)",
+    reads: Reads::Features,
+    inputs: &[STUDENT],
+    attrs: &[],
+    launch: |gpu, _, x| l2_norm(gpu, x[0]),
+    reference: |_, x| cpu::l2_norm(&x[0].values, x[0].shape[0]).into(),
+    cases: l2_norm_cases,
+    parameters: None,
+    memory: None,
+};
+
+/// Total variation of `x` `(B, C, H, W)`, H and W at least 2, over DeepInversion's four
+/// neighbour differences `D1 = x[h, w] − x[h, w+1]`, `D2 = x[h, w] − x[h+1, w]`,
+/// `D3 = x[h+1, w] − x[h, w+1]`, `D4 = x[h, w] − x[h+1, w+1]`: with `p = 2`, `Σ_d ‖D_d‖₂` (each
+/// norm over the whole batch); with `p = 1`, `Σ_d mean |D_d|`.
+pub fn tv(gpu: &Gpu, x: &Tensor, p: f32) -> Result<LossPlan> {
+    check_attr(&TV, "p", p)?;
+    let [b, c, h, w] = match (x.dtype(), x.shape()) {
+        (DType::F32, &[b, c, h, w]) if b * c > 0 && h >= 2 && w >= 2 => [b, c, h, w],
+        _ => {
+            return Err(shape_error(
+                "tv",
+                format!(
+                    "student must be f32 (B, C, H, W) images with H, W ≥ 2, got {}{:?}",
+                    x.dtype().name(),
+                    x.shape()
+                ),
+            ));
+        }
+    };
+    let n = x.numel();
+    let params = Params {
+        batch: u32_of("tv", "planes", b * c)?,
+        n: u32_of("tv", "elements", n)?,
+        teacher_channels: u32_of("tv", "width", w)?,
+        hw: u32_of("tv", "H·W", h * w)?,
+        p,
+        grad_scale: 1.0,
+        q: 0.0,
+        offset: 0,
+    };
+    let partials = (0..4)
+        .map(|_| gpu.empty(&[n], DType::F32))
+        .collect::<Result<Vec<_>>>()?;
+    let sums = (0..4)
+        .map(|_| gpu.empty(&[1], DType::F32))
+        .collect::<Result<Vec<_>>>()?;
+    let loss = gpu.empty(&[1], DType::F32)?;
+    let coef = gpu.empty(&[4], DType::F32)?;
+    let grad = gpu.empty(x.shape(), DType::F32)?;
+    let mut terms: Vec<&Tensor> = vec![x];
+    terms.extend(&partials);
+    let mut dispatches = vec![gpu.dispatch_over(&TV_TERMS, &params, &terms, n)?];
+    for (partial, sum) in partials.iter().zip(&sums) {
+        reduce::sum_into(gpu, &mut dispatches, partial, sum, 1.0)?;
+    }
+    let mut finish: Vec<&Tensor> = sums.iter().collect();
+    finish.extend([&loss, &coef]);
+    dispatches.push(gpu.dispatch(&TV_FINISH, &params, &finish, 1)?);
+    dispatches.push(gpu.dispatch_over(&TV_GRAD, &params, &[x, &coef, &grad], n)?);
+    Ok(LossPlan::single(dispatches, loss, grad))
+}
+
+/// `mean_b ‖x_b‖₂` over the samples of `x` (any shape, the first axis the batch), gradient
+/// `x_b/(B·‖x_b‖)` (0 for a zero sample).
+pub fn l2_norm(gpu: &Gpu, x: &Tensor) -> Result<LossPlan> {
+    let b = match x.shape().first() {
+        Some(&b) if b > 0 && x.numel() > 0 && x.dtype() == DType::F32 => b,
+        _ => {
+            return Err(shape_error(
+                "l2_norm",
+                format!("student must be a non-empty f32 batch, got {:?}", x.shape()),
+            ));
+        }
+    };
+    let rows = x.reshape(&[b, x.numel() / b])?;
+    // normalize_rows divides by the norm plus this: a zero sample gets a zero gradient.
+    let (d, unit, norms) = super::relation::normalize_rows(gpu, &rows, 1e-12)?;
+    let loss = gpu.empty(&[1], DType::F32)?;
+    let mut dispatches = vec![d];
+    reduce::sum_into(gpu, &mut dispatches, &norms, &loss, 1.0 / b as f32)?;
+    let (d, grad) = super::elementwise::scale_plan(gpu, &unit, 1.0 / b as f32)?;
+    dispatches.push(d);
+    Ok(LossPlan::single(dispatches, loss, grad.reshape(x.shape())?))
+}
 
 /// FitNet hint: `mean((s − t)²)`; `s` is the regressor's output, shaped like `t`.
 pub fn hint(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
@@ -737,6 +865,59 @@ fn hint_cases(suite: Suite) -> Vec<LossCase> {
                 .work(Work::Bytes(12.0 * n))
         })
         .collect()
+}
+
+fn tv_cases(suite: Suite) -> Vec<LossCase> {
+    let shapes: Vec<[usize; 4]> = match suite {
+        // The smallest image, odd sizes, and more elements than one reduction chunk.
+        Suite::Check => vec![[1, 1, 2, 2], [3, 2, 5, 7], [2, 3, 28, 28]],
+        Suite::Bench { .. } => vec![[suite.pick(64, 256), 1, 28, 28]],
+    };
+    let mut out = Vec::new();
+    for s in shapes {
+        let n = s.iter().product::<usize>() as f64;
+        for p in [1.0, 2.0] {
+            out.push(
+                LossCase::new(format!("{s:?}"), vec![map(&s, 6)])
+                    .attrs(&[("p", p)])
+                    .work(Work::Bytes(12.0 * n))
+                    .tolerance(1e-4, 1e-6),
+            );
+        }
+    }
+    // A constant image: every difference 0, the norm's gradient 0 (not NaN).
+    out.push(
+        LossCase::new(
+            "[1, 1, 3, 3] constant",
+            vec![HostTensor::f32(&[1, 1, 3, 3], vec![0.5; 9])],
+        )
+        .attrs(&[("p", 2.0)]),
+    );
+    out
+}
+
+fn l2_norm_cases(suite: Suite) -> Vec<LossCase> {
+    let shapes: Vec<Vec<usize>> = match suite {
+        Suite::Check => vec![vec![1, 1], vec![5, 3, 7, 7], vec![3, 4100]],
+        Suite::Bench { .. } => vec![vec![suite.pick(64, 256), 1, 28, 28]],
+    };
+    let mut out: Vec<LossCase> = shapes
+        .into_iter()
+        .map(|s| {
+            let n = s.iter().product::<usize>() as f64;
+            LossCase::new(format!("{s:?}"), vec![map(&s, 7)]).work(Work::Bytes(8.0 * n))
+        })
+        .collect();
+    if suite == Suite::Check {
+        // A zero sample among others: its gradient is 0, not NaN.
+        let mut v = sample(12, 8);
+        v[4..8].fill(0.0);
+        out.push(LossCase::new(
+            "[3, 4] one zero sample",
+            vec![HostTensor::f32(&[3, 4], v)],
+        ));
+    }
+    out
 }
 
 fn at_cases(suite: Suite) -> Vec<LossCase> {

@@ -1,5 +1,5 @@
 //! f64 reference for `shaders/batchnorm.wgsl`: training-mode batch normalisation over (N, C, HW)
-//! and its gradients.
+//! and its gradients, the evaluation-mode input gradient, and the channel moments with theirs.
 
 /// Batch-norm training forward over x viewed as [n, c, s]: y, batch mean, biased variance.
 pub fn batch_norm(
@@ -64,4 +64,40 @@ pub fn batch_norm_backward(
         })
         .collect();
     (dx, dgamma, dbeta)
+}
+
+/// Evaluation-mode backward: `dx = dy·γ/sqrt(running_var + ε)` over x viewed as [n, c, s].
+pub fn batch_norm_eval_backward(
+    dy: &[f64],
+    c: usize,
+    s: usize,
+    gamma: &[f64],
+    running_var: &[f64],
+    eps: f64,
+) -> Vec<f64> {
+    dy.iter()
+        .enumerate()
+        .map(|(k, g)| {
+            let ch = (k / s) % c;
+            g * gamma[ch] / (running_var[ch] + eps).sqrt()
+        })
+        .collect()
+}
+
+/// Per-channel moments of x viewed as [n, c, s]: the means, then the biased variances.
+pub fn moments(x: &[f64], n: usize, c: usize, s: usize) -> Vec<f64> {
+    let (_, mean, var) = batch_norm(x, n, c, s, &vec![1.0; c], &vec![0.0; c], 0.0);
+    mean.into_iter().chain(var).collect()
+}
+
+/// The moments' backward pass: `dx = (dmean + 2·dvar·(x − mean))/M`, M = n·s.
+pub fn moments_backward(x: &[f64], n: usize, c: usize, s: usize, dmoments: &[f64]) -> Vec<f64> {
+    let m = moments(x, n, c, s);
+    let count = (n * s) as f64;
+    (0..x.len())
+        .map(|k| {
+            let ch = (k / s) % c;
+            (dmoments[ch] + 2.0 * dmoments[c + ch] * (x[k] - m[ch])) / count
+        })
+        .collect()
 }

@@ -1,6 +1,6 @@
 //! f64 references for the feature-based losses (`shaders/feature.wgsl`): `hint`, `at`, `ft`,
 //! `ab`, `nst`, `fsp` and `vid`, as `docs/losses.md` defines them (RepDistiller's FitNet, AT, FT,
-//! AB, NST, FSP and VID). Each returns the loss and its gradients with respect to the student
+//! AB, NST, FSP and VID), and the image priors `tv` and `l2_norm` (DeepInversion's). Each returns the loss and its gradients with respect to the student
 //! inputs (and VID's `log_scale`); the teacher is a constant.
 
 use super::{LossGrad, LossGrads};
@@ -286,4 +286,68 @@ pub fn vid(
         grads: vec![grad_s, grad_scale],
         updated: Vec::new(),
     }
+}
+
+/// Total variation of `planes` images of `h × w` (DeepInversion's four neighbour differences):
+/// `p = 2` gives `Σ_d ‖D_d‖₂`, `p = 1` gives `Σ_d mean |D_d|`; the gradient is each difference's
+/// derivative added to its first element and subtracted from its second (a zero norm's is 0).
+pub fn tv(x: &[f64], [planes, h, w]: [usize; 3], p: f64) -> LossGrad {
+    let at = |n: usize, r: usize, c: usize| (n * h + r) * w + c;
+    // Each direction: the (first, second) element pairs of its differences.
+    let mut dirs: [Vec<(usize, usize)>; 4] = Default::default();
+    for n in 0..planes {
+        for r in 0..h {
+            for c in 0..w {
+                if c + 1 < w {
+                    dirs[0].push((at(n, r, c), at(n, r, c + 1)));
+                }
+                if r + 1 < h {
+                    dirs[1].push((at(n, r, c), at(n, r + 1, c)));
+                }
+                if r + 1 < h && c + 1 < w {
+                    dirs[2].push((at(n, r + 1, c), at(n, r, c + 1)));
+                    dirs[3].push((at(n, r, c), at(n, r + 1, c + 1)));
+                }
+            }
+        }
+    }
+    let mut loss = 0.0;
+    let mut grad = vec![0.0; x.len()];
+    for pairs in &dirs {
+        let d: Vec<f64> = pairs.iter().map(|&(a, b)| x[a] - x[b]).collect();
+        let slopes: Vec<f64> = if p == 2.0 {
+            let norm = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+            loss += norm;
+            d.iter()
+                .map(|v| if norm > 0.0 { v / norm } else { 0.0 })
+                .collect()
+        } else {
+            let count = d.len() as f64;
+            loss += d.iter().map(|v| v.abs()).sum::<f64>() / count;
+            let sign = |v: f64| if v == 0.0 { 0.0 } else { v.signum() };
+            d.iter().map(|&v| sign(v) / count).collect()
+        };
+        for (&(a, b), s) in pairs.iter().zip(slopes) {
+            grad[a] += s;
+            grad[b] -= s;
+        }
+    }
+    LossGrad { loss, grad }
+}
+
+/// `mean_b ‖x_b‖₂` over `batch` samples, gradient `x_b/(B·‖x_b‖)` (0 for a zero sample).
+pub fn l2_norm(x: &[f64], batch: usize) -> LossGrad {
+    let d = x.len() / batch;
+    let b = batch as f64;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(x.len());
+    for row in x.chunks(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+        loss += norm / b;
+        grad.extend(
+            row.iter()
+                .map(|v| if norm > 0.0 { v / (b * norm) } else { 0.0 }),
+        );
+    }
+    LossGrad { loss, grad }
 }

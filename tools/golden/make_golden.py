@@ -73,6 +73,22 @@ def l1(student, teacher):
     return F.l1_loss(student, teacher)
 
 
+def tv(student, p=2.0):
+    # NVlabs DeepInversion's get_image_prior_losses: four neighbour differences; loss_var_l2 is
+    # the sum of their norms, loss_var_l1 the sum of their mean absolute values (without /255).
+    x = student
+    diffs = [x[:, :, :, :-1] - x[:, :, :, 1:], x[:, :, :-1, :] - x[:, :, 1:, :],
+             x[:, :, 1:, :-1] - x[:, :, :-1, 1:], x[:, :, :-1, :-1] - x[:, :, 1:, 1:]]
+    if p == 2.0:
+        return sum(torch.norm(d) for d in diffs)
+    return sum(d.abs().mean() for d in diffs)
+
+
+def l2_norm(student):
+    # DeepInversion's loss_l2: each sample's norm, averaged over the batch.
+    return torch.norm(student.reshape(student.shape[0], -1), dim=1).mean()
+
+
 def hint(student, teacher):
     return F.mse_loss(student, teacher)
 
@@ -265,6 +281,8 @@ OPS = {
     "dkd": (dkd, ["student", "teacher", "labels"]),
     "bce": (bce, ["student", "target"]),
     "l1": (l1, ["student", "teacher"]),
+    "tv": (tv, ["student"]),
+    "l2_norm": (l2_norm, ["student"]),
     "hint": (hint, ["student", "teacher"]),
     "at": (at, ["student", "teacher"]),
     "sp": (sp, ["student", "teacher"]),
