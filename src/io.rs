@@ -177,3 +177,84 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
 }
+
+/// Writes single-channel images as one greyscale PNG grid, `cols` images per row, each pixel
+/// `scale × scale`, with a 1-pixel dark border between images; `to_unit` maps a stored value to
+/// [0, 1] (clamped). Written atomically (see [`write_atomic`]).
+pub fn write_png_grid(
+    path: &Path,
+    images: &[f32],
+    [h, w]: [usize; 2],
+    cols: usize,
+    scale: usize,
+    to_unit: impl Fn(f32) -> f32,
+) -> Result<()> {
+    let per = h * w;
+    let count = images.len() / per.max(1);
+    if per == 0 || cols == 0 || scale == 0 || count == 0 || !images.len().is_multiple_of(per) {
+        return Err(input_error(
+            path.display().to_string(),
+            format!("cannot lay {} values out as {h}×{w} images", images.len()),
+        ));
+    }
+    let rows = count.div_ceil(cols);
+    let (cell_h, cell_w) = (h * scale + 1, w * scale + 1);
+    let (height, width) = (rows * cell_h + 1, cols * cell_w + 1);
+    let mut pixels = vec![32u8; height * width];
+    for (k, image) in images.chunks(per).enumerate() {
+        let (top, left) = (1 + (k / cols) * cell_h, 1 + (k % cols) * cell_w);
+        for (p, &v) in image.iter().enumerate() {
+            let grey = (to_unit(v).clamp(0.0, 1.0) * 255.0).round() as u8;
+            for dy in 0..scale {
+                let row = top + (p / w) * scale + dy;
+                let start = row * width + left + (p % w) * scale;
+                pixels[start..start + scale].fill(grey);
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    let fail = |e: png::EncodingError| {
+        input_error(
+            path.display().to_string(),
+            format!("cannot encode a PNG ({e})"),
+        )
+    };
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, width as u32, height as u32);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(fail)?;
+        writer.write_image_data(&pixels).map_err(fail)?;
+    }
+    write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_png_grid;
+
+    /// Two 2×3 images in a grid of one column at scale 2: the PNG decodes to the laid-out
+    /// pixels (borders dark, values mapped and clamped); a size that is not whole images fails.
+    #[test]
+    fn a_png_grid_holds_the_images_where_they_belong() {
+        let path = std::env::temp_dir().join(format!("wgdistill-grid-{}.png", std::process::id()));
+        let images = [0.0, 0.5, 1.0, 2.0, -1.0, 0.25, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        write_png_grid(&path, &images, [2, 3], 1, 2, |v| v).unwrap();
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        // Width 1 + (3·2 + 1); height 1 + 2·(2·2 + 1).
+        assert_eq!((info.width, info.height), (8, 11));
+        let at = |r: usize, c: usize| buf[r * 8 + c];
+        assert_eq!(at(0, 0), 32);
+        assert_eq!((at(1, 1), at(2, 2), at(1, 3), at(1, 5)), (0, 0, 128, 255));
+        assert_eq!((at(3, 1), at(3, 3), at(3, 5)), (255, 0, 64));
+        assert_eq!(at(5, 3), 32, "the border between the images");
+        assert_eq!(at(6, 1), 255);
+        let e = write_png_grid(&path, &images[..5], [2, 3], 1, 2, |v| v).unwrap_err();
+        assert!(e.to_string().contains("2×3 images"), "{e}");
+        let _ = std::fs::remove_file(path);
+    }
+}

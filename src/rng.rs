@@ -27,3 +27,16 @@ pub fn sample(n: usize, seed: u64) -> Vec<f32> {
         .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
         .collect()
 }
+
+/// `n` deterministic standard-normal values from `seed` (Box–Muller over xorshift uniforms).
+pub fn normal_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Xorshift::new(seed);
+    // A uniform in (0, 1]: never 0, whose logarithm would be infinite.
+    let mut uniform = || ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    (0..n)
+        .map(|_| {
+            let (u, v) = (uniform(), uniform());
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+        })
+        .collect()
+}

@@ -13,7 +13,6 @@ use wgdistill::graph::{
     Adapter, ConvLayer, EvalStep, Graph, LossSpec, OptimizerSpec, Paraphraser, StepSpec, TrainStep,
     Weights, paraphraser_graph,
 };
-use wgdistill::io::HostTensor;
 use wgdistill::kernels::losses::Loss;
 use wgdistill::kernels::{optimizer, response};
 use wgdistill::models;
@@ -242,31 +241,7 @@ fn input_and_batch_moment_gradients_through_a_frozen_cnn_match_finite_difference
         .map(|&x| g.channel_moments(x).unwrap())
         .collect();
     assert_eq!(moments.len(), 2);
-    // Random γ, β and running statistics (variances positive), so none of them can hide.
-    let mut host = Weights::init(gpu, &g, 21).unwrap().to_host(gpu).unwrap();
-    for (k, (name, t)) in host.iter_mut().enumerate() {
-        if name.contains("running_var") {
-            let v: Vec<f32> = data(t.shape.iter().product(), 30 + k as u64)
-                .iter()
-                .map(|v| 0.5 + v.abs())
-                .collect();
-            *t = HostTensor::f32(&t.shape.clone(), v);
-        } else if name.contains("running_mean")
-            || [
-                "features.1.weight",
-                "features.1.bias",
-                "features.5.weight",
-                "features.5.bias",
-            ]
-            .contains(&name.as_str())
-        {
-            *t = HostTensor::f32(
-                &t.shape.clone(),
-                data(t.shape.iter().product(), 30 + k as u64),
-            );
-        }
-    }
-    let w = Weights::upload(gpu, "frozen cnn", &host).unwrap();
+    let (w, host) = common::trained_looking_weights(gpu, &g, 21);
     let x = data(3 * 2 * 6 * 6, 22);
     let out = g.output.unwrap();
     let seeds: Vec<(wgdistill::graph::Value, Vec<f32>)> = std::iter::once(out)
@@ -481,25 +456,11 @@ fn a_compiled_step_creates_nothing_and_submits_once_per_step() {
     let x = data(16 * 16, 5);
     let y: Vec<i32> = (0..16).map(|i| i % 4).collect();
     step.run(gpu, &x, &y).unwrap();
-    let before = gpu.stats();
-    for _ in 0..5 {
-        step.run(gpu, &x, &y).unwrap();
-    }
-    let after = gpu.stats();
-    assert_eq!(after.buffers, before.buffers, "buffers created per step");
-    assert_eq!(
-        after.bind_groups, before.bind_groups,
-        "bind groups created per step"
-    );
-    assert_eq!(
-        after.pipelines, before.pipelines,
-        "pipelines created per step"
-    );
-    assert_eq!(
-        after.submissions,
-        before.submissions + 5,
-        "one submission per step"
-    );
+    common::assert_one_submission_and_nothing_created(gpu, 5, || {
+        for _ in 0..5 {
+            step.run(gpu, &x, &y).unwrap();
+        }
+    });
     assert!(step.total_loss(gpu).unwrap().is_finite());
 }
 

@@ -309,7 +309,52 @@ pub fn vid_log_scale_for(v: f64, eps: f64) -> f64 {
 }
 
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&HINT, &AT, &FT, &AB, &NST, &FSP, &VID, &TV, &L2_NORM];
+pub const LOSSES: &[&LossDef] = &[
+    &HINT, &AT, &FT, &AB, &NST, &FSP, &VID, &TV, &L2_NORM, &BN_MATCH,
+];
+
+/// `bn_match`: a batch's channel moments against a BatchNorm layer's running statistics.
+pub const BN_MATCH: LossDef = LossDef {
+    name: "bn_match",
+    summary: "‖mean − running_mean‖₂ + ‖var − running_var‖₂ of (2, C) moments (DeepInversion)",
+    reads: Reads::Features,
+    inputs: &[STUDENT, TEACHER],
+    attrs: &[],
+    launch: |gpu, _, x| bn_match(gpu, x[0], x[1]),
+    reference: |_, x| cpu::bn_match(&x[0].values, &x[1].values).into(),
+    cases: bn_match_cases,
+    parameters: None,
+    memory: None,
+};
+
+/// DeepInversion's feature-distribution term for one BatchNorm layer: `student` holds the
+/// batch's channel moments `[mean; biased variance]` `(2, C)` (the `ChannelMoments` of the
+/// layer's input), `teacher` the layer's `[running_mean; running_var]`; the loss is the sum of
+/// the two rows' L2 distances, its gradient each row's difference over its norm (0 where equal).
+pub fn bn_match(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
+    let c = match (student.dtype(), student.shape()) {
+        (DType::F32, &[2, c]) if c > 0 => c,
+        _ => {
+            return Err(shape_error(
+                "bn_match",
+                format!(
+                    "student must be f32 (2, C) moments, got {}{:?}",
+                    student.dtype().name(),
+                    student.shape()
+                ),
+            ));
+        }
+    };
+    teacher.expect("bn_match", "teacher", DType::F32, &[2, c])?;
+    let (neg, minus_t) = super::elementwise::scale_plan(gpu, teacher, -1.0)?;
+    let (sub, diff) = super::elementwise::add_plan(gpu, student, &minus_t)?;
+    // normalize_rows divides by the norm plus this: equal rows get a zero gradient.
+    let (d, unit, norms) = super::relation::normalize_rows(gpu, &diff, 1e-12)?;
+    let loss = gpu.empty(&[1], DType::F32)?;
+    let mut dispatches = vec![neg, sub, d];
+    reduce::sum_into(gpu, &mut dispatches, &norms, &loss, 1.0)?;
+    Ok(LossPlan::single(dispatches, loss, unit))
+}
 
 /// `tv`: total variation of images, DeepInversion's smoothness prior.
 pub const TV: LossDef = LossDef {
@@ -865,6 +910,39 @@ fn hint_cases(suite: Suite) -> Vec<LossCase> {
                 .work(Work::Bytes(12.0 * n))
         })
         .collect()
+}
+
+fn bn_match_cases(suite: Suite) -> Vec<LossCase> {
+    let channels: &[usize] = match suite {
+        Suite::Check => &[1, 7, 300],
+        Suite::Bench { .. } => &[512],
+    };
+    let mut out: Vec<LossCase> = channels
+        .iter()
+        .map(|&c| {
+            let running: Vec<f32> = sample(2 * c, 9)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i < c { *v } else { 0.5 + v.abs() })
+                .collect();
+            LossCase::new(
+                format!("[2, {c}]"),
+                vec![map(&[2, c], 8), HostTensor::f32(&[2, c], running)],
+            )
+            .work(Work::Bytes(16.0 * c as f64))
+        })
+        .collect();
+    if suite == Suite::Check {
+        // Means already matched: that row's norm is 0 and so is its gradient.
+        let m = sample(6, 10);
+        let mut t = m.clone();
+        t[3..].iter_mut().for_each(|v| *v = v.abs() + 0.1);
+        out.push(LossCase::new(
+            "[2, 3] means matched",
+            vec![HostTensor::f32(&[2, 3], m), HostTensor::f32(&[2, 3], t)],
+        ));
+    }
+    out
 }
 
 fn tv_cases(suite: Suite) -> Vec<LossCase> {

@@ -1,6 +1,7 @@
 //! f64 references for the feature-based losses (`shaders/feature.wgsl`): `hint`, `at`, `ft`,
 //! `ab`, `nst`, `fsp` and `vid`, as `docs/losses.md` defines them (RepDistiller's FitNet, AT, FT,
-//! AB, NST, FSP and VID), and the image priors `tv` and `l2_norm` (DeepInversion's). Each returns the loss and its gradients with respect to the student
+//! AB, NST, FSP and VID), and DeepInversion's image priors `tv` and `l2_norm` and its
+//! batch-statistic term `bn_match`. Each returns the loss and its gradients with respect to the student
 //! inputs (and VID's `log_scale`); the teacher is a constant.
 
 use super::{LossGrad, LossGrads};
@@ -348,6 +349,21 @@ pub fn l2_norm(x: &[f64], batch: usize) -> LossGrad {
             row.iter()
                 .map(|v| if norm > 0.0 { v / (b * norm) } else { 0.0 }),
         );
+    }
+    LossGrad { loss, grad }
+}
+
+/// DeepInversion's term for one BatchNorm layer: `‖s₀ − t₀‖₂ + ‖s₁ − t₁‖₂` over the two rows of
+/// `(2, C)` moments `s` and running statistics `t`; gradient each row's difference over its norm.
+pub fn bn_match(s: &[f64], t: &[f64]) -> LossGrad {
+    let c = s.len() / 2;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(s.len());
+    for (rs, rt) in s.chunks(c).zip(t.chunks(c)) {
+        let d: Vec<f64> = rs.iter().zip(rt).map(|(a, b)| a - b).collect();
+        let norm = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+        loss += norm;
+        grad.extend(d.iter().map(|v| if norm > 0.0 { v / norm } else { 0.0 }));
     }
     LossGrad { loss, grad }
 }

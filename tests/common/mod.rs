@@ -156,3 +156,71 @@ pub fn labels(b: usize, c: usize) -> (Vec<i32>, Vec<usize>) {
     let y: Vec<usize> = (0..b).map(|i| (i * 7 + 3) % c).collect();
     (y.iter().map(|&v| v as i32).collect(), y)
 }
+
+/// Weights for `g` whose BatchNorm layers look trained: random γ, β and running means, running
+/// variances in [0.5, 1.5) (none the identity, so a test cannot pass by ignoring one); returned
+/// on the device and on the host.
+pub fn trained_looking_weights(
+    gpu: &Gpu,
+    g: &wgdistill::graph::Graph,
+    seed: u64,
+) -> (wgdistill::graph::Weights, wgdistill::io::TensorMap) {
+    use wgdistill::io::HostTensor;
+    let bn: Vec<String> = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, wgdistill::graph::Op::BatchNorm { .. }))
+        .map(|n| n.name.clone())
+        .collect();
+    let mut host = wgdistill::graph::Weights::init(gpu, g, seed)
+        .unwrap()
+        .to_host(gpu)
+        .unwrap();
+    for (k, (name, t)) in host.iter_mut().enumerate() {
+        let n: usize = t.shape.iter().product();
+        let values = data(n, seed + 100 + k as u64);
+        let Some(layer) = bn.iter().find(|l| name.starts_with(&format!("{l}."))) else {
+            continue;
+        };
+        let field = &name[layer.len() + 1..];
+        if field == "running_var" {
+            let v = values.iter().map(|v| 1.0 + 0.5 * v).collect();
+            *t = HostTensor::f32(&t.shape.clone(), v);
+        } else if ["weight", "bias", "running_mean"].contains(&field) {
+            *t = HostTensor::f32(&t.shape.clone(), values);
+        }
+    }
+    let w = wgdistill::graph::Weights::upload(gpu, "trained-looking", &host).unwrap();
+    (w, host)
+}
+
+/// Serialises the tests of a binary that count the runtime's creations and submissions (the
+/// counters are per device, and tests run in parallel threads): each such test, and every other
+/// test of that binary, holds this while it uses the GPU.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Asserts that `runs` replays of a compiled step, run by `replay`, created no buffer, bind group
+/// or pipeline and made exactly one submission each.
+pub fn assert_one_submission_and_nothing_created(gpu: &Gpu, runs: u64, replay: impl FnOnce()) {
+    let before = gpu.stats();
+    replay();
+    let after = gpu.stats();
+    assert_eq!(after.buffers, before.buffers, "buffers created per run");
+    assert_eq!(
+        after.bind_groups, before.bind_groups,
+        "bind groups created per run"
+    );
+    assert_eq!(
+        after.pipelines, before.pipelines,
+        "pipelines created per run"
+    );
+    assert_eq!(
+        after.submissions - before.submissions,
+        runs,
+        "one submission per run"
+    );
+}

@@ -1,0 +1,293 @@
+//! DeepInversion (Yin et al. 2020): images synthesised from a trained teacher alone, for
+//! distillation without its training data. A batch of images, the only trainable tensor, is
+//! optimised with Adam so that the frozen teacher, in evaluation mode, classifies them as chosen
+//! labels while every BatchNorm layer sees batch statistics like the running ones it learnt:
+//!
+//! `CE(T(x), y) + α_bn Σ_l w_l (‖μ_l(x) − μ_l‖₂ + ‖σ²_l(x) − σ²_l‖₂) + α_tv TV(x) + α_l2 mean_b ‖x_b‖₂`
+//!
+//! with `w_0` the first layer's multiplier (NVlabs' `first_bn_multiplier`) and 1 for the others.
+//! Every term is a registry loss (`ce`, `bn_match`, `tv`, `l2_norm`); the layers' moments are
+//! `ChannelMoments` taps on their inputs. The whole iteration (forward, losses, backward to the
+//! images, Adam) is compiled once and replayed as one submission, nothing created or read back.
+
+use crate::Result;
+use crate::error::{input_error, shape_error};
+use crate::gpu::{BoundPlan, DType, Gpu, Tensor};
+use crate::kernels::optimizer::{self, AdamW};
+use crate::kernels::{elementwise, feature, response};
+use crate::rng::normal_vec;
+
+use super::exec::{Mode, plan_backward, plan_forward};
+use super::{Graph, Op, Value, Weights};
+
+/// What to synthesise and how.
+#[derive(Clone, Debug)]
+pub struct InversionSpec {
+    /// The label each image is optimised toward (one per image of the teacher's input batch).
+    pub labels: Vec<i32>,
+    /// Adam's learning rate on the images.
+    pub lr: f32,
+    /// Adam's (β₁, β₂): NVlabs uses (0.5, 0.9) for synthesis.
+    pub betas: (f64, f64),
+    /// α_bn: weight of the BatchNorm-statistics terms.
+    pub bn_weight: f32,
+    /// The first BatchNorm layer's multiplier on its term.
+    pub first_bn_multiplier: f32,
+    /// α_tv: weight of the total variation (`tv` with p = 2).
+    pub tv_weight: f32,
+    /// α_l2: weight of the images' mean L2 norm.
+    pub l2_weight: f32,
+    /// Seed of the initial images (standard normal, as NVlabs' `torch.randn`).
+    pub seed: u64,
+}
+
+/// The loss terms after an iteration, for logging (weighted as in the total).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct InversionLosses {
+    /// Cross-entropy of the teacher's logits against the labels.
+    pub ce: f32,
+    /// α_bn Σ_l w_l ‖…‖: the BatchNorm-statistics terms.
+    pub bn: f32,
+    /// α_tv TV(x).
+    pub tv: f32,
+    /// α_l2 mean_b ‖x_b‖.
+    pub l2: f32,
+}
+
+impl InversionLosses {
+    /// The objective.
+    pub fn total(&self) -> f32 {
+        self.ce + self.bn + self.tv + self.l2
+    }
+}
+
+/// A compiled DeepInversion iteration over one batch of images.
+pub struct Inversion {
+    bound: BoundPlan,
+    images: Tensor,
+    gradient: Tensor,
+    logits: Tensor,
+    /// Unweighted loss tensors: ce, each layer's bn_match, tv, l2_norm.
+    ce: Tensor,
+    bn: Vec<(Tensor, f32)>,
+    tv: Tensor,
+    l2: Tensor,
+    spec: InversionSpec,
+}
+
+/// The BatchNorm layers of `graph`, in order: (input, running mean, running variance).
+fn batch_norms(graph: &Graph) -> Vec<(Value, Value, Value)> {
+    graph
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            Op::BatchNorm {
+                x,
+                running_mean,
+                running_var,
+                ..
+            } => Some((x, running_mean, running_var)),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Inversion {
+    /// Compiles the iteration for `teacher` (its input `x` is the images' shape; it must hold
+    /// BatchNorm layers) with its `weights`.
+    pub fn compile(
+        gpu: &Gpu,
+        teacher: &Graph,
+        weights: &Weights,
+        spec: &InversionSpec,
+    ) -> Result<Inversion> {
+        let input = teacher
+            .find("x")
+            .ok_or_else(|| shape_error("deep inversion", "the teacher has no input 'x'"))?;
+        let shape = teacher.shape(input).to_vec();
+        let logits_value = teacher
+            .output
+            .ok_or_else(|| shape_error("deep inversion", "the teacher has no output"))?;
+        if spec.labels.len() != shape[0] {
+            return Err(input_error(
+                "deep inversion: labels",
+                format!(
+                    "one per image: {} given for a batch of {}",
+                    spec.labels.len(),
+                    shape[0]
+                ),
+            ));
+        }
+        let classes = teacher.shape(logits_value)[1];
+        if let Some(bad) = spec
+            .labels
+            .iter()
+            .find(|&&y| y < 0 || y as usize >= classes)
+        {
+            return Err(input_error(
+                "deep inversion: labels",
+                format!("label {bad} is not a class of the teacher's {classes}"),
+            ));
+        }
+        for (what, v) in [
+            ("lr", spec.lr),
+            ("bn_weight", spec.bn_weight),
+            ("first_bn_multiplier", spec.first_bn_multiplier),
+            ("tv_weight", spec.tv_weight),
+            ("l2_weight", spec.l2_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(input_error(
+                    format!("deep inversion: {what}"),
+                    format!("must be a finite number ≥ 0, got {v}"),
+                ));
+            }
+        }
+        let mut graph = teacher.frozen();
+        let layers = batch_norms(&graph);
+        if layers.is_empty() {
+            return Err(shape_error(
+                "deep inversion",
+                "the teacher has no BatchNorm layer whose statistics could guide the images",
+            ));
+        }
+        let moments: Vec<Value> = layers
+            .iter()
+            .map(|&(x, _, _)| graph.channel_moments(x))
+            .collect::<Result<_>>()?;
+        // Each layer's [running_mean; running_var], a constant of the synthesis.
+        let host = weights.to_host(gpu)?;
+        let running = layers
+            .iter()
+            .map(|&(_, rm, rv)| {
+                let values: Vec<f32> = [rm, rv]
+                    .iter()
+                    .flat_map(|v| {
+                        let name = &graph.nodes[v.0].name;
+                        host[name].as_f32().unwrap_or_default().to_vec()
+                    })
+                    .collect();
+                gpu.upload(&[2, values.len() / 2], &values)
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let n: usize = shape.iter().product();
+        let images = gpu.upload(&shape, &normal_vec(n, spec.seed))?;
+        let labels = gpu.upload(&[shape[0]], &spec.labels)?;
+        let inputs = [("x".to_string(), images.clone())].into();
+        let mut plan = Vec::new();
+        let fwd = plan_forward(gpu, &graph, weights, &inputs, Mode::Eval, None, &mut plan)?;
+        let logits = fwd.get(logits_value).clone();
+
+        let mut ce = response::ce(gpu, &logits, &labels)?;
+        plan.append(&mut ce.dispatches);
+        let mut seeds = vec![(logits_value, ce.grads.remove(0))];
+        let mut bn = Vec::new();
+        for (k, (&m, t)) in moments.iter().zip(&running).enumerate() {
+            let weight = spec.bn_weight
+                * if k == 0 {
+                    spec.first_bn_multiplier
+                } else {
+                    1.0
+                };
+            let mut term = feature::bn_match(gpu, fwd.get(m), t)?;
+            plan.append(&mut term.dispatches);
+            let (d, seed) = elementwise::scale_plan(gpu, &term.grads[0], weight)?;
+            plan.push(d);
+            seeds.push((m, seed));
+            bn.push((term.loss, weight));
+        }
+        let mut backward = plan_backward(gpu, &graph, &fwd, seeds, &[input], &mut plan)?;
+        let gradient = backward
+            .remove("x")
+            .ok_or_else(|| shape_error("deep inversion", "no gradient reached the images"))?;
+        let mut tv = feature::tv(gpu, &images, 2.0)?;
+        let mut l2 = feature::l2_norm(gpu, &images)?;
+        plan.append(&mut tv.dispatches);
+        plan.append(&mut l2.dispatches);
+        plan.push(elementwise::axpy_plan(
+            gpu,
+            spec.tv_weight,
+            &tv.grads[0],
+            &gradient,
+        )?);
+        plan.push(elementwise::axpy_plan(
+            gpu,
+            spec.l2_weight,
+            &l2.grads[0],
+            &gradient,
+        )?);
+
+        let step = gpu.zeros(&[1], DType::U32)?;
+        let m = gpu.zeros(&shape, DType::F32)?;
+        let v = gpu.zeros(&shape, DType::F32)?;
+        let adam = AdamW {
+            lr: spec.lr,
+            beta1: spec.betas.0,
+            beta2: spec.betas.1,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        plan.push(optimizer::advance_step(gpu, &step)?);
+        plan.push(optimizer::adamw(
+            gpu, &adam, &images, &gradient, &m, &v, &step,
+        )?);
+        Ok(Inversion {
+            bound: gpu.bind_plan(&plan)?,
+            images,
+            gradient,
+            logits,
+            ce: ce.loss,
+            bn,
+            tv: tv.loss,
+            l2: l2.loss,
+            spec: spec.clone(),
+        })
+    }
+
+    /// Runs `iterations` iterations, each one submission; nothing is created or read back.
+    pub fn run(&self, gpu: &Gpu, iterations: usize) -> Result<()> {
+        for _ in 0..iterations {
+            let mut encoder = gpu.encoder("deep inversion");
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("deep inversion"),
+                    timestamp_writes: None,
+                });
+                self.bound.record(&mut pass);
+            }
+            gpu.submit(encoder)?;
+        }
+        Ok(())
+    }
+
+    /// The loss terms of the last iteration (before its update), weighted as in the objective.
+    pub fn losses(&self, gpu: &Gpu) -> Result<InversionLosses> {
+        let one = |t: &Tensor| -> Result<f32> { Ok(gpu.read::<f32>(t)?[0]) };
+        let mut bn = 0.0;
+        for (t, w) in &self.bn {
+            bn += w * one(t)?;
+        }
+        Ok(InversionLosses {
+            ce: one(&self.ce)?,
+            bn,
+            tv: self.spec.tv_weight * one(&self.tv)?,
+            l2: self.spec.l2_weight * one(&self.l2)?,
+        })
+    }
+
+    /// The images now, `(B, C, H, W)` row-major.
+    pub fn images(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read(&self.images)
+    }
+
+    /// The gradient of the objective with respect to the images in the last iteration.
+    pub fn gradient(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read(&self.gradient)
+    }
+
+    /// The teacher's logits for the images of the last iteration (before its update).
+    pub fn logits(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read(&self.logits)
+    }
+}

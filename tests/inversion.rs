@@ -1,0 +1,169 @@
+//! DeepInversion's compiled synthesis step: its gradient against finite differences of the f64
+//! objective composed from the references, and a run that makes a frozen teacher see its labels
+//! with BatchNorm statistics like its running ones, creating nothing per iteration. The tests
+//! hold `common::serial()`: one of them counts the device's creations and submissions.
+
+mod common;
+
+use common::{gpu, trained_looking_weights, widen};
+use wgdistill::graph::{Graph, Inversion, InversionSpec, Mode, Op, interp};
+use wgdistill::models;
+use wgdistill::reference::{batchnorm, feature, response};
+
+fn spec(labels: Vec<i32>) -> InversionSpec {
+    InversionSpec {
+        labels,
+        lr: 0.1,
+        betas: (0.5, 0.9),
+        bn_weight: 0.5,
+        first_bn_multiplier: 3.0,
+        tv_weight: 0.1,
+        l2_weight: 0.05,
+        seed: 7,
+    }
+}
+
+/// The objective in f64: CE + α_bn Σ w_l bn_match + α_tv tv + α_l2 l2_norm.
+fn objective(
+    g: &Graph,
+    params: &std::collections::BTreeMap<String, Vec<f64>>,
+    x: &[f64],
+    s: &InversionSpec,
+) -> f64 {
+    let values = interp::forward_in(g, params, x, Mode::Eval);
+    let out = g.output.unwrap();
+    let classes = g.shape(out)[1];
+    let labels: Vec<usize> = s.labels.iter().map(|&y| y as usize).collect();
+    let mut total = response::ce(&values[out.0], &labels, classes).loss;
+    let mut k = 0;
+    for node in &g.nodes {
+        if let Op::BatchNorm {
+            x: input,
+            running_mean,
+            running_var,
+            ..
+        } = node.op
+        {
+            let sh = g.shape(input);
+            let m = batchnorm::moments(&values[input.0], sh[0], sh[1], sh[2..].iter().product());
+            let running: Vec<f64> = values[running_mean.0]
+                .iter()
+                .chain(&values[running_var.0])
+                .copied()
+                .collect();
+            let w = f64::from(s.bn_weight)
+                * if k == 0 {
+                    f64::from(s.first_bn_multiplier)
+                } else {
+                    1.0
+                };
+            total += w * feature::bn_match(&m, &running).loss;
+            k += 1;
+        }
+    }
+    let sx = g.shape(g.find("x").unwrap());
+    total += f64::from(s.tv_weight) * feature::tv(x, [sx[0] * sx[1], sx[2], sx[3]], 2.0).loss;
+    total + f64::from(s.l2_weight) * feature::l2_norm(x, sx[0]).loss
+}
+
+#[test]
+fn the_synthesis_gradient_matches_finite_differences_of_the_objective() {
+    let _serial = common::serial();
+    let Some(gpu) = gpu() else { return };
+    let g = models::cnn([3, 1, 6, 6], &[3, 4], 4).unwrap();
+    let (w, host) = trained_looking_weights(gpu, &g, 31);
+    let s = spec(vec![0, 3, 1]);
+    let inv = Inversion::compile(gpu, &g, &w, &s).unwrap();
+    let x0 = wgdistill::rng::normal_vec(3 * 36, s.seed);
+    inv.run(gpu, 1).unwrap();
+    let got = inv.gradient(gpu).unwrap();
+    let params = host
+        .iter()
+        .map(|(k, t)| (k.clone(), widen(t.as_f32().unwrap())))
+        .collect();
+    let fd = common::finite_difference(&widen(&x0), 1e-5, |x| objective(&g, &params, x, &s));
+    for (i, (a, b)) in got.iter().zip(&fd).enumerate() {
+        let a = f64::from(*a);
+        assert!(
+            (a - b).abs() <= 3e-4 + 3e-3 * b.abs(),
+            "dx[{i}]: gpu {a}, finite difference {b}"
+        );
+    }
+    // The logged terms are the objective's, at the images the gradient was taken at.
+    let losses = inv.losses(gpu).unwrap();
+    let want = objective(&g, &params, &widen(&x0), &s);
+    assert!(
+        (f64::from(losses.total()) - want).abs() <= 1e-4 * want.abs(),
+        "{losses:?} vs {want}"
+    );
+}
+
+#[test]
+fn synthesis_makes_the_teacher_see_its_labels_and_creates_nothing_per_iteration() {
+    let _serial = common::serial();
+    let Some(gpu) = gpu() else { return };
+    let g = models::cnn([8, 1, 8, 8], &[4, 6], 5).unwrap();
+    let (w, _) = trained_looking_weights(gpu, &g, 41);
+    let labels: Vec<i32> = (0..8).map(|i| i % 5).collect();
+    // DeepInversion's proportions: the priors small beside the class and statistics terms.
+    let s = InversionSpec {
+        bn_weight: 0.05,
+        tv_weight: 1e-3,
+        l2_weight: 1e-4,
+        ..spec(labels.clone())
+    };
+    let inv = Inversion::compile(gpu, &g, &w, &s).unwrap();
+    inv.run(gpu, 1).unwrap();
+    let first = inv.losses(gpu).unwrap();
+    common::assert_one_submission_and_nothing_created(gpu, 200, || {
+        inv.run(gpu, 200).unwrap();
+    });
+    let last = inv.losses(gpu).unwrap();
+    // An untrained teacher's logits span little, so CE cannot fall far; the statistics can.
+    assert!(last.ce < 0.9 * first.ce, "class term: {first:?} → {last:?}");
+    assert!(
+        last.bn < 0.5 * first.bn,
+        "BatchNorm statistics: {first:?} → {last:?}"
+    );
+    assert!(last.total() < 0.8 * first.total(), "{first:?} → {last:?}");
+    let logits = inv.logits(gpu).unwrap();
+    let hits = logits
+        .chunks(5)
+        .zip(&labels)
+        .filter(|(row, y)| {
+            let best = (0..5).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            best == **y as usize
+        })
+        .count();
+    assert_eq!(
+        hits, 8,
+        "the teacher should classify every image as its label: {logits:?}"
+    );
+    assert!(inv.images(gpu).unwrap().iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn bad_synthesis_settings_are_clear_errors() {
+    let _serial = common::serial();
+    let Some(gpu) = gpu() else { return };
+    let g = models::cnn([2, 1, 6, 6], &[3], 4).unwrap();
+    let (w, _) = trained_looking_weights(gpu, &g, 51);
+    let err = |s: InversionSpec| {
+        Inversion::compile(gpu, &g, &w, &s)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(err(spec(vec![0])).contains("one per image"));
+    assert!(err(spec(vec![0, 4])).contains("label 4"));
+    let mut s = spec(vec![0, 1]);
+    s.tv_weight = -1.0;
+    assert!(err(s).contains("tv_weight"));
+    let mlp = models::mlp([2, 1, 6, 6], &[5], 4).unwrap();
+    let wm = wgdistill::graph::Weights::init(gpu, &mlp, 1).unwrap();
+    let e = Inversion::compile(gpu, &mlp, &wm, &spec(vec![0, 1]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no BatchNorm"), "{e}");
+}
