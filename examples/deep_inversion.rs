@@ -1,11 +1,14 @@
 //! DeepInversion: images synthesised from a trained teacher alone. Trains a small CNN teacher on
-//! Fashion-MNIST (or takes one: `-- TEACHER.safetensors`, a `cnn` with channels 16,32 in
-//! PyTorch names), then optimises 50 images (5 per class) from noise so that the frozen teacher
-//! classifies them as their classes while its BatchNorm layers see their running statistics, and
-//! writes them as `wgdistill-inversion/images.safetensors` (images, labels) and a PNG grid (one
-//! row per class).
+//! Fashion-MNIST (or takes one: `--teacher T.safetensors`, a `cnn` with channels 16,32 in
+//! PyTorch names), then optimises batches of 50 images (5 per class) from noise so that the frozen
+//! teacher classifies them as their classes while its BatchNorm layers see their running
+//! statistics, and writes them as `wgdistill-inversion/images.safetensors` (images, labels) and a
+//! PNG grid of the first batch (one row per class). With `--distil EPOCHS`, a small student
+//! learns from the synthesised images by KD alone and is tested on the real test set, beside the
+//! same student distilled on as many real training images.
 //!
-//! `cargo run --release --example deep_inversion [-- TEACHER.safetensors]`
+//! `cargo run --release --example deep_inversion -- [--teacher T.safetensors] [--batches K]
+//! [--iterations N] [--distil EPOCHS]`
 
 use std::path::Path;
 use std::time::Instant;
@@ -24,8 +27,53 @@ use wgdistill::models;
 
 const BATCH: usize = 128;
 const PER_CLASS: usize = 5;
-const ITERATIONS: usize = 2000;
 const CHANNELS: [usize; 2] = [16, 32];
+const STUDENT_CHANNELS: [usize; 2] = [8, 16];
+const OUT: &str = "wgdistill-inversion";
+
+/// The command line: `--teacher PATH`, `--batches K`, `--iterations N`, `--distil EPOCHS`.
+struct Options {
+    teacher: Option<String>,
+    batches: usize,
+    iterations: usize,
+    distil: usize,
+}
+
+fn options() -> Result<Options, Error> {
+    let mut o = Options {
+        teacher: None,
+        batches: 1,
+        iterations: 2000,
+        distil: 0,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let bad = |message: String| Error::Input {
+            what: format!("deep_inversion {}", pair[0]),
+            message,
+        };
+        let value = pair.get(1).ok_or_else(|| bad("needs a value".into()))?;
+        let number = || {
+            value
+                .parse::<usize>()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| bad(format!("expected a whole number ≥ 1, got '{value}'")))
+        };
+        match pair[0].as_str() {
+            "--teacher" => o.teacher = Some(value.clone()),
+            "--batches" => o.batches = number()?,
+            "--iterations" => o.iterations = number()?,
+            "--distil" => o.distil = number()?,
+            _ => {
+                return Err(bad(
+                    "unknown option (--teacher, --batches, --iterations, --distil)".into(),
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
 
 fn accuracy(gpu: &Gpu, graph: &Graph, weights: &Weights, set: &Dataset) -> Result<f64, Error> {
     let eval = EvalStep::compile(gpu, graph, weights)?;
@@ -80,7 +128,48 @@ fn train_teacher(gpu: &Gpu, graph: &Graph, train: &Dataset) -> Result<Weights, E
     Ok(weights)
 }
 
+/// A student distilled by KD (T = 4) alone from the teacher's logits on `images`, in batches of
+/// the synthesis batch; returns its test accuracy.
+fn distil(
+    gpu: &Gpu,
+    teacher: (&Graph, &Weights),
+    images: &[f32],
+    epochs: usize,
+    test: &Dataset,
+) -> Result<f64, Error> {
+    let n = PER_CLASS * CLASSES;
+    let student = models::cnn([n, 1, 28, 28], &STUDENT_CHANNELS, CLASSES)?;
+    let weights = Weights::init(gpu, &student, 5)?;
+    let spec = StepSpec {
+        student: &student,
+        student_weights: &weights,
+        teacher: Some(teacher),
+        losses: vec![LossSpec::logits(
+            Loss::new("kd")?.with("temperature", 4.0)?,
+            1.0,
+        )],
+        optimizer: OptimizerSpec::AdamW(AdamW {
+            lr: 2e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-4,
+        }),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec)?;
+    let unused = vec![0i32; n];
+    for _ in 0..epochs {
+        for batch in images.chunks(n * 28 * 28) {
+            step.run(gpu, batch, &unused)?;
+        }
+    }
+    let eval = models::cnn([BATCH, 1, 28, 28], &STUDENT_CHANNELS, CLASSES)?;
+    accuracy(gpu, &eval, &weights, test)
+}
+
 fn main() -> Result<(), Error> {
+    let o = options()?;
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.caps().label());
     let dir = Path::new(data::DEBIAN_FASHION_MNIST);
@@ -89,9 +178,21 @@ fn main() -> Result<(), Error> {
         data::load_idx_split(dir, false)?,
     );
     let teacher = models::cnn([BATCH, 1, 28, 28], &CHANNELS, CLASSES)?;
-    let weights = match std::env::args().nth(1) {
-        Some(path) => Weights::upload(&gpu, &path, &io::read_safetensors(Path::new(&path))?)?,
-        None => train_teacher(&gpu, &teacher, &train)?,
+    let weights = match &o.teacher {
+        Some(path) => Weights::upload(&gpu, path, &io::read_safetensors(Path::new(path))?)?,
+        None => {
+            let w = train_teacher(&gpu, &teacher, &train)?;
+            // Kept for later runs (`--teacher wgdistill-inversion/teacher.safetensors`).
+            std::fs::create_dir_all(OUT).map_err(|e| Error::Input {
+                what: OUT.into(),
+                message: format!("cannot create ({e})"),
+            })?;
+            io::write_safetensors(
+                &Path::new(OUT).join("teacher.safetensors"),
+                &w.to_host(&gpu)?,
+            )?;
+            w
+        }
     };
     println!(
         "teacher: test accuracy {:.4}",
@@ -112,50 +213,69 @@ fn main() -> Result<(), Error> {
         l2_weight: 1e-5,
         seed: 3,
     };
-    let inversion = Inversion::compile(&gpu, &frozen, &weights, &spec)?;
+    let mut inversion = Inversion::compile(&gpu, &frozen, &weights, &spec)?;
+    let judge = EvalStep::compile(&gpu, &frozen, &weights)?;
     let start = Instant::now();
-    for chunk in 0..ITERATIONS / 500 {
-        inversion.run(&gpu, 500)?;
+    let (mut images, mut hits) = (Vec::new(), 0);
+    for batch in 0..o.batches {
+        if batch > 0 {
+            inversion.restart(&gpu, &labels, spec.seed + batch as u64)?;
+        }
+        inversion.run(&gpu, o.iterations)?;
         let l = inversion.losses(&gpu)?;
         println!(
-            "iteration {:>4}: total {:.4} (ce {:.4}, bn {:.4}, tv {:.4}, l2 {:.4})",
-            (chunk + 1) * 500,
+            "batch {batch}: total {:.4} (ce {:.4}, bn {:.4}, tv {:.4}, l2 {:.4})",
             l.total(),
             l.ce,
             l.bn,
             l.tv,
             l.l2
         );
+        // The teacher's verdict on the images as saved (after the last update).
+        let batch_images = inversion.images(&gpu)?;
+        hits += judge
+            .run(&gpu, &batch_images)?
+            .chunks(CLASSES)
+            .zip(&labels)
+            .filter(|(row, y)| argmax(row) == **y as usize)
+            .count();
+        images.extend(batch_images);
     }
     let seconds = start.elapsed().as_secs_f64();
-    let logits = inversion.logits(&gpu)?;
-    let hits = logits
-        .chunks(CLASSES)
-        .zip(&labels)
-        .filter(|(row, y)| argmax(row) == **y as usize)
-        .count();
+    let total = n * o.batches;
     println!(
-        "{n} images in {seconds:.1} s ({:.1} images/s for {ITERATIONS} iterations); the teacher \
-         classifies {hits} of {n} as their labels",
-        n as f64 / seconds
+        "{total} images in {seconds:.1} s ({:.2} images/s at {} iterations); the teacher \
+         classifies {hits} of {total} as their labels",
+        total as f64 / seconds,
+        o.iterations
     );
+    if o.distil > 0 {
+        let synthetic = distil(&gpu, (&frozen, &weights), &images, o.distil, &test)?;
+        let real = &train.images[..images.len()];
+        let with_data = distil(&gpu, (&frozen, &weights), real, o.distil, &test)?;
+        println!(
+            "student CNN {STUDENT_CHANNELS:?}, KD only, {} epochs: test accuracy {synthetic:.4} on \
+             the {total} synthesised images, {with_data:.4} on {total} real training images",
+            o.distil
+        );
+    }
 
-    let out = Path::new("wgdistill-inversion");
+    let out = Path::new(OUT);
     std::fs::create_dir_all(out).map_err(|e| Error::Input {
-        what: out.display().to_string(),
+        what: OUT.into(),
         message: format!("cannot create ({e})"),
     })?;
-    let images = inversion.images(&gpu)?;
     let mut set = TensorMap::new();
+    let all_labels: Vec<i32> = labels.iter().cycle().take(total).copied().collect();
     set.insert(
         "images".into(),
-        HostTensor::f32(&[n, 1, 28, 28], images.clone()),
+        HostTensor::f32(&[total, 1, 28, 28], images.clone()),
     );
-    set.insert("labels".into(), HostTensor::i32(&[n], labels));
+    set.insert("labels".into(), HostTensor::i32(&[total], all_labels));
     io::write_safetensors(&out.join("images.safetensors"), &set)?;
     io::write_png_grid(
         &out.join("grid.png"),
-        &images,
+        &images[..n * 28 * 28],
         [28, 28],
         PER_CLASS,
         2,

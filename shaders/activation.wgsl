@@ -17,6 +17,10 @@ const WG: u32 = 256u;
 const INV_SQRT2: f32 = 0.70710678118654752;
 const INV_SQRT_2PI: f32 = 0.39894228040143268;
 fn tanh_stable(x: f32) -> f32 {
+    // NaN in, NaN out (min and sign of NaN are the implementation's choice).
+    if (x != x) {
+        return x;
+    }
     let a = abs(x);
     if (a < 0.5) {
         let z = x * x;

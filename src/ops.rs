@@ -570,7 +570,7 @@ fn plan(
                 &conv()?,
             )?;
             let mut outs: Vec<(&str, Tensor)> = g.dx.map(|dx| ("grad_x", dx)).into_iter().collect();
-            outs.push(("grad_weight", g.dw));
+            outs.extend(g.dw.map(|dw| ("grad_weight", dw)));
             outs.extend(g.dbias.map(|b| ("grad_bias", b)));
             (plan, outs)
         }

@@ -143,7 +143,11 @@ fn every_config_error_names_its_key() {
                 "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }",
                 "{ kind = \"bce\", weight = 0.9 }",
             ),
-            &["stages[2].losses[1].kind", "bce's targets", "adversarial"],
+            &[
+                "stages[2].losses[1].kind",
+                "bce's targets",
+                "adversarial scheme",
+            ],
         ),
         (
             with(

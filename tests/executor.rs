@@ -1600,3 +1600,33 @@ fn the_translator_adapter_maps_the_student_map_to_the_factor() {
     let e = TrainStep::compile(gpu, &bad).err().unwrap().to_string();
     assert!(e.contains("translator"), "{e}");
 }
+
+/// In evaluation mode dropout is the identity, forward and backward: a frozen network with
+/// dropout passes its input's gradient through unchanged.
+#[test]
+fn dropout_in_evaluation_mode_passes_gradients_through() {
+    let Some(gpu) = gpu() else { return };
+    let build = |dropout: bool| {
+        let mut g = Graph::new();
+        let x = g.input("x", &[3, 5], DType::F32).unwrap();
+        let h = g.linear("fc", x, 4, true).unwrap();
+        let h = if dropout { g.dropout(h, 0.5).unwrap() } else { h };
+        g.set_output(h).unwrap();
+        g.frozen()
+    };
+    let x = data(15, 70);
+    let dy = data(12, 71);
+    let grad = |g: &Graph| {
+        let w = Weights::init(gpu, g, 72).unwrap();
+        let inputs: BTreeMap<String, Tensor> =
+            [("x".to_string(), gpu.upload(&[3, 5], &x).unwrap())].into();
+        let mut plan = Vec::new();
+        let fwd = plan_forward(gpu, g, &w, &inputs, Mode::Eval, None, &mut plan).unwrap();
+        let seed = vec![(g.output.unwrap(), gpu.upload(&[3, 4], &dy).unwrap())];
+        let xv = g.find("x").unwrap();
+        let grads = plan_backward(gpu, g, &fwd, seed, &[xv], &mut plan).unwrap();
+        gpu.execute(&plan).unwrap();
+        gpu.read::<f32>(&grads["x"]).unwrap()
+    };
+    assert_eq!(grad(&build(true)), grad(&build(false)));
+}

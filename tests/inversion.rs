@@ -167,3 +167,39 @@ fn bad_synthesis_settings_are_clear_errors() {
         .to_string();
     assert!(e.contains("no BatchNorm"), "{e}");
 }
+
+/// One compilation serves many batches: a restarted synthesis (new noise, labels, Adam state)
+/// gives the same images, bit for bit, as a fresh one with those settings, creating nothing.
+#[test]
+fn a_restarted_synthesis_equals_a_fresh_one() {
+    let _serial = common::serial();
+    let Some(gpu) = gpu() else { return };
+    let g = models::cnn([4, 1, 6, 6], &[3], 4).unwrap();
+    let (w, _) = trained_looking_weights(gpu, &g, 61);
+    let mut inv = Inversion::compile(gpu, &g, &w, &spec(vec![0, 1, 2, 3])).unwrap();
+    inv.run(gpu, 20).unwrap();
+    let labels = vec![3, 3, 1, 0];
+    let before = gpu.stats();
+    inv.restart(gpu, &labels, 9).unwrap();
+    assert_eq!(
+        gpu.stats().buffers,
+        before.buffers,
+        "a restart creates nothing"
+    );
+    inv.run(gpu, 20).unwrap();
+    let fresh = Inversion::compile(
+        gpu,
+        &g,
+        &w,
+        &InversionSpec {
+            seed: 9,
+            ..spec(labels)
+        },
+    )
+    .unwrap();
+    fresh.run(gpu, 20).unwrap();
+    assert_eq!(inv.images(gpu).unwrap(), fresh.images(gpu).unwrap());
+    assert_eq!(inv.losses(gpu).unwrap(), fresh.losses(gpu).unwrap());
+    assert!(inv.restart(gpu, &[0, 1], 1).is_err());
+    assert!(inv.restart(gpu, &[0, 1, 2, 9], 1).is_err());
+}

@@ -39,6 +39,7 @@ pub struct Forward {
     pub values: Vec<Tensor>,
     saved: BTreeMap<usize, Saved>,
     step: Option<Tensor>,
+    mode: Mode,
 }
 
 impl Forward {
@@ -227,6 +228,7 @@ pub fn plan_forward(
         values,
         saved,
         step: step.cloned(),
+        mode,
     })
 }
 
@@ -346,9 +348,11 @@ pub fn plan_backward(
                 bias,
                 spec,
             } => {
+                // A frozen layer (DeepInversion's teacher) only passes the gradient on.
                 let options = conv::BackwardOptions {
                     input_grad: want(x),
-                    bias: bias.is_some(),
+                    weight_grad: want(weight),
+                    bias: bias.is_some_and(&want),
                     subgroups: None,
                 };
                 let (p, g) = conv::backward_with(gpu, &f[x.0], &f[weight.0], &dy, &spec, options)?;
@@ -356,7 +360,9 @@ pub fn plan_backward(
                 if let Some(dx) = g.dx {
                     grads.add(gpu, plan, x, dx, true)?;
                 }
-                grads.add(gpu, plan, weight, g.dw, true)?;
+                if let Some(dw) = g.dw {
+                    grads.add(gpu, plan, weight, dw, true)?;
+                }
                 if let (Some(b), Some(db)) = (bias, g.dbias) {
                     grads.add(gpu, plan, b, db, true)?;
                 }
@@ -444,6 +450,10 @@ pub fn plan_backward(
                 let (d, dx) = relation::normalize_rows_backward(gpu, &f[x.0], norms, &dy, eps)?;
                 plan.push(d);
                 grads.add(gpu, plan, x, dx, true)?;
+            }
+            // In evaluation mode dropout was the identity, and so is its backward pass.
+            Op::Dropout { x, .. } if fwd.mode == Mode::Eval => {
+                grads.add(gpu, plan, x, dy, false)?
             }
             Op::Dropout { x, p } => {
                 let step = fwd

@@ -65,6 +65,9 @@ impl InversionLosses {
 pub struct Inversion {
     bound: BoundPlan,
     images: Tensor,
+    labels: Tensor,
+    /// Adam's state: first and second moments, step counter.
+    adam: [Tensor; 3],
     gradient: Tensor,
     logits: Tensor,
     /// Unweighted loss tensors: ce, each layer's bn_match, tv, l2_norm.
@@ -92,6 +95,26 @@ fn batch_norms(graph: &Graph) -> Vec<(Value, Value, Value)> {
         .collect()
 }
 
+/// One label per image, each a class of the teacher's.
+fn check_labels(labels: &[i32], batch: usize, classes: usize) -> Result<()> {
+    if labels.len() != batch {
+        return Err(input_error(
+            "deep inversion: labels",
+            format!(
+                "one per image: {} given for a batch of {batch}",
+                labels.len()
+            ),
+        ));
+    }
+    if let Some(bad) = labels.iter().find(|&&y| y < 0 || y as usize >= classes) {
+        return Err(input_error(
+            "deep inversion: labels",
+            format!("label {bad} is not a class of the teacher's {classes}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Inversion {
     /// Compiles the iteration for `teacher` (its input `x` is the images' shape; it must hold
     /// BatchNorm layers) with its `weights`.
@@ -108,29 +131,21 @@ impl Inversion {
         let logits_value = teacher
             .output
             .ok_or_else(|| shape_error("deep inversion", "the teacher has no output"))?;
-        if spec.labels.len() != shape[0] {
+        check_labels(&spec.labels, shape[0], teacher.shape(logits_value)[1])?;
+        let (b1, b2) = spec.betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
             return Err(input_error(
-                "deep inversion: labels",
-                format!(
-                    "one per image: {} given for a batch of {}",
-                    spec.labels.len(),
-                    shape[0]
-                ),
+                "deep inversion: betas",
+                format!("each must lie in [0, 1), got ({b1}, {b2})"),
             ));
         }
-        let classes = teacher.shape(logits_value)[1];
-        if let Some(bad) = spec
-            .labels
-            .iter()
-            .find(|&&y| y < 0 || y as usize >= classes)
-        {
+        if !(spec.lr.is_finite() && spec.lr > 0.0) {
             return Err(input_error(
-                "deep inversion: labels",
-                format!("label {bad} is not a class of the teacher's {classes}"),
+                "deep inversion: lr",
+                format!("must be a finite number > 0, got {}", spec.lr),
             ));
         }
         for (what, v) in [
-            ("lr", spec.lr),
             ("bn_weight", spec.bn_weight),
             ("first_bn_multiplier", spec.first_bn_multiplier),
             ("tv_weight", spec.tv_weight),
@@ -155,18 +170,22 @@ impl Inversion {
             .iter()
             .map(|&(x, _, _)| graph.channel_moments(x))
             .collect::<Result<_>>()?;
-        // Each layer's [running_mean; running_var], a constant of the synthesis.
+        // Each layer's [running_mean; running_var], a constant of the synthesis (read once).
         let host = weights.to_host(gpu)?;
+        let buffer = |v: Value| -> Result<Vec<f32>> {
+            let name = &graph.nodes[v.0].name;
+            host.get(name)
+                .and_then(|t| t.as_f32())
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| {
+                    input_error(name.clone(), "the teacher's weights lack this f32 buffer")
+                })
+        };
         let running = layers
             .iter()
             .map(|&(_, rm, rv)| {
-                let values: Vec<f32> = [rm, rv]
-                    .iter()
-                    .flat_map(|v| {
-                        let name = &graph.nodes[v.0].name;
-                        host[name].as_f32().unwrap_or_default().to_vec()
-                    })
-                    .collect();
+                let mut values = buffer(rm)?;
+                values.extend(buffer(rv)?);
                 gpu.upload(&[2, values.len() / 2], &values)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -235,6 +254,8 @@ impl Inversion {
         Ok(Inversion {
             bound: gpu.bind_plan(&plan)?,
             images,
+            labels,
+            adam: [m, v, step],
             gradient,
             logits,
             ce: ce.loss,
@@ -243,6 +264,22 @@ impl Inversion {
             l2: l2.loss,
             spec: spec.clone(),
         })
+    }
+
+    /// Starts a new batch in place: fresh noise from `seed`, new `labels` (one per image), Adam's
+    /// state cleared; the compiled iteration is reused (queue writes only, nothing created), so
+    /// one compilation synthesises any number of batches.
+    pub fn restart(&mut self, gpu: &Gpu, labels: &[i32], seed: u64) -> Result<()> {
+        check_labels(labels, self.labels.numel(), self.logits.shape()[1])?;
+        gpu.write(&self.labels, labels)?;
+        gpu.write(&self.images, &normal_vec(self.images.numel(), seed))?;
+        let zeros = vec![0.0f32; self.images.numel()];
+        gpu.write(&self.adam[0], &zeros)?;
+        gpu.write(&self.adam[1], &zeros)?;
+        gpu.write(&self.adam[2], &[0u32])?;
+        self.spec.labels = labels.to_vec();
+        self.spec.seed = seed;
+        Ok(())
     }
 
     /// Runs `iterations` iterations, each one submission; nothing is created or read back.

@@ -273,8 +273,8 @@ pub fn forward_with(
 pub struct ConvGrads {
     /// dL/dx (unless it was not asked for).
     pub dx: Option<Tensor>,
-    /// dL/dw.
-    pub dw: Tensor,
+    /// dL/dw (unless it was not asked for).
+    pub dw: Option<Tensor>,
     /// dL/dbias (when the layer has a bias).
     pub dbias: Option<Tensor>,
 }
@@ -284,6 +284,8 @@ pub struct ConvGrads {
 pub struct BackwardOptions {
     /// Compute dx (not needed for a layer reading the model's input).
     pub input_grad: bool,
+    /// Compute dw (not needed for a frozen layer that only passes gradients to its input).
+    pub weight_grad: bool,
     /// The layer has a bias: compute dbias.
     pub bias: bool,
     /// Use the subgroup kernels, as in [`forward_with`].
@@ -301,6 +303,7 @@ pub fn backward(
 ) -> Result<(Vec<Dispatch>, ConvGrads)> {
     let options = BackwardOptions {
         input_grad: true,
+        weight_grad: true,
         bias,
         subgroups: None,
     };
@@ -367,7 +370,9 @@ pub fn backward_with(
     } else {
         None
     };
-    let dw = if subgroups {
+    let dw = if !options.weight_grad {
+        None
+    } else if subgroups {
         p.chunk = chunk as u32;
         gpu.check_loops(&CONV_BACKWARD_WEIGHT_SG, chunk as u64)?;
         let partial = gpu.empty(&[chunks, cout * ksize], DType::F32)?;
@@ -381,7 +386,7 @@ pub fn backward_with(
         )?);
         let (sum, total) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
         plan.push(sum);
-        total.reshape(w.shape())?
+        Some(total.reshape(w.shape())?)
     } else {
         // Chunks of whole images, about 4096 positions each, summed by a reduction.
         let images = (4096 / (ho * wo)).clamp(1, n);
@@ -393,7 +398,7 @@ pub fn backward_with(
         plan.push(gpu.dispatch_over(&CONV_BACKWARD_WEIGHT, &p, &tensors, partial.numel())?);
         let (sum, total) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
         plan.push(sum);
-        total.reshape(w.shape())?
+        Some(total.reshape(w.shape())?)
     };
     let dbias = if options.bias {
         let (per_image, partial) =
@@ -432,6 +437,7 @@ fn check_case(name: &str, win: Window, cout: usize, spec: Conv2d, subgroups: Opt
         let (f, y) = forward_with(gpu, &x, &wt, Some(&bias), &spec, subgroups)?;
         let options = BackwardOptions {
             input_grad: true,
+            weight_grad: true,
             bias: true,
             subgroups,
         };
@@ -439,7 +445,7 @@ fn check_case(name: &str, win: Window, cout: usize, spec: Conv2d, subgroups: Opt
         plan.insert(0, f);
         let mut outputs = vec![y];
         outputs.extend(g.dx);
-        outputs.push(g.dw);
+        outputs.extend(g.dw);
         outputs.extend(g.dbias);
         Ok(Prepared::new(plan, outputs))
     })
@@ -555,7 +561,7 @@ fn bench_cases(suite: Suite) -> Vec<Case> {
         let (x, w) = inputs(gpu, c)?;
         let dy = sample_tensor(gpu, &[b, c, hw, hw], 6)?;
         let (plan, g) = backward(gpu, &x, &w, &dy, false, &spec)?;
-        Ok(Prepared::new(plan, vec![g.dw]))
+        Ok(Prepared::new(plan, g.dw.into_iter().collect()))
     });
     let depthwise = Conv2d { groups: c, ..spec };
     let bytes = 8.0 * (b * c * hw * hw) as f64;

@@ -318,7 +318,13 @@ pub const BN_MATCH: LossDef = LossDef {
     name: "bn_match",
     summary: "‖mean − running_mean‖₂ + ‖var − running_var‖₂ of (2, C) moments (DeepInversion)",
     reads: Reads::Features,
-    inputs: &[STUDENT, TEACHER],
+    inputs: &[
+        STUDENT,
+        LossInput {
+            name: "running",
+            role: Role::Target,
+        },
+    ],
     attrs: &[],
     launch: |gpu, _, x| bn_match(gpu, x[0], x[1]),
     reference: |_, x| cpu::bn_match(&x[0].values, &x[1].values).into(),
@@ -329,9 +335,9 @@ pub const BN_MATCH: LossDef = LossDef {
 
 /// DeepInversion's feature-distribution term for one BatchNorm layer: `student` holds the
 /// batch's channel moments `[mean; biased variance]` `(2, C)` (the `ChannelMoments` of the
-/// layer's input), `teacher` the layer's `[running_mean; running_var]`; the loss is the sum of
+/// layer's input), `running` the layer's `[running_mean; running_var]`; the loss is the sum of
 /// the two rows' L2 distances, its gradient each row's difference over its norm (0 where equal).
-pub fn bn_match(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPlan> {
+pub fn bn_match(gpu: &Gpu, student: &Tensor, running: &Tensor) -> Result<LossPlan> {
     let c = match (student.dtype(), student.shape()) {
         (DType::F32, &[2, c]) if c > 0 => c,
         _ => {
@@ -345,8 +351,8 @@ pub fn bn_match(gpu: &Gpu, student: &Tensor, teacher: &Tensor) -> Result<LossPla
             ));
         }
     };
-    teacher.expect("bn_match", "teacher", DType::F32, &[2, c])?;
-    let (neg, minus_t) = super::elementwise::scale_plan(gpu, teacher, -1.0)?;
+    running.expect("bn_match", "running", DType::F32, &[2, c])?;
+    let (neg, minus_t) = super::elementwise::scale_plan(gpu, running, -1.0)?;
     let (sub, diff) = super::elementwise::add_plan(gpu, student, &minus_t)?;
     // normalize_rows divides by the norm plus this: equal rows get a zero gradient.
     let (d, unit, norms) = super::relation::normalize_rows(gpu, &diff, 1e-12)?;

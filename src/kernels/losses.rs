@@ -61,9 +61,9 @@ pub enum Role {
     Teacher,
     /// Integer class labels, `(B)`.
     Labels,
-    /// Targets a training scheme supplies itself, shaped like the student input (a
-    /// discriminator's real/fake labels for `bce`): read from no tap, so an ordinary distillation
-    /// step cannot feed them and refuses the loss.
+    /// Targets a training scheme supplies itself (a discriminator's real/fake labels for `bce`,
+    /// a BatchNorm layer's running statistics for `bn_match`): read from no tap, so an ordinary
+    /// distillation step cannot feed them and its config refuses the loss.
     Target,
     /// A trainable tensor the loss term owns (VID's per-channel variance): initialised by the
     /// loss's [`LossDef::parameters`], trained with the student, saved for `--resume`, never

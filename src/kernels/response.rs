@@ -276,9 +276,8 @@ pub fn bce(gpu: &Gpu, logits: &Tensor, target: &Tensor) -> Result<LossPlan> {
     if n == 0 {
         return Err(shape_error("bce", "the logits are empty"));
     }
-    // One "row" per element.
-    let mut p = params("bce", n, 1, 1.0, 0.0, 0.0)?;
-    p.grad_scale = 1.0 / n as f32;
+    // One "row" per element; grad_scale = T/B with T = 1 and B = N is 1/N.
+    let p = params("bce", n, 1, 1.0, 0.0, 0.0)?;
     rows(gpu, &BCE_TERMS, logits, &[target], p, 1.0 / n as f32)
 }
 
@@ -303,9 +302,8 @@ fn logits_case(b: usize, c: usize, which: Which) -> Vec<HostTensor> {
         Which::Kd | Which::L1 => vec![logits(1), logits(2)],
         Which::Dkd => vec![logits(1), logits(2), labels],
         Which::Bce => {
-            // Logits far into both tails (±40: e^−|z| near f32's smallest normal), targets 0,
-            // 1 and in between; one equal pair for l1's zero gradient is in logits_case's
-            // callers.
+            // Logits far into both tails (up to ±40, where e^−|z| ≈ 4e-18 and the loss rests on
+            // log1p's series), targets 0, 1 and in between.
             let z: Vec<f32> = sample(b * c, 1).iter().map(|v| 40.0 * v * v * v).collect();
             let y: Vec<f32> = sample(b * c, 2)
                 .iter()

@@ -79,6 +79,7 @@ fn conv2d_forward_and_backward_match_reference() {
         for subgroups in forward_kernels(gpu) {
             let options = conv::BackwardOptions {
                 input_grad: true,
+                weight_grad: true,
                 bias: true,
                 subgroups,
             };
@@ -86,7 +87,7 @@ fn conv2d_forward_and_backward_match_reference() {
             gpu.execute(&plan).unwrap();
             for (name, t, want) in [
                 ("dx", g.dx.as_ref().unwrap(), &want_dx),
-                ("dw", &g.dw, &want_dw),
+                ("dw", g.dw.as_ref().unwrap(), &want_dw),
                 ("db", g.dbias.as_ref().unwrap(), &want_db),
             ] {
                 allclose(&gpu.read::<f32>(t).unwrap(), want, tol, tol)
@@ -100,7 +101,31 @@ fn conv2d_forward_and_backward_match_reference() {
             let (plan, g) = conv::backward_with(gpu, &x, &wt, &dy, &spec, options).unwrap();
             assert!(g.dx.is_none());
             gpu.execute(&plan).unwrap();
-            allclose(&gpu.read::<f32>(&g.dw).unwrap(), &want_dw, tol, tol).unwrap();
+            allclose(
+                &gpu.read::<f32>(g.dw.as_ref().unwrap()).unwrap(),
+                &want_dw,
+                tol,
+                tol,
+            )
+            .unwrap();
+            // A frozen layer: dx alone, no launch for dw.
+            let frozen = conv::BackwardOptions {
+                input_grad: true,
+                weight_grad: false,
+                bias: false,
+                ..options
+            };
+            let (only_dx, g) = conv::backward_with(gpu, &x, &wt, &dy, &spec, frozen).unwrap();
+            assert!(g.dw.is_none() && g.dbias.is_none());
+            assert!(only_dx.len() < plan.len() + 1);
+            gpu.execute(&only_dx).unwrap();
+            allclose(
+                &gpu.read::<f32>(g.dx.as_ref().unwrap()).unwrap(),
+                &want_dx,
+                tol,
+                tol,
+            )
+            .unwrap();
         }
     }
 }

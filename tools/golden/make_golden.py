@@ -89,9 +89,9 @@ def l2_norm(student):
     return torch.norm(student.reshape(student.shape[0], -1), dim=1).mean()
 
 
-def bn_match(student, teacher):
+def bn_match(student, running):
     # DeepInversion's DeepInversionFeatureHook: norm(var − running_var) + norm(mean − running_mean).
-    return torch.norm(student[1] - teacher[1]) + torch.norm(student[0] - teacher[0])
+    return torch.norm(student[1] - running[1]) + torch.norm(student[0] - running[0])
 
 
 def hint(student, teacher):
@@ -288,7 +288,7 @@ OPS = {
     "l1": (l1, ["student", "teacher"]),
     "tv": (tv, ["student"]),
     "l2_norm": (l2_norm, ["student"]),
-    "bn_match": (bn_match, ["student", "teacher"]),
+    "bn_match": (bn_match, ["student", "running"]),
     "hint": (hint, ["student", "teacher"]),
     "at": (at, ["student", "teacher"]),
     "sp": (sp, ["student", "teacher"]),
