@@ -96,6 +96,17 @@ fn argmax(row: &[f32]) -> usize {
         .unwrap_or(0)
 }
 
+/// AdamW at 2e-3 with a little weight decay, for the teacher and the students.
+fn adamw() -> OptimizerSpec {
+    OptimizerSpec::AdamW(AdamW {
+        lr: 2e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 1e-4,
+    })
+}
+
 /// One epoch of cross-entropy with AdamW on the training set.
 fn train_teacher(gpu: &Gpu, graph: &Graph, train: &Dataset) -> Result<Weights, Error> {
     let weights = Weights::init(gpu, graph, 1)?;
@@ -104,13 +115,7 @@ fn train_teacher(gpu: &Gpu, graph: &Graph, train: &Dataset) -> Result<Weights, E
         student_weights: &weights,
         teacher: None,
         losses: vec![LossSpec::logits(Loss::new("ce")?, 1.0)],
-        optimizer: OptimizerSpec::AdamW(AdamW {
-            lr: 2e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-4,
-        }),
+        optimizer: adamw(),
         seed: 0,
     };
     let step = TrainStep::compile(gpu, &spec)?;
@@ -148,13 +153,7 @@ fn distil(
             Loss::new("kd")?.with("temperature", 4.0)?,
             1.0,
         )],
-        optimizer: OptimizerSpec::AdamW(AdamW {
-            lr: 2e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-4,
-        }),
+        optimizer: adamw(),
         seed: 0,
     };
     let step = TrainStep::compile(gpu, &spec)?;

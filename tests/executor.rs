@@ -1610,7 +1610,11 @@ fn dropout_in_evaluation_mode_passes_gradients_through() {
         let mut g = Graph::new();
         let x = g.input("x", &[3, 5], DType::F32).unwrap();
         let h = g.linear("fc", x, 4, true).unwrap();
-        let h = if dropout { g.dropout(h, 0.5).unwrap() } else { h };
+        let h = if dropout {
+            g.dropout(h, 0.5).unwrap()
+        } else {
+            h
+        };
         g.set_output(h).unwrap();
         g.frozen()
     };
