@@ -358,6 +358,13 @@ fn numbers_sizes_and_names_are_range_checked() {
             &["models.teacher.depth", "at most"],
         ),
         (
+            with(
+                "arch = \"mlp\"\nhidden = [512, 512]",
+                "arch = \"mobilenet\"\nwidth = 0.0",
+            ),
+            &["models.teacher.width", "(0, 8]"],
+        ),
+        (
             with("train_limit = 20000", "train_limit = 0"),
             &["data.train_limit", "at least 2"],
         ),

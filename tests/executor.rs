@@ -134,6 +134,25 @@ fn cnn_gradients_match_finite_differences() {
     check_model_gradients("cnn", &g, 2);
 }
 
+/// The MobileNet-style family (depthwise-separable blocks, torchvision's names) at a quarter
+/// width: every parameter's gradient against central differences, and the layout a PyTorch
+/// checkpoint of the same network has.
+#[test]
+fn mobilenet_gradients_match_finite_differences_and_names_follow_torchvision() {
+    let g = models::mobilenet([2, 1, 8, 8], 0.25, 3).unwrap();
+    let shape = |name: &str| {
+        let v = g.find(name).unwrap_or_else(|| panic!("{name}"));
+        g.shape(v).to_vec()
+    };
+    assert_eq!(shape("features.0.0.weight"), [4, 1, 3, 3]);
+    assert_eq!(shape("features.1.conv.0.weight"), [4, 1, 3, 3], "depthwise");
+    assert_eq!(shape("features.1.conv.3.weight"), [8, 4, 1, 1], "pointwise");
+    assert_eq!(shape("features.5.conv.4.running_var"), [32]);
+    assert_eq!(shape("classifier.weight"), [3, 32]);
+    assert!(models::mobilenet([2, 1, 8, 8], 0.0, 3).is_err());
+    check_model_gradients("mobilenet", &g, 9);
+}
+
 /// A depthwise-separable block (depthwise 3×3, then pointwise 1×1) and a grouped 3×3 layer,
 /// built from the one Conv2d op with its `groups`.
 #[test]

@@ -100,7 +100,7 @@ enum Command {
     Eval {
         /// The checkpoint (safetensors, PyTorch names).
         checkpoint: PathBuf,
-        /// Architecture: mlp, cnn or resnet.
+        /// Architecture: mlp, cnn, mobilenet or resnet.
         #[arg(long)]
         arch: String,
         /// MLP hidden widths, e.g. 512,512.
@@ -115,6 +115,9 @@ enum Command {
         /// ResNet stage widths.
         #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
         widths: Vec<usize>,
+        /// MobileNet width multiplier.
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
         /// Fashion-MNIST folder.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -216,6 +219,7 @@ pub fn run() -> Result<(), CliError> {
             channels,
             depth,
             widths,
+            width,
             data,
         }) => {
             let arch = train::ArchArgs {
@@ -224,6 +228,7 @@ pub fn run() -> Result<(), CliError> {
                 channels,
                 depth,
                 widths,
+                width,
             };
             train::eval(&query, &checkpoint, &arch, data)
         }

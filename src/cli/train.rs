@@ -132,7 +132,7 @@ pub fn print_default() {
 
 /// The model flags of `wgdistill eval`.
 pub struct ArchArgs {
-    /// `mlp`, `cnn` or `resnet`.
+    /// `mlp`, `cnn`, `mobilenet` or `resnet`.
     pub arch: String,
     /// MLP hidden widths.
     pub hidden: Vec<usize>,
@@ -142,6 +142,8 @@ pub struct ArchArgs {
     pub depth: usize,
     /// ResNet stage widths.
     pub widths: Vec<usize>,
+    /// MobileNet width multiplier.
+    pub width: f64,
 }
 
 impl ArchArgs {
@@ -153,6 +155,10 @@ impl ArchArgs {
             },
             "cnn" => config::ModelConfig::Cnn {
                 channels: self.channels.clone(),
+                checkpoint: None,
+            },
+            "mobilenet" => config::ModelConfig::Mobilenet {
+                width: self.width,
                 checkpoint: None,
             },
             "resnet" => {
@@ -170,7 +176,7 @@ impl ArchArgs {
             }
             other => {
                 return Err(CliError::Message(format!(
-                    "--arch: unknown architecture '{other}'; expected mlp, cnn or resnet"
+                    "--arch: unknown architecture '{other}'; expected mlp, cnn, mobilenet or resnet"
                 )));
             }
         })

@@ -121,3 +121,56 @@ pub fn resnet(
     g.set_output(logits)?;
     Ok(g)
 }
+
+/// The blocks of [`mobilenet`] at width 1: (output channels, stride) after a 16-channel stem,
+/// for 28×28 inputs (two stride-2 blocks leave 7×7 maps).
+pub const MOBILENET_BLOCKS: [(usize, usize); 5] = [(32, 1), (64, 2), (64, 1), (128, 2), (128, 1)];
+
+/// A MobileNet-style network of depthwise-separable blocks (MobileNetV1's, with torchvision's
+/// `features.i.…` naming): a 3×3 stem (`features.0.0` conv, `features.0.1` BN, ReLU), then per
+/// block `features.i.conv.0` a depthwise 3×3 convolution (groups = its channels), `.1` BN, ReLU,
+/// `.3` a pointwise 1×1 convolution, `.4` BN, ReLU; global average pooling and `classifier`.
+/// Every channel count is [`MOBILENET_BLOCKS`]'s (and the stem's 16) times `width`, rounded, at
+/// least 4. Taps: `features.i` after each block.
+pub fn mobilenet(input: [usize; 4], width: f64, classes: usize) -> Result<Graph> {
+    if !(width.is_finite() && width > 0.0 && width <= 8.0) {
+        return Err(crate::error::shape_error(
+            "mobilenet",
+            format!("width must be in (0, 8], got {width}"),
+        ));
+    }
+    let scaled = |c: usize| ((c as f64 * width).round() as usize).max(4);
+    let conv = |out, kernel, stride, groups| ConvLayer {
+        out,
+        kernel,
+        stride,
+        padding: kernel / 2,
+        bias: false,
+        groups,
+    };
+    let mut g = Graph::new();
+    let x = g.input("x", &input, DType::F32)?;
+    let stem = g.conv2d("features.0.0", x, conv(scaled(16), 3, 1, 1))?;
+    let stem = g.batch_norm("features.0.1", stem)?;
+    let mut h = g.relu(stem)?;
+    g.tap("features.0", h)?;
+    for (i, &(out, stride)) in MOBILENET_BLOCKS.iter().enumerate() {
+        let prefix = format!("features.{}.conv", i + 1);
+        let channels = g.shape(h)[1];
+        let dw = g.conv2d(
+            &format!("{prefix}.0"),
+            h,
+            conv(channels, 3, stride, channels),
+        )?;
+        let dw = g.batch_norm(&format!("{prefix}.1"), dw)?;
+        let dw = g.relu(dw)?;
+        let pw = g.conv2d(&format!("{prefix}.3"), dw, conv(scaled(out), 1, 1, 1))?;
+        let pw = g.batch_norm(&format!("{prefix}.4"), pw)?;
+        h = g.relu(pw)?;
+        g.tap(&format!("features.{}", i + 1), h)?;
+    }
+    let pooled = g.global_avg_pool(h)?;
+    let logits = g.linear("classifier", pooled, classes, true)?;
+    g.set_output(logits)?;
+    Ok(g)
+}

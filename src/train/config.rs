@@ -87,6 +87,14 @@ pub enum ModelConfig {
         /// Weights to load.
         checkpoint: Option<String>,
     },
+    /// A MobileNet-style network of depthwise-separable blocks.
+    Mobilenet {
+        /// Width multiplier on every channel count.
+        #[serde(default = "default_width")]
+        width: f64,
+        /// Weights to load.
+        checkpoint: Option<String>,
+    },
     /// A CIFAR-style ResNet.
     Resnet {
         /// 6n + 2.
@@ -103,6 +111,10 @@ fn default_channels() -> Vec<usize> {
     vec![32, 64]
 }
 
+fn default_width() -> f64 {
+    1.0
+}
+
 fn default_widths() -> [usize; 3] {
     [16, 32, 64]
 }
@@ -113,6 +125,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Mlp { checkpoint, .. }
             | ModelConfig::Cnn { checkpoint, .. }
+            | ModelConfig::Mobilenet { checkpoint, .. }
             | ModelConfig::Resnet { checkpoint, .. } => checkpoint.as_deref(),
         }
     }
@@ -122,6 +135,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Mlp { hidden, .. } => models::mlp(input, hidden, classes),
             ModelConfig::Cnn { channels, .. } => models::cnn(input, channels, classes),
+            ModelConfig::Mobilenet { width, .. } => models::mobilenet(input, *width, classes),
             ModelConfig::Resnet { depth, widths, .. } => {
                 models::resnet(input, *depth, *widths, classes)
             }
@@ -564,6 +578,13 @@ impl ModelConfig {
                     return Err((".channels".into(), "needs at least one block".into()));
                 }
                 widths("channels", channels, 4)
+            }
+            ModelConfig::Mobilenet { width, .. } => {
+                if width.is_finite() && *width > 0.0 && *width <= 8.0 {
+                    Ok(())
+                } else {
+                    Err((".width".into(), format!("must be in (0, 8], got {width}")))
+                }
             }
             ModelConfig::Resnet {
                 depth, widths: w, ..
