@@ -132,6 +132,9 @@ pub struct RunFolder {
     writes: Cell<usize>,
 }
 
+/// Tries of a busy folder's lock after the first, 100 ms apart.
+const LOCK_RETRIES: usize = 20;
+
 impl RunFolder {
     /// The folder `out`, with its `checkpoints/` and `state/` created.
     pub fn create(out: &Path) -> Result<RunFolder> {
@@ -165,16 +168,25 @@ impl RunFolder {
             .write(true)
             .open(&path)
             .map_err(|e| input_error(&what, format!("cannot open ({e})")))?;
-        match file.try_lock() {
-            Ok(()) => Ok(RunLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(input_error(
-                self.out.display().to_string(),
-                "another wgdistill run is writing to this folder; wait for it or use another --out",
-            )),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(input_error(&what, format!("cannot lock ({e})")))
+        // A lock can outlive its holder by a moment: a process forked by another thread (a
+        // `Command` spawn) shares the lock's open file until it execs. So a busy folder is
+        // tried for up to two seconds before it is reported: a real run holds it far longer.
+        for attempt in 0..=LOCK_RETRIES {
+            match file.try_lock() {
+                Ok(()) => return Ok(RunLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if attempt < LOCK_RETRIES => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => break,
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(input_error(&what, format!("cannot lock ({e})")));
+                }
             }
         }
+        Err(input_error(
+            self.out.display().to_string(),
+            "another wgdistill run is writing to this folder; wait for it or use another --out",
+        ))
     }
 
     /// The folder itself.
