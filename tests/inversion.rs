@@ -159,6 +159,13 @@ fn bad_synthesis_settings_are_clear_errors() {
     let mut s = spec(vec![0, 1]);
     s.tv_weight = -1.0;
     assert!(err(s).contains("tv_weight"));
+    // A synthesis that diverges says so instead of handing out NaN images.
+    let mut s = spec(vec![0, 1]);
+    s.lr = 1e30;
+    let inv = Inversion::compile(gpu, &g, &w, &s).unwrap();
+    inv.run(gpu, 5).unwrap();
+    let e = inv.images(gpu).err().unwrap().to_string();
+    assert!(e.contains("non-finite"), "{e}");
     let mlp = models::mlp([2, 1, 6, 6], &[5], 4).unwrap();
     let wm = wgdistill::graph::Weights::init(gpu, &mlp, 1).unwrap();
     let e = Inversion::compile(gpu, &mlp, &wm, &spec(vec![0, 1]))

@@ -313,9 +313,20 @@ impl Inversion {
         })
     }
 
-    /// The images now, `(B, C, H, W)` row-major.
+    /// The images now, `(B, C, H, W)` row-major; an error if the synthesis went non-finite
+    /// (too high a learning rate), so no NaN image is ever written.
     pub fn images(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        gpu.read(&self.images)
+        let images: Vec<f32> = gpu.read(&self.images)?;
+        if images.iter().any(|v| !v.is_finite()) {
+            return Err(input_error(
+                "deep inversion",
+                format!(
+                    "the images went non-finite (lr {}): lower the learning rate",
+                    self.spec.lr
+                ),
+            ));
+        }
+        Ok(images)
     }
 
     /// The gradient of the objective with respect to the images in the last iteration.

@@ -122,6 +122,15 @@ pub fn resnet(
     Ok(g)
 }
 
+/// The widths [`mobilenet`] accepts, (0, 8]: the one rule, for the builder and the config check.
+pub fn check_mobilenet_width(width: f64) -> std::result::Result<(), String> {
+    if width.is_finite() && width > 0.0 && width <= 8.0 {
+        Ok(())
+    } else {
+        Err(format!("width must be in (0, 8], got {width}"))
+    }
+}
+
 /// The blocks of [`mobilenet`] at width 1: (output channels, stride) after a 16-channel stem,
 /// for 28×28 inputs (two stride-2 blocks leave 7×7 maps).
 pub const MOBILENET_BLOCKS: [(usize, usize); 5] = [(32, 1), (64, 2), (64, 1), (128, 2), (128, 1)];
@@ -133,11 +142,8 @@ pub const MOBILENET_BLOCKS: [(usize, usize); 5] = [(32, 1), (64, 2), (64, 1), (1
 /// Every channel count is [`MOBILENET_BLOCKS`]'s (and the stem's 16) times `width`, rounded, at
 /// least 4. Taps: `features.i` after each block.
 pub fn mobilenet(input: [usize; 4], width: f64, classes: usize) -> Result<Graph> {
-    if !(width.is_finite() && width > 0.0 && width <= 8.0) {
-        return Err(crate::error::shape_error(
-            "mobilenet",
-            format!("width must be in (0, 8], got {width}"),
-        ));
+    if let Err(message) = check_mobilenet_width(width) {
+        return Err(crate::error::shape_error("mobilenet", message));
     }
     let scaled = |c: usize| ((c as f64 * width).round() as usize).max(4);
     let conv = |out, kernel, stride, groups| ConvLayer {

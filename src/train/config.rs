@@ -580,11 +580,7 @@ impl ModelConfig {
                 widths("channels", channels, 4)
             }
             ModelConfig::Mobilenet { width, .. } => {
-                if width.is_finite() && *width > 0.0 && *width <= 8.0 {
-                    Ok(())
-                } else {
-                    Err((".width".into(), format!("must be in (0, 8], got {width}")))
-                }
+                models::check_mobilenet_width(*width).map_err(|m| (".width".into(), m))
             }
             ModelConfig::Resnet {
                 depth, widths: w, ..
