@@ -24,6 +24,7 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../examples/pytorch_teacher/distill.toml"),
         include_str!("../configs/results.toml"),
         include_str!("../configs/feature_knowledge.toml"),
+        include_str!("../configs/data_free.toml"),
     ] {
         check(text).unwrap();
     }
@@ -393,6 +394,121 @@ fn numbers_sizes_and_names_are_range_checked() {
     }
     for (text, needles) in cases {
         let e = check(&text).expect_err(&format!("must be refused: {needles:?}"));
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.starts_with("run.toml"), "{e}");
+        for n in needles {
+            assert!(e.contains(n), "expected '{n}' in: {e}");
+        }
+    }
+}
+
+/// The data-free stage kinds' rules: each mistake in configs/data_free.toml is one line naming
+/// the stage's key.
+#[test]
+fn data_free_stage_errors_name_their_keys() {
+    const DATA_FREE: &str = include_str!("../configs/data_free.toml");
+    let with = |find: &str, replace: &str| {
+        assert!(DATA_FREE.contains(find), "{find}");
+        DATA_FREE.replacen(find, replace, 1)
+    };
+    let synthesis = "synthesis = { images = 1000, batch = 50,";
+    let generator = "generator = { latent = 256, width = 16,";
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with(
+                "name = \"teacher\"",
+                "name = \"teacher\"\nsynthesis = { images = 10 }",
+            ),
+            &["stages[0].synthesis", "deep_inversion"],
+        ),
+        (
+            with(
+                "kind = \"deep_inversion\"",
+                "kind = \"deep_inversion\"\nepochs = 3",
+            ),
+            &["stages[1].epochs", "trains no model"],
+        ),
+        (
+            with("kind = \"deep_inversion\"", "kind = \"gan\""),
+            &["stages[1].kind", "unknown variant `gan`"],
+        ),
+        (
+            with(synthesis, "nothing = { images = 1000, batch = 50,"),
+            &["stages[1]", "unknown field `nothing`"],
+        ),
+        (
+            with(synthesis, "synthesis = { images = 1001, batch = 50,"),
+            &["stages[1].synthesis.images", "multiple of batch"],
+        ),
+        (
+            with("iterations = 500, lr = 0.05", "iterations = 500, lr = 0.0"),
+            &["stages[1].synthesis.lr", "> 0"],
+        ),
+        (
+            with("bn_weight = 0.05", "bn_weight = -1.0"),
+            &["stages[1].synthesis.bn_weight", "≥ 0"],
+        ),
+        (
+            with(
+                "arch = \"cnn\"\nchannels = [16, 32]",
+                "arch = \"mlp\"\nhidden = [64]",
+            ),
+            &["stages[1].teachers[0]", "no BatchNorm"],
+        ),
+        (
+            with("transfer = \"synthesise\"", "transfer = \"teacher\""),
+            &["stages[2].transfer", "not an earlier deep_inversion stage"],
+        ),
+        (
+            with("batch_size = 128", "batch_size = 128\nteacher_cache = true"),
+            &["stages[2].transfer", "teacher_cache"],
+        ),
+        (
+            with(
+                "optimizer = { kind = \"adamw\", lr = 2e-3, weight_decay = 1e-4 }\nlosses = [{ kind = \"kd\"",
+                "losses = [{ kind = \"kd\"",
+            ),
+            &["stages[2].optimizer", "trains models"],
+        ),
+        (
+            with(generator, "nothing = { latent = 256, width = 16,"),
+            &["stages[3]", "unknown field `nothing`"],
+        ),
+        (
+            with(
+                "losses = [{ kind = \"l1\" }]",
+                "losses = [{ kind = \"kd\" }]",
+            ),
+            &["stages[3].losses", "l1"],
+        ),
+        (
+            with(generator, "generator = { latent = 256, width = 0,"),
+            &["stages[3].generator.width", "from 1 to 1024"],
+        ),
+        (
+            with(
+                "batch = 64, optimizer = { kind = \"adamw\", lr = 1e-3",
+                "batch = 1, optimizer = { kind = \"adamw\", lr = 1e-3",
+            ),
+            &["stages[3].generator.batch", "from 2", "two images"],
+        ),
+        (
+            with(
+                "kind = \"adamw\", lr = 1e-3, weight_decay = 0.0",
+                "kind = \"adamw\", lr = -1e-3, weight_decay = 0.0",
+            ),
+            &["stages[3].generator.optimizer.lr", "> 0"],
+        ),
+        (
+            with(
+                "train = [\"student_dfad\"]\nteachers = [\"teacher\"]",
+                "train = [\"student_dfad\"]\nteachers = [\"teacher\", \"teacher\"]",
+            ),
+            &["stages[3].teachers", "one teacher"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let e = check(&text).expect_err("must be refused");
         assert!(!e.contains('\n'), "one line: {e}");
         assert!(e.starts_with("run.toml"), "{e}");
         for n in needles {

@@ -23,6 +23,13 @@ fn print_table(summary: &Summary) {
         "stage", "model", "test accuracy", "best", "epochs", "wall s", "samples/s"
     );
     for s in &summary.stages {
+        if s.models.is_empty() {
+            // A synthesis stage: its speed is in images made per second.
+            println!(
+                "{:<18} {:<18} {:>17} {:>8} {:>7} {:>10.1} {:>10.1}",
+                s.name, "(synthesised set)", "-", "-", "-", s.wall_seconds, s.samples_per_second
+            );
+        }
         for m in &s.models {
             let acc = match m.test_accuracy_std {
                 Some(std) => format!("{:.4} ± {std:.4}", m.test_accuracy),

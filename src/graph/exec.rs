@@ -175,7 +175,7 @@ pub fn plan_forward(
                 plan.push(d);
                 y
             }
-            Op::Flatten { x } => v(x).reshape(&node.shape)?,
+            Op::Reshape { x } => v(x).reshape(&node.shape)?,
             Op::AdaptiveAvgPool { x, out } => {
                 let (d, y) = pool::adaptive_avg_pool_forward(gpu, v(x), out)?;
                 plan.push(d);
@@ -429,7 +429,7 @@ pub fn plan_backward(
                 plan.push(d);
                 grads.add(gpu, plan, x, dx, true)?;
             }
-            Op::Flatten { x } => grads.add(gpu, plan, x, dy.reshape(graph.shape(x))?, false)?,
+            Op::Reshape { x } => grads.add(gpu, plan, x, dy.reshape(graph.shape(x))?, false)?,
             Op::ChannelMoments { x } => {
                 let (d, dx) = batchnorm::moments_backward(gpu, &f[x.0], &f[i], &dy)?;
                 plan.push(d);

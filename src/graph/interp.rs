@@ -146,7 +146,7 @@ pub fn forward_in(
                     .map(|p| p.iter().sum::<f64>() / hw as f64)
                     .collect()
             }
-            Op::Flatten { x } => v(x),
+            Op::Reshape { x } => v(x),
             Op::ChannelMoments { x } => {
                 let s = graph.shape(x);
                 batchnorm::moments(&values[x.0], s[0], s[1], s[2..].iter().product())

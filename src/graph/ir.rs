@@ -122,8 +122,8 @@ pub enum Op {
         /// Input.
         x: Value,
     },
-    /// (N, …) → (N, ∏…), a view.
-    Flatten {
+    /// The same elements in the node's shape, a view (`flatten`, `reshape`).
+    Reshape {
         /// Input.
         x: Value,
     },
@@ -197,7 +197,7 @@ impl Op {
             | Op::LeakyRelu { x, .. }
             | Op::Tanh { x }
             | Op::ChannelMoments { x }
-            | Op::Flatten { x }
+            | Op::Reshape { x }
             | Op::Dropout { x, .. }
             | Op::AdaptiveAvgPool { x, .. }
             | Op::L2Normalize { x, .. } => vec![x],
@@ -239,7 +239,7 @@ impl Op {
             | Op::LeakyRelu { x, .. }
             | Op::Tanh { x }
             | Op::ChannelMoments { x }
-            | Op::Flatten { x }
+            | Op::Reshape { x }
             | Op::Dropout { x, .. }
             | Op::AdaptiveAvgPool { x, .. }
             | Op::L2Normalize { x, .. } => *x = f(*x),
@@ -463,6 +463,12 @@ impl Graph {
     /// `prefix.weight`, `prefix.bias`, `prefix.running_mean`, `prefix.running_var`, as
     /// `nn.BatchNorm1d/2d(C)`.
     pub fn batch_norm(&mut self, prefix: &str, x: Value) -> Result<Value> {
+        self.batch_norm_with(prefix, x, true)
+    }
+
+    /// Batch normalisation, with a learnt scale and shift when `affine` (as `batch_norm`) or
+    /// without (`nn.BatchNorm2d(C, affine=False)`: γ = 1 and β = 0 are then fixed buffers).
+    pub fn batch_norm_with(&mut self, prefix: &str, x: Value, affine: bool) -> Result<Value> {
         let shape = self.shape(x).to_vec();
         if !(shape.len() == 2 || shape.len() == 4) {
             return Err(shape_error(
@@ -471,8 +477,17 @@ impl Graph {
             ));
         }
         let c = shape[1];
-        let gamma = self.param(&format!("{prefix}.weight"), &[c], Init::Ones)?;
-        let beta = self.param(&format!("{prefix}.bias"), &[c], Init::Zeros)?;
+        let (gamma, beta) = if affine {
+            (
+                self.param(&format!("{prefix}.weight"), &[c], Init::Ones)?,
+                self.param(&format!("{prefix}.bias"), &[c], Init::Zeros)?,
+            )
+        } else {
+            (
+                self.buffer(&format!("{prefix}.weight"), &[c], Init::Ones)?,
+                self.buffer(&format!("{prefix}.bias"), &[c], Init::Zeros)?,
+            )
+        };
         let running_mean = self.buffer(&format!("{prefix}.running_mean"), &[c], Init::Zeros)?;
         let running_var = self.buffer(&format!("{prefix}.running_var"), &[c], Init::Ones)?;
         let op = Op::BatchNorm {
@@ -608,10 +623,27 @@ impl Graph {
         let rest = shape.iter().skip(1).product();
         self.push(
             self.auto_name("flatten"),
-            Op::Flatten { x },
+            Op::Reshape { x },
             vec![n, rest],
             DType::F32,
         )
+    }
+
+    /// The same elements in `shape` (a view; PyTorch's `view`), e.g. a generator's latent
+    /// projection `(N, C·H·W)` → `(N, C, H, W)`.
+    pub fn reshape(&mut self, x: Value, shape: &[usize]) -> Result<Value> {
+        let name = self.auto_name("reshape");
+        let (from, to) = (
+            self.shape(x).iter().product::<usize>(),
+            shape.iter().product::<usize>(),
+        );
+        if from != to || shape.is_empty() {
+            return Err(shape_error(
+                &name,
+                format!("cannot view {:?} as {shape:?}", self.shape(x)),
+            ));
+        }
+        self.push(name, Op::Reshape { x }, shape.to_vec(), DType::F32)
     }
 
     /// The per-channel moments of `x` (`(N, C)` or `(N, C, H, W)`): `[2, C]`, means then biased

@@ -1,17 +1,21 @@
 //! The graph executor: models as graphs of kernel-library ops ([`ir`]), their weights by PyTorch
 //! name ([`weights`]), forward and reverse-mode backward planning ([`exec`]), buffer reuse by
 //! liveness ([`memory`]), and compiled steps that replay a whole training step with one
-//! submission ([`step`]) or synthesise a teacher's inputs ([`inversion`]); and an f64 interpreter of the same graphs ([`interp`]), the reference
+//! submission ([`step`]), synthesise a teacher's inputs ([`inversion`]) or train a generator
+//! against a student without data ([`dfad`]), their optimizer updates in one place ([`update`]); and an f64 interpreter of the same graphs ([`interp`]), the reference
 //! the executor's gradients are checked against.
 
+pub mod dfad;
 pub mod exec;
 pub mod interp;
 pub mod inversion;
 pub mod ir;
 pub mod memory;
 pub mod step;
+pub mod update;
 pub mod weights;
 
+pub use dfad::{Dfad, DfadSpec};
 pub use exec::Mode;
 pub use inversion::{Inversion, InversionLosses, InversionSpec};
 pub use ir::{ConvLayer, Graph, Init, Op, Value};

@@ -19,6 +19,7 @@ use crate::{Error, Result};
 use super::exec::{Forward, Mode, plan_backward, plan_forward};
 use super::ir::{ConvLayer, Graph, Op, Value};
 use super::memory::{MemoryReport, plan_memory};
+use super::update::{OptimizerState, named_updates, plan_updates};
 use super::weights::Weights;
 
 /// A trainable regressor between a student tap and the teacher's (FitNet): it trains with the
@@ -181,7 +182,7 @@ pub struct TrainStep {
 /// step compiled for a smaller last batch shares these with the main one.
 pub struct TrainState {
     step: Tensor,
-    optimizer: BTreeMap<String, Vec<Tensor>>,
+    optimizer: OptimizerState,
     adapters: Vec<Weights>,
     parameters: Vec<Weights>,
     frozen: Vec<Weights>,
@@ -806,14 +807,7 @@ impl TrainStep {
         // Optimizer: advance the step counter (read by dropout and the updates), then one fused
         // update per parameter.
         plan.push(optimizer::advance_step(gpu, &step)?);
-        let mut updates: Vec<(String, &Tensor, &Tensor)> = Vec::new();
-        for (name, g) in &grads {
-            let p = spec
-                .student_weights
-                .get(name)
-                .ok_or_else(|| shape_error(name, "missing from the weights"))?;
-            updates.push((name.clone(), p, g));
-        }
+        let mut updates = named_updates(spec.student_weights, &grads)?;
         for (w, grads) in adapter_parts.iter().chain(&parameter_parts) {
             for (name, g) in grads {
                 if let Some(p) = w.get(name) {
@@ -821,27 +815,15 @@ impl TrainStep {
                 }
             }
         }
-        let mut opt_state = BTreeMap::new();
-        for (name, p, g) in updates {
-            let slots = match spec.optimizer {
-                OptimizerSpec::Sgd(_) => 1,
-                OptimizerSpec::AdamW(_) => 2,
-            };
-            let state: Vec<Tensor> = match shared.as_ref().and_then(|s| s.optimizer.get(&name)) {
-                Some(existing) if existing.len() == slots => existing.clone(),
-                _ => (0..slots)
-                    .map(|_| gpu.zeros(p.shape(), DType::F32))
-                    .collect::<Result<_>>()?,
-            };
-            optimizer_launches.push(plan.len());
-            plan.push(match spec.optimizer {
-                OptimizerSpec::Sgd(s) => optimizer::sgd(gpu, &s, p, g, &state[0], &step)?,
-                OptimizerSpec::AdamW(s) => {
-                    optimizer::adamw(gpu, &s, p, g, &state[0], &state[1], &step)?
-                }
-            });
-            opt_state.insert(name, state);
-        }
+        let (opt_state, launches) = plan_updates(
+            gpu,
+            &spec.optimizer,
+            updates,
+            shared.as_ref().map(|s| &s.optimizer),
+            &step,
+            &mut plan,
+        )?;
+        optimizer_launches.extend(launches);
         let state = Arc::new(TrainState {
             step,
             optimizer: opt_state,

@@ -180,3 +180,60 @@ pub fn mobilenet(input: [usize; 4], width: f64, classes: usize) -> Result<Graph>
     g.set_output(logits)?;
     Ok(g)
 }
+
+/// The widths [`generator`] accepts: its `ngf`, from 1 to 1024.
+pub fn check_generator_width(width: usize) -> std::result::Result<(), String> {
+    if (1..=1024).contains(&width) {
+        Ok(())
+    } else {
+        Err(format!("width must be from 1 to 1024, got {width}"))
+    }
+}
+
+/// DFAD's image generator (Fang et al. 2019, their `GeneratorA` with `ngf = width`) for `image`
+/// = (C, H, W) with H and W multiples of 4: the latent `z` (B, latent) → `l1.0` Linear to
+/// 2·ngf maps of (H/4, W/4) → `conv_blocks0.0` BN → nearest 2× upsampling → `conv_blocks1.0`
+/// 3×3 conv, `.1` BN, leaky ReLU 0.2 → 2× upsampling → `conv_blocks2.0` 3×3 conv to ngf, `.1`
+/// BN, leaky ReLU 0.2, `.3` 3×3 conv to C, tanh, `.5` BN without affine parameters (so the
+/// images come out standardised per channel, like the normalised data a teacher learnt on).
+/// Reads `z`; its output (tapped `images`) is the batch of images.
+pub fn generator(batch: usize, latent: usize, image: [usize; 3], width: usize) -> Result<Graph> {
+    let [c, h, w] = image;
+    if h % 4 != 0 || w % 4 != 0 || h == 0 || w == 0 {
+        return Err(crate::error::shape_error(
+            "generator",
+            format!("needs image sides that are multiples of 4, got {h}×{w}"),
+        ));
+    }
+    if let Err(message) = check_generator_width(width) {
+        return Err(crate::error::shape_error("generator", message));
+    }
+    let conv = |out| ConvLayer {
+        out,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        bias: true,
+        groups: 1,
+    };
+    let mut g = Graph::new();
+    let z = g.input("z", &[batch, latent], DType::F32)?;
+    let (h0, w0) = (h / 4, w / 4);
+    let projected = g.linear("l1.0", z, 2 * width * h0 * w0, true)?;
+    let maps = g.reshape(projected, &[batch, 2 * width, h0, w0])?;
+    let x = g.batch_norm("conv_blocks0.0", maps)?;
+    let x = g.upsample_nearest(x, 2)?;
+    let x = g.conv2d("conv_blocks1.0", x, conv(2 * width))?;
+    let x = g.batch_norm("conv_blocks1.1", x)?;
+    let x = g.leaky_relu(x, 0.2)?;
+    let x = g.upsample_nearest(x, 2)?;
+    let x = g.conv2d("conv_blocks2.0", x, conv(width))?;
+    let x = g.batch_norm("conv_blocks2.1", x)?;
+    let x = g.leaky_relu(x, 0.2)?;
+    let x = g.conv2d("conv_blocks2.3", x, conv(c))?;
+    let x = g.tanh(x)?;
+    let images = g.batch_norm_with("conv_blocks2.5", x, false)?;
+    g.tap("images", images)?;
+    g.output = Some(images);
+    Ok(g)
+}

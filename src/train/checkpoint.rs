@@ -28,7 +28,8 @@ use crate::gpu::Gpu;
 use crate::graph::{Graph, Op, Weights};
 use crate::io::{self, HostTensor, TensorMap};
 
-use super::config::Config;
+use super::config::{Config, StageKind};
+use super::data_free::synthetic_set;
 use super::summary::{StageSummary, Summary};
 
 /// Where a run stands, written after every epoch (`progress.json`) so `--resume` can go on.
@@ -244,7 +245,9 @@ impl RunFolder {
         io::write_atomic(path, bytes)
     }
 
-    fn write_tensors(&self, path: &Path, tensors: &TensorMap) -> Result<()> {
+    /// One tensor file, written like every file of the run (atomically, counted for fault
+    /// injection).
+    pub fn write_tensors(&self, path: &Path, tensors: &TensorMap) -> Result<()> {
         self.write(path, &io::serialize_safetensors(path, tensors)?)
     }
 
@@ -474,6 +477,19 @@ pub fn start_from_first_seed(config: &Config, first: &Path, out: &Path) -> Resul
             let file = format!("{model}.safetensors");
             copy(from.state(s, stage.epochs).join(&file), dir.join(&file))?;
             copy(from.model(model), to.model(model))?;
+        }
+        if stage.kind == StageKind::DeepInversion {
+            let (src, dst) = (
+                synthetic_set(first, &stage.name),
+                synthetic_set(out, &stage.name),
+            );
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    input_error(parent.display().to_string(), format!("cannot create ({e})"))
+                })?;
+            }
+            copy(src.with_extension("png"), dst.with_extension("png"))?;
+            copy(src, dst)?;
         }
     }
     to.clear_metrics();

@@ -12,6 +12,7 @@ use crate::graph::{Adapter, Graph, adapter_graph, paraphraser_graph};
 use crate::kernels::losses::{self, Loss, LossDef};
 use crate::models;
 
+use super::data_free::{self, GeneratorConfig, SynthesisConfig};
 use super::method::{Fault, Method};
 
 /// The example configuration, run by `wgdistill` with no arguments.
@@ -143,13 +144,33 @@ impl ModelConfig {
     }
 }
 
+/// What a stage does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// Trains its models on the training set (or a synthesised `transfer` set) with its loss
+    /// terms.
+    #[default]
+    Train,
+    /// Synthesises a transfer set from its one teacher (DeepInversion; settings in
+    /// `synthesis`), for later stages' `transfer`.
+    DeepInversion,
+    /// Trains its one model against a generator, from its one teacher and no data
+    /// (data-free adversarial distillation; settings in `generator`).
+    Dfad,
+}
+
 /// `[[stages]]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     /// Name, for reports.
     pub name: String,
+    /// `train` (the default), `deep_inversion` or `dfad`.
+    #[serde(default)]
+    pub kind: StageKind,
     /// Models trained in this stage.
+    #[serde(default)]
     pub train: Vec<String>,
     /// Frozen teachers. With several, KD terms target the weighted mixture of their softened
     /// outputs and feature terms name their teacher (`teacher_tap = "t1.hidden.1"`).
@@ -157,12 +178,21 @@ pub struct StageConfig {
     pub teachers: Vec<String>,
     /// The teachers' weights in the KD target (equal when absent; normalised to sum to one).
     pub teacher_weights: Option<Vec<f32>>,
-    /// Passes over the training data.
+    /// Passes over the training data (for `dfad`, rounds of `generator.iterations`).
+    #[serde(default)]
     pub epochs: usize,
-    /// The optimizer.
-    pub optimizer: OptimizerConfig,
+    /// The optimizer of the trained models (required by `train` and `dfad` stages).
+    pub optimizer: Option<OptimizerConfig>,
     /// Loss terms.
+    #[serde(default)]
     pub losses: Vec<LossConfig>,
+    /// `deep_inversion`: how the transfer set is synthesised.
+    pub synthesis: Option<SynthesisConfig>,
+    /// `dfad`: the generator and its schedule.
+    pub generator: Option<GeneratorConfig>,
+    /// Train on the images the named earlier `deep_inversion` stage synthesised (labelled with
+    /// the classes they were made for) instead of the data set's training images.
+    pub transfer: Option<String>,
     /// Self-distillation (Be Your Own Teacher): auxiliary classifier heads on these taps of the
     /// one model trained. `ce` then applies to the model's logits and every head's; `kd`/`dkd`
     /// pull each head toward the model's own (detached) logits; feature terms pull each head's
@@ -181,6 +211,16 @@ pub struct StageConfig {
 }
 
 impl StageConfig {
+    /// The optimizer of a `train` or `dfad` stage (present after [`Config::check`]).
+    pub fn optimizer(&self) -> Result<&OptimizerConfig> {
+        self.optimizer.as_ref().ok_or_else(|| {
+            input_error(
+                format!("stage '{}': optimizer", self.name),
+                "this stage trains models and needs an optimizer",
+            )
+        })
+    }
+
     /// The teachers' mixture weights, normalised.
     pub fn teacher_mixture(&self) -> Vec<f32> {
         let raw = self
@@ -646,7 +686,7 @@ impl Config {
             .collect();
         for (i, stage) in self.stages.iter().enumerate() {
             stage
-                .check(self, &graphs, &available)
+                .check(self, &graphs, &available, &self.stages[..i])
                 .map_err(|(key, message)| (format!("stages[{i}].{key}"), message))?;
             available.extend(stage.train.iter().map(String::as_str));
         }
@@ -727,12 +767,23 @@ impl StageConfig {
         config: &Config,
         graphs: &BTreeMap<&str, Graph>,
         available: &[&str],
+        earlier: &[StageConfig],
     ) -> std::result::Result<(), Fault> {
+        if data_free::check_kind(self, config, graphs, earlier)? {
+            return self.check_teachers_ready(available);
+        }
         self.check_models(config, available)?;
         if self.epochs == 0 {
             return Err(("epochs".into(), "must be at least 1".into()));
         }
         self.optimizer
+            .as_ref()
+            .ok_or_else(|| {
+                (
+                    "optimizer".to_string(),
+                    "this stage trains models: give optimizer = { kind = …, lr = … }".to_string(),
+                )
+            })?
             .check()
             .map_err(|(key, m)| (format!("optimizer{key}"), m))?;
         if self.losses.is_empty() {
@@ -849,6 +900,11 @@ impl StageConfig {
                 ));
             }
         }
+        self.check_teachers_ready(available)
+    }
+
+    /// Every teacher is trained in an earlier stage or loaded from a checkpoint.
+    fn check_teachers_ready(&self, available: &[&str]) -> std::result::Result<(), Fault> {
         for (j, t) in self.teachers.iter().enumerate() {
             if !available.contains(&t.as_str()) {
                 return Err((
@@ -881,7 +937,7 @@ impl StageConfig {
 impl OptimizerConfig {
     /// Checks the settings; errors name keys relative to `optimizer` (`.lr`, or `` for the
     /// table).
-    fn check(&self) -> std::result::Result<(), Fault> {
+    pub(super) fn check(&self) -> std::result::Result<(), Fault> {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err((
                 ".lr".into(),

@@ -160,7 +160,7 @@ fn schedule(gpu: &Gpu, plan: &mut StagePlan<'_>, epoch: usize, lr: f32) {
 }
 
 /// A progress bar for one epoch: hidden unless asked for and standard error is a terminal.
-fn progress_bar(show: bool, batches: usize, prefix: &str) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(show: bool, batches: usize, prefix: &str) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }

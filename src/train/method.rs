@@ -60,8 +60,9 @@ impl Method {
         term.check_taps(def).map_err(|(key, m)| (at(&key), m))?;
         if def.inputs.iter().any(|i| i.role == Role::Target) {
             let message = format!(
-                "{}'s targets are supplied by a data-free or adversarial scheme, which no stage \
-                 kind offers yet; it runs through `wgdistill op`",
+                "{}'s targets are supplied by a data-free or adversarial scheme, not by a \
+                 configured term (deep_inversion stages match BatchNorm statistics themselves); \
+                 it runs through `wgdistill op`",
                 def.name
             );
             return Err((at(".kind"), message));

@@ -54,7 +54,7 @@ pub fn paraphrasers(
             student_weights: &weights,
             teacher: Some((tg, tw)),
             losses: vec![LossSpec::taps(Loss::new("hint")?, 1.0, "logits", tap)],
-            optimizer: optimizer(&stage.optimizer),
+            optimizer: optimizer(stage.optimizer()?),
             seed,
         };
         let step = TrainStep::compile(gpu, &spec)?;

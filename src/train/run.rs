@@ -15,7 +15,8 @@ use crate::graph::{EvalStep, Graph, Weights};
 use crate::io;
 
 use super::checkpoint::{EpochFiles, Progress, RunFolder, export};
-use super::config::{Config, DatasetKind};
+use super::config::{Config, DatasetKind, StageKind};
+use super::data_free::load_synthetic;
 use super::epoch::train_epoch;
 use super::stage::{Shapes, StagePlan, learning_rate, with_bank_size};
 use super::summary::{AdapterSummary, StageSummary, Summary};
@@ -193,34 +194,71 @@ pub fn run(
         }
     }
     // Memory banks hold a row per training sample: their sizes are checked before any stage
-    // trains.
+    // trains (a stage on a synthesised set: against its size).
     for stage in &config.stages {
-        with_bank_size(stage.method()?.terms(stage)?, &stage.name, train.len())?;
+        let n = match stage
+            .transfer
+            .as_ref()
+            .and_then(|t| synthesis_size(config, t))
+        {
+            Some(n) => n,
+            None => train.len(),
+        };
+        with_bank_size(stage.method()?.terms(stage)?, &stage.name, n)?;
     }
     let mut stages: Vec<StageSummary> = Vec::new();
+    // The transfer sets synthesised so far, by stage name.
+    let mut synthesised: BTreeMap<String, Dataset> = BTreeMap::new();
     for (index, stage) in config.stages.iter().enumerate() {
         let resuming = resumed.as_ref().filter(|p| p.stage >= index);
         if let Some(p) = resuming.filter(|p| p.stage > index) {
-            // Completed before the interruption: its models are in their checkpoints.
+            // Completed before the interruption: its models are in their checkpoints, its
+            // synthesised set in its file.
             for name in &stage.train {
                 let graph =
                     config.models[name].graph(shapes.input(shapes.batch), shapes.classes)?;
                 let weights = folder.load_model(gpu, index, stage.epochs, name, &graph)?;
                 models.insert(name.clone(), weights);
             }
+            if stage.kind == StageKind::DeepInversion {
+                let set = load_synthetic(&opts.out, &stage.name, shapes.classes)?;
+                synthesised.insert(stage.name.clone(), set);
+            }
             stages.push(p.done[index].clone());
             continue;
         }
+        // The stage's training set: the data set's, or a synthesised one.
+        let stage_train = match &stage.transfer {
+            Some(source) => synthesised.get(source).ok_or_else(|| {
+                input_error(
+                    format!("stage '{}': transfer", stage.name),
+                    format!("no set was synthesised by a stage '{source}'"),
+                )
+            })?,
+            None => train,
+        };
+        let stage_shapes = Shapes::of(config, stage_train);
         let run = StageRun {
             gpu,
             config,
             opts,
             folder: &folder,
-            shapes: &shapes,
+            shapes: &stage_shapes,
         };
         // A stage whose first epoch had not finished starts afresh.
         let resume = resuming.filter(|p| p.epoch > 0);
-        stages.push(run.train(index, resume, &mut models, &stages, train, test, log)?);
+        let summary = match stage.kind {
+            StageKind::Train => {
+                run.train(index, resume, &mut models, &stages, stage_train, test, log)?
+            }
+            StageKind::Dfad => run.train_dfad(index, resume, &mut models, &stages, test, log)?,
+            StageKind::DeepInversion => {
+                let (summary, set) = run.synthesise(index, &models, log)?;
+                synthesised.insert(stage.name.clone(), set);
+                summary
+            }
+        };
+        stages.push(summary);
         folder.write_progress(&Progress::between_stages(config, index + 1, &stages))?;
     }
     let summary = Summary {
@@ -232,13 +270,23 @@ pub fn run(
     Ok(summary)
 }
 
-/// What every stage of a run shares.
-struct StageRun<'a> {
-    gpu: &'a Gpu,
-    config: &'a Config,
-    opts: &'a RunOptions,
-    folder: &'a RunFolder,
-    shapes: &'a Shapes,
+/// The size of the set `deep_inversion` stage `name` synthesises.
+fn synthesis_size(config: &Config, name: &str) -> Option<usize> {
+    config
+        .stages
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.synthesis.as_ref())
+        .map(|s| s.images)
+}
+
+/// What every stage of a run shares, and the shapes of the stage's data.
+pub(super) struct StageRun<'a> {
+    pub(super) gpu: &'a Gpu,
+    pub(super) config: &'a Config,
+    pub(super) opts: &'a RunOptions,
+    pub(super) folder: &'a RunFolder,
+    pub(super) shapes: &'a Shapes,
 }
 
 impl StageRun<'_> {
@@ -282,7 +330,7 @@ impl StageRun<'_> {
                     ),
                 ));
             }
-            let lr = learning_rate(&stage.optimizer, epoch, stage.epochs);
+            let lr = learning_rate(stage.optimizer()?, epoch, stage.epochs);
             let stats = train_epoch(gpu, config, epoch, lr, &mut plan, train, opts)?;
             trained += stats.samples;
             let steps = plan.step.steps_taken(gpu)?;

@@ -302,7 +302,7 @@ impl<'a> StagePlan<'a> {
             student_weights: &student_weights,
             teacher: teacher_graphs.as_ref().map(|(g, _, w)| (g, w)),
             losses: terms.iter().map(|(_, l)| l.clone()).collect(),
-            optimizer: optimizer(&stage.optimizer),
+            optimizer: optimizer(stage.optimizer()?),
             seed: seed_of(config.seed, &stage.name),
         };
         let step = TrainStep::compile(gpu, &spec)?;
