@@ -25,6 +25,7 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../configs/results.toml"),
         include_str!("../configs/feature_knowledge.toml"),
         include_str!("../configs/data_free.toml"),
+        include_str!("../configs/adversarial.toml"),
     ] {
         check(text).unwrap();
     }
@@ -505,6 +506,71 @@ fn data_free_stage_errors_name_their_keys() {
                 "train = [\"student_dfad\"]\nteachers = [\"teacher\", \"teacher\"]",
             ),
             &["stages[3].teachers", "one teacher"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let e = check(&text).expect_err("must be refused");
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.starts_with("run.toml"), "{e}");
+        for n in needles {
+            assert!(e.contains(n), "expected '{n}' in: {e}");
+        }
+    }
+}
+
+/// A discriminator's settings: each mistake in configs/adversarial.toml is one line naming the
+/// stage's key.
+#[test]
+fn discriminator_errors_name_their_keys() {
+    const ADVERSARIAL: &str = include_str!("../configs/adversarial.toml");
+    let with = |find: &str, replace: &str| {
+        assert!(ADVERSARIAL.contains(find), "{find}");
+        ADVERSARIAL.replacen(find, replace, 1)
+    };
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with("tap = \"logits\", hidden", "tap = \"features.3\", hidden"),
+            &["stages[3].discriminator.tap", "teacher_cache"],
+        ),
+        (
+            with("teacher_cache = true", "teacher_cache = false")
+                .replace("tap = \"logits\", hidden", "tap = \"features.3\", hidden"),
+            &[
+                "stages[3].discriminator.tap",
+                "[128, 8, 14, 14]",
+                "[128, 16, 14, 14]",
+            ],
+        ),
+        (
+            with("teacher_cache = true", "teacher_cache = false")
+                .replace("tap = \"logits\", hidden", "tap = \"nowhere\", hidden"),
+            &["stages[3].discriminator.tap", "no such tap"],
+        ),
+        (
+            with("hidden = [64]", "hidden = [0]"),
+            &["stages[3].discriminator.hidden[0]", "from 1"],
+        ),
+        (
+            with("weight = 0.1, optimizer", "weight = -0.1, optimizer"),
+            &["stages[3].discriminator.weight", "≥ 0"],
+        ),
+        (
+            with("lr = 2e-4", "lr = 0.0"),
+            &["stages[3].discriminator.optimizer.lr", "> 0"],
+        ),
+        (
+            with(
+                "weight_decay = 0.0 } }",
+                "weight_decay = 0.0 }, depth = 3 }",
+            ),
+            &["stages[3]", "unknown field `depth`"],
+        ),
+        (
+            with(
+                "name = \"scratch\"\ntrain = [\"scratch\"]",
+                "name = \"scratch\"\ntrain = [\"scratch\"]\ndiscriminator = { optimizer = { kind = \"sgd\", lr = 0.1 } }",
+            ),
+            &["stages[1].discriminator", "one teacher"],
         ),
     ];
     for (text, needles) in cases {

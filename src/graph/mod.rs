@@ -2,10 +2,11 @@
 //! name ([`weights`]), forward and reverse-mode backward planning ([`exec`]), buffer reuse by
 //! liveness ([`memory`]), and compiled steps that replay a whole training step with one
 //! submission ([`step`]), synthesise a teacher's inputs ([`inversion`]) or train a generator
-//! against a student without data ([`dfad`]), their optimizer updates in one place ([`update`]); and an f64 interpreter of the same graphs ([`interp`]), the reference
+//! against a student without data ([`dfad`]) or a discriminator beside it ([`discriminator`]), their optimizer updates in one place ([`update`]); and an f64 interpreter of the same graphs ([`interp`]), the reference
 //! the executor's gradients are checked against.
 
 pub mod dfad;
+pub mod discriminator;
 pub mod exec;
 pub mod interp;
 pub mod inversion;
@@ -16,6 +17,7 @@ pub mod update;
 pub mod weights;
 
 pub use dfad::{Dfad, DfadSpec};
+pub use discriminator::DiscriminatorSpec;
 pub use exec::Mode;
 pub use inversion::{Inversion, InversionLosses, InversionSpec};
 pub use ir::{ConvLayer, Graph, Init, Op, Value};

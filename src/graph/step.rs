@@ -16,6 +16,7 @@ use crate::kernels::losses::{Loss, LossPlan, MemoryDef, Role};
 use crate::kernels::{elementwise, optimizer, pool};
 use crate::{Error, Result};
 
+use super::discriminator::{DiscriminatorSpec, DiscriminatorState, plan_discriminator};
 use super::exec::{Forward, Mode, plan_backward, plan_forward};
 use super::ir::{ConvLayer, Graph, Op, Value};
 use super::memory::{MemoryReport, plan_memory};
@@ -175,6 +176,8 @@ pub struct TrainStep {
     // Per term, the scale launches of its gradients.
     weight_launches: Vec<Vec<usize>>,
     optimizer_launches: Vec<usize>,
+    // The discriminator's losses on the teacher's and the student's tap, when it has one.
+    discriminator_losses: Option<[Tensor; 2]>,
 }
 
 /// What successive steps share: the step counter, the optimizer's state per parameter, the
@@ -186,6 +189,7 @@ pub struct TrainState {
     adapters: Vec<Weights>,
     parameters: Vec<Weights>,
     frozen: Vec<Weights>,
+    discriminator: Option<DiscriminatorState>,
 }
 
 /// A staging buffer the losses are copied into every so often, mapped without waiting.
@@ -471,20 +475,32 @@ impl Drop for LossFetch {
 impl TrainStep {
     /// Plans, allocates and binds everything once.
     pub fn compile(gpu: &Gpu, spec: &StepSpec<'_>) -> Result<TrainStep> {
-        Self::compile_sharing(gpu, spec, None)
+        Self::compile_sharing(gpu, spec, None, None)
+    }
+
+    /// Compiles a step whose student also plays against a discriminator on one tap (adversarial
+    /// distillation, see [`super::discriminator`]): one submission runs the student's update,
+    /// its adversarial term included, and the discriminator's.
+    pub fn compile_adversarial(
+        gpu: &Gpu,
+        spec: &StepSpec<'_>,
+        discriminator: &DiscriminatorSpec,
+    ) -> Result<TrainStep> {
+        Self::compile_sharing(gpu, spec, None, Some(discriminator))
     }
 
     /// Compiles a step that shares `other`'s counter, optimizer state and adapters: the same
     /// model at another batch size (the smaller last batch of an epoch), built over the same
     /// [`Weights`].
     pub fn compile_sibling(gpu: &Gpu, spec: &StepSpec<'_>, other: &TrainStep) -> Result<TrainStep> {
-        Self::compile_sharing(gpu, spec, Some(other.state.clone()))
+        Self::compile_sharing(gpu, spec, Some(other.state.clone()), None)
     }
 
     fn compile_sharing(
         gpu: &Gpu,
         spec: &StepSpec<'_>,
         shared: Option<Arc<TrainState>>,
+        discriminator: Option<&DiscriminatorSpec>,
     ) -> Result<TrainStep> {
         let student = spec.student;
         // The images, read by the student, or only by the teacher when the student is a module
@@ -802,6 +818,31 @@ impl TrainStep {
                 adapter_parts.push((w, grads));
             }
         }
+        // The discriminator (a sibling's, or the one asked for), after the terms: its
+        // gradient joins theirs in the student's tap.
+        let shared_discriminator = shared.as_ref().and_then(|s| s.discriminator.as_ref());
+        let discriminator = shared_discriminator
+            .map(|d| d.spec.clone())
+            .or_else(|| discriminator.cloned());
+        let discriminator = match discriminator {
+            Some(ds) => {
+                let sv = student.tapped(&ds.tap)?;
+                let (tg, tf) = teacher_fwd
+                    .as_ref()
+                    .ok_or_else(|| shape_error("discriminator", "needs a teacher"))?;
+                let t = tf.get(tg.tapped(&ds.tap)?).clone();
+                let d =
+                    plan_discriminator(gpu, &ds, fwd.get(sv), &t, shared_discriminator, &mut plan)?;
+                seeds.push((sv, d.student_seed.clone()));
+                loss_values.push((
+                    "adversarial".to_string(),
+                    ds.weight,
+                    d.adversarial_loss.clone(),
+                ));
+                Some(d)
+            }
+            None => None,
+        };
         let grads = plan_backward(gpu, student, &fwd, seeds, &[], &mut plan)?;
 
         // Optimizer: advance the step counter (read by dropout and the updates), then one fused
@@ -830,6 +871,7 @@ impl TrainStep {
             adapters: adapter_parts.into_iter().map(|(w, _)| w).collect(),
             parameters: parameter_parts.into_iter().map(|(w, _)| w).collect(),
             frozen: frozen_parts,
+            discriminator: discriminator.as_ref().map(|d| d.state.clone()),
         });
         let fetch = LossFetch {
             staging: gpu.pool().acquire(
@@ -845,6 +887,8 @@ impl TrainStep {
         drop((fwd, teacher_fwd, grads));
         let mut pinned: Vec<&Tensor> = vec![&logits];
         pinned.extend(loss_values.iter().map(|(_, _, t)| t));
+        let discriminator_losses = discriminator.map(|d| d.discriminator_losses);
+        pinned.extend(discriminator_losses.iter().flatten());
         let memory = plan_memory(gpu, &mut plan, &pinned)?;
         let bound = gpu.bind_plan(&plan)?;
         drop(plan);
@@ -862,6 +906,7 @@ impl TrainStep {
             memory,
             weight_launches,
             optimizer_launches,
+            discriminator_losses,
         })
     }
 
@@ -1136,7 +1181,43 @@ impl TrainStep {
         {
             out.extend(w.to_host(gpu)?);
         }
+        for (name, t) in self.discriminator_tensors() {
+            let host = match t.dtype() {
+                DType::U32 => HostTensor::i32(t.shape(), vec![gpu.read::<u32>(t)?[0] as i32]),
+                _ => HostTensor::f32(t.shape(), gpu.read::<f32>(t)?),
+            };
+            out.insert(name, host);
+        }
         Ok(out)
+    }
+
+    /// The discriminator's tensors a resumed run needs, by their names in the saved state:
+    /// `discriminator.step`, `discriminator.NAME`, `discriminator.optimizer.NAME.k`.
+    fn discriminator_tensors(&self) -> Vec<(String, &Tensor)> {
+        let Some(d) = &self.state.discriminator else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, &Tensor)> = vec![("discriminator.step".into(), &d.step)];
+        out.extend(
+            d.weights
+                .iter()
+                .map(|(n, t)| (format!("discriminator.{n}"), t)),
+        );
+        for (name, tensors) in &d.optimizer {
+            for (k, t) in tensors.iter().enumerate() {
+                out.push((format!("discriminator.optimizer.{name}.{k}"), t));
+            }
+        }
+        out
+    }
+
+    /// The discriminator's losses in the last step, on the teacher's tap (labelled real) and on
+    /// the student's (fake), or `None` without one.
+    pub fn discriminator_losses(&self, gpu: &Gpu) -> Result<Option<[f32; 2]>> {
+        self.discriminator_losses
+            .as_ref()
+            .map(|[r, f]| Ok([gpu.read::<f32>(r)?[0], gpu.read::<f32>(f)?[0]]))
+            .transpose()
     }
 
     /// Restores what [`TrainStep::save_state`] saved (`what` names the source in errors).
@@ -1168,6 +1249,15 @@ impl TrainStep {
             .chain(&self.state.frozen)
         {
             targets.extend(w.iter().map(|(n, t)| (n.clone(), t)));
+        }
+        for (name, t) in self.discriminator_tensors() {
+            let host = get(&name)?;
+            if t.dtype() == DType::U32 {
+                let v = host.as_i32().and_then(|v| v.first().copied()).unwrap_or(0);
+                gpu.write(t, &[v.max(0) as u32])?;
+            } else {
+                targets.push((name, t));
+            }
         }
         for (name, t) in targets {
             let host = get(&name)?;

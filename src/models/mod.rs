@@ -237,3 +237,20 @@ pub fn generator(batch: usize, latent: usize, image: [usize; 3], width: usize) -
     g.output = Some(images);
     Ok(g)
 }
+
+/// An adversarial distillation discriminator: an MLP over a tap's features (flattened) that
+/// outputs one logit per sample, "teacher" (real) against "student" (fake). `layers.{2i}` is a
+/// Linear to `hidden[i]` followed by leaky ReLU 0.2 (`layers.{2i+1}`), then `layers.{2n}` the
+/// Linear to 1, as an `nn.Sequential` numbers them. Reads `x` of `input` shape.
+pub fn discriminator(input: &[usize], hidden: &[usize]) -> Result<Graph> {
+    let mut g = Graph::new();
+    let x = g.input("x", input, DType::F32)?;
+    let mut h = g.flatten(x)?;
+    for (i, &width) in hidden.iter().enumerate() {
+        let z = g.linear(&format!("layers.{}", 2 * i), h, width, true)?;
+        h = g.leaky_relu(z, 0.2)?;
+    }
+    let logit = g.linear(&format!("layers.{}", 2 * hidden.len()), h, 1, true)?;
+    g.set_output(logit)?;
+    Ok(g)
+}

@@ -12,6 +12,7 @@ use crate::graph::{Adapter, Graph, adapter_graph, paraphraser_graph};
 use crate::kernels::losses::{self, Loss, LossDef};
 use crate::models;
 
+use super::adversarial::{self, DiscriminatorConfig};
 use super::data_free::{self, GeneratorConfig, SynthesisConfig};
 use super::method::{Fault, Method};
 
@@ -193,6 +194,8 @@ pub struct StageConfig {
     /// Train on the images the named earlier `deep_inversion` stage synthesised (labelled with
     /// the classes they were made for) instead of the data set's training images.
     pub transfer: Option<String>,
+    /// A discriminator the trained model plays against (adversarial distillation).
+    pub discriminator: Option<DiscriminatorConfig>,
     /// Self-distillation (Be Your Own Teacher): auxiliary classifier heads on these taps of the
     /// one model trained. `ce` then applies to the model's logits and every head's; `kd`/`dkd`
     /// pull each head toward the model's own (detached) logits; feature terms pull each head's
@@ -789,6 +792,7 @@ impl StageConfig {
         if self.losses.is_empty() {
             return Err(("losses".into(), "at least one loss term is needed".into()));
         }
+        adversarial::check(self, config, graphs)?;
         let method = Method::of(self)?;
         if method == Method::SelfDistillation {
             self.check_heads(&graphs[self.train[0].as_str()])?;

@@ -140,7 +140,10 @@ impl SynthesisConfig {
                 ),
             ));
         }
-        if self.images == 0 || self.images > MAX_SYNTHESIS || !self.images.is_multiple_of(self.batch) {
+        if self.images == 0
+            || self.images > MAX_SYNTHESIS
+            || !self.images.is_multiple_of(self.batch)
+        {
             return Err((
                 at("images"),
                 format!(
@@ -261,6 +264,9 @@ pub(super) fn check_kind(
     }
     if stage.transfer.is_some() && stage.kind != StageKind::Train {
         return misplaced("transfer", "train");
+    }
+    if stage.discriminator.is_some() && stage.kind != StageKind::Train {
+        return misplaced("discriminator", "train");
     }
     let one_teacher = || -> std::result::Result<&str, Fault> {
         match stage.teachers.as_slice() {

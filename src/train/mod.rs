@@ -1,9 +1,10 @@
 //! Training runs: the staged configuration ([`config`]) and each stage's method ([`method`]),
 //! the runner that executes it ([`run`]: [`stage`] plans a stage, [`epoch`] trains one epoch),
-//! the modules trained before a stage ([`pretrain`]), the data-free stage kinds ([`data_free`]), the run folder ([`checkpoint`]), `summary.json` ([`summary`]), several seeds ([`seeds`]),
+//! the modules trained before a stage ([`pretrain`]), the data-free stage kinds ([`data_free`]), a stage's discriminator ([`adversarial`]), the run folder ([`checkpoint`]), `summary.json` ([`summary`]), several seeds ([`seeds`]),
 //! the curves ([`curves`]), the teacher-output cache ([`teacher_cache`]) and the results table
 //! ([`report`]).
 
+pub mod adversarial;
 pub mod checkpoint;
 pub mod config;
 pub mod curves;

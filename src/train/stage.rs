@@ -305,7 +305,12 @@ impl<'a> StagePlan<'a> {
             optimizer: optimizer(stage.optimizer()?),
             seed: seed_of(config.seed, &stage.name),
         };
-        let step = TrainStep::compile(gpu, &spec)?;
+        let step = match &stage.discriminator {
+            Some(d) => {
+                TrainStep::compile_adversarial(gpu, &spec, &d.spec(config.seed, &stage.name))?
+            }
+            None => TrainStep::compile(gpu, &spec)?,
+        };
         if start_epoch > 0 {
             let file = format!("{key}.train-state");
             let (what, saved) = folder.read_state(index, start_epoch, &file)?;
