@@ -211,6 +211,8 @@ fn main() -> Result<(), Error> {
         tv_weight: 1e-4,
         l2_weight: 1e-5,
         seed: 3,
+        jitter: 0,
+        flip: false,
     };
     let mut inversion = Inversion::compile(&gpu, &frozen, &weights, &spec)?;
     let judge = EvalStep::compile(&gpu, &frozen, &weights)?;

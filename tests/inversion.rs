@@ -8,7 +8,7 @@ mod common;
 use common::{gpu, trained_looking_weights, widen};
 use wgdistill::graph::{Graph, Inversion, InversionSpec, Mode, Op, interp};
 use wgdistill::models;
-use wgdistill::reference::{batchnorm, feature, response};
+use wgdistill::reference::{augment, batchnorm, feature, response};
 
 fn spec(labels: Vec<i32>) -> InversionSpec {
     InversionSpec {
@@ -20,17 +20,23 @@ fn spec(labels: Vec<i32>) -> InversionSpec {
         tv_weight: 0.1,
         l2_weight: 0.05,
         seed: 7,
+        jitter: 0,
+        flip: false,
     }
 }
 
-/// The objective in f64: CE + α_bn Σ w_l bn_match + α_tv tv + α_l2 l2_norm.
+/// The objective in f64: CE + α_bn Σ w_l bn_match on the images as the teacher sees them
+/// (shifted and flipped by the first iteration's draw), + α_tv tv + α_l2 l2_norm on the images.
 fn objective(
     g: &Graph,
     params: &std::collections::BTreeMap<String, Vec<f64>>,
     x: &[f64],
     s: &InversionSpec,
 ) -> f64 {
-    let values = interp::forward_in(g, params, x, Mode::Eval);
+    let sx = g.shape(g.find("x").unwrap()).to_vec();
+    let map = s.augmentation(0);
+    let seen = augment::roll_flip(x, [sx[2], sx[3]], map.shift, map.flip);
+    let values = interp::forward_in(g, params, &seen, Mode::Eval);
     let out = g.output.unwrap();
     let classes = g.shape(out)[1];
     let labels: Vec<usize> = s.labels.iter().map(|&y| y as usize).collect();
@@ -61,18 +67,42 @@ fn objective(
             k += 1;
         }
     }
-    let sx = g.shape(g.find("x").unwrap());
     total += f64::from(s.tv_weight) * feature::tv(x, [sx[0] * sx[1], sx[2], sx[3]], 2.0).loss;
     total + f64::from(s.l2_weight) * feature::l2_norm(x, sx[0]).loss
 }
 
 #[test]
 fn the_synthesis_gradient_matches_finite_differences_of_the_objective() {
+    synthesis_gradient(spec(vec![0, 3, 1]));
+}
+
+/// The same through the jitter and the flip: the teacher sees the images shifted and mirrored,
+/// the gradient returns through the inverse map.
+#[test]
+fn the_synthesis_gradient_through_jitter_and_flip_matches_finite_differences() {
+    let s = InversionSpec {
+        jitter: 2,
+        flip: true,
+        seed: 2,
+        ..spec(vec![0, 3, 1])
+    };
+    let map = s.augmentation(0);
+    assert!(map.flip && map.shift.0 != 0 && map.shift.1 != 0, "{map:?}");
+    synthesis_gradient(s.clone());
+    // The draws cover both directions and flips (not always the same map).
+    let maps: Vec<_> = (0..40).map(|k| s.augmentation(k)).collect();
+    assert!(maps.iter().any(|m| !m.flip) && maps.iter().any(|m| m.shift.0 < 0));
+    assert!(
+        maps.iter()
+            .all(|m| m.shift.0.abs() <= 2 && m.shift.1.abs() <= 2)
+    );
+}
+
+fn synthesis_gradient(s: InversionSpec) {
     let _serial = common::serial();
     let Some(gpu) = gpu() else { return };
     let g = models::cnn([3, 1, 6, 6], &[3, 4], 4).unwrap();
     let (w, host) = trained_looking_weights(gpu, &g, 31);
-    let s = spec(vec![0, 3, 1]);
     let inv = Inversion::compile(gpu, &g, &w, &s).unwrap();
     let x0 = wgdistill::rng::normal_vec(3 * 36, s.seed);
     inv.run(gpu, 1).unwrap();

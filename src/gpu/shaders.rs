@@ -81,6 +81,7 @@ macro_rules! shader_file {
 /// Every kernel family. A test checks that this list and the `shaders/` folder agree.
 pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("activation"),
+    shader_file!("augment"),
     shader_file!("batchnorm"),
     shader_file!("contrast"),
     shader_file!("conv", trusted),

@@ -6,16 +6,21 @@
 //! `CE(T(x), y) + α_bn Σ_l w_l (‖μ_l(x) − μ_l‖₂ + ‖σ²_l(x) − σ²_l‖₂) + α_tv TV(x) + α_l2 mean_b ‖x_b‖₂`
 //!
 //! with `w_0` the first layer's multiplier (NVlabs' `first_bn_multiplier`) and 1 for the others.
+//! As in NVlabs' code, the teacher may see the images randomly shifted and flipped each iteration
+//! (`jitter`, `flip`), the gradient coming back through the inverse map.
 //! Every term is a registry loss (`ce`, `bn_match`, `tv`, `l2_norm`); the layers' moments are
 //! `ChannelMoments` taps on their inputs. The whole iteration (forward, losses, backward to the
 //! images, Adam) is compiled once and replayed as one submission, nothing created or read back.
 
+use std::cell::Cell;
+
 use crate::Result;
 use crate::error::{input_error, shape_error};
 use crate::gpu::{BoundPlan, DType, Gpu, Tensor};
+use crate::kernels::augment::{self, RollFlip};
 use crate::kernels::optimizer::{self, AdamW};
 use crate::kernels::{elementwise, feature, response};
-use crate::rng::normal_vec;
+use crate::rng::{Xorshift, normal_vec};
 
 use super::exec::{Mode, plan_backward, plan_forward};
 use super::{Graph, Op, Value, Weights};
@@ -37,8 +42,36 @@ pub struct InversionSpec {
     pub tv_weight: f32,
     /// α_l2: weight of the images' mean L2 norm.
     pub l2_weight: f32,
-    /// Seed of the initial images (standard normal, as NVlabs' `torch.randn`).
+    /// Seed of the initial images (standard normal, as NVlabs' `torch.randn`), and of the
+    /// jitter and flips.
     pub seed: u64,
+    /// The most pixels each iteration shifts the images by (circularly, a new shift drawn per
+    /// iteration, in each direction from −jitter to jitter) before the teacher sees them; 0 for
+    /// none. NVlabs' jitter (30 pixels on 224 × 224 images).
+    pub jitter: usize,
+    /// Flip the images left–right before the teacher sees them, in half the iterations (drawn
+    /// per iteration).
+    pub flip: bool,
+}
+
+impl InversionSpec {
+    /// The shift and flip of iteration `k` after a (re)start: a pure function of the seed and
+    /// `k`, so a synthesis is reproducible.
+    pub fn augmentation(&self, k: u64) -> RollFlip {
+        if self.jitter == 0 && !self.flip {
+            return RollFlip::IDENTITY;
+        }
+        let mut rng = Xorshift::new(
+            self.seed ^ 0x6a09_e667_f3bc_c909 ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let span = 2 * self.jitter as u64 + 1;
+        let mut offset = || (rng.next_u64() % span) as i64 - self.jitter as i64;
+        let shift = (offset(), offset());
+        RollFlip {
+            shift,
+            flip: self.flip && rng.next_u64() & 1 == 1,
+        }
+    }
 }
 
 /// The loss terms after an iteration, for logging (weighted as in the total).
@@ -64,6 +97,10 @@ impl InversionLosses {
 /// A compiled DeepInversion iteration over one batch of images.
 pub struct Inversion {
     bound: BoundPlan,
+    /// The launches of the jitter/flip and of its inverse on the gradient, when there are any.
+    augment_launches: Option<(usize, usize)>,
+    /// Iterations since the last (re)start: the augmentation's draw counter.
+    iterations: Cell<u64>,
     images: Tensor,
     labels: Tensor,
     /// Adam's state: first and second moments, step counter.
@@ -193,8 +230,18 @@ impl Inversion {
         let n: usize = shape.iter().product();
         let images = gpu.upload(&shape, &normal_vec(n, spec.seed))?;
         let labels = gpu.upload(&[shape[0]], &spec.labels)?;
-        let inputs = [("x".to_string(), images.clone())].into();
         let mut plan = Vec::new();
+        // The teacher sees the images jittered and flipped (the map rewritten per iteration),
+        // and the gradient comes back through the inverse map.
+        let augmenting = spec.jitter > 0 || spec.flip;
+        let seen = if augmenting {
+            let (d, y) = augment::roll_flip(gpu, &images, RollFlip::IDENTITY, false)?;
+            plan.push(d);
+            y
+        } else {
+            images.clone()
+        };
+        let inputs = [("x".to_string(), seen)].into();
         let fwd = plan_forward(gpu, &graph, weights, &inputs, Mode::Eval, None, &mut plan)?;
         let logits = fwd.get(logits_value).clone();
 
@@ -217,9 +264,16 @@ impl Inversion {
             bn.push((term.loss, weight));
         }
         let mut backward = plan_backward(gpu, &graph, &fwd, seeds, &[input], &mut plan)?;
-        let gradient = backward
+        let seen_gradient = backward
             .remove("x")
             .ok_or_else(|| shape_error("deep inversion", "no gradient reached the images"))?;
+        let (gradient, augment_launches) = if augmenting {
+            let (d, g) = augment::roll_flip(gpu, &seen_gradient, RollFlip::IDENTITY, true)?;
+            plan.push(d);
+            (g, Some((0, plan.len() - 1)))
+        } else {
+            (seen_gradient, None)
+        };
         let mut tv = feature::tv(gpu, &images, 2.0)?;
         let mut l2 = feature::l2_norm(gpu, &images)?;
         plan.append(&mut tv.dispatches);
@@ -253,6 +307,8 @@ impl Inversion {
         )?);
         Ok(Inversion {
             bound: gpu.bind_plan(&plan)?,
+            augment_launches,
+            iterations: Cell::new(0),
             images,
             labels,
             adam: [m, v, step],
@@ -279,12 +335,23 @@ impl Inversion {
         gpu.write(&self.adam[2], &[0u32])?;
         self.spec.labels = labels.to_vec();
         self.spec.seed = seed;
+        self.iterations.set(0);
         Ok(())
     }
 
     /// Runs `iterations` iterations, each one submission; nothing is created or read back.
     pub fn run(&self, gpu: &Gpu, iterations: usize) -> Result<()> {
         for _ in 0..iterations {
+            if let Some((forward, inverse)) = self.augment_launches {
+                let k = self.iterations.get();
+                let map = self.spec.augmentation(k);
+                for (launch, inverse) in [(forward, false), (inverse, true)] {
+                    let params = map.params(&self.images, inverse)?;
+                    self.bound
+                        .write_uniform(gpu, launch, 0, bytemuck::bytes_of(&params));
+                }
+            }
+            self.iterations.set(self.iterations.get() + 1);
             let mut encoder = gpu.encoder("deep inversion");
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {

@@ -2,6 +2,7 @@
 //! records or runs the kernel; its WGSL lives in `shaders/` and its CPU twin in `reference/`.
 
 pub mod activation;
+pub mod augment;
 pub mod batchnorm;
 pub mod contrast;
 pub mod conv;
@@ -178,6 +179,11 @@ pub const FAMILIES: &[Family] = &[
         name: "softmax",
         kernels: softmax::KERNELS,
         cases: softmax::cases,
+    },
+    Family {
+        name: "augment",
+        kernels: augment::KERNELS,
+        cases: augment::cases,
     },
     Family {
         name: "dropout",

@@ -2,6 +2,7 @@
 //! (`wgdistill check`, the tests) compares the GPU against.
 
 pub mod activation;
+pub mod augment;
 pub mod batchnorm;
 pub mod contrast;
 pub mod conv;

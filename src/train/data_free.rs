@@ -63,6 +63,13 @@ pub struct SynthesisConfig {
     /// α_l2: weight of the images' L2 norm.
     #[serde(default = "default_l2_weight")]
     pub l2_weight: f32,
+    /// The most pixels the teacher's view of the images is shifted by (circularly, a new shift
+    /// per iteration); 0 for none.
+    #[serde(default)]
+    pub jitter: usize,
+    /// Flip the teacher's view left–right in half the iterations.
+    #[serde(default)]
+    pub flip: bool,
 }
 
 fn default_synthesis_batch() -> usize {
@@ -169,6 +176,12 @@ impl SynthesisConfig {
                 ));
             }
         }
+        if self.jitter > 64 {
+            return Err((
+                at("jitter"),
+                format!("must be from 0 to 64 pixels, got {}", self.jitter),
+            ));
+        }
         for (key, v) in [
             ("bn_weight", self.bn_weight),
             ("first_bn_multiplier", self.first_bn_multiplier),
@@ -195,6 +208,8 @@ impl SynthesisConfig {
             tv_weight: self.tv_weight,
             l2_weight: self.l2_weight,
             seed: seed.wrapping_add(b as u64),
+            jitter: self.jitter,
+            flip: self.flip,
         }
     }
 }
