@@ -16,7 +16,7 @@ use crate::kernels::losses::{self, Loss, LossDef};
 use crate::kernels::matmul::{Activation, MatmulOptions, matmul};
 use crate::kernels::pool::{self, Pool2d};
 use crate::kernels::reduce::{AxisOp, reduce_axis};
-use crate::kernels::{AttrDef, Range, dropout, elementwise, optimizer, softmax};
+use crate::kernels::{AttrDef, Range, augment, dropout, elementwise, optimizer, softmax};
 
 /// What an op takes and gives.
 #[derive(Clone, Debug)]
@@ -229,6 +229,19 @@ const KERNEL_OPS: &[KernelOp] = &[
         NONE,
         &[("eps", 1e-5)],
         &["grad_x", "grad_weight", "grad_bias"]
+    ),
+    op!(
+        "roll_flip",
+        "images shifted circularly by (shift_h, shift_w) then flipped left-right if flip (DeepInversion's jitter); inverse = 1 applies the backward map",
+        &["x"],
+        NONE,
+        &[
+            ("shift_h", 0.0),
+            ("shift_w", 0.0),
+            ("flip", 0.0),
+            ("inverse", 0.0)
+        ],
+        &["out"]
     ),
     op!(
         "dropout",
@@ -626,6 +639,26 @@ fn plan(
                     )
                 }
             }
+        }
+        "roll_flip" => {
+            let shift = |k: &str| -> Result<i64> {
+                let v = a.values[k];
+                if v.fract() != 0.0 || v.abs() > 1e6 {
+                    return Err(input_error(
+                        format!("{}: attr '{k}'", a.op),
+                        format!("must be a whole number of pixels (|v| ≤ 1e6), got {v}"),
+                    ));
+                }
+                Ok(v as i64)
+            };
+            let map = augment::RollFlip {
+                shift: (shift("shift_h")?, shift("shift_w")?),
+                flip: a.flag("flip"),
+            };
+            one(
+                augment::roll_flip(gpu, t("x"), map, a.flag("inverse"))?,
+                "out",
+            )
         }
         "dropout" => one(
             dropout::dropout(gpu, t("x"), a.f32("p"), a.count("seed", 0)? as u32)?,

@@ -56,6 +56,7 @@ fn sample_inputs(op: &str) -> TensorMap {
             put("b", f(&[4, 5], 2));
             put("bias", f(&[5], 3));
         }
+        "roll_flip" => put("x", f(&[2, 3, 5, 7], 1)),
         "relu_backward" | "leaky_relu_backward" | "gelu_backward" | "tanh_backward" => {
             put("x", f(&[2, 3], 1));
             put("grad_out", f(&[2, 3], 2));
@@ -166,6 +167,27 @@ fn op_outputs_agree_with_the_references() {
     let want: Vec<f64> = x.iter().zip(&dy).map(|(&v, g)| g * act.grad(v)).collect();
     allclose(values(&out["grad_x"]), &want, 1e-6, 1e-7).unwrap();
     assert!(x.iter().any(|&v| v < 0.0) && x.iter().any(|&v| v > 0.0));
+
+    // roll_flip: the reference's map, and its inverse undoes it.
+    let inputs = sample_inputs("roll_flip");
+    let shifted = attrs(&[("shift_h", -2.0), ("shift_w", 3.0), ("flip", 1.0)]);
+    let out = ops::run(gpu, "roll_flip", &inputs, &shifted).unwrap();
+    let x = widen(values(&inputs["x"]));
+    let want = wgdistill::reference::augment::roll_flip(&x, [5, 7], (-2, 3), true);
+    allclose(values(&out["out"]), &want, 0.0, 0.0).unwrap();
+    let back: TensorMap = [("x".to_string(), out["out"].clone())].into();
+    let inverse = attrs(&[
+        ("shift_h", -2.0),
+        ("shift_w", 3.0),
+        ("flip", 1.0),
+        ("inverse", 1.0),
+    ]);
+    let out = ops::run(gpu, "roll_flip", &back, &inverse).unwrap();
+    assert_eq!(values(&out["out"]), values(&inputs["x"]));
+    let e = ops::run(gpu, "roll_flip", &inputs, &attrs(&[("shift_h", 0.5)]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("shift_h"), "{e}");
 
     // conv2d with stride 2 and padding 1.
     let inputs = sample_inputs("conv2d");
