@@ -213,6 +213,7 @@ fn main() -> Result<(), Error> {
         seed: 3,
         jitter: 0,
         flip: false,
+        competition: 0.0,
     };
     let mut inversion = Inversion::compile(&gpu, &frozen, &weights, &spec)?;
     let judge = EvalStep::compile(&gpu, &frozen, &weights)?;

@@ -3,8 +3,8 @@
 // loss partial in a second sweep over the same row. No probability tensor is ever written.
 // The batch sum of the partials is done by reduce.wgsl, deterministically.
 //
-// grad_scale is 1/B for ce and T/B for kd and dkd; the loss scale (1/B or T²/B) is applied by
-// the reduction. bce is elementwise (one invocation per element).
+// grad_scale is 1/B for ce, T/B for kd and dkd, 1/(B·T) for js; the loss scale (1/B or T²/B)
+// is applied by the reduction. bce is elementwise (one invocation per element).
 
 struct Params {
     rows: u32,
@@ -120,6 +120,57 @@ fn kd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
         kd_grad[base + c] = (exp(log_ps) - exp(log_pt)) * params.grad_scale;
     }
     kd_row_loss[r] = loss;
+}
+
+// ---- js: Jensen–Shannon divergence ½ KL(p‖m) + ½ KL(q‖m), m = (p + q)/2, of the softmaxes at
+// temperature T; gradient in the first input's logits p_j (g_j − Σ_c p_c g_c) / T with
+// g_c = ½ log(p_c / m_c) (the divergence is symmetric: swap the inputs for the other side's).
+@group(0) @binding(1) var<storage, read> js_student: array<f32>;
+@group(0) @binding(2) var<storage, read> js_teacher: array<f32>;
+@group(0) @binding(3) var<storage, read_write> js_grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> js_row_loss: array<f32>;
+
+// log m = log((p + q)/2) from the two log-probabilities, without forming p + q by exp of a
+// large number.
+fn log_mid(log_p: f32, log_q: f32) -> f32 {
+    let hi = max(log_p, log_q);
+    return hi + log(0.5 * (exp(log_p - hi) + exp(log_q - hi)));
+}
+
+@compute @workgroup_size(64)
+fn js(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+      @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= params.rows) {
+        return;
+    }
+    let base = r * params.cols;
+    let inv_t = 1.0 / params.temperature;
+    var sp = lse_empty();
+    var sq = lse_empty();
+    for (var c = 0u; c < params.cols; c = c + 1u) {
+        sp = lse_push(sp, js_student[base + c] * inv_t);
+        sq = lse_push(sq, js_teacher[base + c] * inv_t);
+    }
+    let lse_p = lse_value(sp);
+    let lse_q = lse_value(sq);
+    var loss = 0.0;
+    // Σ_c p_c g_c, for the softmax's Jacobian.
+    var mean_g = 0.0;
+    for (var c = 0u; c < params.cols; c = c + 1u) {
+        let log_p = js_student[base + c] * inv_t - lse_p;
+        let log_q = js_teacher[base + c] * inv_t - lse_q;
+        let log_m = log_mid(log_p, log_q);
+        loss = loss + 0.5 * (kl_term(log_p, log_m) + kl_term(log_q, log_m));
+        mean_g = mean_g + exp(log_p) * 0.5 * (log_p - log_m);
+    }
+    for (var c = 0u; c < params.cols; c = c + 1u) {
+        let log_p = js_student[base + c] * inv_t - lse_p;
+        let log_q = js_teacher[base + c] * inv_t - lse_q;
+        let g = 0.5 * (log_p - log_mid(log_p, log_q));
+        js_grad[base + c] = exp(log_p) * (g - mean_g) * params.grad_scale;
+    }
+    js_row_loss[r] = loss;
 }
 
 // ---- dkd: alpha·TCKD + beta·NCKD (decoupled KD) ---------------------------------------------

@@ -451,6 +451,24 @@ fn data_free_stage_errors_name_their_keys() {
         ),
         (
             with(
+                "l2_weight = 1e-5 }",
+                "l2_weight = 1e-5, competitor = \"student_dfad\" }",
+            ),
+            &["stages[1].synthesis.competitor", "go together"],
+        ),
+        (
+            with(
+                "l2_weight = 1e-5 }",
+                "l2_weight = 1e-5, competitor = \"student_dfad\", competition = 0.5 }",
+            ),
+            &["stages[1].synthesis.competitor", "earlier stage"],
+        ),
+        (
+            with("l2_weight = 1e-5 }", "l2_weight = 1e-5, jitter = 100 }"),
+            &["stages[1].synthesis.jitter", "0 to 64"],
+        ),
+        (
+            with(
                 "arch = \"cnn\"\nchannels = [16, 32]",
                 "arch = \"mlp\"\nhidden = [64]",
             ),

@@ -22,16 +22,21 @@ fn spec(labels: Vec<i32>) -> InversionSpec {
         seed: 7,
         jitter: 0,
         flip: false,
+        competition: 0.0,
     }
 }
 
+type Params = std::collections::BTreeMap<String, Vec<f64>>;
+
 /// The objective in f64: CE + α_bn Σ w_l bn_match on the images as the teacher sees them
-/// (shifted and flipped by the first iteration's draw), + α_tv tv + α_l2 l2_norm on the images.
+/// (shifted and flipped by the first iteration's draw), + α_tv tv + α_l2 l2_norm on the images,
+/// + α_comp (1 − JS(S, T)) against a competing student when there is one.
 fn objective(
     g: &Graph,
-    params: &std::collections::BTreeMap<String, Vec<f64>>,
+    params: &Params,
     x: &[f64],
     s: &InversionSpec,
+    student: Option<(&Graph, &Params)>,
 ) -> f64 {
     let sx = g.shape(g.find("x").unwrap()).to_vec();
     let map = s.augmentation(0);
@@ -41,6 +46,11 @@ fn objective(
     let classes = g.shape(out)[1];
     let labels: Vec<usize> = s.labels.iter().map(|&y| y as usize).collect();
     let mut total = response::ce(&values[out.0], &labels, classes).loss;
+    if let Some((sg, sp)) = student {
+        let sv = interp::forward_in(sg, sp, &seen, Mode::Eval);
+        let js = response::js(&sv[sg.output.unwrap().0], &values[out.0], classes, 3.0).loss;
+        total += f64::from(s.competition) * (1.0 - js);
+    }
     let mut k = 0;
     for node in &g.nodes {
         if let Op::BatchNorm {
@@ -73,7 +83,23 @@ fn objective(
 
 #[test]
 fn the_synthesis_gradient_matches_finite_differences_of_the_objective() {
-    synthesis_gradient(spec(vec![0, 3, 1]));
+    synthesis_gradient(spec(vec![0, 3, 1]), false);
+}
+
+/// Adaptive DeepInversion: the competition with a frozen student adds its gradient through both
+/// networks.
+#[test]
+fn the_synthesis_gradient_with_a_competing_student_matches_finite_differences() {
+    // The other terms small, so that the competition's share of the gradient is far above the
+    // tolerance (a missing path through either network fails).
+    let s = InversionSpec {
+        competition: 50.0,
+        bn_weight: 0.01,
+        tv_weight: 0.0,
+        l2_weight: 0.0,
+        ..spec(vec![0, 3, 1])
+    };
+    synthesis_gradient(s, true);
 }
 
 /// The same through the jitter and the flip: the teacher sees the images shifted and mirrored,
@@ -88,7 +114,7 @@ fn the_synthesis_gradient_through_jitter_and_flip_matches_finite_differences() {
     };
     let map = s.augmentation(0);
     assert!(map.flip && map.shift.0 != 0 && map.shift.1 != 0, "{map:?}");
-    synthesis_gradient(s.clone());
+    synthesis_gradient(s.clone(), false);
     // The draws cover both directions and flips (not always the same map).
     let maps: Vec<_> = (0..40).map(|k| s.augmentation(k)).collect();
     assert!(maps.iter().any(|m| !m.flip) && maps.iter().any(|m| m.shift.0 < 0));
@@ -98,20 +124,28 @@ fn the_synthesis_gradient_through_jitter_and_flip_matches_finite_differences() {
     );
 }
 
-fn synthesis_gradient(s: InversionSpec) {
+fn synthesis_gradient(s: InversionSpec, competing: bool) {
     let _serial = common::serial();
     let Some(gpu) = gpu() else { return };
     let g = models::cnn([3, 1, 6, 6], &[3, 4], 4).unwrap();
     let (w, host) = trained_looking_weights(gpu, &g, 31);
-    let inv = Inversion::compile(gpu, &g, &w, &s).unwrap();
+    let sg = models::mlp([3, 1, 6, 6], &[5], 4).unwrap();
+    let (sw, s_host) = trained_looking_weights(gpu, &sg, 32);
+    let student = competing.then_some((&sg, &sw));
+    let inv = Inversion::compile_competing(gpu, &g, &w, student, &s).unwrap();
     let x0 = wgdistill::rng::normal_vec(3 * 36, s.seed);
     inv.run(gpu, 1).unwrap();
     let got = inv.gradient(gpu).unwrap();
-    let params = host
-        .iter()
-        .map(|(k, t)| (k.clone(), widen(t.as_f32().unwrap())))
-        .collect();
-    let fd = common::finite_difference(&widen(&x0), 1e-5, |x| objective(&g, &params, x, &s));
+    let widened = |h: &wgdistill::io::TensorMap| -> Params {
+        h.iter()
+            .map(|(k, t)| (k.clone(), widen(t.as_f32().unwrap())))
+            .collect()
+    };
+    let (params, s_params) = (widened(&host), widened(&s_host));
+    let student = competing.then_some((&sg, &s_params));
+    let fd = common::finite_difference(&widen(&x0), 1e-5, |x| {
+        objective(&g, &params, x, &s, student)
+    });
     for (i, (a, b)) in got.iter().zip(&fd).enumerate() {
         let a = f64::from(*a);
         assert!(
@@ -121,7 +155,8 @@ fn synthesis_gradient(s: InversionSpec) {
     }
     // The logged terms are the objective's, at the images the gradient was taken at.
     let losses = inv.losses(gpu).unwrap();
-    let want = objective(&g, &params, &widen(&x0), &s);
+    let want = objective(&g, &params, &widen(&x0), &s, student);
+    assert_eq!(losses.competition != 0.0, competing, "{losses:?}");
     assert!(
         (f64::from(losses.total()) - want).abs() <= 1e-4 * want.abs(),
         "{losses:?} vs {want}"

@@ -13,11 +13,13 @@
 //! images, Adam) is compiled once and replayed as one submission, nothing created or read back.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 
 use crate::Result;
 use crate::error::{input_error, shape_error};
 use crate::gpu::{BoundPlan, DType, Gpu, Tensor};
 use crate::kernels::augment::{self, RollFlip};
+use crate::kernels::losses::Loss;
 use crate::kernels::optimizer::{self, AdamW};
 use crate::kernels::{elementwise, feature, response};
 use crate::rng::{Xorshift, normal_vec};
@@ -52,6 +54,11 @@ pub struct InversionSpec {
     /// Flip the images left–right before the teacher sees them, in half the iterations (drawn
     /// per iteration).
     pub flip: bool,
+    /// Adaptive DeepInversion's competition: the weight of `1 − JS(S(x), T(x))` (Jensen–Shannon
+    /// at temperature 3, ADI's) against the student given to [`Inversion::compile_competing`],
+    /// which pushes the images to where the student still disagrees with the teacher; 0 for
+    /// none.
+    pub competition: f32,
 }
 
 impl InversionSpec {
@@ -85,12 +92,14 @@ pub struct InversionLosses {
     pub tv: f32,
     /// α_l2 mean_b ‖x_b‖.
     pub l2: f32,
+    /// α_comp (1 − JS(S(x), T(x))): the competition with the student (0 without one).
+    pub competition: f32,
 }
 
 impl InversionLosses {
     /// The objective.
     pub fn total(&self) -> f32 {
-        self.ce + self.bn + self.tv + self.l2
+        self.ce + self.bn + self.tv + self.l2 + self.competition
     }
 }
 
@@ -107,6 +116,8 @@ pub struct Inversion {
     adam: [Tensor; 3],
     gradient: Tensor,
     logits: Tensor,
+    /// The Jensen–Shannon divergence with the competing student, when there is one.
+    js: Option<Tensor>,
     /// Unweighted loss tensors: ce, each layer's bn_match, tv, l2_norm.
     ce: Tensor,
     bn: Vec<(Tensor, f32)>,
@@ -161,6 +172,18 @@ impl Inversion {
         weights: &Weights,
         spec: &InversionSpec,
     ) -> Result<Inversion> {
+        Self::compile_competing(gpu, teacher, weights, None, spec)
+    }
+
+    /// [`Inversion::compile`] with a frozen student (evaluation mode, reading the same images as
+    /// the teacher) for the competition term `spec.competition · (1 − JS(S(x), T(x)))`.
+    pub fn compile_competing(
+        gpu: &Gpu,
+        teacher: &Graph,
+        weights: &Weights,
+        student: Option<(&Graph, &Weights)>,
+        spec: &InversionSpec,
+    ) -> Result<Inversion> {
         let input = teacher
             .find("x")
             .ok_or_else(|| shape_error("deep inversion", "the teacher has no input 'x'"))?;
@@ -181,6 +204,21 @@ impl Inversion {
                 "deep inversion: lr",
                 format!("must be a finite number > 0, got {}", spec.lr),
             ));
+        }
+        match (student.is_some(), spec.competition) {
+            (_, c) if !(c.is_finite() && c >= 0.0) => {
+                return Err(input_error(
+                    "deep inversion: competition",
+                    format!("must be a finite number ≥ 0, got {c}"),
+                ));
+            }
+            (false, c) if c > 0.0 => {
+                return Err(input_error(
+                    "deep inversion: competition",
+                    "needs a student to compete with",
+                ));
+            }
+            _ => {}
         }
         for (what, v) in [
             ("bn_weight", spec.bn_weight),
@@ -241,7 +279,7 @@ impl Inversion {
         } else {
             images.clone()
         };
-        let inputs = [("x".to_string(), seen)].into();
+        let inputs: BTreeMap<String, Tensor> = [("x".to_string(), seen)].into();
         let fwd = plan_forward(gpu, &graph, weights, &inputs, Mode::Eval, None, &mut plan)?;
         let logits = fwd.get(logits_value).clone();
 
@@ -263,10 +301,52 @@ impl Inversion {
             seeds.push((m, seed));
             bn.push((term.loss, weight));
         }
+        // The competition: the student reads the same images; both networks pass the gradient
+        // of −w·JS to them (JS is symmetric: its teacher-side gradient is the swapped call's).
+        let mut competing = None;
+        if let Some((sg, sw)) = student {
+            let frozen = sg.frozen();
+            let s_out = frozen
+                .output
+                .ok_or_else(|| shape_error("deep inversion", "the student has no output"))?;
+            let s_input = frozen
+                .find("x")
+                .ok_or_else(|| shape_error("deep inversion", "the student has no input 'x'"))?;
+            let sf = plan_forward(gpu, &frozen, sw, &inputs, Mode::Eval, None, &mut plan)?;
+            let js = Loss::new("js")?;
+            let mut to_s = js.launch(gpu, &[sf.get(s_out), &logits])?;
+            let mut to_t = js.launch(gpu, &[&logits, sf.get(s_out)])?;
+            plan.append(&mut to_s.dispatches);
+            plan.append(&mut to_t.dispatches);
+            let (d, seed_s) = elementwise::scale_plan(gpu, &to_s.grads[0], -spec.competition)?;
+            plan.push(d);
+            let (d, seed_t) = elementwise::scale_plan(gpu, &to_t.grads[0], -spec.competition)?;
+            plan.push(d);
+            seeds.push((logits_value, seed_t));
+            competing = Some((frozen, sf, s_out, s_input, seed_s, to_s.loss));
+        }
         let mut backward = plan_backward(gpu, &graph, &fwd, seeds, &[input], &mut plan)?;
         let seen_gradient = backward
             .remove("x")
             .ok_or_else(|| shape_error("deep inversion", "no gradient reached the images"))?;
+        let js = match competing {
+            Some((frozen, sf, s_out, s_input, seed, loss)) => {
+                let mut back = plan_backward(
+                    gpu,
+                    &frozen,
+                    &sf,
+                    vec![(s_out, seed)],
+                    &[s_input],
+                    &mut plan,
+                )?;
+                let dx = back.remove("x").ok_or_else(|| {
+                    shape_error("deep inversion", "no gradient reached the images")
+                })?;
+                plan.push(elementwise::axpy_plan(gpu, 1.0, &dx, &seen_gradient)?);
+                Some(loss)
+            }
+            None => None,
+        };
         let (gradient, augment_launches) = if augmenting {
             let (d, g) = augment::roll_flip(gpu, &seen_gradient, RollFlip::IDENTITY, true)?;
             plan.push(d);
@@ -318,6 +398,7 @@ impl Inversion {
             bn,
             tv: tv.loss,
             l2: l2.loss,
+            js,
             spec: spec.clone(),
         })
     }
@@ -377,6 +458,10 @@ impl Inversion {
             bn,
             tv: self.spec.tv_weight * one(&self.tv)?,
             l2: self.spec.l2_weight * one(&self.l2)?,
+            competition: match &self.js {
+                Some(js) => self.spec.competition * (1.0 - one(js)?),
+                None => 0.0,
+            },
         })
     }
 

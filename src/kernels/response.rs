@@ -38,6 +38,8 @@ struct Params {
 pub const CE_ROWS: KernelSpec = KernelSpec::new::<Params>("response", "ce", &[U, R, R, W, W]);
 /// Hinton KD rows.
 pub const KD_ROWS: KernelSpec = KernelSpec::new::<Params>("response", "kd", &[U, R, R, W, W]);
+/// Jensen–Shannon rows.
+pub const JS_ROWS: KernelSpec = KernelSpec::new::<Params>("response", "js", &[U, R, R, W, W]);
 /// Decoupled KD rows.
 pub const DKD_ROWS: KernelSpec = KernelSpec::new::<Params>("response", "dkd", &[U, R, R, R, W, W]);
 
@@ -45,7 +47,7 @@ pub const DKD_ROWS: KernelSpec = KernelSpec::new::<Params>("response", "dkd", &[
 pub const BCE_TERMS: KernelSpec = KernelSpec::new::<Params>("response", "bce", &[U, R, R, W, W]);
 
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[CE_ROWS, KD_ROWS, DKD_ROWS, BCE_TERMS];
+pub const KERNELS: &[KernelSpec] = &[CE_ROWS, KD_ROWS, JS_ROWS, DKD_ROWS, BCE_TERMS];
 
 const TEMPERATURE: AttrDef = AttrDef {
     name: "temperature",
@@ -81,6 +83,29 @@ pub const KD: LossDef = LossDef {
         cpu::kd(&x[0].values, &x[1].values, x[0].shape[1], t).into()
     },
     cases: |suite| cases(suite, Which::Kd),
+    parameters: None,
+    memory: None,
+};
+
+/// `js`: the Jensen–Shannon divergence between the softened outputs (Adaptive DeepInversion's
+/// competition: synthesis maximises it so the images are where student and teacher disagree).
+pub const JS: LossDef = LossDef {
+    name: "js",
+    summary: "Jensen–Shannon divergence of softmax(s/T) and softmax(t/T), mean over the batch",
+    reads: Reads::Logits,
+    inputs: &[STUDENT, TEACHER],
+    attrs: &[AttrDef {
+        name: "temperature",
+        default: 3.0,
+        range: Range::positive(1e4),
+        doc: "softens both distributions: softmax(x / T) (ADI uses 3)",
+    }],
+    launch: |gpu, l, x| js(gpu, x[0], x[1], l.attr_f32("temperature")),
+    reference: |l, x| {
+        let t = l.attr("temperature");
+        cpu::js(&x[0].values, &x[1].values, x[0].shape[1], t).into()
+    },
+    cases: |suite| cases(suite, Which::Js),
     parameters: None,
     memory: None,
 };
@@ -173,7 +198,7 @@ pub const TARGET: LossInput = LossInput {
 };
 
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&CE, &KD, &DKD, &BCE, &L1];
+pub const LOSSES: &[&LossDef] = &[&CE, &KD, &DKD, &BCE, &L1, &JS];
 
 /// Checks an f32 `(B, C)` logits tensor with `B ≥ 1` and `C ≥ min_cols`; returns `(B, C)`.
 fn logits_shape(op: &str, what: &str, t: &Tensor, min_cols: usize) -> Result<(usize, usize)> {
@@ -245,6 +270,18 @@ pub fn kd(gpu: &Gpu, student: &Tensor, teacher: &Tensor, temperature: f32) -> Re
     rows(gpu, &KD_ROWS, student, &[teacher], p, scale)
 }
 
+/// Jensen–Shannon divergence: `(1/B) Σ_rows ½ KL(p‖m) + ½ KL(q‖m)`, `p = softmax(s/T)`,
+/// `q = softmax(t/T)`, `m = (p + q)/2`; the gradient is the student's (symmetric: swap the
+/// inputs for the teacher's).
+pub fn js(gpu: &Gpu, student: &Tensor, teacher: &Tensor, temperature: f32) -> Result<LossPlan> {
+    check_attr(&JS, "temperature", temperature)?;
+    let (b, c) = logits_shape("js", "student", student, 1)?;
+    teacher.expect("js", "teacher", DType::F32, student.shape())?;
+    let mut p = params("js", b, c, temperature, 0.0, 0.0)?;
+    p.grad_scale = 1.0 / (b as f32 * temperature);
+    rows(gpu, &JS_ROWS, student, &[teacher], p, 1.0 / b as f32)
+}
+
 /// Decoupled KD: `alpha·TCKD + beta·NCKD` (mdistiller's definition; needs at least 2 classes).
 pub fn dkd(
     gpu: &Gpu,
@@ -288,6 +325,7 @@ enum Which {
     Dkd,
     Bce,
     L1,
+    Js,
 }
 
 /// Logits of a few units' spread (scaled samples), labels `(7i + 3) mod C`.
@@ -299,7 +337,7 @@ fn logits_case(b: usize, c: usize, which: Which) -> Vec<HostTensor> {
     let labels = HostTensor::i32(&[b], (0..b).map(|i| ((i * 7 + 3) % c) as i32).collect());
     match which {
         Which::Ce => vec![logits(1), labels],
-        Which::Kd | Which::L1 => vec![logits(1), logits(2)],
+        Which::Kd | Which::L1 | Which::Js => vec![logits(1), logits(2)],
         Which::Dkd => vec![logits(1), logits(2), labels],
         Which::Bce => {
             // Logits far into both tails (up to ±40, where e^−|z| ≈ 4e-18 and the loss rests on
@@ -325,13 +363,14 @@ fn cases(suite: Suite, which: Which) -> Vec<LossCase> {
         Suite::Check => &[(1, 1), (7, 33), (33, 10), (129, 7), (5, 1000)],
         Suite::Bench { small } => match (which, small) {
             (Which::Kd, _) => &[(256, 10), (4096, 1000)],
-            (Which::Bce | Which::L1, _) => &[(4096, 1000)],
+            (Which::Bce | Which::L1 | Which::Js, _) => &[(4096, 1000)],
             (_, true) => &[(4096, 1000)],
             (_, false) => &[(16384, 1000)],
         },
     };
     let temperatures: &[f64] = match (suite, which) {
         (Suite::Check, Which::Kd | Which::Dkd) => &[0.5, 1.0, 4.0, 20.0],
+        (Suite::Check, Which::Js) => &[1.0, 3.0],
         _ => &[4.0],
     };
     let mut out = Vec::new();
@@ -354,6 +393,11 @@ fn cases(suite: Suite, which: Which) -> Vec<LossCase> {
                 }
                 out.push(LossCase::new(format!("[{b}, {c}]"), inputs).work(work));
             }
+            Which::Js => out.extend(
+                temperatures
+                    .iter()
+                    .map(|&t| case().attrs(&[("temperature", t)])),
+            ),
             Which::Kd => out.extend(
                 temperatures
                     .iter()

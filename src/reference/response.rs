@@ -55,6 +55,43 @@ pub fn kd(s: &[f64], t: &[f64], classes: usize, temperature: f64) -> LossGrad {
     LossGrad { loss, grad }
 }
 
+/// Jensen–Shannon divergence of `softmax(s/T)` and `softmax(t/T)`, mean over rows; the gradient
+/// in `s`.
+pub fn js(s: &[f64], t: &[f64], classes: usize, temperature: f64) -> LossGrad {
+    let b = (s.len() / classes) as f64;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(s.len());
+    for (rs, rt) in rows(s, classes).zip(rows(t, classes)) {
+        let soft = |r: &[f64]| -> Vec<f64> {
+            let z: Vec<f64> = r.iter().map(|v| v / temperature).collect();
+            log_softmax(&z).iter().map(|l| l.exp()).collect()
+        };
+        let (p, q) = (soft(rs), soft(rt));
+        let m: Vec<f64> = p.iter().zip(&q).map(|(a, b)| 0.5 * (a + b)).collect();
+        let kl_to_m = |x: &[f64]| -> f64 {
+            x.iter()
+                .zip(&m)
+                .filter(|(v, _)| **v > 0.0)
+                .map(|(v, mm)| v * (v / mm).ln())
+                .sum::<f64>()
+        };
+        loss += 0.5 * (kl_to_m(&p) + kl_to_m(&q)) / b;
+        // dJS/dp_c = ½ log(p_c / m_c); back through the softmax at temperature T.
+        let g: Vec<f64> = p
+            .iter()
+            .zip(&m)
+            .map(|(a, mm)| 0.5 * (a / mm).ln())
+            .collect();
+        let mean: f64 = p.iter().zip(&g).map(|(a, gg)| a * gg).sum();
+        grad.extend(
+            p.iter()
+                .zip(&g)
+                .map(|(a, gg)| a * (gg - mean) / (temperature * b)),
+        );
+    }
+    LossGrad { loss, grad }
+}
+
 /// Decoupled KD: `alpha·TCKD + beta·NCKD` (mdistiller).
 pub fn dkd(
     s: &[f64],

@@ -70,6 +70,12 @@ pub struct SynthesisConfig {
     /// Flip the teacher's view left–right in half the iterations.
     #[serde(default)]
     pub flip: bool,
+    /// Adaptive DeepInversion: a model trained in an earlier stage (or loaded) that the images
+    /// are made to challenge, through `competition`.
+    pub competitor: Option<String>,
+    /// The weight of the competition term `1 − JS(S(x), T(x))` against `competitor`.
+    #[serde(default)]
+    pub competition: f32,
 }
 
 fn default_synthesis_batch() -> usize {
@@ -176,6 +182,19 @@ impl SynthesisConfig {
                 ));
             }
         }
+        if !(self.competition.is_finite() && self.competition >= 0.0) {
+            return Err((
+                at("competition"),
+                format!("must be a number ≥ 0, got {}", self.competition),
+            ));
+        }
+        if self.competitor.is_some() != (self.competition > 0.0) {
+            return Err((
+                at("competitor"),
+                "competitor and a competition weight > 0 go together (Adaptive DeepInversion)"
+                    .into(),
+            ));
+        }
         if self.jitter > 64 {
             return Err((
                 at("jitter"),
@@ -210,6 +229,7 @@ impl SynthesisConfig {
             seed: seed.wrapping_add(b as u64),
             jitter: self.jitter,
             flip: self.flip,
+            competition: self.competition,
         }
     }
 }
@@ -343,6 +363,21 @@ pub(super) fn check_kind(
                 )
             })?;
             synthesis.check(crate::train::config::MAX_BATCH)?;
+            if let Some(c) = &synthesis.competitor {
+                let ready = config
+                    .models
+                    .get(c)
+                    .is_some_and(|m| m.checkpoint().is_some())
+                    || earlier.iter().any(|s| s.train.contains(c));
+                if !ready {
+                    return Err((
+                        "synthesis.competitor".into(),
+                        format!(
+                            "'{c}' must be a model trained in an earlier stage or loaded from a checkpoint"
+                        ),
+                    ));
+                }
+            }
             let has_bn = graphs[teacher]
                 .nodes
                 .iter()
@@ -469,7 +504,23 @@ impl StageRun<'_> {
         })?;
         let classes = self.shapes.classes;
         let seed = seed_of(config.seed, &stage.name);
-        let mut inversion = Inversion::compile(gpu, &graph, weights, &s.spec(0, classes, seed))?;
+        let competitor = match &s.competitor {
+            Some(name) => {
+                let g = config.models[name].graph(self.shapes.input(s.batch), classes)?;
+                let w = models.get(name).ok_or_else(|| {
+                    input_error(&stage.name, format!("competitor '{name}' has no weights"))
+                })?;
+                Some((g, w))
+            }
+            None => None,
+        };
+        let mut inversion = Inversion::compile_competing(
+            gpu,
+            &graph,
+            weights,
+            competitor.as_ref().map(|(g, w)| (g, *w)),
+            &s.spec(0, classes, seed),
+        )?;
         let judge = EvalStep::compile(gpu, &graph, weights)?;
         let (mut images, mut labels, mut agree) = (Vec::new(), Vec::new(), 0usize);
         let batches = s.images / s.batch;
@@ -491,7 +542,7 @@ impl StageRun<'_> {
             agree += hits;
             bar.inc(1);
             log(&format!(
-                "{} batch {}/{batches}: objective {:.4} (ce {:.4}, bn {:.4}, tv {:.4}, l2 {:.4}); the teacher sees {hits}/{} as their classes",
+                "{} batch {}/{batches}: objective {:.4} (ce {:.4}, bn {:.4}, tv {:.4}, l2 {:.4}, competition {:.4}); the teacher sees {hits}/{} as their classes",
                 stage.name,
                 b + 1,
                 l.total(),
@@ -499,6 +550,7 @@ impl StageRun<'_> {
                 l.bn,
                 l.tv,
                 l.l2,
+                l.competition,
                 s.batch
             ));
             images.extend(batch_images);

@@ -73,6 +73,15 @@ def l1(student, teacher):
     return F.l1_loss(student, teacher)
 
 
+def js(student, teacher, temperature=3.0):
+    # Adaptive DeepInversion's competition (NVlabs): ½ KL(p‖m) + ½ KL(q‖m) of the softmaxes at T,
+    # m their mean, each KL with reduction="batchmean".
+    p = F.softmax(student / temperature, dim=1)
+    q = F.softmax(teacher / temperature, dim=1)
+    log_m = torch.log(0.5 * (p + q))
+    return 0.5 * (F.kl_div(log_m, p, reduction="batchmean") + F.kl_div(log_m, q, reduction="batchmean"))
+
+
 def tv(student, p=2.0):
     # NVlabs DeepInversion's get_image_prior_losses: four neighbour differences; loss_var_l2 is
     # the sum of their norms, loss_var_l1 the sum of their mean absolute values (without /255).
@@ -286,6 +295,7 @@ OPS = {
     "dkd": (dkd, ["student", "teacher", "labels"]),
     "bce": (bce, ["student", "target"]),
     "l1": (l1, ["student", "teacher"]),
+    "js": (js, ["student", "teacher"]),
     "tv": (tv, ["student"]),
     "l2_norm": (l2_norm, ["student"]),
     "bn_match": (bn_match, ["student", "running"]),
