@@ -454,7 +454,10 @@ fn data_free_stage_errors_name_their_keys() {
                 "l2_weight = 1e-5 }",
                 "l2_weight = 1e-5, competitor = \"student_dfad\" }",
             ),
-            &["stages[1].synthesis.competitor", "go together"],
+            &[
+                "stages[1].synthesis.competition",
+                "needs a competition weight",
+            ],
         ),
         (
             with(
@@ -462,6 +465,17 @@ fn data_free_stage_errors_name_their_keys() {
                 "l2_weight = 1e-5, competitor = \"student_dfad\", competition = 0.5 }",
             ),
             &["stages[1].synthesis.competitor", "earlier stage"],
+        ),
+        (
+            with(
+                "l2_weight = 1e-5 }",
+                "l2_weight = 1e-5, competition = 0.5 }",
+            ),
+            &["stages[1].synthesis.competitor", "needs a competitor"],
+        ),
+        (
+            with(synthesis, "synthesis = { images = 100, batch = 50,"),
+            &["stages[2].transfer", "fewer than one batch"],
         ),
         (
             with("l2_weight = 1e-5 }", "l2_weight = 1e-5, jitter = 100 }"),

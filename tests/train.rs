@@ -1260,7 +1260,7 @@ fn data_free_small() -> config::Config {
             StageKind::Train => 1,
         };
         if let Some(s) = &mut stage.synthesis {
-            (s.images, s.batch, s.iterations) = (20, 10, 4);
+            (s.images, s.batch, s.iterations) = (70, 10, 4);
         }
         if let Some(g) = &mut stage.generator {
             (g.latent, g.width, g.iterations, g.student_steps, g.batch) = (16, 4, 2, 2, Some(16));
@@ -1301,7 +1301,7 @@ fn the_data_free_config_runs_every_stage_kind_and_resumes() {
     assert!(whole.stages[1].models.is_empty() && whole.stages[1].samples_per_second > 0.0);
     let set = wgdistill::io::read_safetensors(&base.out.join("synthetic/synthesise.safetensors"))
         .unwrap();
-    assert_eq!(set["images"].shape, vec![20, 1, 28, 28]);
+    assert_eq!(set["images"].shape, vec![70, 1, 28, 28]);
     let labels = set["labels"].as_i32().unwrap();
     assert_eq!(labels[..12], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
     for png in ["synthesise.png", "student-dfad.png"] {
@@ -1309,7 +1309,7 @@ fn the_data_free_config_runs_every_stage_kind_and_resumes() {
         assert_eq!(&bytes[1..4], b"PNG", "{png}");
     }
     assert!(
-        lines.iter().any(|l| l.starts_with("synthesise batch 2/2")),
+        lines.iter().any(|l| l.starts_with("synthesise batch 7/7")),
         "{lines:?}"
     );
     // The DFAD stage's epochs are in metrics.jsonl with both players' discrepancies.

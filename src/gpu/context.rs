@@ -570,6 +570,20 @@ pub struct BoundPlan {
 }
 
 impl BoundPlan {
+    /// Records every launch into one compute pass and submits it: one submission.
+    pub fn submit(&self, gpu: &Gpu, label: &str) -> Result<()> {
+        let mut encoder = gpu.encoder(label);
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            self.record(&mut pass);
+        }
+        gpu.submit(encoder)?;
+        Ok(())
+    }
+
     /// Records every launch, in order, into a compute pass.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         for (kernel, bind_group, grid) in &self.steps {

@@ -18,14 +18,16 @@ use std::collections::BTreeMap;
 use crate::Result;
 use crate::error::{input_error, shape_error};
 use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Tensor};
-use crate::io::{HostTensor, TensorMap};
+use crate::io::TensorMap;
 use crate::kernels::losses::Loss;
 use crate::kernels::{elementwise, optimizer};
 use crate::rng::normal_vec;
 
 use super::exec::{Mode, plan_backward, plan_forward};
 use super::step::OptimizerSpec;
-use super::update::{OptimizerState, named_updates, plan_updates};
+use super::update::{
+    OptimizerState, named_updates, plan_updates, side_state, state_from_host, state_to_host,
+};
 use super::{Graph, Weights};
 
 /// Everything DFAD's two steps are made of.
@@ -185,13 +187,13 @@ impl Dfad {
         let mut through_t =
             plan_backward(gpu, &teacher, &tf, vec![(t_out, seed_t)], &[tx], &mut plan)?;
         let missing = || shape_error("dfad", "no gradient reached the generated images");
-        let dx = through_s.remove("x").ok_or_else(missing)?;
-        plan.push(elementwise::axpy_plan(
+        // A fresh sum: the returned gradients may be views of other values' buffers.
+        let (d, dx) = elementwise::add_plan(
             gpu,
-            1.0,
+            &through_s.remove("x").ok_or_else(missing)?,
             &through_t.remove("x").ok_or_else(missing)?,
-            &dx,
-        )?);
+        )?;
+        plan.push(d);
         let grads = plan_backward(gpu, g, &gf, vec![(g_out, dx)], &[], &mut plan)?;
         plan.push(optimizer::advance_step(gpu, &g_step)?);
         let updates = named_updates(gw, &grads)?;
@@ -275,29 +277,16 @@ impl Dfad {
         })
     }
 
-    fn submit(gpu: &Gpu, plan: &BoundPlan, label: &str) -> Result<()> {
-        let mut encoder = gpu.encoder(label);
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(label),
-                timestamp_writes: None,
-            });
-            plan.record(&mut pass);
-        }
-        gpu.submit(encoder)?;
-        Ok(())
-    }
-
     /// One generator step on fresh noise drawn from `seed` (a queue write and a submission).
     pub fn generator_step(&self, gpu: &Gpu, seed: u64) -> Result<()> {
         gpu.write(&self.z[0], &normal_vec(self.z[0].numel(), seed))?;
-        Self::submit(gpu, &self.generator_plan, "dfad generator step")
+        self.generator_plan.submit(gpu, "dfad generator step")
     }
 
     /// One student step on fresh noise drawn from `seed`.
     pub fn student_step(&self, gpu: &Gpu, seed: u64) -> Result<()> {
         gpu.write(&self.z[1], &normal_vec(self.z[1].numel(), seed))?;
-        Self::submit(gpu, &self.student_plan, "dfad student step")
+        self.student_plan.submit(gpu, "dfad student step")
     }
 
     /// The discrepancy `L1(S(x), T(x))` (unweighted) the last generator step and the last
@@ -346,68 +335,31 @@ impl Dfad {
     /// (`generator.NAME`), both optimizers' state (`generator.optimizer.NAME.k`,
     /// `student.optimizer.NAME.k`) and both step counters.
     pub fn save_state(&self, gpu: &Gpu) -> Result<TensorMap> {
-        let mut out = TensorMap::new();
-        for (name, t) in self.state_tensors() {
-            let host = match t.dtype() {
-                DType::U32 => HostTensor::i32(t.shape(), vec![gpu.read::<u32>(t)?[0] as i32]),
-                _ => HostTensor::f32(t.shape(), gpu.read::<f32>(t)?),
-            };
-            out.insert(name, host);
-        }
-        Ok(out)
+        state_to_host(gpu, &self.state_tensors())
     }
 
     /// Restores what [`Dfad::save_state`] saved (`what` names the source in errors).
     pub fn load_state(&self, gpu: &Gpu, what: &str, saved: &TensorMap) -> Result<()> {
-        for (name, t) in self.state_tensors() {
-            let host = saved
-                .get(&name)
-                .ok_or_else(|| input_error(what, format!("tensor '{name}' is missing")))?;
-            let wrong = || {
-                input_error(
-                    what,
-                    format!(
-                        "tensor '{name}' should be {:?}, found {} {:?}",
-                        t.shape(),
-                        host.dtype_name(),
-                        host.shape
-                    ),
-                )
-            };
-            if host.shape != t.shape() {
-                return Err(wrong());
-            }
-            match t.dtype() {
-                DType::U32 => {
-                    let v = host
-                        .as_i32()
-                        .and_then(|v| v.first().copied())
-                        .ok_or_else(wrong)?;
-                    gpu.write(t, &[v.max(0) as u32])?;
-                }
-                _ => gpu.write(t, host.as_f32().ok_or_else(wrong)?)?,
-            }
-        }
-        Ok(())
+        state_from_host(gpu, what, saved, &self.state_tensors())
     }
 
     fn state_tensors(&self) -> Vec<(String, &Tensor)> {
-        let mut out: Vec<(String, &Tensor)> = vec![
-            ("generator.step".into(), &self.generator.step),
-            ("student.step".into(), &self.student.step),
-        ];
+        let mut out: Vec<(String, &Tensor)> = Vec::new();
         out.extend(
             self.generator_weights
                 .iter()
                 .map(|(n, t)| (format!("generator.{n}"), t)),
         );
-        for (side, s) in [("generator", &self.generator), ("student", &self.student)] {
-            for (name, tensors) in &s.optimizer {
-                for (k, t) in tensors.iter().enumerate() {
-                    out.push((format!("{side}.optimizer.{name}.{k}"), t));
-                }
-            }
-        }
+        out.extend(side_state(
+            "generator",
+            &self.generator.step,
+            &self.generator.optimizer,
+        ));
+        out.extend(side_state(
+            "student",
+            &self.student.step,
+            &self.student.optimizer,
+        ));
         out
     }
 }

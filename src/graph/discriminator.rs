@@ -65,8 +65,6 @@ pub struct PlannedDiscriminator {
     pub discriminator_losses: [Tensor; 2],
     /// Its state, to share with a sibling step.
     pub state: DiscriminatorState,
-    /// The index of its update launches in the plan.
-    pub optimizer_launches: Vec<usize>,
 }
 
 /// A constant `(B, 1)` tensor of `value`.
@@ -154,13 +152,19 @@ pub fn plan_discriminator(
     let (Some((fake_loss, fake_grads)), Some((real_loss, grads))) = (fake_side, real_side) else {
         return Err(shape_error("discriminator", "both sides must be planned"));
     };
+    // Fresh sums: the returned gradients may be views of other values' buffers.
+    let mut summed = BTreeMap::new();
     for (name, g) in &grads {
-        if let Some(other) = fake_grads.get(name) {
-            plan.push(elementwise::axpy_plan(gpu, 1.0, other, g)?);
-        }
+        let (d, sum) = match fake_grads.get(name) {
+            Some(other) => elementwise::add_plan(gpu, g, other)?,
+            None => elementwise::scale_plan(gpu, g, 1.0)?,
+        };
+        plan.push(d);
+        summed.insert(name.clone(), sum);
     }
+    let grads = summed;
     plan.push(optimizer::advance_step(gpu, &step)?);
-    let (state, launches) = plan_updates(
+    let (state, _) = plan_updates(
         gpu,
         &spec.optimizer,
         named_updates(&weights, &grads)?,
@@ -178,6 +182,5 @@ pub fn plan_discriminator(
             optimizer: state,
             step,
         },
-        optimizer_launches: launches,
     })
 }

@@ -7,8 +7,11 @@
 //!
 //! with `w_0` the first layer's multiplier (NVlabs' `first_bn_multiplier`) and 1 for the others.
 //! As in NVlabs' code, the teacher may see the images randomly shifted and flipped each iteration
-//! (`jitter`, `flip`), the gradient coming back through the inverse map.
-//! Every term is a registry loss (`ce`, `bn_match`, `tv`, `l2_norm`); the layers' moments are
+//! (`jitter`, `flip`), the gradient coming back through the inverse map; the priors (TV, L2) are
+//! taken on the images themselves (NVlabs takes them on the shifted view: a circular shift leaves
+//! L2 unchanged, and TV but for the wrapped edge).
+//! Every term is a registry loss (`ce`, `bn_match`, `tv`, `l2_norm`, and `js` for Adaptive
+//! DeepInversion's competition with a student); the layers' moments are
 //! `ChannelMoments` taps on their inputs. The whole iteration (forward, losses, backward to the
 //! images, Adam) is compiled once and replayed as one submission, nothing created or read back.
 
@@ -326,7 +329,7 @@ impl Inversion {
             competing = Some((frozen, sf, s_out, s_input, seed_s, to_s.loss));
         }
         let mut backward = plan_backward(gpu, &graph, &fwd, seeds, &[input], &mut plan)?;
-        let seen_gradient = backward
+        let mut seen_gradient = backward
             .remove("x")
             .ok_or_else(|| shape_error("deep inversion", "no gradient reached the images"))?;
         let js = match competing {
@@ -342,7 +345,10 @@ impl Inversion {
                 let dx = back.remove("x").ok_or_else(|| {
                     shape_error("deep inversion", "no gradient reached the images")
                 })?;
-                plan.push(elementwise::axpy_plan(gpu, 1.0, &dx, &seen_gradient)?);
+                // A fresh sum: the returned gradients may be views of other values' buffers.
+                let (d, sum) = elementwise::add_plan(gpu, &seen_gradient, &dx)?;
+                plan.push(d);
+                seen_gradient = sum;
                 Some(loss)
             }
             None => None,
@@ -433,15 +439,7 @@ impl Inversion {
                 }
             }
             self.iterations.set(self.iterations.get() + 1);
-            let mut encoder = gpu.encoder("deep inversion");
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("deep inversion"),
-                    timestamp_writes: None,
-                });
-                self.bound.record(&mut pass);
-            }
-            gpu.submit(encoder)?;
+            self.bound.submit(gpu, "deep inversion")?;
         }
         Ok(())
     }

@@ -20,7 +20,9 @@ use super::discriminator::{DiscriminatorSpec, DiscriminatorState, plan_discrimin
 use super::exec::{Forward, Mode, plan_backward, plan_forward};
 use super::ir::{ConvLayer, Graph, Op, Value};
 use super::memory::{MemoryReport, plan_memory};
-use super::update::{OptimizerState, named_updates, plan_updates};
+use super::update::{
+    OptimizerState, named_updates, plan_updates, side_state, state_from_host, state_to_host,
+};
 use super::weights::Weights;
 
 /// A trainable regressor between a student tap and the teacher's (FitNet): it trains with the
@@ -1181,13 +1183,7 @@ impl TrainStep {
         {
             out.extend(w.to_host(gpu)?);
         }
-        for (name, t) in self.discriminator_tensors() {
-            let host = match t.dtype() {
-                DType::U32 => HostTensor::i32(t.shape(), vec![gpu.read::<u32>(t)?[0] as i32]),
-                _ => HostTensor::f32(t.shape(), gpu.read::<f32>(t)?),
-            };
-            out.insert(name, host);
-        }
+        out.extend(state_to_host(gpu, &self.discriminator_tensors())?);
         Ok(out)
     }
 
@@ -1197,17 +1193,12 @@ impl TrainStep {
         let Some(d) = &self.state.discriminator else {
             return Vec::new();
         };
-        let mut out: Vec<(String, &Tensor)> = vec![("discriminator.step".into(), &d.step)];
+        let mut out = side_state("discriminator", &d.step, &d.optimizer);
         out.extend(
             d.weights
                 .iter()
                 .map(|(n, t)| (format!("discriminator.{n}"), t)),
         );
-        for (name, tensors) in &d.optimizer {
-            for (k, t) in tensors.iter().enumerate() {
-                out.push((format!("discriminator.optimizer.{name}.{k}"), t));
-            }
-        }
         out
     }
 
@@ -1250,15 +1241,7 @@ impl TrainStep {
         {
             targets.extend(w.iter().map(|(n, t)| (n.clone(), t)));
         }
-        for (name, t) in self.discriminator_tensors() {
-            let host = get(&name)?;
-            if t.dtype() == DType::U32 {
-                let v = host.as_i32().and_then(|v| v.first().copied()).unwrap_or(0);
-                gpu.write(t, &[v.max(0) as u32])?;
-            } else {
-                targets.push((name, t));
-            }
-        }
+        state_from_host(gpu, what, saved, &self.discriminator_tensors())?;
         for (name, t) in targets {
             let host = get(&name)?;
             let values = host

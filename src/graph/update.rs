@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 
 use crate::Result;
+use crate::error::input_error;
 use crate::error::shape_error;
 use crate::gpu::{DType, Dispatch, Gpu, Tensor};
+use crate::io::{HostTensor, TensorMap};
 use crate::kernels::optimizer;
 
 use super::step::OptimizerSpec;
@@ -70,4 +72,84 @@ pub fn named_updates<'a>(
             Ok((name.clone(), p, g))
         })
         .collect()
+}
+
+/// A trained side's step counter and optimizer state under `PREFIX.step` and
+/// `PREFIX.optimizer.NAME.k`: the names a saved state holds them by.
+pub fn side_state<'a>(
+    prefix: &str,
+    step: &'a Tensor,
+    optimizer: &'a OptimizerState,
+) -> Vec<(String, &'a Tensor)> {
+    let mut out = vec![(format!("{prefix}.step"), step)];
+    for (name, tensors) in optimizer {
+        for (k, t) in tensors.iter().enumerate() {
+            out.push((format!("{prefix}.optimizer.{name}.{k}"), t));
+        }
+    }
+    out
+}
+
+/// Reads named state tensors back to the host: f32 as they are, u32 counters as i32 (as
+/// PyTorch's integer buffers are stored).
+pub fn state_to_host(gpu: &Gpu, tensors: &[(String, &Tensor)]) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    for (name, t) in tensors {
+        let host = match t.dtype() {
+            DType::U32 => HostTensor::i32(
+                t.shape(),
+                gpu.read::<u32>(t)?.iter().map(|&v| v as i32).collect(),
+            ),
+            _ => HostTensor::f32(t.shape(), gpu.read::<f32>(t)?),
+        };
+        out.insert(name.clone(), host);
+    }
+    Ok(out)
+}
+
+/// Writes what [`state_to_host`] read back into `tensors`, each checked for its name, shape and
+/// type (`what` names the source in errors).
+pub fn state_from_host(
+    gpu: &Gpu,
+    what: &str,
+    saved: &TensorMap,
+    tensors: &[(String, &Tensor)],
+) -> Result<()> {
+    for (name, t) in tensors {
+        let host = saved
+            .get(name)
+            .ok_or_else(|| input_error(what, format!("tensor '{name}' is missing")))?;
+        let wrong = || {
+            input_error(
+                what,
+                format!(
+                    "tensor '{name}' should be {} {:?}, found {} {:?}",
+                    if t.dtype() == DType::U32 {
+                        "i32"
+                    } else {
+                        "f32"
+                    },
+                    t.shape(),
+                    host.dtype_name(),
+                    host.shape
+                ),
+            )
+        };
+        if host.shape != t.shape() {
+            return Err(wrong());
+        }
+        match t.dtype() {
+            DType::U32 => {
+                let v: Vec<u32> = host
+                    .as_i32()
+                    .ok_or_else(wrong)?
+                    .iter()
+                    .map(|&v| v.max(0) as u32)
+                    .collect();
+                gpu.write(t, &v)?;
+            }
+            _ => gpu.write(t, host.as_f32().ok_or_else(wrong)?)?,
+        }
+    }
+    Ok(())
 }

@@ -80,7 +80,8 @@ pub fn js(s: &[f64], t: &[f64], classes: usize, temperature: f64) -> LossGrad {
         let g: Vec<f64> = p
             .iter()
             .zip(&m)
-            .map(|(a, mm)| 0.5 * (a / mm).ln())
+            // (A probability that underflowed to 0 contributes 0, as its loss term does.)
+            .map(|(a, mm)| if *a > 0.0 { 0.5 * (a / mm).ln() } else { 0.0 })
             .collect();
         let mean: f64 = p.iter().zip(&g).map(|(a, gg)| a * gg).sum();
         grad.extend(

@@ -29,7 +29,7 @@ use crate::graph::{Graph, Op, Weights};
 use crate::io::{self, HostTensor, TensorMap};
 
 use super::config::{Config, StageKind};
-use super::data_free::synthetic_set;
+use super::data_free::{synthetic_dir, synthetic_set};
 use super::summary::{StageSummary, Summary};
 
 /// Where a run stands, written after every epoch (`progress.json`) so `--resume` can go on.
@@ -483,11 +483,7 @@ pub fn start_from_first_seed(config: &Config, first: &Path, out: &Path) -> Resul
                 synthetic_set(first, &stage.name),
                 synthetic_set(out, &stage.name),
             );
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    input_error(parent.display().to_string(), format!("cannot create ({e})"))
-                })?;
-            }
+            synthetic_dir(out)?;
             copy(src.with_extension("png"), dst.with_extension("png"))?;
             copy(src, dst)?;
         }

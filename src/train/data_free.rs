@@ -142,13 +142,13 @@ fn default_student_steps() -> usize {
 const MAX_SYNTHESIS: usize = 1 << 20;
 
 impl SynthesisConfig {
-    fn check(&self, data_batch_limit: usize) -> std::result::Result<(), Fault> {
+    fn check(&self, max_batch: usize) -> std::result::Result<(), Fault> {
         let at = |key: &str| format!("synthesis.{key}");
-        if !(2..=data_batch_limit).contains(&self.batch) {
+        if !(2..=max_batch).contains(&self.batch) {
             return Err((
                 at("batch"),
                 format!(
-                    "must be from 2 to {data_batch_limit} (batch statistics need two images), got {}",
+                    "must be from 2 to {max_batch} (batch statistics need two images), got {}",
                     self.batch
                 ),
             ));
@@ -188,12 +188,20 @@ impl SynthesisConfig {
                 format!("must be a number ≥ 0, got {}", self.competition),
             ));
         }
-        if self.competitor.is_some() != (self.competition > 0.0) {
-            return Err((
-                at("competitor"),
-                "competitor and a competition weight > 0 go together (Adaptive DeepInversion)"
-                    .into(),
-            ));
+        match (&self.competitor, self.competition > 0.0) {
+            (Some(_), false) => {
+                return Err((
+                    at("competition"),
+                    "a competitor needs a competition weight > 0 (Adaptive DeepInversion)".into(),
+                ));
+            }
+            (None, true) => {
+                return Err((
+                    at("competitor"),
+                    "a competition weight needs a competitor: a model trained earlier".into(),
+                ));
+            }
+            _ => {}
         }
         if self.jitter > 64 {
             return Err((
@@ -286,7 +294,7 @@ pub(super) fn check_kind(
         Err((
             key.to_string(),
             format!(
-                "belongs to {kinds} stages, not to a {:?} stage",
+                "belongs to {kinds} stages, not to a {} stage",
                 kind_name(stage.kind)
             ),
         ))
@@ -328,6 +336,20 @@ pub(super) fn check_kind(
                 return Err((
                     "transfer".into(),
                     format!("'{source}' is not an earlier deep_inversion stage"),
+                ));
+            }
+            let images = earlier
+                .iter()
+                .find(|s| &s.name == source)
+                .and_then(|s| s.synthesis.as_ref())
+                .map_or(0, |s| s.images);
+            if images < config.data.batch_size {
+                return Err((
+                    "transfer".into(),
+                    format!(
+                        "'{source}' synthesises {images} images, fewer than one batch of data.batch_size = {}",
+                        config.data.batch_size
+                    ),
                 ));
             }
             if config.data.teacher_cache {
@@ -429,6 +451,14 @@ fn kind_name(kind: StageKind) -> &'static str {
 /// `synthetic/STAGE.safetensors` of the run folder `out`.
 pub fn synthetic_set(out: &Path, stage: &str) -> std::path::PathBuf {
     out.join("synthetic").join(format!("{stage}.safetensors"))
+}
+
+/// The run folder's `synthetic/`, created if missing.
+pub fn synthetic_dir(out: &Path) -> Result<std::path::PathBuf> {
+    let dir = out.join("synthetic");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| input_error(dir.display().to_string(), format!("cannot create ({e})")))?;
+    Ok(dir)
 }
 
 /// Reads a synthesised set back (a resumed run, or a later seed's): `images` (N, C, H, W) and
@@ -570,9 +600,7 @@ impl StageRun<'_> {
         );
         let out = &self.opts.out;
         let path = synthetic_set(out, &stage.name);
-        let dir = out.join("synthetic");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| input_error(dir.display().to_string(), format!("cannot create ({e})")))?;
+        synthetic_dir(out)?;
         self.folder.write_tensors(&path, &set)?;
         write_grid(
             &path.with_extension("png"),
@@ -712,7 +740,7 @@ impl StageRun<'_> {
                 return Err(input_error(
                     format!("stage '{}'", stage.name),
                     format!(
-                        "diverged in epoch {} (discrepancy {s_loss}): lower the learning rates",
+                        "diverged in epoch {} (discrepancy {s_loss}): lower optimizer.lr or generator.optimizer.lr",
                         epoch + 1
                     ),
                 ));
@@ -757,19 +785,15 @@ impl StageRun<'_> {
             let e = export(gpu, &student, &student_weights, steps)?;
             folder.rewrite_exports(&[(student_name.clone(), e)], None)?;
         }
-        // What the generator makes at the end, one column per class the teacher sees in it.
-        let images = dfad.images(gpu)?;
-        let by_class =
-            sorted_by_teacher(gpu, &teacher, teacher_weights, &images, self.shapes.classes)?;
-        let dir = self.opts.out.join("synthetic");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| input_error(dir.display().to_string(), format!("cannot create ({e})")))?;
-        write_grid(
-            &dir.join(format!("{}.png", stage.name)),
-            &by_class,
-            self.shapes.image,
-            self.shapes.classes,
-        )?;
+        // What the generator makes at the end, one column per class the teacher sees in it (when
+        // this run stepped: one resumed after the last epoch has no images of its own).
+        if start_epoch < stage.epochs {
+            let images = dfad.images(gpu)?;
+            let by_class =
+                sorted_by_teacher(gpu, &teacher, teacher_weights, &images, self.shapes.classes)?;
+            let grid = synthetic_dir(&self.opts.out)?.join(format!("{}.png", stage.name));
+            write_grid(&grid, &by_class, self.shapes.image, self.shapes.classes)?;
+        }
         models.insert(student_name.clone(), student_weights);
         let wall = started.elapsed().as_secs_f64();
         Ok(StageSummary {

@@ -24,6 +24,9 @@ pub struct EpochStats {
     pub samples: usize,
     /// Training time (no evaluation).
     pub seconds: f64,
+    /// A discriminator's losses in the epoch's last step (teacher's tap as real, student's as
+    /// fake), when the stage has one.
+    pub discriminator: Option<[f32; 2]>,
 }
 
 /// Trains epoch `epoch` (0-based) of the planned stage at learning rate `lr`.
@@ -118,6 +121,7 @@ pub fn train_epoch(
         mean_loss: ((sampled + f64::from(loss)) / (sampled_count + 1) as f64) as f32,
         samples,
         seconds: start.elapsed().as_secs_f64(),
+        discriminator: last.discriminator_losses(gpu)?,
     })
 }
 

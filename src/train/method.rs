@@ -61,8 +61,8 @@ impl Method {
         if def.inputs.iter().any(|i| i.role == Role::Target) {
             let message = format!(
                 "{}'s targets are supplied by a data-free or adversarial scheme, not by a \
-                 configured term (deep_inversion stages match BatchNorm statistics themselves); \
-                 it runs through `wgdistill op`",
+                 configured term (a stage's discriminator = {{ … }} uses bce, deep_inversion \
+                 stages bn_match); it runs through `wgdistill op`",
                 def.name
             );
             return Err((at(".kind"), message));

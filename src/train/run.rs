@@ -336,9 +336,6 @@ impl StageRun<'_> {
             let steps = plan.step.steps_taken(gpu)?;
             let mut exports = Vec::new();
             let mut metrics = Vec::new();
-            // A discriminator's losses at the epoch's end: teacher's tap as real, student's as
-            // fake.
-            let discriminator = plan.step.discriminator_losses(gpu)?;
             for k in 0..stage.train.len() {
                 plan.accuracy[k] = accuracy(gpu, &plan.evals[k], &plan.graphs[k], test)?;
                 plan.best[k] = plan.best[k].max(plan.accuracy[k]);
@@ -351,7 +348,7 @@ impl StageRun<'_> {
                     "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_loss_mean": stats.mean_loss,
                     "test_accuracy": plan.accuracy[k], "seconds": stats.seconds, "samples_per_second": stats.samples as f64 / stats.seconds,
                 });
-                if let Some([real, fake]) = discriminator {
+                if let Some([real, fake]) = stats.discriminator {
                     line["discriminator_loss_real"] = real.into();
                     line["discriminator_loss_fake"] = fake.into();
                 }
