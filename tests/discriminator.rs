@@ -2,7 +2,8 @@
 //! 1, the student's update is minus the gradient of its KD and adversarial terms and the
 //! discriminator's minus the gradient of its real/fake objective, both by finite differences of
 //! the f64 composition (interpreter and loss references); the step creates nothing and submits
-//! once; a sibling step shares the discriminator; its state round-trips for `--resume`.
+//! once; a sibling step shares the discriminator; its state round-trips for `--resume`. The
+//! tests hold `common::serial()`: one counts the device's submissions.
 
 mod common;
 
@@ -89,6 +90,7 @@ fn check(what: &str, before: &Params, after: &Params, f: impl Fn(&Params) -> f64
 
 #[test]
 fn the_student_and_the_discriminator_each_descend_their_objective_in_one_submission() {
+    let _serial = common::serial();
     let Some(gpu) = gpu() else { return };
     let input = [BATCH, 1, 3, 3];
     let student = models::mlp(input, &[4], CLASSES).unwrap();
@@ -160,6 +162,7 @@ fn the_student_and_the_discriminator_each_descend_their_objective_in_one_submiss
 
 #[test]
 fn a_sibling_shares_the_discriminator_and_its_state_round_trips() {
+    let _serial = common::serial();
     let Some(gpu) = gpu() else { return };
     let student = models::mlp([6, 1, 3, 3], &[4], CLASSES).unwrap();
     let teacher = models::mlp([6, 1, 3, 3], &[6], CLASSES).unwrap();
