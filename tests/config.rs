@@ -31,6 +31,18 @@ fn the_default_and_example_configs_parse_and_check() {
     }
 }
 
+/// Each configuration is refused with one line that names run.toml and contains every needle.
+fn assert_refused(cases: Vec<(String, &[&str])>) {
+    for (text, needles) in cases {
+        let e = check(&text).expect_err(&format!("must be refused: {needles:?}"));
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.starts_with("run.toml"), "{e}");
+        for n in needles {
+            assert!(e.contains(n), "expected '{n}' in: {e}");
+        }
+    }
+}
+
 fn with(find: &str, replace: &str) -> String {
     assert!(EXAMPLE.contains(find), "{find}");
     EXAMPLE.replacen(find, replace, 1)
@@ -393,14 +405,7 @@ fn numbers_sizes_and_names_are_range_checked() {
             );
         cases.push((text, &["models.", "letters, digits"]));
     }
-    for (text, needles) in cases {
-        let e = check(&text).expect_err(&format!("must be refused: {needles:?}"));
-        assert!(!e.contains('\n'), "one line: {e}");
-        assert!(e.starts_with("run.toml"), "{e}");
-        for n in needles {
-            assert!(e.contains(n), "expected '{n}' in: {e}");
-        }
-    }
+    assert_refused(cases);
 }
 
 /// The data-free stage kinds' rules: each mistake in configs/data_free.toml is one line naming
@@ -540,14 +545,7 @@ fn data_free_stage_errors_name_their_keys() {
             &["stages[3].teachers", "one teacher"],
         ),
     ];
-    for (text, needles) in cases {
-        let e = check(&text).expect_err("must be refused");
-        assert!(!e.contains('\n'), "one line: {e}");
-        assert!(e.starts_with("run.toml"), "{e}");
-        for n in needles {
-            assert!(e.contains(n), "expected '{n}' in: {e}");
-        }
-    }
+    assert_refused(cases);
 }
 
 /// A discriminator's settings: each mistake in configs/adversarial.toml is one line naming the
@@ -605,12 +603,5 @@ fn discriminator_errors_name_their_keys() {
             &["stages[1].discriminator", "one teacher"],
         ),
     ];
-    for (text, needles) in cases {
-        let e = check(&text).expect_err("must be refused");
-        assert!(!e.contains('\n'), "one line: {e}");
-        assert!(e.starts_with("run.toml"), "{e}");
-        for n in needles {
-            assert!(e.contains(n), "expected '{n}' in: {e}");
-        }
-    }
+    assert_refused(cases);
 }
