@@ -1,4 +1,4 @@
-// Elementwise kernels over flat f32 arrays: add, scale, axpy, fill.
+// Elementwise kernels over flat f32 arrays: add, scale, axpy, mul, fill.
 // One invocation per element; the grid may be folded into two dimensions when the element count
 // needs more than max_compute_workgroups_per_dimension workgroups, so every kernel recovers its
 // linear index from (workgroup_id, num_workgroups) and skips indices past the end.
@@ -67,5 +67,18 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = linear_index(wid, nwg, lid);
     if (i < params.n) {
         fill_out[i] = params.alpha;
+    }
+}
+
+// y = y * x (a pruning mask applied to weights after their update)
+@group(0) @binding(1) var<storage, read> mul_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mul_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        mul_y[i] = mul_y[i] * mul_x[i];
     }
 }

@@ -5,6 +5,8 @@
 //
 // grad_scale is 1/B for ce, T/B for kd and dkd, 1/(B·T) for js; the loss scale (1/B or T²/B)
 // is applied by the reduction. bce is elementwise (one invocation per element).
+// balance couples the rows through the batch's mean softmax, so it takes three launches: each
+// row's log-sum-exp, each class's mean probability, then each row's gradient.
 
 struct Params {
     rows: u32,
@@ -261,4 +263,75 @@ fn bce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let sigmoid = select(e / u, 1.0 / u, z >= 0.0);
     bce_grad[i] = (sigmoid - y) * params.grad_scale;
     bce_loss[i] = max(z, 0.0) - z * y + log1p_e;
+}
+
+// ---- balance: KL(p̄ ‖ uniform) = Σ_j p̄_j log(C p̄_j), p̄ = the batch mean of softmax(s) -------
+// (DAFL's information-entropy term up to the constant log C: zero when the batch's predictions
+// spread evenly over the classes.) Gradient in s[b, j]: p_bj (log p̄_j − Σ_k p_bk log p̄_k) / B.
+// Launch 1, one invocation per row: lse[r] = log Σ_j exp(s[r, j]).
+@group(0) @binding(1) var<storage, read> balance_rows_logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> balance_rows_lse: array<f32>;
+
+@compute @workgroup_size(64)
+fn balance_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= params.rows) {
+        return;
+    }
+    let base = r * params.cols;
+    var st = lse_empty();
+    for (var c = 0u; c < params.cols; c = c + 1u) {
+        st = lse_push(st, balance_rows_logits[base + c]);
+    }
+    balance_rows_lse[r] = lse_value(st);
+}
+
+// Launch 2, one invocation per class: log p̄_j (LOWEST where p̄_j underflowed to 0, so that
+// p_bj · log p̄_j stays 0) and the class's loss term.
+@group(0) @binding(1) var<storage, read> balance_mean_logits: array<f32>;
+@group(0) @binding(2) var<storage, read> balance_mean_lse: array<f32>;
+@group(0) @binding(3) var<storage, read_write> balance_mean_log: array<f32>;
+@group(0) @binding(4) var<storage, read_write> balance_mean_loss: array<f32>;
+
+@compute @workgroup_size(64)
+fn balance_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let j = row_index(wid, nwg, lid);
+    if (j >= params.cols) {
+        return;
+    }
+    var sum = 0.0;
+    for (var r = 0u; r < params.rows; r = r + 1u) {
+        sum = sum + exp(balance_mean_logits[r * params.cols + j] - balance_mean_lse[r]);
+    }
+    let mean = sum / f32(params.rows);
+    let log_mean = select(LOWEST, log(mean), mean > 0.0);
+    balance_mean_log[j] = log_mean;
+    balance_mean_loss[j] = select(0.0, mean * (log_mean + log(f32(params.cols))), mean > 0.0);
+}
+
+// Launch 3, one invocation per row: the gradient (grad_scale is 1/B).
+@group(0) @binding(1) var<storage, read> balance_grad_logits: array<f32>;
+@group(0) @binding(2) var<storage, read> balance_grad_lse: array<f32>;
+@group(0) @binding(3) var<storage, read> balance_grad_log_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> balance_grad_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn balance_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= params.rows) {
+        return;
+    }
+    let base = r * params.cols;
+    let lse = balance_grad_lse[r];
+    var expected = 0.0;
+    for (var c = 0u; c < params.cols; c = c + 1u) {
+        expected = expected + exp(balance_grad_logits[base + c] - lse) * balance_grad_log_mean[c];
+    }
+    for (var c = 0u; c < params.cols; c = c + 1u) {
+        let p = exp(balance_grad_logits[base + c] - lse);
+        balance_grad_out[base + c] = p * (balance_grad_log_mean[c] - expected) * params.grad_scale;
+    }
 }

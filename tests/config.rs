@@ -26,6 +26,7 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../configs/feature_knowledge.toml"),
         include_str!("../configs/data_free.toml"),
         include_str!("../configs/adversarial.toml"),
+        include_str!("../configs/pruning.toml"),
     ] {
         check(text).unwrap();
     }
@@ -418,7 +419,7 @@ fn data_free_stage_errors_name_their_keys() {
         DATA_FREE.replacen(find, replace, 1)
     };
     let synthesis = "synthesis = { images = 1000, batch = 50,";
-    let generator = "generator = { latent = 256, width = 16,";
+    let generator = "generator = { balance = 5.0, latent = 256, width = 16,";
     let cases: Vec<(String, &[&str])> = vec![
         (
             with(
@@ -509,7 +510,10 @@ fn data_free_stage_errors_name_their_keys() {
             &["stages[2].optimizer", "trains models"],
         ),
         (
-            with(generator, "nothing = { latent = 256, width = 16,"),
+            with(
+                generator,
+                "nothing = { balance = 5.0, latent = 256, width = 16,",
+            ),
             &["stages[3]", "unknown field `nothing`"],
         ),
         (
@@ -520,8 +524,18 @@ fn data_free_stage_errors_name_their_keys() {
             &["stages[3].losses", "l1"],
         ),
         (
-            with(generator, "generator = { latent = 256, width = 0,"),
+            with(
+                generator,
+                "generator = { balance = 5.0, latent = 256, width = 0,",
+            ),
             &["stages[3].generator.width", "from 1 to 1024"],
+        ),
+        (
+            with(
+                generator,
+                "generator = { balance = -1.0, latent = 256, width = 16,",
+            ),
+            &["stages[3].generator.balance", "from 0 to 1e6", "-1"],
         ),
         (
             with(
@@ -604,4 +618,45 @@ fn discriminator_errors_name_their_keys() {
         ),
     ];
     assert_refused(cases);
+}
+
+#[test]
+fn pruning_settings_are_checked() {
+    let kd = "losses = [\n  { kind = \"ce\", weight = 0.1 },";
+    let prune = |p: &str| with(kd, &format!("prune = {p}\n{kd}"));
+    assert!(check(&prune("{ sparsity = 0.5 }")).is_ok());
+    assert_refused(vec![
+        (
+            prune("{ sparsity = 1.0 }"),
+            &[
+                "stages[2].prune.sparsity",
+                "from 0 up to (not including) 1",
+                "1",
+            ],
+        ),
+        (
+            prune("{ sparsity = 0.5, begin_epoch = 2, ramp_epochs = 2 }"),
+            &["stages[2].prune", "must not pass the stage's 3 epochs"],
+        ),
+        (
+            prune("{ sparsity = 0.5, ramp_epochs = 0 }"),
+            &["stages[2].prune.ramp_epochs", "at least 1"],
+        ),
+        (
+            prune("{ sparsity = 0.5, amount = 1 }"),
+            &["stages[2]", "unknown field `amount`"],
+        ),
+        (
+            prune("{ sparsity = 0.5, scope = \"row\" }"),
+            &["stages[2]", "unknown variant `row`"],
+        ),
+        (
+            with(kd, &format!("start_from = \"nobody\"\n{kd}")),
+            &["stages[2].start_from", "'nobody' is neither trained"],
+        ),
+        (
+            with(kd, &format!("start_from = \"teacher\"\n{kd}")),
+            &["stages[2].start_from", "different parameters"],
+        ),
+    ]);
 }

@@ -1,19 +1,18 @@
 //! Data-free adversarial distillation's compiled steps: each step's update equals, through SGD
 //! at learning rate 1, minus the gradient of its objective by finite differences of the f64
-//! composition (generator → teacher and student → l1, from the interpreter and the loss
-//! references); the steps create nothing and submit once; the generator's graph has DFAD's
+//! composition (generator → teacher and student → l1 and the teacher's class balance, from the
+//! interpreter and the loss references); the steps create nothing and submit once; the generator's graph has DFAD's
 //! names; resuming restores both sides. The tests hold `common::serial()`: one counts the
 //! device's creations and submissions.
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{gpu, trained_looking_weights, widen};
+use common::{
+    HostParams, assert_sgd_step_descends, gpu, host_params, sgd_lr1, trained_looking_weights, widen,
+};
 use wgdistill::gpu::Gpu;
-use wgdistill::graph::{Dfad, DfadSpec, Graph, Mode, OptimizerSpec, Weights, interp};
+use wgdistill::graph::{Dfad, DfadSpec, Graph, Mode, Weights, interp};
 use wgdistill::kernels::losses::Loss;
-use wgdistill::kernels::optimizer::Sgd;
 use wgdistill::models;
 use wgdistill::reference::response;
 
@@ -21,16 +20,6 @@ const BATCH: usize = 3;
 const LATENT: usize = 4;
 const CLASSES: usize = 4;
 const WEIGHT: f32 = 1.5;
-
-fn sgd(lr: f32) -> OptimizerSpec {
-    OptimizerSpec::Sgd(Sgd {
-        lr,
-        momentum: 0.0,
-        dampening: 0.0,
-        weight_decay: 0.0,
-        nesterov: false,
-    })
-}
 
 struct Nets {
     generator: Graph,
@@ -47,66 +36,33 @@ fn nets() -> Nets {
     }
 }
 
-type Params = BTreeMap<String, Vec<f64>>;
+type Params = HostParams;
 
-fn host(gpu: &Gpu, w: &Weights) -> Params {
-    w.to_host(gpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
-        .collect()
-}
-
-/// `L1(S(G(z)), T(G(z)))` in f64: the generator and the student with batch statistics, the
-/// teacher with its running ones.
-fn discrepancy(n: &Nets, pg: &Params, pt: &Params, ps: &Params, z: &[f64]) -> f64 {
+/// `[L1(S(G(z)), T(G(z))), balance(T(G(z)))]` in f64: the generator and the student with batch
+/// statistics, the teacher with its running ones.
+fn losses(n: &Nets, pg: &Params, pt: &Params, ps: &Params, z: &[f64]) -> [f64; 2] {
     let gv = interp::forward_in(&n.generator, pg, z, Mode::Train);
     let x = &gv[n.generator.output.unwrap().0];
     let tv = interp::forward_in(&n.teacher, pt, x, Mode::Eval);
     let sv = interp::forward_in(&n.student, ps, x, Mode::Train);
-    response::l1(
-        &sv[n.student.output.unwrap().0],
-        &tv[n.teacher.output.unwrap().0],
-    )
-    .loss
+    let t = &tv[n.teacher.output.unwrap().0];
+    [
+        response::l1(&sv[n.student.output.unwrap().0], t).loss,
+        response::balance(t, CLASSES).loss,
+    ]
 }
 
-/// Checks `before − after` (one SGD step at lr 1: the gradient) of every parameter in `names`
-/// against `sign · WEIGHT ·` the finite difference of the discrepancy in that parameter.
-fn check_update(
-    what: &str,
-    before: &Params,
-    after: &Params,
-    sign: f64,
-    objective: impl Fn(&Params) -> f64,
-) {
-    let mut checked = 0;
-    for (name, values) in before {
-        // Running statistics move in training mode without a gradient.
-        if name.contains("running_") || after[name] == *values {
-            continue;
-        }
-        let mut p = before.clone();
-        for i in 0..values.len() {
-            let h = 1e-5;
-            p.get_mut(name).unwrap()[i] = values[i] + h;
-            let up = objective(&p);
-            p.get_mut(name).unwrap()[i] = values[i] - h;
-            let down = objective(&p);
-            p.get_mut(name).unwrap()[i] = values[i];
-            let want = sign * f64::from(WEIGHT) * (up - down) / (2.0 * h);
-            let got = values[i] - after[name][i];
-            assert!(
-                (got - want).abs() <= 3e-4 + 3e-3 * want.abs(),
-                "{what} {name}[{i}]: step moved it by {got}, −gradient by finite differences {want}"
-            );
-            checked += 1;
-        }
-    }
+/// Checks `before − after` (one SGD step at lr 1: the gradient) of every parameter that trains
+/// against the finite difference of the step's objective in that parameter.
+fn check_update(what: &str, before: &Params, after: &Params, objective: impl Fn(&Params) -> f64) {
+    // Running statistics move in training mode without a gradient; the generator's last
+    // BatchNorm has no learnt scale or shift.
+    let frozen = ["running_", "conv_blocks2.5."];
+    let checked = assert_sgd_step_descends(what, before, after, &frozen, (3e-4, 3e-3), objective);
     assert!(checked > 100, "{what}: only {checked} values moved");
 }
 
-fn compile(gpu: &Gpu, n: &Nets, seed: u64) -> (Dfad, Weights, Weights, Weights) {
+fn compile(gpu: &Gpu, n: &Nets, seed: u64, balance: f32) -> (Dfad, Weights, Weights, Weights) {
     let (gw, _) = trained_looking_weights(gpu, &n.generator, seed);
     let (tw, _) = trained_looking_weights(gpu, &n.teacher, seed + 1);
     let sw = Weights::init(gpu, &n.student, seed + 2).unwrap();
@@ -118,8 +74,9 @@ fn compile(gpu: &Gpu, n: &Nets, seed: u64) -> (Dfad, Weights, Weights, Weights) 
         student_weights: &sw,
         loss: Loss::new("l1").unwrap(),
         weight: WEIGHT,
-        generator_optimizer: sgd(1.0),
-        student_optimizer: sgd(1.0),
+        balance,
+        generator_optimizer: sgd_lr1(),
+        student_optimizer: sgd_lr1(),
     };
     let dfad = Dfad::compile(gpu, &spec).unwrap();
     (dfad, gw, tw, sw)
@@ -130,27 +87,40 @@ fn the_generator_step_ascends_the_discrepancy_through_both_networks() {
     let _serial = common::serial();
     let Some(gpu) = gpu() else { return };
     let n = nets();
-    let (dfad, gw, tw, sw) = compile(gpu, &n, 11);
-    let (pg, pt, ps) = (host(gpu, &gw), host(gpu, &tw), host(gpu, &sw));
-    dfad.generator_step(gpu, 5).unwrap();
-    let z = widen(&wgdistill::rng::normal_vec(BATCH * LATENT, 5));
-    // Ascent: the step moves the generator along +gradient of the discrepancy.
-    check_update("generator", &pg, &host(gpu, &gw), -1.0, |p| {
-        discrepancy(&n, p, &pt, &ps, &z)
-    });
-    // Neither network it plays against moved (the student's batch statistics aside: an MLP
-    // has none).
-    assert!(host(gpu, &tw) == pt, "the teacher is frozen");
-    assert!(
-        host(gpu, &sw) == ps,
-        "the student is not updated by the generator step"
-    );
-    let [d, _] = dfad.discrepancies(gpu).unwrap();
-    let want = discrepancy(&n, &pg, &pt, &ps, &z);
-    assert!(
-        (f64::from(d) - want).abs() <= 1e-5 + 1e-4 * want,
-        "{d} vs {want}"
-    );
+    // DFAD as published, then with the class-balance term weighed in.
+    for balance in [0.0, 0.7] {
+        let (dfad, gw, tw, sw) = compile(gpu, &n, 11, balance);
+        let (pg, pt, ps) = (
+            host_params(gpu, &gw),
+            host_params(gpu, &tw),
+            host_params(gpu, &sw),
+        );
+        dfad.generator_step(gpu, 5).unwrap();
+        let z = widen(&wgdistill::rng::normal_vec(BATCH * LATENT, 5));
+        // Ascent on the discrepancy (descent on its negation), descent on the balance.
+        let what = format!("generator (balance {balance})");
+        check_update(&what, &pg, &host_params(gpu, &gw), |p| {
+            let [l1, b] = losses(&n, p, &pt, &ps, &z);
+            -f64::from(WEIGHT) * l1 + f64::from(balance) * b
+        });
+        // Neither network it plays against moved (the student's batch statistics aside: an
+        // MLP has none).
+        assert!(host_params(gpu, &tw) == pt, "the teacher is frozen");
+        assert!(
+            host_params(gpu, &sw) == ps,
+            "the student is not updated by the generator step"
+        );
+        // Both measured before the update, unweighted, whatever β is.
+        let [d, _] = dfad.discrepancies(gpu).unwrap();
+        let b = dfad.balance(gpu).unwrap();
+        let [want_d, want_b] = losses(&n, &pg, &pt, &ps, &z);
+        for (got, want) in [(d, want_d), (b, want_b)] {
+            assert!(
+                (f64::from(got) - want).abs() <= 1e-5 + 1e-4 * want,
+                "{got} vs {want}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -158,15 +128,20 @@ fn the_student_step_descends_the_discrepancy_on_generated_images() {
     let _serial = common::serial();
     let Some(gpu) = gpu() else { return };
     let n = nets();
-    let (dfad, gw, tw, sw) = compile(gpu, &n, 21);
-    let (pg, pt, ps) = (host(gpu, &gw), host(gpu, &tw), host(gpu, &sw));
+    let (dfad, gw, tw, sw) = compile(gpu, &n, 21, 0.7);
+    let (pg, pt, ps) = (
+        host_params(gpu, &gw),
+        host_params(gpu, &tw),
+        host_params(gpu, &sw),
+    );
     dfad.student_step(gpu, 8).unwrap();
     let z = widen(&wgdistill::rng::normal_vec(BATCH * LATENT, 8));
-    check_update("student", &ps, &host(gpu, &sw), 1.0, |p| {
-        discrepancy(&n, &pg, &pt, p, &z)
+    // The balance is the generator's alone.
+    check_update("student", &ps, &host_params(gpu, &sw), |p| {
+        f64::from(WEIGHT) * losses(&n, &pg, &pt, p, &z)[0]
     });
     // The generator's parameters did not move (its running statistics may: training mode).
-    let after = host(gpu, &gw);
+    let after = host_params(gpu, &gw);
     for (name, values) in &pg {
         if !name.contains("running_") {
             assert_eq!(&after[name], values, "{name} moved in the student step");
@@ -181,7 +156,7 @@ fn dfad_steps_create_nothing_submit_once_and_resume_exactly() {
     let _serial = common::serial();
     let Some(gpu) = gpu() else { return };
     let n = nets();
-    let (dfad, gw, _tw, sw) = compile(gpu, &n, 31);
+    let (dfad, gw, _tw, sw) = compile(gpu, &n, 31, 0.5);
     dfad.generator_step(gpu, 1).unwrap();
     dfad.student_step(gpu, 2).unwrap();
     common::assert_one_submission_and_nothing_created(gpu, 20, || {
@@ -197,9 +172,9 @@ fn dfad_steps_create_nothing_submit_once_and_resume_exactly() {
     let student = sw.to_host(gpu).unwrap();
     dfad.generator_step(gpu, 77).unwrap();
     dfad.student_step(gpu, 78).unwrap();
-    let want = (host(gpu, &gw), host(gpu, &sw));
+    let want = (host_params(gpu, &gw), host_params(gpu, &sw));
     // The same teacher; the generator and the student start from the saved state.
-    let (again, gw2, _, sw2) = compile(gpu, &n, 31);
+    let (again, gw2, _, sw2) = compile(gpu, &n, 31, 0.5);
     again.load_state(gpu, "saved", &state).unwrap();
     for (name, t) in sw2.iter() {
         gpu.write(t, student[name].as_f32().unwrap()).unwrap();
@@ -207,8 +182,8 @@ fn dfad_steps_create_nothing_submit_once_and_resume_exactly() {
     again.generator_step(gpu, 77).unwrap();
     again.student_step(gpu, 78).unwrap();
     for (got, want, side) in [
-        (host(gpu, &gw2), &want.0, "generator"),
-        (host(gpu, &sw2), &want.1, "student"),
+        (host_params(gpu, &gw2), &want.0, "generator"),
+        (host_params(gpu, &sw2), &want.1, "student"),
     ] {
         for (name, values) in want {
             assert!(got[name] == *values, "{side} {name} differs after resuming");

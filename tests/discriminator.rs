@@ -7,15 +7,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{data, gpu, trained_looking_weights, widen};
-use wgdistill::gpu::Gpu;
+use common::{
+    HostParams, assert_sgd_step_descends, data, gpu, host_params, sgd_lr1, trained_looking_weights,
+    widen,
+};
 use wgdistill::graph::{
-    DiscriminatorSpec, Graph, LossSpec, Mode, OptimizerSpec, StepSpec, TrainStep, Weights, interp,
+    DiscriminatorSpec, Graph, LossSpec, Mode, StepSpec, TrainStep, Weights, interp,
 };
 use wgdistill::kernels::losses::Loss;
-use wgdistill::kernels::optimizer::Sgd;
 use wgdistill::models;
 use wgdistill::reference::response;
 
@@ -25,32 +24,14 @@ const KD_WEIGHT: f32 = 0.7;
 const ADV_WEIGHT: f32 = 1.3;
 const HIDDEN: [usize; 1] = [5];
 
-type Params = BTreeMap<String, Vec<f64>>;
-
-fn sgd() -> OptimizerSpec {
-    OptimizerSpec::Sgd(Sgd {
-        lr: 1.0,
-        momentum: 0.0,
-        dampening: 0.0,
-        weight_decay: 0.0,
-        nesterov: false,
-    })
-}
-
-fn host(gpu: &Gpu, w: &Weights) -> Params {
-    w.to_host(gpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
-        .collect()
-}
+type Params = HostParams;
 
 fn spec() -> DiscriminatorSpec {
     DiscriminatorSpec {
         tap: "logits".into(),
         hidden: HIDDEN.to_vec(),
         weight: ADV_WEIGHT,
-        optimizer: sgd(),
+        optimizer: sgd_lr1(),
         seed: 5,
     }
 }
@@ -64,27 +45,9 @@ fn bce_of(d: &Graph, pd: &Params, input: &[f64], target: f64) -> f64 {
     response::bce(&z, &vec![target; z.len()]).loss
 }
 
-/// Central differences of `f` in every value of `p`, compared with `before − after`.
+/// Every value of `before` moved to `after` by minus the gradient of `f`.
 fn check(what: &str, before: &Params, after: &Params, f: impl Fn(&Params) -> f64) {
-    let mut checked = 0;
-    for (name, values) in before {
-        let mut p = before.clone();
-        for i in 0..values.len() {
-            let h = 1e-5;
-            p.get_mut(name).unwrap()[i] = values[i] + h;
-            let up = f(&p);
-            p.get_mut(name).unwrap()[i] = values[i] - h;
-            let down = f(&p);
-            p.get_mut(name).unwrap()[i] = values[i];
-            let want = (up - down) / (2.0 * h);
-            let got = values[i] - after[name][i];
-            assert!(
-                (got - want).abs() <= 2e-4 + 2e-3 * want.abs(),
-                "{what} {name}[{i}]: moved by {got}, gradient by finite differences {want}"
-            );
-            checked += 1;
-        }
-    }
+    let checked = assert_sgd_step_descends(what, before, after, &[], (2e-4, 2e-3), f);
     assert!(checked > 20, "{what}: {checked} values");
 }
 
@@ -103,7 +66,7 @@ fn the_student_and_the_discriminator_each_descend_their_objective_in_one_submiss
         student_weights: &sw,
         teacher: Some((&teacher, &tw)),
         losses: vec![LossSpec::logits(kd, KD_WEIGHT)],
-        optimizer: sgd(),
+        optimizer: sgd_lr1(),
         seed: 3,
     };
     let step = TrainStep::compile_adversarial(gpu, &step_spec, &spec()).unwrap();
@@ -118,7 +81,7 @@ fn the_student_and_the_discriminator_each_descend_their_objective_in_one_submiss
         })
         .collect();
     assert_eq!(pd.len(), 4, "{:?}", pd.keys());
-    let (ps, pt) = (host(gpu, &sw), host(gpu, &tw));
+    let (ps, pt) = (host_params(gpu, &sw), host_params(gpu, &tw));
     let x = data(BATCH * 9, 7);
     let labels = vec![0i32; BATCH];
     common::assert_one_submission_and_nothing_created(gpu, 1, || {
@@ -127,7 +90,7 @@ fn the_student_and_the_discriminator_each_descend_their_objective_in_one_submiss
     let xd = widen(&x);
     let t = logits(&teacher, &pt, &xd, Mode::Eval);
     // The student: KD toward the teacher plus w·BCE(D(s), 1), D as it was.
-    let student_after = host(gpu, &sw);
+    let student_after = host_params(gpu, &sw);
     check("student", &ps, &student_after, |p| {
         let s = logits(&student, p, &xd, Mode::Train);
         let kd = response::kd(&s, &t, CLASSES, 2.0).loss;
@@ -174,7 +137,7 @@ fn a_sibling_shares_the_discriminator_and_its_state_round_trips() {
             student_weights: sw,
             teacher: Some((t, tw)),
             losses: vec![LossSpec::logits(Loss::new("kd").unwrap(), 1.0)],
-            optimizer: sgd(),
+            optimizer: sgd_lr1(),
             seed: 3,
         }
     }

@@ -71,12 +71,7 @@ fn check_model_gradients(name: &str, g: &Graph, seed: u64) {
     let x = data(xs.iter().product(), seed + 1);
     let labels: Vec<i32> = (0..batch).map(|i| (i * 7 % classes) as i32).collect();
     let got = gpu_grads(gpu, g, &w, &x, &labels);
-    let host: BTreeMap<String, Vec<f64>> = w
-        .to_host(gpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
-        .collect();
+    let host = common::host_params(gpu, &w);
     let ylabels: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
     let xd = widen(&x);
     let trainable: Vec<String> = g
@@ -739,12 +734,7 @@ fn check_sampled_gradients(
     tol: f64,
 ) {
     let got = gpu_grads(gpu, g, w, x, labels);
-    let host: BTreeMap<String, Vec<f64>> = w
-        .to_host(gpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
-        .collect();
+    let host = common::host_params(gpu, w);
     let xd = widen(x);
     let yl: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
     for (pname, grad) in &got {
@@ -1372,15 +1362,6 @@ fn crd_steps_update_their_banks_in_place_and_train_both_heads() {
     assert_eq!(memory(&fresh, "z"), z);
 }
 
-/// Host copies of weights, widened, by name.
-fn host_f64(gpu: &Gpu, w: &Weights) -> BTreeMap<String, Vec<f64>> {
-    w.to_host(gpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
-        .collect()
-}
-
 /// A model of one 3×3 convolution to `c` channels (tapped `map`) and a linear classifier, on
 /// (5, 2, 6, 6) inputs.
 fn conv_model(c: usize) -> Graph {
@@ -1433,7 +1414,11 @@ fn a_frozen_paraphraser_gives_ft_the_teachers_factor() {
     assert_eq!(step.frozen().len(), 1);
     let x = data(5 * 2 * 36, 4);
     let labels = [0, 1, 2, 3, 0];
-    let (s_host, t_host, p_host) = (host_f64(gpu, &sw), host_f64(gpu, &tw), host_f64(gpu, &pw));
+    let (s_host, t_host, p_host) = (
+        common::host_params(gpu, &sw),
+        common::host_params(gpu, &tw),
+        common::host_params(gpu, &pw),
+    );
     step.run(gpu, &x, &labels).unwrap();
     let got = step.losses(gpu).unwrap()[0].2;
     let xd = widen(&x);
@@ -1472,12 +1457,12 @@ fn a_frozen_paraphraser_gives_ft_the_teachers_factor() {
         sibling.run(gpu, &x, &labels).unwrap();
     }
     assert_eq!(
-        host_f64(gpu, &step.frozen()[0]),
+        common::host_params(gpu, &step.frozen()[0]),
         p_host,
         "the paraphraser is frozen"
     );
-    assert_eq!(host_f64(gpu, &sibling.frozen()[0]), p_host);
-    assert_ne!(host_f64(gpu, &sw), s_host, "the student trains");
+    assert_eq!(common::host_params(gpu, &sibling.frozen()[0]), p_host);
+    assert_ne!(common::host_params(gpu, &sw), s_host, "the student trains");
     let state = step.save_state(gpu).unwrap();
     assert!(
         state.contains_key("terms.0.paraphraser.encoder.6.weight"),
@@ -1493,7 +1478,7 @@ fn a_paraphraser_learns_to_reconstruct_the_teachers_map() {
     let Some(gpu) = gpu() else { return };
     let teacher = conv_model(6);
     let tw = Weights::init(gpu, &teacher, 2).unwrap();
-    let t_before = host_f64(gpu, &tw);
+    let t_before = common::host_params(gpu, &tw);
     let g = paraphraser_graph(0, "teacher:map", &[5, 6, 6, 6], 0.5, true).unwrap();
     assert_eq!(g.shape(g.tapped("factor").unwrap()), [5, 3, 6, 6]);
     let w = Weights::init(gpu, &g, 5).unwrap();
@@ -1521,7 +1506,11 @@ fn a_paraphraser_learns_to_reconstruct_the_teachers_map() {
     }
     let last = step.total_loss(gpu).unwrap();
     assert!(last < 0.5 * first, "reconstruction loss {first} → {last}");
-    assert_eq!(host_f64(gpu, &tw), t_before, "the teacher is frozen");
+    assert_eq!(
+        common::host_params(gpu, &tw),
+        t_before,
+        "the teacher is frozen"
+    );
 
     let wrong = paraphraser_graph(0, "teacher:nosuch", &[5, 6, 6, 6], 0.5, true).unwrap();
     let ww = Weights::init(gpu, &wrong, 5).unwrap();

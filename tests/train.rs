@@ -1414,3 +1414,159 @@ fn the_adversarial_config_trains_against_a_discriminator_and_resumes() {
         "the resumed adversarial student is the uninterrupted one"
     );
 }
+
+/// A KD stage that prunes a CNN student: small synthetic data, three epochs, the sparsity
+/// reached by the second.
+fn pruning_config(scope: &str) -> String {
+    format!(
+        r#"
+seed = 3
+[data]
+dataset = "synthetic"
+batch_size = 64
+train_limit = 200
+test_limit = 100
+[models.teacher]
+arch = "cnn"
+channels = [4, 8]
+[models.copy]
+arch = "cnn"
+channels = [4, 8]
+[models.pruned]
+arch = "cnn"
+channels = [4, 8]
+[[stages]]
+name = "teacher"
+train = ["teacher"]
+epochs = 1
+optimizer = {{ kind = "sgd", lr = 0.1, momentum = 0.9 }}
+losses = [{{ kind = "ce" }}]
+[[stages]]
+name = "prune"
+train = ["pruned"]
+start_from = "teacher"
+teachers = ["teacher"]
+epochs = 3
+optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }}
+losses = [{{ kind = "ce", weight = 0.1 }}, {{ kind = "kd", weight = 0.9 }}]
+prune = {{ sparsity = 0.75, scope = "{scope}", ramp_epochs = 2 }}
+[[stages]]
+name = "copy"
+train = ["copy"]
+start_from = "teacher"
+epochs = 1
+optimizer = {{ kind = "sgd", lr = 1e-12 }}
+losses = [{{ kind = "ce" }}]
+"#
+    )
+}
+
+#[test]
+fn pruning_reaches_its_sparsity_keeps_pruned_weights_at_zero_and_resumes() {
+    let Some(gpu) = gpu() else { return };
+    for scope in ["global", "layer"] {
+        let cfg = config::parse("pruning", &pruning_config(scope)).unwrap();
+        cfg.check("pruning").unwrap();
+        let base = RunOptions::new(out_dir(&format!("prune-{scope}")));
+        let (train, test) = run::load_data(&cfg, &base).unwrap();
+        let whole = run::run(gpu, &cfg, &base, &train, &test, &mut |_| {}).unwrap();
+        let report = whole.stages[1].models[0]
+            .sparsity
+            .clone()
+            .expect("a report");
+        // The exported checkpoint holds the zeros the report counts; biases and BatchNorm's
+        // parameters stay dense.
+        let saved =
+            wgdistill::io::read_safetensors(&base.out.join("checkpoints/pruned.safetensors"))
+                .unwrap();
+        let mut zeros = 0;
+        for (name, fraction) in &report.layers {
+            let w = saved[name].as_f32().unwrap();
+            let z = w.iter().filter(|v| **v == 0.0).count();
+            assert_eq!(z as f64 / w.len() as f64, *fraction, "{name}");
+            if scope == "layer" {
+                assert_eq!(z, (0.75 * w.len() as f64).floor() as usize, "{name}");
+            }
+            zeros += z;
+        }
+        assert!(report.layers.keys().all(|k| k.ends_with(".weight")));
+        assert!(!report.layers.keys().any(|k| k.contains("features.1.")));
+        assert_eq!(zeros as f64 / report.pruned_weights as f64, report.sparsity);
+        assert!((report.sparsity - 0.75).abs() < 0.01, "{report:?}");
+        // The cubic ramp: 0.75·(1 − ½³) in the first epoch, the target from the second.
+        let metrics = std::fs::read_to_string(base.out.join("metrics.jsonl")).unwrap();
+        let sparsity: Vec<f64> = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v["sparsity"].as_f64())
+            .collect();
+        assert_eq!(sparsity.len(), 3, "{metrics}");
+        assert!((sparsity[0] - 0.75 * 0.875).abs() < 0.01, "{sparsity:?}");
+        assert!(sparsity[1..].iter().all(|s| (s - 0.75).abs() < 0.01));
+        // Interrupted inside the ramp and resumed: the same masks, the same weights.
+        let opts = RunOptions {
+            out: out_dir(&format!("prune-{scope}-cut")),
+            stop_after: Some((1, 1)),
+            ..base.clone()
+        };
+        assert!(run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).is_err());
+        let resumed = RunOptions {
+            resume: true,
+            stop_after: None,
+            ..opts
+        };
+        run::run(gpu, &cfg, &resumed, &train, &test, &mut |_| {}).unwrap();
+        let again =
+            wgdistill::io::read_safetensors(&resumed.out.join("checkpoints/pruned.safetensors"))
+                .unwrap();
+        assert!(again == saved, "{scope}: resumed weights differ");
+        // start_from copies: a stage that barely moves its copy ends with the teacher's
+        // weights, and the teacher pruned nothing of its own.
+        let read = |m: &str| {
+            wgdistill::io::read_safetensors(&base.out.join(format!("checkpoints/{m}.safetensors")))
+                .unwrap()
+        };
+        let (teacher, copy) = (read("teacher"), read("copy"));
+        for (name, t) in &teacher {
+            if name.contains("running_") || name.contains("num_batches") {
+                continue;
+            }
+            let (t, c) = (t.as_f32().unwrap(), copy[name].as_f32().unwrap());
+            assert!(
+                t.iter().all(|v| *v != 0.0),
+                "{name}: the teacher stays dense"
+            );
+            assert!(
+                t.iter().zip(c).all(|(a, b)| (a - b).abs() <= 1e-6),
+                "{name}: the copy started elsewhere"
+            );
+        }
+    }
+}
+
+#[test]
+fn pruning_masks_take_the_smallest_magnitudes_globally_or_per_layer() {
+    use std::collections::BTreeMap;
+    use wgdistill::train::prune::{PruneScope, masks};
+    let params: BTreeMap<String, Vec<f32>> = [
+        ("a.weight".to_string(), vec![0.1, -0.5, 0.0, 2.0]),
+        ("b.weight".to_string(), vec![-0.05, 0.3, 0.1, -0.1]),
+    ]
+    .into();
+    let global = masks(&params, 0.5, PruneScope::Global);
+    // The four smallest |w| over both: 0.0, 0.05 and the three at 0.1 tie, broken by position
+    // (a before b, earlier first).
+    assert_eq!(global["a.weight"], [0.0, 1.0, 0.0, 1.0]);
+    assert_eq!(global["b.weight"], [0.0, 1.0, 0.0, 1.0]);
+    let layer = masks(&params, 0.5, PruneScope::Layer);
+    assert_eq!(layer["a.weight"], [0.0, 1.0, 0.0, 1.0]);
+    assert_eq!(layer["b.weight"], [0.0, 1.0, 0.0, 1.0]);
+    let layer = masks(&params, 0.25, PruneScope::Layer);
+    assert_eq!(layer["a.weight"], [1.0, 1.0, 0.0, 1.0]);
+    assert_eq!(layer["b.weight"], [0.0, 1.0, 1.0, 1.0]);
+    assert!(
+        masks(&params, 0.0, PruneScope::Global)
+            .values()
+            .all(|m| m.iter().all(|v| *v == 1.0))
+    );
+}

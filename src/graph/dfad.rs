@@ -6,8 +6,10 @@
 //!
 //! Two compiled steps alternate, each one submission and nothing created or read back:
 //! - the **generator step**: `z → G → x`; the teacher (evaluation mode) and the student (training
-//!   mode, not updated) read `x`; the generator descends `−w·L1(S(x), T(x))`, the gradient reaching
-//!   `x` through both networks;
+//!   mode, not updated) read `x`; the generator descends `−w·L1(S(x), T(x)) + β·balance(T(x))`,
+//!   the gradient reaching `x` through both networks (the class-balance term, DAFL's information
+//!   entropy, keeps the generator from collapsing onto the few classes where the two disagree
+//!   most; β = 0 is the paper's DFAD);
 //! - the **student step**: new `z → G → x` (G not updated); the student descends `w·L1(S(x), T(x))`.
 //!
 //! As in the paper's code, the generator and the student stay in training mode (batch
@@ -23,7 +25,7 @@ use crate::kernels::losses::Loss;
 use crate::kernels::{elementwise, optimizer};
 use crate::rng::normal_vec;
 
-use super::exec::{Mode, plan_backward, plan_forward};
+use super::exec::{Forward, Mode, plan_backward, plan_forward};
 use super::step::OptimizerSpec;
 use super::update::{
     OptimizerState, named_updates, plan_updates, side_state, state_from_host, state_to_host,
@@ -47,6 +49,9 @@ pub struct DfadSpec<'a> {
     pub loss: Loss,
     /// The discrepancy's weight in both steps.
     pub weight: f32,
+    /// The weight β of the registry's `balance` on the teacher's logits in the generator step
+    /// (0: DFAD as published).
+    pub balance: f32,
     /// The generator's optimizer (the paper: Adam at 1e-3).
     pub generator_optimizer: OptimizerSpec,
     /// The student's (the paper: SGD at 0.1, momentum 0.9, weight decay 5e-4).
@@ -70,9 +75,72 @@ pub struct Dfad {
     images: Tensor,
     /// The discrepancy each step measured (unweighted, before its update).
     discrepancy: [Tensor; 2],
+    /// The class balance of the teacher's view of the generator step's images (unweighted).
+    balance: Tensor,
     generator: Side,
     student: Side,
     generator_weights: Weights,
+}
+
+/// The three networks of one step, each with the weights it reads and whether it trains in it.
+struct Play<'a> {
+    generator: &'a Graph,
+    teacher: &'a Graph,
+    student: &'a Graph,
+    spec: &'a DfadSpec<'a>,
+    /// Each side's step counter (the dropout and batch-statistics kernels read it).
+    steps: [&'a Tensor; 2],
+}
+
+impl Play<'_> {
+    /// Plans `z → G → x`, `T(x)` (evaluation mode) and `S(x)` (training mode): the forward
+    /// passes both steps share. Returns the three passes' values.
+    fn plan(
+        &self,
+        gpu: &Gpu,
+        z: &Tensor,
+        plan: &mut Vec<Dispatch>,
+    ) -> Result<(Forward, Forward, Forward)> {
+        let ins = |name: &str, t: &Tensor| -> BTreeMap<String, Tensor> {
+            [(name.to_string(), t.clone())].into()
+        };
+        let spec = self.spec;
+        let gf = plan_forward(
+            gpu,
+            self.generator,
+            spec.generator_weights,
+            &ins("z", z),
+            Mode::Train,
+            Some(self.steps[0]),
+            plan,
+        )?;
+        let x = gf.get(output_of(self.generator, "generator")?);
+        let tf = plan_forward(
+            gpu,
+            self.teacher,
+            spec.teacher.1,
+            &ins("x", x),
+            Mode::Eval,
+            None,
+            plan,
+        )?;
+        let sf = plan_forward(
+            gpu,
+            self.student,
+            spec.student_weights,
+            &ins("x", x),
+            Mode::Train,
+            Some(self.steps[1]),
+            plan,
+        )?;
+        Ok((gf, tf, sf))
+    }
+}
+
+fn output_of(graph: &Graph, what: &str) -> Result<super::Value> {
+    graph
+        .output
+        .ok_or_else(|| shape_error(what, "has no output"))
 }
 
 fn input_named(graph: &Graph, name: &str, what: &str) -> Result<super::Value> {
@@ -95,10 +163,8 @@ impl Dfad {
         }
         let g = spec.generator;
         let gz = input_named(g, "z", "generator")?;
-        let g_out = g
-            .output
-            .ok_or_else(|| shape_error("generator", "has no output"))?;
-        let (teacher, teacher_weights) = spec.teacher;
+        let g_out = output_of(g, "generator")?;
+        let teacher = spec.teacher.0;
         let tx = input_named(teacher, "x", "teacher")?;
         let sx = input_named(spec.student, "x", "student")?;
         for (what, v, graph) in [("teacher", tx, teacher), ("student", sx, spec.student)] {
@@ -113,14 +179,9 @@ impl Dfad {
                 ));
             }
         }
-        let outputs = |graph: &Graph, what: &str| {
-            graph
-                .output
-                .ok_or_else(|| shape_error(what, "has no output"))
-        };
         let (t_out, s_out) = (
-            outputs(teacher, "teacher")?,
-            outputs(spec.student, "student")?,
+            output_of(teacher, "teacher")?,
+            output_of(spec.student, "student")?,
         );
         let z_shape = g.shape(gz).to_vec();
         let z = [
@@ -131,41 +192,18 @@ impl Dfad {
         let s_step = gpu.zeros(&[1], DType::U32)?;
         let teacher = teacher.frozen();
 
-        // The generator step.
+        // The generator step: the generator trains, the student does not.
         let mut plan: Vec<Dispatch> = Vec::new();
         let frozen_student = spec.student.frozen();
-        let ins = |name: &str, t: &Tensor| -> BTreeMap<String, Tensor> {
-            [(name.to_string(), t.clone())].into()
-        };
         let gw = spec.generator_weights;
-        let gf = plan_forward(
-            gpu,
-            g,
-            gw,
-            &ins("z", &z[0]),
-            Mode::Train,
-            Some(&g_step),
-            &mut plan,
-        )?;
-        let x = gf.get(g_out).clone();
-        let tf = plan_forward(
-            gpu,
-            &teacher,
-            teacher_weights,
-            &ins("x", &x),
-            Mode::Eval,
-            None,
-            &mut plan,
-        )?;
-        let sf = plan_forward(
-            gpu,
-            &frozen_student,
-            spec.student_weights,
-            &ins("x", &x),
-            Mode::Train,
-            Some(&s_step),
-            &mut plan,
-        )?;
+        let (gf, tf, sf) = Play {
+            generator: g,
+            teacher: &teacher,
+            student: &frozen_student,
+            spec,
+            steps: [&g_step, &s_step],
+        }
+        .plan(gpu, &z[0], &mut plan)?;
         let (s_logits, t_logits) = (sf.get(s_out).clone(), tf.get(t_out).clone());
         let lp = spec.loss.launch(gpu, &[&s_logits, &t_logits])?;
         plan.extend(lp.dispatches);
@@ -176,6 +214,18 @@ impl Dfad {
         plan.push(d);
         let (d, seed_t) = elementwise::scale_plan(gpu, &lp.grads[0], spec.weight)?;
         plan.push(d);
+        // Measured whatever β is (it shows the collapse); its gradient joins the teacher's seed
+        // only when it is weighed in.
+        let lb = Loss::new("balance")?.launch(gpu, &[&t_logits])?;
+        plan.extend(lb.dispatches);
+        if spec.balance != 0.0 {
+            plan.push(elementwise::axpy_plan(
+                gpu,
+                spec.balance,
+                &lb.grads[0],
+                &seed_t,
+            )?);
+        }
         let mut through_s = plan_backward(
             gpu,
             &frozen_student,
@@ -208,37 +258,18 @@ impl Dfad {
         drop((tf, sf, gf));
         let generator_plan = gpu.bind_plan(&plan)?;
 
-        // The student step.
+        // The student step: the student trains, the generator does not.
         let mut plan: Vec<Dispatch> = Vec::new();
         let frozen_generator = g.frozen();
-        let gf = plan_forward(
-            gpu,
-            &frozen_generator,
-            gw,
-            &ins("z", &z[1]),
-            Mode::Train,
-            Some(&g_step),
-            &mut plan,
-        )?;
+        let (gf, tf, sf) = Play {
+            generator: &frozen_generator,
+            teacher: &teacher,
+            student: spec.student,
+            spec,
+            steps: [&g_step, &s_step],
+        }
+        .plan(gpu, &z[1], &mut plan)?;
         let images = gf.get(g_out).clone();
-        let tf = plan_forward(
-            gpu,
-            &teacher,
-            teacher_weights,
-            &ins("x", &images),
-            Mode::Eval,
-            None,
-            &mut plan,
-        )?;
-        let sf = plan_forward(
-            gpu,
-            spec.student,
-            spec.student_weights,
-            &ins("x", &images),
-            Mode::Train,
-            Some(&s_step),
-            &mut plan,
-        )?;
         let lp = spec.loss.launch(gpu, &[sf.get(s_out), tf.get(t_out)])?;
         plan.extend(lp.dispatches);
         let s_discrepancy = lp.loss;
@@ -263,6 +294,7 @@ impl Dfad {
             z,
             images,
             discrepancy: [g_discrepancy, s_discrepancy],
+            balance: lb.loss,
             generator: Side {
                 step: g_step,
                 optimizer: g_state,
@@ -296,6 +328,13 @@ impl Dfad {
             gpu.read::<f32>(&self.discrepancy[0])?[0],
             gpu.read::<f32>(&self.discrepancy[1])?[0],
         ])
+    }
+
+    /// The class balance (`KL(p̄ ‖ uniform)`, unweighted) of the teacher's predictions on the
+    /// last generator step's images, before its update: 0 when they spread evenly over the
+    /// classes, `log C` when all fall in one.
+    pub fn balance(&self, gpu: &Gpu) -> Result<f32> {
+        Ok(gpu.read::<f32>(&self.balance)?[0])
     }
 
     /// The images of the last student step, `(B, C, H, W)` row-major.

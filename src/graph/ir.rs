@@ -271,6 +271,37 @@ pub struct ConvLayer {
     pub groups: usize,
 }
 
+impl ConvLayer {
+    /// A `kernel`×`kernel` convolution to `out` channels that keeps an odd kernel's map size
+    /// (stride 1, padding `kernel / 2`), without bias, ungrouped: the common case, adjusted with
+    /// the `with_…` methods.
+    pub const fn same(out: usize, kernel: usize) -> ConvLayer {
+        ConvLayer {
+            out,
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+            bias: false,
+            groups: 1,
+        }
+    }
+
+    /// The same layer with this stride.
+    pub const fn with_stride(self, stride: usize) -> ConvLayer {
+        ConvLayer { stride, ..self }
+    }
+
+    /// The same layer with a bias.
+    pub const fn with_bias(self) -> ConvLayer {
+        ConvLayer { bias: true, ..self }
+    }
+
+    /// The same layer in this many channel groups.
+    pub const fn with_groups(self, groups: usize) -> ConvLayer {
+        ConvLayer { groups, ..self }
+    }
+}
+
 /// A node: a named op and the shape of its output.
 #[derive(Clone, Debug)]
 pub struct Node {

@@ -192,6 +192,9 @@ pub struct TrainState {
     parameters: Vec<Weights>,
     frozen: Vec<Weights>,
     discriminator: Option<DiscriminatorState>,
+    /// Pruning masks (1 kept, 0 pruned) by parameter name, each applied to its parameter after
+    /// every update.
+    masks: BTreeMap<String, Tensor>,
 }
 
 /// A staging buffer the losses are copied into every so often, mapped without waiting.
@@ -208,17 +211,25 @@ fn input_value(graph: &Graph, name: &str) -> Result<Value> {
         .ok_or_else(|| shape_error(name, "the model has no input with this name"))
 }
 
+/// A mask of ones per named parameter of `weights` (which must have it, trainable).
+fn masks_for(gpu: &Gpu, weights: &Weights, names: &[String]) -> Result<BTreeMap<String, Tensor>> {
+    names
+        .iter()
+        .map(|name| {
+            let p = weights.get(name).ok_or_else(|| {
+                shape_error(name, "cannot be pruned: the student has no such parameter")
+            })?;
+            let mask = gpu.zeros(p.shape(), DType::F32)?;
+            gpu.write(&mask, &vec![1.0f32; p.numel()])?;
+            Ok((name.clone(), mask))
+        })
+        .collect()
+}
+
 /// A 1×1 convolution to `out` channels.
 fn conv1x1(g: &mut Graph, prefix: &str, x: Value, out: usize, bias: bool) -> Result<Value> {
-    let layer = ConvLayer {
-        out,
-        kernel: 1,
-        stride: 1,
-        padding: 0,
-        bias,
-        groups: 1,
-    };
-    g.conv2d(prefix, x, layer)
+    let layer = ConvLayer::same(out, 1);
+    g.conv2d(prefix, x, ConvLayer { bias, ..layer })
 }
 
 /// FT's block of three 3×3 convolutions (`C → widths[0] → widths[1] → widths[2]`), each followed
@@ -232,14 +243,7 @@ fn ft_block(
     bn: bool,
 ) -> Result<Value> {
     for (k, out) in widths.into_iter().enumerate() {
-        let layer = ConvLayer {
-            out,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-            bias: true,
-            groups: 1,
-        };
+        let layer = ConvLayer::same(out, 3).with_bias();
         x = g.conv2d(&format!("{prefix}.{}", 3 * k), x, layer)?;
         if bn {
             x = g.batch_norm(&format!("{prefix}.{}", 3 * k + 1), x)?;
@@ -477,7 +481,19 @@ impl Drop for LossFetch {
 impl TrainStep {
     /// Plans, allocates and binds everything once.
     pub fn compile(gpu: &Gpu, spec: &StepSpec<'_>) -> Result<TrainStep> {
-        Self::compile_sharing(gpu, spec, None, None)
+        Self::compile_sharing(gpu, spec, None, None, &[])
+    }
+
+    /// Compiles a step that keeps the named student parameters pruned: each has a mask (all
+    /// ones until [`TrainStep::set_mask`] writes one) that multiplies the parameter after every
+    /// update, in the same submission. With a discriminator too when one is given.
+    pub fn compile_masked(
+        gpu: &Gpu,
+        spec: &StepSpec<'_>,
+        discriminator: Option<&DiscriminatorSpec>,
+        masked: &[String],
+    ) -> Result<TrainStep> {
+        Self::compile_sharing(gpu, spec, None, discriminator, masked)
     }
 
     /// Compiles a step whose student also plays against a discriminator on one tap (adversarial
@@ -488,14 +504,14 @@ impl TrainStep {
         spec: &StepSpec<'_>,
         discriminator: &DiscriminatorSpec,
     ) -> Result<TrainStep> {
-        Self::compile_sharing(gpu, spec, None, Some(discriminator))
+        Self::compile_sharing(gpu, spec, None, Some(discriminator), &[])
     }
 
     /// Compiles a step that shares `other`'s counter, optimizer state and adapters: the same
     /// model at another batch size (the smaller last batch of an epoch), built over the same
     /// [`Weights`].
     pub fn compile_sibling(gpu: &Gpu, spec: &StepSpec<'_>, other: &TrainStep) -> Result<TrainStep> {
-        Self::compile_sharing(gpu, spec, Some(other.state.clone()), None)
+        Self::compile_sharing(gpu, spec, Some(other.state.clone()), None, &[])
     }
 
     fn compile_sharing(
@@ -503,6 +519,7 @@ impl TrainStep {
         spec: &StepSpec<'_>,
         shared: Option<Arc<TrainState>>,
         discriminator: Option<&DiscriminatorSpec>,
+        masked: &[String],
     ) -> Result<TrainStep> {
         let student = spec.student;
         // The images, read by the student, or only by the teacher when the student is a module
@@ -867,6 +884,18 @@ impl TrainStep {
             &mut plan,
         )?;
         optimizer_launches.extend(launches);
+        // Pruned parameters: masked after their update (a sibling applies its main step's).
+        let masks = match &shared {
+            Some(st) => st.masks.clone(),
+            None => masks_for(gpu, spec.student_weights, masked)?,
+        };
+        for (name, mask) in &masks {
+            let p = spec
+                .student_weights
+                .get(name)
+                .ok_or_else(|| shape_error(name, "a masked parameter the student lacks"))?;
+            plan.push(elementwise::mul_plan(gpu, mask, p)?);
+        }
         let state = Arc::new(TrainState {
             step,
             optimizer: opt_state,
@@ -874,6 +903,7 @@ impl TrainStep {
             parameters: parameter_parts.into_iter().map(|(w, _)| w).collect(),
             frozen: frozen_parts,
             discriminator: discriminator.as_ref().map(|d| d.state.clone()),
+            masks,
         });
         let fetch = LossFetch {
             staging: gpu.pool().acquire(
@@ -910,6 +940,29 @@ impl TrainStep {
             optimizer_launches,
             discriminator_losses,
         })
+    }
+
+    /// The parameters this step keeps pruned, by name.
+    pub fn masked(&self) -> impl Iterator<Item = &str> {
+        self.state.masks.keys().map(String::as_str)
+    }
+
+    /// Writes the pruning mask of `name` (1 keeps a weight, 0 prunes it; as many values as the
+    /// parameter has). Later updates apply it; the caller zeroes the pruned weights now if they
+    /// must read as pruned before the next step.
+    pub fn set_mask(&self, gpu: &Gpu, name: &str, mask: &[f32]) -> Result<()> {
+        let t = self
+            .state
+            .masks
+            .get(name)
+            .ok_or_else(|| input_error(name, "is not a pruned parameter of this step"))?;
+        if mask.len() != t.numel() {
+            return Err(shape_error(
+                name,
+                format!("a mask of {} values for {} weights", mask.len(), t.numel()),
+            ));
+        }
+        gpu.write(t, mask)
     }
 
     /// Sets every parameter's learning rate (a schedule's step): rewrites the optimizer

@@ -1,4 +1,4 @@
-//! Elementwise kernels (`shaders/elementwise.wgsl`): add, scale, axpy, fill.
+//! Elementwise kernels (`shaders/elementwise.wgsl`): add, scale, axpy, mul, fill.
 
 use crate::Result;
 use crate::catalogue::{
@@ -24,6 +24,8 @@ pub const ADD: KernelSpec = KernelSpec::new::<Params>("elementwise", "add", &[U,
 pub const SCALE: KernelSpec = KernelSpec::new::<Params>("elementwise", "scale", &[U, R, W]);
 /// `y += alpha · x`.
 pub const AXPY: KernelSpec = KernelSpec::new::<Params>("elementwise", "axpy", &[U, R, RW]);
+/// `y *= x`.
+pub const MUL: KernelSpec = KernelSpec::new::<Params>("elementwise", "mul", &[U, R, RW]);
 /// `out = alpha`.
 pub const FILL: KernelSpec = KernelSpec::new::<Params>("elementwise", "fill", &[U, W]);
 
@@ -32,7 +34,7 @@ pub const FILL: KernelSpec = KernelSpec::new::<Params>("elementwise", "fill", &[
 pub const ALPHA_OFFSET: u64 = std::mem::offset_of!(Params, alpha) as u64;
 
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[ADD, SCALE, AXPY, FILL];
+pub const KERNELS: &[KernelSpec] = &[ADD, SCALE, AXPY, MUL, FILL];
 
 fn params(op: &str, n: usize, alpha: f32) -> Result<Params> {
     let n = u32::try_from(n)
@@ -90,6 +92,18 @@ pub fn axpy_plan(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<Dispat
         &[x, y],
         x.numel(),
     )
+}
+
+/// Prepares `y *= x` in place (elementwise).
+pub fn mul_plan(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
+    same_f32("mul", ["x", "y"], x, y)?;
+    if x.shares_buffer_with(y) {
+        return Err(shape_error(
+            "mul",
+            "x and y must not share a buffer (y is written while x is read)",
+        ));
+    }
+    gpu.dispatch_over(&MUL, &params("mul", x.numel(), 1.0)?, &[x, y], x.numel())
 }
 
 /// Prepares setting every element of `out` to `value`.
@@ -162,12 +176,20 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             .reference(move || cpu::scale(&sample_f64(n, 1), -1.5)),
         );
         cases.push(
-            Case::new("axpy", shape, work, move |gpu| {
+            Case::new("axpy", shape.clone(), work, move |gpu| {
                 let y = sample_tensor(gpu, &[n], 2)?;
                 let d = axpy_plan(gpu, 0.25, &sample_tensor(gpu, &[n], 1)?, &y)?;
                 Ok(Prepared::new(vec![d], vec![y]))
             })
             .reference(move || cpu::axpy(0.25, &sample_f64(n, 1), &sample_f64(n, 2))),
+        );
+        cases.push(
+            Case::new("mul", shape, work, move |gpu| {
+                let y = sample_tensor(gpu, &[n], 2)?;
+                let d = mul_plan(gpu, &sample_tensor(gpu, &[n], 1)?, &y)?;
+                Ok(Prepared::new(vec![d], vec![y]))
+            })
+            .reference(move || cpu::mul(&sample_f64(n, 1), &sample_f64(n, 2))),
         );
     }
     cases

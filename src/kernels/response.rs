@@ -2,7 +2,8 @@
 //! each one fused pass per row (running log-sum-exp states, the gradient and the row's loss
 //! written in one sweep), then a deterministic batch sum; and the elementwise ones adversarial and
 //! data-free distillation use: binary cross-entropy with logits (a discriminator's loss) and the
-//! L1 distance between logits (DFAD's discrepancy, through the hint kernel). Definitions in
+//! L1 distance between logits (DFAD's discrepancy, through the hint kernel); and `balance`, the
+//! batch's class balance a generator keeps (three launches: it couples the rows). Definitions in
 //! `docs/losses.md`.
 
 use crate::catalogue::{Suite, Work};
@@ -46,8 +47,27 @@ pub const DKD_ROWS: KernelSpec = KernelSpec::new::<Params>("response", "dkd", &[
 /// Binary cross-entropy with logits, per element.
 pub const BCE_TERMS: KernelSpec = KernelSpec::new::<Params>("response", "bce", &[U, R, R, W, W]);
 
+/// Class balance, each row's log-sum-exp.
+pub const BALANCE_ROWS: KernelSpec =
+    KernelSpec::new::<Params>("response", "balance_rows", &[U, R, W]);
+/// Class balance, each class's mean probability and loss term.
+pub const BALANCE_MEAN: KernelSpec =
+    KernelSpec::new::<Params>("response", "balance_mean", &[U, R, R, W, W]);
+/// Class balance, the gradient rows.
+pub const BALANCE_GRAD: KernelSpec =
+    KernelSpec::new::<Params>("response", "balance_grad", &[U, R, R, R, W]);
+
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[CE_ROWS, KD_ROWS, JS_ROWS, DKD_ROWS, BCE_TERMS];
+pub const KERNELS: &[KernelSpec] = &[
+    CE_ROWS,
+    KD_ROWS,
+    JS_ROWS,
+    DKD_ROWS,
+    BCE_TERMS,
+    BALANCE_ROWS,
+    BALANCE_MEAN,
+    BALANCE_GRAD,
+];
 
 const TEMPERATURE: AttrDef = AttrDef {
     name: "temperature",
@@ -190,6 +210,22 @@ pub const L1: LossDef = LossDef {
     memory: None,
 };
 
+/// `balance`: how far the batch's mean prediction is from uniform (DAFL's information-entropy
+/// term; a generator that minimises it on the teacher's logits spreads its images over the
+/// classes instead of collapsing onto a few).
+pub const BALANCE: LossDef = LossDef {
+    name: "balance",
+    summary: "KL(p̄ ‖ uniform) of the batch's mean softmax p̄ (a generator's class-balance term)",
+    reads: Reads::Logits,
+    inputs: &[STUDENT],
+    attrs: &[],
+    launch: |gpu, _, x| balance(gpu, x[0]),
+    reference: |_, x| cpu::balance(&x[0].values, x[0].shape[1]).into(),
+    cases: |suite| cases(suite, Which::Balance),
+    parameters: None,
+    memory: None,
+};
+
 /// The targets of `bce`, `target`: probabilities in [0, 1] (1 for "real", 0 for "fake"),
 /// shaped like the logits.
 pub const TARGET: LossInput = LossInput {
@@ -198,7 +234,7 @@ pub const TARGET: LossInput = LossInput {
 };
 
 /// The family's losses, in registry order.
-pub const LOSSES: &[&LossDef] = &[&CE, &KD, &DKD, &BCE, &L1, &JS];
+pub const LOSSES: &[&LossDef] = &[&CE, &KD, &DKD, &BCE, &L1, &JS, &BALANCE];
 
 /// Checks an f32 `(B, C)` logits tensor with `B ≥ 1` and `C ≥ min_cols`; returns `(B, C)`.
 fn logits_shape(op: &str, what: &str, t: &Tensor, min_cols: usize) -> Result<(usize, usize)> {
@@ -318,6 +354,38 @@ pub fn bce(gpu: &Gpu, logits: &Tensor, target: &Tensor) -> Result<LossPlan> {
     rows(gpu, &BCE_TERMS, logits, &[target], p, 1.0 / n as f32)
 }
 
+/// Class balance: `Σ_j p̄_j log(C p̄_j)`, `p̄ = (1/B) Σ_b softmax(s_b)`, in three launches (each
+/// row's log-sum-exp; each class's mean, its log and its loss term; each row's gradient
+/// `p_bj (log p̄_j − Σ_k p_bk log p̄_k) / B`) and the sum of the class terms.
+pub fn balance(gpu: &Gpu, logits: &Tensor) -> Result<LossPlan> {
+    let (b, c) = logits_shape("balance", "student", logits, 1)?;
+    let p = params("balance", b, c, 1.0, 0.0, 0.0)?;
+    let p = Params {
+        grad_scale: 1.0 / b as f32,
+        ..p
+    };
+    // Rows loop over their classes twice, classes over the batch once.
+    gpu.check_loops(&BALANCE_GRAD, 2 * c as u64)?;
+    gpu.check_loops(&BALANCE_MEAN, b as u64)?;
+    let lse = gpu.empty(&[b], DType::F32)?;
+    let log_mean = gpu.empty(&[c], DType::F32)?;
+    let class_loss = gpu.empty(&[c], DType::F32)?;
+    let grad = gpu.empty(&[b, c], DType::F32)?;
+    let loss = gpu.empty(&[1], DType::F32)?;
+    let mut dispatches = vec![
+        gpu.dispatch_over(&BALANCE_ROWS, &p, &[logits, &lse], b)?,
+        gpu.dispatch_over(
+            &BALANCE_MEAN,
+            &p,
+            &[logits, &lse, &log_mean, &class_loss],
+            c,
+        )?,
+        gpu.dispatch_over(&BALANCE_GRAD, &p, &[logits, &lse, &log_mean, &grad], b)?,
+    ];
+    reduce::sum_into(gpu, &mut dispatches, &class_loss, &loss, 1.0)?;
+    Ok(LossPlan::single(dispatches, loss, grad))
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Which {
     Ce,
@@ -326,6 +394,7 @@ enum Which {
     Bce,
     L1,
     Js,
+    Balance,
 }
 
 /// Logits of a few units' spread (scaled samples), labels `(7i + 3) mod C`.
@@ -338,6 +407,7 @@ fn logits_case(b: usize, c: usize, which: Which) -> Vec<HostTensor> {
     match which {
         Which::Ce => vec![logits(1), labels],
         Which::Kd | Which::L1 | Which::Js => vec![logits(1), logits(2)],
+        Which::Balance => vec![logits(1)],
         Which::Dkd => vec![logits(1), logits(2), labels],
         Which::Bce => {
             // Logits far into both tails (up to ±40, where e^−|z| ≈ 4e-18 and the loss rests on
@@ -363,7 +433,7 @@ fn cases(suite: Suite, which: Which) -> Vec<LossCase> {
         Suite::Check => &[(1, 1), (7, 33), (33, 10), (129, 7), (5, 1000)],
         Suite::Bench { small } => match (which, small) {
             (Which::Kd, _) => &[(256, 10), (4096, 1000)],
-            (Which::Bce | Which::L1 | Which::Js, _) => &[(4096, 1000)],
+            (Which::Bce | Which::L1 | Which::Js | Which::Balance, _) => &[(4096, 1000)],
             (_, true) => &[(4096, 1000)],
             (_, false) => &[(16384, 1000)],
         },
@@ -379,11 +449,31 @@ fn cases(suite: Suite, which: Which) -> Vec<LossCase> {
             continue;
         }
         // Read each input once, write the gradient once.
-        let tensors = if which == Which::Ce { 2.0 } else { 3.0 };
+        let tensors = match which {
+            Which::Ce => 2.0,
+            // Logits read three times, the gradient written once.
+            Which::Balance => 4.0,
+            _ => 3.0,
+        };
         let work = Work::Bytes(4.0 * tensors * (b * c) as f64);
         let case = || LossCase::new(format!("[{b}, {c}]"), logits_case(b, c, which)).work(work);
         match which {
             Which::Ce | Which::Bce => out.push(case()),
+            Which::Balance => {
+                out.push(case());
+                // One class that no row predicts (its mean underflows to 0) and one that every
+                // row is sure of: the loss near its maximum, log C.
+                let mut inputs = logits_case(b, c, which);
+                if let HostData::F32(v) = &mut inputs[0].data {
+                    v.chunks_mut(c).for_each(|row| {
+                        row[0] = 200.0;
+                        if c > 1 {
+                            row[c - 1] = -200.0;
+                        }
+                    });
+                }
+                out.push(LossCase::new(format!("[{b}, {c}] one class"), inputs).work(work));
+            }
             Which::L1 => {
                 // Equal elements, where the gradient is 0.
                 let mut inputs = logits_case(b, c, which);

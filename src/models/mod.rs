@@ -33,18 +33,7 @@ pub fn cnn(input: [usize; 4], channels: &[usize], classes: usize) -> Result<Grap
     let mut g = Graph::new();
     let mut h = g.input("x", &input, DType::F32)?;
     for (i, &c) in channels.iter().enumerate() {
-        let conv = g.conv2d(
-            &format!("features.{}", 4 * i),
-            h,
-            ConvLayer {
-                out: c,
-                kernel: 3,
-                stride: 1,
-                padding: 1,
-                bias: false,
-                groups: 1,
-            },
-        )?;
+        let conv = g.conv2d(&format!("features.{}", 4 * i), h, ConvLayer::same(c, 3))?;
         let bn = g.batch_norm(&format!("features.{}", 4 * i + 1), conv)?;
         g.tap(&format!("features.{}", 4 * i + 1), bn)?;
         let act = g.relu(bn)?;
@@ -75,14 +64,7 @@ pub fn resnet(
         ));
     }
     let blocks = (depth - 2) / 6;
-    let conv3 = |out, stride| ConvLayer {
-        out,
-        kernel: 3,
-        stride,
-        padding: 1,
-        bias: false,
-        groups: 1,
-    };
+    let conv3 = |out, stride| ConvLayer::same(out, 3).with_stride(stride);
     let mut g = Graph::new();
     let x = g.input("x", &input, DType::F32)?;
     let stem = g.conv2d("conv1", x, conv3(widths[0], 1))?;
@@ -98,14 +80,7 @@ pub fn resnet(
             let c2 = g.conv2d(&format!("{prefix}.conv2"), r1, conv3(width, 1))?;
             let b2 = g.batch_norm(&format!("{prefix}.bn2"), c2)?;
             let shortcut = if g.shape(h) != g.shape(b2) {
-                let layer = ConvLayer {
-                    out: width,
-                    kernel: 1,
-                    stride,
-                    padding: 0,
-                    bias: false,
-                    groups: 1,
-                };
+                let layer = ConvLayer::same(width, 1).with_stride(stride);
                 let d = g.conv2d(&format!("{prefix}.downsample.0"), h, layer)?;
                 g.batch_norm(&format!("{prefix}.downsample.1"), d)?
             } else {
@@ -146,13 +121,10 @@ pub fn mobilenet(input: [usize; 4], width: f64, classes: usize) -> Result<Graph>
         return Err(crate::error::shape_error("mobilenet", message));
     }
     let scaled = |c: usize| ((c as f64 * width).round() as usize).max(4);
-    let conv = |out, kernel, stride, groups| ConvLayer {
-        out,
-        kernel,
-        stride,
-        padding: kernel / 2,
-        bias: false,
-        groups,
+    let conv = |out, kernel, stride, groups| {
+        ConvLayer::same(out, kernel)
+            .with_stride(stride)
+            .with_groups(groups)
     };
     let mut g = Graph::new();
     let x = g.input("x", &input, DType::F32)?;
@@ -208,14 +180,7 @@ pub fn generator(batch: usize, latent: usize, image: [usize; 3], width: usize) -
     if let Err(message) = check_generator_width(width) {
         return Err(crate::error::shape_error("generator", message));
     }
-    let conv = |out| ConvLayer {
-        out,
-        kernel: 3,
-        stride: 1,
-        padding: 1,
-        bias: true,
-        groups: 1,
-    };
+    let conv = |out| ConvLayer::same(out, 3).with_bias();
     let mut g = Graph::new();
     let z = g.input("z", &[batch, latent], DType::F32)?;
     let (h0, w0) = (h / 4, w / 4);

@@ -14,3 +14,8 @@ pub fn scale(x: &[f64], alpha: f64) -> Vec<f64> {
 pub fn axpy(alpha: f64, x: &[f64], y: &[f64]) -> Vec<f64> {
     x.iter().zip(y).map(|(x, y)| y + alpha * x).collect()
 }
+
+/// `y · x` (elementwise).
+pub fn mul(x: &[f64], y: &[f64]) -> Vec<f64> {
+    x.iter().zip(y).map(|(x, y)| y * x).collect()
+}

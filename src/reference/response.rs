@@ -1,5 +1,5 @@
 //! f64 references for the response-based losses (`shaders/response.wgsl`): `ce`, `kd`, `dkd`,
-//! `bce` and `l1`, as `docs/losses.md` defines them (RepDistiller's KD, mdistiller's DKD,
+//! `js`, `bce`, `l1` and `balance`, as `docs/losses.md` defines them (RepDistiller's KD, mdistiller's DKD,
 //! PyTorch's `binary_cross_entropy_with_logits` and `l1_loss`). Each returns the loss and
 //! its gradient with respect to the student; the teacher is a constant.
 
@@ -174,5 +174,35 @@ pub fn l1(s: &[f64], t: &[f64]) -> LossGrad {
     let loss = s.iter().zip(t).map(|(a, b)| (a - b).abs()).sum::<f64>() / n;
     let sign = |d: f64| if d == 0.0 { 0.0 } else { d.signum() };
     let grad = s.iter().zip(t).map(|(a, b)| sign(a - b) / n).collect();
+    LossGrad { loss, grad }
+}
+
+/// Class balance: `KL(p̄ ‖ uniform) = Σ_j p̄_j log(C p̄_j)` with `p̄ = (1/B) Σ_b softmax(s_b)`; the
+/// gradient in `s`.
+pub fn balance(s: &[f64], classes: usize) -> LossGrad {
+    let p: Vec<Vec<f64>> = rows(s, classes).map(softmax).collect();
+    let b = p.len() as f64;
+    let mean: Vec<f64> = (0..classes)
+        .map(|j| p.iter().map(|row| row[j]).sum::<f64>() / b)
+        .collect();
+    let c = classes as f64;
+    let loss = mean
+        .iter()
+        .map(|&m| if m > 0.0 { m * (c * m).ln() } else { 0.0 })
+        .sum();
+    // dL/dp̄_j = log p̄_j + 1 + log C; the constants cancel through each row's softmax.
+    let log_mean: Vec<f64> = mean
+        .iter()
+        .map(|&m| if m > 0.0 { m.ln() } else { 0.0 })
+        .collect();
+    let mut grad = Vec::with_capacity(s.len());
+    for row in &p {
+        let expected: f64 = row.iter().zip(&log_mean).map(|(a, l)| a * l).sum();
+        grad.extend(
+            row.iter()
+                .zip(&log_mean)
+                .map(|(a, l)| a * (l - expected) / b),
+        );
+    }
     LossGrad { loss, grad }
 }

@@ -196,6 +196,12 @@ pub struct StageConfig {
     pub transfer: Option<String>,
     /// A discriminator the trained model plays against (adversarial distillation).
     pub discriminator: Option<DiscriminatorConfig>,
+    /// Magnitude pruning of the trained model's weights, to a sparsity reached gradually.
+    pub prune: Option<super::prune::PruneConfig>,
+    /// The one model trained starts as a copy of this model's weights (the same architecture)
+    /// as the earlier stages left them or its checkpoint holds them: a trained network to prune
+    /// or compress, say, while the original stays as it is (a dense teacher).
+    pub start_from: Option<String>,
     /// Self-distillation (Be Your Own Teacher): auxiliary classifier heads on these taps of the
     /// one model trained. `ce` then applies to the model's logits and every head's; `kd`/`dkd`
     /// pull each head toward the model's own (detached) logits; feature terms pull each head's
@@ -793,6 +799,8 @@ impl StageConfig {
             return Err(("losses".into(), "at least one loss term is needed".into()));
         }
         adversarial::check(self, config, graphs)?;
+        super::prune::check(self, config)?;
+        self.check_start_from(graphs, available)?;
         let method = Method::of(self)?;
         if method == Method::SelfDistillation {
             self.check_heads(&graphs[self.train[0].as_str()])?;
@@ -905,6 +913,44 @@ impl StageConfig {
             }
         }
         self.check_teachers_ready(available)
+    }
+
+    /// `start_from` names a model that exists before this stage, with the trained model's
+    /// parameters (names and shapes), for one trained model that has no weights yet.
+    fn check_start_from(
+        &self,
+        graphs: &BTreeMap<&str, Graph>,
+        available: &[&str],
+    ) -> std::result::Result<(), Fault> {
+        let Some(source) = &self.start_from else {
+            return Ok(());
+        };
+        let fault = |m: String| Err(("start_from".to_string(), m));
+        let [model] = self.train.as_slice() else {
+            return fault("copies one model into the one model a stage trains".into());
+        };
+        if !available.contains(&source.as_str()) {
+            return fault(format!(
+                "'{source}' is neither trained in an earlier stage nor loaded from a checkpoint"
+            ));
+        }
+        if available.contains(&model.as_str()) {
+            return fault(format!(
+                "'{model}' already has weights (an earlier stage or a checkpoint) to start from"
+            ));
+        }
+        let params = |name: &str| -> Vec<(String, Vec<usize>)> {
+            graphs[name]
+                .params()
+                .map(|(_, n)| (n.name.clone(), n.shape.clone()))
+                .collect()
+        };
+        if params(source) != params(model) {
+            return fault(format!(
+                "'{source}' and '{model}' have different parameters (names or shapes): give them the same architecture"
+            ));
+        }
+        Ok(())
     }
 
     /// Every teacher is trained in an earlier stage or loaded from a checkpoint.

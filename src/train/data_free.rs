@@ -121,6 +121,11 @@ pub struct GeneratorConfig {
     pub student_steps: usize,
     /// Images generated per step (the data's batch size when absent).
     pub batch: Option<usize>,
+    /// The weight β of the class-balance term (the registry's `balance` on the teacher's logits,
+    /// DAFL's information entropy) the generator descends beside the negated discrepancy; 0, the
+    /// default, is DFAD as published.
+    #[serde(default)]
+    pub balance: f32,
     /// The generator's optimizer (its schedule runs over the stage's epochs).
     pub optimizer: OptimizerConfig,
 }
@@ -268,6 +273,12 @@ impl GeneratorConfig {
             }
         }
         models::check_generator_width(self.width).map_err(|m| (at("width"), m))?;
+        if !(self.balance.is_finite() && (0.0..=1e6).contains(&self.balance)) {
+            return Err((
+                at("balance"),
+                format!("must be from 0 to 1e6, got {}", self.balance),
+            ));
+        }
         self.optimizer
             .check()
             .map_err(|(key, m)| (at(&format!("optimizer{key}")), m))?;
@@ -310,6 +321,12 @@ pub(super) fn check_kind(
     }
     if stage.discriminator.is_some() && stage.kind != StageKind::Train {
         return misplaced("discriminator", "train");
+    }
+    if stage.prune.is_some() && stage.kind != StageKind::Train {
+        return misplaced("prune", "train");
+    }
+    if stage.start_from.is_some() && stage.kind != StageKind::Train {
+        return misplaced("start_from", "train");
     }
     let one_teacher = || -> std::result::Result<&str, Fault> {
         match stage.teachers.as_slice() {
@@ -691,6 +708,7 @@ impl StageRun<'_> {
                     input_error(format!("{}: losses[0]{key}", stage.name), m)
                 })?,
                 weight: term.weight,
+                balance: g.balance,
                 generator_optimizer: optimizer(&g.optimizer),
                 student_optimizer: optimizer(stage.optimizer()?),
             },
@@ -733,6 +751,7 @@ impl StageRun<'_> {
                 bar.inc(1);
             }
             let [g_loss, s_loss] = dfad.discrepancies(gpu)?;
+            let balance = dfad.balance(gpu)?;
             bar.finish_and_clear();
             let seconds = epoch_start.elapsed().as_secs_f64();
             trained += images_per_epoch;
@@ -752,7 +771,7 @@ impl StageRun<'_> {
                 "stage": stage.name, "model": student_name, "epoch": epoch + 1, "lr": lr,
                 "train_loss": s_loss, "train_loss_mean": s_loss, "generator_discrepancy": g_loss,
                 "test_accuracy": last, "seconds": seconds, "samples_per_second": images_per_epoch as f64 / seconds,
-                "generator_steps": steps_g,
+                "generator_steps": steps_g, "generator_balance": balance,
             })];
             let files = EpochFiles {
                 models: vec![(
@@ -773,7 +792,7 @@ impl StageRun<'_> {
             };
             folder.commit_epoch(index, epoch + 1, &files)?;
             log(&format!(
-                "{} epoch {}/{}: discrepancy {s_loss:.4} (generator's {g_loss:.4}), test accuracy {last:.4}, {:.0} generated images/s",
+                "{} epoch {}/{}: discrepancy {s_loss:.4} (generator's {g_loss:.4}, class balance {balance:.3}), test accuracy {last:.4}, {:.0} generated images/s",
                 stage.name,
                 epoch + 1,
                 stage.epochs,
@@ -808,6 +827,7 @@ impl StageRun<'_> {
                 test_accuracy_mean: None,
                 test_accuracy_std: None,
                 test_accuracy_per_seed: None,
+                sparsity: None,
             }],
         })
     }

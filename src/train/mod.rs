@@ -1,6 +1,6 @@
 //! Training runs: the staged configuration ([`config`]) and each stage's method ([`method`]),
 //! the runner that executes it ([`run`]: [`stage`] plans a stage, [`epoch`] trains one epoch),
-//! the modules trained before a stage ([`pretrain`]), the data-free stage kinds ([`data_free`]), a stage's discriminator ([`adversarial`]), the run folder ([`checkpoint`]), `summary.json` ([`summary`]), several seeds ([`seeds`]),
+//! the modules trained before a stage ([`pretrain`]), the data-free stage kinds ([`data_free`]), a stage's discriminator ([`adversarial`]), pruning ([`prune`]), the run folder ([`checkpoint`]), `summary.json` ([`summary`]), several seeds ([`seeds`]),
 //! the curves ([`curves`]), the teacher-output cache ([`teacher_cache`]) and the results table
 //! ([`report`]).
 
@@ -12,6 +12,7 @@ pub mod data_free;
 pub mod epoch;
 pub mod method;
 pub mod pretrain;
+pub mod prune;
 pub mod report;
 pub mod run;
 pub mod seeds;

@@ -18,6 +18,7 @@ use super::checkpoint::{EpochFiles, Progress, RunFolder, export};
 use super::config::{Config, DatasetKind, StageKind};
 use super::data_free::load_synthetic;
 use super::epoch::train_epoch;
+use super::prune::prune_for_epoch;
 use super::stage::{Shapes, StagePlan, learning_rate, with_bank_size};
 use super::summary::{AdapterSummary, StageSummary, Summary};
 
@@ -331,6 +332,17 @@ impl StageRun<'_> {
                 ));
             }
             let lr = learning_rate(stage.optimizer()?, epoch, stage.epochs);
+            let sparsity = match &stage.prune {
+                Some(p) => Some(prune_for_epoch(
+                    gpu,
+                    p,
+                    &plan.step,
+                    &plan.weights[0],
+                    epoch,
+                    stage.epochs,
+                )?),
+                None => None,
+            };
             let stats = train_epoch(gpu, config, epoch, lr, &mut plan, train, opts)?;
             trained += stats.samples;
             let steps = plan.step.steps_taken(gpu)?;
@@ -348,6 +360,9 @@ impl StageRun<'_> {
                     "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_loss_mean": stats.mean_loss,
                     "test_accuracy": plan.accuracy[k], "seconds": stats.seconds, "samples_per_second": stats.samples as f64 / stats.seconds,
                 });
+                if let Some(s) = sparsity {
+                    line["sparsity"] = s.into();
+                }
                 if let Some([real, fake]) = stats.discriminator {
                     line["discriminator_loss_real"] = real.into();
                     line["discriminator_loss_fake"] = fake.into();
@@ -395,7 +410,16 @@ impl StageRun<'_> {
             self.folder
                 .rewrite_exports(&exports, heads.as_ref().map(|h| (key.as_str(), h)))?;
         }
-        let summary = plan.summary(started.elapsed().as_secs_f64(), trained);
+        let mut summary = plan.summary(started.elapsed().as_secs_f64(), trained);
+        if stage.prune.is_some() {
+            let mut params = BTreeMap::new();
+            for name in plan.step.masked() {
+                if let Some(t) = plan.weights[0].get(name) {
+                    params.insert(name.to_string(), gpu.read::<f32>(t)?);
+                }
+            }
+            summary.models[0].sparsity = Some(super::prune::report(&params));
+        }
         for (name, w) in stage.train.iter().zip(plan.weights) {
             models.insert(name.clone(), w);
         }

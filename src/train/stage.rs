@@ -213,7 +213,14 @@ impl<'a> StagePlan<'a> {
             .map(|(name, graph)| match (resume, models.get(name)) {
                 (Some(p), _) => folder.load_model(gpu, index, p.epoch, name, graph),
                 (None, Some(w)) => Ok(w.clone()),
-                (None, None) => Weights::init(gpu, graph, seed_of(config.seed, name)),
+                (None, None) => match stage.start_from.as_ref().and_then(|s| models.get(s)) {
+                    // A copy: the source keeps its own weights.
+                    Some(source) => {
+                        let what = format!("stage '{}': start_from", stage.name);
+                        Weights::load(gpu, graph, &what, &source.to_host(gpu)?)
+                    }
+                    None => Weights::init(gpu, graph, seed_of(config.seed, name)),
+                },
             })
             .collect::<Result<_>>()?;
         let method = stage.method()?;
@@ -305,12 +312,16 @@ impl<'a> StagePlan<'a> {
             optimizer: optimizer(stage.optimizer()?),
             seed: seed_of(config.seed, &stage.name),
         };
-        let step = match &stage.discriminator {
-            Some(d) => {
-                TrainStep::compile_adversarial(gpu, &spec, &d.spec(config.seed, &stage.name))?
-            }
-            None => TrainStep::compile(gpu, &spec)?,
+        let discriminator = stage
+            .discriminator
+            .as_ref()
+            .map(|d| d.spec(config.seed, &stage.name));
+        // A pruned stage trains one model (its heads, if any, stay dense).
+        let pruned = match &stage.prune {
+            Some(_) => super::prune::prunable(&graphs[0]),
+            None => Vec::new(),
         };
+        let step = TrainStep::compile_masked(gpu, &spec, discriminator.as_ref(), &pruned)?;
         if start_epoch > 0 {
             let file = format!("{key}.train-state");
             let (what, saved) = folder.read_state(index, start_epoch, &file)?;
@@ -381,6 +392,7 @@ impl<'a> StagePlan<'a> {
                     test_accuracy_mean: None,
                     test_accuracy_std: None,
                     test_accuracy_per_seed: None,
+                    sparsity: None,
                 })
                 .collect(),
         }

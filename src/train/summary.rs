@@ -39,6 +39,20 @@ pub struct ModelResult {
     /// With several seeds: each seed's final test accuracy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_accuracy_per_seed: Option<Vec<f64>>,
+    /// A pruned model's sparsity at the end of the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<SparsityReport>,
+}
+
+/// How sparse a pruned model ended.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct SparsityReport {
+    /// The fraction of the pruned parameters' weights that are zero.
+    pub sparsity: f64,
+    /// How many weights the pruned parameters hold (the model's other parameters stay dense).
+    pub pruned_weights: usize,
+    /// Per pruned parameter, its fraction of zeros.
+    pub layers: std::collections::BTreeMap<String, f64>,
 }
 
 /// One stage's result.

@@ -224,3 +224,63 @@ pub fn assert_one_submission_and_nothing_created(gpu: &Gpu, runs: u64, replay: i
         "one submission per run"
     );
 }
+
+/// A model's parameters on the host in f64, by name (what the interpreter reads).
+pub type HostParams = std::collections::BTreeMap<String, Vec<f64>>;
+
+/// `w` read back and widened to f64.
+pub fn host_params(gpu: &Gpu, w: &wgdistill::graph::Weights) -> HostParams {
+    w.to_host(gpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, widen(t.as_f32().unwrap())))
+        .collect()
+}
+
+/// Plain SGD at learning rate 1: a step moves each parameter by minus its gradient.
+pub fn sgd_lr1() -> wgdistill::graph::OptimizerSpec {
+    wgdistill::graph::OptimizerSpec::Sgd(wgdistill::kernels::optimizer::Sgd {
+        lr: 1.0,
+        momentum: 0.0,
+        dampening: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    })
+}
+
+/// Asserts that one step of [`sgd_lr1`] moved every parameter of `before` (to `after`) by minus
+/// the central finite difference (step 1e-5) of `objective`, within `atol + rtol·|want|`,
+/// except the parameters whose names contain one of `frozen` (running statistics, parameters
+/// that do not train); returns how many values it checked.
+pub fn assert_sgd_step_descends(
+    what: &str,
+    before: &HostParams,
+    after: &HostParams,
+    frozen: &[&str],
+    (atol, rtol): (f64, f64),
+    objective: impl Fn(&HostParams) -> f64,
+) -> usize {
+    let mut checked = 0;
+    for (name, values) in before {
+        if frozen.iter().any(|f| name.contains(f)) {
+            continue;
+        }
+        let mut p = before.clone();
+        for i in 0..values.len() {
+            let h = 1e-5;
+            p.get_mut(name).unwrap()[i] = values[i] + h;
+            let up = objective(&p);
+            p.get_mut(name).unwrap()[i] = values[i] - h;
+            let down = objective(&p);
+            p.get_mut(name).unwrap()[i] = values[i];
+            let want = (up - down) / (2.0 * h);
+            let got = values[i] - after[name][i];
+            assert!(
+                (got - want).abs() <= atol + rtol * want.abs(),
+                "{what} {name}[{i}]: the step moved it by {got}, −gradient by finite differences {want}"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
