@@ -71,6 +71,16 @@ fn relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
+// MobileNet's ReLU6: min(max(x, 0), 6).
+@compute @workgroup_size(256)
+fn relu6_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        fwd_y[i] = min(max(fwd_x[i], 0.0), 6.0);
+    }
+}
+
 @compute @workgroup_size(256)
 fn leaky_relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
@@ -111,6 +121,17 @@ fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let i = linear_index(wid, nwg, lid);
     if (i < params.n) {
         bwd_dx[i] = select(0.0, bwd_dy[i], bwd_x[i] > 0.0);
+    }
+}
+
+// PyTorch's hardtanh_backward: the gradient passes strictly inside (0, 6), not at either end.
+@compute @workgroup_size(256)
+fn relu6_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i < params.n) {
+        let x = bwd_x[i];
+        bwd_dx[i] = select(0.0, bwd_dy[i], x > 0.0 && x < 6.0);
     }
 }
 

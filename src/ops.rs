@@ -85,6 +85,14 @@ const KERNEL_OPS: &[KernelOp] = &[
     ),
     op!("relu", "out = max(x, 0)", &["x"], NONE, &[], &["out"]),
     op!(
+        "relu6",
+        "out = min(max(x, 0), 6)",
+        &["x"],
+        NONE,
+        &[],
+        &["out"]
+    ),
+    op!(
         "leaky_relu",
         "out = x where x > 0, negative_slope·x elsewhere",
         &["x"],
@@ -97,6 +105,14 @@ const KERNEL_OPS: &[KernelOp] = &[
     op!(
         "relu_backward",
         "grad_x = grad_out·[x > 0]",
+        &["x", "grad_out"],
+        NONE,
+        &[],
+        &["grad_x"]
+    ),
+    op!(
+        "relu6_backward",
+        "grad_x = grad_out·[0 < x < 6]",
         &["x", "grad_out"],
         NONE,
         &[],
@@ -530,6 +546,7 @@ fn plan(
             )
         }
         "relu" => one(activation::forward(gpu, Kind::Relu, t("x"))?, "out"),
+        "relu6" => one(activation::forward(gpu, Kind::Relu6, t("x"))?, "out"),
         "leaky_relu" => one(
             activation::forward(gpu, Kind::LeakyRelu(a.f32("negative_slope")), t("x"))?,
             "out",
@@ -538,6 +555,10 @@ fn plan(
         "tanh" => one(activation::forward(gpu, Kind::Tanh, t("x"))?, "out"),
         "relu_backward" => one(
             activation::backward(gpu, Kind::Relu, t("x"), t("grad_out"))?,
+            "grad_x",
+        ),
+        "relu6_backward" => one(
+            activation::backward(gpu, Kind::Relu6, t("x"), t("grad_out"))?,
             "grad_x",
         ),
         "leaky_relu_backward" => one(

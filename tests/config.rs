@@ -27,6 +27,7 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../configs/data_free.toml"),
         include_str!("../configs/adversarial.toml"),
         include_str!("../configs/pruning.toml"),
+        include_str!("../configs/low_rank.toml"),
     ] {
         check(text).unwrap();
     }
@@ -657,6 +658,61 @@ fn pruning_settings_are_checked() {
         (
             with(kd, &format!("start_from = \"teacher\"\n{kd}")),
             &["stages[2].start_from", "different parameters"],
+        ),
+    ]);
+}
+
+#[test]
+fn low_rank_tables_are_checked_and_start_from_splits_their_layers() {
+    let scratch = "[models.student_scratch]\narch = \"mlp\"\nhidden = [32]";
+    let factorised = |table: &str| with(scratch, &format!("{scratch}\nlow_rank = {table}"));
+    assert!(check(&factorised("{ head = 10, \"hidden.0\" = 1 }")).is_ok());
+    // A KD student that starts from the scratch student, its first layer split at rank 8.
+    let kd = "losses = [\n  { kind = \"ce\", weight = 0.1 },";
+    let split = with(
+        "[models.student_kd]\narch = \"mlp\"\nhidden = [32]",
+        "[models.student_kd]\narch = \"mlp\"\nhidden = [32]\nlow_rank = { \"hidden.0\" = 8 }",
+    )
+    .replacen(kd, &format!("start_from = \"student_scratch\"\n{kd}"), 1);
+    assert!(check(&split).is_ok(), "{:?}", check(&split));
+    let mobilenet = "[models.mobile]\narch = \"mobilenet\"\nwidth = 0.5\nlow_rank = ";
+    assert_refused(vec![
+        (
+            factorised("{ head = 0 }"),
+            &[
+                "models.student_scratch.low_rank.head",
+                "from 1 to 10, got 0",
+            ],
+        ),
+        (
+            factorised("{ \"hidden.0\" = 33 }"),
+            &["models.student_scratch.low_rank.hidden.0", "from 1 to 32"],
+        ),
+        (
+            factorised("{ hidden = 3 }"),
+            &["low_rank.hidden", "no layer of this name"],
+        ),
+        (
+            factorised("{ head = \"two\" }"),
+            &["models.student_scratch", "expected usize"],
+        ),
+        (
+            with(
+                scratch,
+                &format!("{scratch}\n{mobilenet}{{ \"features.1.conv.0\" = 2 }}"),
+            ),
+            &[
+                "models.mobile.low_rank.features.1.conv.0",
+                "grouped convolution",
+            ],
+        ),
+        (
+            split.replacen(
+                "hidden = [32]\n[models",
+                "hidden = [32]\nlow_rank = { head = 4 }\n[models",
+                1,
+            ),
+            &["stages[2].start_from", "different parameters", "low_rank"],
         ),
     ]);
 }

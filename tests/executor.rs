@@ -134,7 +134,7 @@ fn cnn_gradients_match_finite_differences() {
 /// checkpoint of the same network has.
 #[test]
 fn mobilenet_gradients_match_finite_differences_and_names_follow_torchvision() {
-    let g = models::mobilenet([2, 1, 8, 8], 0.25, 3).unwrap();
+    let g = models::mobilenet([2, 1, 8, 8], 0.25, models::Activation::Relu6, 3).unwrap();
     let shape = |name: &str| {
         let v = g.find(name).unwrap_or_else(|| panic!("{name}"));
         g.shape(v).to_vec()
@@ -144,7 +144,7 @@ fn mobilenet_gradients_match_finite_differences_and_names_follow_torchvision() {
     assert_eq!(shape("features.1.conv.3.weight"), [8, 4, 1, 1], "pointwise");
     assert_eq!(shape("features.5.conv.4.running_var"), [32]);
     assert_eq!(shape("classifier.weight"), [3, 32]);
-    assert!(models::mobilenet([2, 1, 8, 8], 0.0, 3).is_err());
+    assert!(models::mobilenet([2, 1, 8, 8], 0.0, models::Activation::Relu, 3).is_err());
     check_model_gradients("mobilenet", &g, 9);
 }
 
@@ -232,6 +232,129 @@ fn leaky_relu_in_a_model_has_exact_gradients() {
         g.set_output(logits).unwrap();
         check_model_gradients("leaky_relu", &g, seed);
     }
+}
+
+/// ReLU6 in a model whose pre-activations fall below 0, inside (0, 6) and past 6 (a Linear
+/// layer's output doubled four times), against central differences.
+#[test]
+fn relu6_in_a_model_has_exact_gradients() {
+    let Some(gpu) = gpu() else { return };
+    let mut g = Graph::new();
+    let x = g.input("x", &[6, 1, 3, 4], DType::F32).unwrap();
+    let flat = g.flatten(x).unwrap();
+    let mut z = g.linear("hidden", flat, 6, true).unwrap();
+    for _ in 0..4 {
+        z = g.add(z, z).unwrap();
+    }
+    let a = g.relu6(z).unwrap();
+    let logits = g.linear("head", a, 3, true).unwrap();
+    g.set_output(logits).unwrap();
+    let seed = 21;
+    // check_model_gradients' parameters and input: every region of ReLU6 is visited.
+    let params = common::host_params(gpu, &Weights::init(gpu, &g, seed).unwrap());
+    let pre = cpu_graph::forward(&g, &params, &widen(&data(72, seed + 1)))[z.0].clone();
+    assert!(pre.iter().any(|&v| v < 0.0), "{pre:?}");
+    assert!(pre.iter().any(|&v| v > 0.0 && v < 6.0), "{pre:?}");
+    assert!(pre.iter().any(|&v| v > 6.0), "{pre:?}");
+    check_model_gradients("relu6", &g, seed);
+}
+
+/// Low-rank factorisation: at full rank the split model computes what the original does (its
+/// factors multiply back to the weight), taps and the rest of the parameters unchanged; at a
+/// lower rank the factors' product is the best approximation (Eckart–Young: the squared error
+/// is the dropped singular values' energy, which the report states); layers that cannot be
+/// split are refused.
+#[test]
+fn factorising_keeps_the_function_at_full_rank_and_the_leading_singular_values_below_it() {
+    use wgdistill::graph::low_rank::{factorise_weights, svd};
+    use wgdistill::io::TensorMap;
+    let Some(gpu) = gpu() else { return };
+    // features.4 is [5, 3, 3, 3] (rank ≤ 5), classifier [4, 20] (rank ≤ 4).
+    let g = models::cnn([3, 1, 8, 8], &[3, 5], 4).unwrap();
+    let host = Weights::init(gpu, &g, 5).unwrap().to_host(gpu).unwrap();
+    let ranks = |a: usize, b: usize| -> BTreeMap<String, usize> {
+        [("features.4".to_string(), a), ("classifier".to_string(), b)].into()
+    };
+    let f64s = |m: &TensorMap| -> BTreeMap<String, Vec<f64>> {
+        m.iter()
+            .map(|(k, t)| (k.clone(), widen(t.as_f32().unwrap())))
+            .collect()
+    };
+    let x = widen(&data(3 * 64, 6));
+    let logits = |graph: &Graph, w: &TensorMap| {
+        cpu_graph::forward_in(graph, &f64s(w), &x, Mode::Eval)[graph.output.unwrap().0].clone()
+    };
+    let full = g.factorised(&ranks(5, 4)).unwrap();
+    let (split, report) = factorise_weights("test", &host, &ranks(5, 4)).unwrap();
+    assert_eq!(
+        full.taps.keys().collect::<Vec<_>>(),
+        g.taps.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        report.iter().all(|f| (f.kept_energy - 1.0).abs() < 1e-12),
+        "{report:?}"
+    );
+    assert_eq!(split["features.4.0.weight"].shape, [5, 3, 3, 3]);
+    assert_eq!(split["features.4.1.weight"].shape, [5, 5, 1, 1]);
+    assert_eq!(split["classifier.1.bias"], host["classifier.bias"]);
+    assert!(!split.contains_key("classifier.weight") && !split.contains_key("classifier.bias"));
+    assert_eq!(
+        split["features.1.running_var"],
+        host["features.1.running_var"]
+    );
+    Weights::load(gpu, &full, "split", &split).expect("names and shapes fit the split graph");
+    let (a, b) = (logits(&g, &host), logits(&full, &split));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-5, "full rank changed the logits by {worst}");
+
+    // Rank 2 of the classifier: ‖W − W₁W₀‖² = σ₃² + σ₄².
+    let (low, report) = factorise_weights("test", &host, &ranks(5, 2)).unwrap();
+    let w = widen(host["classifier.weight"].as_f32().unwrap());
+    let s = svd(&w, 4, 20).s;
+    let (w0, w1) = (
+        widen(low["classifier.0.weight"].as_f32().unwrap()),
+        widen(low["classifier.1.weight"].as_f32().unwrap()),
+    );
+    let mut error = 0.0;
+    for o in 0..4 {
+        for i in 0..20 {
+            let back: f64 = (0..2).map(|j| w1[o * 2 + j] * w0[j * 20 + i]).sum();
+            error += (w[o * 20 + i] - back).powi(2);
+        }
+    }
+    let dropped = s[2] * s[2] + s[3] * s[3];
+    assert!(
+        (error - dropped).abs() < 1e-5 * s[0] * s[0],
+        "{error} vs {dropped}"
+    );
+    let kept = report
+        .iter()
+        .find(|f| f.layer == "classifier")
+        .unwrap()
+        .kept_energy;
+    let total: f64 = s.iter().map(|v| v * v).sum();
+    assert!((kept - (1.0 - dropped / total)).abs() < 1e-9);
+    assert!(logits(&g.factorised(&ranks(5, 2)).unwrap(), &low) != a);
+
+    let refused = |m: &Graph, layer: &str, rank: usize| {
+        m.factorised(&[(layer.to_string(), rank)].into())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(refused(&g, "classifier", 5).contains("from 1 to 4, got 5"));
+    assert!(refused(&g, "features.1", 2).contains("not a Linear or Conv2d"));
+    assert!(refused(&g, "features.9", 2).contains("no layer"));
+    let mobile = models::mobilenet([2, 1, 8, 8], 0.25, models::Activation::Relu, 3).unwrap();
+    assert!(refused(&mobile, "features.1.conv.0", 2).contains("grouped"));
+    assert!(
+        mobile
+            .factorised(&[("features.1.conv.3".to_string(), 2)].into())
+            .is_ok()
+    );
 }
 
 /// Gradients with respect to a frozen network's input, in evaluation mode (running statistics),

@@ -57,7 +57,11 @@ fn sample_inputs(op: &str) -> TensorMap {
             put("bias", f(&[5], 3));
         }
         "roll_flip" => put("x", f(&[2, 3, 5, 7], 1)),
-        "relu_backward" | "leaky_relu_backward" | "gelu_backward" | "tanh_backward" => {
+        "relu_backward"
+        | "relu6_backward"
+        | "leaky_relu_backward"
+        | "gelu_backward"
+        | "tanh_backward" => {
             put("x", f(&[2, 3], 1));
             put("grad_out", f(&[2, 3], 2));
         }

@@ -118,6 +118,12 @@ enum Command {
         /// MobileNet width multiplier.
         #[arg(long, default_value_t = 1.0)]
         width: f64,
+        /// MobileNet's activation: relu or relu6.
+        #[arg(long, default_value = "relu", value_parser = parse_activation)]
+        activation: wgdistill::models::Activation,
+        /// Layers factorised to low rank, as the model's `low_rank` table: LAYER=RANK,…
+        #[arg(long, value_delimiter = ',', value_name = "LAYER=RANK")]
+        low_rank: Vec<String>,
         /// Fashion-MNIST folder.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -155,6 +161,15 @@ enum Command {
 }
 
 /// Fails in one line, before any work, when the folder a file is to be written into is missing.
+/// `--activation relu|relu6`, as a model's `activation` key.
+fn parse_activation(s: &str) -> Result<wgdistill::models::Activation, String> {
+    match s {
+        "relu" => Ok(wgdistill::models::Activation::Relu),
+        "relu6" => Ok(wgdistill::models::Activation::Relu6),
+        _ => Err(format!("expected relu or relu6, got '{s}'")),
+    }
+}
+
 fn check_parent(path: &std::path::Path) -> Result<(), CliError> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) if !dir.is_dir() => Err(CliError::Message(format!(
@@ -220,6 +235,8 @@ pub fn run() -> Result<(), CliError> {
             depth,
             widths,
             width,
+            activation,
+            low_rank,
             data,
         }) => {
             let arch = train::ArchArgs {
@@ -229,6 +246,8 @@ pub fn run() -> Result<(), CliError> {
                 depth,
                 widths,
                 width,
+                activation,
+                low_rank,
             };
             train::eval(&query, &checkpoint, &arch, data)
         }

@@ -151,22 +151,42 @@ pub struct ArchArgs {
     pub widths: Vec<usize>,
     /// MobileNet width multiplier.
     pub width: f64,
+    /// MobileNet's activation.
+    pub activation: wgdistill::models::Activation,
+    /// `LAYER=RANK` entries of the model's `low_rank` table.
+    pub low_rank: Vec<String>,
 }
 
 impl ArchArgs {
     fn model(&self) -> Result<config::ModelConfig, CliError> {
+        let mut low_rank = std::collections::BTreeMap::new();
+        for entry in &self.low_rank {
+            let rank = entry
+                .split_once('=')
+                .and_then(|(layer, rank)| Some((layer, rank.parse::<usize>().ok()?)));
+            let Some((layer, rank)) = rank else {
+                return Err(CliError::Message(format!(
+                    "--low-rank: expected LAYER=RANK (e.g. classifier=4), got '{entry}'"
+                )));
+            };
+            low_rank.insert(layer.to_string(), rank);
+        }
         Ok(match self.arch.as_str() {
             "mlp" => config::ModelConfig::Mlp {
                 hidden: self.hidden.clone(),
                 checkpoint: None,
+                low_rank: low_rank.clone(),
             },
             "cnn" => config::ModelConfig::Cnn {
                 channels: self.channels.clone(),
                 checkpoint: None,
+                low_rank: low_rank.clone(),
             },
             "mobilenet" => config::ModelConfig::Mobilenet {
                 width: self.width,
+                activation: self.activation,
                 checkpoint: None,
+                low_rank: low_rank.clone(),
             },
             "resnet" => {
                 let widths: [usize; 3] = self.widths.clone().try_into().map_err(|_| {
@@ -179,6 +199,7 @@ impl ArchArgs {
                     depth: self.depth,
                     widths,
                     checkpoint: None,
+                    low_rank,
                 }
             }
             other => {

@@ -72,6 +72,7 @@ fn bn_state<'a>(
 fn activation_kind(op: &Op) -> Kind {
     match *op {
         Op::LeakyRelu { slope, .. } => Kind::LeakyRelu(slope),
+        Op::Relu6 { .. } => Kind::Relu6,
         Op::Gelu { .. } => Kind::Gelu,
         Op::Tanh { .. } => Kind::Tanh,
         _ => Kind::Relu,
@@ -154,7 +155,11 @@ pub fn plan_forward(
                     y
                 }
             }
-            Op::Relu { x } | Op::LeakyRelu { x, .. } | Op::Gelu { x } | Op::Tanh { x } => {
+            Op::Relu { x }
+            | Op::Relu6 { x }
+            | Op::LeakyRelu { x, .. }
+            | Op::Gelu { x }
+            | Op::Tanh { x } => {
                 let (d, y) = activation::forward(gpu, activation_kind(&node.op), v(x))?;
                 plan.push(d);
                 y
@@ -402,7 +407,11 @@ pub fn plan_backward(
                 grads.add(gpu, plan, gamma, g.dgamma, true)?;
                 grads.add(gpu, plan, beta, g.dbeta, true)?;
             }
-            Op::Relu { x } | Op::LeakyRelu { x, .. } | Op::Gelu { x } | Op::Tanh { x } => {
+            Op::Relu { x }
+            | Op::Relu6 { x }
+            | Op::LeakyRelu { x, .. }
+            | Op::Gelu { x }
+            | Op::Tanh { x } => {
                 let kind = activation_kind(&node.op);
                 let (d, dx) = activation::backward(gpu, kind, &f[x.0], &dy)?;
                 plan.push(d);

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::exec::Mode;
 use super::{Graph, Op};
 
-use crate::reference::activation::{Act, gelu, leaky_relu, relu};
+use crate::reference::activation::{Act, gelu, leaky_relu, relu, relu6};
 use crate::reference::conv::{self as cpu_conv, Window};
 use crate::reference::matmul::{LinearShape, linear_forward};
 use crate::reference::{batchnorm, pool, response, softmax};
@@ -115,6 +115,7 @@ pub fn forward_in(
                 .0
             }
             Op::Relu { x } => values[x.0].iter().map(|&z| relu(z)).collect(),
+            Op::Relu6 { x } => values[x.0].iter().map(|&z| relu6(z)).collect(),
             Op::LeakyRelu { x, slope } => values[x.0]
                 .iter()
                 .map(|&z| leaky_relu(z, f64::from(slope)))

@@ -79,6 +79,11 @@ pub enum Op {
         /// Input.
         x: Value,
     },
+    /// ReLU6 (`nn.ReLU6`).
+    Relu6 {
+        /// Input.
+        x: Value,
+    },
     /// Leaky ReLU (`nn.LeakyReLU`).
     LeakyRelu {
         /// Input.
@@ -194,6 +199,7 @@ impl Op {
                 vec![x]
             }
             Op::GlobalAvgPool { x }
+            | Op::Relu6 { x }
             | Op::LeakyRelu { x, .. }
             | Op::Tanh { x }
             | Op::ChannelMoments { x }
@@ -237,6 +243,7 @@ impl Op {
             | Op::AvgPool { x, .. }
             | Op::GlobalAvgPool { x }
             | Op::LeakyRelu { x, .. }
+            | Op::Relu6 { x }
             | Op::Tanh { x }
             | Op::ChannelMoments { x }
             | Op::Reshape { x }
@@ -342,7 +349,13 @@ impl Graph {
         self.nodes.iter().position(|n| n.name == name).map(Value)
     }
 
-    fn push(&mut self, name: String, op: Op, shape: Vec<usize>, dtype: DType) -> Result<Value> {
+    pub(super) fn push(
+        &mut self,
+        name: String,
+        op: Op,
+        shape: Vec<usize>,
+        dtype: DType,
+    ) -> Result<Value> {
         if self.nodes.iter().any(|n| n.name == name) {
             return Err(shape_error(&name, "a node with this name already exists"));
         }
@@ -537,6 +550,12 @@ impl Graph {
     pub fn relu(&mut self, x: Value) -> Result<Value> {
         let shape = self.shape(x).to_vec();
         self.push(self.auto_name("relu"), Op::Relu { x }, shape, DType::F32)
+    }
+
+    /// ReLU6: `min(max(x, 0), 6)`.
+    pub fn relu6(&mut self, x: Value) -> Result<Value> {
+        let shape = self.shape(x).to_vec();
+        self.push(self.auto_name("relu6"), Op::Relu6 { x }, shape, DType::F32)
     }
 
     /// Leaky ReLU with negative slope `slope`.

@@ -2,8 +2,10 @@
 //! name ([`weights`]), forward and reverse-mode backward planning ([`exec`]), buffer reuse by
 //! liveness ([`memory`]), and compiled steps that replay a whole training step with one
 //! submission ([`step`]), synthesise a teacher's inputs ([`inversion`]) or train a generator
-//! against a student without data ([`dfad`]) or a discriminator beside it ([`discriminator`]), their optimizer updates in one place ([`update`]); and an f64 interpreter of the same graphs ([`interp`]), the reference
-//! the executor's gradients are checked against.
+//! against a student without data ([`dfad`]) or a discriminator beside it ([`discriminator`]),
+//! their optimizer updates in one place ([`update`]); layers factorised to low rank
+//! ([`low_rank`]); and an f64 interpreter of the same graphs ([`interp`]), the reference the
+//! executor's gradients are checked against.
 
 pub mod dfad;
 pub mod discriminator;
@@ -11,6 +13,7 @@ pub mod exec;
 pub mod interp;
 pub mod inversion;
 pub mod ir;
+pub mod low_rank;
 pub mod memory;
 pub mod step;
 pub mod update;

@@ -1,4 +1,4 @@
-//! ReLU, leaky ReLU, GELU and tanh forward and backward (`shaders/activation.wgsl`).
+//! ReLU, ReLU6, leaky ReLU, GELU and tanh forward and backward (`shaders/activation.wgsl`).
 
 use crate::Result;
 use crate::catalogue::{
@@ -13,6 +13,9 @@ use Binding::{Output as W, ReadOnly as R, Uniform as U};
 /// `y = max(x, 0)`.
 pub const RELU_FORWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "relu_forward", &[U, R, W]);
+/// `y = min(max(x, 0), 6)`.
+pub const RELU6_FORWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "relu6_forward", &[U, R, W]);
 /// `y = x` where positive, `slope·x` elsewhere.
 pub const LEAKY_RELU_FORWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "leaky_relu_forward", &[U, R, W]);
@@ -25,6 +28,9 @@ pub const TANH_FORWARD: KernelSpec =
 /// `dx = dy·[x > 0]`.
 pub const RELU_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "relu_backward", &[U, R, R, W]);
+/// `dx = dy·[0 < x < 6]`.
+pub const RELU6_BACKWARD: KernelSpec =
+    KernelSpec::new::<Params>("activation", "relu6_backward", &[U, R, R, W]);
 /// `dx = dy` where `x > 0`, `slope·dy` elsewhere.
 pub const LEAKY_RELU_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "leaky_relu_backward", &[U, R, R, W]);
@@ -38,10 +44,12 @@ pub const TANH_BACKWARD: KernelSpec =
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
     RELU_FORWARD,
+    RELU6_FORWARD,
     LEAKY_RELU_FORWARD,
     GELU_FORWARD,
     TANH_FORWARD,
     RELU_BACKWARD,
+    RELU6_BACKWARD,
     LEAKY_RELU_BACKWARD,
     GELU_BACKWARD,
     TANH_BACKWARD,
@@ -52,6 +60,8 @@ pub const KERNELS: &[KernelSpec] = &[
 pub enum Kind {
     /// ReLU.
     Relu,
+    /// ReLU capped at 6 (`nn.ReLU6`, MobileNet's: its bounded range suits int8).
+    Relu6,
     /// Leaky ReLU with its negative slope (`nn.LeakyReLU(negative_slope)`).
     LeakyRelu(f32),
     /// Exact GELU.
@@ -80,7 +90,7 @@ fn params(op: &str, kind: Kind, t: &Tensor) -> Result<Params> {
             ));
         }
         Kind::LeakyRelu(slope) => slope,
-        Kind::Relu | Kind::Gelu | Kind::Tanh => 0.0,
+        Kind::Relu | Kind::Relu6 | Kind::Gelu | Kind::Tanh => 0.0,
     };
     Ok(Params {
         n,
@@ -93,6 +103,7 @@ fn params(op: &str, kind: Kind, t: &Tensor) -> Result<Params> {
 pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> {
     let spec = match kind {
         Kind::Relu => &RELU_FORWARD,
+        Kind::Relu6 => &RELU6_FORWARD,
         Kind::LeakyRelu(_) => &LEAKY_RELU_FORWARD,
         Kind::Gelu => &GELU_FORWARD,
         Kind::Tanh => &TANH_FORWARD,
@@ -106,6 +117,7 @@ pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> 
 pub fn backward(gpu: &Gpu, kind: Kind, x: &Tensor, dy: &Tensor) -> Result<(Dispatch, Tensor)> {
     let spec = match kind {
         Kind::Relu => &RELU_BACKWARD,
+        Kind::Relu6 => &RELU6_BACKWARD,
         Kind::LeakyRelu(_) => &LEAKY_RELU_BACKWARD,
         Kind::Gelu => &GELU_BACKWARD,
         Kind::Tanh => &TANH_BACKWARD,
@@ -121,17 +133,20 @@ pub fn backward(gpu: &Gpu, kind: Kind, x: &Tensor, dy: &Tensor) -> Result<(Dispa
     Ok((d, dx))
 }
 
-/// The family's catalogue: every activation forward and backward at odd sizes.
+/// The family's catalogue: every activation forward and backward at odd sizes (ReLU6's inputs
+/// scaled by 8, exactly, so both of its kinks are crossed).
 pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
     let kinds = [
-        (Kind::Relu, Act::Relu, "relu"),
+        (Kind::Relu, Act::Relu, "relu", 1.0),
+        (Kind::Relu6, Act::Relu6, "relu6", 8.0),
         (
             Kind::LeakyRelu(0.1),
             Act::LeakyRelu(0.1f32 as f64),
             "leaky_relu",
+            1.0,
         ),
-        (Kind::Gelu, Act::Gelu, "gelu"),
-        (Kind::Tanh, Act::Tanh, "tanh"),
+        (Kind::Gelu, Act::Gelu, "gelu", 1.0),
+        (Kind::Tanh, Act::Tanh, "tanh", 1.0),
     ];
     if let Suite::Bench { .. } = suite {
         let n = stream_len(suite);
@@ -148,22 +163,26 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
     }
     let mut cases = Vec::new();
     for n in [7usize, 1000, 65_537] {
-        for (kind, act, name) in kinds {
+        for (kind, act, name, scale) in kinds {
             cases.push(
                 Case::new(
                     format!("{name} fwd+bwd"),
                     format!("[{n}]"),
                     Work::Bytes(20.0 * n as f64),
                     move |gpu| {
-                        let (x, dy) =
-                            (sample_tensor(gpu, &[n], 23)?, sample_tensor(gpu, &[n], 24)?);
+                        let x: Vec<f32> = crate::rng::sample(n, 23)
+                            .iter()
+                            .map(|v| v * scale)
+                            .collect();
+                        let (x, dy) = (gpu.upload(&[n], &x)?, sample_tensor(gpu, &[n], 24)?);
                         let (f, y) = forward(gpu, kind, &x)?;
                         let (b, dx) = backward(gpu, kind, &x, &dy)?;
                         Ok(Prepared::new(vec![f, b], vec![y, dx]))
                     },
                 )
                 .reference(move || {
-                    let (x, dy) = (sample_f64(n, 23), sample_f64(n, 24));
+                    let x = sample_f64(n, 23).into_iter().map(|v| v * f64::from(scale));
+                    let (x, dy): (Vec<f64>, _) = (x.collect(), sample_f64(n, 24));
                     let y = x.iter().map(|&v| act.apply(v));
                     let dx = x.iter().zip(&dy).map(|(&v, g)| g * act.grad(v));
                     y.chain(dx).collect()

@@ -106,6 +106,26 @@ pub fn check_mobilenet_width(width: f64) -> std::result::Result<(), String> {
     }
 }
 
+/// The activation after each of [`mobilenet`]'s batch norms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `max(x, 0)`.
+    #[default]
+    Relu,
+    /// `min(max(x, 0), 6)`, MobileNetV2's: a bounded range that int8 quantisation keeps.
+    Relu6,
+}
+
+impl Activation {
+    fn apply(self, g: &mut Graph, x: crate::graph::Value) -> Result<crate::graph::Value> {
+        match self {
+            Activation::Relu => g.relu(x),
+            Activation::Relu6 => g.relu6(x),
+        }
+    }
+}
+
 /// The blocks of [`mobilenet`] at width 1: (output channels, stride) after a 16-channel stem,
 /// for 28×28 inputs (two stride-2 blocks leave 7×7 maps).
 pub const MOBILENET_BLOCKS: [(usize, usize); 5] = [(32, 1), (64, 2), (64, 1), (128, 2), (128, 1)];
@@ -115,8 +135,13 @@ pub const MOBILENET_BLOCKS: [(usize, usize); 5] = [(32, 1), (64, 2), (64, 1), (1
 /// block `features.i.conv.0` a depthwise 3×3 convolution (groups = its channels), `.1` BN, ReLU,
 /// `.3` a pointwise 1×1 convolution, `.4` BN, ReLU; global average pooling and `classifier`.
 /// Every channel count is [`MOBILENET_BLOCKS`]'s (and the stem's 16) times `width`, rounded, at
-/// least 4. Taps: `features.i` after each block.
-pub fn mobilenet(input: [usize; 4], width: f64, classes: usize) -> Result<Graph> {
+/// least 4. Every ReLU is `activation` (ReLU or ReLU6). Taps: `features.i` after each block.
+pub fn mobilenet(
+    input: [usize; 4],
+    width: f64,
+    activation: Activation,
+    classes: usize,
+) -> Result<Graph> {
     if let Err(message) = check_mobilenet_width(width) {
         return Err(crate::error::shape_error("mobilenet", message));
     }
@@ -130,7 +155,7 @@ pub fn mobilenet(input: [usize; 4], width: f64, classes: usize) -> Result<Graph>
     let x = g.input("x", &input, DType::F32)?;
     let stem = g.conv2d("features.0.0", x, conv(scaled(16), 3, 1, 1))?;
     let stem = g.batch_norm("features.0.1", stem)?;
-    let mut h = g.relu(stem)?;
+    let mut h = activation.apply(&mut g, stem)?;
     g.tap("features.0", h)?;
     for (i, &(out, stride)) in MOBILENET_BLOCKS.iter().enumerate() {
         let prefix = format!("features.{}.conv", i + 1);
@@ -141,10 +166,10 @@ pub fn mobilenet(input: [usize; 4], width: f64, classes: usize) -> Result<Graph>
             conv(channels, 3, stride, channels),
         )?;
         let dw = g.batch_norm(&format!("{prefix}.1"), dw)?;
-        let dw = g.relu(dw)?;
+        let dw = activation.apply(&mut g, dw)?;
         let pw = g.conv2d(&format!("{prefix}.3"), dw, conv(scaled(out), 1, 1, 1))?;
         let pw = g.batch_norm(&format!("{prefix}.4"), pw)?;
-        h = g.relu(pw)?;
+        h = activation.apply(&mut g, pw)?;
         g.tap(&format!("features.{}", i + 1), h)?;
     }
     let pooled = g.global_avg_pool(h)?;

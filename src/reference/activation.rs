@@ -1,4 +1,4 @@
-//! f64 reference for `shaders/activation.wgsl`: ReLU, leaky ReLU, exact GELU and tanh with their
+//! f64 reference for `shaders/activation.wgsl`: ReLU, ReLU6, leaky ReLU, exact GELU and tanh with their
 //! derivatives.
 
 /// ReLU.
@@ -9,6 +9,16 @@ pub fn relu(x: f64) -> f64 {
 /// ReLU's derivative (0 at 0, as PyTorch).
 pub fn relu_grad(x: f64) -> f64 {
     if x > 0.0 { 1.0 } else { 0.0 }
+}
+
+/// ReLU6: `min(max(x, 0), 6)`.
+pub fn relu6(x: f64) -> f64 {
+    x.clamp(0.0, 6.0)
+}
+
+/// ReLU6's derivative: 1 strictly inside (0, 6), 0 elsewhere (PyTorch's, at both kinks).
+pub fn relu6_grad(x: f64) -> f64 {
+    if x > 0.0 && x < 6.0 { 1.0 } else { 0.0 }
 }
 
 /// Leaky ReLU: `x` where positive, `slope·x` elsewhere.
@@ -45,6 +55,8 @@ pub enum Act {
     Identity,
     /// ReLU.
     Relu,
+    /// ReLU capped at 6.
+    Relu6,
     /// Leaky ReLU with its negative slope.
     LeakyRelu(f64),
     /// Exact GELU.
@@ -59,6 +71,7 @@ impl Act {
         match self {
             Act::Identity => z,
             Act::Relu => relu(z),
+            Act::Relu6 => relu6(z),
             Act::LeakyRelu(slope) => leaky_relu(z, slope),
             Act::Gelu => gelu(z),
             Act::Tanh => z.tanh(),
@@ -70,6 +83,7 @@ impl Act {
         match self {
             Act::Identity => 1.0,
             Act::Relu => relu_grad(z),
+            Act::Relu6 => relu6_grad(z),
             Act::LeakyRelu(slope) => leaky_relu_grad(z, slope),
             Act::Gelu => gelu_grad(z),
             Act::Tanh => tanh_grad(z),

@@ -80,6 +80,9 @@ pub enum ModelConfig {
         hidden: Vec<usize>,
         /// Weights to load instead of training from scratch.
         checkpoint: Option<String>,
+        /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        low_rank: BTreeMap<String, usize>,
     },
     /// conv-bn-relu-pool stacks and a linear classifier.
     Cnn {
@@ -88,14 +91,23 @@ pub enum ModelConfig {
         channels: Vec<usize>,
         /// Weights to load.
         checkpoint: Option<String>,
+        /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        low_rank: BTreeMap<String, usize>,
     },
     /// A MobileNet-style network of depthwise-separable blocks.
     Mobilenet {
         /// Width multiplier on every channel count.
         #[serde(default = "default_width")]
         width: f64,
+        /// `relu` (the default) or `relu6` after every batch norm.
+        #[serde(default)]
+        activation: models::Activation,
         /// Weights to load.
         checkpoint: Option<String>,
+        /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        low_rank: BTreeMap<String, usize>,
     },
     /// A CIFAR-style ResNet.
     Resnet {
@@ -106,6 +118,9 @@ pub enum ModelConfig {
         widths: [usize; 3],
         /// Weights to load.
         checkpoint: Option<String>,
+        /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        low_rank: BTreeMap<String, usize>,
     },
 }
 
@@ -132,12 +147,36 @@ impl ModelConfig {
         }
     }
 
-    /// The model's graph for inputs of `input` shape and `classes` outputs.
+    /// `low_rank = { LAYER = RANK, … }`: each named Linear or Conv2d layer replaced by two thin
+    /// ones (`LAYER.0` to RANK outputs, `LAYER.1` back to the layer's outputs), filled from a
+    /// truncated SVD of a trained model's layer when a stage starts from it (`start_from`).
+    pub fn low_rank(&self) -> &BTreeMap<String, usize> {
+        match self {
+            ModelConfig::Mlp { low_rank, .. }
+            | ModelConfig::Cnn { low_rank, .. }
+            | ModelConfig::Mobilenet { low_rank, .. }
+            | ModelConfig::Resnet { low_rank, .. } => low_rank,
+        }
+    }
+
+    /// The model's graph for inputs of `input` shape and `classes` outputs, factorised where
+    /// [`Self::low_rank`] says.
     pub fn graph(&self, input: [usize; 4], classes: usize) -> Result<Graph> {
+        let whole = self.whole_graph(input, classes)?;
+        match self.low_rank() {
+            ranks if ranks.is_empty() => Ok(whole),
+            ranks => whole.factorised(ranks),
+        }
+    }
+
+    /// The architecture's graph before any factorisation.
+    fn whole_graph(&self, input: [usize; 4], classes: usize) -> Result<Graph> {
         match self {
             ModelConfig::Mlp { hidden, .. } => models::mlp(input, hidden, classes),
             ModelConfig::Cnn { channels, .. } => models::cnn(input, channels, classes),
-            ModelConfig::Mobilenet { width, .. } => models::mobilenet(input, *width, classes),
+            ModelConfig::Mobilenet {
+                width, activation, ..
+            } => models::mobilenet(input, *width, *activation, classes),
             ModelConfig::Resnet { depth, widths, .. } => {
                 models::resnet(input, *depth, *widths, classes)
             }
@@ -680,6 +719,11 @@ impl Config {
         let input = [self.data.batch_size, c, h, w];
         let mut graphs = BTreeMap::new();
         for (name, m) in &self.models {
+            let whole = m
+                .whole_graph(input, crate::data::CLASSES)
+                .map_err(|e| (format!("models.{name}"), e.to_string()))?;
+            crate::graph::low_rank::check(&whole, m.low_rank())
+                .map_err(|(layer, msg)| (format!("models.{name}.low_rank.{layer}"), msg))?;
             let graph = m
                 .graph(input, crate::data::CLASSES)
                 .map_err(|e| (format!("models.{name}"), e.to_string()))?;
@@ -800,7 +844,7 @@ impl StageConfig {
         }
         adversarial::check(self, config, graphs)?;
         super::prune::check(self, config)?;
-        self.check_start_from(graphs, available)?;
+        self.check_start_from(config, graphs, available)?;
         let method = Method::of(self)?;
         if method == Method::SelfDistillation {
             self.check_heads(&graphs[self.train[0].as_str()])?;
@@ -919,6 +963,7 @@ impl StageConfig {
     /// parameters (names and shapes), for one trained model that has no weights yet.
     fn check_start_from(
         &self,
+        config: &Config,
         graphs: &BTreeMap<&str, Graph>,
         available: &[&str],
     ) -> std::result::Result<(), Fault> {
@@ -945,9 +990,16 @@ impl StageConfig {
                 .map(|(_, n)| (n.name.clone(), n.shape.clone()))
                 .collect()
         };
-        if params(source) != params(model) {
+        // The same parameters, or the source's with the layers `model` factorises split.
+        let ranks = config.models[model].low_rank();
+        let split = graphs[source.as_str()].factorised(ranks).map(|g| {
+            g.params()
+                .map(|(_, n)| (n.name.clone(), n.shape.clone()))
+                .collect()
+        });
+        if params(source) != params(model) && split.ok() != Some(params(model)) {
             return fault(format!(
-                "'{source}' and '{model}' have different parameters (names or shapes): give them the same architecture"
+                "'{source}' and '{model}' have different parameters (names or shapes): give them the same architecture (a low_rank table may factorise some of its layers)"
             ));
         }
         Ok(())

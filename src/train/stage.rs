@@ -9,7 +9,9 @@ use crate::Result;
 use crate::data::{Dataset, NegativeSampler};
 use crate::error::input_error;
 use crate::gpu::Gpu;
-use crate::graph::{EvalStep, Graph, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep, Weights};
+use crate::graph::{
+    EvalStep, Graph, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep, Weights, low_rank,
+};
 use crate::kernels::optimizer::{AdamW, Sgd};
 
 use super::checkpoint::{Progress, RunFolder};
@@ -217,7 +219,18 @@ impl<'a> StagePlan<'a> {
                     // A copy: the source keeps its own weights.
                     Some(source) => {
                         let what = format!("stage '{}': start_from", stage.name);
-                        Weights::load(gpu, graph, &what, &source.to_host(gpu)?)
+                        let ranks = config.models[name].low_rank();
+                        let (host, split) =
+                            low_rank::factorise_weights(&what, &source.to_host(gpu)?, ranks)?;
+                        for f in split {
+                            log(&format!(
+                                "{what}: {} factorised at rank {} keeps {:.1}% of its weight's energy",
+                                f.layer,
+                                f.rank,
+                                100.0 * f.kept_energy
+                            ));
+                        }
+                        Weights::load(gpu, graph, &what, &host)
                     }
                     None => Weights::init(gpu, graph, seed_of(config.seed, name)),
                 },

@@ -15,6 +15,7 @@ fn activations_match_reference_forward_and_backward() {
         let leaky = (Kind::LeakyRelu(0.1), Act::LeakyRelu(f64::from(0.1f32)));
         let kinds = [
             (Kind::Relu, Act::Relu),
+            (Kind::Relu6, Act::Relu6),
             leaky,
             (Kind::Gelu, Act::Gelu),
             (Kind::Tanh, Act::Tanh),
@@ -48,12 +49,13 @@ fn activations_match_reference_forward_and_backward() {
 fn activation_reference_derivatives_match_finite_differences() {
     for act in [
         Act::Relu,
+        Act::Relu6,
         Act::LeakyRelu(0.1),
         Act::LeakyRelu(2.5),
         Act::Gelu,
         Act::Tanh,
     ] {
-        for x in [-3.0, -0.7, 0.3, 1.9, 5.0] {
+        for x in [-3.0, -0.7, 0.3, 1.9, 5.0, 7.5] {
             let fd = (act.apply(x + 1e-6) - act.apply(x - 1e-6)) / 2e-6;
             assert!(
                 (fd - act.grad(x)).abs() < 1e-7,
@@ -79,6 +81,23 @@ fn leaky_relu_takes_the_negative_slope_at_zero_and_rejects_a_non_finite_one() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("slope must be finite"), "{e}");
+}
+
+/// ReLU6 at and around both kinks: the gradient passes strictly inside (0, 6), as PyTorch's
+/// hardtanh backward.
+#[test]
+fn relu6_clamps_at_zero_and_six_and_blocks_the_gradient_at_both() {
+    let Some(gpu) = gpu() else { return };
+    let xv = [-1.0f32, 0.0, 0.5, 5.999, 6.0, 6.001, 1e30];
+    let x = up(gpu, &[xv.len()], &xv);
+    let dy = up(gpu, &[xv.len()], &[2.0; 7]);
+    let y = run(gpu, activation::forward(gpu, Kind::Relu6, &x).unwrap());
+    assert_eq!(y, [0.0, 0.0, 0.5, 5.999, 6.0, 6.0, 6.0]);
+    let dx = run(
+        gpu,
+        activation::backward(gpu, Kind::Relu6, &x, &dy).unwrap(),
+    );
+    assert_eq!(dx, [0.0, 0.0, 2.0, 2.0, 0.0, 0.0, 0.0]);
 }
 
 /// tanh saturates to exactly ±1 with a zero gradient, never NaN, however large the input (some

@@ -8,6 +8,7 @@
 # Needs Node.js with npm and Debian's chromium (which ships SwiftShader); .ci/run installs them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+say() { echo "webgpu check: $* (at ${SECONDS} s)"; }
 
 icd="${SWIFTSHADER_ICD:-/usr/lib/chromium/vk_swiftshader_icd.json}"
 chromium="${CHROMIUM:-/usr/bin/chromium}"
@@ -25,12 +26,12 @@ fi
 # A missing adapter fails the tests rather than skipping them, as in CI.
 export CI="${CI:-true}"
 
-echo "webgpu check: npm ci (tools/webgpu)"
+say "npm ci (tools/webgpu)"
 npm ci --prefix tools/webgpu --no-audit --no-fund --loglevel=error
 
 # wgdistill records on wgpu's adapter and Dawn replays on its own: the same driver for both.
 export WGPU_BACKEND=vulkan VK_ICD_FILENAMES="$icd"
-echo "webgpu check: the tests on SwiftShader"
+say "the tests on SwiftShader"
 cargo test --release --quiet
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-target}/release/wgdistill"
@@ -39,4 +40,4 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 node tools/webgpu/dawn_check.mjs --wgdistill "$bin" --work "$work"
 node tools/webgpu/browser_check.mjs --work "$work" --chromium "$chromium"
-echo "webgpu check: all green"
+say "all green"
