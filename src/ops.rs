@@ -15,8 +15,10 @@ use crate::kernels::conv::{self, Conv2d};
 use crate::kernels::losses::{self, Loss, LossDef};
 use crate::kernels::matmul::{Activation, MatmulOptions, matmul};
 use crate::kernels::pool::{self, Pool2d};
+use crate::kernels::quantize::Quantizer;
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 use crate::kernels::{AttrDef, Range, augment, dropout, elementwise, optimizer, softmax};
+use crate::reference::quantize::Grid;
 
 /// What an op takes and gives.
 #[derive(Clone, Debug)]
@@ -108,6 +110,36 @@ const KERNEL_OPS: &[KernelOp] = &[
         &["x", "grad_out"],
         NONE,
         &[],
+        &["grad_x"]
+    ),
+    op!(
+        "quant_observe",
+        "range ← moving average of x's min/max per channel along axis (−1: the whole tensor; range optional: nothing seen), qparams = [scale, zero_point] per channel on [quant_min, quant_max], symmetric or affine",
+        &["x"],
+        &["range"],
+        &[
+            ("axis", -1.0),
+            ("quant_min", -128.0),
+            ("quant_max", 127.0),
+            ("symmetric", 1.0),
+            ("averaging_constant", 0.01)
+        ],
+        &["range", "qparams"]
+    ),
+    op!(
+        "fake_quant",
+        "out = (clamp(round(x / scale) + zero_point, quant_min, quant_max) − zero_point)·scale, qparams = [scale, zero_point] per channel along axis",
+        &["x", "qparams"],
+        NONE,
+        &[("axis", -1.0), ("quant_min", -128.0), ("quant_max", 127.0)],
+        &["out"]
+    ),
+    op!(
+        "fake_quant_backward",
+        "grad_x = grad_out where round(x / scale) + zero_point is in [quant_min, quant_max], else 0 (straight-through)",
+        &["x", "qparams", "grad_out"],
+        NONE,
+        &[("axis", -1.0), ("quant_min", -128.0), ("quant_max", 127.0)],
         &["grad_x"]
     ),
     op!(
@@ -680,6 +712,49 @@ fn plan(
                 augment::roll_flip(gpu, t("x"), map, a.flag("inverse"))?,
                 "out",
             )
+        }
+        "quant_observe" | "fake_quant" | "fake_quant_backward" => {
+            let axis = if a.values["axis"] == -1.0 {
+                None
+            } else {
+                Some(a.count("axis", 0)?)
+            };
+            let whole = |k: &str| -> Result<i32> {
+                let v = a.values[k];
+                if v.fract() != 0.0 || v.abs() > 65535.0 {
+                    return Err(input_error(
+                        format!("{}: attr '{k}'", a.op),
+                        format!("must be a whole number from −65535 to 65535, got {v}"),
+                    ));
+                }
+                Ok(v as i32)
+            };
+            let grid = Grid {
+                qmin: whole("quant_min")?,
+                qmax: whole("quant_max")?,
+                symmetric: a.values.get("symmetric").is_some_and(|&v| v != 0.0),
+            };
+            let averaging = a
+                .values
+                .get("averaging_constant")
+                .map_or(1.0, |&v| v as f32);
+            let q = Quantizer::new(t("x").shape(), axis, grid, averaging)?;
+            match name {
+                "quant_observe" => {
+                    let range = match dev.get("range") {
+                        Some(r) => r.clone(),
+                        None => q.unobserved(gpu)?,
+                    };
+                    let qparams = gpu.empty(&[q.channels, 2], DType::F32)?;
+                    let d = q.observe(gpu, t("x"), &range, &qparams)?;
+                    (vec![d], vec![("range", range), ("qparams", qparams)])
+                }
+                "fake_quant" => one(q.forward(gpu, t("x"), t("qparams"))?, "out"),
+                _ => one(
+                    q.backward(gpu, t("x"), t("qparams"), t("grad_out"))?,
+                    "grad_x",
+                ),
+            }
         }
         "dropout" => one(
             dropout::dropout(gpu, t("x"), a.f32("p"), a.count("seed", 0)? as u32)?,

@@ -542,3 +542,58 @@ fn shaders_export_writes_every_family_as_standard_wgsl() {
     assert_one_line_error(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `wgdistill eval` reads a low-rank checkpoint with the model's `low_rank` table given as
+/// `--low-rank`; a malformed entry, and a whole checkpoint read as a split model, are one line.
+#[test]
+fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
+    use wgdistill::io::{HostTensor, TensorMap};
+    let dir = std::env::temp_dir().join(format!("wgdistill-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ranks = [("classifier".to_string(), 3)].into();
+    let whole = wgdistill::models::cnn([1, 1, 28, 28], &[4, 8], 10).unwrap();
+    let checkpoint = |graph: &wgdistill::graph::Graph, name: &str| {
+        let tensors: TensorMap = graph
+            .params()
+            .map(|(_, n)| {
+                let count = n.shape.iter().product();
+                (n.name.clone(), HostTensor::f32(&n.shape, vec![0.01; count]))
+            })
+            .collect();
+        let path = dir.join(name);
+        wgdistill::io::write_safetensors(&path, &tensors).unwrap();
+        path.display().to_string()
+    };
+    let split = checkpoint(&whole.factorised(&ranks).unwrap(), "split.safetensors");
+    let dense = checkpoint(&whole, "whole.safetensors");
+    let eval = |file: &str, low_rank: &str| {
+        let args = [
+            "eval",
+            file,
+            "--arch",
+            "cnn",
+            "--channels",
+            "4,8",
+            "--low-rank",
+            low_rank,
+        ];
+        on_ci_backend(&args)
+    };
+    let Some(out) = eval(&split, "classifier=3") else {
+        return;
+    };
+    assert_success(&out);
+    // Conv 36 + BN 8 + conv 288 + BN 16 + classifier.0 3·392 + classifier.1 3·10 + 10.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("test accuracy"), "{stdout}");
+    assert!(stdout.contains("; 1564 parameters, "), "{stdout}");
+    assert!(stdout.contains(" images/s at batch 256"), "{stdout}");
+    let out = eval(&split, "classifier").unwrap();
+    assert_one_line_error(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected LAYER=RANK"));
+    let out = eval(&dense, "classifier=3").unwrap();
+    assert_one_line_error(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("whole.safetensors"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -105,6 +105,13 @@ fn sample_inputs(op: &str) -> TensorMap {
             put("grad", f(&[7], 2));
         }
         "clip_grad_norm" => put("grad", f(&[9], 1)),
+        "fake_quant" | "fake_quant_backward" => {
+            put("x", f(&[3, 4], 1));
+            put("qparams", HostTensor::f32(&[1, 2], vec![0.125, 0.0]));
+            if op == "fake_quant_backward" {
+                put("grad_out", f(&[3, 4], 2));
+            }
+        }
         _ => put("x", f(&[3, 4], 1)),
     }
     m
@@ -171,6 +178,74 @@ fn op_outputs_agree_with_the_references() {
     let want: Vec<f64> = x.iter().zip(&dy).map(|(&v, g)| g * act.grad(v)).collect();
     allclose(values(&out["grad_x"]), &want, 1e-6, 1e-7).unwrap();
     assert!(x.iter().any(|&v| v < 0.0) && x.iter().any(|&v| v > 0.0));
+
+    // Fake quantisation per row (axis 0) of a [3, 4] matrix on an int4-sized grid, forward and
+    // straight-through backward, against the reference; then the observer twice (the second
+    // averages into the first's range), per tensor on the affine uint8 grid.
+    use wgdistill::reference::quantize::{self as cpu_q, Grid};
+    let mut inputs = sample_inputs("fake_quant_backward");
+    let qparams = vec![0.125f32, 0.0, 0.0625, 2.0, 0.25, -1.0];
+    inputs.insert("qparams".into(), HostTensor::f32(&[3, 2], qparams.clone()));
+    let q_attrs = attrs(&[("axis", 0.0), ("quant_min", -8.0), ("quant_max", 7.0)]);
+    let grid = Grid {
+        qmin: -8,
+        qmax: 7,
+        symmetric: false,
+    };
+    let x: Vec<f64> = widen(values(&inputs["x"]));
+    let qp = widen(&qparams);
+    let forward: TensorMap = ["x", "qparams"]
+        .iter()
+        .map(|k| (k.to_string(), inputs[*k].clone()))
+        .collect();
+    let out = ops::run(gpu, "fake_quant", &forward, &q_attrs).unwrap();
+    allclose(
+        values(&out["out"]),
+        &cpu_q::fake_quant(&x, 3, 4, &qp, grid),
+        0.0,
+        0.0,
+    )
+    .unwrap();
+    let out = ops::run(gpu, "fake_quant_backward", &inputs, &q_attrs).unwrap();
+    let dy = widen(values(&inputs["grad_out"]));
+    let want = cpu_q::fake_quant_grad(&x, 3, 4, &qp, grid, &dy);
+    allclose(values(&out["grad_x"]), &want, 0.0, 0.0).unwrap();
+    assert!(want.contains(&0.0) && want.iter().any(|&g| g != 0.0));
+    let observe = attrs(&[
+        ("quant_min", 0.0),
+        ("quant_max", 255.0),
+        ("symmetric", 0.0),
+        ("averaging_constant", 0.5),
+    ]);
+    let mut first: TensorMap = [("x".to_string(), f(&[3, 4], 5))].into();
+    let seen = ops::run(gpu, "quant_observe", &first, &observe).unwrap();
+    first.insert("x".into(), f(&[3, 4], 6));
+    first.insert("range".into(), seen["range"].clone());
+    let again = ops::run(gpu, "quant_observe", &first, &observe).unwrap();
+    let uint8 = Grid {
+        qmin: 0,
+        qmax: 255,
+        symmetric: false,
+    };
+    let mut range = vec![1.0, -1.0];
+    cpu_q::observe(
+        &widen(values(&f(&[3, 4], 5))),
+        1,
+        12,
+        &mut range,
+        0.5,
+        uint8,
+    );
+    let qparams = cpu_q::observe(
+        &widen(values(&f(&[3, 4], 6))),
+        1,
+        12,
+        &mut range,
+        0.5,
+        uint8,
+    );
+    allclose(values(&again["range"]), &range, 1e-6, 1e-7).unwrap();
+    allclose(values(&again["qparams"]), &qparams, 1e-6, 1e-7).unwrap();
 
     // roll_flip: the reference's map, and its inverse undoes it.
     let inputs = sample_inputs("roll_flip");

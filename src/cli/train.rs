@@ -233,9 +233,28 @@ pub fn eval(
     let (_, test) = run::load_data(&cfg, &opts)?;
     let gpu = Gpu::new(query)?;
     let weights = wgdistill::graph::Weights::load(&gpu, &graph, &what, &host)?;
-    let acc = run::evaluate(&gpu, &graph, &weights, &test)?;
+    let step = wgdistill::graph::EvalStep::compile(&gpu, &graph, &weights)?;
+    let acc = run::accuracy(&gpu, &step, &graph, &test)?;
+    // A second pass, timed: pipelines and buffers already exist, as in deployment.
+    let start = std::time::Instant::now();
+    run::accuracy(&gpu, &step, &graph, &test)?;
+    let per_second = test.len() as f64 / start.elapsed().as_secs_f64();
+    let parameters: usize = graph
+        .params()
+        .filter(|(_, n)| {
+            matches!(
+                n.op,
+                wgdistill::graph::Op::Param {
+                    trainable: true,
+                    ..
+                }
+            )
+        })
+        .map(|(_, n)| n.shape.iter().product::<usize>())
+        .sum();
+    let bytes = std::fs::metadata(checkpoint).map_or(0, |m| m.len());
     println!(
-        "{what}: test accuracy {acc:.4} on {} ({} images; {})",
+        "{what}: test accuracy {acc:.4} on {} ({} images; {}); {parameters} parameters, {bytes} bytes on disk; {per_second:.0} images/s at batch {batch}",
         test.source,
         test.len(),
         gpu.caps().name

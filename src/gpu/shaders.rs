@@ -93,6 +93,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("matmul_subgroup", trusted, subgroups),
     shader_file!("optimizer"),
     shader_file!("pool"),
+    shader_file!("quantize"),
     shader_file!("reduce"),
     shader_file!("relation"),
     shader_file!("response"),

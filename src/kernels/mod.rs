@@ -13,6 +13,7 @@ pub mod losses;
 pub mod matmul;
 pub mod optimizer;
 pub mod pool;
+pub mod quantize;
 pub mod reduce;
 pub mod relation;
 pub mod response;
@@ -199,6 +200,11 @@ pub const FAMILIES: &[Family] = &[
         name: "pool",
         kernels: pool::KERNELS,
         cases: pool::cases,
+    },
+    Family {
+        name: "quantize",
+        kernels: quantize::KERNELS,
+        cases: quantize::cases,
     },
     Family {
         name: "batchnorm",

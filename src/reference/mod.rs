@@ -12,6 +12,7 @@ pub mod feature;
 pub mod matmul;
 pub mod optimizer;
 pub mod pool;
+pub mod quantize;
 pub mod reduce;
 pub mod relation;
 pub mod response;

@@ -15,6 +15,7 @@ mod losses;
 mod matmul;
 mod optimizer;
 mod pool;
+mod quantize;
 mod reduce;
 mod relation;
 mod response;
