@@ -543,8 +543,9 @@ fn shaders_export_writes_every_family_as_standard_wgsl() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `wgdistill eval` reads a low-rank checkpoint with the model's `low_rank` table given as
-/// `--low-rank`; a malformed entry, and a whole checkpoint read as a split model, are one line.
+/// `wgdistill eval` reads a low-rank, quantisation-aware checkpoint with the model's `low_rank`
+/// table given as `--low-rank` and `--qat`; a malformed entry, and a whole checkpoint read as a
+/// split model, are one line.
 #[test]
 fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
     use wgdistill::io::{HostTensor, TensorMap};
@@ -564,7 +565,15 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
         wgdistill::io::write_safetensors(&path, &tensors).unwrap();
         path.display().to_string()
     };
-    let split = checkpoint(&whole.factorised(&ranks).unwrap(), "split.safetensors");
+    // A split, quantisation-aware checkpoint: observer buffers beside the weights.
+    let split = checkpoint(
+        &whole
+            .factorised(&ranks)
+            .unwrap()
+            .quantization_aware(0.01)
+            .unwrap(),
+        "split.safetensors",
+    );
     let dense = checkpoint(&whole, "whole.safetensors");
     let eval = |file: &str, low_rank: &str| {
         let args = [
@@ -576,6 +585,7 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
             "4,8",
             "--low-rank",
             low_rank,
+            "--qat",
         ];
         on_ci_backend(&args)
     };
@@ -583,7 +593,8 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
         return;
     };
     assert_success(&out);
-    // Conv 36 + BN 8 + conv 288 + BN 16 + classifier.0 3·392 + classifier.1 3·10 + 10.
+    // Conv 36 + BN 8 + conv 288 + BN 16 + classifier.0 3·392 + classifier.1 3·10 + 10: the
+    // observers' buffers, like BatchNorm's running statistics, are not parameters.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("test accuracy"), "{stdout}");
     assert!(stdout.contains("; 1564 parameters, "), "{stdout}");

@@ -675,6 +675,9 @@ fn low_rank_tables_are_checked_and_start_from_splits_their_layers() {
     )
     .replacen(kd, &format!("start_from = \"student_scratch\"\n{kd}"), 1);
     assert!(check(&split).is_ok(), "{:?}", check(&split));
+    // A quantisation-aware student starts from a float one: its observers start afresh.
+    let qat = split.replacen("low_rank = { \"hidden.0\" = 8 }", "qat = true", 1);
+    assert!(check(&qat).is_ok(), "{:?}", check(&qat));
     let mobilenet = "[models.mobile]\narch = \"mobilenet\"\nwidth = 0.5\nlow_rank = ";
     assert_refused(vec![
         (
@@ -691,6 +694,10 @@ fn low_rank_tables_are_checked_and_start_from_splits_their_layers() {
         (
             factorised("{ hidden = 3 }"),
             &["low_rank.hidden", "no layer of this name"],
+        ),
+        (
+            with(scratch, &format!("{scratch}\nqat = \"yes\"")),
+            &["models.student_scratch", "expected a boolean"],
         ),
         (
             factorised("{ head = \"two\" }"),

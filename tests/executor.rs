@@ -668,6 +668,137 @@ fn a_tiny_model_learns_a_synthetic_task() {
     assert!(acc >= 0.99, "training accuracy {acc}");
 }
 
+/// Quantisation-aware training through one Linear layer, by hand: the observers see the batch
+/// and the weights first (a fresh range is the first observation), the forward pass reads the
+/// fake-quantised input and weight, and the weight's gradient is the float gradient at those
+/// values passed straight through the rounding: zero exactly where the weight was clamped
+/// (the largest positive weight of each row sits at 127.5 steps and rounds out of range).
+#[test]
+fn qat_forward_reads_fake_quantised_values_and_backward_passes_straight_through() {
+    use wgdistill::kernels::quantize::{INT8_SYMMETRIC, UINT8_AFFINE};
+    use wgdistill::reference::quantize as q;
+    let Some(gpu) = gpu() else { return };
+    let (batch, inputs, classes) = (5, 6, 3);
+    let float = models::mlp([batch, 1, 2, 3], &[], classes).unwrap();
+    let g = float.quantization_aware(0.01).unwrap();
+    assert!(g.find("quant.range").is_some() && g.find("head.weight_fake_quant.qparams").is_some());
+    let w = Weights::init(gpu, &g, 4).unwrap();
+    let host = common::host_params(gpu, &w);
+    let x = data(batch * inputs, 3);
+    let labels: Vec<i32> = (0..batch).map(|i| (i % classes) as i32).collect();
+    let got = gpu_grads(gpu, &g, &w, &x, &labels);
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
+
+    let observed = |v: &[f64], channels: usize, inner: usize, grid| {
+        let mut range: Vec<f64> = (0..channels).flat_map(|_| [1.0, -1.0]).collect();
+        q::observe(v, channels, inner, &mut range, 0.01, grid)
+    };
+    let xd = widen(&x);
+    let qx = q::fake_quant(
+        &xd,
+        1,
+        xd.len(),
+        &observed(&xd, 1, xd.len(), UINT8_AFFINE),
+        UINT8_AFFINE,
+    );
+    let wd = &host["head.weight"];
+    let wq_params = observed(wd, classes, inputs, INT8_SYMMETRIC);
+    let qw = q::fake_quant(wd, classes, inputs, &wq_params, INT8_SYMMETRIC);
+    // Each row's largest magnitude lies at ±127.5 steps, a tie that the last bit of the scale
+    // decides (rounded to ±128: clamped, and its gradient stopped, where positive): those
+    // weights may get their gradient or 0; every other one is inside the grid and gets it.
+    let top: Vec<usize> = (0..classes)
+        .map(|o| {
+            let row = &wd[o * inputs..(o + 1) * inputs];
+            let k = (0..inputs)
+                .max_by(|&a, &b| row[a].abs().total_cmp(&row[b].abs()))
+                .unwrap();
+            o * inputs + k
+        })
+        .collect();
+    let mut dw = vec![0.0; wd.len()];
+    let mut db = vec![0.0; classes];
+    for b in 0..batch {
+        let logits: Vec<f64> = (0..classes)
+            .map(|o| {
+                let dot: f64 = (0..inputs)
+                    .map(|i| qx[b * inputs + i] * qw[o * inputs + i])
+                    .sum();
+                dot + host["head.bias"][o]
+            })
+            .collect();
+        let top = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let total: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+        for o in 0..classes {
+            let p = (logits[o] - top).exp() / total;
+            let dl = (p - f64::from(u8::from(o as i32 == labels[b]))) / batch as f64;
+            db[o] += dl;
+            for i in 0..inputs {
+                dw[o * inputs + i] += dl * qx[b * inputs + i];
+            }
+        }
+    }
+    let close = |g: f32, w: f64| (f64::from(g) - w).abs() <= 1e-5 + 1e-4 * w.abs();
+    for &k in &top {
+        let g = got["head.weight"][k];
+        assert!(g == 0.0 || close(g, dw[k]), "head.weight[{k}]: gpu {g}");
+        dw[k] = f64::from(g);
+    }
+    for (name, want) in [("head.weight", &dw), ("head.bias", &db)] {
+        for (k, (&g, &w)) in got[name].iter().zip(want).enumerate() {
+            assert!(close(g, w), "{name}[{k}]: gpu {g}, expected {w}");
+        }
+    }
+}
+
+/// A quantisation-aware CNN learns the synthetic task; its evaluation reads the scales its
+/// observers settled on (no observation), as the f64 interpreter in evaluation mode does.
+#[test]
+fn a_quantisation_aware_cnn_learns_and_evaluates_with_its_observed_scales() {
+    let Some(gpu) = gpu() else { return };
+    let batch = 32;
+    let float = models::cnn([batch, 1, 4, 4], &[4], 4).unwrap();
+    let g = float.quantization_aware(0.1).unwrap();
+    let w = Weights::init(gpu, &g, 6).unwrap();
+    let spec = StepSpec {
+        student: &g,
+        student_weights: &w,
+        teacher: None,
+        losses: vec![LossSpec::logits(loss("ce"), 1.0)],
+        optimizer: sgd(0.05),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let (x, y) = synthetic(256, 7);
+    step.run(gpu, &x[..batch * 16], &y[..batch]).unwrap();
+    let first = step.total_loss(gpu).unwrap();
+    for _ in 0..10 {
+        for (xb, yb) in x.chunks(batch * 16).zip(y.chunks(batch)) {
+            step.run(gpu, xb, yb).unwrap();
+        }
+    }
+    let last = step.total_loss(gpu).unwrap();
+    assert!(last < first * 0.5, "loss {first} → {last}");
+    let eval = EvalStep::compile(gpu, &g, &w).unwrap();
+    let acc = accuracy(gpu, &eval, &x, &y, batch);
+    let params = common::host_params(gpu, &w);
+    assert!(acc >= 0.9, "accuracy {acc}, loss {first} → {last}");
+    // The observers have seen data: the input's scale is no longer the initial 1.
+    assert!(params["quant.qparams"][0] != 1.0);
+    let gpu_logits = eval.run(gpu, &x[..batch * 16]).unwrap();
+    let values = cpu_graph::forward_in(&g, &params, &widen(&x[..batch * 16]), Mode::Eval);
+    let want = &values[g.output.unwrap().0];
+    let worst = gpu_logits
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-3,
+        "evaluation differs from the interpreter by {worst}"
+    );
+}
+
 #[test]
 fn kd_steps_with_a_frozen_teacher_and_a_fitnet_adapter_train_the_student() {
     let Some(gpu) = gpu() else { return };

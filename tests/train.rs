@@ -1650,3 +1650,83 @@ losses = [{ kind = "ce", weight = 0.1 }, { kind = "kd", weight = 0.9 }]
         "stage 'full': start_from: features.4 factorised at rank 8 keeps 100.0%"
     ));
 }
+
+/// Quantisation-aware students (`qat = true`): one distilled from scratch, one started from the
+/// float teacher (its observers fresh) at a vanishing learning rate, which keeps the teacher's
+/// accuracy through the fake quantisers. Checkpoints carry each observer's range, scale and
+/// zero point.
+#[test]
+fn quantisation_aware_students_train_with_kd_and_start_from_a_float_model() {
+    let Some(gpu) = gpu() else { return };
+    let text = r#"
+seed = 5
+[data]
+dataset = "synthetic"
+batch_size = 64
+train_limit = 256
+test_limit = 128
+[models.teacher]
+arch = "cnn"
+channels = [4, 8]
+[models.qat_kd]
+arch = "cnn"
+channels = [4, 8]
+qat = true
+[models.qat_copy]
+arch = "cnn"
+channels = [4, 8]
+qat = true
+[[stages]]
+name = "teacher"
+train = ["teacher"]
+epochs = 2
+optimizer = { kind = "sgd", lr = 0.1, momentum = 0.9 }
+losses = [{ kind = "ce" }]
+[[stages]]
+name = "qat-kd"
+train = ["qat_kd"]
+teachers = ["teacher"]
+epochs = 2
+optimizer = { kind = "sgd", lr = 0.1, momentum = 0.9 }
+losses = [{ kind = "ce", weight = 0.1 }, { kind = "kd", weight = 0.9 }]
+[[stages]]
+name = "qat-copy"
+train = ["qat_copy"]
+start_from = "teacher"
+epochs = 1
+optimizer = { kind = "sgd", lr = 1e-12 }
+losses = [{ kind = "ce" }]
+"#;
+    let cfg = config::parse("qat", text).unwrap();
+    cfg.check("qat").unwrap();
+    let opts = RunOptions::new(out_dir("qat"));
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let whole = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+    let accuracy = |stage: usize| whole.stages[stage].models[0].test_accuracy;
+    assert!(accuracy(1) > 0.5, "QAT with KD: {}", accuracy(1));
+    assert!(
+        (accuracy(2) - accuracy(0)).abs() <= 0.05,
+        "fake-quantised copy {} vs the float teacher's {}",
+        accuracy(2),
+        accuracy(0)
+    );
+    let saved = wgdistill::io::read_safetensors(&opts.out.join("checkpoints/qat_copy.safetensors"))
+        .unwrap();
+    let qparams = saved["features.4.weight_fake_quant.qparams"]
+        .as_f32()
+        .unwrap();
+    assert_eq!(saved["features.4.weight_fake_quant.qparams"].shape, [8, 2]);
+    // Symmetric int8: zero points 0, scales observed (not the initial 1).
+    assert!(
+        qparams
+            .chunks(2)
+            .all(|p| p[1] == 0.0 && p[0] > 0.0 && p[0] < 1.0)
+    );
+    let input = saved["quant.qparams"].as_f32().unwrap();
+    assert!(input[0] > 0.0 && input[0] < 1.0 && (0.0..=255.0).contains(&input[1]));
+    assert!(
+        saved
+            .keys()
+            .any(|k| k.ends_with(".activation_post_process.range"))
+    );
+}

@@ -124,6 +124,10 @@ enum Command {
         /// Layers factorised to low rank, as the model's `low_rank` table: LAYER=RANK,…
         #[arg(long, value_delimiter = ',', value_name = "LAYER=RANK")]
         low_rank: Vec<String>,
+        /// A quantisation-aware checkpoint (`qat = true`): evaluated through its fake
+        /// quantisers at their saved scales.
+        #[arg(long)]
+        qat: bool,
         /// Fashion-MNIST folder.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -237,6 +241,7 @@ pub fn run() -> Result<(), CliError> {
             width,
             activation,
             low_rank,
+            qat,
             data,
         }) => {
             let arch = train::ArchArgs {
@@ -248,6 +253,7 @@ pub fn run() -> Result<(), CliError> {
                 width,
                 activation,
                 low_rank,
+                qat,
             };
             train::eval(&query, &checkpoint, &arch, data)
         }

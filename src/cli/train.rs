@@ -155,6 +155,8 @@ pub struct ArchArgs {
     pub activation: wgdistill::models::Activation,
     /// `LAYER=RANK` entries of the model's `low_rank` table.
     pub low_rank: Vec<String>,
+    /// A quantisation-aware model (its fake quantisers, at their saved scales).
+    pub qat: bool,
 }
 
 impl ArchArgs {
@@ -176,17 +178,20 @@ impl ArchArgs {
                 hidden: self.hidden.clone(),
                 checkpoint: None,
                 low_rank: low_rank.clone(),
+                qat: self.qat,
             },
             "cnn" => config::ModelConfig::Cnn {
                 channels: self.channels.clone(),
                 checkpoint: None,
                 low_rank: low_rank.clone(),
+                qat: self.qat,
             },
             "mobilenet" => config::ModelConfig::Mobilenet {
                 width: self.width,
                 activation: self.activation,
                 checkpoint: None,
                 low_rank: low_rank.clone(),
+                qat: self.qat,
             },
             "resnet" => {
                 let widths: [usize; 3] = self.widths.clone().try_into().map_err(|_| {
@@ -200,6 +205,7 @@ impl ArchArgs {
                     widths,
                     checkpoint: None,
                     low_rank,
+                    qat: self.qat,
                 }
             }
             other => {

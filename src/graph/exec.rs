@@ -11,6 +11,7 @@ use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormSaved, BatchNormState};
 use crate::kernels::matmul::{MatmulOptions, matmul};
+use crate::kernels::quantize::Quantizer;
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 use crate::kernels::{conv, dropout, elementwise, pool, relation, softmax};
 
@@ -195,6 +196,23 @@ pub fn plan_forward(
                 let (d, y, norms) = relation::normalize_rows(gpu, v(x), eps)?;
                 plan.push(d);
                 saved.insert(i, Saved::Norms(norms));
+                y
+            }
+            Op::FakeQuant {
+                x,
+                range,
+                qparams,
+                axis,
+                grid,
+                averaging,
+            } => {
+                let q = Quantizer::new(graph.shape(x), axis, grid, averaging)?;
+                // Training observes first, so this step's scales already cover this batch.
+                if mode == Mode::Train {
+                    plan.push(q.observe(gpu, v(x), v(range), v(qparams))?);
+                }
+                let (d, y) = q.forward(gpu, v(x), v(qparams))?;
+                plan.push(d);
                 y
             }
             Op::Dropout { x, p } => match (mode, step) {
@@ -406,6 +424,19 @@ pub fn plan_backward(
                 }
                 grads.add(gpu, plan, gamma, g.dgamma, true)?;
                 grads.add(gpu, plan, beta, g.dbeta, true)?;
+            }
+            Op::FakeQuant {
+                x,
+                qparams,
+                axis,
+                grid,
+                averaging,
+                ..
+            } => {
+                let q = Quantizer::new(graph.shape(x), axis, grid, averaging)?;
+                let (d, dx) = q.backward(gpu, &f[x.0], &f[qparams.0], &dy)?;
+                plan.push(d);
+                grads.add(gpu, plan, x, dx, true)?;
             }
             Op::Relu { x }
             | Op::Relu6 { x }

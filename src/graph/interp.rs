@@ -10,7 +10,7 @@ use super::{Graph, Op};
 use crate::reference::activation::{Act, gelu, leaky_relu, relu, relu6};
 use crate::reference::conv::{self as cpu_conv, Window};
 use crate::reference::matmul::{LinearShape, linear_forward};
-use crate::reference::{batchnorm, pool, response, softmax};
+use crate::reference::{batchnorm, pool, quantize, response, softmax};
 
 /// Runs the training-mode forward pass on host values (parameters and buffers by name, input
 /// `x`) and returns every value.
@@ -113,6 +113,28 @@ pub fn forward_in(
                     f64::from(eps),
                 )
                 .0
+            }
+            Op::FakeQuant {
+                x,
+                range,
+                qparams,
+                axis,
+                grid,
+                averaging,
+            } => {
+                let shape = graph.shape(x);
+                let (channels, inner) = match axis {
+                    Some(a) => (shape[a], shape[a + 1..].iter().product()),
+                    None => (1, shape.iter().product()),
+                };
+                let qp = if mode == Mode::Train {
+                    let mut seen = values[range.0].clone();
+                    let a = f64::from(averaging);
+                    quantize::observe(&values[x.0], channels, inner, &mut seen, a, grid)
+                } else {
+                    values[qparams.0].clone()
+                };
+                quantize::fake_quant(&values[x.0], channels, inner, &qp, grid)
             }
             Op::Relu { x } => values[x.0].iter().map(|&z| relu(z)).collect(),
             Op::Relu6 { x } => values[x.0].iter().map(|&z| relu6(z)).collect(),

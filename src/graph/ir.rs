@@ -23,6 +23,9 @@ pub enum Init {
     Ones,
     /// Uniform in [−bound, bound] (PyTorch's default for Linear and Conv2d: 1/√fan_in).
     Uniform(f32),
+    /// The pair `[a, b]` repeated (a `[channels, 2]` buffer: a fake quantiser's range before it
+    /// has seen anything, or its scale and zero point).
+    Pairs(f32, f32),
 }
 
 /// What a node computes.
@@ -132,6 +135,23 @@ pub enum Op {
         /// Input.
         x: Value,
     },
+    /// Fake quantisation (quantisation-aware training): in training the observer first folds
+    /// `x`'s range into `range` and rewrites `qparams`; then `x` is rounded to the integer grid
+    /// and back. Backward is the straight-through estimator.
+    FakeQuant {
+        /// Input.
+        x: Value,
+        /// The observer's moving-average `[min, max]` per channel (a buffer).
+        range: Value,
+        /// `[scale, zero point]` per channel (a buffer).
+        qparams: Value,
+        /// The channel axis, or `None` for one scale over the whole tensor.
+        axis: Option<usize>,
+        /// The integer grid.
+        grid: crate::reference::quantize::Grid,
+        /// The observer's moving-average constant.
+        averaging: f32,
+    },
     /// Inverted dropout in training (a new mask each step), identity in evaluation.
     Dropout {
         /// Input.
@@ -209,6 +229,9 @@ impl Op {
             | Op::L2Normalize { x, .. } => vec![x],
             Op::Add { a, b } => vec![a, b],
             Op::Mixture { ref parts, .. } => parts.clone(),
+            Op::FakeQuant {
+                x, range, qparams, ..
+            } => vec![x, range, qparams],
         }
     }
 
@@ -255,6 +278,13 @@ impl Op {
                 *b = f(*b);
             }
             Op::Mixture { parts, .. } => parts.iter_mut().for_each(|v| *v = f(*v)),
+            Op::FakeQuant {
+                x, range, qparams, ..
+            } => {
+                for v in [x, range, qparams] {
+                    *v = f(*v);
+                }
+            }
         }
         op
     }
@@ -550,6 +580,39 @@ impl Graph {
     pub fn relu(&mut self, x: Value) -> Result<Value> {
         let shape = self.shape(x).to_vec();
         self.push(self.auto_name("relu"), Op::Relu { x }, shape, DType::F32)
+    }
+
+    /// Fake quantisation of `x` on `grid`, per channel along `axis` or per tensor, with its
+    /// observer's buffers `prefix.range` and `prefix.qparams` (`[channels, 2]`); the node is
+    /// `prefix`.
+    pub fn fake_quant(
+        &mut self,
+        prefix: &str,
+        x: Value,
+        axis: Option<usize>,
+        grid: crate::reference::quantize::Grid,
+        averaging: f32,
+    ) -> Result<Value> {
+        let shape = self.shape(x).to_vec();
+        let q = crate::kernels::quantize::Quantizer::new(&shape, axis, grid, averaging)
+            .map_err(|e| shape_error(prefix, e.to_string()))?;
+        let pairs = [q.channels, 2];
+        let range = self.buffer(
+            &format!("{prefix}.range"),
+            &pairs,
+            Init::Pairs(f32::MAX, -f32::MAX),
+        )?;
+        // Scale 1, zero point 0 until the first observation.
+        let qparams = self.buffer(&format!("{prefix}.qparams"), &pairs, Init::Pairs(1.0, 0.0))?;
+        let op = Op::FakeQuant {
+            x,
+            range,
+            qparams,
+            axis,
+            grid,
+            averaging,
+        };
+        self.push(prefix.to_string(), op, shape, DType::F32)
     }
 
     /// ReLU6: `min(max(x, 0), 6)`.

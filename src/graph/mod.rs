@@ -4,7 +4,7 @@
 //! submission ([`step`]), synthesise a teacher's inputs ([`inversion`]) or train a generator
 //! against a student without data ([`dfad`]) or a discriminator beside it ([`discriminator`]),
 //! their optimizer updates in one place ([`update`]); layers factorised to low rank
-//! ([`low_rank`]); and an f64 interpreter of the same graphs ([`interp`]), the reference the
+//! ([`low_rank`]) and fake quantisers for quantisation-aware training ([`qat`]); and an f64 interpreter of the same graphs ([`interp`]), the reference the
 //! executor's gradients are checked against.
 
 pub mod dfad;
@@ -15,6 +15,7 @@ pub mod inversion;
 pub mod ir;
 pub mod low_rank;
 pub mod memory;
+pub mod qat;
 pub mod step;
 pub mod update;
 pub mod weights;

@@ -34,6 +34,7 @@ impl Weights {
             let values: Vec<f32> = match init {
                 Init::Zeros => vec![0.0; n],
                 Init::Ones => vec![1.0; n],
+                Init::Pairs(a, b) => (0..n).map(|k| if k % 2 == 0 { a } else { b }).collect(),
                 Init::Uniform(bound) => {
                     sample(n, seed.wrapping_mul(1_000_003).wrapping_add(i as u64))
                         .iter()

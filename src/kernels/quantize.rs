@@ -23,8 +23,10 @@ struct Params {
     pad: u32,
 }
 
-/// Updates each channel's moving-average range and writes its scale and zero point.
-pub const OBSERVE: KernelSpec = KernelSpec::new::<Params>("quantize", "observe", &[U, R, RW, W]);
+/// Updates each channel's moving-average range and writes its scale and zero point. Both are
+/// model state (buffers saved with the weights), bound read-write so that the memory planner
+/// never gives them another tensor's buffer.
+pub const OBSERVE: KernelSpec = KernelSpec::new::<Params>("quantize", "observe", &[U, R, RW, RW]);
 /// `y = (clamp(round(x / s) + zp, qmin, qmax) − zp) · s`.
 pub const FAKE_QUANT: KernelSpec =
     KernelSpec::new::<Params>("quantize", "fake_quant", &[U, R, R, W]);

@@ -83,6 +83,9 @@ pub enum ModelConfig {
         /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         low_rank: BTreeMap<String, usize>,
+        /// Quantisation-aware training (see [`ModelConfig::qat`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        qat: bool,
     },
     /// conv-bn-relu-pool stacks and a linear classifier.
     Cnn {
@@ -94,6 +97,9 @@ pub enum ModelConfig {
         /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         low_rank: BTreeMap<String, usize>,
+        /// Quantisation-aware training (see [`ModelConfig::qat`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        qat: bool,
     },
     /// A MobileNet-style network of depthwise-separable blocks.
     Mobilenet {
@@ -108,6 +114,9 @@ pub enum ModelConfig {
         /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         low_rank: BTreeMap<String, usize>,
+        /// Quantisation-aware training (see [`ModelConfig::qat`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        qat: bool,
     },
     /// A CIFAR-style ResNet.
     Resnet {
@@ -121,6 +130,9 @@ pub enum ModelConfig {
         /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         low_rank: BTreeMap<String, usize>,
+        /// Quantisation-aware training (see [`ModelConfig::qat`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        qat: bool,
     },
 }
 
@@ -159,13 +171,29 @@ impl ModelConfig {
         }
     }
 
+    /// `qat = true`: the model trains with fake quantisers on its input, weights and
+    /// activations, as PyTorch's quantisation-aware training ([`crate::graph::qat`]).
+    pub fn qat(&self) -> bool {
+        match self {
+            ModelConfig::Mlp { qat, .. }
+            | ModelConfig::Cnn { qat, .. }
+            | ModelConfig::Mobilenet { qat, .. }
+            | ModelConfig::Resnet { qat, .. } => *qat,
+        }
+    }
+
     /// The model's graph for inputs of `input` shape and `classes` outputs, factorised where
-    /// [`Self::low_rank`] says.
+    /// [`Self::low_rank`] says and quantisation-aware where [`Self::qat`] says.
     pub fn graph(&self, input: [usize; 4], classes: usize) -> Result<Graph> {
         let whole = self.whole_graph(input, classes)?;
-        match self.low_rank() {
-            ranks if ranks.is_empty() => Ok(whole),
-            ranks => whole.factorised(ranks),
+        let split = match self.low_rank() {
+            ranks if ranks.is_empty() => whole,
+            ranks => whole.factorised(ranks)?,
+        };
+        if self.qat() {
+            split.quantization_aware(crate::graph::qat::DEFAULT_AVERAGING)
+        } else {
+            Ok(split)
         }
     }
 
@@ -984,20 +1012,18 @@ impl StageConfig {
                 "'{model}' already has weights (an earlier stage or a checkpoint) to start from"
             ));
         }
-        let params = |name: &str| -> Vec<(String, Vec<usize>)> {
-            graphs[name]
-                .params()
-                .map(|(_, n)| (n.name.clone(), n.shape.clone()))
-                .collect()
-        };
-        // The same parameters, or the source's with the layers `model` factorises split.
+        // The same learnt tensors (fake quantisers' observers start afresh), or the source's
+        // with the layers `model` factorises split.
+        let learnt = crate::graph::qat::learnt_tensors;
         let ranks = config.models[model].low_rank();
-        let split = graphs[source.as_str()].factorised(ranks).map(|g| {
-            g.params()
-                .map(|(_, n)| (n.name.clone(), n.shape.clone()))
-                .collect()
-        });
-        if params(source) != params(model) && split.ok() != Some(params(model)) {
+        let split = graphs[source.as_str()]
+            .factorised(ranks)
+            .map(|g| learnt(&g));
+        let (from, to) = (
+            learnt(&graphs[source.as_str()]),
+            learnt(&graphs[model.as_str()]),
+        );
+        if from != to && split.ok() != Some(to) {
             return fault(format!(
                 "'{source}' and '{model}' have different parameters (names or shapes): give them the same architecture (a low_rank table may factorise some of its layers)"
             ));

@@ -10,7 +10,7 @@ use crate::data::{Dataset, NegativeSampler};
 use crate::error::input_error;
 use crate::gpu::Gpu;
 use crate::graph::{
-    EvalStep, Graph, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep, Weights, low_rank,
+    EvalStep, Graph, LossSpec, OptimizerSpec, PEER, StepSpec, TrainStep, Weights, low_rank, qat,
 };
 use crate::kernels::optimizer::{AdamW, Sgd};
 
@@ -220,8 +220,9 @@ impl<'a> StagePlan<'a> {
                     Some(source) => {
                         let what = format!("stage '{}': start_from", stage.name);
                         let ranks = config.models[name].low_rank();
-                        let (host, split) =
+                        let (mut host, split) =
                             low_rank::factorise_weights(&what, &source.to_host(gpu)?, ranks)?;
+                        qat::add_fresh_observers(graph, &mut host);
                         for f in split {
                             log(&format!(
                                 "{what}: {} factorised at rank {} keeps {:.1}% of its weight's energy",
