@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # wgdistill beyond wgpu on Mesa: a third driver and a second WebGPU implementation.
-#   1. wgpu on SwiftShader (Google's Vulkan CPU driver, subgroups of 4 lanes): README's test
-#      command, then `wgdistill check`, which also records every case for the next steps;
+#   1. wgpu on SwiftShader (Google's Vulkan CPU driver, subgroups of 4 lanes): every test binary
+#      but the end-to-end training runs, then `wgdistill check`, which also records every case
+#      for the next steps;
 #   2. Dawn/Tint (Chrome's WebGPU, Node's `webgpu` package) on SwiftShader: every exported WGSL
 #      file and pipeline, every check and golden case against its reference (dawn_check.mjs);
 #   3. headless Chromium's WebGPU: the browser example on every check case (browser_check.mjs).
@@ -31,13 +32,24 @@ npm ci --prefix tools/webgpu --no-audit --no-fund --loglevel=error
 
 # wgdistill records on wgpu's adapter and Dawn replays on its own: the same driver for both.
 export WGPU_BACKEND=vulkan VK_ICD_FILENAMES="$icd"
-say "the tests on SwiftShader"
-cargo test --release --quiet
+# Every test binary but tests/train.rs: its end-to-end training runs take SwiftShader over
+# half an hour on two cores, and every kernel and compiled step they launch is tested here
+# by the other binaries (the kernel catalogue, the executor, the data-free and adversarial
+# steps); lavapipe and llvmpipe run it in full.
+say "the tests on SwiftShader (all but tests/train.rs)"
+targets=(--lib --bins --test kernels)
+for file in tests/*.rs; do
+    name="$(basename "$file" .rs)"
+    [ "$name" = train ] || targets+=(--test "$name")
+done
+cargo test --release --quiet "${targets[@]}"
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-target}/release/wgdistill"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+say "Dawn/Tint: every exported kernel and case"
 node tools/webgpu/dawn_check.mjs --wgdistill "$bin" --work "$work"
+say "Chromium's WebGPU: the browser example on every case"
 node tools/webgpu/browser_check.mjs --work "$work" --chromium "$chromium"
 say "all green"
