@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::exec::Mode;
 use super::{Graph, Op};
 
+use crate::kernels::quantize::Quantizer;
 use crate::reference::activation::{Act, gelu, leaky_relu, relu, relu6};
 use crate::reference::conv::{self as cpu_conv, Window};
 use crate::reference::matmul::{LinearShape, linear_forward};
@@ -122,11 +123,11 @@ pub fn forward_in(
                 grid,
                 averaging,
             } => {
-                let shape = graph.shape(x);
-                let (channels, inner) = match axis {
-                    Some(a) => (shape[a], shape[a + 1..].iter().product()),
-                    None => (1, shape.iter().product()),
+                // The launcher's shape rule, so both read the same channels.
+                let Ok(q) = Quantizer::new(graph.shape(x), axis, grid, averaging) else {
+                    panic!("{}: a fake quantiser the graph builder accepted", node.name);
                 };
+                let (channels, inner) = (q.channels, q.inner);
                 let qp = if mode == Mode::Train {
                     let mut seen = values[range.0].clone();
                     let a = f64::from(averaging);

@@ -369,6 +369,35 @@ impl Graph {
         Self::default()
     }
 
+    /// A new graph built node by node, the one loop behind every graph transformation (low
+    /// rank, quantisation-aware training): `rewrite(g, node, new)` may emit nodes of its own for
+    /// `node` into `g` and return the value that stands for it, or `None` to copy it; `new`
+    /// maps each earlier node's value to its replacement. Taps and the output follow.
+    pub fn rewritten(
+        &self,
+        mut rewrite: impl FnMut(&mut Graph, &Node, &[Value]) -> Result<Option<Value>>,
+    ) -> Result<Graph> {
+        let mut g = Graph::new();
+        let mut new: Vec<Value> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let value = match rewrite(&mut g, node, &new)? {
+                Some(v) => v,
+                None => {
+                    let op = node.op.map_values(|v| new[v.0]);
+                    g.push(node.name.clone(), op, node.shape.clone(), node.dtype)?
+                }
+            };
+            new.push(value);
+        }
+        g.taps = self
+            .taps
+            .iter()
+            .map(|(k, &v)| (k.clone(), new[v.0]))
+            .collect();
+        g.output = self.output.map(|v| new[v.0]);
+        Ok(g)
+    }
+
     /// The shape of a value.
     pub fn shape(&self, v: Value) -> &[usize] {
         &self.nodes[v.0].shape

@@ -83,20 +83,18 @@ impl Graph {
                 }
             }
         }
-        let mut g = Graph::new();
-        let mut new: Vec<Value> = Vec::with_capacity(self.nodes.len());
-        for (i, node) in self.nodes.iter().enumerate() {
+        let mut index = 0;
+        self.rewritten(|g, node, new| {
+            let i = index;
+            index += 1;
             let at = |v: Value| new[v.0];
-            let value = match (&node.op, ranks.get(&node.name)) {
-                _ if replaced[i] => Value(usize::MAX),
+            Ok(match (&node.op, ranks.get(&node.name)) {
+                // Never read: the factors replace them.
+                _ if replaced[i] => Some(Value(usize::MAX)),
                 (&Op::Linear { x, bias, .. }, Some(&r)) => {
                     let thin = g.linear(&format!("{}.0", node.name), at(x), r, false)?;
-                    g.linear(
-                        &format!("{}.1", node.name),
-                        thin,
-                        node.shape[1],
-                        bias.is_some(),
-                    )?
+                    let out = node.shape[1];
+                    Some(g.linear(&format!("{}.1", node.name), thin, out, bias.is_some())?)
                 }
                 (
                     &Op::Conv2d {
@@ -118,24 +116,11 @@ impl Graph {
                     let thin = g.conv2d(&format!("{}.0", node.name), at(x), first)?;
                     let mut second = ConvLayer::same(node.shape[1], 1);
                     second.bias = bias.is_some();
-                    g.conv2d(&format!("{}.1", node.name), thin, second)?
+                    Some(g.conv2d(&format!("{}.1", node.name), thin, second)?)
                 }
-                (op, _) => g.push(
-                    node.name.clone(),
-                    op.map_values(at),
-                    node.shape.clone(),
-                    node.dtype,
-                )?,
-            };
-            new.push(value);
-        }
-        g.taps = self
-            .taps
-            .iter()
-            .map(|(k, &v)| (k.clone(), new[v.0]))
-            .collect();
-        g.output = self.output.map(|v| new[v.0]);
-        Ok(g)
+                _ => None,
+            })
+        })
     }
 }
 

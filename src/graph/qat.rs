@@ -61,14 +61,12 @@ impl Graph {
     /// module's documentation); every consumer of a quantised value reads its quantised form,
     /// taps included.
     pub fn quantization_aware(&self, averaging: f32) -> Result<Graph> {
-        let mut g = Graph::new();
-        let mut new: Vec<Value> = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
+        self.rewritten(|g, node, new| {
             let at = |v: Value| new[v.0];
-            let value = match node.op {
+            Ok(match node.op {
                 Op::Input if node.name == "x" => {
                     let x = g.input(&node.name, &node.shape, node.dtype)?;
-                    g.fake_quant("quant", x, None, UINT8_AFFINE, averaging)?
+                    Some(g.fake_quant("quant", x, None, UINT8_AFFINE, averaging)?)
                 }
                 Op::Linear { x, weight, bias }
                 | Op::Conv2d {
@@ -91,29 +89,16 @@ impl Graph {
                         },
                         _ => unreachable!("matched above"),
                     };
-                    g.push(node.name.clone(), op, node.shape.clone(), node.dtype)?
+                    Some(g.push(node.name.clone(), op, node.shape.clone(), node.dtype)?)
                 }
                 Op::Relu { .. } | Op::Relu6 { .. } => {
                     let op = node.op.map_values(at);
                     let y = g.push(node.name.clone(), op, node.shape.clone(), node.dtype)?;
                     let prefix = format!("{}.activation_post_process", node.name);
-                    g.fake_quant(&prefix, y, None, UINT8_AFFINE, averaging)?
+                    Some(g.fake_quant(&prefix, y, None, UINT8_AFFINE, averaging)?)
                 }
-                ref op => g.push(
-                    node.name.clone(),
-                    op.map_values(at),
-                    node.shape.clone(),
-                    node.dtype,
-                )?,
-            };
-            new.push(value);
-        }
-        g.taps = self
-            .taps
-            .iter()
-            .map(|(k, &v)| (k.clone(), new[v.0]))
-            .collect();
-        g.output = self.output.map(|v| new[v.0]);
-        Ok(g)
+                _ => None,
+            })
+        })
     }
 }
