@@ -28,6 +28,7 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../configs/adversarial.toml"),
         include_str!("../configs/pruning.toml"),
         include_str!("../configs/low_rank.toml"),
+        include_str!("../configs/qat.toml"),
     ] {
         check(text).unwrap();
     }

@@ -3,7 +3,9 @@
 //! or per tensor, and `fake_quant` with its straight-through backward.
 
 use crate::Result;
-use crate::catalogue::{Case, Prepared, Suite, Work, sample_f64};
+use crate::catalogue::{
+    Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor, stream_len,
+};
 use crate::error::{input_error, shape_error};
 use crate::gpu::{Binding, DType, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::reference::quantize::{self as cpu, Grid};
@@ -223,7 +225,28 @@ fn exact_qparams(channels: usize, grid: Grid) -> Vec<f32> {
 /// the grid clamps in part.
 pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
     if let Suite::Bench { .. } = suite {
-        return Vec::new();
+        // Both kernels stream the tensor once (fake_quant also writes it), against the copy.
+        let n = stream_len(suite);
+        let q = Quantizer::new(&[n], None, UINT8_AFFINE, 0.01).expect("a valid quantizer");
+        let shape = format!("[{n}]");
+        return vec![
+            memory_case(
+                suite,
+                "fake_quant",
+                shape.clone(),
+                8.0 * n as f64,
+                move |gpu| {
+                    let qparams = gpu.upload(&[1, 2], &[1.0f32 / 64.0, 128.0])?;
+                    let (d, y) = q.forward(gpu, &sample_tensor(gpu, &[n], 6)?, &qparams)?;
+                    Ok(Prepared::new(vec![d], vec![y]))
+                },
+            ),
+            memory_case(suite, "observe", shape, 4.0 * n as f64, move |gpu| {
+                let (range, qparams) = (q.unobserved(gpu)?, q.unobserved(gpu)?);
+                let d = q.observe(gpu, &sample_tensor(gpu, &[n], 6)?, &range, &qparams)?;
+                Ok(Prepared::new(vec![d], vec![range, qparams]))
+            }),
+        ];
     }
     let shapes: [(Vec<usize>, Option<usize>, Grid); 4] = [
         (vec![5, 3, 3, 3], Some(0), INT8_SYMMETRIC),
