@@ -58,8 +58,10 @@ fn observe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     // The channel's elements: outer blocks of `inner` consecutive values, `channels·inner` apart.
     let per_channel = params.n / params.channels;
-    var mn = 3.4028235e38;
-    var mx = -3.4028235e38;
+    // f32's largest finite value, by its bits: a decimal literal of it rounds past f32 in Tint.
+    let largest = bitcast<f32>(0x7f7fffffu);
+    var mn = largest;
+    var mx = -largest;
     for (var k = lid; k < per_channel; k += WG) {
         let outer = k / params.inner;
         let i = (outer * params.channels + c) * params.inner + k % params.inner;
