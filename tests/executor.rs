@@ -74,19 +74,7 @@ fn check_model_gradients(name: &str, g: &Graph, seed: u64) {
     let host = common::host_params(gpu, &w);
     let ylabels: Vec<usize> = labels.iter().map(|&y| y as usize).collect();
     let xd = widen(&x);
-    let trainable: Vec<String> = g
-        .params()
-        .filter(|(_, n)| {
-            matches!(
-                n.op,
-                wgdistill::graph::Op::Param {
-                    trainable: true,
-                    ..
-                }
-            )
-        })
-        .map(|(_, n)| n.name.clone())
-        .collect();
+    let trainable: Vec<String> = g.trainable_params().map(|(_, n)| n.name.clone()).collect();
     assert_eq!(
         got.keys().cloned().collect::<Vec<_>>(),
         {

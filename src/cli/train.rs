@@ -246,16 +246,7 @@ pub fn eval(
     run::accuracy(&gpu, &step, &graph, &test)?;
     let per_second = test.len() as f64 / start.elapsed().as_secs_f64();
     let parameters: usize = graph
-        .params()
-        .filter(|(_, n)| {
-            matches!(
-                n.op,
-                wgdistill::graph::Op::Param {
-                    trainable: true,
-                    ..
-                }
-            )
-        })
+        .trainable_params()
         .map(|(_, n)| n.shape.iter().product::<usize>())
         .sum();
     let bytes = std::fs::metadata(checkpoint).map_or(0, |m| m.len());

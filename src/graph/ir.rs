@@ -1040,6 +1040,19 @@ impl Graph {
             .map(|(i, n)| (Value(i), n))
     }
 
+    /// The parameters the optimizer updates, in order: (value, node).
+    pub fn trainable_params(&self) -> impl Iterator<Item = (Value, &Node)> {
+        self.params().filter(|(_, n)| {
+            matches!(
+                n.op,
+                Op::Param {
+                    trainable: true,
+                    ..
+                }
+            )
+        })
+    }
+
     /// The same graph with every parameter frozen (not trainable): a network that gradients pass
     /// through to its input without training it (DeepInversion's teacher).
     pub fn frozen(&self) -> Graph {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::error::input_error;
 use crate::gpu::Gpu;
-use crate::graph::{Graph, Op, TrainStep, Weights};
+use crate::graph::{Graph, TrainStep, Weights};
 
 use super::config::{Config, StageConfig};
 use super::summary::SparsityReport;
@@ -70,16 +70,8 @@ impl PruneConfig {
 /// trainable parameter of two or more dimensions); biases and BatchNorm's are left dense.
 pub fn prunable(graph: &Graph) -> Vec<String> {
     graph
-        .params()
-        .filter(|(_, n)| {
-            matches!(
-                n.op,
-                Op::Param {
-                    trainable: true,
-                    ..
-                }
-            ) && n.shape.len() >= 2
-        })
+        .trainable_params()
+        .filter(|(_, n)| n.shape.len() >= 2)
         .map(|(_, n)| n.name.clone())
         .collect()
 }
