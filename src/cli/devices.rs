@@ -34,7 +34,7 @@ pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
     let caps: Vec<Capabilities> = all
         .iter()
         .filter(|a| query.matches(&a.get_info()))
-        .map(Capabilities::of_adapter)
+        .map(|a| Capabilities::of_adapter(&instance, a))
         .collect();
     if caps.is_empty() {
         // Reuse the adapter search's message: what was tried and how to fix it.

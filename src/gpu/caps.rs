@@ -107,6 +107,10 @@ pub struct Capabilities {
     pub subgroups: bool,
     /// Subgroup sizes the adapter reports, smallest and largest.
     pub subgroup_sizes: [u32; 2],
+    /// Whether WGSL's packed four-byte dot products (`dot4I8Packed`, the
+    /// `packed_4x8_integer_dot_product` language extension) are available: the int8 kernels then
+    /// use `shaders/int8_dot4.wgsl`, otherwise their by-hand unpacking.
+    pub packed_dot: bool,
     /// The kernel style chosen for this adapter.
     pub kernel_style: KernelStyle,
     /// Limits that matter to compute.
@@ -186,6 +190,7 @@ impl Capabilities {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_sizes: [info.subgroup_min_size, info.subgroup_max_size],
+            packed_dot: false,
             kernel_style: style_override.unwrap_or(KernelStyle::for_device_type(info.device_type)),
             limits: ComputeLimits::from(limits),
             loop_limit: loop_limit_of(&info.name),
@@ -193,9 +198,17 @@ impl Capabilities {
     }
 
     /// Describes an adapter before a device is opened on it (what `devices` prints).
-    pub fn of_adapter(adapter: &wgpu::Adapter) -> Self {
+    pub fn of_adapter(instance: &wgpu::Instance, adapter: &wgpu::Adapter) -> Self {
         let features = adapter.features() & wanted_features();
-        Self::describe(&adapter.get_info(), features, &adapter.limits())
+        Self::describe(&adapter.get_info(), features, &adapter.limits()).on(instance)
+    }
+
+    /// With what the instance's WGSL compiler offers (language extensions).
+    pub fn on(mut self, instance: &wgpu::Instance) -> Self {
+        self.packed_dot = instance
+            .wgsl_language_features()
+            .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
+        self
     }
 
     /// `name (backend, driver driver_info)`: the one-line identity recorded with every figure.

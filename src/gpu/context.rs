@@ -88,7 +88,7 @@ impl Gpu {
             }
         });
         let limits = device.limits();
-        let caps = Capabilities::describe(&info, device.features(), &limits);
+        let caps = Capabilities::describe(&info, device.features(), &limits).on(&instance);
         let counters = Arc::new(Counters::default());
         Ok(Gpu {
             _instance: instance,

@@ -17,6 +17,9 @@ pub struct ShaderFile {
     pub trusted: bool,
     /// Uses subgroup operations, so it needs an adapter with `wgpu::Features::SUBGROUP`.
     pub subgroups: bool,
+    /// Uses `dot4I8Packed`, so it needs WGSL's `packed_4x8_integer_dot_product` language
+    /// extension (see [`crate::gpu::Capabilities::packed_dot`]).
+    pub packed_dot: bool,
 }
 
 impl ShaderFile {
@@ -59,21 +62,25 @@ impl Extensions {
 
 macro_rules! shader_file {
     ($name:literal) => {
-        shader_file!($name, false, false)
+        shader_file!($name, false, false, false)
     };
     ($name:literal, trusted) => {
-        shader_file!($name, true, false)
+        shader_file!($name, true, false, false)
     };
     ($name:literal, trusted, subgroups) => {
-        shader_file!($name, true, true)
+        shader_file!($name, true, true, false)
     };
-    ($name:literal, $trusted:expr, $subgroups:expr) => {
+    ($name:literal, packed_dot) => {
+        shader_file!($name, false, false, true)
+    };
+    ($name:literal, $trusted:expr, $subgroups:expr, $packed_dot:expr) => {
         ShaderFile {
             name: $name,
             path: concat!("shaders/", $name, ".wgsl"),
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
             trusted: $trusted,
             subgroups: $subgroups,
+            packed_dot: $packed_dot,
         }
     };
 }
@@ -89,6 +96,8 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("dropout"),
     shader_file!("elementwise"),
     shader_file!("feature"),
+    shader_file!("int8"),
+    shader_file!("int8_dot4", packed_dot),
     shader_file!("matmul", trusted),
     shader_file!("matmul_subgroup", trusted, subgroups),
     shader_file!("optimizer"),

@@ -9,6 +9,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod feature;
+pub mod int8;
 pub mod losses;
 pub mod matmul;
 pub mod optimizer;
@@ -205,6 +206,11 @@ pub const FAMILIES: &[Family] = &[
         name: "quantize",
         kernels: quantize::KERNELS,
         cases: quantize::cases,
+    },
+    Family {
+        name: "int8",
+        kernels: int8::KERNELS,
+        cases: int8::cases,
     },
     Family {
         name: "batchnorm",

@@ -11,6 +11,7 @@ mod conv;
 mod dropout;
 mod elementwise;
 mod feature;
+mod int8;
 mod losses;
 mod matmul;
 mod optimizer;
