@@ -16,6 +16,8 @@ pub enum HostData {
     F32(Vec<f32>),
     /// 32-bit signed integers (i64 files are narrowed on load, with a range check).
     I32(Vec<i32>),
+    /// 8-bit signed integers (int8 weights).
+    I8(Vec<i8>),
 }
 
 /// A tensor in host memory.
@@ -48,7 +50,23 @@ impl HostTensor {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             HostData::F32(v) => Some(v),
-            HostData::I32(_) => None,
+            _ => None,
+        }
+    }
+
+    /// An int8 tensor.
+    pub fn i8(shape: &[usize], data: Vec<i8>) -> Self {
+        Self {
+            shape: shape.to_vec(),
+            data: HostData::I8(data),
+        }
+    }
+
+    /// The values of an int8 tensor.
+    pub fn as_i8(&self) -> Option<&[i8]> {
+        match &self.data {
+            HostData::I8(v) => Some(v),
+            _ => None,
         }
     }
 
@@ -56,15 +74,16 @@ impl HostTensor {
     pub fn as_i32(&self) -> Option<&[i32]> {
         match &self.data {
             HostData::I32(v) => Some(v),
-            HostData::F32(_) => None,
+            _ => None,
         }
     }
 
-    /// `f32` or `i32`.
+    /// `f32`, `i32` or `i8`.
     pub fn dtype_name(&self) -> &'static str {
         match self.data {
             HostData::F32(_) => "f32",
             HostData::I32(_) => "i32",
+            HostData::I8(_) => "i8",
         }
     }
 }
@@ -74,6 +93,7 @@ impl View for &HostTensor {
         match self.data {
             HostData::F32(_) => Dtype::F32,
             HostData::I32(_) => Dtype::I32,
+            HostData::I8(_) => Dtype::I8,
         }
     }
     fn shape(&self) -> &[usize] {
@@ -83,12 +103,14 @@ impl View for &HostTensor {
         match &self.data {
             HostData::F32(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
             HostData::I32(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+            HostData::I8(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
         }
     }
     fn data_len(&self) -> usize {
         match &self.data {
             HostData::F32(v) => v.len() * 4,
             HostData::I32(v) => v.len() * 4,
+            HostData::I8(v) => v.len(),
         }
     }
 }
@@ -102,8 +124,8 @@ fn le_words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ 
         .map(|c| c.try_into().expect("chunk of N bytes"))
 }
 
-/// Parses safetensors bytes (`what` names the source in errors). F32, F64 (narrowed), I32 and I64
-/// (range-checked) are accepted.
+/// Parses safetensors bytes (`what` names the source in errors). F32, F64 (narrowed), I32, I64
+/// (range-checked) and I8 are accepted.
 pub fn parse_safetensors(what: &str, bytes: &[u8]) -> Result<TensorMap> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| input_error(what, format!("not a safetensors file ({e})")))?;
@@ -119,6 +141,7 @@ pub fn parse_safetensors(what: &str, bytes: &[u8]) -> Result<TensorMap> {
                     .collect(),
             ),
             Dtype::I32 => HostData::I32(le_words::<4>(raw).map(i32::from_le_bytes).collect()),
+            Dtype::I8 => HostData::I8(bytemuck::cast_slice(raw).to_vec()),
             Dtype::I64 => {
                 let mut v = Vec::with_capacity(raw.len() / 8);
                 for w in le_words::<8>(raw) {

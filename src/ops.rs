@@ -482,6 +482,10 @@ fn upload(gpu: &Gpu, t: &HostTensor) -> Result<Tensor> {
     match &t.data {
         HostData::F32(v) => gpu.upload(&t.shape, v),
         HostData::I32(v) => gpu.upload(&t.shape, v),
+        HostData::I8(v) => gpu.upload(
+            &t.shape,
+            &v.iter().map(|&b| i32::from(b)).collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -843,6 +847,7 @@ pub fn run_recorded(
         let len = match &v.data {
             HostData::F32(d) => d.len(),
             HostData::I32(d) => d.len(),
+            HostData::I8(d) => d.len(),
         };
         // Wrong shapes are caught by the launchers, which name the op and both shapes.
         if v.shape.iter().product::<usize>() != len {

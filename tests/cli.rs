@@ -606,5 +606,44 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
     assert_one_line_error(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("whole.safetensors"), "{stderr}");
+
+    // A quantisation-aware checkpoint with observed grids: exported to int8, which eval runs.
+    let qat = whole.quantization_aware(0.01).unwrap();
+    let tensors: TensorMap = qat
+        .params()
+        .map(|(_, n)| {
+            let count: usize = n.shape.iter().product();
+            let values = if n.name.ends_with(".qparams") {
+                let scale = if n.name.contains("weight") {
+                    1e-4
+                } else {
+                    0.05
+                };
+                [scale, 0.0].repeat(count / 2)
+            } else {
+                (0..count).map(|i| 0.01 * (i % 7) as f32).collect()
+            };
+            (n.name.clone(), HostTensor::f32(&n.shape, values))
+        })
+        .collect();
+    let qat_file = dir.join("qat.safetensors");
+    wgdistill::io::write_safetensors(&qat_file, &tensors).unwrap();
+    let int8_file = dir.join("qat.int8.safetensors");
+    let (qat_file, int8_file) = (
+        qat_file.display().to_string(),
+        int8_file.display().to_string(),
+    );
+    let cnn = ["--arch", "cnn", "--channels", "4,8"];
+    let run = |args: &[&str]| on_ci_backend(&[&["eval"], args, &cnn].concat()).unwrap();
+    let out = run(&[&qat_file, "--qat", "--export-int8", &int8_file]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("int8 test accuracy"), "{stdout}");
+    let out = run(&[&int8_file, "--int8"]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bytes of packed weights"));
+    // An int8 file read as a float one, and an export without --qat, fail in one line.
+    assert_one_line_error(&run(&[&int8_file, "--qat"]));
+    assert_one_line_error(&run(&[&qat_file, "--export-int8", &int8_file]));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -787,6 +787,93 @@ fn a_quantisation_aware_cnn_learns_and_evaluates_with_its_observed_scales() {
     );
 }
 
+/// Trains a quantisation-aware model briefly (its observers and batch-norm statistics move), then
+/// runs its int8 export through both dot-product paths: the same integers either way, and logits
+/// that match the fake-quantised model's up to the rare rounding tie (and, with global average
+/// pooling, the rounding of the mean onto its grid).
+fn int8_matches_fake_quantisation(float: wgdistill::graph::Graph, classes: usize) {
+    use wgdistill::graph::int8::{Int8Program, export};
+    use wgdistill::kernels::int8::DotPath;
+    let Some(gpu) = gpu() else { return };
+    let batch = 32;
+    let g = float.quantization_aware(0.1).unwrap();
+    let w = Weights::init(gpu, &g, 11).unwrap();
+    let spec = StepSpec {
+        student: &g,
+        student_weights: &w,
+        teacher: None,
+        losses: vec![LossSpec::logits(loss("ce"), 1.0)],
+        optimizer: sgd(0.05),
+        seed: 0,
+    };
+    let step = TrainStep::compile(gpu, &spec).unwrap();
+    let (x, y) = synthetic(256, 12);
+    let y: Vec<i32> = y.iter().map(|&c| c % classes as i32).collect();
+    for _ in 0..3 {
+        for (xb, yb) in x.chunks(batch * 16).zip(y.chunks(batch)) {
+            step.run(gpu, xb, yb).unwrap();
+        }
+    }
+    let eval = EvalStep::compile(gpu, &g, &w).unwrap();
+    let host = w.to_host(gpu).unwrap();
+    // Through the file format: int8 tensors survive safetensors.
+    let tensors = export(&g, &host).unwrap();
+    let bytes = wgdistill::io::serialize_safetensors(std::path::Path::new("m"), &tensors).unwrap();
+    let tensors = wgdistill::io::parse_safetensors("m", &bytes).unwrap();
+    let programs: Vec<Int8Program> = [DotPath::Portable, DotPath::Builtin]
+        .into_iter()
+        .filter(|&p| p == DotPath::Portable || gpu.caps().packed_dot)
+        .map(|p| Int8Program::compile(gpu, &g, &tensors, "test", p).unwrap())
+        .collect();
+    let (mut agree, mut rows, mut worst, mut spread) = (0, 0, 0.0f32, 0.0f32);
+    for xb in x.chunks(batch * 16) {
+        let want = eval.run(gpu, xb).unwrap();
+        let got = programs[0].run(gpu, xb).unwrap();
+        for p in &programs[1..] {
+            assert_eq!(p.run(gpu, xb).unwrap(), got, "the dot-product paths differ");
+        }
+        for (a, b) in got.chunks(classes).zip(want.chunks(classes)) {
+            let top = |r: &[f32]| (0..classes).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap();
+            agree += usize::from(top(a) == top(b));
+            rows += 1;
+        }
+        for (a, b) in got.iter().zip(&want) {
+            worst = worst.max((a - b).abs());
+            spread = spread.max(b.abs());
+        }
+    }
+    assert!(spread > 0.1, "logits too small to compare: {spread}");
+    assert!(
+        worst <= 0.02 * spread && agree * 100 >= rows * 95,
+        "int8 vs fake-quantised: worst logit difference {worst} (largest logit {spread}), {agree} of {rows} predictions agree"
+    );
+}
+
+#[test]
+fn int8_exports_of_mlp_cnn_and_mobilenet_compute_the_fake_quantised_logits() {
+    int8_matches_fake_quantisation(models::mlp([32, 1, 4, 4], &[7, 9], 4).unwrap(), 4);
+    int8_matches_fake_quantisation(models::cnn([32, 1, 4, 4], &[5, 6], 4).unwrap(), 4);
+    let relu6 = models::Activation::Relu6;
+    int8_matches_fake_quantisation(models::mobilenet([32, 1, 4, 4], 0.25, relu6, 4).unwrap(), 4);
+}
+
+#[test]
+fn int8_export_refuses_models_it_cannot_run_in_one_line() {
+    let g = models::resnet([2, 1, 8, 8], 8, [4, 4, 4], 3)
+        .unwrap()
+        .quantization_aware(0.01)
+        .unwrap();
+    let err = wgdistill::graph::int8::export(&g, &BTreeMap::new())
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("int8") && !err.contains('\n'), "{err}");
+    let float = models::cnn([2, 1, 4, 4], &[4], 3).unwrap();
+    let err = wgdistill::graph::int8::export(&float, &BTreeMap::new())
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("qat = true"), "{err}");
+}
+
 #[test]
 fn kd_steps_with_a_frozen_teacher_and_a_fitnet_adapter_train_the_student() {
     let Some(gpu) = gpu() else { return };

@@ -128,6 +128,14 @@ enum Command {
         /// quantisers at their saved scales.
         #[arg(long)]
         qat: bool,
+        /// The checkpoint is an int8 export (`--export-int8`): run it with the integer kernels.
+        /// The architecture flags describe the quantisation-aware model it came from.
+        #[arg(long)]
+        int8: bool,
+        /// With --qat: also write the checkpoint's int8 export here (int8 weights, f32 scales,
+        /// batch norms folded; layout in the library's `graph::int8`) and evaluate it.
+        #[arg(long, value_name = "OUT.safetensors")]
+        export_int8: Option<PathBuf>,
         /// Fashion-MNIST folder.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -242,6 +250,8 @@ pub fn run() -> Result<(), CliError> {
             activation,
             low_rank,
             qat,
+            int8,
+            export_int8,
             data,
         }) => {
             let arch = train::ArchArgs {
@@ -253,9 +263,20 @@ pub fn run() -> Result<(), CliError> {
                 width,
                 activation,
                 low_rank,
-                qat,
+                qat: qat || int8,
             };
-            train::eval(&query, &checkpoint, &arch, data)
+            if export_int8.is_some() && (int8 || !qat) {
+                return Err(CliError::Message(
+                    "--export-int8 exports a quantisation-aware checkpoint: it needs --qat, not --int8"
+                        .into(),
+                ));
+            }
+            let int8 = if int8 {
+                train::Int8Eval::Checkpoint
+            } else {
+                export_int8.map_or(train::Int8Eval::No, train::Int8Eval::Export)
+            };
+            train::eval(&query, &checkpoint, &arch, int8, data)
         }
         Some(Command::Train {
             print_default_config: true,

@@ -217,11 +217,46 @@ impl ArchArgs {
     }
 }
 
+/// What `eval` does with int8.
+pub enum Int8Eval {
+    /// Nothing: a float (or fake-quantised) checkpoint.
+    No,
+    /// The checkpoint is an int8 export.
+    Checkpoint,
+    /// Also export the (quantisation-aware) checkpoint as int8 to this file and evaluate that.
+    Export(PathBuf),
+}
+
+/// Test accuracy, images/s (a second, timed pass) and packed weight bytes of an int8 model.
+fn eval_int8(
+    gpu: &Gpu,
+    graph: &wgdistill::graph::Graph,
+    tensors: &wgdistill::io::TensorMap,
+    what: &str,
+    test: &wgdistill::data::Dataset,
+) -> Result<(f64, f64, usize), CliError> {
+    use wgdistill::kernels::int8::DotPath;
+    let program = wgdistill::graph::int8::Int8Program::compile(
+        gpu,
+        graph,
+        tensors,
+        what,
+        DotPath::for_gpu(gpu),
+    )?;
+    let (batch, classes) = (program.batch(), program.classes());
+    let acc = run::accuracy_with(test, batch, classes, |x| program.run(gpu, x))?;
+    let start = std::time::Instant::now();
+    run::accuracy_with(test, batch, classes, |x| program.run(gpu, x))?;
+    let per_second = test.len() as f64 / start.elapsed().as_secs_f64();
+    Ok((acc, per_second, program.weight_bytes()))
+}
+
 /// `wgdistill eval CHECKPOINT --arch …`: a checkpoint's test accuracy on Fashion-MNIST.
 pub fn eval(
     query: &AdapterQuery,
     checkpoint: &Path,
     arch: &ArchArgs,
+    int8: Int8Eval,
     data: Option<PathBuf>,
 ) -> Result<(), CliError> {
     let what = checkpoint.display().to_string();
@@ -238,6 +273,21 @@ pub fn eval(
     };
     let (_, test) = run::load_data(&cfg, &opts)?;
     let gpu = Gpu::new(query)?;
+    let report_int8 = |file: &Path, tensors: &wgdistill::io::TensorMap| -> Result<(), CliError> {
+        let what = file.display().to_string();
+        let (acc, per_second, gpu_bytes) = eval_int8(&gpu, &graph, tensors, &what, &test)?;
+        let bytes = std::fs::metadata(file).map_or(0, |m| m.len());
+        println!(
+            "{what}: int8 test accuracy {acc:.4} on {} ({} images; {}); {bytes} bytes on disk, {gpu_bytes} bytes of packed weights; {per_second:.0} images/s at batch {batch}",
+            test.source,
+            test.len(),
+            gpu.caps().name
+        );
+        Ok(())
+    };
+    if let Int8Eval::Checkpoint = int8 {
+        return report_int8(checkpoint, &host);
+    }
     let weights = wgdistill::graph::Weights::load(&gpu, &graph, &what, &host)?;
     let step = wgdistill::graph::EvalStep::compile(&gpu, &graph, &weights)?;
     let acc = run::accuracy(&gpu, &step, &graph, &test)?;
@@ -256,6 +306,11 @@ pub fn eval(
         test.len(),
         gpu.caps().name
     );
+    if let Int8Eval::Export(file) = int8 {
+        let tensors = wgdistill::graph::int8::export(&graph, &host)?;
+        wgdistill::io::write_safetensors(&file, &tensors)?;
+        report_int8(&file, &tensors)?;
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 pub mod dfad;
 pub mod discriminator;
 pub mod exec;
+pub mod int8;
 pub mod interp;
 pub mod inversion;
 pub mod ir;

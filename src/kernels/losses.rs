@@ -180,6 +180,7 @@ impl RefInput {
         let values = match &t.data {
             HostData::F32(v) => widen(v),
             HostData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            HostData::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
         };
         RefInput {
             shape: t.shape.clone(),
@@ -527,6 +528,10 @@ fn upload(gpu: &Gpu, t: &HostTensor) -> Result<Tensor> {
     match &t.data {
         HostData::F32(v) => gpu.upload(&t.shape, v),
         HostData::I32(v) => gpu.upload(&t.shape, v),
+        HostData::I8(v) => gpu.upload(
+            &t.shape,
+            &v.iter().map(|&b| i32::from(b)).collect::<Vec<_>>(),
+        ),
     }
 }
 

@@ -139,6 +139,17 @@ pub fn accuracy(gpu: &Gpu, eval: &EvalStep, graph: &Graph, test: &Dataset) -> Re
         ));
     };
     let (batch, classes) = (graph.shape(x)[0], graph.shape(out)[1]);
+    accuracy_with(test, batch, classes, |x| eval.run(gpu, x))
+}
+
+/// The share of `test` whose largest logit is its label, where `logits` maps a batch of `batch`
+/// images (the last one padded with zeros) to `batch × classes` logits.
+pub fn accuracy_with(
+    test: &Dataset,
+    batch: usize,
+    classes: usize,
+    mut logits: impl FnMut(&[f32]) -> Result<Vec<f32>>,
+) -> Result<f64> {
     let len = test.sample_len();
     let mut correct = 0usize;
     let mut x = vec![0.0f32; batch * len];
@@ -146,8 +157,7 @@ pub fn accuracy(gpu: &Gpu, eval: &EvalStep, graph: &Graph, test: &Dataset) -> Re
         let n = batch.min(test.len() - start);
         x[..n * len].copy_from_slice(&test.images[start * len..(start + n) * len]);
         x[n * len..].fill(0.0);
-        let logits = eval.run(gpu, &x)?;
-        for (row, &label) in logits
+        for (row, &label) in logits(&x)?
             .chunks(classes)
             .take(n)
             .zip(&test.labels[start..start + n])
