@@ -260,6 +260,76 @@ pub fn step_cases(suite: Suite) -> Vec<Case> {
         .collect()
 }
 
+/// Images per inference batch in [`inference_cases`].
+pub const INFERENCE_BATCH: usize = 256;
+
+/// Stands in for observed grids: each weight channel's symmetric int8 scale from its largest
+/// magnitude, and one fixed uint8 grid for the input and every activation (timing does not
+/// depend on the values).
+fn nominal_grids(graph: &Graph, host: &mut crate::io::TensorMap) {
+    for (_, node) in graph.params() {
+        let Some(prefix) = node.name.strip_suffix(".weight_fake_quant.qparams") else {
+            if node.name.ends_with(".qparams") {
+                let pairs = [0.05f32, 0.0].repeat(node.shape[0]);
+                host.insert(
+                    node.name.clone(),
+                    crate::io::HostTensor::f32(&node.shape, pairs),
+                );
+            }
+            continue;
+        };
+        let w = host[&format!("{prefix}.weight")]
+            .as_f32()
+            .unwrap_or(&[])
+            .to_vec();
+        let per = w.len() / node.shape[0];
+        let pairs = w
+            .chunks(per)
+            .flat_map(|c| [c.iter().fold(1e-6f32, |m, v| m.max(v.abs())) / 127.5, 0.0])
+            .collect();
+        host.insert(
+            node.name.clone(),
+            crate::io::HostTensor::f32(&node.shape, pairs),
+        );
+    }
+}
+
+/// Inference of the CNN student of configs/qat.toml (channels [8, 16]) in f32 and as its int8
+/// export, at batch [`INFERENCE_BATCH`]: images/s, the int8 model related to the f32 one.
+pub fn inference_cases(suite: Suite) -> Vec<Case> {
+    if suite == Suite::Check {
+        return Vec::new();
+    }
+    let input = [INFERENCE_BATCH, 1, 28, 28];
+    let shape = format!("cnn [8, 16] batch {INFERENCE_BATCH}");
+    let work = Work::Samples(INFERENCE_BATCH as f64);
+    let float = Case::new("inference f32", shape.clone(), work, move |gpu| {
+        let g = models::cnn(input, &[8, 16], 10)?;
+        let step = crate::graph::EvalStep::compile(gpu, &g, &Weights::init(gpu, &g, 1)?)?;
+        Ok(Prepared {
+            plan: Vec::new(),
+            outputs: Vec::new(),
+            bound: Some(step.into_bound()),
+        })
+    });
+    let baseline = float.key();
+    let int8 = Case::new("inference int8", shape, work, move |gpu| {
+        let g = models::cnn(input, &[8, 16], 10)?.quantization_aware(0.01)?;
+        let mut host = Weights::init(gpu, &g, 1)?.to_host(gpu)?;
+        nominal_grids(&g, &mut host);
+        let tensors = crate::graph::int8::export(&g, &host)?;
+        let path = crate::kernels::int8::DotPath::for_gpu(gpu);
+        let program = crate::graph::int8::Int8Program::compile(gpu, &g, &tensors, "bench", path)?;
+        Ok(Prepared {
+            plan: Vec::new(),
+            outputs: Vec::new(),
+            bound: Some(program.into_bound()),
+        })
+    })
+    .baseline(baseline);
+    vec![float, int8]
+}
+
 /// One result of a peer (`tools/peers/torch_steps.py`): the same case, measured elsewhere.
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct PeerResult {

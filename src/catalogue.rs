@@ -206,6 +206,7 @@ pub fn all(gpu: &Gpu, suite: Suite) -> Vec<Case> {
         .flat_map(|family| (family.cases)(gpu, suite))
         .collect();
     cases.extend(crate::bench::step_cases(suite));
+    cases.extend(crate::bench::inference_cases(suite));
     cases
 }
 

@@ -12,6 +12,7 @@ use crate::io::{HostData, HostTensor, TensorMap};
 use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormState};
 use crate::kernels::conv::{self, Conv2d};
+use crate::kernels::int8;
 use crate::kernels::losses::{self, Loss, LossDef};
 use crate::kernels::matmul::{Activation, MatmulOptions, matmul};
 use crate::kernels::pool::{self, Pool2d};
@@ -52,6 +53,13 @@ struct KernelOp {
 const NONE: &[&str] = &[];
 const POOL_ATTRS: &[(&str, f64)] = &[("kernel", 2.0), ("stride", 2.0), ("padding", 0.0)];
 const AXIS: &[(&str, f64)] = &[("axis", 0.0)];
+const INT8_LAYER_ATTRS: &[(&str, f64)] = &[
+    ("input_scale", 1.0),
+    ("input_zero_point", 0.0),
+    ("output_scale", 0.0),
+    ("output_zero_point", 0.0),
+    ("activation", 0.0),
+];
 
 macro_rules! op {
     ($name:literal, $summary:literal, $inputs:expr, $optional:expr, $attrs:expr, $outputs:expr) => {
@@ -330,6 +338,53 @@ const KERNEL_OPS: &[KernelOp] = &[
         &["param", "exp_avg", "exp_avg_sq"]
     ),
     op!(
+        "int8_linear",
+        "x quantised onto uint8 (input_scale, input_zero_point), weight int8 values per row scaled by weight_scale, i32 accumulation: out = input_scale·weight_scale·Σ (q_x − zp)·w + bias, as f32 (output_scale 0) or requantised onto (output_scale, output_zero_point) and returned dequantised; activation 0 none, 1 ReLU, 2 ReLU6",
+        &["x", "weight", "weight_scale", "bias"],
+        NONE,
+        INT8_LAYER_ATTRS,
+        &["out"]
+    ),
+    op!(
+        "int8_conv2d",
+        "int8_linear's arithmetic as a convolution (square kernel; groups 1, or depthwise: groups = channels = output channels), x [N, C, H, W], weight [O, C / groups, k, k]; the output is requantised and returned dequantised",
+        &["x", "weight", "weight_scale", "bias"],
+        NONE,
+        &[
+            ("input_scale", 1.0),
+            ("input_zero_point", 0.0),
+            ("output_scale", 1.0),
+            ("output_zero_point", 0.0),
+            ("activation", 0.0),
+            ("stride", 1.0),
+            ("padding", 0.0),
+            ("groups", 1.0)
+        ],
+        &["out"]
+    ),
+    op!(
+        "int8_max_pool",
+        "x quantised onto uint8 (scale, zero_point), max-pooled on the grid, returned dequantised",
+        &["x"],
+        NONE,
+        &[
+            ("scale", 1.0),
+            ("zero_point", 0.0),
+            ("kernel", 2.0),
+            ("stride", 2.0),
+            ("padding", 0.0)
+        ],
+        &["out"]
+    ),
+    op!(
+        "int8_global_avg_pool",
+        "x quantised onto uint8 (scale, zero_point), each channel's mean rounded half to even onto the grid, returned dequantised [N, C, 1, 1]",
+        &["x"],
+        NONE,
+        &[("scale", 1.0), ("zero_point", 0.0)],
+        &["out"]
+    ),
+    op!(
         "clip_grad_norm",
         "grad scaled to global norm ≤ max_norm",
         &["grad"],
@@ -529,6 +584,7 @@ type Outputs = Vec<(&'static str, Tensor)>;
 fn plan(
     gpu: &Gpu,
     name: &str,
+    host: &TensorMap,
     dev: &BTreeMap<&str, Tensor>,
     a: &Attrs<'_>,
 ) -> Result<(Vec<Dispatch>, Outputs)> {
@@ -760,6 +816,9 @@ fn plan(
                 ),
             }
         }
+        "int8_linear" | "int8_conv2d" | "int8_max_pool" | "int8_global_avg_pool" => {
+            int8_plan(gpu, name, host, dev, a)?
+        }
         "dropout" => one(
             dropout::dropout(gpu, t("x"), a.f32("p"), a.count("seed", 0)? as u32)?,
             "out",
@@ -821,6 +880,221 @@ fn plan(
     })
 }
 
+/// A uint8 grid from two attributes.
+fn attr_grid(a: &Attrs<'_>, scale: &str, zero_point: &str) -> Result<int8::Grid> {
+    let z = a.values[zero_point];
+    let grid = int8::Grid {
+        scale: a.f32(scale),
+        zero_point: z as i32,
+    };
+    if z.fract() != 0.0 || !(0.0..=255.0).contains(&z) || grid.scale.is_nan() || grid.scale <= 0.0 {
+        return Err(input_error(
+            format!("{}: attrs '{scale}', '{zero_point}'", a.op),
+            format!(
+                "a uint8 grid needs a positive scale and a whole zero point in [0, 255], got {} and {z}",
+                a.values[scale]
+            ),
+        ));
+    }
+    Ok(grid)
+}
+
+/// The int8 ops: inputs quantised on the GPU, integer weights packed on the host, outputs
+/// dequantised, so that every tensor in and out is f32.
+fn int8_plan(
+    gpu: &Gpu,
+    name: &str,
+    host: &TensorMap,
+    dev: &BTreeMap<&str, Tensor>,
+    a: &Attrs<'_>,
+) -> Result<(Vec<Dispatch>, Outputs)> {
+    use crate::reference::int8::{Epilogue, Requant, Window};
+    let x = &dev["x"];
+    let shape = x.shape().to_vec();
+    let (scale_key, zp_key) = if name.ends_with("pool") {
+        ("scale", "zero_point")
+    } else {
+        ("input_scale", "input_zero_point")
+    };
+    let in_grid = attr_grid(a, scale_key, zp_key)?;
+    let image = |what: &str| -> Result<[usize; 4]> {
+        shape.clone().try_into().map_err(|_| {
+            input_error(
+                format!("{name}: input 'x'"),
+                format!("{what}, got {shape:?}"),
+            )
+        })
+    };
+    let window = |k: &str| -> Result<Window> {
+        Ok(Window {
+            kernel: a.count(k, 1)?,
+            stride: a.count("stride", 1)?,
+            padding: a.count("padding", 0)?,
+        })
+    };
+    let mut plan = Vec::new();
+    let (quantised, map) = if name == "int8_linear" {
+        let [b, k]: [usize; 2] = shape.clone().try_into().map_err(|_| {
+            input_error(
+                format!("{name}: input 'x'"),
+                format!("must be [batch, in], got {shape:?}"),
+            )
+        })?;
+        let map = int8::Map::vector(b, k);
+        let (d, q) = int8::quantize(gpu, &x.reshape(&map.shape())?, map, in_grid)?;
+        plan.push(d);
+        (q, map)
+    } else {
+        let [n, c, h, w] = image("must be [N, C, H, W]")?;
+        let map = int8::Map::image(n, c, h, w);
+        let (d, q) = int8::quantize(gpu, x, map, in_grid)?;
+        plan.push(d);
+        (q, map)
+    };
+    let (y, out_map, out_grid) = match name {
+        "int8_max_pool" => {
+            let (d, y, m) = int8::max_pool(gpu, &quantised, map, window("kernel")?)?;
+            plan.push(d);
+            (y, m, in_grid)
+        }
+        "int8_global_avg_pool" => {
+            let (d, y, m) = int8::global_avg_pool(gpu, &quantised, map)?;
+            plan.push(d);
+            (y, m, in_grid)
+        }
+        _ => {
+            let w = &host["weight"];
+            let values = w.as_f32().unwrap_or(&[]);
+            if let Some(i) = values
+                .iter()
+                .position(|v| v.fract() != 0.0 || !(-128.0..=127.0).contains(v))
+            {
+                return Err(input_error(
+                    format!("{name}: input 'weight'"),
+                    format!(
+                        "element {i} is {}; int8 weights are whole numbers in [−128, 127]",
+                        values[i]
+                    ),
+                ));
+            }
+            {
+                let q: Vec<i8> = values.iter().map(|&v| v as i8).collect();
+                let o = w.shape.first().copied().unwrap_or(0);
+                let per = q.len() / o.max(1);
+                let scales = host["weight_scale"].as_f32().unwrap_or(&[]);
+                let bias = host["bias"].as_f32().unwrap_or(&[]);
+                if scales.len() != o || bias.len() != o || o == 0 {
+                    return Err(input_error(
+                        format!("{name}: inputs 'weight_scale', 'bias'"),
+                        format!("need one value per output channel ({o})"),
+                    ));
+                }
+                let epilogue = Epilogue {
+                    multiplier: scales.iter().map(|&s| s * in_grid.scale).collect(),
+                    bias: bias.to_vec(),
+                };
+                let words = int8::epilogue_words(
+                    &epilogue,
+                    &int8::weight_sums(&q, per),
+                    in_grid.zero_point,
+                );
+                let activation = a.count("activation", 0)?;
+                if activation > 2 {
+                    return Err(input_error(
+                        format!("{name}: attr 'activation'"),
+                        format!("must be 0 (none), 1 (ReLU) or 2 (ReLU6), got {activation}"),
+                    ));
+                }
+                let float_out = name == "int8_linear" && a.values["output_scale"] == 0.0;
+                let out_grid = if float_out {
+                    in_grid
+                } else {
+                    attr_grid(a, "output_scale", "output_zero_point")?
+                };
+                let requant = if float_out {
+                    Requant::Float
+                } else {
+                    out_grid.requant(activation == 1, activation == 2)
+                };
+                let groups = if name == "int8_conv2d" {
+                    a.count("groups", 1)?
+                } else {
+                    1
+                };
+                let k = w.shape.get(2).copied().unwrap_or(0);
+                let packed = if name == "int8_linear" {
+                    if per != map.channels {
+                        return Err(input_error(
+                            format!("{name}: input 'weight'"),
+                            format!("must be [out, {}], got {:?}", map.channels, w.shape),
+                        ));
+                    }
+                    int8::pack_linear_weights(&q, o, map)
+                } else {
+                    let depthwise = groups != 1;
+                    if (depthwise && (groups != map.channels || o != map.channels))
+                        || w.shape.len() != 4
+                        || w.shape[1] * groups != map.channels
+                        || w.shape[3] != k
+                    {
+                        return Err(input_error(
+                            format!("{name}: input 'weight'"),
+                            format!(
+                                "must be [out, {} / groups, k, k] with groups 1 or {} (depthwise), got {:?} with groups {groups}",
+                                map.channels, map.channels, w.shape
+                            ),
+                        ));
+                    }
+                    if depthwise {
+                        int8::pack_depthwise_weights(&q, o, k)
+                    } else {
+                        int8::pack_conv_weights(&q, o, map.channels, k)
+                    }
+                };
+                let layer = int8::LayerWeights {
+                    weights: gpu.upload(&[packed.len()], &packed)?,
+                    epilogue: gpu.upload(&[words.len()], &words)?,
+                    out_channels: o,
+                };
+                let path = int8::DotPath::for_gpu(gpu);
+                if name == "int8_linear" {
+                    let (d, y) = int8::linear(gpu, path, &quantised, map, &layer, requant)?;
+                    plan.push(d);
+                    if float_out {
+                        return Ok((plan, vec![("out", y)]));
+                    }
+                    (y, int8::Map::vector(map.batch, o), out_grid)
+                } else {
+                    let win = Window {
+                        kernel: k,
+                        stride: a.count("stride", 1)?,
+                        padding: a.count("padding", 0)?,
+                    };
+                    let (d, y, m) = int8::conv2d(
+                        gpu,
+                        path,
+                        (&quantised, map),
+                        in_grid.zero_point,
+                        &layer,
+                        (win, groups != 1),
+                        requant,
+                    )?;
+                    plan.push(d);
+                    (y, m, out_grid)
+                }
+            }
+        }
+    };
+    let (d, real) = int8::dequantize(gpu, &y, out_map, out_grid)?;
+    plan.push(d);
+    let real = if name == "int8_linear" {
+        real.reshape(&[out_map.batch, out_map.channels])?
+    } else {
+        real
+    };
+    Ok((plan, vec![("out", real)]))
+}
+
 /// Runs op `name` on host tensors and returns its outputs by name.
 pub fn run(
     gpu: &Gpu,
@@ -874,7 +1148,7 @@ pub fn run_recorded(
                 op: name,
                 values: &attrs,
             };
-            let (dispatches, outputs) = plan(gpu, name, &dev, &values)?;
+            let (dispatches, outputs) = plan(gpu, name, inputs, &dev, &values)?;
             let named = outputs
                 .into_iter()
                 .map(|(k, t)| (k.to_string(), t))

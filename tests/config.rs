@@ -29,6 +29,7 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../configs/pruning.toml"),
         include_str!("../configs/low_rank.toml"),
         include_str!("../configs/qat.toml"),
+        include_str!("../configs/compression.toml"),
     ] {
         check(text).unwrap();
     }
@@ -699,6 +700,17 @@ fn low_rank_tables_are_checked_and_start_from_splits_their_layers() {
         (
             with(scratch, &format!("{scratch}\nqat = \"yes\"")),
             &["models.student_scratch", "expected a boolean"],
+        ),
+        (
+            with(scratch, &format!("{scratch}\nint8 = true")),
+            &["models.student_scratch.int8", "set qat = true"],
+        ),
+        (
+            with(
+                scratch,
+                "[models.student_scratch]\narch = \"resnet\"\ndepth = 8\nqat = true\nint8 = true",
+            ),
+            &["models.student_scratch.int8", "no int8 kernel"],
         ),
         (
             factorised("{ head = \"two\" }"),

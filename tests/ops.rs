@@ -112,9 +112,125 @@ fn sample_inputs(op: &str) -> TensorMap {
                 put("grad_out", f(&[3, 4], 2));
             }
         }
+        "int8_linear" | "int8_conv2d" => {
+            let (x, w): (&[usize], &[usize]) = if op == "int8_linear" {
+                (&[3, 5], &[4, 5])
+            } else {
+                (&[2, 3, 5, 5], &[4, 3, 3, 3])
+            };
+            put("x", f(x, 1));
+            put("weight", int8_weights(w, 2));
+            put(
+                "weight_scale",
+                HostTensor::f32(&[4], vec![0.01, 0.02, 0.03, 0.04]),
+            );
+            put("bias", f(&[4], 3));
+        }
+        "int8_max_pool" | "int8_global_avg_pool" => put("x", f(&[1, 2, 4, 4], 1)),
         _ => put("x", f(&[3, 4], 1)),
     }
     m
+}
+
+/// Whole numbers in [−128, 127], as f32 (the op runner's int8 weights).
+fn int8_weights(shape: &[usize], seed: u64) -> HostTensor {
+    let n = shape.iter().product();
+    HostTensor::f32(
+        shape,
+        data(n, seed).iter().map(|v| (v * 127.0).round()).collect(),
+    )
+}
+
+#[test]
+fn int8_ops_agree_with_the_integer_reference() {
+    use wgdistill::reference::int8 as q;
+    let Some(gpu) = gpu() else { return };
+    // A depthwise, strided ReLU6 convolution: x quantised, the integer conv, requantised.
+    let mut inputs = TensorMap::new();
+    inputs.insert("x".into(), f(&[2, 3, 6, 5], 1));
+    inputs.insert("weight".into(), int8_weights(&[3, 1, 3, 3], 2));
+    inputs.insert(
+        "weight_scale".into(),
+        HostTensor::f32(&[3], vec![0.01, 0.02, 0.005]),
+    );
+    inputs.insert("bias".into(), f(&[3], 3));
+    let a = [
+        ("input_scale", 0.0625),
+        ("input_zero_point", 120.0),
+        ("output_scale", 0.03125),
+        ("output_zero_point", 10.0),
+        ("activation", 2.0),
+        ("stride", 2.0),
+        ("padding", 1.0),
+        ("groups", 3.0),
+    ];
+    let out = ops::run(gpu, "int8_conv2d", &inputs, &attrs(&a)).unwrap();
+    let xq = q::quantize(&widen(values(&inputs["x"])), 16.0, 120);
+    let w: Vec<i32> = values(&inputs["weight"])
+        .iter()
+        .map(|&v| v as i32)
+        .collect();
+    let ep = q::Epilogue {
+        multiplier: [0.01f32, 0.02, 0.005].iter().map(|s| s * 0.0625).collect(),
+        bias: values(&inputs["bias"]).to_vec(),
+    };
+    let window = q::Window {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+    let grid = wgdistill::kernels::int8::Grid {
+        scale: 0.03125,
+        zero_point: 10,
+    };
+    let yq = q::conv2d(
+        &xq,
+        [2, 3, 6, 5],
+        120,
+        &w,
+        3,
+        3,
+        window,
+        &ep,
+        grid.requant(false, true),
+    );
+    let yq: Vec<i32> = yq.iter().map(|&v| v as i32).collect();
+    assert!(yq.iter().any(|&v| v > 10) && yq.contains(&10), "{yq:?}");
+    allclose(
+        values(&out["out"]),
+        &q::dequantize(&yq, 0.03125, 10),
+        0.0,
+        1e-7,
+    )
+    .unwrap();
+    assert_eq!(out["out"].shape, [2, 3, 3, 3]);
+
+    // A linear layer to f32 (output_scale 0): the reals themselves.
+    let inputs = sample_inputs("int8_linear");
+    let a = [("input_scale", 0.125), ("input_zero_point", 128.0)];
+    let out = ops::run(gpu, "int8_linear", &inputs, &attrs(&a)).unwrap();
+    let xq = q::quantize(&widen(values(&inputs["x"])), 8.0, 128);
+    let w: Vec<i32> = values(&inputs["weight"])
+        .iter()
+        .map(|&v| v as i32)
+        .collect();
+    let ep = q::Epilogue {
+        multiplier: [0.01f32, 0.02, 0.03, 0.04]
+            .iter()
+            .map(|s| s * 0.125)
+            .collect(),
+        bias: values(&inputs["bias"]).to_vec(),
+    };
+    let want = q::linear(&xq, 128, &w, 5, &ep, q::Requant::Float);
+    allclose(values(&out["out"]), &want, 1e-6, 1e-6).unwrap();
+
+    // Weights that are not int8 are refused, naming the element.
+    let mut bad = sample_inputs("int8_linear");
+    bad.insert("weight".into(), f(&[4, 5], 9));
+    let err = ops::run(gpu, "int8_linear", &bad, &attrs(&a))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("int8 weights are whole numbers"), "{err}");
 }
 
 #[test]

@@ -1672,6 +1672,7 @@ channels = [4, 8]
 arch = "cnn"
 channels = [4, 8]
 qat = true
+int8 = true
 [models.qat_copy]
 arch = "cnn"
 channels = [4, 8]
@@ -1729,4 +1730,17 @@ losses = [{ kind = "ce" }]
             .keys()
             .any(|k| k.ends_with(".activation_post_process.range"))
     );
+    // `int8 = true`: the int8 export beside the checkpoint, as accurate as the fake-quantised
+    // model with the integer kernels (the logits agree up to rounding ties).
+    let int8 = whole.stages[1].models[0].int8_test_accuracy.unwrap();
+    assert!(
+        (int8 - accuracy(1)).abs() <= 0.01,
+        "int8 {int8} vs fake-quantised {}",
+        accuracy(1)
+    );
+    let export =
+        wgdistill::io::read_safetensors(&opts.out.join("checkpoints/qat_kd.int8.safetensors"))
+            .unwrap();
+    assert_eq!(export["features.0.weight"].dtype_name(), "i8");
+    assert!(whole.stages[2].models[0].int8_test_accuracy.is_none());
 }

@@ -57,13 +57,14 @@ pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
             c.backend, c.device_type, c.driver, c.driver_info
         );
         println!(
-            "    kernel style {}, timestamp queries {}, shader f16 {}, subgroups {} (size {}..{})",
+            "    kernel style {}, timestamp queries {}, shader f16 {}, subgroups {} (size {}..{}), packed_dot {}",
             c.kernel_style,
             yes(c.timestamp_query),
             yes(c.shader_f16),
             yes(c.subgroups),
             c.subgroup_sizes[0],
-            c.subgroup_sizes[1]
+            c.subgroup_sizes[1],
+            yes(c.packed_dot)
         );
         println!(
             "    storage binding {}, buffer {}, storage buffers/stage {}, workgroup memory {} KiB, invocations/workgroup {}, workgroups/dimension {}",

@@ -179,12 +179,14 @@ impl ArchArgs {
                 checkpoint: None,
                 low_rank: low_rank.clone(),
                 qat: self.qat,
+                int8: false,
             },
             "cnn" => config::ModelConfig::Cnn {
                 channels: self.channels.clone(),
                 checkpoint: None,
                 low_rank: low_rank.clone(),
                 qat: self.qat,
+                int8: false,
             },
             "mobilenet" => config::ModelConfig::Mobilenet {
                 width: self.width,
@@ -192,6 +194,7 @@ impl ArchArgs {
                 checkpoint: None,
                 low_rank: low_rank.clone(),
                 qat: self.qat,
+                int8: false,
             },
             "resnet" => {
                 let widths: [usize; 3] = self.widths.clone().try_into().map_err(|_| {
@@ -206,6 +209,7 @@ impl ArchArgs {
                     checkpoint: None,
                     low_rank,
                     qat: self.qat,
+                    int8: false,
                 }
             }
             other => {

@@ -21,8 +21,7 @@
 use super::ir::{Graph, Op, Value};
 use crate::Result;
 use crate::error::{Error, input_error};
-use crate::gpu::context::BoundPlan;
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{BoundPlan, DType, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
 use crate::kernels::int8::{self as k, DotPath, Grid, LayerWeights, Map};
 use crate::reference::int8::{Epilogue, Requant, Window};
@@ -245,6 +244,12 @@ fn plan(graph: &Graph) -> Result<Vec<Step>> {
         return Err(unsupported("x", "the input is not quantised first"));
     }
     Ok(steps)
+}
+
+/// Whether `graph` (a quantisation-aware model) has an int8 form; the error names the node in
+/// the way.
+pub fn check(graph: &Graph) -> Result<()> {
+    plan(graph).map(|_| ())
 }
 
 fn get<'a>(tensors: &'a TensorMap, what: &str, name: &str) -> Result<&'a HostTensor> {
@@ -509,6 +514,11 @@ impl Int8Program {
             classes,
             weight_bytes,
         })
+    }
+
+    /// The bound launches, for timing them alone.
+    pub fn into_bound(self) -> BoundPlan {
+        self.plan
     }
 
     /// The batch size it was compiled for.

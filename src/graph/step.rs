@@ -1326,6 +1326,11 @@ pub struct EvalStep {
 }
 
 impl EvalStep {
+    /// The step's bound launches, for timing them alone.
+    pub fn into_bound(self) -> BoundPlan {
+        self.bound
+    }
+
     /// Plans and binds the forward pass of `graph` (input `x`) once.
     pub fn compile(gpu: &Gpu, graph: &Graph, weights: &Weights) -> Result<EvalStep> {
         Self::compile_taps(gpu, graph, weights, &[])

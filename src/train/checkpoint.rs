@@ -213,6 +213,11 @@ impl RunFolder {
         self.checkpoints().join(format!("{name}.safetensors"))
     }
 
+    /// `checkpoints/NAME.int8.safetensors`: a model's int8 export (`int8 = true`).
+    pub fn int8_model(&self, name: &str) -> PathBuf {
+        self.checkpoints().join(format!("{name}.int8.safetensors"))
+    }
+
     fn progress_path(&self) -> PathBuf {
         self.out.join("progress.json")
     }

@@ -86,6 +86,9 @@ pub enum ModelConfig {
         /// Quantisation-aware training (see [`ModelConfig::qat`]).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         qat: bool,
+        /// Export as int8 after training (see [`ModelConfig::int8`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        int8: bool,
     },
     /// conv-bn-relu-pool stacks and a linear classifier.
     Cnn {
@@ -100,6 +103,9 @@ pub enum ModelConfig {
         /// Quantisation-aware training (see [`ModelConfig::qat`]).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         qat: bool,
+        /// Export as int8 after training (see [`ModelConfig::int8`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        int8: bool,
     },
     /// A MobileNet-style network of depthwise-separable blocks.
     Mobilenet {
@@ -117,6 +123,9 @@ pub enum ModelConfig {
         /// Quantisation-aware training (see [`ModelConfig::qat`]).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         qat: bool,
+        /// Export as int8 after training (see [`ModelConfig::int8`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        int8: bool,
     },
     /// A CIFAR-style ResNet.
     Resnet {
@@ -133,6 +142,9 @@ pub enum ModelConfig {
         /// Quantisation-aware training (see [`ModelConfig::qat`]).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         qat: bool,
+        /// Export as int8 after training (see [`ModelConfig::int8`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        int8: bool,
     },
 }
 
@@ -179,6 +191,18 @@ impl ModelConfig {
             | ModelConfig::Cnn { qat, .. }
             | ModelConfig::Mobilenet { qat, .. }
             | ModelConfig::Resnet { qat, .. } => *qat,
+        }
+    }
+
+    /// `int8 = true` (with `qat = true`): after each stage that trains the model, its int8
+    /// export ([`crate::graph::int8`]) is written beside its checkpoint
+    /// (`checkpoints/NAME.int8.safetensors`) and evaluated with the integer kernels.
+    pub fn int8(&self) -> bool {
+        match self {
+            ModelConfig::Mlp { int8, .. }
+            | ModelConfig::Cnn { int8, .. }
+            | ModelConfig::Mobilenet { int8, .. }
+            | ModelConfig::Resnet { int8, .. } => *int8,
         }
     }
 
@@ -756,6 +780,17 @@ impl Config {
                 .graph(input, crate::data::CLASSES)
                 .map_err(|e| (format!("models.{name}"), e.to_string()))?;
             check_parameter_sizes(&graph).map_err(|m| (format!("models.{name}"), m))?;
+            if m.int8() {
+                let key = format!("models.{name}.int8");
+                if !m.qat() {
+                    return Err((
+                        key,
+                        "an int8 export comes from quantisation-aware training: set qat = true"
+                            .into(),
+                    ));
+                }
+                crate::graph::int8::check(&graph).map_err(|e| (key, e.to_string()))?;
+            }
             graphs.insert(name.as_str(), graph);
         }
         // Models a stage can use as teachers: loaded from checkpoints, or trained earlier.

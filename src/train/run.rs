@@ -301,6 +301,28 @@ pub(super) struct StageRun<'a> {
 }
 
 impl StageRun<'_> {
+    /// Writes a trained quantisation-aware model's int8 export beside its checkpoint and returns
+    /// the export's test accuracy with the integer kernels. Derived from the stage's last epoch,
+    /// it is written again whenever the stage ends (a resumed run included).
+    fn export_int8(
+        &self,
+        gpu: &Gpu,
+        name: &str,
+        graph: &crate::graph::Graph,
+        weights: &Weights,
+        test: &Dataset,
+    ) -> Result<f64> {
+        use crate::graph::int8::{Int8Program, export};
+        let tensors = export(graph, &weights.to_host(gpu)?)?;
+        let path = self.folder.int8_model(name);
+        self.folder.write_tensors(&path, &tensors)?;
+        let what = path.display().to_string();
+        let dot = crate::kernels::int8::DotPath::for_gpu(gpu);
+        let program = Int8Program::compile(gpu, graph, &tensors, &what, dot)?;
+        let (batch, classes) = (program.batch(), program.classes());
+        accuracy_with(test, batch, classes, |x| program.run(gpu, x))
+    }
+
     /// Trains stage `index` to its last epoch, writing the folder after each, and leaves its
     /// trained models in `models`.
     #[allow(clippy::too_many_arguments)]
@@ -429,6 +451,17 @@ impl StageRun<'_> {
                 }
             }
             summary.models[0].sparsity = Some(super::prune::report(&params));
+        }
+        for (k, name) in stage.train.iter().enumerate() {
+            if config.models[name].int8() {
+                let acc = self.export_int8(gpu, name, &plan.graphs[k], &plan.weights[k], test)?;
+                summary.models[k].int8_test_accuracy = Some(acc);
+                log(&format!(
+                    "{} {name}: int8 export {}, test accuracy {acc:.4}",
+                    stage.name,
+                    self.folder.int8_model(name).display()
+                ));
+            }
         }
         for (name, w) in stage.train.iter().zip(plan.weights) {
             models.insert(name.clone(), w);

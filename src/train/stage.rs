@@ -406,6 +406,7 @@ impl<'a> StagePlan<'a> {
                     test_accuracy_mean: None,
                     test_accuracy_std: None,
                     test_accuracy_per_seed: None,
+                    int8_test_accuracy: None,
                     sparsity: None,
                 })
                 .collect(),

@@ -39,6 +39,9 @@ pub struct ModelResult {
     /// With several seeds: each seed's final test accuracy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_accuracy_per_seed: Option<Vec<f64>>,
+    /// The test accuracy of its int8 export (`int8 = true`), run with the integer kernels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8_test_accuracy: Option<f64>,
     /// A pruned model's sparsity at the end of the stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<SparsityReport>,
