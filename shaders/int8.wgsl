@@ -61,10 +61,15 @@ fn unsigned_byte(word: u32, b: u32) -> i32 {
     return i32(extractBits(word, 8u * b, 8u));
 }
 
-// Σ a_b·b_b over the four signed bytes: dot4I8Packed, by hand.
-fn dot4_i8(a: u32, b: u32) -> i32 {
-    return signed_byte(a, 0u) * signed_byte(b, 0u) + signed_byte(a, 1u) * signed_byte(b, 1u)
-        + signed_byte(a, 2u) * signed_byte(b, 2u) + signed_byte(a, 3u) * signed_byte(b, 3u);
+// The four signed bytes of a word, unpacked once and reused across a block.
+fn unpack_i8(word: u32) -> vec4<i32> {
+    return vec4<i32>(signed_byte(word, 0u), signed_byte(word, 1u), signed_byte(word, 2u),
+                     signed_byte(word, 3u));
+}
+
+// An activation's four bytes against four output channels' (dot4I8Packed four times, by hand).
+fn products(a: vec4<i32>, w0: vec4<i32>, w1: vec4<i32>, w2: vec4<i32>, w3: vec4<i32>) -> vec4<i32> {
+    return vec4<i32>(dot(a, w0), dot(a, w1), dot(a, w2), dot(a, w3));
 }
 
 // A byte onto the activation grid: round half to even, clamped.
@@ -162,15 +167,14 @@ fn linear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     var acc2 = vec4<i32>();
     var acc3 = vec4<i32>();
     for (var k = 0u; k < k_words; k++) {
-        let w = vec4<u32>(li_w[w0 + k], li_w[w1 + k], li_w[w2 + k], li_w[w3 + k]);
-        let a0 = li_x[x0 + k] ^ FLIP;
-        let a1 = li_x[x1 + k] ^ FLIP;
-        let a2 = li_x[x2 + k] ^ FLIP;
-        let a3 = li_x[x3 + k] ^ FLIP;
-        acc0 += vec4<i32>(dot4_i8(a0, w.x), dot4_i8(a0, w.y), dot4_i8(a0, w.z), dot4_i8(a0, w.w));
-        acc1 += vec4<i32>(dot4_i8(a1, w.x), dot4_i8(a1, w.y), dot4_i8(a1, w.z), dot4_i8(a1, w.w));
-        acc2 += vec4<i32>(dot4_i8(a2, w.x), dot4_i8(a2, w.y), dot4_i8(a2, w.z), dot4_i8(a2, w.w));
-        acc3 += vec4<i32>(dot4_i8(a3, w.x), dot4_i8(a3, w.y), dot4_i8(a3, w.z), dot4_i8(a3, w.w));
+        let wa = unpack_i8(li_w[w0 + k]);
+        let wb = unpack_i8(li_w[w1 + k]);
+        let wc = unpack_i8(li_w[w2 + k]);
+        let wd = unpack_i8(li_w[w3 + k]);
+        acc0 += products(unpack_i8(li_x[x0 + k] ^ FLIP), wa, wb, wc, wd);
+        acc1 += products(unpack_i8(li_x[x1 + k] ^ FLIP), wa, wb, wc, wd);
+        acc2 += products(unpack_i8(li_x[x2 + k] ^ FLIP), wa, wb, wc, wd);
+        acc3 += products(unpack_i8(li_x[x3 + k] ^ FLIP), wa, wb, wc, wd);
     }
     var accs = array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
     for (var r = 0u; r < 4u; r++) {
@@ -257,16 +261,14 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             let ix = i32(ox0 * params.stride + kx) - i32(params.padding);
             let t = (ky * k + kx) * cw;
             for (var c4 = 0u; c4 < cw; c4++) {
-                let w = vec4<u32>(cv_w[w0 + t + c4], cv_w[w1 + t + c4], cv_w[w2 + t + c4],
-                                  cv_w[w3 + t + c4]);
-                let a0 = conv_tap(n, iy, ix, c4, pad) ^ FLIP;
-                let a1 = conv_tap(n, iy, ix + s, c4, pad) ^ FLIP;
-                let a2 = conv_tap(n, iy, ix + 2 * s, c4, pad) ^ FLIP;
-                let a3 = conv_tap(n, iy, ix + 3 * s, c4, pad) ^ FLIP;
-                acc0 += vec4<i32>(dot4_i8(a0, w.x), dot4_i8(a0, w.y), dot4_i8(a0, w.z), dot4_i8(a0, w.w));
-                acc1 += vec4<i32>(dot4_i8(a1, w.x), dot4_i8(a1, w.y), dot4_i8(a1, w.z), dot4_i8(a1, w.w));
-                acc2 += vec4<i32>(dot4_i8(a2, w.x), dot4_i8(a2, w.y), dot4_i8(a2, w.z), dot4_i8(a2, w.w));
-                acc3 += vec4<i32>(dot4_i8(a3, w.x), dot4_i8(a3, w.y), dot4_i8(a3, w.z), dot4_i8(a3, w.w));
+                let wa = unpack_i8(cv_w[w0 + t + c4]);
+                let wb = unpack_i8(cv_w[w1 + t + c4]);
+                let wc = unpack_i8(cv_w[w2 + t + c4]);
+                let wd = unpack_i8(cv_w[w3 + t + c4]);
+                acc0 += products(unpack_i8(conv_tap(n, iy, ix, c4, pad) ^ FLIP), wa, wb, wc, wd);
+                acc1 += products(unpack_i8(conv_tap(n, iy, ix + s, c4, pad) ^ FLIP), wa, wb, wc, wd);
+                acc2 += products(unpack_i8(conv_tap(n, iy, ix + 2 * s, c4, pad) ^ FLIP), wa, wb, wc, wd);
+                acc3 += products(unpack_i8(conv_tap(n, iy, ix + 3 * s, c4, pad) ^ FLIP), wa, wb, wc, wd);
             }
         }
     }
@@ -315,9 +317,7 @@ fn depthwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                 a = dw_x[((n * params.in_h + u32(iy)) * params.in_w + u32(ix)) * params.in_words + j];
             }
             let w = dw_w[(ky * k + kx) * params.out_words + j];
-            a ^= FLIP;
-            acc += vec4<i32>(signed_byte(a, 0u) * signed_byte(w, 0u), signed_byte(a, 1u) * signed_byte(w, 1u),
-                             signed_byte(a, 2u) * signed_byte(w, 2u), signed_byte(a, 3u) * signed_byte(w, 3u));
+            acc += unpack_i8(a ^ FLIP) * unpack_i8(w);
         }
     }
     var ep: array<u32, 16>;
