@@ -807,7 +807,7 @@ fn plan(
                     };
                     let qparams = gpu.empty(&[q.channels, 2], DType::F32)?;
                     let d = q.observe(gpu, t("x"), &range, &qparams)?;
-                    (vec![d], vec![("range", range), ("qparams", qparams)])
+                    (d, vec![("range", range), ("qparams", qparams)])
                 }
                 "fake_quant" => one(q.forward(gpu, t("x"), t("qparams"))?, "out"),
                 _ => one(

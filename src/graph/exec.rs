@@ -209,7 +209,7 @@ pub fn plan_forward(
                 let q = Quantizer::new(graph.shape(x), axis, grid, averaging)?;
                 // Training observes first, so this step's scales already cover this batch.
                 if mode == Mode::Train {
-                    plan.push(q.observe(gpu, v(x), v(range), v(qparams))?);
+                    plan.extend(q.observe(gpu, v(x), v(range), v(qparams))?);
                 }
                 let (d, y) = q.forward(gpu, v(x), v(qparams))?;
                 plan.push(d);

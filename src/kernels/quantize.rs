@@ -22,13 +22,19 @@ struct Params {
     qmax: i32,
     symmetric: u32,
     averaging: f32,
-    pad: u32,
+    chunks: u32,
 }
 
 /// Updates each channel's moving-average range and writes its scale and zero point. Both are
 /// model state (buffers saved with the weights), bound read-write so that the memory planner
 /// never gives them another tensor's buffer.
 pub const OBSERVE: KernelSpec = KernelSpec::new::<Params>("quantize", "observe", &[U, R, RW, RW]);
+/// [`OBSERVE`]'s first pass for channels of many elements: each chunk's min and max.
+pub const OBSERVE_PARTIAL: KernelSpec =
+    KernelSpec::new::<Params>("quantize", "observe_partial", &[U, R, W]);
+/// [`OBSERVE`]'s second pass: each channel's chunks folded into its observer.
+pub const OBSERVE_FINISH: KernelSpec =
+    KernelSpec::new::<Params>("quantize", "observe_finish", &[U, R, RW, RW]);
 /// `y = (clamp(round(x / s) + zp, qmin, qmax) − zp) · s`.
 pub const FAKE_QUANT: KernelSpec =
     KernelSpec::new::<Params>("quantize", "fake_quant", &[U, R, R, W]);
@@ -37,7 +43,16 @@ pub const FAKE_QUANT_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("quantize", "fake_quant_backward", &[U, R, R, R, W]);
 
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[OBSERVE, FAKE_QUANT, FAKE_QUANT_BACKWARD];
+pub const KERNELS: &[KernelSpec] = &[
+    OBSERVE,
+    OBSERVE_PARTIAL,
+    OBSERVE_FINISH,
+    FAKE_QUANT,
+    FAKE_QUANT_BACKWARD,
+];
+
+/// Elements one workgroup of [`OBSERVE_PARTIAL`] folds (the WGSL's `CHUNK`).
+const CHUNK: usize = 4096;
 
 /// PyTorch's per-channel weight grid: symmetric int8.
 pub const INT8_SYMMETRIC: Grid = Grid {
@@ -121,7 +136,7 @@ impl Quantizer {
             qmax: self.grid.qmax,
             symmetric: u32::from(self.grid.symmetric),
             averaging: self.averaging,
-            pad: 0,
+            chunks: self.chunks() as u32,
         }
     }
 
@@ -152,24 +167,50 @@ impl Quantizer {
         gpu.upload(&[self.channels, 2], &pairs)
     }
 
+    /// Chunks per channel of the two-pass observer: 1 (one pass) for channels of at most two
+    /// chunks' elements, where one workgroup per channel is enough.
+    fn chunks(&self) -> usize {
+        let per_channel = self.n / self.channels;
+        if per_channel <= 2 * CHUNK {
+            1
+        } else {
+            per_channel.div_ceil(CHUNK)
+        }
+    }
+
     /// Prepares the observer: folds `x`'s per-channel range into `range` and writes
-    /// `[scale, zero point]` per channel into `qparams` (both `[channels, 2]`).
+    /// `[scale, zero point]` per channel into `qparams` (both `[channels, 2]`). Channels of
+    /// many elements (a whole activation tensor) take two launches, the first spread over
+    /// chunks of the channel, with a scratch buffer allocated here, once.
     pub fn observe(
         &self,
         gpu: &Gpu,
         x: &Tensor,
         range: &Tensor,
         qparams: &Tensor,
-    ) -> Result<Dispatch> {
+    ) -> Result<Vec<Dispatch>> {
         self.expect("observe", "x", x)?;
         self.expect_pairs("observe", "range", range)?;
         self.expect_pairs("observe", "qparams", qparams)?;
-        gpu.dispatch(
-            &OBSERVE,
-            &self.params(),
-            &[x, range, qparams],
-            self.channels as u64,
-        )
+        let p = self.params();
+        let chunks = self.chunks();
+        if chunks == 1 {
+            gpu.check_loops(&OBSERVE, (self.n / self.channels).div_ceil(256) as u64 + 16)?;
+            let d = gpu.dispatch(&OBSERVE, &p, &[x, range, qparams], self.channels as u64)?;
+            return Ok(vec![d]);
+        }
+        let parts = gpu.empty(&[self.channels * chunks, 2], DType::F32)?;
+        gpu.check_loops(&OBSERVE_FINISH, chunks.div_ceil(256) as u64 + 16)?;
+        let groups = (self.channels * chunks) as u64;
+        Ok(vec![
+            gpu.dispatch(&OBSERVE_PARTIAL, &p, &[x, &parts], groups)?,
+            gpu.dispatch(
+                &OBSERVE_FINISH,
+                &p,
+                &[&parts, range, qparams],
+                self.channels as u64,
+            )?,
+        ])
     }
 
     /// Prepares `fake_quant(x)` into a new tensor with `qparams`' scales and zero points.
@@ -244,15 +285,18 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
             memory_case(suite, "observe", shape, 4.0 * n as f64, move |gpu| {
                 let (range, qparams) = (q.unobserved(gpu)?, q.unobserved(gpu)?);
                 let d = q.observe(gpu, &sample_tensor(gpu, &[n], 6)?, &range, &qparams)?;
-                Ok(Prepared::new(vec![d], vec![range, qparams]))
+                Ok(Prepared::new(d, vec![range, qparams]))
             }),
         ];
     }
-    let shapes: [(Vec<usize>, Option<usize>, Grid); 4] = [
+    // The last two take the two-pass observer (chunks of 4,096, the last one short), per
+    // tensor and per channel (chunks crossing the channel's blocks).
+    let shapes: [(Vec<usize>, Option<usize>, Grid); 5] = [
         (vec![5, 3, 3, 3], Some(0), INT8_SYMMETRIC),
         (vec![3, 6, 7, 7], Some(1), UINT8_AFFINE),
         (vec![1000], None, UINT8_AFFINE),
         (vec![65_537], None, INT8_SYMMETRIC),
+        (vec![2, 3, 90, 100], Some(1), UINT8_AFFINE),
     ];
     let mut cases = Vec::new();
     for (shape, axis, grid) in shapes {
@@ -277,9 +321,9 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                     );
                     let range = q.unobserved(gpu)?;
                     let qparams = gpu.empty(&[q.channels, 2], DType::F32)?;
-                    let first = q.observe(gpu, &a, &range, &qparams)?;
-                    let second = q.observe(gpu, &b, &range, &qparams)?;
-                    Ok(Prepared::new(vec![first, second], vec![range, qparams]))
+                    let mut plan = q.observe(gpu, &a, &range, &qparams)?;
+                    plan.extend(q.observe(gpu, &b, &range, &qparams)?);
+                    Ok(Prepared::new(plan, vec![range, qparams]))
                 },
             )
             .reference(move || {

@@ -12,7 +12,7 @@ fn observe_once(x: &[f32], grid: Grid) -> Option<(Vec<f32>, Vec<f32>)> {
     let t = up(gpu, &[x.len()], x);
     let range = q.unobserved(gpu).unwrap();
     let qparams = gpu.empty(&[1, 2], wgdistill::gpu::DType::F32).unwrap();
-    gpu.execute(&[q.observe(gpu, &t, &range, &qparams).unwrap()])
+    gpu.execute(&q.observe(gpu, &t, &range, &qparams).unwrap())
         .unwrap();
     Some((gpu.read(&range).unwrap(), gpu.read(&qparams).unwrap()))
 }
@@ -61,4 +61,36 @@ fn quantizers_refuse_empty_grids_bad_averaging_and_missing_axes() {
     assert!(refused(&[4], None, UINT8_AFFINE, f32::NAN).contains("(0, 1]"));
     assert!(refused(&[4, 3], Some(2), UINT8_AFFINE, 0.1).contains("axis 2"));
     assert!(refused(&[0, 3], None, UINT8_AFFINE, 0.1).contains("cannot quantise"));
+}
+
+#[test]
+fn the_two_pass_observer_sees_every_chunk_to_the_last_element() {
+    let Some(gpu) = gpu() else { return };
+    // 3 chunks of 4,096 and a short fourth, per tensor: the extremes in the second and the last.
+    let n = 3 * 4096 + 5;
+    let mut x = vec![0.25f32; n];
+    x[4100] = -3.0;
+    x[n - 1] = 5.0;
+    let q = Quantizer::new(&[n], None, UINT8_AFFINE, 0.01).unwrap();
+    let t = up(gpu, &[n], &x);
+    let range = q.unobserved(gpu).unwrap();
+    let qparams = gpu.empty(&[1, 2], wgdistill::gpu::DType::F32).unwrap();
+    let plan = q.observe(gpu, &t, &range, &qparams).unwrap();
+    assert_eq!(plan.len(), 2, "a tensor of {n} takes the two-pass observer");
+    gpu.execute(&plan).unwrap();
+    assert_eq!(gpu.read::<f32>(&range).unwrap(), [-3.0, 5.0]);
+    // Per channel (axis 1 of [2, 2, 5000]): channel 1's extremes at the far ends of its blocks.
+    let shape = [2, 2, 5000];
+    let mut x = vec![0.5f32; 20_000];
+    x[5000] = -1.0; // sample 0, channel 1, first element
+    x[19_999] = 2.0; // sample 1, channel 1, last element
+    x[0] = -7.0; // channel 0
+    let q = Quantizer::new(&shape, Some(1), UINT8_AFFINE, 0.01).unwrap();
+    let t = up(gpu, &shape, &x);
+    let range = q.unobserved(gpu).unwrap();
+    let qparams = gpu.empty(&[2, 2], wgdistill::gpu::DType::F32).unwrap();
+    let plan = q.observe(gpu, &t, &range, &qparams).unwrap();
+    assert_eq!(plan.len(), 2);
+    gpu.execute(&plan).unwrap();
+    assert_eq!(gpu.read::<f32>(&range).unwrap(), [-7.0, 0.5, -1.0, 2.0]);
 }
