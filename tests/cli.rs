@@ -551,6 +551,24 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
     use wgdistill::io::{HostTensor, TensorMap};
     let dir = std::env::temp_dir().join(format!("wgdistill-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // A small Fashion-MNIST-shaped data set (300 test images), so that each eval is quick.
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (prefix, n) in [("train", 8u32), ("t10k", 300)] {
+        let idx = |dims: &[u32], body: Vec<u8>| {
+            let mut b = vec![0, 0, 8, dims.len() as u8];
+            dims.iter()
+                .for_each(|d| b.extend_from_slice(&d.to_be_bytes()));
+            b.extend(body);
+            b
+        };
+        let pixels = (0..n * 784).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8);
+        let images = idx(&[n, 28, 28], pixels.collect());
+        std::fs::write(data.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        let labels = idx(&[n], (0..n).map(|i| (i % 10) as u8).collect());
+        std::fs::write(data.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+    let data = data.display().to_string();
     let ranks = [("classifier".to_string(), 3)].into();
     let whole = wgdistill::models::cnn([1, 1, 28, 28], &[4, 8], 10).unwrap();
     let checkpoint = |graph: &wgdistill::graph::Graph, name: &str| {
@@ -586,6 +604,8 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
             "--low-rank",
             low_rank,
             "--qat",
+            "--data",
+            &data,
         ];
         on_ci_backend(&args)
     };
@@ -633,7 +653,7 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
         qat_file.display().to_string(),
         int8_file.display().to_string(),
     );
-    let cnn = ["--arch", "cnn", "--channels", "4,8"];
+    let cnn = ["--arch", "cnn", "--channels", "4,8", "--data", &data];
     let run = |args: &[&str]| on_ci_backend(&[&["eval"], args, &cnn].concat()).unwrap();
     let out = run(&[&qat_file, "--qat", "--export-int8", &int8_file]);
     assert_success(&out);
