@@ -1,7 +1,8 @@
 // Integer inference: the kernels of an int8 model (src/graph/int8.rs), portable to every WGSL
 // implementation. Activations are unsigned 8-bit (PyTorch's quint8) and weights signed 8-bit,
-// four to a u32 (element 4j + b in byte b). An activation map is NHWC with its channels padded to
-// a multiple of four: pixel p of sample n starts at word (n·H·W + p)·words.
+// four to a u32 (element 4j + b in byte b). An activation map is NHWC: a convolution's input or
+// output has its channels padded to a multiple of four (pixel p of sample n starts at word
+// (n·H·W + p)·words); a linear layer's input may be packed tight (pixel_channels = C).
 //
 // A layer accumulates acc = Σ (q_x − zp_x)·q_w in i32 and turns it back into a real value,
 //   real = m_c · acc + bias_c        (m_c = input scale · weight scale of output channel c),

@@ -192,6 +192,13 @@ const STEPS: &[StepCase] = &[
         losses: || Ok(vec![LossSpec::logits(Loss::new("ce")?, 1.0)]),
     },
     StepCase {
+        name: "mobilenet_step",
+        shape: "mobilenet×0.5 relu6 b128",
+        student: |i| models::mobilenet(i, 0.5, models::Activation::Relu6, 10),
+        teacher: None,
+        losses: || Ok(vec![LossSpec::logits(Loss::new("ce")?, 1.0)]),
+    },
+    StepCase {
         name: "feature_step",
         shape: "mlp[512,512]→mlp[32] kd+hint+rkd b128",
         student: |i| models::mlp(i, &[32], 10),
@@ -268,6 +275,14 @@ pub const INFERENCE_BATCH: usize = 256;
 /// depend on the values).
 fn nominal_grids(graph: &Graph, host: &mut crate::io::TensorMap) {
     for (_, node) in graph.params() {
+        if node.name.ends_with(".range") {
+            let pairs = [-1.0f32, 1.0].repeat(node.shape[0]);
+            host.insert(
+                node.name.clone(),
+                crate::io::HostTensor::f32(&node.shape, pairs),
+            );
+            continue;
+        }
         let Some(prefix) = node.name.strip_suffix(".weight_fake_quant.qparams") else {
             if node.name.ends_with(".qparams") {
                 let pairs = [0.05f32, 0.0].repeat(node.shape[0]);

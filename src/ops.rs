@@ -980,7 +980,6 @@ fn int8_plan(
             {
                 let q: Vec<i8> = values.iter().map(|&v| v as i8).collect();
                 let o = w.shape.first().copied().unwrap_or(0);
-                let per = q.len() / o.max(1);
                 let scales = host["weight_scale"].as_f32().unwrap_or(&[]);
                 let bias = host["bias"].as_f32().unwrap_or(&[]);
                 if scales.len() != o || bias.len() != o || o == 0 {
@@ -993,11 +992,6 @@ fn int8_plan(
                     multiplier: scales.iter().map(|&s| s * in_grid.scale).collect(),
                     bias: bias.to_vec(),
                 };
-                let words = int8::epilogue_words(
-                    &epilogue,
-                    &int8::weight_sums(&q, per),
-                    in_grid.zero_point,
-                );
                 let activation = a.count("activation", 0)?;
                 if activation > 2 {
                     return Err(input_error(
@@ -1022,14 +1016,8 @@ fn int8_plan(
                     1
                 };
                 let k = w.shape.get(2).copied().unwrap_or(0);
-                let packed = if name == "int8_linear" {
-                    if per != map.channels {
-                        return Err(input_error(
-                            format!("{name}: input 'weight'"),
-                            format!("must be [out, {}], got {:?}", map.channels, w.shape),
-                        ));
-                    }
-                    int8::pack_linear_weights(&q, o, map)
+                let kind = if name == "int8_linear" {
+                    int8::LayerKind::Linear
                 } else {
                     let depthwise = groups != 1;
                     if (depthwise && (groups != map.channels || o != map.channels))
@@ -1046,16 +1034,16 @@ fn int8_plan(
                         ));
                     }
                     if depthwise {
-                        int8::pack_depthwise_weights(&q, o, k)
+                        int8::LayerKind::Depthwise(k)
                     } else {
-                        int8::pack_conv_weights(&q, o, map.channels, k)
+                        int8::LayerKind::Conv(k)
                     }
                 };
-                let layer = int8::LayerWeights {
-                    weights: gpu.upload(&[packed.len()], &packed)?,
-                    epilogue: gpu.upload(&[words.len()], &words)?,
-                    out_channels: o,
-                };
+                let (layer, _) =
+                    int8::LayerWeights::build(gpu, kind, &q, map, &epilogue, in_grid.zero_point)
+                        .map_err(|e| {
+                            input_error(format!("{name}: input 'weight'"), e.to_string())
+                        })?;
                 let path = int8::DotPath::for_gpu(gpu);
                 if name == "int8_linear" {
                     let (d, y) = int8::linear(gpu, path, &quantised, map, &layer, requant)?;

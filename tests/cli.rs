@@ -640,6 +640,8 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
                     0.05
                 };
                 [scale, 0.0].repeat(count / 2)
+            } else if n.name.ends_with(".range") {
+                [-1.0, 1.0].repeat(count / 2)
             } else {
                 (0..count).map(|i| 0.01 * (i % 7) as f32).collect()
             };

@@ -872,6 +872,17 @@ fn int8_export_refuses_models_it_cannot_run_in_one_line() {
         .expect_err("refused")
         .to_string();
     assert!(err.contains("qat = true"), "{err}");
+    // A quantisation-aware model that has observed nothing has placeholder scales.
+    let Some(gpu) = gpu() else { return };
+    let g = float.quantization_aware(0.01).unwrap();
+    let host = Weights::init(gpu, &g, 1).unwrap().to_host(gpu).unwrap();
+    let err = wgdistill::graph::int8::export(&g, &host)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("quant.range") && err.contains("observed no data"),
+        "{err}"
+    );
 }
 
 #[test]

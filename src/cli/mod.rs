@@ -82,6 +82,9 @@ enum Command {
         /// Also write the table's numbers as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// How to print the table: markdown, csv or json.
+        #[arg(long, default_value = "markdown", value_parser = ["markdown", "csv", "json"])]
+        format: String,
     },
     /// Time the kernels on the chosen adapter (GFLOP/s or GB/s, with same-run baselines).
     Bench {
@@ -305,7 +308,8 @@ pub fn run() -> Result<(), CliError> {
             run,
             baseline,
             json,
-        }) => train::report(&run, &baseline, json.as_deref()),
+            format,
+        }) => train::report(&run, &baseline, json.as_deref(), &format),
         Some(Command::Bench {
             filter,
             json,

@@ -318,8 +318,13 @@ pub fn eval(
     Ok(())
 }
 
-/// `wgdistill report RUN [--baseline STAGE] [--json FILE]`.
-pub fn report(run_dir: &Path, baseline: &str, json: Option<&Path>) -> Result<(), CliError> {
+/// `wgdistill report RUN [--baseline STAGE] [--json FILE] [--format markdown|csv|json]`.
+pub fn report(
+    run_dir: &Path,
+    baseline: &str,
+    json: Option<&Path>,
+    format: &str,
+) -> Result<(), CliError> {
     let path = if run_dir.is_dir() {
         run_dir.join("summary.json")
     } else {
@@ -332,12 +337,17 @@ pub fn report(run_dir: &Path, baseline: &str, json: Option<&Path>) -> Result<(),
             path.display()
         )));
     }
-    let results = wgdistill::train::report::results(&summary, Some(baseline));
-    print!("{}", wgdistill::train::report::markdown(&results));
+    use wgdistill::train::report;
+    let results = report::results(&summary, Some(baseline));
+    let json_text =
+        serde_json::to_string_pretty(&results).map_err(|e| CliError::Message(e.to_string()))?;
+    match format {
+        "csv" => print!("{}", report::csv(&results)),
+        "json" => println!("{json_text}"),
+        _ => print!("{}", report::markdown(&results)),
+    }
     if let Some(file) = json {
-        let text =
-            serde_json::to_string_pretty(&results).map_err(|e| CliError::Message(e.to_string()))?;
-        wgdistill::io::write_atomic(file, text.as_bytes())?;
+        wgdistill::io::write_atomic(file, json_text.as_bytes())?;
     }
     Ok(())
 }

@@ -297,6 +297,13 @@ impl Gpu {
 
     /// The compiled kernel for `spec` (created and cached on first use).
     pub fn kernel(&self, spec: &KernelSpec, constants: &[(&str, f64)]) -> Result<Arc<Kernel>> {
+        if super::shaders::find(spec.family).is_some_and(|f| f.packed_dot) && !self.caps.packed_dot
+        {
+            return Err(Error::Kernel {
+                kernel: spec.name(),
+                message: "needs dot4I8Packed (WGSL's packed_4x8_integer_dot_product), which this WGSL implementation does not offer".to_string(),
+            });
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let kernel =
             self.pipelines

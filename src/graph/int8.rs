@@ -221,9 +221,10 @@ fn plan(graph: &Graph) -> Result<Vec<Step>> {
     }
     match pending {
         Some(layer)
-            if graph
-                .output
-                .is_some_and(|o| graph.nodes[o.0].name == layer.name) =>
+            if matches!(layer.kind, Kind::Linear)
+                && graph
+                    .output
+                    .is_some_and(|o| graph.nodes[o.0].name == layer.name) =>
         {
             if layer.clamp != Clamp::None {
                 return Err(unsupported(
@@ -280,13 +281,40 @@ fn i32s<'a>(tensors: &'a TensorMap, what: &str, name: &str, len: usize) -> Resul
     }
 }
 
-/// A fake quantiser's saved grid as a uint8 [`Grid`].
+/// Refuses a quantiser whose observer has seen nothing (its range still the initial
+/// `[f32::MAX, −f32::MAX]`): its scales are placeholders.
+fn observed(host: &TensorMap, what: &str, qparams: &str, channels: usize) -> Result<()> {
+    let range = qparams.replace(".qparams", ".range");
+    let r = f32s(host, what, &range, 2 * channels)?;
+    if r.chunks(2).any(|p| p[0] > p[1]) {
+        return Err(input_error(
+            what,
+            format!(
+                "{range}: this quantiser has observed no data; train (or calibrate) the quantisation-aware model before exporting it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A fake quantiser's saved grid as a uint8 [`Grid`], checked.
 fn saved_grid(host: &TensorMap, what: &str, qparams: &str) -> Result<Grid> {
+    observed(host, what, qparams, 1)?;
     let v = f32s(host, what, qparams, 2)?;
-    Ok(Grid {
+    let grid = Grid {
         scale: v[0],
         zero_point: v[1] as i32,
-    })
+    };
+    if grid.scale.is_nan() || grid.scale <= 0.0 || !(0.0..=255.0).contains(&v[1]) {
+        return Err(input_error(
+            what,
+            format!(
+                "{qparams}: a uint8 grid needs a positive scale and a zero point in [0, 255], got {} and {}",
+                v[0], v[1]
+            ),
+        ));
+    }
+    Ok(grid)
 }
 
 fn grid_tensors(out: &mut TensorMap, prefix: &str, grid: Grid) {
@@ -332,6 +360,7 @@ pub fn export(graph: &Graph, host: &TensorMap) -> Result<TensorMap> {
         let shape = graph.shape(w_node).to_vec();
         let (o, per) = (shape[0], shape[1..].iter().product::<usize>());
         let w = f32s(host, what, &layer.weight, o * per)?;
+        observed(host, what, &layer.weight_qparams, o)?;
         let qp = f32s(host, what, &layer.weight_qparams, 2 * o)?;
         let mut q = Vec::with_capacity(w.len());
         let mut scale = Vec::with_capacity(o);
@@ -561,7 +590,6 @@ fn layer_weights(
         return Err(input_error(what, format!("tensor '{w_name}' must be i8")));
     };
     let o = w_tensor.shape.first().copied().unwrap_or(0);
-    let per = w.len() / o.max(1);
     let scale = f32s(tensors, what, &format!("{l}.weight_scale"), o)?;
     let bias = f32s(tensors, what, &format!("{l}.bias"), o)?;
     if i32s(tensors, what, &format!("{l}.weight_zero_point"), o)?
@@ -573,34 +601,20 @@ fn layer_weights(
             format!("{l}.weight_zero_point: int8 weights are symmetric (zero points 0)"),
         ));
     }
-    let expected = match layer.kind {
-        Kind::Linear => input.channels * input.height * input.width,
-        Kind::Conv { window, depthwise } => {
-            (if depthwise { 1 } else { input.channels }) * window.kernel * window.kernel
-        }
-    };
-    if per != expected || o == 0 {
-        return Err(input_error(
-            what,
-            format!(
-                "tensor '{w_name}' has shape {:?}; the model needs {expected} inputs per output",
-                w_tensor.shape
-            ),
-        ));
-    }
-    let packed = match layer.kind {
-        Kind::Linear => k::pack_linear_weights(w, o, input),
+    let kind = match layer.kind {
+        Kind::Linear => k::LayerKind::Linear,
         Kind::Conv {
-            depthwise: true,
             window,
-        } => k::pack_depthwise_weights(w, o, window.kernel),
-        Kind::Conv { window, .. } => k::pack_conv_weights(w, o, input.channels, window.kernel),
+            depthwise: true,
+        } => k::LayerKind::Depthwise(window.kernel),
+        Kind::Conv { window, .. } => k::LayerKind::Conv(window.kernel),
     };
     let epilogue = Epilogue {
         multiplier: scale.iter().map(|&s| s * in_grid.scale).collect(),
         bias: bias.to_vec(),
     };
-    let words = k::epilogue_words(&epilogue, &k::weight_sums(w, per), in_grid.zero_point);
+    let built = LayerWeights::build(gpu, kind, w, input, &epilogue, in_grid.zero_point)
+        .map_err(|e| input_error(what, format!("tensor '{w_name}' {:?}: {e}", w_tensor.shape)))?;
     let (out_grid, requant) = match &layer.output_qparams {
         Some(_) => {
             let g = read_grid(tensors, what, &format!("{l}.output"))?;
@@ -611,11 +625,5 @@ fn layer_weights(
         }
         None => (None, Requant::Float),
     };
-    let bytes = 4 * (packed.len() + words.len());
-    let weights = LayerWeights {
-        weights: gpu.upload(&[packed.len()], &packed)?,
-        epilogue: gpu.upload(&[words.len()], &words)?,
-        out_channels: o,
-    };
-    Ok(((weights, bytes), requant, out_grid))
+    Ok((built, requant, out_grid))
 }

@@ -401,7 +401,71 @@ pub struct LayerWeights {
     pub out_channels: usize,
 }
 
+/// How a layer reads its input, which decides how its weights are packed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A linear layer over the (flattened) input map.
+    Linear,
+    /// An ordinary convolution with this kernel side.
+    Conv(usize),
+    /// A depthwise convolution with this kernel side.
+    Depthwise(usize),
+}
+
+/// The most inputs one output may sum: `255·128` per term stays inside i32.
+const MAX_INPUTS: usize = (i32::MAX as usize) / (255 * 128);
+
 impl LayerWeights {
+    /// Packs int8 weights in PyTorch's layout (`[out, in / groups, k, k]` or `[out, in]`, `out`
+    /// rows) for a layer of `kind` over `input`, whose grid has zero point `zp_in`, and uploads
+    /// them with the epilogue. Returns the layer and its bytes on the GPU.
+    pub fn build(
+        gpu: &Gpu,
+        kind: LayerKind,
+        w: &[i8],
+        input: Map,
+        epilogue: &Epilogue,
+        zp_in: i32,
+    ) -> Result<(LayerWeights, usize)> {
+        let out = epilogue.bias.len();
+        let per = match kind {
+            LayerKind::Linear => input.channels * input.height * input.width,
+            LayerKind::Conv(k) => input.channels * k * k,
+            LayerKind::Depthwise(k) => k * k,
+        };
+        if out == 0 || per == 0 || w.len() != out * per || epilogue.multiplier.len() != out {
+            return Err(shape_error(
+                "int8 layer",
+                format!(
+                    "{} weights for {out} outputs of {per} inputs each ({kind:?} over {:?})",
+                    w.len(),
+                    input.shape()
+                ),
+            ));
+        }
+        if per > MAX_INPUTS || (matches!(kind, LayerKind::Depthwise(_)) && out != input.channels) {
+            return Err(shape_error(
+                "int8 layer",
+                format!(
+                    "{kind:?} over {:?} to {out} outputs is not supported (at most {MAX_INPUTS} inputs per output; a depthwise layer keeps its channels)",
+                    input.shape()
+                ),
+            ));
+        }
+        let packed = match kind {
+            LayerKind::Linear => pack_linear_weights(w, out, input),
+            LayerKind::Conv(k) => pack_conv_weights(w, out, input.channels, k),
+            LayerKind::Depthwise(k) => pack_depthwise_weights(w, out, k),
+        };
+        let words = epilogue_words(epilogue, &weight_sums(w, per), zp_in);
+        let layer = LayerWeights {
+            weights: gpu.upload(&[packed.len()], &packed)?,
+            epilogue: gpu.upload(&[words.len()], &words)?,
+            out_channels: out,
+        };
+        Ok((layer, 4 * (packed.len() + words.len())))
+    }
+
     fn check(&self, op: &str, weight_words: usize) -> Result<()> {
         self.weights
             .expect(op, "weights", DType::U32, &[weight_words])?;
@@ -472,7 +536,7 @@ pub fn conv2d(
     input.expect(op, x)?;
     input.expect_image(op)?;
     let (k, c) = (window.kernel, input.channels);
-    if k == 0 || window.stride == 0 || input.height + 2 * window.padding < k {
+    if !window.fits(input.height, input.width) {
         return Err(shape_error(
             op,
             format!("{window:?} does not fit {input:?}"),
@@ -563,7 +627,7 @@ pub fn max_pool(
     let op = "int8_max_pool";
     input.expect(op, x)?;
     input.expect_image(op)?;
-    if window.kernel == 0 || window.stride == 0 || 2 * window.padding > window.kernel {
+    if !window.fits(input.height, input.width) || 2 * window.padding > window.kernel {
         return Err(shape_error(
             op,
             format!("{window:?} is not a pooling window"),
@@ -643,23 +707,6 @@ const OUT_GRID: Grid = Grid {
 };
 const IN_ZP: i32 = 91;
 
-fn upload_layer(
-    gpu: &Gpu,
-    packed: &[u32],
-    ep: &Epilogue,
-    sums: &[i32],
-    zp_in: i32,
-) -> Result<LayerWeights> {
-    Ok(LayerWeights {
-        weights: gpu.upload(&[packed.len()], packed)?,
-        epilogue: {
-            let words = epilogue_words(ep, sums, zp_in);
-            gpu.upload(&[words.len()], &words)?
-        },
-        out_channels: ep.bias.len(),
-    })
-}
-
 /// Grid values as the f32 reals of [`OUT_GRID`].
 fn on_out_grid(q: &[f64]) -> Vec<f64> {
     q.iter()
@@ -667,7 +714,10 @@ fn on_out_grid(q: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-fn linear_case(path: DotPath, (b, k, n): (usize, usize, usize), requant: Requant) -> Case {
+/// A linear layer over the packed `map` (a vector, or a flattened image map: its weights'
+/// columns in NCHW order, as PyTorch flattens), to `n` outputs.
+fn linear_case(path: DotPath, map: Map, n: usize, requant: Requant) -> Case {
+    let (b, k) = (map.batch, map.channels * map.height * map.width);
     let tag = match (path, requant) {
         (DotPath::Builtin, Requant::Float) => "int8_linear dot4 →f32",
         (DotPath::Portable, Requant::Float) => "int8_linear →f32",
@@ -675,20 +725,24 @@ fn linear_case(path: DotPath, (b, k, n): (usize, usize, usize), requant: Requant
         (DotPath::Portable, _) => "int8_linear +relu6",
     };
     let work = Work::Flops(2.0 * (b * n * k) as f64);
-    let map = Map::vector(b, k);
-    Case::new(tag, format!("{b}x{n}x{k}"), work, move |gpu| {
+    let shape = if map.height * map.width == 1 {
+        format!("{b}x{n}x{k}")
+    } else {
+        let padded = if map.pixel_channels > map.channels {
+            " padded"
+        } else {
+            ""
+        };
+        format!("{:?}{padded}→{n}", map.shape())
+    };
+    Case::new(tag, shape, work, move |gpu| {
         let x = gpu.upload(
             &[b, map.words()],
             &pack_map(&sample_bytes(b * k, 40), map, 0),
         )?;
         let w = sample_weights(n * k, 41);
-        let layer = upload_layer(
-            gpu,
-            &pack_linear_weights(&w, n, map),
-            &exact_epilogue(n, 6),
-            &weight_sums(&w, k),
-            IN_ZP,
-        )?;
+        let ep = exact_epilogue(n, 6);
+        let (layer, _) = LayerWeights::build(gpu, LayerKind::Linear, &w, map, &ep, IN_ZP)?;
         let (d, y) = linear(gpu, path, &x, map, &layer, requant)?;
         if requant == Requant::Float {
             return Ok(Prepared::new(vec![d], vec![y]));
@@ -744,13 +798,13 @@ fn conv_case(
         let x_words = pack_map(&sample_bytes(n * c * h * w, 42), input, 0);
         let x = gpu.upload(&[n, input.words()], &x_words)?;
         let wt = sample_weights(out * per_out, 43);
-        let packed = if depthwise {
-            pack_depthwise_weights(&wt, c, k)
+        let kind = if depthwise {
+            LayerKind::Depthwise(k)
         } else {
-            pack_conv_weights(&wt, out, c, k)
+            LayerKind::Conv(k)
         };
         let ep = exact_epilogue(out, 9);
-        let layer = upload_layer(gpu, &packed, &ep, &weight_sums(&wt, per_out), IN_ZP)?;
+        let (layer, _) = LayerWeights::build(gpu, kind, &wt, input, &ep, IN_ZP)?;
         let (d, y, map) = conv2d(
             gpu,
             path,
@@ -865,8 +919,16 @@ pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
         padding: 1,
     };
     for &path in &paths {
-        cases.push(linear_case(path, (7, 33, 5), OUT_GRID.requant(false, true)));
-        cases.push(linear_case(path, (130, 197, 10), Requant::Float));
+        let relu6 = OUT_GRID.requant(false, true);
+        cases.push(linear_case(path, Map::vector(7, 33), 5, relu6));
+        cases.push(linear_case(path, Map::vector(130, 197), 10, Requant::Float));
+        // Flattened maps: channels padded to words per pixel, and packed tight.
+        cases.push(linear_case(path, Map::image(3, 5, 3, 2), 6, relu6));
+        let tight = Map {
+            pixel_channels: 3,
+            ..Map::image(2, 3, 2, 3)
+        };
+        cases.push(linear_case(path, tight, 7, Requant::Float));
         cases.push(conv_case(path, [2, 3, 9, 11], 6, pad1(1), false));
         cases.push(conv_case(path, [1, 9, 8, 7], 13, pad1(2), false));
     }
@@ -917,7 +979,7 @@ fn bench_cases(suite: Suite, paths: &[DotPath]) -> Vec<Case> {
     };
     for &path in paths {
         cases.push(
-            linear_case(path, (b, k, n), OUT_GRID.requant(true, false))
+            linear_case(path, Map::vector(b, k), n, OUT_GRID.requant(true, false))
                 .baseline(linear_key.clone()),
         );
         cases.push(conv_case(path, [cn, cc, ch, ch], cc, window, false).baseline(conv_key.clone()));

@@ -101,7 +101,16 @@ pub struct Window {
 }
 
 impl Window {
-    /// The output side for an input side.
+    /// Whether the window fits a padded `height × width` map at least once (a positive
+    /// kernel and stride too): the condition for [`Window::out`].
+    pub fn fits(&self, height: usize, width: usize) -> bool {
+        self.kernel > 0
+            && self.stride > 0
+            && height + 2 * self.padding >= self.kernel
+            && width + 2 * self.padding >= self.kernel
+    }
+
+    /// The output side for an input side (the window must [`fit`](Window::fits)).
     pub fn out(&self, side: usize) -> usize {
         (side + 2 * self.padding - self.kernel) / self.stride + 1
     }

@@ -1,5 +1,7 @@
 //! The results table: a run's `summary.json` (one seed, or the mean ± std of `--seeds N`) as a
-//! Markdown table and as JSON, both made from the same rows so that they always agree.
+//! Markdown table, CSV and JSON, all made from the same rows so that they always agree. With
+//! several seeds each row's difference to the baseline stage has Welch's 95% confidence interval
+//! and two-sided p-value (unequal variances, as seeds of different methods have).
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,15 @@ pub struct ResultRow {
     /// Mean minus the baseline stage's mean, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_baseline: Option<f64>,
+    /// Welch's 95% confidence interval of that difference (two seeds or more on both sides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_baseline_ci95: Option<[f64; 2]>,
+    /// Welch's two-sided p-value for that difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_baseline_p: Option<f64>,
+    /// Whether the difference is significant at the 5% level (its interval excludes 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub significant: Option<bool>,
     /// Epochs.
     pub epochs: usize,
     /// Wall time of the stage, mean over the seeds.
@@ -58,16 +69,27 @@ pub fn results(summary: &Summary, baseline: Option<&str>) -> Results {
                 std: m.test_accuracy_std.unwrap_or(0.0),
                 per_seed,
                 vs_baseline: None,
+                vs_baseline_ci95: None,
+                vs_baseline_p: None,
+                significant: None,
                 epochs: stage.epochs,
                 wall_seconds: stage.wall_seconds,
                 samples_per_second: stage.samples_per_second,
             });
         }
     }
-    let base = baseline.and_then(|b| rows.iter().find(|r| r.stage == b).map(|r| r.mean));
-    if let Some(base) = base {
+    let base_row = baseline.and_then(|b| rows.iter().find(|r| r.stage == b).cloned());
+    let base = base_row.as_ref().map(|r| r.mean);
+    if let Some(b) = &base_row {
         for r in &mut rows {
-            r.vs_baseline = Some(r.mean - base);
+            r.vs_baseline = Some(r.mean - b.mean);
+            if r.stage != b.stage
+                && let Some(d) = welch(&r.per_seed, &b.per_seed)
+            {
+                r.vs_baseline_ci95 = Some(d.ci95);
+                r.vs_baseline_p = Some(d.p_value);
+                r.significant = Some(d.ci95[0] > 0.0 || d.ci95[1] < 0.0);
+            }
         }
     }
     Results {
@@ -78,21 +100,90 @@ pub fn results(summary: &Summary, baseline: Option<&str>) -> Results {
     }
 }
 
-/// The table in Markdown: accuracies in percent, mean ± std over the seeds.
+/// The difference of two samples' means with Welch's 95% confidence interval and two-sided
+/// p-value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Difference {
+    /// `mean(a) − mean(b)`.
+    pub mean: f64,
+    /// The 95% confidence interval of the difference.
+    pub ci95: [f64; 2],
+    /// Two-sided p-value of "no difference".
+    pub p_value: f64,
+}
+
+fn mean_var(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var)
+}
+
+/// Welch's t-test of `a` against `b` (two values or more each; `None` otherwise).
+pub fn welch(a: &[f64], b: &[f64]) -> Option<Difference> {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    if a.len() < 2 || b.len() < 2 {
+        return None;
+    }
+    let ((ma, va), (mb, vb)) = (mean_var(a), mean_var(b));
+    let (sa, sb) = (va / a.len() as f64, vb / b.len() as f64);
+    let mean = ma - mb;
+    let se = (sa + sb).sqrt();
+    if se == 0.0 {
+        // Identical seeds on both sides: the difference is exact.
+        let p_value = if mean == 0.0 { 1.0 } else { 0.0 };
+        return Some(Difference {
+            mean,
+            ci95: [mean, mean],
+            p_value,
+        });
+    }
+    // Welch–Satterthwaite degrees of freedom.
+    let df = (sa + sb).powi(2)
+        / (sa.powi(2) / (a.len() as f64 - 1.0) + sb.powi(2) / (b.len() as f64 - 1.0));
+    let t = StudentsT::new(0.0, 1.0, df).ok()?;
+    let half = t.inverse_cdf(0.975) * se;
+    Some(Difference {
+        mean,
+        ci95: [mean - half, mean + half],
+        p_value: 2.0 * (1.0 - t.cdf(mean.abs() / se)),
+    })
+}
+
+/// The table in Markdown: accuracies in percent, mean ± std over the seeds; with several seeds,
+/// the 95% interval of each difference to the baseline and whether it excludes 0 (`*`).
 pub fn markdown(r: &Results) -> String {
     let seeds = r.rows.first().map_or(0, |row| row.per_seed.len());
     let versus = r.baseline.as_deref().unwrap_or("baseline");
+    let stats = r.rows.iter().any(|row| row.vs_baseline_ci95.is_some());
     let mut out = format!(
-        "| stage | model | test accuracy, % ({seeds} seed{}) | vs {versus} | epochs | wall s | samples/s |\n|---|---|---|---|---|---|---|\n",
-        if seeds == 1 { "" } else { "s" }
+        "| stage | model | test accuracy, % ({seeds} seed{}) | vs {versus} |{} epochs | wall s | samples/s |\n|---|---|---|---|{}---|---|---|\n",
+        if seeds == 1 { "" } else { "s" },
+        if stats { " 95% CI | p |" } else { "" },
+        if stats { "---|---|" } else { "" },
     );
     for row in &r.rows {
         let vs = match row.vs_baseline {
-            Some(d) if row.stage != versus => format!("{:+.2}", 100.0 * d),
+            Some(d) if row.stage != versus => format!(
+                "{:+.2}{}",
+                100.0 * d,
+                if row.significant == Some(true) {
+                    " *"
+                } else {
+                    ""
+                }
+            ),
             _ => "–".to_string(),
         };
+        let interval = match (row.vs_baseline_ci95, row.vs_baseline_p) {
+            (Some([lo, hi]), Some(p)) => {
+                format!(" [{:+.2}, {:+.2}] | {p:.3} |", 100.0 * lo, 100.0 * hi)
+            }
+            _ if stats => " – | – |".to_string(),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "| {} | {} | {:.2} ± {:.2} | {vs} | {} | {:.1} | {:.0} |\n",
+            "| {} | {} | {:.2} ± {:.2} | {vs} |{interval} {} | {:.1} | {:.0} |\n",
             row.stage,
             row.model,
             100.0 * row.mean,
@@ -102,9 +193,117 @@ pub fn markdown(r: &Results) -> String {
             row.samples_per_second
         ));
     }
+    if stats {
+        out.push_str(&format!(
+            "\n`*`: the 95% interval of the difference to {versus} (Welch's t, unequal variances) excludes 0.\n"
+        ));
+    }
     out.push_str(&format!(
         "\nAdapter: {} ({}, {}). Data: {}.\n",
         r.adapter.name, r.adapter.backend, r.adapter.driver, r.data
     ));
     out
+}
+
+/// The table as CSV (one header line, one line per row; accuracies as fractions).
+pub fn csv(r: &Results) -> String {
+    let mut out = String::from(
+        "stage,model,mean,std,seeds,vs_baseline,ci95_low,ci95_high,p_value,significant,epochs,wall_seconds,samples_per_second\n",
+    );
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    for row in &r.rows {
+        let [lo, hi] = row
+            .vs_baseline_ci95
+            .map_or([None, None], |[a, b]| [Some(a), Some(b)]);
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            quote(&row.stage),
+            quote(&row.model),
+            row.mean,
+            row.std,
+            row.per_seed.len(),
+            opt(row.vs_baseline),
+            opt(lo),
+            opt(hi),
+            opt(row.vs_baseline_p),
+            row.significant.map_or(String::new(), |s| s.to_string()),
+            row.epochs,
+            row.wall_seconds,
+            row.samples_per_second
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn welch_matches_a_textbook_case() {
+        // Two samples of five: means 20.0 and 22.0, variances 2.5 and 2.5: t = −2, df = 8,
+        // t(0.975, 8) = 2.306004, p = 0.080516.
+        let a = [18.0, 19.0, 20.0, 21.0, 22.0];
+        let b = [20.0, 21.0, 22.0, 23.0, 24.0];
+        let d = welch(&a, &b).unwrap();
+        assert!((d.mean + 2.0).abs() < 1e-12);
+        let half = 2.306004 * 1.0;
+        assert!((d.ci95[0] - (-2.0 - half)).abs() < 1e-5, "{d:?}");
+        assert!((d.ci95[1] - (-2.0 + half)).abs() < 1e-5, "{d:?}");
+        assert!((d.p_value - 0.080516).abs() < 1e-5, "{d:?}");
+        // Unequal variances and sizes: df from Welch–Satterthwaite.
+        let c = [1.0, 2.0, 3.0];
+        let e = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0];
+        let d = welch(&c, &e).unwrap();
+        assert!(
+            d.ci95[0] < d.mean && d.mean < d.ci95[1] && d.p_value > 0.3,
+            "{d:?}"
+        );
+        assert!(welch(&[1.0], &e).is_none());
+        let same = welch(&[0.5, 0.5], &[0.5, 0.5]).unwrap();
+        assert_eq!((same.ci95, same.p_value), ([0.0, 0.0], 1.0));
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let row = ResultRow {
+            stage: "kd, t=4".into(),
+            model: "m".into(),
+            mean: 0.5,
+            std: 0.0,
+            per_seed: vec![0.5],
+            vs_baseline: None,
+            vs_baseline_ci95: None,
+            vs_baseline_p: None,
+            significant: None,
+            epochs: 1,
+            wall_seconds: 1.0,
+            samples_per_second: 2.0,
+        };
+        let r = Results {
+            adapter: AdapterSummary {
+                name: "a".into(),
+                backend: "vulkan".into(),
+                driver: "d".into(),
+            },
+            data: "x".into(),
+            baseline: None,
+            rows: vec![row],
+        };
+        let text = csv(&r);
+        assert_eq!(text.lines().count(), 2);
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("\"kd, t=4\",m,0.5,0,1,,,,,,1,1,2")
+        );
+    }
 }
