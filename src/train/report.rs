@@ -51,6 +51,111 @@ pub struct Results {
     pub baseline: Option<String>,
     /// One row per trained model, in stage order.
     pub rows: Vec<ResultRow>,
+    /// How our ordering of the methods agrees with the published one ([`PUBLISHED`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Agreement>,
+}
+
+/// Spearman's rank correlation between our methods' means and the published gains, over the
+/// methods both have.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Agreement {
+    /// Spearman's ρ (ties take their mean rank).
+    pub spearman: f64,
+    /// The methods compared, in our order (best first).
+    pub methods: Vec<String>,
+}
+
+/// The published CIFAR-100 results the table is compared with: RepDistiller's Table 1 (CRD,
+/// Tian et al. 2020) and mdistiller's DKD table (Zhao et al. 2022), top-1 accuracy (%) on the six
+/// same-architecture teacher→student pairs both share: resnet56→resnet20, resnet110→resnet32,
+/// resnet32x4→resnet8x4, wrn-40-2→wrn-16-2, wrn-40-2→wrn-40-1, vgg13→vgg8. NaN where the
+/// method failed (FSP on wrn-40-1: 0.00). The first row is the student trained alone.
+pub const PUBLISHED: &[(&str, [f64; 6])] = &[
+    ("student", [69.06, 71.14, 72.50, 73.26, 71.98, 70.36]),
+    ("kd", [70.66, 73.08, 73.33, 74.92, 73.54, 72.98]),
+    ("fitnet", [69.21, 71.06, 73.50, 73.58, 72.24, 71.02]),
+    ("at", [70.55, 72.31, 73.44, 74.08, 72.77, 71.43]),
+    ("sp", [69.67, 72.69, 72.94, 73.83, 72.43, 72.68]),
+    ("cc", [69.63, 71.48, 72.97, 73.56, 72.21, 70.71]),
+    ("vid", [70.38, 72.61, 73.09, 74.11, 73.30, 71.23]),
+    ("rkd", [69.61, 71.82, 71.90, 73.35, 72.22, 71.48]),
+    ("pkt", [70.34, 72.61, 73.64, 74.54, 73.45, 72.88]),
+    ("ab", [69.47, 70.98, 73.17, 72.50, 72.38, 70.94]),
+    ("ft", [69.84, 72.37, 72.86, 73.25, 71.59, 70.58]),
+    ("fsp", [69.95, 71.89, 72.62, 72.91, f64::NAN, 70.23]),
+    ("nst", [69.60, 71.96, 73.30, 73.68, 72.24, 71.53]),
+    ("crd", [71.16, 73.48, 75.51, 75.48, 74.14, 73.94]),
+    ("dkd", [71.97, 74.11, 76.32, 76.23, 74.81, 74.68]),
+];
+
+/// A published method's mean gain over the student (points), over the pairs where it ran.
+pub fn published_gain(method: &str) -> Option<f64> {
+    let (_, student) = PUBLISHED[0];
+    let (_, row) = PUBLISHED[1..].iter().find(|(m, _)| *m == method)?;
+    let gains: Vec<f64> = row
+        .iter()
+        .zip(student)
+        .filter(|(v, _)| v.is_finite())
+        .map(|(v, s)| v - s)
+        .collect();
+    Some(gains.iter().sum::<f64>() / gains.len() as f64)
+}
+
+/// Ranks from 1 (smallest), ties sharing their mean rank.
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            r[k] = mean;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation of two equally long samples (three or more; `None` when either
+/// is constant).
+pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() || a.len() < 3 {
+        return None;
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
+}
+
+/// Our ordering against [`PUBLISHED`]: the rows whose stage is a published method's name (one
+/// row per method, the first), three or more of them.
+fn agreement(rows: &[ResultRow]) -> Option<Agreement> {
+    let mut ours: Vec<(&str, f64, f64)> = Vec::new();
+    for row in rows {
+        let method = row.stage.to_ascii_lowercase();
+        if let Some(gain) = published_gain(&method)
+            && !ours.iter().any(|(m, _, _)| *m == row.stage)
+        {
+            ours.push((row.stage.as_str(), row.mean, gain));
+        }
+    }
+    let (mine, theirs): (Vec<f64>, Vec<f64>) = ours.iter().map(|&(_, a, b)| (a, b)).unzip();
+    let rho = spearman(&mine, &theirs)?;
+    ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Some(Agreement {
+        spearman: rho,
+        methods: ours.iter().map(|(m, _, _)| m.to_string()).collect(),
+    })
 }
 
 /// The rows of a summary; `baseline` names the stage to compare with (its first model).
@@ -96,6 +201,7 @@ pub fn results(summary: &Summary, baseline: Option<&str>) -> Results {
         adapter: summary.adapter.clone(),
         data: summary.data.clone(),
         baseline: base.and(baseline.map(str::to_string)),
+        published: agreement(&rows),
         rows,
     }
 }
@@ -198,6 +304,14 @@ pub fn markdown(r: &Results) -> String {
             "\n`*`: the 95% interval of the difference to {versus} (Welch's t, unequal variances) excludes 0.\n"
         ));
     }
+    if let Some(a) = &r.published {
+        out.push_str(&format!(
+            "\nSpearman's ρ between this ordering and the published one (mean CIFAR-100 gain over the student, RepDistiller and mdistiller, six teacher–student pairs) over {} methods ({}): {:.2}.\n",
+            a.methods.len(),
+            a.methods.join(", "),
+            a.spearman
+        ));
+    }
     out.push_str(&format!(
         "\nAdapter: {} ({}, {}). Data: {}.\n",
         r.adapter.name, r.adapter.backend, r.adapter.driver, r.data
@@ -272,6 +386,21 @@ mod tests {
     }
 
     #[test]
+    fn spearman_ranks_with_ties_and_the_published_gains() {
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]), Some(1.0));
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
+        // Ties share their mean rank: ranks (1.5, 1.5, 3) against (1, 2, 3).
+        let rho = spearman(&[5.0, 5.0, 9.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((rho - 0.866_025_403_784_438_6).abs() < 1e-12, "{rho}");
+        assert_eq!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
+        // DKD and CRD lead the published gains; FSP's failed pair is left out, not counted as 0.
+        let gain = |m| published_gain(m).unwrap();
+        assert!(gain("dkd") > gain("crd") && gain("crd") > gain("kd") && gain("kd") > gain("rkd"));
+        assert!((gain("kd") - 10.21 / 6.0).abs() < 1e-9, "{}", gain("kd"));
+        assert!(gain("fsp") > 0.0 && published_gain("byot").is_none());
+    }
+
+    #[test]
     fn csv_quotes_what_needs_quoting() {
         let row = ResultRow {
             stage: "kd, t=4".into(),
@@ -295,6 +424,7 @@ mod tests {
             },
             data: "x".into(),
             baseline: None,
+            published: None,
             rows: vec![row],
         };
         let text = csv(&r);
