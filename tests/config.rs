@@ -561,6 +561,13 @@ fn data_free_stage_errors_name_their_keys() {
             ),
             &["stages[3].teachers", "one teacher"],
         ),
+        (
+            with(
+                "[models.student_dfad]\narch = \"cnn\"\nchannels = [8, 16]",
+                "[models.student_dfad]\narch = \"cnn\"\nchannels = [8, 16]\nqat = true\nint8 = true",
+            ),
+            &["models.student_dfad.int8", "dfad stage"],
+        ),
     ];
     assert_refused(cases);
 }

@@ -789,7 +789,19 @@ impl Config {
                             .into(),
                     ));
                 }
-                crate::graph::int8::check(&graph).map_err(|e| (key, e.to_string()))?;
+                crate::graph::int8::check(&graph).map_err(|e| (key.clone(), e.to_string()))?;
+                // Only training stages write the export (a DFAD stage's summary has no test
+                // pass to measure it with).
+                if self
+                    .stages
+                    .iter()
+                    .any(|s| s.kind == StageKind::Dfad && s.train.contains(name))
+                {
+                    return Err((
+                        key,
+                        "int8 exports are written by training stages, and a dfad stage trains this model: export it with wgdistill eval --qat --export-int8".into(),
+                    ));
+                }
             }
             graphs.insert(name.as_str(), graph);
         }
