@@ -143,52 +143,44 @@ fn epilogue_real(acc: i32, m: u32, bias: u32, correction: u32) -> f32 {
 @group(0) @binding(3) var<storage, read> li_ep: array<u32>;
 @group(0) @binding(4) var<storage, read_write> li_out: array<u32>;
 
-@compute @workgroup_size(64)
-fn linear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid);
-    let row_blocks = (params.batch + 3u) / 4u;
-    if (i >= row_blocks * params.out_words) {
-        return;
-    }
+// One linear invocation's block: output word j (channels 4j..4j+3), rows r0..r0+3, and the
+// first words of its four weight rows and four input rows (clamped to the last channel and row,
+// whose extra results the stores leave out).
+struct LinearBlock {
+    j: u32,
+    r0: u32,
+    w: vec4<u32>,
+    x: vec4<u32>,
+}
+
+fn linear_blocks() -> u32 {
+    return (params.batch + 3u) / 4u * params.out_words;
+}
+
+fn linear_block(i: u32) -> LinearBlock {
     let j = i % params.out_words;
     let r0 = (i / params.out_words) * 4u;
-    let k_words = params.in_words;
-    let last = params.channels - 1u;
-    let w0 = min(4u * j, last) * k_words;
-    let w1 = min(4u * j + 1u, last) * k_words;
-    let w2 = min(4u * j + 2u, last) * k_words;
-    let w3 = min(4u * j + 3u, last) * k_words;
-    let x0 = min(r0, params.batch - 1u) * k_words;
-    let x1 = min(r0 + 1u, params.batch - 1u) * k_words;
-    let x2 = min(r0 + 2u, params.batch - 1u) * k_words;
-    let x3 = min(r0 + 3u, params.batch - 1u) * k_words;
-    var acc0 = vec4<i32>();
-    var acc1 = vec4<i32>();
-    var acc2 = vec4<i32>();
-    var acc3 = vec4<i32>();
-    for (var k = 0u; k < k_words; k++) {
-        let wa = unpack_i8(li_w[w0 + k]);
-        let wb = unpack_i8(li_w[w1 + k]);
-        let wc = unpack_i8(li_w[w2 + k]);
-        let wd = unpack_i8(li_w[w3 + k]);
-        acc0 += products(unpack_i8(li_x[x0 + k] ^ FLIP), wa, wb, wc, wd);
-        acc1 += products(unpack_i8(li_x[x1 + k] ^ FLIP), wa, wb, wc, wd);
-        acc2 += products(unpack_i8(li_x[x2 + k] ^ FLIP), wa, wb, wc, wd);
-        acc3 += products(unpack_i8(li_x[x3 + k] ^ FLIP), wa, wb, wc, wd);
-    }
-    var accs = array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let w = min(vec4<u32>(4u * j) + lanes, vec4<u32>(params.channels - 1u)) * params.in_words;
+    let x = min(vec4<u32>(r0) + lanes, vec4<u32>(params.batch - 1u)) * params.in_words;
+    return LinearBlock(j, r0, w, x);
+}
+
+// The block's accumulators (one per row, four channels each) through the epilogue: f32 reals,
+// or bytes on the output grid.
+fn linear_store(b: LinearBlock, accs: array<vec4<i32>, 4>) {
+    var acc = accs;
     for (var r = 0u; r < 4u; r++) {
-        let row = r0 + r;
+        let row = b.r0 + r;
         if (row >= params.batch) {
             break;
         }
         var word = 0u;
         for (var c = 0u; c < 4u; c++) {
-            let o = 4u * j + c;
+            let o = 4u * b.j + c;
             var q = u32(params.zp_out);
             if (o < params.channels) {
-                let real = epilogue_real(accs[r][c], li_ep[4u * o], li_ep[4u * o + 1u], li_ep[4u * o + 2u]);
+                let real = epilogue_real(acc[r][c], li_ep[4u * o], li_ep[4u * o + 1u], li_ep[4u * o + 2u]);
                 if (params.out_float != 0u) {
                     li_out[row * params.channels + o] = bitcast<u32>(real);
                 }
@@ -197,9 +189,34 @@ fn linear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             word |= q << (8u * c);
         }
         if (params.out_float == 0u) {
-            li_out[row * params.out_words + j] = word;
+            li_out[row * params.out_words + b.j] = word;
         }
     }
+}
+
+@compute @workgroup_size(64)
+fn linear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= linear_blocks()) {
+        return;
+    }
+    let b = linear_block(i);
+    var acc0 = vec4<i32>();
+    var acc1 = vec4<i32>();
+    var acc2 = vec4<i32>();
+    var acc3 = vec4<i32>();
+    for (var k = 0u; k < params.in_words; k++) {
+        let wa = unpack_i8(li_w[b.w.x + k]);
+        let wb = unpack_i8(li_w[b.w.y + k]);
+        let wc = unpack_i8(li_w[b.w.z + k]);
+        let wd = unpack_i8(li_w[b.w.w + k]);
+        acc0 += products(unpack_i8(li_x[b.x.x + k] ^ FLIP), wa, wb, wc, wd);
+        acc1 += products(unpack_i8(li_x[b.x.y + k] ^ FLIP), wa, wb, wc, wd);
+        acc2 += products(unpack_i8(li_x[b.x.z + k] ^ FLIP), wa, wb, wc, wd);
+        acc3 += products(unpack_i8(li_x[b.x.w + k] ^ FLIP), wa, wb, wc, wd);
+    }
+    linear_store(b, array<vec4<i32>, 4>(acc0, acc1, acc2, acc3));
 }
 
 // conv2d (groups = 1): NHWC maps, weights [O, k, k, in_words]; four horizontally adjacent output
@@ -231,25 +248,60 @@ fn requantise(ep: ptr<function, array<u32, 16>>, acc: vec4<i32>, j: u32) -> u32 
     return word;
 }
 
-@compute @workgroup_size(64)
-fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid);
+// One conv2d invocation's block: sample n, output row oy, output columns ox0..ox0+3, output word
+// j, and the first words of its four output channels' weights (clamped to the last channel).
+struct ConvBlock {
+    n: u32,
+    oy: u32,
+    ox0: u32,
+    j: u32,
+    w: vec4<u32>,
+}
+
+fn conv_blocks() -> u32 {
+    return params.batch * params.out_h * ((params.out_w + 3u) / 4u) * params.out_words;
+}
+
+fn conv_block(i: u32) -> ConvBlock {
     let x_blocks = (params.out_w + 3u) / 4u;
-    if (i >= params.batch * params.out_h * x_blocks * params.out_words) {
-        return;
-    }
     let j = i % params.out_words;
     let ox0 = ((i / params.out_words) % x_blocks) * 4u;
     let oy = (i / (params.out_words * x_blocks)) % params.out_h;
     let n = i / (params.out_words * x_blocks * params.out_h);
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let per_channel = params.kernel * params.kernel * params.in_words;
+    let w = min(vec4<u32>(4u * j) + lanes, vec4<u32>(params.channels - 1u)) * per_channel;
+    return ConvBlock(n, oy, ox0, j, w);
+}
+
+// The block's accumulators (one per output pixel, four channels each) requantised and stored.
+fn conv_store(b: ConvBlock, accs: array<vec4<i32>, 4>) {
+    var acc = accs;
+    var ep: array<u32, 16>;
+    let last = params.channels - 1u;
+    for (var e = 0u; e < 16u; e++) {
+        ep[e] = cv_ep[min(4u * b.j + e / 4u, last) * 4u + e % 4u];
+    }
+    for (var p = 0u; p < 4u; p++) {
+        let ox = b.ox0 + p;
+        if (ox >= params.out_w) {
+            break;
+        }
+        cv_out[((b.n * params.out_h + b.oy) * params.out_w + ox) * params.out_words + b.j] =
+            requantise(&ep, acc[p], b.j);
+    }
+}
+
+@compute @workgroup_size(64)
+fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= conv_blocks()) {
+        return;
+    }
+    let b = conv_block(i);
     let k = params.kernel;
     let cw = params.in_words;
-    let last = params.channels - 1u;
-    let w0 = min(4u * j, last) * k * k * cw;
-    let w1 = min(4u * j + 1u, last) * k * k * cw;
-    let w2 = min(4u * j + 2u, last) * k * k * cw;
-    let w3 = min(4u * j + 3u, last) * k * k * cw;
     let pad = replicate(params.zp_in);
     let s = i32(params.stride);
     var acc0 = vec4<i32>();
@@ -257,35 +309,23 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     var acc2 = vec4<i32>();
     var acc3 = vec4<i32>();
     for (var ky = 0u; ky < k; ky++) {
-        let iy = i32(oy * params.stride + ky) - i32(params.padding);
+        let iy = i32(b.oy * params.stride + ky) - i32(params.padding);
         for (var kx = 0u; kx < k; kx++) {
-            let ix = i32(ox0 * params.stride + kx) - i32(params.padding);
+            let ix = i32(b.ox0 * params.stride + kx) - i32(params.padding);
             let t = (ky * k + kx) * cw;
             for (var c4 = 0u; c4 < cw; c4++) {
-                let wa = unpack_i8(cv_w[w0 + t + c4]);
-                let wb = unpack_i8(cv_w[w1 + t + c4]);
-                let wc = unpack_i8(cv_w[w2 + t + c4]);
-                let wd = unpack_i8(cv_w[w3 + t + c4]);
-                acc0 += products(unpack_i8(conv_tap(n, iy, ix, c4, pad) ^ FLIP), wa, wb, wc, wd);
-                acc1 += products(unpack_i8(conv_tap(n, iy, ix + s, c4, pad) ^ FLIP), wa, wb, wc, wd);
-                acc2 += products(unpack_i8(conv_tap(n, iy, ix + 2 * s, c4, pad) ^ FLIP), wa, wb, wc, wd);
-                acc3 += products(unpack_i8(conv_tap(n, iy, ix + 3 * s, c4, pad) ^ FLIP), wa, wb, wc, wd);
+                let wa = unpack_i8(cv_w[b.w.x + t + c4]);
+                let wb = unpack_i8(cv_w[b.w.y + t + c4]);
+                let wc = unpack_i8(cv_w[b.w.z + t + c4]);
+                let wd = unpack_i8(cv_w[b.w.w + t + c4]);
+                acc0 += products(unpack_i8(conv_tap(b.n, iy, ix, c4, pad) ^ FLIP), wa, wb, wc, wd);
+                acc1 += products(unpack_i8(conv_tap(b.n, iy, ix + s, c4, pad) ^ FLIP), wa, wb, wc, wd);
+                acc2 += products(unpack_i8(conv_tap(b.n, iy, ix + 2 * s, c4, pad) ^ FLIP), wa, wb, wc, wd);
+                acc3 += products(unpack_i8(conv_tap(b.n, iy, ix + 3 * s, c4, pad) ^ FLIP), wa, wb, wc, wd);
             }
         }
     }
-    var ep: array<u32, 16>;
-    for (var e = 0u; e < 16u; e++) {
-        ep[e] = cv_ep[min(4u * j + e / 4u, last) * 4u + e % 4u];
-    }
-    var accs = array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
-    for (var p = 0u; p < 4u; p++) {
-        let ox = ox0 + p;
-        if (ox >= params.out_w) {
-            break;
-        }
-        cv_out[((n * params.out_h + oy) * params.out_w + ox) * params.out_words + j] =
-            requantise(&ep, accs[p], j);
-    }
+    conv_store(b, array<vec4<i32>, 4>(acc0, acc1, acc2, acc3));
 }
 
 // depthwise: groups = channels; weights [k, k, words] with four channels' bytes per word; one

@@ -1,173 +1,46 @@
-// The int8 family's two hot kernels, linear and conv2d, with the packed dot product built in
-// (dot4I8Packed: WGSL's packed_4x8_integer_dot_product language extension, one instruction where
-// the hardware has it, naga's or Tint's polyfill where it does not). Everything else, and the
-// layouts, epilogue and rounding these kernels share, is int8.wgsl's, whose by-hand kernels
-// compute the same integers (a test compares them bit for bit); an implementation without the
-// extension uses those.
-
-struct Params {
-    batch: u32,
-    channels: u32,
-    in_h: u32,
-    in_w: u32,
-    in_words: u32,
-    out_h: u32,
-    out_w: u32,
-    out_words: u32,
-    kernel: u32,
-    stride: u32,
-    padding: u32,
-    // Channels a pixel holds in the packed order: C, or C rounded up to 4 in an activation map.
-    pixel_channels: u32,
-    zp_in: i32,
-    zp_out: i32,
-    lo: i32,
-    hi: i32,
-    // quantize: 1 / s; dequantize: s; layers: 1 / s_out.
-    scale: f32,
-    out_float: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-const WG: u32 = 64u;
-const FLIP: u32 = 0x80808080u;
-
-@group(0) @binding(0) var<uniform> params: Params;
-
-fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
-// A byte onto the activation grid: round half to even, clamped.
-fn to_grid(real: f32, inv_scale: f32, zero_point: i32, lo: i32, hi: i32) -> u32 {
-    return u32(clamp(i32(round(real * inv_scale)) + zero_point, lo, hi));
-}
-
-fn replicate(byte: i32) -> u32 {
-    return u32(byte) * 0x01010101u;
-}
-
-// The epilogue of output channel o: real = m·(acc + correction) + bias.
-fn epilogue_real(acc: i32, m: u32, bias: u32, correction: u32) -> f32 {
-    return bitcast<f32>(m) * f32(acc + bitcast<i32>(correction)) + bitcast<f32>(bias);
-}
-
-// linear: x [B, in_words] · w [N, in_words]ᵀ, four rows × four output channels (one output word)
-// per invocation.
-@group(0) @binding(1) var<storage, read> li_x: array<u32>;
-@group(0) @binding(2) var<storage, read> li_w: array<u32>;
-@group(0) @binding(3) var<storage, read> li_ep: array<u32>;
-@group(0) @binding(4) var<storage, read_write> li_out: array<u32>;
+// The int8 family's two hot kernels with the packed dot product built in: dot4I8Packed, WGSL's
+// packed_4x8_integer_dot_product language extension (one instruction where the hardware has it,
+// naga's or Tint's polyfill where it does not). This file is compiled after int8.wgsl (see
+// gpu::shaders), whose bindings, blocks, epilogue and stores it shares: only the accumulation
+// loops differ from int8.wgsl's linear and conv2d, which a test compares bit for bit. An
+// implementation without the extension uses those.
 
 @compute @workgroup_size(64)
-fn linear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
+fn linear_dot4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
-    let row_blocks = (params.batch + 3u) / 4u;
-    if (i >= row_blocks * params.out_words) {
+    if (i >= linear_blocks()) {
         return;
     }
-    let j = i % params.out_words;
-    let r0 = (i / params.out_words) * 4u;
-    let k_words = params.in_words;
-    let last = params.channels - 1u;
-    let w0 = min(4u * j, last) * k_words;
-    let w1 = min(4u * j + 1u, last) * k_words;
-    let w2 = min(4u * j + 2u, last) * k_words;
-    let w3 = min(4u * j + 3u, last) * k_words;
-    let x0 = min(r0, params.batch - 1u) * k_words;
-    let x1 = min(r0 + 1u, params.batch - 1u) * k_words;
-    let x2 = min(r0 + 2u, params.batch - 1u) * k_words;
-    let x3 = min(r0 + 3u, params.batch - 1u) * k_words;
+    let b = linear_block(i);
     var acc0 = vec4<i32>();
     var acc1 = vec4<i32>();
     var acc2 = vec4<i32>();
     var acc3 = vec4<i32>();
-    for (var k = 0u; k < k_words; k++) {
-        let w = vec4<u32>(li_w[w0 + k], li_w[w1 + k], li_w[w2 + k], li_w[w3 + k]);
-        let a0 = li_x[x0 + k] ^ FLIP;
-        let a1 = li_x[x1 + k] ^ FLIP;
-        let a2 = li_x[x2 + k] ^ FLIP;
-        let a3 = li_x[x3 + k] ^ FLIP;
+    for (var k = 0u; k < params.in_words; k++) {
+        let w = vec4<u32>(li_w[b.w.x + k], li_w[b.w.y + k], li_w[b.w.z + k], li_w[b.w.w + k]);
+        let a0 = li_x[b.x.x + k] ^ FLIP;
+        let a1 = li_x[b.x.y + k] ^ FLIP;
+        let a2 = li_x[b.x.z + k] ^ FLIP;
+        let a3 = li_x[b.x.w + k] ^ FLIP;
         acc0 += vec4<i32>(dot4I8Packed(a0, w.x), dot4I8Packed(a0, w.y), dot4I8Packed(a0, w.z), dot4I8Packed(a0, w.w));
         acc1 += vec4<i32>(dot4I8Packed(a1, w.x), dot4I8Packed(a1, w.y), dot4I8Packed(a1, w.z), dot4I8Packed(a1, w.w));
         acc2 += vec4<i32>(dot4I8Packed(a2, w.x), dot4I8Packed(a2, w.y), dot4I8Packed(a2, w.z), dot4I8Packed(a2, w.w));
         acc3 += vec4<i32>(dot4I8Packed(a3, w.x), dot4I8Packed(a3, w.y), dot4I8Packed(a3, w.z), dot4I8Packed(a3, w.w));
     }
-    var accs = array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
-    for (var r = 0u; r < 4u; r++) {
-        let row = r0 + r;
-        if (row >= params.batch) {
-            break;
-        }
-        var word = 0u;
-        for (var c = 0u; c < 4u; c++) {
-            let o = 4u * j + c;
-            var q = u32(params.zp_out);
-            if (o < params.channels) {
-                let real = epilogue_real(accs[r][c], li_ep[4u * o], li_ep[4u * o + 1u], li_ep[4u * o + 2u]);
-                if (params.out_float != 0u) {
-                    li_out[row * params.channels + o] = bitcast<u32>(real);
-                }
-                q = to_grid(real, params.scale, params.zp_out, params.lo, params.hi);
-            }
-            word |= q << (8u * c);
-        }
-        if (params.out_float == 0u) {
-            li_out[row * params.out_words + j] = word;
-        }
-    }
-}
-
-// conv2d (groups = 1): NHWC maps, weights [O, k, k, in_words]; four horizontally adjacent output
-// pixels × four output channels (one word each) per invocation.
-@group(0) @binding(1) var<storage, read> cv_x: array<u32>;
-@group(0) @binding(2) var<storage, read> cv_w: array<u32>;
-@group(0) @binding(3) var<storage, read> cv_ep: array<u32>;
-@group(0) @binding(4) var<storage, read_write> cv_out: array<u32>;
-
-// The input word at (n, iy, ix, c4), or the zero point's where the tap is padding.
-fn conv_tap(n: u32, iy: i32, ix: i32, c4: u32, pad: u32) -> u32 {
-    if (iy < 0 || ix < 0 || iy >= i32(params.in_h) || ix >= i32(params.in_w)) {
-        return pad;
-    }
-    return cv_x[((n * params.in_h + u32(iy)) * params.in_w + u32(ix)) * params.in_words + c4];
-}
-
-// Four channels' reals as one word on the output grid (channels past C hold the zero point).
-fn requantise(ep: ptr<function, array<u32, 16>>, acc: vec4<i32>, j: u32) -> u32 {
-    var word = 0u;
-    for (var c = 0u; c < 4u; c++) {
-        var q = u32(params.zp_out);
-        if (4u * j + c < params.channels) {
-            let real = epilogue_real(acc[c], (*ep)[4u * c], (*ep)[4u * c + 1u], (*ep)[4u * c + 2u]);
-            q = to_grid(real, params.scale, params.zp_out, params.lo, params.hi);
-        }
-        word |= q << (8u * c);
-    }
-    return word;
+    linear_store(b, array<vec4<i32>, 4>(acc0, acc1, acc2, acc3));
 }
 
 @compute @workgroup_size(64)
-fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
+fn conv2d_dot4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
-    let x_blocks = (params.out_w + 3u) / 4u;
-    if (i >= params.batch * params.out_h * x_blocks * params.out_words) {
+    if (i >= conv_blocks()) {
         return;
     }
-    let j = i % params.out_words;
-    let ox0 = ((i / params.out_words) % x_blocks) * 4u;
-    let oy = (i / (params.out_words * x_blocks)) % params.out_h;
-    let n = i / (params.out_words * x_blocks * params.out_h);
+    let b = conv_block(i);
     let k = params.kernel;
     let cw = params.in_words;
-    let last = params.channels - 1u;
-    let w0 = min(4u * j, last) * k * k * cw;
-    let w1 = min(4u * j + 1u, last) * k * k * cw;
-    let w2 = min(4u * j + 2u, last) * k * k * cw;
-    let w3 = min(4u * j + 3u, last) * k * k * cw;
     let pad = replicate(params.zp_in);
     let s = i32(params.stride);
     var acc0 = vec4<i32>();
@@ -175,17 +48,17 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     var acc2 = vec4<i32>();
     var acc3 = vec4<i32>();
     for (var ky = 0u; ky < k; ky++) {
-        let iy = i32(oy * params.stride + ky) - i32(params.padding);
+        let iy = i32(b.oy * params.stride + ky) - i32(params.padding);
         for (var kx = 0u; kx < k; kx++) {
-            let ix = i32(ox0 * params.stride + kx) - i32(params.padding);
+            let ix = i32(b.ox0 * params.stride + kx) - i32(params.padding);
             let t = (ky * k + kx) * cw;
             for (var c4 = 0u; c4 < cw; c4++) {
-                let w = vec4<u32>(cv_w[w0 + t + c4], cv_w[w1 + t + c4], cv_w[w2 + t + c4],
-                                  cv_w[w3 + t + c4]);
-                let a0 = conv_tap(n, iy, ix, c4, pad) ^ FLIP;
-                let a1 = conv_tap(n, iy, ix + s, c4, pad) ^ FLIP;
-                let a2 = conv_tap(n, iy, ix + 2 * s, c4, pad) ^ FLIP;
-                let a3 = conv_tap(n, iy, ix + 3 * s, c4, pad) ^ FLIP;
+                let w = vec4<u32>(cv_w[b.w.x + t + c4], cv_w[b.w.y + t + c4], cv_w[b.w.z + t + c4],
+                                  cv_w[b.w.w + t + c4]);
+                let a0 = conv_tap(b.n, iy, ix, c4, pad) ^ FLIP;
+                let a1 = conv_tap(b.n, iy, ix + s, c4, pad) ^ FLIP;
+                let a2 = conv_tap(b.n, iy, ix + 2 * s, c4, pad) ^ FLIP;
+                let a3 = conv_tap(b.n, iy, ix + 3 * s, c4, pad) ^ FLIP;
                 acc0 += vec4<i32>(dot4I8Packed(a0, w.x), dot4I8Packed(a0, w.y), dot4I8Packed(a0, w.z), dot4I8Packed(a0, w.w));
                 acc1 += vec4<i32>(dot4I8Packed(a1, w.x), dot4I8Packed(a1, w.y), dot4I8Packed(a1, w.z), dot4I8Packed(a1, w.w));
                 acc2 += vec4<i32>(dot4I8Packed(a2, w.x), dot4I8Packed(a2, w.y), dot4I8Packed(a2, w.z), dot4I8Packed(a2, w.w));
@@ -193,17 +66,5 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             }
         }
     }
-    var ep: array<u32, 16>;
-    for (var e = 0u; e < 16u; e++) {
-        ep[e] = cv_ep[min(4u * j + e / 4u, last) * 4u + e % 4u];
-    }
-    var accs = array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
-    for (var p = 0u; p < 4u; p++) {
-        let ox = ox0 + p;
-        if (ox >= params.out_w) {
-            break;
-        }
-        cv_out[((n * params.out_h + oy) * params.out_w + ox) * params.out_words + j] =
-            requantise(&ep, accs[p], j);
-    }
+    conv_store(b, array<vec4<i32>, 4>(acc0, acc1, acc2, acc3));
 }

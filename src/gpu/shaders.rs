@@ -10,8 +10,14 @@ pub struct ShaderFile {
     pub name: &'static str,
     /// The path in the source tree, used in error messages.
     pub path: &'static str,
-    /// The WGSL source.
+    /// The module's WGSL source: the file, after its base family's (see [`ShaderFile::after`]).
     pub source: &'static str,
+    /// The file's own text (`source` without the base family's).
+    pub own: &'static str,
+    /// A family whose source comes first in this module (its helpers, bindings and entry
+    /// points shared), so that a variant file holds only what differs; line numbers in naga's
+    /// errors then count from the base file's first line.
+    pub after: Option<&'static str>,
     /// Compiled without naga's runtime bounds checks and loop bounding: only for families whose
     /// indexing is in bounds by construction and proven by tests at odd shapes.
     pub trusted: bool,
@@ -70,14 +76,28 @@ macro_rules! shader_file {
     ($name:literal, trusted, subgroups) => {
         shader_file!($name, true, true, false)
     };
-    ($name:literal, packed_dot) => {
-        shader_file!($name, false, false, true)
+    ($name:literal, packed_dot, after $base:literal) => {
+        ShaderFile {
+            name: $name,
+            path: concat!("shaders/", $name, ".wgsl"),
+            source: concat!(
+                include_str!(concat!("../../shaders/", $base, ".wgsl")),
+                include_str!(concat!("../../shaders/", $name, ".wgsl"))
+            ),
+            own: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            after: Some($base),
+            trusted: false,
+            subgroups: false,
+            packed_dot: true,
+        }
     };
     ($name:literal, $trusted:expr, $subgroups:expr, $packed_dot:expr) => {
         ShaderFile {
             name: $name,
             path: concat!("shaders/", $name, ".wgsl"),
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            own: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            after: None,
             trusted: $trusted,
             subgroups: $subgroups,
             packed_dot: $packed_dot,
@@ -97,7 +117,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("elementwise"),
     shader_file!("feature"),
     shader_file!("int8"),
-    shader_file!("int8_dot4", packed_dot),
+    shader_file!("int8_dot4", packed_dot, after "int8"),
     shader_file!("matmul", trusted),
     shader_file!("matmul_subgroup", trusted, subgroups),
     shader_file!("optimizer"),

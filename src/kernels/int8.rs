@@ -55,10 +55,10 @@ pub const GLOBAL_AVG_POOL: KernelSpec =
     KernelSpec::new::<Params>("int8", "global_avg_pool", &[U, R, W]);
 /// [`LINEAR`] with `dot4I8Packed`.
 pub const LINEAR_DOT4: KernelSpec =
-    KernelSpec::new::<Params>("int8_dot4", "linear", &[U, R, R, R, W]);
+    KernelSpec::new::<Params>("int8_dot4", "linear_dot4", &[U, R, R, R, W]);
 /// [`CONV2D`] with `dot4I8Packed`.
 pub const CONV2D_DOT4: KernelSpec =
-    KernelSpec::new::<Params>("int8_dot4", "conv2d", &[U, R, R, R, W]);
+    KernelSpec::new::<Params>("int8_dot4", "conv2d_dot4", &[U, R, R, R, W]);
 
 /// Every kernel of the family (both dot-product paths).
 pub const KERNELS: &[KernelSpec] = &[
