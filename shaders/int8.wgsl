@@ -328,6 +328,14 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     conv_store(b, array<vec4<i32>, 4>(acc0, acc1, acc2, acc3));
 }
 
+// Output word i of a map, one word per invocation: (sample, row, column, word in the pixel).
+fn output_word(i: u32) -> vec4<u32> {
+    let j = i % params.out_words;
+    let ox = (i / params.out_words) % params.out_w;
+    let oy = (i / (params.out_words * params.out_w)) % params.out_h;
+    return vec4<u32>(i / (params.out_words * params.out_w * params.out_h), oy, ox, j);
+}
+
 // depthwise: groups = channels; weights [k, k, words] with four channels' bytes per word; one
 // output word (four channels of one pixel) per invocation.
 @group(0) @binding(1) var<storage, read> dw_x: array<u32>;
@@ -342,10 +350,11 @@ fn depthwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if (i >= params.batch * params.out_h * params.out_w * params.out_words) {
         return;
     }
-    let j = i % params.out_words;
-    let ox = (i / params.out_words) % params.out_w;
-    let oy = (i / (params.out_words * params.out_w)) % params.out_h;
-    let n = i / (params.out_words * params.out_w * params.out_h);
+    let at = output_word(i);
+    let n = at.x;
+    let oy = at.y;
+    let ox = at.z;
+    let j = at.w;
     let k = params.kernel;
     let pad = replicate(params.zp_in);
     var acc = vec4<i32>();
@@ -381,10 +390,11 @@ fn max_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (i >= params.batch * params.out_h * params.out_w * params.out_words) {
         return;
     }
-    let j = i % params.out_words;
-    let ox = (i / params.out_words) % params.out_w;
-    let oy = (i / (params.out_words * params.out_w)) % params.out_h;
-    let n = i / (params.out_words * params.out_w * params.out_h);
+    let at = output_word(i);
+    let n = at.x;
+    let oy = at.y;
+    let ox = at.z;
+    let j = at.w;
     var best = vec4<i32>(-1);
     for (var ky = 0u; ky < params.kernel; ky++) {
         let iy = i32(oy * params.stride + ky) - i32(params.padding);

@@ -52,8 +52,10 @@ fn grid_point(x: f32, scale: f32, zero_point: f32) -> f32 {
 var<workgroup> lo: array<f32, WG>;
 var<workgroup> hi: array<f32, WG>;
 
-// The workgroup's min and max of lo/hi, in lo[0] and hi[0].
-fn reduce_workgroup(lid: u32) {
+// The workgroup's min of every invocation's mn and max of its mx, in lo[0] and hi[0].
+fn reduce_workgroup(lid: u32, mn: f32, mx: f32) {
+    lo[lid] = mn;
+    hi[lid] = mx;
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         if (lid < stride) {
@@ -112,9 +114,7 @@ fn observe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         mn = min(mn, v);
         mx = max(mx, v);
     }
-    lo[lid] = mn;
-    hi[lid] = mx;
-    reduce_workgroup(lid);
+    reduce_workgroup(lid, mn, mx);
     if (lid == 0u) {
         update_channel(c, lo[0], hi[0]);
     }
@@ -145,9 +145,7 @@ fn observe_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         mn = min(mn, v);
         mx = max(mx, v);
     }
-    lo[lid] = mn;
-    hi[lid] = mx;
-    reduce_workgroup(lid);
+    reduce_workgroup(lid, mn, mx);
     if (lid == 0u) {
         part_out[2u * g] = lo[0];
         part_out[2u * g + 1u] = hi[0];
@@ -172,9 +170,7 @@ fn observe_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         mn = min(mn, fin_parts[2u * (c * params.chunks + j)]);
         mx = max(mx, fin_parts[2u * (c * params.chunks + j) + 1u]);
     }
-    lo[lid] = mn;
-    hi[lid] = mx;
-    reduce_workgroup(lid);
+    reduce_workgroup(lid, mn, mx);
     if (lid == 0u) {
         update_channel(c, lo[0], hi[0]);
     }

@@ -882,21 +882,8 @@ fn plan(
 
 /// A uint8 grid from two attributes.
 fn attr_grid(a: &Attrs<'_>, scale: &str, zero_point: &str) -> Result<int8::Grid> {
-    let z = a.values[zero_point];
-    let grid = int8::Grid {
-        scale: a.f32(scale),
-        zero_point: z as i32,
-    };
-    if z.fract() != 0.0 || !(0.0..=255.0).contains(&z) || grid.scale.is_nan() || grid.scale <= 0.0 {
-        return Err(input_error(
-            format!("{}: attrs '{scale}', '{zero_point}'", a.op),
-            format!(
-                "a uint8 grid needs a positive scale and a whole zero point in [0, 255], got {} and {z}",
-                a.values[scale]
-            ),
-        ));
-    }
-    Ok(grid)
+    int8::Grid::checked(a.values[scale], a.values[zero_point])
+        .map_err(|m| input_error(format!("{}: attrs '{scale}', '{zero_point}'", a.op), m))
 }
 
 /// The int8 ops: inputs quantised on the GPU, integer weights packed on the host, outputs
@@ -977,99 +964,95 @@ fn int8_plan(
                     ),
                 ));
             }
-            {
-                let q: Vec<i8> = values.iter().map(|&v| v as i8).collect();
-                let o = w.shape.first().copied().unwrap_or(0);
-                let scales = host["weight_scale"].as_f32().unwrap_or(&[]);
-                let bias = host["bias"].as_f32().unwrap_or(&[]);
-                if scales.len() != o || bias.len() != o || o == 0 {
+            let q: Vec<i8> = values.iter().map(|&v| v as i8).collect();
+            let o = w.shape.first().copied().unwrap_or(0);
+            let scales = host["weight_scale"].as_f32().unwrap_or(&[]);
+            let bias = host["bias"].as_f32().unwrap_or(&[]);
+            if scales.len() != o || bias.len() != o || o == 0 {
+                return Err(input_error(
+                    format!("{name}: inputs 'weight_scale', 'bias'"),
+                    format!("need one value per output channel ({o})"),
+                ));
+            }
+            let epilogue = Epilogue {
+                multiplier: scales.iter().map(|&s| s * in_grid.scale).collect(),
+                bias: bias.to_vec(),
+            };
+            let activation = a.count("activation", 0)?;
+            if activation > 2 {
+                return Err(input_error(
+                    format!("{name}: attr 'activation'"),
+                    format!("must be 0 (none), 1 (ReLU) or 2 (ReLU6), got {activation}"),
+                ));
+            }
+            let float_out = name == "int8_linear" && a.values["output_scale"] == 0.0;
+            let out_grid = if float_out {
+                in_grid
+            } else {
+                attr_grid(a, "output_scale", "output_zero_point")?
+            };
+            let requant = if float_out {
+                Requant::Float
+            } else {
+                out_grid.requant(activation == 1, activation == 2)
+            };
+            let groups = if name == "int8_conv2d" {
+                a.count("groups", 1)?
+            } else {
+                1
+            };
+            let k = w.shape.get(2).copied().unwrap_or(0);
+            let kind = if name == "int8_linear" {
+                int8::LayerKind::Linear
+            } else {
+                let depthwise = groups != 1;
+                if (depthwise && (groups != map.channels || o != map.channels))
+                    || w.shape.len() != 4
+                    || w.shape[1] * groups != map.channels
+                    || w.shape[3] != k
+                {
                     return Err(input_error(
-                        format!("{name}: inputs 'weight_scale', 'bias'"),
-                        format!("need one value per output channel ({o})"),
+                        format!("{name}: input 'weight'"),
+                        format!(
+                            "must be [out, {} / groups, k, k] with groups 1 or {} (depthwise), got {:?} with groups {groups}",
+                            map.channels, map.channels, w.shape
+                        ),
                     ));
                 }
-                let epilogue = Epilogue {
-                    multiplier: scales.iter().map(|&s| s * in_grid.scale).collect(),
-                    bias: bias.to_vec(),
+                let window = Window {
+                    kernel: k,
+                    stride: a.count("stride", 1)?,
+                    padding: a.count("padding", 0)?,
                 };
-                let activation = a.count("activation", 0)?;
-                if activation > 2 {
-                    return Err(input_error(
-                        format!("{name}: attr 'activation'"),
-                        format!("must be 0 (none), 1 (ReLU) or 2 (ReLU6), got {activation}"),
-                    ));
+                if depthwise {
+                    int8::LayerKind::Depthwise(window)
+                } else {
+                    int8::LayerKind::Conv(window)
                 }
-                let float_out = name == "int8_linear" && a.values["output_scale"] == 0.0;
-                let out_grid = if float_out {
-                    in_grid
-                } else {
-                    attr_grid(a, "output_scale", "output_zero_point")?
-                };
-                let requant = if float_out {
-                    Requant::Float
-                } else {
-                    out_grid.requant(activation == 1, activation == 2)
-                };
-                let groups = if name == "int8_conv2d" {
-                    a.count("groups", 1)?
-                } else {
-                    1
-                };
-                let k = w.shape.get(2).copied().unwrap_or(0);
-                let kind = if name == "int8_linear" {
-                    int8::LayerKind::Linear
-                } else {
-                    let depthwise = groups != 1;
-                    if (depthwise && (groups != map.channels || o != map.channels))
-                        || w.shape.len() != 4
-                        || w.shape[1] * groups != map.channels
-                        || w.shape[3] != k
-                    {
-                        return Err(input_error(
-                            format!("{name}: input 'weight'"),
-                            format!(
-                                "must be [out, {} / groups, k, k] with groups 1 or {} (depthwise), got {:?} with groups {groups}",
-                                map.channels, map.channels, w.shape
-                            ),
-                        ));
-                    }
-                    if depthwise {
-                        int8::LayerKind::Depthwise(k)
-                    } else {
-                        int8::LayerKind::Conv(k)
-                    }
-                };
-                let (layer, _) =
-                    int8::LayerWeights::build(gpu, kind, &q, map, &epilogue, in_grid.zero_point)
-                        .map_err(|e| {
-                            input_error(format!("{name}: input 'weight'"), e.to_string())
-                        })?;
-                let path = int8::DotPath::for_gpu(gpu);
-                if name == "int8_linear" {
-                    let (d, y) = int8::linear(gpu, path, &quantised, map, &layer, requant)?;
-                    plan.push(d);
-                    if float_out {
-                        return Ok((plan, vec![("out", y)]));
-                    }
-                    (y, int8::Map::vector(map.batch, o), out_grid)
-                } else {
-                    let win = Window {
-                        kernel: k,
-                        stride: a.count("stride", 1)?,
-                        padding: a.count("padding", 0)?,
-                    };
-                    let (d, y, m) = int8::conv2d(
-                        gpu,
-                        path,
-                        (&quantised, map),
-                        in_grid.zero_point,
-                        &layer,
-                        (win, groups != 1),
-                        requant,
-                    )?;
-                    plan.push(d);
-                    (y, m, out_grid)
+            };
+            let (layer, _) =
+                int8::LayerWeights::build(gpu, kind, &q, map, &epilogue, in_grid.zero_point)
+                    .map_err(|e| input_error(format!("{name}: input 'weight'"), e.to_string()))?;
+            let path = int8::DotPath::for_gpu(gpu);
+            if name == "int8_linear" {
+                let (d, y) = int8::linear(gpu, path, &quantised, map, &layer, requant)?;
+                plan.push(d);
+                if float_out {
+                    return Ok((plan, vec![("out", y)]));
                 }
+                (y, int8::Map::vector(map.batch, o), out_grid)
+            } else {
+                let (d, y, m) = int8::conv2d(
+                    gpu,
+                    path,
+                    (&quantised, map),
+                    in_grid.zero_point,
+                    &layer,
+                    kind,
+                    requant,
+                )?;
+                plan.push(d);
+                (y, m, out_grid)
             }
         }
     };

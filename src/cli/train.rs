@@ -248,11 +248,22 @@ fn eval_int8(
         DotPath::for_gpu(gpu),
     )?;
     let (batch, classes) = (program.batch(), program.classes());
-    let acc = run::accuracy_with(test, batch, classes, |x| program.run(gpu, x))?;
-    let start = std::time::Instant::now();
-    run::accuracy_with(test, batch, classes, |x| program.run(gpu, x))?;
-    let per_second = test.len() as f64 / start.elapsed().as_secs_f64();
+    let (acc, per_second) = timed_accuracy(test, || {
+        run::accuracy_with(test, batch, classes, |x| program.run(gpu, x))
+    })?;
     Ok((acc, per_second, program.weight_bytes()))
+}
+
+/// Test accuracy from a first pass and images/s from a second, timed one: pipelines and buffers
+/// already exist then, as in deployment.
+fn timed_accuracy(
+    test: &wgdistill::data::Dataset,
+    mut pass: impl FnMut() -> wgdistill::Result<f64>,
+) -> Result<(f64, f64), CliError> {
+    let acc = pass()?;
+    let start = std::time::Instant::now();
+    pass()?;
+    Ok((acc, test.len() as f64 / start.elapsed().as_secs_f64()))
 }
 
 /// `wgdistill eval CHECKPOINT --arch …`: a checkpoint's test accuracy on Fashion-MNIST.
@@ -294,11 +305,7 @@ pub fn eval(
     }
     let weights = wgdistill::graph::Weights::load(&gpu, &graph, &what, &host)?;
     let step = wgdistill::graph::EvalStep::compile(&gpu, &graph, &weights)?;
-    let acc = run::accuracy(&gpu, &step, &graph, &test)?;
-    // A second pass, timed: pipelines and buffers already exist, as in deployment.
-    let start = std::time::Instant::now();
-    run::accuracy(&gpu, &step, &graph, &test)?;
-    let per_second = test.len() as f64 / start.elapsed().as_secs_f64();
+    let (acc, per_second) = timed_accuracy(&test, || run::accuracy(&gpu, &step, &graph, &test))?;
     let parameters: usize = graph
         .trainable_params()
         .map(|(_, n)| n.shape.iter().product::<usize>())

@@ -23,7 +23,7 @@ use crate::Result;
 use crate::error::{Error, input_error};
 use crate::gpu::{BoundPlan, DType, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
-use crate::kernels::int8::{self as k, DotPath, Grid, LayerWeights, Map};
+use crate::kernels::int8::{self as k, DotPath, Grid, LayerKind, LayerWeights, Map};
 use crate::reference::int8::{Epilogue, Requant, Window};
 
 /// What bounds a layer's output below and above, fused into its requantisation.
@@ -43,17 +43,11 @@ struct BatchNorm {
     eps: f32,
 }
 
-#[derive(Clone, Debug)]
-enum Kind {
-    Linear,
-    Conv { window: Window, depthwise: bool },
-}
-
 /// One Linear/Conv2d layer of the float model, with what follows it.
 #[derive(Clone, Debug)]
 struct LayerPlan {
     name: String,
-    kind: Kind,
+    kind: LayerKind,
     weight: String,
     weight_qparams: String,
     bias: Option<String>,
@@ -145,16 +139,18 @@ fn plan(graph: &Graph) -> Result<Vec<Step>> {
                         if spec.groups != 1 && !depthwise {
                             return Err(unsupported(name, "only groups = 1 or depthwise"));
                         }
-                        Kind::Conv {
-                            window: Window {
-                                kernel: square(name, "kernel", [w[2], w[3]])?,
-                                stride: square(name, "stride", spec.stride)?,
-                                padding: square(name, "padding", spec.padding)?,
-                            },
-                            depthwise,
+                        let window = Window {
+                            kernel: square(name, "kernel", [w[2], w[3]])?,
+                            stride: square(name, "stride", spec.stride)?,
+                            padding: square(name, "padding", spec.padding)?,
+                        };
+                        if depthwise {
+                            LayerKind::Depthwise(window)
+                        } else {
+                            LayerKind::Conv(window)
                         }
                     }
-                    _ => Kind::Linear,
+                    _ => LayerKind::Linear,
                 };
                 pending = Some(LayerPlan {
                     name: name.to_string(),
@@ -221,7 +217,7 @@ fn plan(graph: &Graph) -> Result<Vec<Step>> {
     }
     match pending {
         Some(layer)
-            if matches!(layer.kind, Kind::Linear)
+            if matches!(layer.kind, LayerKind::Linear)
                 && graph
                     .output
                     .is_some_and(|o| graph.nodes[o.0].name == layer.name) =>
@@ -301,20 +297,8 @@ fn observed(host: &TensorMap, what: &str, qparams: &str, channels: usize) -> Res
 fn saved_grid(host: &TensorMap, what: &str, qparams: &str) -> Result<Grid> {
     observed(host, what, qparams, 1)?;
     let v = f32s(host, what, qparams, 2)?;
-    let grid = Grid {
-        scale: v[0],
-        zero_point: v[1] as i32,
-    };
-    if grid.scale.is_nan() || grid.scale <= 0.0 || !(0.0..=255.0).contains(&v[1]) {
-        return Err(input_error(
-            what,
-            format!(
-                "{qparams}: a uint8 grid needs a positive scale and a zero point in [0, 255], got {} and {}",
-                v[0], v[1]
-            ),
-        ));
-    }
-    Ok(grid)
+    Grid::checked(f64::from(v[0]), f64::from(v[1]))
+        .map_err(|m| input_error(what, format!("{qparams}: {m}")))
 }
 
 fn grid_tensors(out: &mut TensorMap, prefix: &str, grid: Grid) {
@@ -329,17 +313,10 @@ fn grid_tensors(out: &mut TensorMap, prefix: &str, grid: Grid) {
 }
 
 fn read_grid(tensors: &TensorMap, what: &str, prefix: &str) -> Result<Grid> {
-    let grid = Grid {
-        scale: f32s(tensors, what, &format!("{prefix}.scale"), 1)?[0],
-        zero_point: i32s(tensors, what, &format!("{prefix}.zero_point"), 1)?[0],
-    };
-    if !(grid.scale > 0.0 && (0..=255).contains(&grid.zero_point)) {
-        return Err(input_error(
-            what,
-            format!("{prefix}: a uint8 grid needs a positive scale and a zero point in [0, 255]"),
-        ));
-    }
-    Ok(grid)
+    let scale = f32s(tensors, what, &format!("{prefix}.scale"), 1)?[0];
+    let zero_point = i32s(tensors, what, &format!("{prefix}.zero_point"), 1)?[0];
+    Grid::checked(f64::from(scale), f64::from(zero_point))
+        .map_err(|m| input_error(what, format!("{prefix}: {m}")))
 }
 
 /// Exports a quantisation-aware model's weights (`host`, with its observers' saved scales) as
@@ -460,7 +437,7 @@ impl Int8Program {
         let first_is_conv = steps
             .iter()
             .find_map(|s| match s {
-                Step::Layer(l) => Some(matches!(l.kind, Kind::Conv { .. })),
+                Step::Layer(l) => Some(!matches!(l.kind, LayerKind::Linear)),
                 _ => None,
             })
             .unwrap_or(false);
@@ -502,7 +479,7 @@ impl Int8Program {
                         layer_weights(gpu, tensors, what, layer, map, grid)?;
                     weight_bytes += weights.1;
                     match layer.kind {
-                        Kind::Linear => {
+                        LayerKind::Linear => {
                             let (d, y) = k::linear(gpu, path, &x, map, &weights.0, requant)?;
                             dispatches.push(d);
                             match out_grid {
@@ -512,14 +489,14 @@ impl Int8Program {
                                 None => logits = Some(y),
                             }
                         }
-                        Kind::Conv { window, depthwise } => {
+                        LayerKind::Conv(_) | LayerKind::Depthwise(_) => {
                             let (d, y, out) = k::conv2d(
                                 gpu,
                                 path,
                                 (&x, map),
                                 grid.zero_point,
                                 &weights.0,
-                                (window, depthwise),
+                                layer.kind,
                                 requant,
                             )?;
                             dispatches.push(d);
@@ -601,14 +578,7 @@ fn layer_weights(
             format!("{l}.weight_zero_point: int8 weights are symmetric (zero points 0)"),
         ));
     }
-    let kind = match layer.kind {
-        Kind::Linear => k::LayerKind::Linear,
-        Kind::Conv {
-            window,
-            depthwise: true,
-        } => k::LayerKind::Depthwise(window.kernel),
-        Kind::Conv { window, .. } => k::LayerKind::Conv(window.kernel),
-    };
+    let kind = layer.kind;
     let epilogue = Epilogue {
         multiplier: scale.iter().map(|&s| s * in_grid.scale).collect(),
         bias: bias.to_vec(),

@@ -190,17 +190,25 @@ pub struct Grid {
 }
 
 impl Grid {
-    fn check(&self, op: &str) -> Result<()> {
-        if !(self.scale.is_finite() && self.scale > 0.0 && (0..=255).contains(&self.zero_point)) {
-            return Err(input_error(
-                op,
-                format!(
-                    "a uint8 grid needs a positive scale and a zero point in [0, 255], got {} and {}",
-                    self.scale, self.zero_point
-                ),
+    /// The grid of `scale` and `zero_point` (read as f64, whatever stored them), or why it is
+    /// not one: the one rule every reader of a grid (files, attributes, launchers) applies.
+    pub fn checked(scale: f64, zero_point: f64) -> std::result::Result<Grid, String> {
+        let zero_point_ok = zero_point.fract() == 0.0 && (0.0..=255.0).contains(&zero_point);
+        if !(scale.is_finite() && scale > 0.0 && scale <= f64::from(f32::MAX) && zero_point_ok) {
+            return Err(format!(
+                "a uint8 grid needs a positive, finite scale and a whole zero point in [0, 255], got {scale} and {zero_point}"
             ));
         }
-        Ok(())
+        Ok(Grid {
+            scale: scale as f32,
+            zero_point: zero_point as i32,
+        })
+    }
+
+    fn check(&self, op: &str) -> Result<()> {
+        Grid::checked(f64::from(self.scale), f64::from(self.zero_point))
+            .map(|_| ())
+            .map_err(|m| input_error(op, m))
     }
 
     /// The output [`Requant`] onto this grid, clamped below at the zero point with a ReLU
@@ -406,10 +414,10 @@ pub struct LayerWeights {
 pub enum LayerKind {
     /// A linear layer over the (flattened) input map.
     Linear,
-    /// An ordinary convolution with this kernel side.
-    Conv(usize),
-    /// A depthwise convolution with this kernel side.
-    Depthwise(usize),
+    /// An ordinary convolution with this window.
+    Conv(Window),
+    /// A depthwise convolution (groups = channels) with this window.
+    Depthwise(Window),
 }
 
 /// The most inputs one output may sum: `255·128` per term stays inside i32.
@@ -430,8 +438,8 @@ impl LayerWeights {
         let out = epilogue.bias.len();
         let per = match kind {
             LayerKind::Linear => input.channels * input.height * input.width,
-            LayerKind::Conv(k) => input.channels * k * k,
-            LayerKind::Depthwise(k) => k * k,
+            LayerKind::Conv(w) => input.channels * w.kernel * w.kernel,
+            LayerKind::Depthwise(w) => w.kernel * w.kernel,
         };
         if out == 0 || per == 0 || w.len() != out * per || epilogue.multiplier.len() != out {
             return Err(shape_error(
@@ -454,8 +462,8 @@ impl LayerWeights {
         }
         let packed = match kind {
             LayerKind::Linear => pack_linear_weights(w, out, input),
-            LayerKind::Conv(k) => pack_conv_weights(w, out, input.channels, k),
-            LayerKind::Depthwise(k) => pack_depthwise_weights(w, out, k),
+            LayerKind::Conv(window) => pack_conv_weights(w, out, input.channels, window.kernel),
+            LayerKind::Depthwise(window) => pack_depthwise_weights(w, out, window.kernel),
         };
         let words = epilogue_words(epilogue, &weight_sums(w, per), zp_in);
         let layer = LayerWeights {
@@ -529,10 +537,15 @@ pub fn conv2d(
     (x, input): (&Tensor, Map),
     zp_in: i32,
     layer: &LayerWeights,
-    (window, depthwise): (Window, bool),
+    kind: LayerKind,
     requant: Requant,
 ) -> Result<(Dispatch, Tensor, Map)> {
     let op = "int8_conv2d";
+    let (window, depthwise) = match kind {
+        LayerKind::Conv(w) => (w, false),
+        LayerKind::Depthwise(w) => (w, true),
+        LayerKind::Linear => return Err(input_error(op, "a linear layer is not a convolution")),
+    };
     input.expect(op, x)?;
     input.expect_image(op)?;
     let (k, c) = (window.kernel, input.channels);
@@ -799,21 +812,13 @@ fn conv_case(
         let x = gpu.upload(&[n, input.words()], &x_words)?;
         let wt = sample_weights(out * per_out, 43);
         let kind = if depthwise {
-            LayerKind::Depthwise(k)
+            LayerKind::Depthwise(window)
         } else {
-            LayerKind::Conv(k)
+            LayerKind::Conv(window)
         };
         let ep = exact_epilogue(out, 9);
         let (layer, _) = LayerWeights::build(gpu, kind, &wt, input, &ep, IN_ZP)?;
-        let (d, y, map) = conv2d(
-            gpu,
-            path,
-            (&x, input),
-            IN_ZP,
-            &layer,
-            (window, depthwise),
-            requant,
-        )?;
+        let (d, y, map) = conv2d(gpu, path, (&x, input), IN_ZP, &layer, kind, requant)?;
         let (dq, real) = dequantize(gpu, &y, map, OUT_GRID)?;
         Ok(Prepared::new(vec![d, dq], vec![real]))
     })

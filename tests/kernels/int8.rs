@@ -2,7 +2,7 @@
 //! the bit at scales that are not powers of two, and bad layers are refused in one line.
 
 use super::common::gpu;
-use wgdistill::kernels::int8::{self, DotPath, Grid, LayerWeights, Map};
+use wgdistill::kernels::int8::{self, DotPath, Grid, LayerKind, LayerWeights, Map};
 use wgdistill::reference::int8::{Epilogue, Requant, Window};
 
 fn bytes(n: usize, seed: u32) -> Vec<i32> {
@@ -75,8 +75,16 @@ fn both_dot_paths_compute_the_same_bytes_at_arbitrary_scales() {
     let mut outputs = Vec::new();
     for path in [DotPath::Portable, DotPath::Builtin] {
         let (d1, y1) = int8::linear(gpu, path, &x, map, &lin, requant).unwrap();
-        let (d2, y2, _) =
-            int8::conv2d(gpu, path, (&xi, image), 77, &conv, (window, false), requant).unwrap();
+        let (d2, y2, _) = int8::conv2d(
+            gpu,
+            path,
+            (&xi, image),
+            77,
+            &conv,
+            LayerKind::Conv(window),
+            requant,
+        )
+        .unwrap();
         gpu.execute(&[d1, d2]).unwrap();
         outputs.push((gpu.read::<u32>(&y1).unwrap(), gpu.read::<u32>(&y2).unwrap()));
     }
@@ -119,7 +127,7 @@ fn bad_layers_and_grids_are_refused_in_one_line() {
         (&x, image),
         0,
         &dw,
-        (window, true),
+        LayerKind::Depthwise(window),
         requant,
     )
     .err()
@@ -135,7 +143,7 @@ fn bad_layers_and_grids_are_refused_in_one_line() {
         (&x, image),
         0,
         &dw,
-        (window, false),
+        LayerKind::Conv(window),
         Requant::Float,
     )
     .err()
