@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use wgdistill::bench::by_kernel;
 use wgdistill::gpu::Gpu;
 use wgdistill::graph::{LossSpec, OptimizerSpec, StepSpec, TrainStep, Weights};
 use wgdistill::kernels::losses::Loss;
@@ -127,25 +128,16 @@ fn seconds_per_step(gpu: &Gpu, step: &TrainStep, x: &[f32], y: &[i32], steps: u3
 
 /// The step's time by kernel, largest first (launches of the same kernel added up).
 fn print_profile(gpu: &Gpu, what: &str, step: &TrainStep, x: &[f32], y: &[i32]) {
-    let launches = step.profile(gpu, x, y, 3).expect("profile");
-    let total: f64 = launches.iter().map(|(_, s)| s).sum();
-    let mut by_kernel: Vec<(String, f64, usize)> = Vec::new();
-    for (name, seconds) in launches {
-        match by_kernel.iter_mut().find(|(n, _, _)| *n == name) {
-            Some(entry) => {
-                entry.1 += seconds;
-                entry.2 += 1;
-            }
-            None => by_kernel.push((name, seconds, 1)),
-        }
-    }
-    by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let kernels = by_kernel(step.profile(gpu, x, y, 3).expect("profile"));
+    let total: f64 = kernels.iter().map(|k| k.seconds).sum();
     eprintln!("{what}: {:.2} ms in its launches, by kernel:", total * 1e3);
-    for (name, seconds, count) in by_kernel.iter().take(8) {
+    for k in kernels.iter().take(8) {
         eprintln!(
-            "  {:>5.1}%  {:>8.3} ms  {count:>3}×  {name}",
-            100.0 * seconds / total,
-            seconds * 1e3
+            "  {:>5.1}%  {:>8.3} ms  {:>3}×  {}",
+            100.0 * k.seconds / total,
+            k.seconds * 1e3,
+            k.launches,
+            k.kernel
         );
     }
 }

@@ -1,7 +1,8 @@
 // 2-D convolution over NCHW tensors with weight [Cout, Cin / groups, KH, KW] (PyTorch's layout),
 // stride, zero padding and channel groups (output channel co reads the Cin / groups input
 // channels of its group, g = co / (Cout / groups)); forward, gradient of the input and gradient
-// of the weight, and a depthwise forward (groups = Cin = Cout: one input channel per output).
+// of the weight; and the three for depthwise layers (groups = Cin = Cout: one input channel per
+// output), which the general kernels would run one live channel in eight.
 // The bias gradient is a reduction of dy (reduce.wgsl).
 //
 // conv_forward is an implicit GEMM: rows are output positions, columns output channels, and the
@@ -28,7 +29,7 @@ struct Params {
     ph: u32,
     pw: u32,
     bias: u32,
-    // Images per chunk (conv_backward_weight).
+    // Images per chunk (conv_backward_weight, conv_backward_weight_depthwise).
     images: u32,
     groups: u32,
 }
@@ -41,6 +42,28 @@ const CH: u32 = 8u;
 
 fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+// a / b, exact, without an integer division (CPU drivers divide one lane at a time): f32
+// division is within a few ulps, so its truncation is off by at most one for a < 2^22, which
+// the two integer tests correct. The host keeps maps below 2^22 positions.
+fn quot(a: u32, b: u32) -> u32 {
+    var q = u32((f32(a) + 0.5) / f32(b));
+    q = q - select(0u, 1u, q * b > a);
+    return q + select(0u, 1u, (q + 1u) * b <= a);
+}
+
+// The output indices o in [0, n_out) that a tap t in [0, k) maps onto padded input index p by
+// o·s + t = p: from ceil((p + 1 − k) / s) (0 if that is negative) to floor(p / s), as [first,
+// end).
+fn output_range(p: u32, k: u32, s: u32, n_out: u32) -> vec2<u32> {
+    return vec2<u32>(quot(max(p + s, k) - k, s), min(quot(p, s) + 1u, n_out));
+}
+
+// The taps t in [0, k) with o·s + t − pad inside [0, n_in) for output index o, as [first, end).
+fn tap_range(o: u32, k: u32, s: u32, pad: u32, n_in: u32) -> vec2<u32> {
+    let start = i32(o * s) - i32(pad);
+    return vec2<u32>(u32(max(-start, 0)), u32(clamp(i32(n_in) - start, 0, i32(k))));
 }
 
 @group(0) @binding(1) var<storage, read> fw_x: array<f32>;
@@ -182,63 +205,95 @@ fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     let ci = (co / cout_g) * cin_g + (k / (params.kh * params.kw)) % cin_g;
     let i = (k / params.kw) % params.kh;
     let j = k % params.kw;
+    // The output positions whose tap (i, j) lands inside the map, as loop bounds.
+    // (a tap past the padded map's last row or column has none).
+    let last_row = params.h - 1u + params.ph;
+    let last_col = params.w - 1u + params.pw;
+    let none = vec2<u32>(0u, 0u);
+    let rows = select(none, output_range(last_row - i, params.h, params.sh, params.ho), i <= last_row);
+    let cols = select(none, output_range(last_col - j, params.w, params.sw, params.wo), j <= last_col);
     var acc = 0.0;
     let img_end = min((z + 1u) * params.images, params.n);
     for (var img = z * params.images; img < img_end; img = img + 1u) {
         let plane = (img * params.cin + ci) * params.h * params.w;
         let out_plane = (img * params.cout + co) * params.ho * params.wo;
-        for (var oh = 0u; oh < params.ho; oh = oh + 1u) {
-            let ih = i32(oh * params.sh + i) - i32(params.ph);
-            if (ih < 0 || ih >= i32(params.h)) {
-                continue;
-            }
-            for (var ow = 0u; ow < params.wo; ow = ow + 1u) {
-                let iw = i32(ow * params.sw + j) - i32(params.pw);
-                if (iw < 0 || iw >= i32(params.w)) {
-                    continue;
-                }
-                acc = acc + bw_dy[out_plane + oh * params.wo + ow] * bw_x[plane + u32(ih) * params.w + u32(iw)];
+        for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {
+            // Inside the map by the bounds, so these never wrap below 0.
+            let x_row = plane + (oh * params.sh + i - params.ph) * params.w + j - params.pw;
+            let dy_row = out_plane + oh * params.wo;
+            for (var ow = cols.x; ow < cols.y; ow = ow + 1u) {
+                acc = fma(bw_dy[dy_row + ow], bw_x[x_row + ow * params.sw], acc);
             }
         }
     }
     bw_partial[t] = acc;
 }
 
-// Depthwise forward (groups = Cin = Cout): each output reads one input plane, so one invocation
-// per output element loops over its KH×KW window alone; the implicit GEMM's 8-channel blocks
-// would hold one live channel each.
+// Depthwise kernels (groups = Cin = Cout: each output plane reads one input plane). A workgroup
+// covers 64 positions of one plane of one image (grid: blocks of the plane × channels ×
+// images), so a lane's only division is splitting its position into row and column (quot), and
+// the window's taps that land inside the map are loop bounds, not tests per tap.
+
 @group(0) @binding(1) var<storage, read> dw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> dw_w: array<f32>;
 @group(0) @binding(3) var<storage, read> dw_bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dw_y: array<f32>;
 
 @compute @workgroup_size(64)
-fn conv_forward_depthwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv_forward_depthwise(@builtin(workgroup_id) wid: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
-    let t = linear_index(wid, nwg, lid);
     let per_image = params.ho * params.wo;
-    if (t >= params.n * params.cout * per_image) {
+    let pos = wid.x * WG + lid;
+    if (pos >= per_image) {
         return;
     }
-    let pos = t % per_image;
-    let c = (t / per_image) % params.cout;
-    let img = t / (params.cout * per_image);
-    let ih0 = i32((pos / params.wo) * params.sh) - i32(params.ph);
-    let iw0 = i32((pos % params.wo) * params.sw) - i32(params.pw);
-    let plane = (img * params.cin + c) * params.h * params.w;
+    let c = wid.y;
+    let oh = quot(pos, params.wo);
+    let ow = pos - oh * params.wo;
+    let rows = tap_range(oh, params.kh, params.sh, params.ph, params.h);
+    let cols = tap_range(ow, params.kw, params.sw, params.pw, params.w);
+    let top = oh * params.sh - params.ph;
+    let left = ow * params.sw - params.pw;
+    let plane = (wid.z * params.cin + c) * params.h * params.w;
     var acc = select(0.0, dw_bias[c], params.bias == 1u);
-    for (var i = 0u; i < params.kh; i = i + 1u) {
-        let ih = ih0 + i32(i);
-        if (ih < 0 || ih >= i32(params.h)) {
-            continue;
-        }
-        for (var j = 0u; j < params.kw; j = j + 1u) {
-            let iw = iw0 + i32(j);
-            if (iw < 0 || iw >= i32(params.w)) {
-                continue;
-            }
-            acc = fma(dw_x[plane + u32(ih) * params.w + u32(iw)], dw_w[(c * params.kh + i) * params.kw + j], acc);
+    for (var i = rows.x; i < rows.y; i = i + 1u) {
+        // top + i and left + j wrap around u32 only for taps outside the map, never taken.
+        let x_row = plane + (top + i) * params.w + left;
+        let w_row = (c * params.kh + i) * params.kw;
+        for (var j = cols.x; j < cols.y; j = j + 1u) {
+            acc = fma(dw_x[x_row + j], dw_w[w_row + j], acc);
         }
     }
-    dw_y[t] = acc;
+    dw_y[(wid.z * params.cout + c) * per_image + pos] = acc;
+}
+
+// dx[n, c, ih, iw] = Σ dy[n, c, oh, ow] · w[c, 0, ih + ph − oh·sh, iw + pw − ow·sw] over the
+// output positions whose window covers (ih, iw).
+@group(0) @binding(1) var<storage, read> dbi_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> dbi_w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dbi_dx: array<f32>;
+
+@compute @workgroup_size(64)
+fn conv_backward_input_depthwise(@builtin(workgroup_id) wid: vec3<u32>,
+                                 @builtin(local_invocation_index) lid: u32) {
+    let per_plane = params.h * params.w;
+    let pos = wid.x * WG + lid;
+    if (pos >= per_plane) {
+        return;
+    }
+    let c = wid.y;
+    let ih = quot(pos, params.w) + params.ph;
+    let iw = pos + params.pw - (ih - params.ph) * params.w;
+    let rows = output_range(ih, params.kh, params.sh, params.ho);
+    let cols = output_range(iw, params.kw, params.sw, params.wo);
+    let out_plane = (wid.z * params.cout + c) * params.ho * params.wo;
+    var acc = 0.0;
+    for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {
+        let dy_row = out_plane + oh * params.wo;
+        let w_row = (c * params.kh + ih - oh * params.sh) * params.kw + iw;
+        for (var ow = cols.x; ow < cols.y; ow = ow + 1u) {
+            acc = fma(dbi_dy[dy_row + ow], dbi_w[w_row - ow * params.sw], acc);
+        }
+    }
+    dbi_dx[(wid.z * params.cin + c) * per_plane + pos] = acc;
 }

@@ -49,6 +49,53 @@ pub struct BenchResult {
     pub driver: String,
     /// How the time was measured.
     pub timing: TimingSource,
+    /// Where the time goes (`--profile`): each launch timed alone, added up by kernel, largest
+    /// first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<KernelTime>,
+}
+
+/// One kernel's share of a case: its launches, each timed alone, added up.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelTime {
+    /// `family::entry`.
+    pub kernel: String,
+    /// Launches of it per run.
+    pub launches: usize,
+    /// Seconds per run, all its launches together.
+    pub seconds: f64,
+}
+
+/// Adds up per-launch times (kernel name, seconds) by kernel, largest first.
+pub fn by_kernel(launches: impl IntoIterator<Item = (String, f64)>) -> Vec<KernelTime> {
+    let mut out: Vec<KernelTime> = Vec::new();
+    for (kernel, seconds) in launches {
+        match out.iter_mut().find(|k| k.kernel == kernel) {
+            Some(k) => {
+                k.seconds += seconds;
+                k.launches += 1;
+            }
+            None => out.push(KernelTime {
+                kernel,
+                launches: 1,
+                seconds,
+            }),
+        }
+    }
+    out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    out
+}
+
+/// Times each launch of a bound plan alone (`reps` repetitions in one pass) and adds the times
+/// up by kernel. Launches that update state (optimisers) run `reps` extra times: profile work
+/// whose results you do not keep.
+pub fn profile(gpu: &Gpu, bound: &BoundPlan, reps: u32) -> Result<Vec<KernelTime>> {
+    let mut launches = Vec::with_capacity(bound.len());
+    for (i, name) in bound.kernel_names().into_iter().enumerate() {
+        let m = measure(gpu, reps, |pass| bound.record_one(pass, i))?;
+        launches.push((name, m.seconds));
+    }
+    Ok(by_kernel(launches))
 }
 
 /// The bench suite's cases whose kernel name contains `filter` (all when `None`), plus the
@@ -94,8 +141,8 @@ fn time_plan(gpu: &Gpu, bound: &BoundPlan, target: f64) -> Result<(f64, TimingSo
 }
 
 /// Measures every case (three rounds of about `target` seconds each) and relates each to its
-/// baseline.
-pub fn run(gpu: &Gpu, cases: &[Case], target: f64) -> Result<Vec<BenchResult>> {
+/// baseline; with `profile`, also where each multi-launch case's time goes, by kernel.
+pub fn run(gpu: &Gpu, cases: &[Case], target: f64, profile: bool) -> Result<Vec<BenchResult>> {
     let caps = gpu.caps();
     let mut results: Vec<BenchResult> = Vec::new();
     for c in cases {
@@ -113,6 +160,11 @@ pub fn run(gpu: &Gpu, cases: &[Case], target: f64) -> Result<Vec<BenchResult>> {
             None => (gpu.bind_plan(&prepared.plan)?, kernel_names(&prepared.plan)),
         };
         let (seconds, timing) = time_plan(gpu, &bound, target)?;
+        let launches = if profile && bound.len() > 1 {
+            self::profile(gpu, &bound, 3)?
+        } else {
+            Vec::new()
+        };
         let (gflops, gbps, samples_per_second) = match c.work {
             Work::Flops(f) => (Some(f / seconds * 1e-9), None, None),
             Work::Bytes(b) => (None, Some(b / seconds * 1e-9), None),
@@ -136,6 +188,7 @@ pub fn run(gpu: &Gpu, cases: &[Case], target: f64) -> Result<Vec<BenchResult>> {
                 .trim()
                 .to_string(),
             timing,
+            profile: launches,
         });
     }
     let rate = |r: &BenchResult| r.gflops.or(r.gbps);

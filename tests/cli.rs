@@ -458,7 +458,8 @@ fn bench_with_a_filter_that_matches_nothing_fails() {
 }
 
 /// A whole training step in the bench suite, beside a peer's figure for the same case: the
-/// table names the speedup, the JSON the samples per second and the launches per step.
+/// table names the speedup, the JSON the samples per second and the launches per step, and
+/// `--profile` where the step's time goes, kernel by kernel.
 #[test]
 fn bench_times_a_training_step_and_compares_it_with_a_peer() {
     let dir = std::env::temp_dir().join(format!("wgdistill-peer-{}", std::process::id()));
@@ -478,6 +479,7 @@ fn bench_times_a_training_step_and_compares_it_with_a_peer() {
         json.to_str().unwrap(),
         "--compare",
         peer.to_str().unwrap(),
+        "--profile",
     ]) else {
         return;
     };
@@ -487,11 +489,25 @@ fn bench_times_a_training_step_and_compares_it_with_a_peer() {
         stdout.contains("speedup") && stdout.contains("a test"),
         "{stdout}"
     );
+    assert!(stdout.contains("by kernel:"), "{stdout}");
     let rows: serde_json::Value = read_json(&json);
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 1, "the filtered case: {rows:?}");
     assert!(rows[0]["samples_per_second"].as_f64().unwrap() > 0.0);
-    assert!(rows[0]["launches"].as_u64().unwrap() > 10);
+    let launches = rows[0]["launches"].as_u64().unwrap();
+    assert!(launches > 10);
+    // The profile accounts for every launch, each kernel once, with a positive time.
+    let profile = rows[0]["profile"].as_array().expect("profile");
+    let counted: u64 = profile
+        .iter()
+        .map(|k| k["launches"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, launches, "{profile:?}");
+    assert!(profile.iter().all(|k| k["seconds"].as_f64().unwrap() > 0.0));
+    assert!(
+        profile.iter().any(|k| k["kernel"] == "response::kd"),
+        "{profile:?}"
+    );
     // A peer file that is not one, and one with no case in common.
     std::fs::write(&peer, "[{\"kernel\": 3}]").unwrap();
     let out = on_ci_backend(&["bench", "--compare", peer.to_str().unwrap()]).unwrap();

@@ -14,6 +14,7 @@ pub fn run(
     filter: Option<&str>,
     json: Option<&Path>,
     compare: Option<&Path>,
+    profile: bool,
 ) -> Result<(), CliError> {
     let peers = compare.map(bench::read_peer).transpose()?;
     let cases = bench::catalogue(gpu, filter);
@@ -41,7 +42,7 @@ pub fn run(
             names.join(", ")
         )));
     }
-    let results = bench::run(gpu, &cases, 0.2)?;
+    let results = bench::run(gpu, &cases, 0.2, profile)?;
     println!("adapter: {}", gpu.caps().label());
     println!(
         "{:<14} {:<38} {:>11} {:>16} {:>26} {:>8}  kernels",
@@ -68,6 +69,25 @@ pub fn run(
             r.launches,
             r.kernels.join(", ")
         );
+    }
+    for r in results.iter().filter(|r| !r.profile.is_empty()) {
+        let total: f64 = r.profile.iter().map(|k| k.seconds).sum();
+        println!();
+        println!(
+            "{} {}: {:.3} ms in its launches timed alone, by kernel:",
+            r.kernel,
+            r.shape,
+            total * 1e3
+        );
+        for k in &r.profile {
+            println!(
+                "  {:>5.1}%  {:>9.3} ms  {:>4}×  {}",
+                100.0 * k.seconds / total,
+                k.seconds * 1e3,
+                k.launches,
+                k.kernel
+            );
+        }
     }
     if let Some(peers) = &peers {
         println!();

@@ -98,6 +98,10 @@ enum Command {
         /// with the speedup per case.
         #[arg(long, value_name = "PEER.json")]
         compare: Option<PathBuf>,
+        /// Also time each launch of every case alone and print where the time goes, by kernel
+        /// (in the JSON as `profile`).
+        #[arg(long)]
+        profile: bool,
     },
     /// Print a checkpoint's test accuracy on Fashion-MNIST.
     Eval {
@@ -314,12 +318,19 @@ pub fn run() -> Result<(), CliError> {
             filter,
             json,
             compare,
+            profile,
         }) => {
             if let Some(path) = json.as_deref() {
                 check_parent(path)?;
             }
             let gpu = Gpu::new(&query)?;
-            bench::run(&gpu, filter.as_deref(), json.as_deref(), compare.as_deref())
+            bench::run(
+                &gpu,
+                filter.as_deref(),
+                json.as_deref(),
+                compare.as_deref(),
+                profile,
+            )
         }
         Some(Command::Op { list: true, .. }) => {
             op::list();

@@ -1,6 +1,7 @@
 //! 2-D convolution over NCHW tensors (`shaders/conv.wgsl`, `shaders/conv_subgroup.wgsl`):
 //! forward as an implicit GEMM, gradients of the input and the weight, the bias gradient as a
-//! reduction of dy; channel groups as PyTorch's `groups`, with a depthwise forward.
+//! reduction of dy; channel groups as PyTorch's `groups`, with depthwise kernels (a workgroup per
+//! block of one plane) for `groups = Cin = Cout`.
 
 use crate::Result;
 use crate::catalogue::{Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor};
@@ -20,6 +21,10 @@ pub const CONV_BACKWARD_INPUT: KernelSpec =
 /// Depthwise forward (`groups` = input = output channels), one output per invocation.
 pub const CONV_FORWARD_DEPTHWISE: KernelSpec =
     KernelSpec::new::<Params>("conv", "conv_forward_depthwise", &[U, R, R, R, W]);
+/// Depthwise gradient of the input, one input element per invocation.
+pub const CONV_BACKWARD_INPUT_DEPTHWISE: KernelSpec =
+    KernelSpec::new::<Params>("conv", "conv_backward_input_depthwise", &[U, R, R, W]);
+
 /// Gradient of the weight.
 pub const CONV_BACKWARD_WEIGHT: KernelSpec =
     KernelSpec::new::<Params>("conv", "conv_backward_weight", &[U, R, R, W]);
@@ -43,6 +48,7 @@ pub const KERNELS: &[KernelSpec] = &[
     CONV_BACKWARD_INPUT,
     CONV_BACKWARD_WEIGHT,
     CONV_FORWARD_DEPTHWISE,
+    CONV_BACKWARD_INPUT_DEPTHWISE,
     CONV_FORWARD_SG,
     CONV_BACKWARD_INPUT_SG,
     CONV_BACKWARD_WEIGHT_SG,
@@ -98,6 +104,20 @@ impl Conv2d {
     pub fn is_depthwise(&self, cin: usize, cout: usize) -> bool {
         self.groups > 1 && self.groups == cin && cin == cout
     }
+}
+
+/// The depthwise kernels' grid for planes of `positions` (a workgroup per 64 positions of a plane,
+/// per channel, per image), or `None` where they do not apply: not depthwise, a plane too large
+/// for their division (`quot` in conv.wgsl), or more channels or images than a grid dimension
+/// holds; the general kernels take those.
+fn depthwise_grid(gpu: &Gpu, p: &Params, conv: &Conv2d, positions: u32) -> Option<[u32; 3]> {
+    let max = gpu.caps().limits.max_compute_workgroups_per_dimension;
+    let fits = conv.is_depthwise(p.cin as usize, p.cout as usize)
+        && p.h * p.w < 1 << 22
+        && p.ho * p.wo < 1 << 22
+        && p.cout <= max
+        && p.n <= max;
+    fits.then(|| [positions.div_ceil(64), p.cout, p.n])
 }
 
 #[repr(C)]
@@ -180,6 +200,13 @@ fn params(op: &str, x: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<(Params, [u
             .filter(|_| s > 0)
             .map(|v| v / s + 1)
     };
+    // The kernels divide row and column indices through f32 (`quot` in conv.wgsl).
+    if h + 2 * ph >= 1 << 22 || wd + 2 * pw >= 1 << 22 {
+        return Err(shape_error(
+            op,
+            format!("a padded {h}×{wd} map is beyond the kernels' 2^22 rows or columns"),
+        ));
+    }
     let (Some(ho), Some(wo)) = (out(h, kh, sh, ph), out(wd, kw, sw, pw)) else {
         return Err(shape_error(
             op,
@@ -244,9 +271,9 @@ pub fn forward_with(
     let y = gpu.empty(&out_shape, DType::F32)?;
     // Without a bias the binding is never read; any read-only buffer satisfies the layout.
     let tensors = [x, w, bias.unwrap_or(w), &y];
-    if conv.is_depthwise(x.shape()[1], out_shape[1]) {
+    if let Some(grid) = depthwise_grid(gpu, &p, conv, p.ho * p.wo) {
         gpu.check_loops(&CONV_FORWARD_DEPTHWISE, nested_trips(&[p.kh, p.kw]))?;
-        let d = gpu.dispatch_over(&CONV_FORWARD_DEPTHWISE, &p, &tensors, y.numel())?;
+        let d = gpu.dispatch_grid(&CONV_FORWARD_DEPTHWISE, &[], &p, &tensors, grid)?;
         return Ok((d, y));
     }
     // Both GEMM kernels loop over their group's (ci, kh, kw).
@@ -340,8 +367,11 @@ pub fn backward_with(
     let subgroups = use_subgroups(gpu, options.subgroups, &input_grid, conv.groups)?
         && use_subgroups(gpu, options.subgroups, &weight_grid, conv.groups)?;
     let mut plan = Vec::new();
+    let depthwise = depthwise_grid(gpu, &p, conv, p.h * p.w);
     if options.input_grad {
-        let (spec, trips) = if subgroups {
+        let (spec, trips) = if depthwise.is_some() {
+            (&CONV_BACKWARD_INPUT_DEPTHWISE, nested_trips(&[p.kh, p.kw]))
+        } else if subgroups {
             (&CONV_BACKWARD_INPUT_SG, nested_trips(&[p.cout, p.kh, p.kw]))
         } else {
             (
@@ -353,18 +383,21 @@ pub fn backward_with(
     }
     let dx = if options.input_grad {
         let dx = gpu.empty(x.shape(), DType::F32)?;
-        plan.push(if subgroups {
+        let tensors = [dy, w, &dx];
+        plan.push(if let Some(grid) = depthwise {
+            gpu.dispatch_grid(&CONV_BACKWARD_INPUT_DEPTHWISE, &[], &p, &tensors, grid)?
+        } else if subgroups {
             let grid = [input_grid[0] as u32, input_grid[1] as u32, 1];
             let unit = f64::from(u8::from(conv.stride == [1, 1]));
             gpu.dispatch_grid(
                 &CONV_BACKWARD_INPUT_SG,
                 &[("UNIT_STRIDE", unit)],
                 &p,
-                &[dy, w, &dx],
+                &tensors,
                 grid,
             )?
         } else {
-            gpu.dispatch_over(&CONV_BACKWARD_INPUT, &p, &[dy, w, &dx], dx.numel())?
+            gpu.dispatch_over(&CONV_BACKWARD_INPUT, &p, &tensors, dx.numel())?
         });
         Some(dx)
     } else {
@@ -400,16 +433,28 @@ pub fn backward_with(
         plan.push(sum);
         Some(total.reshape(w.shape())?)
     };
-    let dbias = if options.bias {
-        let (per_image, partial) =
-            reduce_axis(gpu, &dy.reshape(&[n, cout, ho * wo])?, 2, AxisOp::Sum)?;
-        let (total, db) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
-        plan.extend([per_image, total]);
-        Some(db)
-    } else {
-        None
-    };
+    let dbias = bias_grad(gpu, dy, options.bias, &mut plan)?;
     Ok((plan, ConvGrads { dx, dw, dbias }))
+}
+
+/// dbias, the sum of dy (N, Cout, Ho, Wo) over all but its channels, when the layer has a bias:
+/// two reductions appended to `plan`.
+fn bias_grad(
+    gpu: &Gpu,
+    dy: &Tensor,
+    bias: bool,
+    plan: &mut Vec<Dispatch>,
+) -> Result<Option<Tensor>> {
+    if !bias {
+        return Ok(None);
+    }
+    let &[n, cout, ho, wo] = dy.shape() else {
+        return Err(shape_error("conv2d_backward", "dy must be 4-D"));
+    };
+    let (per_image, partial) = reduce_axis(gpu, &dy.reshape(&[n, cout, ho * wo])?, 2, AxisOp::Sum)?;
+    let (total, db) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
+    plan.extend([per_image, total]);
+    Ok(Some(db))
 }
 
 /// One forward and backward check of `spec` (and of `subgroups`, as in [`forward_with`]) on a
@@ -528,6 +573,29 @@ pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
         depthwise,
         None,
     ));
+    // Planes over several workgroups, a weight gradient over several chunks of images, a 5×5
+    // window padded by 2 at stride 2 (output rows whose first tap is not 0).
+    let wide = Window {
+        n: 3,
+        c: 2,
+        h: 37,
+        w: 45,
+        k: [5, 5],
+        s: [2, 1],
+        p: [2, 2],
+    };
+    let wide_spec = Conv2d {
+        stride: [2, 1],
+        padding: [2, 2],
+        groups: 2,
+    };
+    cases.push(check_case(
+        "conv2d depthwise 5x5 fwd+bwd",
+        wide,
+        2,
+        wide_spec,
+        None,
+    ));
     cases.push(check_case(
         "conv2d depthwise ×2 fwd+bwd",
         win(5, 9, 7, 3, [1, 2], 1),
@@ -566,16 +634,37 @@ fn bench_cases(suite: Suite) -> Vec<Case> {
     let depthwise = Conv2d { groups: c, ..spec };
     let bytes = 8.0 * (b * c * hw * hw) as f64;
     let shape = format!("[{b}, {c}, {hw}, {hw}] 3x3 depthwise");
-    let depthwise_case = memory_case(suite, "conv2d_depthwise", shape, bytes, move |gpu| {
-        let (x, w) = inputs(gpu, 1)?;
-        let (d, y) = forward(gpu, &x, &w, None, &depthwise)?;
-        Ok(Prepared::new(vec![d], vec![y]))
-    });
+    let depthwise_case = memory_case(
+        suite,
+        "conv2d_depthwise",
+        shape.clone(),
+        bytes,
+        move |gpu| {
+            let (x, w) = inputs(gpu, 1)?;
+            let (d, y) = forward(gpu, &x, &w, None, &depthwise)?;
+            Ok(Prepared::new(vec![d], vec![y]))
+        },
+    );
+    // dx and dw: each reads dy and one map and writes little or one map, so twice the forward's
+    // compulsory bytes.
+    let depthwise_bwd = memory_case(
+        suite,
+        "conv2d_depthwise_bwd",
+        shape,
+        2.0 * bytes,
+        move |gpu| {
+            let (x, w) = inputs(gpu, 1)?;
+            let dy = sample_tensor(gpu, &[b, c, hw, hw], 6)?;
+            let (plan, g) = backward(gpu, &x, &w, &dy, false, &depthwise)?;
+            Ok(Prepared::new(plan, g.dx.into_iter().chain(g.dw).collect()))
+        },
+    );
     let key = base.key();
     vec![
         forward_case.baseline(key.clone()),
         backward_case.baseline(key),
         base,
         depthwise_case,
+        depthwise_bwd,
     ]
 }
