@@ -10,6 +10,8 @@
 // Each invocation keeps a 4-position × 8-channel block in registers; a block's channels belong
 // to one group, so its inner dimension is that group's (ci, kh, kw).
 //
+// quot and covering come from shaders/common/index.wgsl, prepended.
+//
 // Every index is in bounds by construction (input reads clamped and masked, weight rows clamped,
 // stores guarded, backward indices derived from valid positions), tested at odd shapes, so this
 // family is compiled without naga's runtime bounds checks.
@@ -42,22 +44,6 @@ const CH: u32 = 8u;
 
 fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
-// a / b, exact, without an integer division (CPU drivers divide one lane at a time): f32
-// division is within a few ulps, so its truncation is off by at most one for a < 2^22, which
-// the two integer tests correct. The host keeps maps below 2^22 positions.
-fn quot(a: u32, b: u32) -> u32 {
-    var q = u32((f32(a) + 0.5) / f32(b));
-    q = q - select(0u, 1u, q * b > a);
-    return q + select(0u, 1u, (q + 1u) * b <= a);
-}
-
-// The output indices o in [0, n_out) that a tap t in [0, k) maps onto padded input index p by
-// o·s + t = p: from ceil((p + 1 − k) / s) (0 if that is negative) to floor(p / s), as [first,
-// end).
-fn output_range(p: u32, k: u32, s: u32, n_out: u32) -> vec2<u32> {
-    return vec2<u32>(quot(max(p + s, k) - k, s), min(quot(p, s) + 1u, n_out));
 }
 
 // The taps t in [0, k) with o·s + t − pad inside [0, n_in) for output index o, as [first, end).
@@ -205,13 +191,13 @@ fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     let ci = (co / cout_g) * cin_g + (k / (params.kh * params.kw)) % cin_g;
     let i = (k / params.kw) % params.kh;
     let j = k % params.kw;
-    // The output positions whose tap (i, j) lands inside the map, as loop bounds.
-    // (a tap past the padded map's last row or column has none).
+    // The output rows whose tap i lands inside the map (o·sh + i − ph in [0, h)) are those whose
+    // h-row window holds padded row h − 1 + ph − i (none when i is past it); columns likewise.
     let last_row = params.h - 1u + params.ph;
     let last_col = params.w - 1u + params.pw;
     let none = vec2<u32>(0u, 0u);
-    let rows = select(none, output_range(last_row - i, params.h, params.sh, params.ho), i <= last_row);
-    let cols = select(none, output_range(last_col - j, params.w, params.sw, params.wo), j <= last_col);
+    let rows = select(none, covering(last_row - i, params.h, params.sh, params.ho), i <= last_row);
+    let cols = select(none, covering(last_col - j, params.w, params.sw, params.wo), j <= last_col);
     var acc = 0.0;
     let img_end = min((z + 1u) * params.images, params.n);
     for (var img = z * params.images; img < img_end; img = img + 1u) {
@@ -282,10 +268,11 @@ fn conv_backward_input_depthwise(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let c = wid.y;
+    // Padded row and column.
     let ih = quot(pos, params.w) + params.ph;
     let iw = pos + params.pw - (ih - params.ph) * params.w;
-    let rows = output_range(ih, params.kh, params.sh, params.ho);
-    let cols = output_range(iw, params.kw, params.sw, params.wo);
+    let rows = covering(ih, params.kh, params.sh, params.ho);
+    let cols = covering(iw, params.kw, params.sw, params.wo);
     let out_plane = (wid.z * params.cout + c) * params.ho * params.wo;
     var acc = 0.0;
     for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {

@@ -1,5 +1,6 @@
 // 2-D pooling over NCHW tensors, forward and backward, as PyTorch computes it (floor mode;
 // max pooling ignores padding, average pooling counts it: count_include_pad = true).
+// quot and covering come from shaders/common/index.wgsl, prepended.
 // Backward passes gather rather than scatter: each input element sums over the output windows
 // that contain it, so no atomics are needed and results are deterministic.
 
@@ -27,18 +28,6 @@ fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
-// a / b for a < 2^24: CPU drivers cannot vectorise integer division, but they can f32
-// division, which is exact to within one here; the correction makes it exact.
-fn quot(a: u32, b: u32) -> u32 {
-    var q = u32(f32(a) / f32(b));
-    if (q * b > a) {
-        q = q - 1u;
-    } else if ((q + 1u) * b <= a) {
-        q = q + 1u;
-    }
-    return q;
-}
-
 // Max pooling runs on a grid of (chunks of 64 positions within a plane, planes folded over y and
 // z): the plane is the same for every lane, and the position's row and column come from quot.
 // Returns (plane, position), or NONE past the end.
@@ -51,14 +40,6 @@ fn plane_position(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, per_plane: u32) -> v
         return vec2<u32>(NONE, NONE);
     }
     return vec2<u32>(plane, pos);
-}
-
-// Output rows (or columns) whose window covers input index i: [first, last], possibly empty.
-fn covering(i: u32, pad: u32, k: u32, stride: u32, out: u32) -> vec2<i32> {
-    let ip = i + pad;
-    let first = select(0u, quot(ip + stride - k, stride), ip + stride >= k);
-    let last = min(i32(quot(ip, stride)), i32(out) - 1);
-    return vec2<i32>(i32(first), last);
 }
 
 // ---- max pooling ----------------------------------------------------------------------------
@@ -120,13 +101,13 @@ fn max_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let x = plane * per_plane + at.y;
     let ih = quot(at.y, params.w);
     let iw = at.y - ih * params.w;
-    let rows = covering(ih, params.ph, params.kh, params.sh, params.ho);
-    let cols = covering(iw, params.pw, params.kw, params.sw, params.wo);
+    let rows = covering(ih + params.ph, params.kh, params.sh, params.ho);
+    let cols = covering(iw + params.pw, params.kw, params.sw, params.wo);
     let me = i32(ih * params.w + iw);
     var acc = 0.0;
-    for (var oh = rows.x; oh <= rows.y; oh = oh + 1) {
-        for (var ow = cols.x; ow <= cols.y; ow = ow + 1) {
-            let o = plane * params.ho * params.wo + u32(oh) * params.wo + u32(ow);
+    for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {
+        for (var ow = cols.x; ow < cols.y; ow = ow + 1u) {
+            let o = plane * params.ho * params.wo + oh * params.wo + ow;
             if (maxb_arg[o] == me) {
                 acc = acc + maxb_dy[o];
             }
@@ -174,12 +155,12 @@ fn avg_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let plane = x / per_plane;
     let ih = (x % per_plane) / params.w;
     let iw = x % params.w;
-    let rows = covering(ih, params.ph, params.kh, params.sh, params.ho);
-    let cols = covering(iw, params.pw, params.kw, params.sw, params.wo);
+    let rows = covering(ih + params.ph, params.kh, params.sh, params.ho);
+    let cols = covering(iw + params.pw, params.kw, params.sw, params.wo);
     var acc = 0.0;
-    for (var oh = rows.x; oh <= rows.y; oh = oh + 1) {
-        for (var ow = cols.x; ow <= cols.y; ow = ow + 1) {
-            acc = acc + avg_in[plane * params.ho * params.wo + u32(oh) * params.wo + u32(ow)];
+    for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {
+        for (var ow = cols.x; ow < cols.y; ow = ow + 1u) {
+            acc = acc + avg_in[plane * params.ho * params.wo + oh * params.wo + ow];
         }
     }
     avg_out[x] = acc / f32(params.kh * params.kw);

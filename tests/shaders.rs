@@ -39,6 +39,37 @@ fn every_shader_file_is_registered() {
     );
 }
 
+/// Every helper file in `shaders/common/` is prepended to some family, exactly as it is on disk.
+#[test]
+fn every_common_helper_file_is_used_as_written() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("shaders/common exists") {
+        let path = entry.expect("readable entry").path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let users: Vec<_> = SHADER_FILES.iter().filter(|f| f.common == stem).collect();
+        assert!(
+            !users.is_empty(),
+            "{} is prepended to no family",
+            path.display()
+        );
+        for f in users {
+            assert_eq!(f.source, format!("{text}{}", f.own), "{}", f.path);
+        }
+        seen += 1;
+    }
+    assert!(seen > 0);
+    for f in SHADER_FILES.iter().filter(|f| !f.common.is_empty()) {
+        let path = format!("{dir}/{}.wgsl", f.common);
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{}: no {path}",
+            f.path
+        );
+    }
+}
+
 #[test]
 fn every_shader_validates_and_translates_to_all_backends() {
     for file in SHADER_FILES {

@@ -10,10 +10,14 @@ pub struct ShaderFile {
     pub name: &'static str,
     /// The path in the source tree, used in error messages.
     pub path: &'static str,
-    /// The module's WGSL source: the file, after its base family's (see [`ShaderFile::after`]).
+    /// The module's WGSL source: the file, after its common helpers ([`ShaderFile::common`]) or
+    /// its base family's (see [`ShaderFile::after`]).
     pub source: &'static str,
     /// The file's own text (`source` without the base family's).
     pub own: &'static str,
+    /// The helpers of `shaders/common/` prepended to the file (`""` for none): WGSL has no
+    /// includes, so rules several families share are written once there.
+    pub common: &'static str,
     /// A family whose source comes first in this module (its helpers, bindings and entry
     /// points shared), so that a variant file holds only what differs; line numbers in naga's
     /// errors then count from the base file's first line.
@@ -85,10 +89,31 @@ macro_rules! shader_file {
                 include_str!(concat!("../../shaders/", $name, ".wgsl"))
             ),
             own: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            common: "",
             after: Some($base),
             trusted: false,
             subgroups: false,
             packed_dot: true,
+        }
+    };
+    ($name:literal, trusted, common $common:literal) => {
+        ShaderFile {
+            common: $common,
+            source: concat!(
+                include_str!(concat!("../../shaders/common/", $common, ".wgsl")),
+                include_str!(concat!("../../shaders/", $name, ".wgsl"))
+            ),
+            ..shader_file!($name, true, false, false)
+        }
+    };
+    ($name:literal, common $common:literal) => {
+        ShaderFile {
+            common: $common,
+            source: concat!(
+                include_str!(concat!("../../shaders/common/", $common, ".wgsl")),
+                include_str!(concat!("../../shaders/", $name, ".wgsl"))
+            ),
+            ..shader_file!($name, false, false, false)
         }
     };
     ($name:literal, $trusted:expr, $subgroups:expr, $packed_dot:expr) => {
@@ -97,6 +122,7 @@ macro_rules! shader_file {
             path: concat!("shaders/", $name, ".wgsl"),
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
             own: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            common: "",
             after: None,
             trusted: $trusted,
             subgroups: $subgroups,
@@ -111,7 +137,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("augment"),
     shader_file!("batchnorm"),
     shader_file!("contrast"),
-    shader_file!("conv", trusted),
+    shader_file!("conv", trusted, common "index"),
     shader_file!("conv_subgroup", trusted, subgroups),
     shader_file!("dropout"),
     shader_file!("elementwise"),
@@ -121,7 +147,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("matmul", trusted),
     shader_file!("matmul_subgroup", trusted, subgroups),
     shader_file!("optimizer"),
-    shader_file!("pool"),
+    shader_file!("pool", common "index"),
     shader_file!("quantize"),
     shader_file!("reduce"),
     shader_file!("relation"),

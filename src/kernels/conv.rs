@@ -108,13 +108,13 @@ impl Conv2d {
 
 /// The depthwise kernels' grid for planes of `positions` (a workgroup per 64 positions of a plane,
 /// per channel, per image), or `None` where they do not apply: not depthwise, a plane too large
-/// for their division (`quot` in conv.wgsl), or more channels or images than a grid dimension
+/// for their division ([`super::QUOT_LIMIT`]), or more channels or images than a grid dimension
 /// holds; the general kernels take those.
 fn depthwise_grid(gpu: &Gpu, p: &Params, conv: &Conv2d, positions: u32) -> Option<[u32; 3]> {
     let max = gpu.caps().limits.max_compute_workgroups_per_dimension;
     let fits = conv.is_depthwise(p.cin as usize, p.cout as usize)
-        && p.h * p.w < 1 << 22
-        && p.ho * p.wo < 1 << 22
+        && ((p.h * p.w) as usize) < super::QUOT_LIMIT
+        && ((p.ho * p.wo) as usize) < super::QUOT_LIMIT
         && p.cout <= max
         && p.n <= max;
     fits.then(|| [positions.div_ceil(64), p.cout, p.n])
@@ -200,8 +200,8 @@ fn params(op: &str, x: &Tensor, w: &Tensor, conv: &Conv2d) -> Result<(Params, [u
             .filter(|_| s > 0)
             .map(|v| v / s + 1)
     };
-    // The kernels divide row and column indices through f32 (`quot` in conv.wgsl).
-    if h + 2 * ph >= 1 << 22 || wd + 2 * pw >= 1 << 22 {
+    // The kernels divide row and column indices through f32.
+    if h + 2 * ph >= super::QUOT_LIMIT || wd + 2 * pw >= super::QUOT_LIMIT {
         return Err(shape_error(
             op,
             format!("a padded {h}×{wd} map is beyond the kernels' 2^22 rows or columns"),

@@ -109,6 +109,10 @@ pub struct AttrDef {
     pub doc: &'static str,
 }
 
+/// Indices that the window kernels divide through f32 (`quot` in `shaders/common/index.wgsl`) stay
+/// below this: map positions, padded rows and columns.
+pub(crate) const QUOT_LIMIT: usize = 1 << 22;
+
 /// Whether `op` launches its subgroup variant (`*_subgroup.wgsl`). `requested`: `Some(true)`
 /// insists (an error saying why when it cannot run), `Some(false)` forbids, `None` takes it
 /// wherever it can run with the register-blocked style. It can run on adapters with subgroups of

@@ -158,7 +158,7 @@ fn planar_grid(gpu: &Gpu, planes: u32, per_plane: usize) -> Result<[u32; 3]> {
     let max = gpu.caps().limits.max_compute_workgroups_per_dimension;
     let y = planes.min(max);
     let grid = [per_plane.div_ceil(64) as u32, y, planes.div_ceil(y)];
-    if grid[0] > max || grid[2] > max || per_plane >= 1 << 24 {
+    if grid[0] > max || grid[2] > max || per_plane >= super::QUOT_LIMIT {
         return Err(shape_error(
             "max_pool",
             format!("{planes} planes of {per_plane} positions exceed the adapter's grid"),
