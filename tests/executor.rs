@@ -117,6 +117,70 @@ fn cnn_gradients_match_finite_differences() {
     check_model_gradients("cnn", &g, 2);
 }
 
+/// Cross-modal students: an MLP on the row and column profiles (its first layer a linear layer
+/// over the concatenated profiles, in two parts) and an MLP and a CNN on the 4×4 thumbnail. Each
+/// sees its modality and nothing more: a change of the image that keeps the modality keeps the
+/// logits, while the image model's change; gradients match finite differences.
+#[test]
+fn modality_students_see_only_their_modality() {
+    use models::Modality::{Image, Profiles, Thumbnail};
+    let input = [2, 1, 8, 12];
+    let profiles = models::mlp_seeing(input, &[5], 3, Profiles).unwrap();
+    let shape = |g: &Graph, name: &str| g.shape(g.find(name).unwrap()).to_vec();
+    assert_eq!(shape(&profiles, "hidden.0.rows.weight"), [5, 8]);
+    assert_eq!(shape(&profiles, "hidden.0.columns.weight"), [5, 12]);
+    assert!(profiles.find("hidden.0.columns.bias").is_none(), "one bias");
+    let thumbnail = models::mlp_seeing(input, &[5], 3, Thumbnail).unwrap();
+    assert_eq!(
+        shape(&thumbnail, "hidden.0.weight"),
+        [5, 6],
+        "2×3 thumbnail"
+    );
+    let thumbnail_cnn = models::cnn_seeing(input, &[4], 3, Thumbnail).unwrap();
+    assert!(models::cnn_seeing(input, &[4], 3, Profiles).is_err());
+    check_model_gradients("mlp on profiles", &profiles, 21);
+    check_model_gradients("mlp on a thumbnail", &thumbnail, 22);
+
+    let Some(gpu) = gpu() else { return };
+    let x = data(2 * 8 * 12, 23);
+    // Moves mass within one 4×4 block (the thumbnail keeps), or around a rectangle's corners
+    // (every row and column sum keeps).
+    let mut in_block = x.clone();
+    in_block[4 * 12 + 5] += 0.5;
+    in_block[6 * 12 + 7] -= 0.5;
+    let mut corners = x.clone();
+    for (r, c, d) in [(1, 2, 0.5), (6, 9, 0.5), (1, 9, -0.5), (6, 2, -0.5)] {
+        corners[r * 12 + c] += d;
+    }
+    let logits = |g: &Graph, x: &[f32]| {
+        let w = Weights::init(gpu, g, 5).unwrap();
+        EvalStep::compile(gpu, g, &w).unwrap().run(gpu, x).unwrap()
+    };
+    let image = models::mlp_seeing(input, &[5], 3, Image).unwrap();
+    for (g, changed, what) in [
+        (&thumbnail, &in_block, "thumbnail mlp"),
+        (&thumbnail_cnn, &in_block, "thumbnail cnn"),
+        (&profiles, &corners, "profiles mlp"),
+    ] {
+        let (a, b) = (logits(g, &x), logits(g, changed));
+        let gap = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(gap < 1e-5, "{what}: {gap}");
+    }
+    for changed in [&in_block, &corners] {
+        let (a, b) = (logits(&image, &x), logits(&image, changed));
+        let gap = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(gap > 1e-3, "the image model sees the change: {gap}");
+    }
+}
+
 /// The MobileNet-style family (depthwise-separable blocks, torchvision's names) at a quarter
 /// width: every parameter's gradient against central differences, and the layout a PyTorch
 /// checkpoint of the same network has.

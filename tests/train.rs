@@ -1244,6 +1244,59 @@ fn paraphraser_settings_are_checked() {
     }
 }
 
+/// configs/cross_modal.toml at CI size: the students on the thumbnail and on the profiles train
+/// from labels, with KD and with KD alone, and their checkpoints hold their modality's first
+/// layer; a cnn cannot read profiles (one line, naming the key).
+#[test]
+fn the_cross_modal_config_trains_students_on_other_modalities() {
+    use wgdistill::train::config::DatasetKind;
+    let Some(gpu) = gpu() else { return };
+    let text = include_str!("../configs/cross_modal.toml");
+    let mut cfg = config::parse("cross_modal", text).unwrap();
+    cfg.data.dataset = DatasetKind::Synthetic;
+    cfg.data.batch_size = 64;
+    cfg.data.train_limit = Some(256);
+    cfg.data.test_limit = Some(128);
+    for stage in &mut cfg.stages {
+        stage.epochs = 1;
+    }
+    cfg.check("cross_modal").unwrap();
+    let opts = RunOptions::new(out_dir("cross-modal"));
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let s = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+    assert_eq!(s.stages.len(), 7);
+    for stage in &s.stages {
+        let acc = stage.models[0].test_accuracy;
+        assert!((0.0..=1.0).contains(&acc), "{}: {acc}", stage.name);
+    }
+    let weights = |m: &str| {
+        wgdistill::io::read_safetensors(&opts.out.join(format!("checkpoints/{m}.safetensors")))
+            .unwrap()
+    };
+    let profiles = weights("profiles_label_free");
+    assert_eq!(profiles["hidden.0.rows.weight"].shape, vec![128, 28]);
+    assert_eq!(profiles["hidden.0.columns.weight"].shape, vec![128, 28]);
+    assert_eq!(
+        weights("thumbnail_kd")["hidden.0.weight"].shape,
+        vec![128, 49]
+    );
+
+    let bad = text.replacen(
+        "arch = \"mlp\"\nhidden = [128, 64]\nmodality = \"profiles\"",
+        "arch = \"cnn\"\nchannels = [8]\nmodality = \"profiles\"",
+        1,
+    );
+    let err = config::parse("cross_modal", &bad)
+        .unwrap()
+        .check("cross_modal")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("models.profiles_scratch.modality") && !err.contains('\n'),
+        "{err}"
+    );
+}
+
 /// configs/data_free.toml with CI-sized settings (a synthetic set, one or two epochs, a few
 /// synthesis iterations, a narrow generator).
 fn data_free_small() -> config::Config {

@@ -128,6 +128,10 @@ enum Command {
         /// MobileNet's activation: relu or relu6.
         #[arg(long, default_value = "relu", value_parser = parse_activation)]
         activation: wgdistill::models::Activation,
+        /// What an mlp or cnn sees of each image: image, thumbnail or profiles (as the model's
+        /// `modality` key).
+        #[arg(long, default_value = "image", value_parser = wgdistill::models::Modality::parse)]
+        modality: wgdistill::models::Modality,
         /// Layers factorised to low rank, as the model's `low_rank` table: LAYER=RANK,…
         #[arg(long, value_delimiter = ',', value_name = "LAYER=RANK")]
         low_rank: Vec<String>,
@@ -255,6 +259,7 @@ pub fn run() -> Result<(), CliError> {
             widths,
             width,
             activation,
+            modality,
             low_rank,
             qat,
             int8,
@@ -262,6 +267,7 @@ pub fn run() -> Result<(), CliError> {
             data,
         }) => {
             let arch = train::ArchArgs {
+                modality,
                 arch,
                 hidden,
                 channels,

@@ -153,6 +153,8 @@ pub struct ArchArgs {
     pub width: f64,
     /// MobileNet's activation.
     pub activation: wgdistill::models::Activation,
+    /// What an mlp or cnn sees of each image.
+    pub modality: wgdistill::models::Modality,
     /// `LAYER=RANK` entries of the model's `low_rank` table.
     pub low_rank: Vec<String>,
     /// A quantisation-aware model (its fake quantisers, at their saved scales).
@@ -173,9 +175,18 @@ impl ArchArgs {
             };
             low_rank.insert(layer.to_string(), rank);
         }
+        if self.modality != wgdistill::models::Modality::Image
+            && !matches!(self.arch.as_str(), "mlp" | "cnn")
+        {
+            return Err(CliError::Message(format!(
+                "--modality: only mlp and cnn read a modality, not {}",
+                self.arch
+            )));
+        }
         Ok(match self.arch.as_str() {
             "mlp" => config::ModelConfig::Mlp {
                 hidden: self.hidden.clone(),
+                modality: self.modality,
                 checkpoint: None,
                 low_rank: low_rank.clone(),
                 qat: self.qat,
@@ -183,6 +194,7 @@ impl ArchArgs {
             },
             "cnn" => config::ModelConfig::Cnn {
                 channels: self.channels.clone(),
+                modality: self.modality,
                 checkpoint: None,
                 low_rank: low_rank.clone(),
                 qat: self.qat,

@@ -3,23 +3,127 @@
 //! taps its hidden features and `logits`.
 
 use crate::Result;
+use crate::error::shape_error;
 use crate::gpu::DType;
-use crate::graph::{ConvLayer, Graph};
+use crate::graph::{ConvLayer, Graph, Value};
+
+/// What a model sees of each image: the image, or a second modality derived from it inside the
+/// graph (cross-modal distillation: a teacher on the image teaches a student on the derived
+/// modality; the pairs are exact, and the student cannot see past its modality).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    /// The image itself.
+    #[default]
+    Image,
+    /// A thumbnail: 4×4 average pooling, 7×7 for 28×28 images (a sixteenth of the values).
+    Thumbnail,
+    /// The row and column intensity profiles: each row's and each column's mean (28 + 28
+    /// values for 28×28 images), a vector for an MLP.
+    Profiles,
+}
+
+impl Modality {
+    /// Every modality, in the order of the docs.
+    pub const ALL: [Modality; 3] = [Modality::Image, Modality::Thumbnail, Modality::Profiles];
+
+    /// The modality called `name` (as in configs), or what the names are.
+    pub fn parse(name: &str) -> std::result::Result<Modality, String> {
+        Modality::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| format!("expected image, thumbnail or profiles, got '{name}'"))
+    }
+
+    /// Its name in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Modality::Image => "image",
+            Modality::Thumbnail => "thumbnail",
+            Modality::Profiles => "profiles",
+        }
+    }
+
+    /// The model's view of `x` (N, C, H, W) as maps: the image or its thumbnail (profiles are
+    /// not maps).
+    fn maps(self, g: &mut Graph, x: Value) -> Result<Value> {
+        match self {
+            Modality::Image => Ok(x),
+            Modality::Thumbnail => g.avg_pool(x, 4, 4, 0),
+            Modality::Profiles => Err(shape_error(
+                "modality",
+                "profiles are vectors, not maps: read them with an mlp",
+            )),
+        }
+    }
+
+    /// The model's view of `x` as flat vectors, with a name for each: one vector, or the row
+    /// and the column profiles (which a first layer reads as one concatenated vector).
+    fn vectors(self, g: &mut Graph, x: Value) -> Result<Vec<(&'static str, Value)>> {
+        if self != Modality::Profiles {
+            let maps = self.maps(g, x)?;
+            return Ok(vec![("", g.flatten(maps)?)]);
+        }
+        let &[_, _, h, w] = g.shape(x) else {
+            return Err(shape_error("modality", "profiles need (N, C, H, W) images"));
+        };
+        let rows = g.adaptive_avg_pool(x, [h, 1])?;
+        let columns = g.adaptive_avg_pool(x, [1, w])?;
+        Ok(vec![
+            ("rows", g.flatten(rows)?),
+            ("columns", g.flatten(columns)?),
+        ])
+    }
+}
+
+/// A linear layer over the concatenation of `parts` (named, flat), written as one `Linear` per
+/// part, summed: `W·[a; b] + c = W_a·a + W_b·b + c`, so no concatenation is needed. One part
+/// keeps the plain name (`name.weight`, `name.bias`); several are `name.PART.weight`, the bias
+/// on the first.
+fn linear_over(g: &mut Graph, name: &str, parts: &[(&str, Value)], width: usize) -> Result<Value> {
+    let mut sum: Option<Value> = None;
+    for &(part, v) in parts {
+        let layer = if parts.len() == 1 {
+            name.to_string()
+        } else {
+            format!("{name}.{part}")
+        };
+        let z = g.linear(&layer, v, width, sum.is_none())?;
+        sum = Some(match sum {
+            None => z,
+            Some(s) => g.add(s, z)?,
+        });
+    }
+    sum.ok_or_else(|| shape_error(name, "a linear layer needs an input"))
+}
 
 /// `x.flatten(1)`, then `hidden.i = ReLU(Linear)` for each width, then `head = Linear`.
 /// Parameters `hidden.{i}.weight/bias`, `head.weight/bias`; taps `hidden.{i}` (after the
 /// activation) and `logits`.
 pub fn mlp(input: [usize; 4], hidden: &[usize], classes: usize) -> Result<Graph> {
+    mlp_seeing(input, hidden, classes, Modality::Image)
+}
+
+/// [`mlp`] on a modality of the image: its first layer reads the thumbnail, or both profiles
+/// (`hidden.0.rows.weight/bias` and `hidden.0.columns.weight`, a linear layer over the 56
+/// concatenated values split in two).
+pub fn mlp_seeing(
+    input: [usize; 4],
+    hidden: &[usize],
+    classes: usize,
+    modality: Modality,
+) -> Result<Graph> {
     let mut g = Graph::new();
     let x = g.input("x", &input, DType::F32)?;
-    let mut h = g.flatten(x)?;
+    let mut parts = modality.vectors(&mut g, x)?;
     for (i, &width) in hidden.iter().enumerate() {
         let name = format!("hidden.{i}");
-        let z = g.linear(&name, h, width, true)?;
-        h = g.relu(z)?;
+        let z = linear_over(&mut g, &name, &parts, width)?;
+        let h = g.relu(z)?;
         g.tap(&name, h)?;
+        parts = vec![("", h)];
     }
-    let logits = g.linear("head", h, classes, true)?;
+    let logits = linear_over(&mut g, "head", &parts, classes)?;
     g.set_output(logits)?;
     Ok(g)
 }
@@ -30,8 +134,19 @@ pub fn mlp(input: [usize; 4], hidden: &[usize], classes: usize) -> Result<Graph>
 /// `features.{4i+1}` (each block's batch-normalised map, before its ReLU: activation
 /// boundaries read it), `features.{4i+3}` (each block's output) and `logits`.
 pub fn cnn(input: [usize; 4], channels: &[usize], classes: usize) -> Result<Graph> {
+    cnn_seeing(input, channels, classes, Modality::Image)
+}
+
+/// [`cnn`] on the image or its thumbnail (the same parameters; profiles are refused).
+pub fn cnn_seeing(
+    input: [usize; 4],
+    channels: &[usize],
+    classes: usize,
+    modality: Modality,
+) -> Result<Graph> {
     let mut g = Graph::new();
-    let mut h = g.input("x", &input, DType::F32)?;
+    let x = g.input("x", &input, DType::F32)?;
+    let mut h = modality.maps(&mut g, x)?;
     for (i, &c) in channels.iter().enumerate() {
         let conv = g.conv2d(&format!("features.{}", 4 * i), h, ConvLayer::same(c, 3))?;
         let bn = g.batch_norm(&format!("features.{}", 4 * i + 1), conv)?;

@@ -66,6 +66,10 @@ pub struct DataConfig {
     pub teacher_cache: bool,
 }
 
+fn is_image(m: &models::Modality) -> bool {
+    *m == models::Modality::Image
+}
+
 fn default_batch() -> usize {
     128
 }
@@ -78,6 +82,10 @@ pub enum ModelConfig {
     Mlp {
         /// Hidden widths.
         hidden: Vec<usize>,
+        /// What it sees of each image: `image` (the default), `thumbnail` or `profiles`
+        /// (cross-modal distillation; see [`models::Modality`]).
+        #[serde(default, skip_serializing_if = "is_image")]
+        modality: models::Modality,
         /// Weights to load instead of training from scratch.
         checkpoint: Option<String>,
         /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
@@ -95,6 +103,9 @@ pub enum ModelConfig {
         /// Channels per block.
         #[serde(default = "default_channels")]
         channels: Vec<usize>,
+        /// What it sees of each image: `image` (the default) or `thumbnail`.
+        #[serde(default, skip_serializing_if = "is_image")]
+        modality: models::Modality,
         /// Weights to load.
         checkpoint: Option<String>,
         /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
@@ -224,8 +235,12 @@ impl ModelConfig {
     /// The architecture's graph before any factorisation.
     fn whole_graph(&self, input: [usize; 4], classes: usize) -> Result<Graph> {
         match self {
-            ModelConfig::Mlp { hidden, .. } => models::mlp(input, hidden, classes),
-            ModelConfig::Cnn { channels, .. } => models::cnn(input, channels, classes),
+            ModelConfig::Mlp {
+                hidden, modality, ..
+            } => models::mlp_seeing(input, hidden, classes, *modality),
+            ModelConfig::Cnn {
+                channels, modality, ..
+            } => models::cnn_seeing(input, channels, classes, *modality),
             ModelConfig::Mobilenet {
                 width, activation, ..
             } => models::mobilenet(input, *width, *activation, classes),
@@ -713,11 +728,21 @@ impl ModelConfig {
         match self {
             ModelConfig::Mlp { hidden, .. } => widths("hidden", hidden, MAX_DEPTH),
             // Each block halves the 28×28 map: four leave 1×1.
-            ModelConfig::Cnn { channels, .. } => {
+            ModelConfig::Cnn {
+                channels, modality, ..
+            } => {
                 if channels.is_empty() {
                     return Err((".channels".into(), "needs at least one block".into()));
                 }
-                widths("channels", channels, 4)
+                match modality {
+                    models::Modality::Profiles => Err((
+                        ".modality".into(),
+                        "profiles are vectors, not maps: use arch = \"mlp\" for them".into(),
+                    )),
+                    // The 7×7 thumbnail takes two halvings.
+                    models::Modality::Thumbnail => widths("channels", channels, 2),
+                    models::Modality::Image => widths("channels", channels, 4),
+                }
             }
             ModelConfig::Mobilenet { width, .. } => {
                 models::check_mobilenet_width(*width).map_err(|m| (".width".into(), m))
