@@ -117,6 +117,23 @@ fn cnn_gradients_match_finite_differences() {
     check_model_gradients("cnn", &g, 2);
 }
 
+/// ONE's gated ensemble: gate logits and three branches, each a linear layer of the input, the
+/// ensemble their gated sum; every gradient against finite differences.
+#[test]
+fn gated_ensemble_gradients_match_finite_differences() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[5, 1, 2, 3], DType::F32).unwrap();
+    let flat = g.flatten(x).unwrap();
+    let gate = g.linear("gate", flat, 3, true).unwrap();
+    let parts: Vec<_> = (0..3)
+        .map(|b| g.linear(&format!("branch{b}"), flat, 4, true).unwrap())
+        .collect();
+    let y = g.gated_ensemble(gate, &parts).unwrap();
+    g.set_output(y).unwrap();
+    assert!(g.gated_ensemble(gate, &parts[..2]).is_err(), "B must match");
+    check_model_gradients("gated ensemble", &g, 31);
+}
+
 /// Cross-modal students: an MLP on the row and column profiles (its first layer a linear layer
 /// over the concatenated profiles, in two parts) and an MLP and a CNN on the 4×4 thumbnail. Each
 /// sees its modality and nothing more: a change of the image that keeps the modality keeps the

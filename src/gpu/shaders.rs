@@ -142,6 +142,7 @@ pub const SHADER_FILES: &[ShaderFile] = &[
     shader_file!("dropout"),
     shader_file!("elementwise"),
     shader_file!("feature"),
+    shader_file!("gate"),
     shader_file!("int8"),
     shader_file!("int8_dot4", packed_dot, after "int8"),
     shader_file!("matmul", trusted),

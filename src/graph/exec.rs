@@ -13,7 +13,7 @@ use crate::kernels::batchnorm::{self, BatchNormSaved, BatchNormState};
 use crate::kernels::matmul::{MatmulOptions, matmul};
 use crate::kernels::quantize::Quantizer;
 use crate::kernels::reduce::{AxisOp, reduce_axis};
-use crate::kernels::{conv, dropout, elementwise, pool, relation, softmax};
+use crate::kernels::{conv, dropout, elementwise, gate, pool, relation, softmax};
 
 use super::ir::{Graph, Op, Value};
 use super::weights::Weights;
@@ -32,6 +32,7 @@ enum Saved {
     Argmax(Tensor),
     Norms(Tensor),
     BatchNorm(BatchNormSaved),
+    GateWeights(Tensor),
 }
 
 /// A planned forward pass: every value's tensor and what the backward pass needs.
@@ -232,6 +233,13 @@ pub fn plan_forward(
             Op::Add { a, b } => {
                 let (d, y) = elementwise::add_plan(gpu, v(a), v(b))?;
                 plan.push(d);
+                y
+            }
+            Op::GatedEnsemble { gate, ref parts } => {
+                let branches: Vec<&Tensor> = parts.iter().map(|p| &values[p.0]).collect();
+                let (p, weights, y) = gate::ensemble(gpu, v(gate), &branches)?;
+                plan.extend(p);
+                saved.insert(i, Saved::GateWeights(weights));
                 y
             }
             Op::Mixture {
@@ -509,6 +517,25 @@ pub fn plan_backward(
                 for operand in [a, b] {
                     if want(operand) {
                         grads.add(gpu, plan, operand, dy.clone(), false)?;
+                    }
+                }
+            }
+            Op::GatedEnsemble { gate, ref parts } => {
+                let Some(Saved::GateWeights(weights)) = fwd.saved.get(&i) else {
+                    return Err(shape_error(
+                        &node.name,
+                        "backward needs the forward's gate weights",
+                    ));
+                };
+                let branches: Vec<&Tensor> = parts.iter().map(|p| &f[p.0]).collect();
+                let (p, dgate, dparts) = gate::ensemble_backward(gpu, weights, &branches, &dy)?;
+                plan.extend(p);
+                if want(gate) {
+                    grads.add(gpu, plan, gate, dgate, true)?;
+                }
+                for (&part, dz) in parts.iter().zip(dparts) {
+                    if want(part) {
+                        grads.add(gpu, plan, part, dz, true)?;
                     }
                 }
             }

@@ -196,6 +196,10 @@ pub fn forward_in(
                 .zip(&values[b.0])
                 .map(|(p, q)| p + q)
                 .collect(),
+            Op::GatedEnsemble { gate, ref parts } => {
+                let branches: Vec<Vec<f64>> = parts.iter().map(|p| values[p.0].clone()).collect();
+                crate::reference::gate::ensemble(&values[gate.0], &branches, shape[1])
+            }
             Op::Mixture {
                 ref parts,
                 ref weights,

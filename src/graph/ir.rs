@@ -185,6 +185,14 @@ pub enum Op {
         /// Added to the norm (0 for none).
         eps: f32,
     },
+    /// ONE's gated ensemble of branch outputs: `Σ_b softmax(gate)[:, b] ⊙ parts[b]`, with gate
+    /// logits `(N, B)` and B parts `(N, C)`.
+    GatedEnsemble {
+        /// The gate's logits.
+        gate: Value,
+        /// The branches' outputs.
+        parts: Vec<Value>,
+    },
     /// Elementwise sum (residual connections).
     Add {
         /// First operand.
@@ -229,6 +237,11 @@ impl Op {
             | Op::L2Normalize { x, .. } => vec![x],
             Op::Add { a, b } => vec![a, b],
             Op::Mixture { ref parts, .. } => parts.clone(),
+            Op::GatedEnsemble { gate, ref parts } => {
+                let mut v = vec![gate];
+                v.extend(parts);
+                v
+            }
             Op::FakeQuant {
                 x, range, qparams, ..
             } => vec![x, range, qparams],
@@ -278,6 +291,10 @@ impl Op {
                 *b = f(*b);
             }
             Op::Mixture { parts, .. } => parts.iter_mut().for_each(|v| *v = f(*v)),
+            Op::GatedEnsemble { gate, parts } => {
+                *gate = f(*gate);
+                parts.iter_mut().for_each(|v| *v = f(*v));
+            }
             Op::FakeQuant {
                 x, range, qparams, ..
             } => {
@@ -842,6 +859,37 @@ impl Graph {
         }
         let shape = self.shape(a).to_vec();
         self.push(name, Op::Add { a, b }, shape, DType::F32)
+    }
+
+    /// ONE's gated ensemble: `Σ_b softmax(gate)[:, b] ⊙ parts[b]` for gate logits `(N, B)` and
+    /// B branch outputs `(N, C)`.
+    pub fn gated_ensemble(&mut self, gate: Value, parts: &[Value]) -> Result<Value> {
+        let name = self.auto_name("gated_ensemble");
+        let shape = parts.first().map(|&p| self.shape(p).to_vec());
+        let fits = match (self.shape(gate), &shape) {
+            (&[n, b], Some(s)) => {
+                s.len() == 2
+                    && s[0] == n
+                    && b == parts.len()
+                    && parts.iter().all(|&p| self.shape(p) == s.as_slice())
+            }
+            _ => false,
+        };
+        let Some(shape) = shape.filter(|_| fits) else {
+            return Err(shape_error(
+                &name,
+                format!(
+                    "needs gate logits (N, B) and B branch outputs (N, C) alike, got {:?} and {} outputs",
+                    self.shape(gate),
+                    parts.len()
+                ),
+            ));
+        };
+        let op = Op::GatedEnsemble {
+            gate,
+            parts: parts.to_vec(),
+        };
+        self.push(name, op, shape, DType::F32)
     }
 
     /// Names a value so loss terms can read it.

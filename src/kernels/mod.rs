@@ -9,6 +9,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod feature;
+pub mod gate;
 pub mod int8;
 pub mod losses;
 pub mod matmul;
@@ -215,6 +216,11 @@ pub const FAMILIES: &[Family] = &[
         name: "int8",
         kernels: int8::KERNELS,
         cases: int8::cases,
+    },
+    Family {
+        name: "gate",
+        kernels: gate::KERNELS,
+        cases: gate::cases,
     },
     Family {
         name: "batchnorm",

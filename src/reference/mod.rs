@@ -9,6 +9,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod feature;
+pub mod gate;
 pub mod int8;
 pub mod matmul;
 pub mod optimizer;
