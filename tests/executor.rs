@@ -134,6 +134,27 @@ fn gated_ensemble_gradients_match_finite_differences() {
     check_model_gradients("gated ensemble", &g, 31);
 }
 
+/// ONE's model: shared blocks, branches with their own last block and classifier, a gate; its
+/// names, refusals, and every parameter's gradient (through the gate's batch norm and the
+/// ensemble) against finite differences.
+#[test]
+fn one_model_gradients_match_finite_differences() {
+    let g = models::one([3, 1, 8, 8], &[2, 3], 2, 3).unwrap();
+    for name in [
+        "features.0.weight",
+        "gate.0.weight",
+        "gate.1.running_var",
+        "branches.1.features.4.weight",
+        "branches.0.classifier.weight",
+    ] {
+        assert!(g.find(name).is_some(), "{name}");
+    }
+    assert!(g.tapped("branch.1").is_ok());
+    assert!(models::one([3, 1, 8, 8], &[2], 2, 3).is_err(), "nothing shared");
+    assert!(models::one([3, 1, 8, 8], &[2, 3], 1, 3).is_err(), "one branch");
+    check_model_gradients("one", &g, 33);
+}
+
 /// Cross-modal students: an MLP on the row and column profiles (its first layer a linear layer
 /// over the concatenated profiles, in two parts) and an MLP and a CNN on the 4×4 thumbnail. Each
 /// sees its modality and nothing more: a change of the image that keeps the modality keeps the

@@ -1297,6 +1297,77 @@ fn the_cross_modal_config_trains_students_on_other_modalities() {
     );
 }
 
+/// configs/one.toml at CI size: ONE trains its branches and gate, its ensemble and every branch
+/// learn from the labels and each branch from the ensemble; each branch is written as a plain cnn
+/// whose accuracy the summary records; a multi-branch model refuses teachers, in one line.
+#[test]
+fn the_one_config_trains_a_gated_ensemble_and_deploys_its_branches() {
+    use wgdistill::train::config::DatasetKind;
+    let Some(gpu) = gpu() else { return };
+    let text = include_str!("../configs/one.toml");
+    let mut cfg = config::parse("one", text).unwrap();
+    cfg.data.dataset = DatasetKind::Synthetic;
+    cfg.data.batch_size = 64;
+    cfg.data.train_limit = Some(256);
+    cfg.data.test_limit = Some(128);
+    for stage in &mut cfg.stages {
+        stage.epochs = 1;
+    }
+    cfg.check("one").unwrap();
+    let terms = cfg.stages[2]
+        .method(&cfg)
+        .unwrap()
+        .terms(&cfg.stages[2])
+        .unwrap();
+    // CE on the ensemble and on each of three branches; KD from the ensemble into each branch.
+    assert_eq!(terms.len(), 7);
+    let kd: Vec<_> = terms.iter().filter(|(i, _)| *i == 1).collect();
+    assert_eq!(kd.len(), 3);
+    assert!(
+        kd.iter().all(|(_, s)| s.teacher_taps == ["peer:logits"]),
+        "{kd:?}"
+    );
+    let opts = RunOptions::new(out_dir("one"));
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let s = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+    let one = &s.stages[2].models[0];
+    let branches = one
+        .branch_test_accuracy
+        .as_ref()
+        .expect("branch accuracies");
+    assert_eq!(branches.len(), 3);
+    assert!(
+        branches.iter().all(|a| (0.0..=1.0).contains(a)),
+        "{branches:?}"
+    );
+    // Branch 1 alone is a cnn of the same channels, and evaluates as one.
+    let path = opts.out.join("checkpoints/one.branch1.safetensors");
+    let w = wgdistill::io::read_safetensors(&path).unwrap();
+    assert!(w.contains_key("features.0.weight") && w.contains_key("features.4.weight"));
+    assert!(
+        !w.keys()
+            .any(|k| k.starts_with("gate") || k.starts_with("branches"))
+    );
+    let graph = wgdistill::models::cnn([64, 1, 28, 28], &[16, 32], 10).unwrap();
+    let weights = wgdistill::graph::Weights::load(gpu, &graph, "branch 1", &w).unwrap();
+    let acc = run::evaluate(gpu, &graph, &weights, &test).unwrap();
+    assert!((acc - branches[1]).abs() < 1e-9, "{acc} vs {}", branches[1]);
+
+    let bad = text.replace(
+        "train = [\"one\"]",
+        "train = [\"one\"]\nteachers = [\"scratch\"]",
+    );
+    let err = config::parse("one", &bad)
+        .unwrap()
+        .check("one")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gated ensemble") && !err.contains('\n'),
+        "{err}"
+    );
+}
+
 /// configs/data_free.toml with CI-sized settings (a synthetic set, one or two epochs, a few
 /// synthesis iterations, a narrow generator).
 fn data_free_small() -> config::Config {

@@ -148,17 +148,93 @@ pub fn cnn_seeing(
     let x = g.input("x", &input, DType::F32)?;
     let mut h = modality.maps(&mut g, x)?;
     for (i, &c) in channels.iter().enumerate() {
-        let conv = g.conv2d(&format!("features.{}", 4 * i), h, ConvLayer::same(c, 3))?;
-        let bn = g.batch_norm(&format!("features.{}", 4 * i + 1), conv)?;
-        g.tap(&format!("features.{}", 4 * i + 1), bn)?;
-        let act = g.relu(bn)?;
-        h = g.max_pool(act, 2, 2, 0)?;
-        g.tap(&format!("features.{}", 4 * i + 3), h)?;
+        h = cnn_block(&mut g, "features", i, h, c)?;
     }
     let flat = g.flatten(h)?;
     let logits = g.linear("classifier", flat, classes, true)?;
     g.set_output(logits)?;
     Ok(g)
+}
+
+/// Block `i` of [`cnn`] under `prefix` (`PREFIX.{4i}` conv, `.{4i+1}` BN, ReLU, max pool), with
+/// its taps `PREFIX.{4i+1}` and `PREFIX.{4i+3}`.
+fn cnn_block(g: &mut Graph, prefix: &str, i: usize, h: Value, channels: usize) -> Result<Value> {
+    let conv = g.conv2d(
+        &format!("{prefix}.{}", 4 * i),
+        h,
+        ConvLayer::same(channels, 3),
+    )?;
+    let bn = g.batch_norm(&format!("{prefix}.{}", 4 * i + 1), conv)?;
+    g.tap(&format!("{prefix}.{}", 4 * i + 1), bn)?;
+    let act = g.relu(bn)?;
+    let out = g.max_pool(act, 2, 2, 0)?;
+    g.tap(&format!("{prefix}.{}", 4 * i + 3), out)?;
+    Ok(out)
+}
+
+/// ONE (on-the-fly native ensemble, Lan et al. 2018) on [`cnn`]: the blocks but the last are
+/// shared (`features.*`); each of `branches` branches has its own last block and classifier
+/// (`branches.{b}.features.*`, `branches.{b}.classifier`, tapped as `branch.{b}`); a gate on the
+/// shared features (global average pooling, `gate.0` linear to one logit per branch, `gate.1`
+/// batch norm, ReLU) weighs the branches' logits by its softmax into the output, the
+/// on-the-fly teacher. Branch b alone is a [`cnn`] of the same channels ([`one_branch`]).
+pub fn one(
+    input: [usize; 4],
+    channels: &[usize],
+    branches: usize,
+    classes: usize,
+) -> Result<Graph> {
+    let Some((&last, shared)) = channels.split_last().filter(|(_, s)| !s.is_empty()) else {
+        return Err(shape_error(
+            "one",
+            "needs at least two blocks: shared ones and the branches' last",
+        ));
+    };
+    if branches < 2 {
+        return Err(shape_error(
+            "one",
+            format!("needs at least two branches, got {branches}"),
+        ));
+    }
+    let mut g = Graph::new();
+    let mut h = g.input("x", &input, DType::F32)?;
+    for (i, &c) in shared.iter().enumerate() {
+        h = cnn_block(&mut g, "features", i, h, c)?;
+    }
+    let pooled = g.global_avg_pool(h)?;
+    let gate = g.linear("gate.0", pooled, branches, true)?;
+    let gate = g.batch_norm("gate.1", gate)?;
+    let gate = g.relu(gate)?;
+    let mut logits = Vec::with_capacity(branches);
+    for b in 0..branches {
+        let prefix = format!("branches.{b}");
+        let out = cnn_block(&mut g, &format!("{prefix}.features"), shared.len(), h, last)?;
+        let flat = g.flatten(out)?;
+        let z = g.linear(&format!("{prefix}.classifier"), flat, classes, true)?;
+        g.tap(&format!("branch.{b}"), z)?;
+        logits.push(z);
+    }
+    let ensemble = g.gated_ensemble(gate, &logits)?;
+    g.set_output(ensemble)?;
+    Ok(g)
+}
+
+/// Branch `b` of a [`one`] model's weights as a [`cnn`] checkpoint (what one deploys): the
+/// shared blocks as they are, the branch's block and classifier renamed, the gate and the other
+/// branches left out.
+pub fn one_branch(weights: &crate::io::TensorMap, b: usize) -> crate::io::TensorMap {
+    let own = format!("branches.{b}.");
+    weights
+        .iter()
+        .filter_map(|(name, t)| {
+            if name.starts_with("features.") {
+                Some((name.clone(), t.clone()))
+            } else {
+                name.strip_prefix(&own)
+                    .map(|rest| (rest.to_string(), t.clone()))
+            }
+        })
+        .collect()
 }
 
 /// A CIFAR-style ResNet (RepDistiller's `resnet8` … `resnet110`, with a width multiplier as in

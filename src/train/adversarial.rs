@@ -65,7 +65,7 @@ pub(super) fn check(
     };
     let at = |key: &str| format!("discriminator.{key}");
     let (Ok(Method::Offline), [student], [teacher]) = (
-        Method::of(stage),
+        Method::of(stage, stage.branches(config)),
         stage.train.as_slice(),
         stage.teachers.as_slice(),
     ) else {

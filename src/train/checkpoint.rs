@@ -218,6 +218,12 @@ impl RunFolder {
         self.checkpoints().join(format!("{name}.int8.safetensors"))
     }
 
+    /// `checkpoints/NAME.branchB.safetensors`: branch B of a multi-branch model as a cnn.
+    pub fn branch_model(&self, name: &str, branch: usize) -> PathBuf {
+        self.checkpoints()
+            .join(format!("{name}.branch{branch}.safetensors"))
+    }
+
     fn progress_path(&self) -> PathBuf {
         self.out.join("progress.json")
     }

@@ -157,6 +157,31 @@ pub enum ModelConfig {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         int8: bool,
     },
+    /// ONE's multi-branch network on the cnn's blocks (see [`models::one`]): trained online,
+    /// its gated ensemble the teacher of every branch; one branch is deployed.
+    One {
+        /// Channels per block; the last block is each branch's own.
+        #[serde(default = "default_channels")]
+        channels: Vec<usize>,
+        /// Branches (2 to 8).
+        #[serde(default = "default_branches")]
+        branches: usize,
+        /// Weights to load.
+        checkpoint: Option<String>,
+        /// Layers factorised to low rank: layer name → rank (see [`ModelConfig::low_rank`]).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        low_rank: BTreeMap<String, usize>,
+        /// Quantisation-aware training (see [`ModelConfig::qat`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        qat: bool,
+        /// Export as int8 after training (see [`ModelConfig::int8`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        int8: bool,
+    },
+}
+
+fn default_branches() -> usize {
+    3
 }
 
 fn default_channels() -> Vec<usize> {
@@ -172,13 +197,22 @@ fn default_widths() -> [usize; 3] {
 }
 
 impl ModelConfig {
+    /// Its branches (ONE), 0 for a single-branch model.
+    pub fn branches(&self) -> usize {
+        match self {
+            ModelConfig::One { branches, .. } => *branches,
+            _ => 0,
+        }
+    }
+
     /// The checkpoint to load, if any.
     pub fn checkpoint(&self) -> Option<&str> {
         match self {
             ModelConfig::Mlp { checkpoint, .. }
             | ModelConfig::Cnn { checkpoint, .. }
             | ModelConfig::Mobilenet { checkpoint, .. }
-            | ModelConfig::Resnet { checkpoint, .. } => checkpoint.as_deref(),
+            | ModelConfig::Resnet { checkpoint, .. }
+            | ModelConfig::One { checkpoint, .. } => checkpoint.as_deref(),
         }
     }
 
@@ -190,7 +224,8 @@ impl ModelConfig {
             ModelConfig::Mlp { low_rank, .. }
             | ModelConfig::Cnn { low_rank, .. }
             | ModelConfig::Mobilenet { low_rank, .. }
-            | ModelConfig::Resnet { low_rank, .. } => low_rank,
+            | ModelConfig::Resnet { low_rank, .. }
+            | ModelConfig::One { low_rank, .. } => low_rank,
         }
     }
 
@@ -201,7 +236,8 @@ impl ModelConfig {
             ModelConfig::Mlp { qat, .. }
             | ModelConfig::Cnn { qat, .. }
             | ModelConfig::Mobilenet { qat, .. }
-            | ModelConfig::Resnet { qat, .. } => *qat,
+            | ModelConfig::Resnet { qat, .. }
+            | ModelConfig::One { qat, .. } => *qat,
         }
     }
 
@@ -213,7 +249,8 @@ impl ModelConfig {
             ModelConfig::Mlp { int8, .. }
             | ModelConfig::Cnn { int8, .. }
             | ModelConfig::Mobilenet { int8, .. }
-            | ModelConfig::Resnet { int8, .. } => *int8,
+            | ModelConfig::Resnet { int8, .. }
+            | ModelConfig::One { int8, .. } => *int8,
         }
     }
 
@@ -247,6 +284,9 @@ impl ModelConfig {
             ModelConfig::Resnet { depth, widths, .. } => {
                 models::resnet(input, *depth, *widths, classes)
             }
+            ModelConfig::One {
+                channels, branches, ..
+            } => models::one(input, channels, *branches, classes),
         }
     }
 }
@@ -747,6 +787,23 @@ impl ModelConfig {
             ModelConfig::Mobilenet { width, .. } => {
                 models::check_mobilenet_width(*width).map_err(|m| (".width".into(), m))
             }
+            ModelConfig::One {
+                channels, branches, ..
+            } => {
+                if !(2..=8).contains(branches) {
+                    return Err((
+                        ".branches".into(),
+                        format!("must be from 2 to 8, got {branches}"),
+                    ));
+                }
+                if channels.len() < 2 {
+                    return Err((
+                        ".channels".into(),
+                        "needs at least two blocks: shared ones and each branch's last".into(),
+                    ));
+                }
+                widths("channels", channels, 4)
+            }
             ModelConfig::Resnet {
                 depth, widths: w, ..
             } => {
@@ -910,8 +967,17 @@ impl Config {
 
 impl StageConfig {
     /// The stage's distillation method (after [`Config::check`], never an error).
-    pub fn method(&self) -> Result<Method> {
-        Method::of(self).map_err(|(key, m)| input_error(format!("{}: {key}", self.name), m))
+    pub fn method(&self, config: &Config) -> Result<Method> {
+        Method::of(self, self.branches(config))
+            .map_err(|(key, m)| input_error(format!("{}: {key}", self.name), m))
+    }
+
+    /// The branches of the one model this stage trains (ONE), 0 otherwise.
+    pub fn branches(&self, config: &Config) -> usize {
+        match self.train.as_slice() {
+            [one] => config.models.get(one).map_or(0, ModelConfig::branches),
+            _ => 0,
+        }
     }
 
     /// Checks one stage; errors name keys relative to it.
@@ -945,7 +1011,7 @@ impl StageConfig {
         adversarial::check(self, config, graphs)?;
         super::prune::check(self, config)?;
         self.check_start_from(config, graphs, available)?;
-        let method = Method::of(self)?;
+        let method = Method::of(self, self.branches(config))?;
         if method == Method::SelfDistillation {
             self.check_heads(&graphs[self.train[0].as_str()])?;
         }
@@ -970,7 +1036,8 @@ impl StageConfig {
             .as_ref()
             .or_else(|| self.teachers.first().map(|t| &graphs[t.as_str()]))
             .or_else(|| {
-                (method == Method::SelfDistillation).then(|| &graphs[self.train[0].as_str()])
+                matches!(method, Method::SelfDistillation | Method::Branches(_))
+                    .then(|| &graphs[self.train[0].as_str()])
             });
         for (j, term) in self.losses.iter().enumerate() {
             let at = |key: &str| format!("losses[{j}].{key}");

@@ -828,6 +828,7 @@ impl StageRun<'_> {
                 test_accuracy_std: None,
                 test_accuracy_per_seed: None,
                 int8_test_accuracy: None,
+                branch_test_accuracy: None,
                 sparsity: None,
             }],
         })

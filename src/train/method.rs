@@ -9,7 +9,10 @@
 //!   toward every other's detached output with weight 1/(K − 1);
 //! - **self-distillation** (Be Your Own Teacher): one model with auxiliary classifier heads on
 //!   taps; label terms train the model and every head, logits terms pull each head toward the
-//!   model's own detached logits, feature terms pull each head's tap toward a deeper tap.
+//!   model's own detached logits, feature terms pull each head's tap toward a deeper tap;
+//! - **multi-branch** (ONE, on-the-fly native ensemble): one model of several branches and a
+//!   gate whose weighted sum of the branches' logits is the model's output; label terms train
+//!   the ensemble and every branch, logits terms pull each branch toward the detached ensemble.
 
 use crate::graph::{LossSpec, PEER, Paraphraser};
 use crate::kernels::losses::Role;
@@ -25,6 +28,8 @@ pub enum Method {
     Mutual,
     /// One model with auxiliary heads on its taps.
     SelfDistillation,
+    /// One model of this many branches whose gated ensemble teaches each of them (ONE).
+    Branches(usize),
 }
 
 /// A configuration error: the key at fault (relative to the stage, e.g. `heads`) and what is
@@ -32,8 +37,20 @@ pub enum Method {
 pub type Fault = (String, String);
 
 impl Method {
-    /// The method of `stage`, with the rules on which models it trains.
-    pub fn of(stage: &StageConfig) -> Result<Method, Fault> {
+    /// The method of `stage`, with the rules on which models it trains; `branches` is the
+    /// branch count of the one model it trains (0 when it trains several or a single-branch
+    /// one).
+    pub fn of(stage: &StageConfig, branches: usize) -> Result<Method, Fault> {
+        if branches > 0 {
+            if !stage.heads.is_empty() || !stage.teachers.is_empty() {
+                return Err((
+                    "train".into(),
+                    "a multi-branch model is its own teacher (its gated ensemble): no heads or teachers"
+                        .into(),
+                ));
+            }
+            return Ok(Method::Branches(branches));
+        }
         if stage.heads.is_empty() {
             return Ok(if stage.train.len() > 1 {
                 Method::Mutual
@@ -86,6 +103,8 @@ impl Method {
             Method::Mutual => has_teachers || def.reads_logits(),
             // The model's own logits or deeper taps.
             Method::SelfDistillation => true,
+            // The ensemble's logits.
+            Method::Branches(_) => def.reads_logits(),
         };
         if !has_target {
             let message = format!(
@@ -121,7 +140,7 @@ impl Method {
                 return Err((at(".paraphraser.rate"), message));
             }
         }
-        if self == Method::SelfDistillation
+        if matches!(self, Method::SelfDistillation | Method::Branches(_))
             && (!term.student_taps().is_empty() || def.student_inputs().count() > 1)
         {
             return Err((
@@ -169,6 +188,24 @@ impl Method {
                             };
                             out.push((i, spec));
                         }
+                    }
+                }
+                Method::Branches(branches) => {
+                    if !def.needs_teacher() {
+                        out.push((i, base.clone()));
+                    }
+                    for b in 0..branches {
+                        let teacher_taps = if def.needs_teacher() {
+                            vec![format!("{PEER}logits")]
+                        } else {
+                            Vec::new()
+                        };
+                        let spec = LossSpec {
+                            student_taps: vec![format!("branch.{b}")],
+                            teacher_taps,
+                            ..base.clone()
+                        };
+                        out.push((i, spec));
                     }
                 }
                 Method::SelfDistillation => {

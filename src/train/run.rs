@@ -215,7 +215,7 @@ pub fn run(
             Some(n) => n,
             None => train.len(),
         };
-        with_bank_size(stage.method()?.terms(stage)?, &stage.name, n)?;
+        with_bank_size(stage.method(config)?.terms(stage)?, &stage.name, n)?;
     }
     let mut stages: Vec<StageSummary> = Vec::new();
     // The transfer sets synthesised so far, by stage name.
@@ -463,9 +463,45 @@ impl StageRun<'_> {
                 ));
             }
         }
+        for (k, name) in stage.train.iter().enumerate() {
+            if let super::config::ModelConfig::One { channels, .. } = &config.models[name] {
+                let accs = self.export_branches(gpu, name, channels, &plan.weights[k], test)?;
+                let shown: Vec<String> = accs.iter().map(|a| format!("{a:.4}")).collect();
+                log(&format!(
+                    "{} {name}: branches alone, test accuracy {}",
+                    stage.name,
+                    shown.join(" / ")
+                ));
+                summary.models[k].branch_test_accuracy = Some(accs);
+            }
+        }
         for (name, w) in stage.train.iter().zip(plan.weights) {
             models.insert(name.clone(), w);
         }
         Ok(summary)
+    }
+
+    /// Writes each branch of a trained multi-branch model as the cnn it deploys as, beside its
+    /// checkpoint, and returns their test accuracies. Written again whenever the stage ends.
+    fn export_branches(
+        &self,
+        gpu: &Gpu,
+        name: &str,
+        channels: &[usize],
+        weights: &Weights,
+        test: &Dataset,
+    ) -> Result<Vec<f64>> {
+        let shapes = self.shapes;
+        let graph = crate::models::cnn(shapes.input(shapes.batch), channels, shapes.classes)?;
+        let host = weights.to_host(gpu)?;
+        let mut accs = Vec::new();
+        for b in 0..self.config.models[name].branches() {
+            let tensors = crate::models::one_branch(&host, b);
+            let path = self.folder.branch_model(name, b);
+            self.folder.write_tensors(&path, &tensors)?;
+            let branch = Weights::load(gpu, &graph, &path.display().to_string(), &tensors)?;
+            accs.push(evaluate(gpu, &graph, &branch, test)?);
+        }
+        Ok(accs)
     }
 }

@@ -237,7 +237,7 @@ impl<'a> StagePlan<'a> {
                 },
             })
             .collect::<Result<_>>()?;
-        let method = stage.method()?;
+        let method = stage.method(config)?;
         let mut terms = with_bank_size(method.terms(stage)?, &stage.name, train.len())?;
 
         // One model as it is; several (online distillation) as one graph of peers; with heads,
@@ -407,6 +407,7 @@ impl<'a> StagePlan<'a> {
                     test_accuracy_std: None,
                     test_accuracy_per_seed: None,
                     int8_test_accuracy: None,
+                    branch_test_accuracy: None,
                     sparsity: None,
                 })
                 .collect(),

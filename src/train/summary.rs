@@ -42,6 +42,10 @@ pub struct ModelResult {
     /// The test accuracy of its int8 export (`int8 = true`), run with the integer kernels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8_test_accuracy: Option<f64>,
+    /// A multi-branch (ONE) model's branches alone, each as the cnn it deploys as
+    /// (`checkpoints/NAME.branchB.safetensors`): their test accuracies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_test_accuracy: Option<Vec<f64>>,
     /// A pruned model's sparsity at the end of the stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<SparsityReport>,
