@@ -150,8 +150,14 @@ fn one_model_gradients_match_finite_differences() {
         assert!(g.find(name).is_some(), "{name}");
     }
     assert!(g.tapped("branch.1").is_ok());
-    assert!(models::one([3, 1, 8, 8], &[2], 2, 3).is_err(), "nothing shared");
-    assert!(models::one([3, 1, 8, 8], &[2, 3], 1, 3).is_err(), "one branch");
+    assert!(
+        models::one([3, 1, 8, 8], &[2], 2, 3).is_err(),
+        "nothing shared"
+    );
+    assert!(
+        models::one([3, 1, 8, 8], &[2, 3], 1, 3).is_err(),
+        "one branch"
+    );
     check_model_gradients("one", &g, 33);
 }
 

@@ -1244,23 +1244,29 @@ fn paraphraser_settings_are_checked() {
     }
 }
 
-/// configs/cross_modal.toml at CI size: the students on the thumbnail and on the profiles train
-/// from labels, with KD and with KD alone, and their checkpoints hold their modality's first
-/// layer; a cnn cannot read profiles (one line, naming the key).
-#[test]
-fn the_cross_modal_config_trains_students_on_other_modalities() {
-    use wgdistill::train::config::DatasetKind;
-    let Some(gpu) = gpu() else { return };
-    let text = include_str!("../configs/cross_modal.toml");
-    let mut cfg = config::parse("cross_modal", text).unwrap();
-    cfg.data.dataset = DatasetKind::Synthetic;
+/// A shipped config at CI size: the synthetic set (256 training and 128 test images, batches of
+/// 64) and one epoch per stage; checked.
+fn ci_sized(name: &str, text: &str) -> config::Config {
+    let mut cfg = config::parse(name, text).unwrap();
+    cfg.data.dataset = wgdistill::train::config::DatasetKind::Synthetic;
     cfg.data.batch_size = 64;
     cfg.data.train_limit = Some(256);
     cfg.data.test_limit = Some(128);
     for stage in &mut cfg.stages {
         stage.epochs = 1;
     }
-    cfg.check("cross_modal").unwrap();
+    cfg.check(name).unwrap();
+    cfg
+}
+
+/// configs/cross_modal.toml at CI size: the students on the thumbnail and on the profiles train
+/// from labels, with KD and with KD alone, and their checkpoints hold their modality's first
+/// layer; a cnn cannot read profiles (one line, naming the key).
+#[test]
+fn the_cross_modal_config_trains_students_on_other_modalities() {
+    let Some(gpu) = gpu() else { return };
+    let text = include_str!("../configs/cross_modal.toml");
+    let cfg = ci_sized("cross_modal", text);
     let opts = RunOptions::new(out_dir("cross-modal"));
     let (train, test) = run::load_data(&cfg, &opts).unwrap();
     let s = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
@@ -1302,18 +1308,9 @@ fn the_cross_modal_config_trains_students_on_other_modalities() {
 /// whose accuracy the summary records; a multi-branch model refuses teachers, in one line.
 #[test]
 fn the_one_config_trains_a_gated_ensemble_and_deploys_its_branches() {
-    use wgdistill::train::config::DatasetKind;
     let Some(gpu) = gpu() else { return };
     let text = include_str!("../configs/one.toml");
-    let mut cfg = config::parse("one", text).unwrap();
-    cfg.data.dataset = DatasetKind::Synthetic;
-    cfg.data.batch_size = 64;
-    cfg.data.train_limit = Some(256);
-    cfg.data.test_limit = Some(128);
-    for stage in &mut cfg.stages {
-        stage.epochs = 1;
-    }
-    cfg.check("one").unwrap();
+    let cfg = ci_sized("one", text);
     let terms = cfg.stages[2]
         .method(&cfg)
         .unwrap()
