@@ -18,7 +18,7 @@ use crate::kernels::matmul::{Activation, MatmulOptions, matmul};
 use crate::kernels::pool::{self, Pool2d};
 use crate::kernels::quantize::Quantizer;
 use crate::kernels::reduce::{AxisOp, reduce_axis};
-use crate::kernels::{AttrDef, Range, augment, dropout, elementwise, optimizer, softmax};
+use crate::kernels::{AttrDef, Range, augment, dropout, elementwise, gate, optimizer, softmax};
 use crate::reference::quantize::Grid;
 
 /// What an op takes and gives.
@@ -199,6 +199,14 @@ const KERNEL_OPS: &[KernelOp] = &[
         &["out"]
     ),
     op!("sum", "sum over an axis", &["x"], NONE, AXIS, &["out"]),
+    op!(
+        "gated_ensemble",
+        "ONE's ensemble: out = Σ_b softmax(gate)[:, b] ⊙ branches[b], gate (N, B), branches (B, N, C)",
+        &["gate", "branches"],
+        NONE,
+        &[],
+        &["out", "weights"]
+    ),
     op!("mean", "mean over an axis", &["x"], NONE, AXIS, &["out"]),
     op!("max", "maximum over an axis", &["x"], NONE, AXIS, &["out"]),
     op!(
@@ -699,6 +707,28 @@ fn plan(
             outs.extend(g.dw.map(|dw| ("grad_weight", dw)));
             outs.extend(g.dbias.map(|b| ("grad_bias", b)));
             (plan, outs)
+        }
+        "gated_ensemble" => {
+            let branches = &host["branches"];
+            let (&[b, n, c], Some(values)) = (branches.shape.as_slice(), branches.as_f32()) else {
+                return Err(input_error(
+                    "gated_ensemble: input 'branches'",
+                    format!("must be f32 (B, N, C), got {:?}", branches.shape),
+                ));
+            };
+            if b * n * c == 0 {
+                return Err(input_error(
+                    "gated_ensemble: input 'branches'",
+                    format!("must not be empty, got {:?}", branches.shape),
+                ));
+            }
+            let parts: Vec<Tensor> = values
+                .chunks(n * c)
+                .map(|p| gpu.upload(&[n, c], p))
+                .collect::<Result<_>>()?;
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let (plan, weights, y) = gate::ensemble(gpu, t("gate"), &refs)?;
+            (plan, vec![("out", y), ("weights", weights)])
         }
         "max_pool2d" => {
             let (d, y, arg) = pool::max_pool_forward(gpu, t("x"), &pool()?)?;

@@ -57,6 +57,10 @@ fn sample_inputs(op: &str) -> TensorMap {
             put("bias", f(&[5], 3));
         }
         "roll_flip" => put("x", f(&[2, 3, 5, 7], 1)),
+        "gated_ensemble" => {
+            put("gate", f(&[5, 3], 1));
+            put("branches", f(&[3, 5, 7], 2));
+        }
         "relu_backward"
         | "relu6_backward"
         | "leaky_relu_backward"
@@ -279,6 +283,17 @@ fn op_outputs_agree_with_the_references() {
         wgdistill::reference::activation::Act::Gelu,
     );
     allclose(values(&out["out"]), &want, 1e-5, 1e-6).unwrap();
+
+    // ONE's gated ensemble of three (5, 7) branches, and a gate that does not fit them.
+    let inputs = sample_inputs("gated_ensemble");
+    let out = ops::run(gpu, "gated_ensemble", &inputs, &BTreeMap::new()).unwrap();
+    let branches: Vec<Vec<f64>> = values(&inputs["branches"]).chunks(35).map(widen).collect();
+    let want = wgdistill::reference::gate::ensemble(&widen(values(&inputs["gate"])), &branches, 7);
+    allclose(values(&out["out"]), &want, 1e-5, 1e-6).unwrap();
+    let mut bad = inputs.clone();
+    bad.insert("gate".into(), f(&[5, 2], 1));
+    let err = ops::run(gpu, "gated_ensemble", &bad, &BTreeMap::new()).unwrap_err();
+    assert!(!err.to_string().contains('\n'), "{err}");
 
     // leaky_relu and its backward at the attribute's slope (not the default 0.01).
     let inputs = sample_inputs("leaky_relu_backward");

@@ -24,7 +24,6 @@ pub const CONV_FORWARD_DEPTHWISE: KernelSpec =
 /// Depthwise gradient of the input, one input element per invocation.
 pub const CONV_BACKWARD_INPUT_DEPTHWISE: KernelSpec =
     KernelSpec::new::<Params>("conv", "conv_backward_input_depthwise", &[U, R, R, W]);
-
 /// Gradient of the weight.
 pub const CONV_BACKWARD_WEIGHT: KernelSpec =
     KernelSpec::new::<Params>("conv", "conv_backward_weight", &[U, R, R, W]);
@@ -433,28 +432,16 @@ pub fn backward_with(
         plan.push(sum);
         Some(total.reshape(w.shape())?)
     };
-    let dbias = bias_grad(gpu, dy, options.bias, &mut plan)?;
-    Ok((plan, ConvGrads { dx, dw, dbias }))
-}
-
-/// dbias, the sum of dy (N, Cout, Ho, Wo) over all but its channels, when the layer has a bias:
-/// two reductions appended to `plan`.
-fn bias_grad(
-    gpu: &Gpu,
-    dy: &Tensor,
-    bias: bool,
-    plan: &mut Vec<Dispatch>,
-) -> Result<Option<Tensor>> {
-    if !bias {
-        return Ok(None);
-    }
-    let &[n, cout, ho, wo] = dy.shape() else {
-        return Err(shape_error("conv2d_backward", "dy must be 4-D"));
+    let dbias = if options.bias {
+        let (per_image, partial) =
+            reduce_axis(gpu, &dy.reshape(&[n, cout, ho * wo])?, 2, AxisOp::Sum)?;
+        let (total, db) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
+        plan.extend([per_image, total]);
+        Some(db)
+    } else {
+        None
     };
-    let (per_image, partial) = reduce_axis(gpu, &dy.reshape(&[n, cout, ho * wo])?, 2, AxisOp::Sum)?;
-    let (total, db) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
-    plan.extend([per_image, total]);
-    Ok(Some(db))
+    Ok((plan, ConvGrads { dx, dw, dbias }))
 }
 
 /// One forward and backward check of `spec` (and of `subgroups`, as in [`forward_with`]) on a
