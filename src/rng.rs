@@ -18,6 +18,11 @@ impl Xorshift {
         self.0 ^= self.0 << 17;
         self.0
     }
+
+    /// A value in `0..n` (`n` ≥ 1; the modulo's bias is below 2⁻⁴⁰ for the small `n` it serves).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
 }
 
 /// `n` deterministic pseudo-random values in [-1, 1) from `seed` (xorshift).

@@ -685,3 +685,31 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
     assert_one_line_error(&run(&[&qat_file, "--export-int8", &int8_file]));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `wgdistill search` on a configuration without a [search] table, or with a bad one, is one
+/// line naming the file, before any GPU work.
+#[test]
+fn search_refuses_a_configuration_without_a_search_in_one_line() {
+    let out_dir = std::env::temp_dir().join(format!("wgdistill-cli-search-{}", std::process::id()));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/example.toml");
+    let out = wgdistill(&["search", example, "--out", out_dir.to_str().unwrap()]);
+    assert_one_line_error(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("example.toml: no [search] table"),
+        "{stderr}"
+    );
+    let bad = out_dir.join("bad.toml");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let text = include_str!("../configs/search.toml").replace("candidates = 16", "candidates = 0");
+    std::fs::write(&bad, text).unwrap();
+    let out = wgdistill(&[
+        "search",
+        bad.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml: search.candidates"), "{stderr}");
+}

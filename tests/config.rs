@@ -30,6 +30,8 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../configs/low_rank.toml"),
         include_str!("../configs/qat.toml"),
         include_str!("../configs/compression.toml"),
+        include_str!("../configs/lifelong.toml"),
+        include_str!("../configs/search.toml"),
     ] {
         check(text).unwrap();
     }
@@ -742,4 +744,151 @@ fn low_rank_tables_are_checked_and_start_from_splits_their_layers() {
             &["stages[2].start_from", "different parameters", "low_rank"],
         ),
     ]);
+}
+
+#[test]
+fn lifelong_stage_errors_name_their_keys() {
+    const LIFELONG: &str = include_str!("../configs/lifelong.toml");
+    let with = |find: &str, replace: &str| {
+        assert!(LIFELONG.contains(find), "{find}");
+        LIFELONG.replacen(find, replace, 1)
+    };
+    let lwf = "train = [\"lwf\"]";
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with("lifelong = { tasks = 5 }", "lifelong = { tasks = 3 }"),
+            &["stages[0].lifelong.tasks", "2, 5, 10", "got 3"],
+        ),
+        (
+            with(
+                "lifelong = { tasks = 5 }",
+                "lifelong = { tasks = 5, epochs = 2 }",
+            ),
+            &["unknown field `epochs`"],
+        ),
+        (
+            with(lwf, "train = [\"lwf\", \"joint\"]"),
+            &["stages[1].train", "one model"],
+        ),
+        (
+            with(lwf, &format!("{lwf}\nteachers = [\"finetune\"]")),
+            &["stages[1].teachers", "previous task"],
+        ),
+        (
+            with(
+                "lifelong = { tasks = 5, joint = true }",
+                "lifelong = { tasks = 5, joint = true, memory = 100 }",
+            ),
+            &["lifelong.memory", "joint"],
+        ),
+        (
+            with(
+                "lifelong = { tasks = 5, memory = 2000 }",
+                "lifelong = { tasks = 5, memory = 5 }",
+            ),
+            &["stages[3].lifelong.memory", "at least 10", "got 5"],
+        ),
+        (
+            with(
+                "lifelong = { tasks = 5, memory = 2000 }",
+                "lifelong = { tasks = 5, memory = 2000, labels = \"task\" }",
+            ),
+            &["stages[3].lifelong.labels", "\"seen\""],
+        ),
+        (
+            with(
+                "lifelong = { tasks = 5, joint = true }\noptimizer = { kind = \"adamw\", lr = 1e-3, weight_decay = 0.0 }\nlosses = [{ kind = \"ce\" }]",
+                "lifelong = { tasks = 5, joint = true }\noptimizer = { kind = \"adamw\", lr = 1e-3, weight_decay = 0.0 }\nlosses = [{ kind = \"ce\" }, { kind = \"kd\" }]",
+            ),
+            &["stages[4].losses[1].kind", "joint"],
+        ),
+        (
+            with(
+                "losses = [{ kind = \"ce\" }, { kind = \"kd\", temperature = 2.0 }]",
+                "losses = [{ kind = \"ce\" }, { kind = \"dkd\" }]",
+            ),
+            &["stages[1].losses[1].kind", "dkd", "old classes"],
+        ),
+        (
+            with(
+                "losses = [{ kind = \"ce\" }, { kind = \"kd\", temperature = 2.0 }]",
+                "losses = [{ kind = \"ce\" }, { kind = \"kd\", teacher_tap = \"hidden.0\" }]",
+            ),
+            &["stages[1].losses[1]", "picks the taps"],
+        ),
+        (
+            with(
+                "losses = [{ kind = \"ce\" }, { kind = \"kd\", temperature = 2.0 }]",
+                "losses = [{ kind = \"kd\", temperature = 2.0 }]",
+            ),
+            &["stages[1].losses", "label term"],
+        ),
+        (
+            with(
+                "name = \"finetune\"\nkind = \"lifelong\"",
+                "name = \"finetune\"",
+            ),
+            &["stages[0].lifelong", "belongs to lifelong stages"],
+        ),
+    ];
+    assert_refused(cases);
+}
+
+#[test]
+fn search_settings_are_checked() {
+    const SEARCH: &str = include_str!("../configs/search.toml");
+    let with = |find: &str, replace: &str| {
+        assert!(SEARCH.contains(find), "{find}");
+        SEARCH.replacen(find, replace, 1)
+    };
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with(
+                "teacher = \"teacher\"\ncandidates",
+                "teacher = \"tutor\"\ncandidates",
+            ),
+            &["search.teacher", "unknown model 'tutor'"],
+        ),
+        (
+            with("candidates = 16", "candidates = 0"),
+            &["search.candidates", "from 1 to", "got 0"],
+        ),
+        (
+            with("latency_ms = 25.0", "latency_ms = -1.0"),
+            &["search.latency_ms", "> 0"],
+        ),
+        (
+            with("population = 6", "population = 6\nbudget = 3"),
+            &["search", "unknown field `budget`"],
+        ),
+        (
+            with(
+                "final_epochs = 5",
+                "final_epochs = 5\nspace = { cnn_depth = [0, 2] }",
+            ),
+            &["search.space.cnn_depth", "1 ≤ least"],
+        ),
+        (
+            with(
+                "final_epochs = 5",
+                "final_epochs = 5\nspace = { families = [] }",
+            ),
+            &["search.space.families", "at least one"],
+        ),
+        (
+            with(
+                "final_epochs = 5",
+                "final_epochs = 5\nspace = { families = [\"resnet\"] }",
+            ),
+            &["search.space", "resnet"],
+        ),
+        (
+            with(
+                "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }",
+                "{ kind = \"kd\", weight = 0.9, temperature = -4.0 }",
+            ),
+            &["search.losses", "temperature"],
+        ),
+    ];
+    assert_refused(cases);
 }

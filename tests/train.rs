@@ -1378,7 +1378,7 @@ fn data_free_small() -> config::Config {
         stage.epochs = match stage.kind {
             StageKind::DeepInversion => 0,
             StageKind::Dfad => 3,
-            StageKind::Train => 1,
+            StageKind::Train | StageKind::Lifelong => 1,
         };
         if let Some(s) = &mut stage.synthesis {
             (s.images, s.batch, s.iterations) = (70, 10, 4);

@@ -72,6 +72,26 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         teacher_cache: Option<PathBuf>,
     },
+    /// Search a student architecture under a latency budget measured on this adapter (the
+    /// configuration's [search] table), with a KD proxy per candidate; then train the winner.
+    Search {
+        /// The configuration (TOML): stages that train the teacher, and [search].
+        config: PathBuf,
+        /// Output folder: candidates.jsonl, search.json, pareto.svg, teacher/, candidates/,
+        /// winner/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Fashion-MNIST folder (default: WGDISTILL_DATA, then /usr/share/datasets/fashion-mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Continue an interrupted search in --out: reuse its teacher, the candidates it
+        /// evaluated and the winner's training so far.
+        #[arg(long)]
+        resume: bool,
+        /// Root of the teacher-output cache that `data.teacher_cache = true` uses.
+        #[arg(long, value_name = "DIR")]
+        teacher_cache: Option<PathBuf>,
+    },
     /// Print a run's results table (Markdown; mean ± std with --seeds) from its summary.json.
     Report {
         /// The run's output folder (or its summary.json).
@@ -314,6 +334,13 @@ pub fn run() -> Result<(), CliError> {
                 "train needs CONFIG and --out DIR (or --print-default-config)".into(),
             )),
         },
+        Some(Command::Search {
+            config,
+            out,
+            data,
+            resume,
+            teacher_cache,
+        }) => train::search(&query, &config, &out, data, resume, teacher_cache),
         Some(Command::Report {
             run,
             baseline,

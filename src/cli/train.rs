@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use wgdistill::data::Dataset;
 use wgdistill::gpu::{AdapterQuery, Gpu};
 use wgdistill::train::config::{self, Config, DEFAULT_CONFIG};
 use wgdistill::train::run::{self, RunOptions};
@@ -79,14 +80,7 @@ fn execute(
         return Err(CliError::Message("--seeds: must be at least 1".into()));
     }
     let (config, (train, test)) = prepare(what, text, &opts.out, &opts)?;
-    println!(
-        "data: {} ({} training, {} test samples)",
-        train.source,
-        train.len(),
-        test.len()
-    );
-    let gpu = Gpu::new(query)?;
-    println!("adapter: {}", gpu.caps().label());
+    let gpu = open_gpu(query, &train, &test)?;
     let mut log = |line: &str| println!("{line}");
     let summary = if seeds == 1 {
         run::run(&gpu, &config, &opts, &train, &test, &mut log)?
@@ -108,9 +102,7 @@ pub fn train(
     resume: bool,
     teacher_cache: Option<PathBuf>,
 ) -> Result<(), CliError> {
-    let what = config.display().to_string();
-    let text = std::fs::read_to_string(config)
-        .map_err(|e| CliError::Message(format!("{what}: cannot read ({e})")))?;
+    let (what, text) = read_config(config)?;
     let opts = RunOptions {
         data_dir: data,
         resume,
@@ -119,6 +111,84 @@ pub fn train(
         ..RunOptions::new(out)
     };
     execute(query, &what, &text, opts, seeds)
+}
+
+/// The adapter, after a line on the data and before one on the adapter.
+fn open_gpu(query: &AdapterQuery, train: &Dataset, test: &Dataset) -> Result<Gpu, CliError> {
+    println!(
+        "data: {} ({} training, {} test samples)",
+        train.source,
+        train.len(),
+        test.len()
+    );
+    let gpu = Gpu::new(query)?;
+    println!("adapter: {}", gpu.caps().label());
+    Ok(gpu)
+}
+
+/// A configuration file's name (for errors) and text.
+fn read_config(path: &Path) -> Result<(String, String), CliError> {
+    let what = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Message(format!("{what}: cannot read ({e})")))?;
+    Ok((what, text))
+}
+
+/// `wgdistill search`.
+pub fn search(
+    query: &AdapterQuery,
+    config: &Path,
+    out: &Path,
+    data: Option<PathBuf>,
+    resume: bool,
+    teacher_cache: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let (what, text) = read_config(config)?;
+    let opts = RunOptions {
+        data_dir: data,
+        ..RunOptions::new(out)
+    };
+    if config::parse(&what, &text)?.search.is_none() {
+        return Err(CliError::Message(format!(
+            "{what}: no [search] table (configs/search.toml shows one)"
+        )));
+    }
+    let (config, (train, test)) = prepare(&what, &text, out, &opts)?;
+    let gpu = open_gpu(query, &train, &test)?;
+    let search_opts = wgdistill::train::search::SearchOptions {
+        out: out.to_path_buf(),
+        resume,
+        teacher_cache,
+    };
+    let mut log = |line: &str| println!("{line}");
+    let s = wgdistill::train::search::search(&gpu, &config, &search_opts, &train, &test, &mut log)?;
+    println!(
+        "Pareto front (proxy accuracy against latency per batch of {}):",
+        s.latency_batch
+    );
+    for &i in &s.front {
+        let r = &s.candidates[i];
+        println!(
+            "  {:<24} {:>9} parameters  {:>8.2} ms  {:.4}{}",
+            r.key,
+            r.parameters,
+            r.latency_ms,
+            r.proxy_accuracy.unwrap_or(0.0),
+            if r.feasible {
+                ""
+            } else {
+                "  (over the budget)"
+            }
+        );
+    }
+    if let Some(w) = &s.winner {
+        println!(
+            "winner {}: test accuracy {:.4} after full training with KD ({})",
+            w.key, w.test_accuracy, w.checkpoint
+        );
+    }
+    println!("results in {}", out.display());
+    Ok(())
 }
 
 /// The main job: the default configuration, Fashion-MNIST when found, else the synthetic set.

@@ -58,6 +58,20 @@ impl Dataset {
         self.shape.iter().product()
     }
 
+    /// Samples `range` (clamped to the set), as a set of their own; `what` is added to the source.
+    pub fn slice(&self, range: std::ops::Range<usize>, what: &str) -> Dataset {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        let len = self.sample_len();
+        Dataset {
+            images: self.images[start * len..end * len].to_vec(),
+            labels: self.labels[start..end].to_vec(),
+            shape: self.shape,
+            classes: self.classes,
+            source: format!("{} ({what}: samples {start}..{end})", self.source),
+        }
+    }
+
     /// The first `n` samples (or all).
     pub fn truncated(mut self, n: Option<usize>) -> Dataset {
         if let Some(n) = n.filter(|&n| n < self.len()) {

@@ -10,6 +10,10 @@ use crate::gpu::DType;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::pool::Pool2d;
 
+/// The offset that takes a class out of a softmax ([`Graph::class_offsets`]): `exp` of it
+/// underflows to zero in f32 even divided by a distillation temperature of 100.
+pub const CLASS_OFF: f32 = -1.0e6;
+
 /// A value in a graph: the output of the node with this index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Value(pub usize);
@@ -26,6 +30,8 @@ pub enum Init {
     /// The pair `[a, b]` repeated (a `[channels, 2]` buffer: a fake quantiser's range before it
     /// has seen anything, or its scale and zero point).
     Pairs(f32, f32),
+    /// The identity matrix (a square `[n, n]` buffer).
+    Identity,
 }
 
 /// What a node computes.
@@ -859,6 +865,28 @@ impl Graph {
         }
         let shape = self.shape(a).to_vec();
         self.push(name, Op::Add { a, b }, shape, DType::F32)
+    }
+
+    /// `logits` `(N, C)` plus a per-class offset held in frozen buffers: a linear layer whose
+    /// weight `prefix.weight` is the identity and whose bias `prefix.bias` (zeros until the
+    /// caller writes it) holds the offsets. An offset of [`CLASS_OFF`] takes a class out of
+    /// every softmax over the result: its probability, and so its gradient, are exactly zero
+    /// (how a lifelong stage shows a model only the classes of its tasks so far).
+    pub fn class_offsets(&mut self, prefix: &str, logits: Value) -> Result<Value> {
+        let &[n, c] = self.shape(logits) else {
+            return Err(shape_error(
+                prefix,
+                format!("needs logits (N, C), got {:?}", self.shape(logits)),
+            ));
+        };
+        let weight = self.buffer(&format!("{prefix}.weight"), &[c, c], Init::Identity)?;
+        let bias = self.buffer(&format!("{prefix}.bias"), &[c], Init::Zeros)?;
+        let op = Op::Linear {
+            x: logits,
+            weight,
+            bias: Some(bias),
+        };
+        self.push(prefix.to_string(), op, vec![n, c], DType::F32)
     }
 
     /// ONE's gated ensemble: `Σ_b softmax(gate)[:, b] ⊙ parts[b]` for gate logits `(N, B)` and

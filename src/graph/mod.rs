@@ -25,7 +25,7 @@ pub use dfad::{Dfad, DfadSpec};
 pub use discriminator::DiscriminatorSpec;
 pub use exec::Mode;
 pub use inversion::{Inversion, InversionLosses, InversionSpec};
-pub use ir::{ConvLayer, Graph, Init, Op, Value};
+pub use ir::{CLASS_OFF, ConvLayer, Graph, Init, Op, Value};
 pub use memory::{MemoryReport, plan_memory};
 pub use step::{
     Adapter, EvalStep, LossSpec, OptimizerSpec, PEER, Paraphraser, StepSpec, TEACHER_INPUT,

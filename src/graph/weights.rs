@@ -35,6 +35,12 @@ impl Weights {
                 Init::Zeros => vec![0.0; n],
                 Init::Ones => vec![1.0; n],
                 Init::Pairs(a, b) => (0..n).map(|k| if k % 2 == 0 { a } else { b }).collect(),
+                Init::Identity => {
+                    let cols = node.shape.last().copied().unwrap_or(1).max(1);
+                    (0..n)
+                        .map(|k| if k / cols == k % cols { 1.0 } else { 0.0 })
+                        .collect()
+                }
                 Init::Uniform(bound) => {
                     sample(n, seed.wrapping_mul(1_000_003).wrapping_add(i as u64))
                         .iter()

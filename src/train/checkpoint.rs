@@ -88,10 +88,11 @@ impl Progress {
         }
         if let Some(stage) = config.stages.get(self.stage) {
             let models = stage.train.len();
-            if self.epoch > stage.epochs {
+            if self.epoch > stage.total_epochs() {
                 return fault(format!(
                     "epoch {} of a {}-epoch stage",
-                    self.epoch, stage.epochs
+                    self.epoch,
+                    stage.total_epochs()
                 ));
             }
             if self.epoch > 0 && (self.best.len() != models || self.accuracy.len() != models) {
@@ -481,12 +482,15 @@ pub fn start_from_first_seed(config: &Config, first: &Path, out: &Path) -> Resul
         })
     };
     for (s, stage) in config.stages[..once].iter().enumerate() {
-        let dir = to.state(s, stage.epochs);
+        let dir = to.state(s, stage.total_epochs());
         std::fs::create_dir_all(&dir)
             .map_err(|e| input_error(dir.display().to_string(), format!("cannot create ({e})")))?;
         for model in &stage.train {
             let file = format!("{model}.safetensors");
-            copy(from.state(s, stage.epochs).join(&file), dir.join(&file))?;
+            copy(
+                from.state(s, stage.total_epochs()).join(&file),
+                dir.join(&file),
+            )?;
             copy(from.model(model), to.model(model))?;
         }
         if stage.kind == StageKind::DeepInversion {

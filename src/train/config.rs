@@ -32,6 +32,10 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     /// Stages, run in order.
     pub stages: Vec<StageConfig>,
+    /// `wgdistill search`: an architecture search for a student of the teacher the stages
+    /// train (or a checkpoint holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<super::search::SearchConfig>,
 }
 
 /// Which data set.
@@ -205,6 +209,18 @@ impl ModelConfig {
         }
     }
 
+    /// The same model, loaded from `file`.
+    pub fn with_checkpoint(mut self, file: String) -> ModelConfig {
+        match &mut self {
+            ModelConfig::Mlp { checkpoint, .. }
+            | ModelConfig::Cnn { checkpoint, .. }
+            | ModelConfig::Mobilenet { checkpoint, .. }
+            | ModelConfig::Resnet { checkpoint, .. }
+            | ModelConfig::One { checkpoint, .. } => *checkpoint = Some(file),
+        }
+        self
+    }
+
     /// The checkpoint to load, if any.
     pub fn checkpoint(&self) -> Option<&str> {
         match self {
@@ -305,15 +321,19 @@ pub enum StageKind {
     /// Trains its one model against a generator, from its one teacher and no data
     /// (data-free adversarial distillation; settings in `generator`).
     Dfad,
+    /// Trains its one model on the classes in tasks, one task after another, the model after
+    /// each task the teacher of the next (lifelong distillation; settings in `lifelong`).
+    Lifelong,
 }
 
 /// `[[stages]]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct StageConfig {
     /// Name, for reports.
     pub name: String,
-    /// `train` (the default), `deep_inversion` or `dfad`.
+    /// `train` (the default), `deep_inversion`, `dfad` or `lifelong`.
     #[serde(default)]
     pub kind: StageKind,
     /// Models trained in this stage.
@@ -325,7 +345,8 @@ pub struct StageConfig {
     pub teachers: Vec<String>,
     /// The teachers' weights in the KD target (equal when absent; normalised to sum to one).
     pub teacher_weights: Option<Vec<f32>>,
-    /// Passes over the training data (for `dfad`, rounds of `generator.iterations`).
+    /// Passes over the training data (for `dfad`, rounds of `generator.iterations`; for
+    /// `lifelong`, passes over each task's data).
     #[serde(default)]
     pub epochs: usize,
     /// The optimizer of the trained models (required by `train` and `dfad` stages).
@@ -337,6 +358,9 @@ pub struct StageConfig {
     pub synthesis: Option<SynthesisConfig>,
     /// `dfad`: the generator and its schedule.
     pub generator: Option<GeneratorConfig>,
+    /// `lifelong`: the tasks, the exemplar memory, joint training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifelong: Option<super::lifelong::LifelongConfig>,
     /// Train on the images the named earlier `deep_inversion` stage synthesised (labelled with
     /// the classes they were made for) instead of the data set's training images.
     pub transfer: Option<String>,
@@ -374,6 +398,17 @@ impl StageConfig {
                 "this stage trains models and needs an optimizer",
             )
         })
+    }
+
+    /// The epochs the stage runs in all: a lifelong stage's for every task.
+    pub fn total_epochs(&self) -> usize {
+        match (&self.kind, &self.lifelong) {
+            (StageKind::Lifelong, Some(l)) => self.epochs * l.tasks,
+            (StageKind::Lifelong, None) => {
+                self.epochs * super::lifelong::LifelongConfig::default().tasks
+            }
+            _ => self.epochs,
+        }
     }
 
     /// The teachers' mixture weights, normalised.
@@ -748,7 +783,7 @@ fn check_parameter_sizes(graph: &Graph) -> std::result::Result<(), String> {
 
 impl ModelConfig {
     /// The sizes are within the limits; errors name keys relative to the model.
-    fn check(&self) -> std::result::Result<(), Fault> {
+    pub(crate) fn check(&self) -> std::result::Result<(), Fault> {
         let widths =
             |key: &str, list: &[usize], max_len: usize| -> std::result::Result<(), Fault> {
                 if list.len() > max_len {
@@ -900,6 +935,10 @@ impl Config {
                 .map_err(|(key, message)| (format!("stages[{i}].{key}"), message))?;
             available.extend(stage.train.iter().map(String::as_str));
         }
+        if let Some(s) = &self.search {
+            s.check(self, &available)
+                .map_err(|(key, message)| (format!("search.{key}"), message))?;
+        }
         Ok(())
     }
 
@@ -990,6 +1029,10 @@ impl StageConfig {
     ) -> std::result::Result<(), Fault> {
         if data_free::check_kind(self, config, graphs, earlier)? {
             return self.check_teachers_ready(available);
+        }
+        if self.kind == StageKind::Lifelong {
+            self.check_models(config, available)?;
+            return super::lifelong::check(self, graphs);
         }
         self.check_models(config, available)?;
         if self.epochs == 0 {

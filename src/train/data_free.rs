@@ -328,6 +328,9 @@ pub(super) fn check_kind(
     if stage.start_from.is_some() && stage.kind != StageKind::Train {
         return misplaced("start_from", "train");
     }
+    if stage.lifelong.is_some() && stage.kind != StageKind::Lifelong {
+        return misplaced("lifelong", "lifelong");
+    }
     let one_teacher = || -> std::result::Result<&str, Fault> {
         match stage.teachers.as_slice() {
             [t] if config.models.contains_key(t) => Ok(t.as_str()),
@@ -454,6 +457,8 @@ pub(super) fn check_kind(
                 )),
             }
         }
+        // Checked by the lifelong module.
+        StageKind::Lifelong => Ok(false),
     }
 }
 
@@ -462,6 +467,7 @@ fn kind_name(kind: StageKind) -> &'static str {
         StageKind::Train => "train",
         StageKind::DeepInversion => "deep_inversion",
         StageKind::Dfad => "dfad",
+        StageKind::Lifelong => "lifelong",
     }
 }
 
@@ -638,6 +644,7 @@ impl StageRun<'_> {
             wall_seconds: seconds,
             samples_per_second: s.images as f64 / seconds,
             models: Vec::new(),
+            lifelong: None,
         };
         let set = Dataset {
             images,
@@ -820,17 +827,8 @@ impl StageRun<'_> {
             epochs: stage.epochs,
             wall_seconds: wall,
             samples_per_second: trained as f64 / wall,
-            models: vec![ModelResult {
-                model: student_name.clone(),
-                test_accuracy: last,
-                best_test_accuracy: best,
-                test_accuracy_mean: None,
-                test_accuracy_std: None,
-                test_accuracy_per_seed: None,
-                int8_test_accuracy: None,
-                branch_test_accuracy: None,
-                sparsity: None,
-            }],
+            models: vec![ModelResult::new(student_name, last, best)],
+            lifelong: None,
         })
     }
 }

@@ -92,7 +92,12 @@ pub fn train_epoch(
         if let Some(losses) = plan.step.poll_losses(gpu)? {
             let total: f32 = losses.iter().map(|(_, w, l)| w * l).sum();
             if !total.is_finite() {
-                return Err(diverged(plan, epoch, Some(bi + 1)));
+                let at = format!("epoch {}, step {}", epoch + 1, bi + 1);
+                return Err(diverged(
+                    &plan.stage.name,
+                    &at,
+                    (epoch > 0).then_some(epoch),
+                ));
             }
             sampled += f64::from(total);
             sampled_count += 1;
@@ -114,7 +119,12 @@ pub fn train_epoch(
     bar.finish_and_clear();
     let loss = last.total_loss(gpu)?;
     if !loss.is_finite() {
-        return Err(diverged(plan, epoch, None));
+        let at = format!("epoch {}", epoch + 1);
+        return Err(diverged(
+            &plan.stage.name,
+            &at,
+            (epoch > 0).then_some(epoch),
+        ));
     }
     Ok(EpochStats {
         loss,
@@ -125,22 +135,17 @@ pub fn train_epoch(
     })
 }
 
-/// The error that stops a diverging stage, before its epoch's files are written (the last
-/// finite epoch's checkpoints stay).
-fn diverged(plan: &StagePlan<'_>, epoch: usize, step: Option<usize>) -> crate::Error {
-    let when = match step {
-        Some(s) => format!("epoch {}, step {s}", epoch + 1),
-        None => format!("epoch {}", epoch + 1),
-    };
-    let kept = if epoch > 0 {
-        format!("the checkpoints of epoch {epoch} are kept")
-    } else {
-        "no checkpoint of this stage was written".to_string()
+/// The error that stops stage `stage` diverging `at` (an epoch, a step), before its epoch's
+/// files are written: the checkpoints of epoch `kept`, the last committed, stay.
+pub(super) fn diverged(stage: &str, at: &str, kept: Option<usize>) -> crate::Error {
+    let kept = match kept {
+        Some(epoch) => format!("the checkpoints of epoch {epoch} are kept"),
+        None => "no checkpoint of this stage was written".to_string(),
     };
     crate::error::input_error(
-        format!("stage '{}'", plan.stage.name),
+        format!("stage '{stage}'"),
         format!(
-            "the loss is not finite at {when}: training diverged ({kept}); lower the learning rate or the loss weights"
+            "the loss is not finite at {at}: training diverged ({kept}); lower the learning rate or the loss weights"
         ),
     )
 }
@@ -148,10 +153,23 @@ fn diverged(plan: &StagePlan<'_>, epoch: usize, step: Option<usize>) -> crate::E
 /// Writes the epoch's learning rate and each term's weight (ramped over its warm-up) into both
 /// steps' bound uniforms.
 fn schedule(gpu: &Gpu, plan: &mut StagePlan<'_>, epoch: usize, lr: f32) {
-    let stage = plan.stage;
-    for step in std::iter::once(&mut plan.step).chain(plan.tail_step.as_mut()) {
+    let steps = std::iter::once(&mut plan.step).chain(plan.tail_step.as_mut());
+    write_schedule(gpu, steps, plan.stage, &plan.terms, epoch, lr);
+}
+
+/// Writes learning rate `lr` and the weight of each of `terms` (configured term of `stage`,
+/// step term) at `epoch`, ramped linearly over its `warmup_epochs`, into `steps`.
+pub(super) fn write_schedule<'s>(
+    gpu: &Gpu,
+    steps: impl Iterator<Item = &'s mut crate::graph::TrainStep>,
+    stage: &crate::train::config::StageConfig,
+    terms: &[(usize, crate::graph::LossSpec)],
+    epoch: usize,
+    lr: f32,
+) {
+    for step in steps {
         step.set_learning_rate(gpu, lr);
-        for (i, (source, term)) in plan.terms.iter().enumerate() {
+        for (i, (source, term)) in terms.iter().enumerate() {
             let warmup = stage.losses[*source].warmup_epochs;
             let ramp = if warmup > 0 {
                 ((epoch + 1) as f32 / warmup as f32).min(1.0)

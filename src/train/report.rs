@@ -1,10 +1,12 @@
 //! The results table: a run's `summary.json` (one seed, or the mean ± std of `--seeds N`) as a
 //! Markdown table, CSV and JSON, all made from the same rows so that they always agree. With
 //! several seeds each row's difference to the baseline stage has Welch's 95% confidence interval
-//! and two-sided p-value (unequal variances, as seeds of different methods have).
+//! and two-sided p-value (unequal variances, as seeds of different methods have). Lifelong stages
+//! add a table of their final average accuracy and forgetting.
 
 use serde::{Deserialize, Serialize};
 
+use super::lifelong::scores::{LifelongSpread, LifelongSummary};
 use super::summary::{AdapterSummary, Summary};
 
 /// One trained model.
@@ -54,6 +56,9 @@ pub struct Results {
     /// How our ordering of the methods agrees with the published one ([`PUBLISHED`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<Agreement>,
+    /// The lifelong stages' final figures, by stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifelong: Vec<(String, LifelongSummary)>,
 }
 
 /// Spearman's rank correlation between our methods' means and the published gains, over the
@@ -203,7 +208,40 @@ pub fn results(summary: &Summary, baseline: Option<&str>) -> Results {
         baseline: base.and(baseline.map(str::to_string)),
         published: agreement(&rows),
         rows,
+        lifelong: summary
+            .stages
+            .iter()
+            .filter_map(|s| s.lifelong.clone().map(|l| (s.name.clone(), l)))
+            .collect(),
     }
+}
+
+/// The lifelong stages in Markdown: after the last task, the average accuracy over the tasks
+/// and the average forgetting, class- and task-incremental, in percent (± the std over seeds).
+fn lifelong_markdown(stages: &[(String, LifelongSummary)]) -> String {
+    let mut out = String::from(
+        "\n| lifelong stage | memory | class-IL accuracy, % | class-IL forgetting | task-IL accuracy, % | task-IL forgetting |\n|---|---|---|---|---|---|\n",
+    );
+    for (name, l) in stages {
+        let last = |v: &[f64]| 100.0 * v.last().copied().unwrap_or(0.0);
+        let sd = |pick: fn(&LifelongSpread) -> f64| match &l.spread {
+            Some(s) => format!(" ± {:.2}", 100.0 * pick(s)),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "| {name} | {} | {:.2}{} | {:.2}{} | {:.2}{} | {:.2}{} |\n",
+            l.memory,
+            last(&l.average_class_il),
+            sd(|s| s.average_class_il),
+            100.0 * l.forgetting_class_il,
+            sd(|s| s.forgetting_class_il),
+            last(&l.average_task_il),
+            sd(|s| s.average_task_il),
+            100.0 * l.forgetting_task_il,
+            sd(|s| s.forgetting_task_il),
+        ));
+    }
+    out
 }
 
 /// The difference of two samples' means with Welch's 95% confidence interval and two-sided
@@ -311,6 +349,9 @@ pub fn markdown(r: &Results) -> String {
             a.methods.join(", "),
             a.spearman
         ));
+    }
+    if !r.lifelong.is_empty() {
+        out.push_str(&lifelong_markdown(&r.lifelong));
     }
     out.push_str(&format!(
         "\nAdapter: {} ({}, {}). Data: {}.\n",
@@ -426,6 +467,7 @@ mod tests {
             baseline: None,
             published: None,
             rows: vec![row],
+            lifelong: Vec::new(),
         };
         let text = csv(&r);
         assert_eq!(text.lines().count(), 2);

@@ -228,7 +228,7 @@ pub fn run(
             for name in &stage.train {
                 let graph =
                     config.models[name].graph(shapes.input(shapes.batch), shapes.classes)?;
-                let weights = folder.load_model(gpu, index, stage.epochs, name, &graph)?;
+                let weights = folder.load_model(gpu, index, stage.total_epochs(), name, &graph)?;
                 models.insert(name.clone(), weights);
             }
             if stage.kind == StageKind::DeepInversion {
@@ -263,6 +263,9 @@ pub fn run(
                 run.train(index, resume, &mut models, &stages, stage_train, test, log)?
             }
             StageKind::Dfad => run.train_dfad(index, resume, &mut models, &stages, test, log)?,
+            StageKind::Lifelong => {
+                run.train_lifelong(index, resume, &mut models, &stages, stage_train, test, log)?
+            }
             StageKind::DeepInversion => {
                 let (summary, set) = run.synthesise(index, &models, log)?;
                 synthesised.insert(stage.name.clone(), set);

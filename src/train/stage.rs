@@ -399,18 +399,9 @@ impl<'a> StagePlan<'a> {
                 .train
                 .iter()
                 .enumerate()
-                .map(|(k, name)| ModelResult {
-                    model: name.clone(),
-                    test_accuracy: self.accuracy[k],
-                    best_test_accuracy: self.best[k],
-                    test_accuracy_mean: None,
-                    test_accuracy_std: None,
-                    test_accuracy_per_seed: None,
-                    int8_test_accuracy: None,
-                    branch_test_accuracy: None,
-                    sparsity: None,
-                })
+                .map(|(k, name)| ModelResult::new(name, self.accuracy[k], self.best[k]))
                 .collect(),
+            lifelong: None,
         }
     }
 }

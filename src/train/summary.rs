@@ -51,6 +51,23 @@ pub struct ModelResult {
     pub sparsity: Option<SparsityReport>,
 }
 
+impl ModelResult {
+    /// A model's result with its final and best test accuracy, nothing else yet.
+    pub fn new(model: &str, test_accuracy: f64, best_test_accuracy: f64) -> ModelResult {
+        ModelResult {
+            model: model.to_string(),
+            test_accuracy,
+            best_test_accuracy,
+            test_accuracy_mean: None,
+            test_accuracy_std: None,
+            test_accuracy_per_seed: None,
+            int8_test_accuracy: None,
+            branch_test_accuracy: None,
+            sparsity: None,
+        }
+    }
+}
+
 /// How sparse a pruned model ended.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct SparsityReport {
@@ -75,6 +92,9 @@ pub struct StageSummary {
     pub samples_per_second: f64,
     /// Models trained.
     pub models: Vec<ModelResult>,
+    /// A lifelong stage's accuracy matrices, averages and forgetting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifelong: Option<super::lifelong::scores::LifelongSummary>,
 }
 
 /// `summary.json`.
@@ -150,6 +170,8 @@ pub fn aggregate(runs: &[Summary]) -> Summary {
             m.test_accuracy_std = Some(var.sqrt());
             m.test_accuracy_per_seed = Some(values);
         }
+        let lifelong: Option<Vec<_>> = runs.iter().map(|r| r.stages[i].lifelong.as_ref()).collect();
+        stage.lifelong = lifelong.map(|l| super::lifelong::scores::LifelongSummary::aggregate(&l));
     }
     out
 }
