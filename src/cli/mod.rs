@@ -92,7 +92,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         teacher_cache: Option<PathBuf>,
     },
-    /// Print a run's results table (Markdown; mean ± std with --seeds) from its summary.json.
+    /// Print a run's results table (Markdown; mean ± std with --seeds) from its summary.json
+    /// (and draw its lifelong stages' lifelong.svg again from it).
     Report {
         /// The run's output folder (or its summary.json).
         run: PathBuf,

@@ -427,6 +427,10 @@ pub fn report(
         )));
     }
     use wgdistill::train::report;
+    if run_dir.is_dir() {
+        // Drawn again from the summary: with --seeds, the mean over the seeds.
+        wgdistill::train::lifelong::write_summary_plot(run_dir, &summary)?;
+    }
     let results = report::results(&summary, Some(baseline));
     let json_text =
         serde_json::to_string_pretty(&results).map_err(|e| CliError::Message(e.to_string()))?;

@@ -2,7 +2,8 @@
 //! (`seed-K/`), and the top-level `summary.json` holding each model's mean ± std over the seeds
 //! finished so far (rewritten after every seed, so an interrupted run keeps them). A leading
 //! `once` stage trains in the first seed only; later seeds start from its models. With
-//! `--resume`, every seed's folder that has progress goes on.
+//! `--resume`, every seed's folder that has progress goes on. Lifelong stages' matrices are
+//! averaged over the seeds and drawn in the top-level `lifelong.svg`.
 
 use crate::Result;
 use crate::data::Dataset;
@@ -51,7 +52,9 @@ pub fn run_seeds(
         runs.push(run(gpu, &cfg, &seed_opts, train, test, &mut |line| {
             log(&format!("seed {seed}: {line}"))
         })?);
-        write_summary(&opts.out, &aggregate(&runs))?;
+        let summary = aggregate(&runs);
+        write_summary(&opts.out, &summary)?;
+        super::lifelong::write_summary_plot(&opts.out, &summary)?;
     }
     Ok(aggregate(&runs))
 }

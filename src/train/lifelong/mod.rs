@@ -286,6 +286,19 @@ pub(super) fn check(
     Ok(())
 }
 
+/// Draws `lifelong.svg` in `out` from a summary's lifelong stages (none: nothing is written).
+pub fn write_summary_plot(out: &std::path::Path, summary: &super::summary::Summary) -> Result<()> {
+    let stages: Vec<(String, LifelongSummary)> = summary
+        .stages
+        .iter()
+        .filter_map(|s| s.lifelong.clone().map(|l| (s.name.clone(), l)))
+        .collect();
+    if stages.is_empty() {
+        return Ok(());
+    }
+    scores::write_plot(&out.join("lifelong.svg"), &stages)
+}
+
 /// The model at batch `b` with the lifelong taps: the logits as the label terms and as the
 /// distillation terms see them, and the classifier's input.
 fn with_taps(config: &Config, model: &str, input: [usize; 4], classes: usize) -> Result<Graph> {
