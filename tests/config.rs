@@ -32,6 +32,8 @@ fn the_default_and_example_configs_parse_and_check() {
         include_str!("../configs/compression.toml"),
         include_str!("../configs/lifelong.toml"),
         include_str!("../configs/search.toml"),
+        include_str!("../configs/one.toml"),
+        include_str!("../configs/cross_modal.toml"),
     ] {
         check(text).unwrap();
     }
@@ -890,5 +892,23 @@ fn search_settings_are_checked() {
             &["search.losses", "temperature"],
         ),
     ];
+    assert_refused(cases);
+}
+
+/// A multi-branch model's only teacher is its gated ensemble: feature terms and teachers are
+/// refused in one line that says so.
+#[test]
+fn multi_branch_stages_take_logits_terms_only() {
+    const ONE: &str = include_str!("../configs/one.toml");
+    let kd = "losses = [{ kind = \"ce\" }, { kind = \"kd\", temperature = 3.0 }]";
+    assert!(ONE.contains(kd));
+    let cases: Vec<(String, &[&str])> = vec![(
+        ONE.replacen(kd, "losses = [{ kind = \"ce\" }, { kind = \"hint\" }]", 1),
+        &[
+            "stages[2].losses[1].kind",
+            "hint compares feature maps",
+            "gated ensemble",
+        ],
+    )];
     assert_refused(cases);
 }

@@ -107,10 +107,16 @@ impl Method {
             Method::Branches(_) => def.reads_logits(),
         };
         if !has_target {
-            let message = format!(
-                "{} needs a teacher: add teachers = [\"…\"] to the stage",
-                def.name
-            );
+            let message = match self {
+                Method::Branches(_) => format!(
+                    "{} compares feature maps, and a multi-branch model's only teacher is its gated ensemble's logits: use a logits term (kd, dkd, js)",
+                    def.name
+                ),
+                _ => format!(
+                    "{} needs a teacher: add teachers = [\"…\"] to the stage",
+                    def.name
+                ),
+            };
             return Err((at(".kind"), message));
         }
         if let Some(p) = &term.paraphraser {
