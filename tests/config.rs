@@ -856,7 +856,7 @@ fn search_settings_are_checked() {
             &["search.candidates", "from 1 to", "got 0"],
         ),
         (
-            with("latency_ms = 25.0", "latency_ms = -1.0"),
+            with("latency_ms = 150.0", "latency_ms = -1.0"),
             &["search.latency_ms", "> 0"],
         ),
         (

@@ -139,11 +139,75 @@ fn a_search_finds_its_front_and_trains_its_winner_and_resumes_from_its_cache() {
     );
     assert_eq!(r.winner.unwrap().test_accuracy, w.test_accuracy);
 
-    // A changed configuration is not resumed into the same folder.
+    // Changed search settings keep the teacher and evaluate the candidates afresh.
     let mut other = cfg.clone();
-    other.search.as_mut().unwrap().candidates = 7;
-    let e = search::search(gpu, &other, &resumed_opts, &train, &test, &mut |_| {}).unwrap_err();
-    assert!(e.to_string().contains("another configuration"), "{e}");
+    other.search.as_mut().unwrap().candidates = 3;
+    let mut changed = Vec::new();
+    let c = search::search(gpu, &other, &resumed_opts, &train, &test, &mut |l| {
+        changed.push(l.to_string())
+    })
+    .unwrap();
+    assert!(changed[0].contains("evaluated afresh"), "{changed:?}");
+    assert!(
+        !changed.iter().any(|l| l.starts_with("teacher epoch")),
+        "{changed:?}"
+    );
+    assert!(!changed.iter().any(|l| l.contains("reused")), "{changed:?}");
+    assert_eq!(
+        c.candidates
+            .iter()
+            .filter(|r| r.proxy_accuracy.is_some())
+            .count(),
+        3
+    );
+}
+
+/// Candidates over the budget are timed, not trained, and not counted: the search draws until
+/// its number of trained candidates, with evolution's parents among those.
+#[test]
+fn candidates_over_the_budget_are_drawn_again() {
+    let Some(gpu) = gpu() else { return };
+    let mut cfg = ci_sized();
+    let s = cfg.search.as_mut().unwrap();
+    // Every MLP fits and no CNN does: a 4-channel conv costs more than the widest MLP here.
+    s.space.mlp_widths = vec![8, 16];
+    s.space.mlp_depth = [1, 1];
+    s.space.cnn_channels = vec![64];
+    (s.candidates, s.population) = (2, 2);
+    let opts = SearchOptions {
+        out: out_dir("over"),
+        resume: false,
+        teacher_cache: None,
+    };
+    let (train, test) = run::load_data(&cfg, &run::RunOptions::new(&opts.out)).unwrap();
+    // The budget between the slowest MLP and the fastest CNN, measured here.
+    let (mlp, cnn) = (
+        search::space::Candidate::Mlp { hidden: vec![16] },
+        search::space::Candidate::Cnn { channels: vec![64] },
+    );
+    let time = |c: &search::space::Candidate| {
+        search::time_inference(gpu, c, 64, train.shape, 10)
+            .unwrap()
+            .0
+    };
+    let (fast, slow) = (time(&mlp), time(&cnn));
+    assert!(fast < slow, "{fast} ms vs {slow} ms");
+    cfg.search.as_mut().unwrap().latency_ms = (fast * slow).sqrt();
+    let s = search::search(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+    let trained: Vec<_> = s
+        .candidates
+        .iter()
+        .filter(|r| r.proxy_accuracy.is_some())
+        .collect();
+    assert_eq!(trained.len(), 2);
+    assert!(trained.iter().all(|r| r.key.starts_with("mlp-")));
+    assert!(
+        s.candidates
+            .iter()
+            .filter(|r| r.key.starts_with("cnn-"))
+            .all(|r| !r.feasible && r.proxy_accuracy.is_none())
+    );
+    assert!(s.winner.unwrap().key.starts_with("mlp-"));
 }
 
 #[test]

@@ -55,13 +55,14 @@ pub struct SearchConfig {
     /// The teacher: a model of the configuration, trained by its stages or loaded from its
     /// checkpoint.
     pub teacher: String,
-    /// Candidates evaluated: the search's budget.
+    /// Candidates trained (those within the latency budget): the search's budget. Those over
+    /// it are timed only, and drawn again (at most 20 draws per trained candidate).
     pub candidates: usize,
     /// `evolution` (the default) or `random`.
     #[serde(default)]
     pub strategy: Strategy,
-    /// Evolution's population: the first this many candidates are random; each later one
-    /// mutates the fittest of three drawn from the latest this many.
+    /// Evolution's population: candidates are random until this many are trained; each later
+    /// one mutates the fittest of three drawn from the latest this many trained.
     #[serde(default = "population")]
     pub population: usize,
     /// The latency budget: milliseconds per inference batch of `latency_batch` images on the
@@ -268,8 +269,8 @@ pub struct Winner {
 }
 
 /// Times `candidate`'s inference on the adapter: the median of repeated batches after two
-/// untimed ones (pipelines compile on first use), and its trainable parameter count.
-fn latency(
+/// untimed ones (pipelines compile on first use), ms, and its trainable parameter count.
+pub fn time_inference(
     gpu: &Gpu,
     candidate: &Candidate,
     batch: usize,
@@ -321,6 +322,9 @@ fn append_line(path: &Path, record: &Record) -> Result<()> {
         .map_err(|e| input_error(path.display().to_string(), format!("cannot write ({e})")))
 }
 
+/// Draws per trained candidate at most (the rest are over the latency budget).
+const DRAWS_PER_CANDIDATE: usize = 20;
+
 /// Runs the search of `config` (checked, with a `[search]` table) on `train` and `test`;
 /// `log` receives a line per candidate.
 pub fn search(
@@ -342,17 +346,17 @@ pub fn search(
     let stamp = out.join("search-config.sha256");
     let fingerprint = config.fingerprint();
     let cache_path = out.join("candidates.jsonl");
-    if opts.resume {
-        if let Ok(old) = std::fs::read_to_string(&stamp)
-            && old.trim() != fingerprint
-        {
-            return Err(input_error(
-                stamp.display().to_string(),
-                "made by another configuration: search afresh without --resume, or into another folder",
-            ));
+    // A resumed search whose settings changed keeps the teacher (its run checks its own
+    // stages) but evaluates its candidates afresh.
+    let same = std::fs::read_to_string(&stamp).is_ok_and(|old| old.trim() == fingerprint);
+    if !(opts.resume && same) {
+        if opts.resume {
+            log(
+                "the configuration changed since the search began: its candidates are evaluated afresh",
+            );
         }
-    } else {
         let _ = std::fs::remove_file(&cache_path);
+        let _ = std::fs::remove_dir_all(out.join("candidates"));
         let _ = std::fs::remove_dir_all(out.join("winner"));
     }
     crate::io::write_atomic(&stamp, fingerprint.as_bytes())?;
@@ -409,7 +413,14 @@ pub fn search(
         front: Vec::new(),
         winner: None,
     };
-    for index in 0..s.candidates {
+    // The budget counts trained candidates: one over the latency budget costs a timing only,
+    // so it is drawn again, up to a cap on draws for a space that hardly fits the budget.
+    let most_draws = s.candidates * DRAWS_PER_CANDIDATE;
+    let mut trained = 0;
+    for index in 0..most_draws {
+        if trained == s.candidates {
+            break;
+        }
         // A candidate not evaluated yet where the space allows (a few draws).
         let mut candidate = next(s, &records, &mut rng);
         for _ in 0..20 {
@@ -424,7 +435,7 @@ pub fn search(
             Some(r) => (r.clone(), "reused"),
             None => {
                 let (latency_ms, parameters) =
-                    latency(gpu, &candidate, s.latency_batch, train.shape, train.classes)?;
+                    time_inference(gpu, &candidate, s.latency_batch, train.shape, train.classes)?;
                 let feasible = latency_ms <= s.latency_ms;
                 let proxy_accuracy = if feasible {
                     let cfg = s.run_config(config, &candidate, &teacher_file, s.proxy_epochs);
@@ -455,14 +466,14 @@ pub fn search(
             }
         };
         record.index = index;
+        trained += usize::from(record.proxy_accuracy.is_some());
         let shown = match record.proxy_accuracy {
-            Some(a) => format!("proxy accuracy {a:.4}"),
+            Some(a) => format!("trained {trained}/{}: proxy accuracy {a:.4}", s.candidates),
             None => format!("over the {} ms budget, not trained", s.latency_ms),
         };
         log(&format!(
-            "candidate {}/{}: {key} ({} parameters), {:.2} ms per batch of {}, {shown} ({how}, {:.1} s)",
+            "candidate {}: {key} ({} parameters), {:.2} ms per batch of {}, {shown} ({how}, {:.1} s)",
             index + 1,
-            s.candidates,
             record.parameters,
             record.latency_ms,
             s.latency_batch,
@@ -522,14 +533,20 @@ pub fn search(
     Ok(summary)
 }
 
-/// The next candidate: random, or evolution's mutation of a tournament's fittest.
+/// The next candidate: random, or evolution's mutation of a tournament's fittest. The
+/// population is the latest `population` trained candidates (those within the budget), so a run
+/// of candidates over it never crowds out the ones that fit.
 fn next(s: &SearchConfig, records: &[Record], rng: &mut Xorshift) -> Candidate {
-    if s.strategy == Strategy::Random || records.len() < s.population {
+    let trained: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.proxy_accuracy.is_some())
+        .collect();
+    if s.strategy == Strategy::Random || trained.len() < s.population {
         return s.space.sample(rng);
     }
-    let recent = &records[records.len() - s.population..];
+    let recent = &trained[trained.len() - s.population..];
     let parent = (0..3)
-        .map(|_| &recent[rng.below(recent.len())])
+        .map(|_| recent[rng.below(recent.len())])
         .max_by(|a, b| a.fitness(s.latency_ms).total_cmp(&b.fitness(s.latency_ms)))
         .map(|r| r.candidate.clone())
         .unwrap_or_else(|| s.space.sample(rng));
