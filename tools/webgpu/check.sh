@@ -32,15 +32,18 @@ npm ci --prefix tools/webgpu --no-audit --no-fund --loglevel=error
 
 # wgdistill records on wgpu's adapter and Dawn replays on its own: the same driver for both.
 export WGPU_BACKEND=vulkan VK_ICD_FILENAMES="$icd"
-# Every test binary but tests/train.rs: its end-to-end training runs take SwiftShader over
-# half an hour on two cores, and every kernel and compiled step they launch is tested here
-# by the other binaries (the kernel catalogue, the executor, the data-free and adversarial
-# steps); lavapipe and llvmpipe run it in full.
-say "the tests on SwiftShader (all but tests/train.rs)"
+# Every test binary but the end-to-end training runs (tests/train.rs, lifelong.rs, search.rs):
+# they take SwiftShader over half an hour on two cores, and every kernel and compiled step they
+# launch is tested here by the other binaries (the kernel catalogue, the executor, the
+# data-free and adversarial steps); lavapipe and llvmpipe run them in full.
+say "the tests on SwiftShader (all but the end-to-end training runs)"
 targets=(--lib --bins --test kernels)
 for file in tests/*.rs; do
     name="$(basename "$file" .rs)"
-    [ "$name" = train ] || targets+=(--test "$name")
+    case "$name" in
+        train | lifelong | search) ;;
+        *) targets+=(--test "$name") ;;
+    esac
 done
 cargo test --release --quiet "${targets[@]}"
 cargo build --release --quiet
