@@ -142,33 +142,43 @@ pub fn accuracy(gpu: &Gpu, eval: &EvalStep, graph: &Graph, test: &Dataset) -> Re
     accuracy_with(test, batch, classes, |x| eval.run(gpu, x))
 }
 
+/// The logits of every image of `test`, row by row, where `logits` maps a batch of `batch`
+/// images (the last one padded with zeros) to `batch × classes` logits.
+pub fn logits_with(
+    test: &Dataset,
+    batch: usize,
+    classes: usize,
+    mut logits: impl FnMut(&[f32]) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let len = test.sample_len();
+    let mut out = Vec::with_capacity(test.len() * classes);
+    let mut x = vec![0.0f32; batch * len];
+    for start in (0..test.len()).step_by(batch) {
+        let n = batch.min(test.len() - start);
+        x[..n * len].copy_from_slice(&test.images[start * len..(start + n) * len]);
+        x[n * len..].fill(0.0);
+        out.extend_from_slice(&logits(&x)?[..n * classes]);
+    }
+    Ok(out)
+}
+
 /// The share of `test` whose largest logit is its label, where `logits` maps a batch of `batch`
 /// images (the last one padded with zeros) to `batch × classes` logits.
 pub fn accuracy_with(
     test: &Dataset,
     batch: usize,
     classes: usize,
-    mut logits: impl FnMut(&[f32]) -> Result<Vec<f32>>,
+    logits: impl FnMut(&[f32]) -> Result<Vec<f32>>,
 ) -> Result<f64> {
-    let len = test.sample_len();
+    let all = logits_with(test, batch, classes, logits)?;
     let mut correct = 0usize;
-    let mut x = vec![0.0f32; batch * len];
-    for start in (0..test.len()).step_by(batch) {
-        let n = batch.min(test.len() - start);
-        x[..n * len].copy_from_slice(&test.images[start * len..(start + n) * len]);
-        x[n * len..].fill(0.0);
-        for (row, &label) in logits(&x)?
-            .chunks(classes)
-            .take(n)
-            .zip(&test.labels[start..start + n])
-        {
-            let pred = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |p| p.0);
-            correct += usize::from(pred as i32 == label);
-        }
+    for (row, &label) in all.chunks(classes).zip(&test.labels) {
+        let pred = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |p| p.0);
+        correct += usize::from(pred as i32 == label);
     }
     Ok(correct as f64 / test.len().max(1) as f64)
 }

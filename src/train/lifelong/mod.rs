@@ -336,17 +336,7 @@ fn task_samples(
 /// The model's logits on every test image, row by row (batches of the compiled size, the last
 /// one padded).
 fn test_logits(gpu: &Gpu, eval: &EvalStep, batch: usize, test: &Dataset) -> Result<Vec<f32>> {
-    let len = test.sample_len();
-    let mut out = Vec::new();
-    let mut x = vec![0.0f32; batch * len];
-    let classes = test.classes;
-    for start in (0..test.len()).step_by(batch) {
-        let n = batch.min(test.len() - start);
-        x[..n * len].copy_from_slice(&test.images[start * len..(start + n) * len]);
-        x[n * len..].fill(0.0);
-        out.extend_from_slice(&eval.run(gpu, &x)?[..n * classes]);
-    }
-    Ok(out)
+    super::run::logits_with(test, batch, test.classes, |x| eval.run(gpu, x))
 }
 
 /// The classifier inputs of training samples `idx`, one row each (batches of the compiled
