@@ -912,3 +912,79 @@ fn multi_branch_stages_take_logits_terms_only() {
     )];
     assert_refused(cases);
 }
+
+/// A term's weight ramp: `warmup_epochs` steps linearly once per epoch (as before), `rampup`
+/// climbs smoothly within epochs along its shape; its settings are range-checked, and stage
+/// kinds that would not apply it refuse it.
+#[test]
+fn loss_weight_ramps_follow_their_shape_and_are_checked() {
+    let parsed = |kd: &str| {
+        let c = config::parse(
+            "run.toml",
+            &with("{ kind = \"kd\", weight = 0.9, temperature = 4.0 }", kd),
+        )
+        .unwrap();
+        c.check("run.toml").unwrap();
+        c.stages[2].losses[1].clone()
+    };
+    let sigmoid = parsed("{ kind = \"kd\", rampup = { epochs = 0.5 } }");
+    assert!((sigmoid.ramp(0.0) - (-5.0f32).exp()).abs() < 1e-7);
+    assert!((sigmoid.ramp(0.25) - (-1.25f32).exp()).abs() < 1e-6);
+    assert_eq!(sigmoid.ramp(0.5), 1.0);
+    assert_eq!(sigmoid.ramp(3.0), 1.0);
+    assert!(sigmoid.ramps_during(0) && !sigmoid.ramps_during(1));
+    let linear = parsed("{ kind = \"kd\", rampup = { epochs = 2.0, shape = \"linear\" } }");
+    assert_eq!(linear.ramp(0.0), 0.0);
+    assert_eq!(linear.ramp(1.5), 0.75);
+    assert!(linear.ramps_during(1) && !linear.ramps_during(2));
+    let warmup = parsed("{ kind = \"kd\", warmup_epochs = 4 }");
+    let per_epoch: Vec<f32> = [0.0, 0.9, 1.0, 3.5, 7.0].map(|p| warmup.ramp(p)).to_vec();
+    assert_eq!(per_epoch, [0.25, 0.25, 0.5, 1.0, 1.0]);
+    assert!(!warmup.ramps_during(0));
+    assert_eq!(parsed("{ kind = \"kd\" }").ramp(0.0), 1.0);
+
+    let kd = "{ kind = \"kd\", weight = 0.9, temperature = 4.0 }";
+    let mut cases: Vec<(String, &[&str])> = vec![
+        (
+            with(kd, "{ kind = \"kd\", rampup = { epochs = 0.0 } }"),
+            &["stages[2].losses[1].rampup.epochs", "(0, 10000]", "got 0"],
+        ),
+        (
+            with(kd, "{ kind = \"kd\", rampup = { epochs = nan } }"),
+            &["stages[2].losses[1].rampup.epochs"],
+        ),
+        (
+            with(
+                kd,
+                "{ kind = \"kd\", rampup = { epochs = 1.0, shape = \"cosine\" } }",
+            ),
+            &["unknown variant `cosine`", "sigmoid"],
+        ),
+        (
+            with(
+                kd,
+                "{ kind = \"kd\", warmup_epochs = 2, rampup = { epochs = 1.0 } }",
+            ),
+            &["stages[2].losses[1].rampup", "not both"],
+        ),
+    ];
+    const LIFELONG: &str = include_str!("../configs/lifelong.toml");
+    let lwf_kd = "{ kind = \"kd\", temperature = 2.0 }";
+    assert!(LIFELONG.contains(lwf_kd));
+    cases.push((
+        LIFELONG.replacen(
+            lwf_kd,
+            "{ kind = \"kd\", temperature = 2.0, rampup = { epochs = 1.0 } }",
+            1,
+        ),
+        &["losses[1].rampup", "warmup_epochs"],
+    ));
+    const DATA_FREE: &str = include_str!("../configs/data_free.toml");
+    let l1 = "losses = [{ kind = \"l1\" }]";
+    assert!(DATA_FREE.contains(l1));
+    cases.push((
+        DATA_FREE.replacen(l1, "losses = [{ kind = \"l1\", warmup_epochs = 2 }]", 1),
+        &["losses", "constant weight"],
+    ));
+    assert_refused(cases);
+}

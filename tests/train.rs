@@ -1865,3 +1865,62 @@ losses = [{ kind = "ce" }]
     assert_eq!(export["features.0.weight"].dtype_name(), "i8");
     assert!(whole.stages[2].models[0].int8_test_accuracy.is_none());
 }
+
+/// A term's `rampup` is written before every step: a label term ramped linearly over its one
+/// epoch trains the model (its weight climbing from 0 at the first step), where a weight written
+/// only at the epoch's start would stay 0 all epoch and leave the model exactly as a zero weight
+/// does.
+#[test]
+fn a_rampup_is_applied_step_by_step_within_an_epoch() {
+    let Some(gpu) = gpu() else { return };
+    let train_with = |name: &str, term: &str| {
+        let text = format!(
+            r#"
+seed = 3
+[data]
+dataset = "synthetic"
+batch_size = 32
+train_limit = 128
+test_limit = 32
+[models.student]
+arch = "mlp"
+hidden = [16]
+[[stages]]
+name = "student"
+train = ["student"]
+epochs = 1
+optimizer = {{ kind = "sgd", lr = 0.1 }}
+losses = [{{ kind = "ce", {term} }}]
+"#
+        );
+        let cfg = config::parse(name, &text).unwrap();
+        cfg.check(name).unwrap();
+        let opts = RunOptions::new(out_dir(name));
+        let (train, test) = run::load_data(&cfg, &opts).unwrap();
+        run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+        let w = wgdistill::io::read_safetensors(&opts.out.join("checkpoints/student.safetensors"))
+            .unwrap();
+        w["hidden.0.weight"].as_f32().unwrap().to_vec()
+    };
+    let untouched = train_with("ramp-zero", "weight = 0.0");
+    let ramped = train_with(
+        "ramp-linear",
+        r#"rampup = { epochs = 1.0, shape = "linear" }"#,
+    );
+    let full = train_with("ramp-full", "weight = 1.0");
+    let moved = |w: &[f32]| -> f64 {
+        w.iter()
+            .zip(&untouched)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    // Weights 0, 1/4, 2/4, 3/4 over the four steps: it moves, but less than at full weight.
+    assert!(moved(&ramped) > 0.0, "the ramp never rose above 0");
+    assert!(
+        moved(&ramped) < moved(&full),
+        "{} vs {}",
+        moved(&ramped),
+        moved(&full)
+    );
+}

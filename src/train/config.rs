@@ -517,9 +517,13 @@ pub struct LossConfig {
     pub teacher_taps: Option<Vec<String>>,
     /// A trainable regressor from the student tap to the teacher's.
     pub adapter: Option<Adapter>,
-    /// Linear warm-up of the weight over the first epochs (as DKD uses).
+    /// Linear warm-up of the weight over the first epochs (as DKD uses), a step per epoch.
     #[serde(default)]
     pub warmup_epochs: usize,
+    /// A smooth ramp of the weight from 0, written before every step (as ONE's code ramps its
+    /// consistency weight): `rampup = { epochs = 0.5, shape = "sigmoid" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rampup: Option<Rampup>,
     /// A paraphraser on the teacher side (FT), pretrained by reconstruction before the stage.
     pub paraphraser: Option<ParaphraserConfig>,
     /// The loss's attributes, by name.
@@ -542,6 +546,30 @@ pub struct ParaphraserConfig {
 
 fn half() -> f64 {
     0.5
+}
+
+/// A term's weight ramp: over its first `epochs` (fractional epochs allowed, so a short run can
+/// ramp over part of one), the factor on its weight climbs from 0 to 1 along `shape`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rampup {
+    /// Epochs of training the ramp spans, > 0.
+    pub epochs: f32,
+    /// `sigmoid` (the default) or `linear`.
+    #[serde(default)]
+    pub shape: RampShape,
+}
+
+/// How a [`Rampup`] climbs with the fraction `t` of it done.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RampShape {
+    /// exp(−5 (1 − t)²): the "sigmoid-shaped" ramp of Laine & Aila's and Tarvainen & Valpola's
+    /// consistency weights, which ONE's code uses; near 0 for the first third, then quickly up.
+    #[default]
+    Sigmoid,
+    /// t.
+    Linear,
 }
 
 /// A term's paraphraser and adapter fit its taps (one student, one teacher tap of an offline
@@ -587,6 +615,55 @@ fn check_heads(
 }
 
 impl LossConfig {
+    /// The factor on the term's weight after `progress` epochs of its stage (fractional: the
+    /// share of the current epoch's steps done counts).
+    pub fn ramp(&self, progress: f32) -> f32 {
+        if let Some(r) = self.rampup {
+            let t = (progress / r.epochs).clamp(0.0, 1.0);
+            match r.shape {
+                RampShape::Sigmoid => (-5.0 * (1.0 - t).powi(2)).exp(),
+                RampShape::Linear => t,
+            }
+        } else if self.warmup_epochs > 0 {
+            ((progress.floor() + 1.0) / self.warmup_epochs as f32).min(1.0)
+        } else {
+            1.0
+        }
+    }
+
+    /// Whether the term's weight changes during epoch `epoch` (0-based), so that it is written
+    /// before every step rather than once per epoch.
+    pub fn ramps_during(&self, epoch: usize) -> bool {
+        self.rampup.is_some_and(|r| (epoch as f32) < r.epochs)
+    }
+
+    /// The ramp settings are in range; `per_step` says whether the stage's kind writes the
+    /// weights before every step (otherwise a ramp is refused rather than ignored).
+    pub(super) fn check_ramp(&self, per_step: bool) -> std::result::Result<(), (String, String)> {
+        let Some(r) = self.rampup else {
+            return Ok(());
+        };
+        if self.warmup_epochs > 0 {
+            return Err((
+                "rampup".into(),
+                "give either warmup_epochs (a linear step per epoch) or rampup, not both".into(),
+            ));
+        }
+        if !per_step {
+            return Err((
+                "rampup".into(),
+                "this kind of stage writes its weights once per epoch; use warmup_epochs".into(),
+            ));
+        }
+        if !(r.epochs.is_finite() && r.epochs > 0.0 && r.epochs <= 1e4) {
+            return Err((
+                "rampup.epochs".into(),
+                format!("must be a number of epochs in (0, 10000], got {}", r.epochs),
+            ));
+        }
+        Ok(())
+    }
+
     /// The student taps as written (`student_tap` or `student_taps`; none means logits).
     pub fn student_taps(&self) -> Vec<String> {
         self.student_taps
@@ -1091,6 +1168,7 @@ impl StageConfig {
                 ));
             }
             method.check_term(j, term, !self.teachers.is_empty())?;
+            term.check_ramp(true).map_err(|(key, m)| (at(&key), m))?;
             let def = term.loss().map_err(|(key, m)| (at(&key[1..]), m))?.def();
             let student_key = if term.student_taps.is_some() {
                 "student_taps"

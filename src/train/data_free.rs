@@ -450,10 +450,12 @@ pub(super) fn check_kind(
             })?;
             generator.check(config.data.batch_size)?;
             match stage.losses.as_slice() {
-                [term] if term.kind == "l1" => Ok(false),
+                [term] if term.kind == "l1" && term.warmup_epochs == 0 && term.rampup.is_none() => {
+                    Ok(false)
+                }
                 _ => Err((
                     "losses".into(),
-                    "a dfad stage has one term, l1: the teacher–student discrepancy its generator maximises and its student minimises (losses = [{ kind = \"l1\" }])".into(),
+                    "a dfad stage has one term, l1, at a constant weight: the teacher–student discrepancy its generator maximises and its student minimises (losses = [{ kind = \"l1\" }])".into(),
                 )),
             }
         }

@@ -41,23 +41,32 @@ pub fn train_epoch(
 ) -> Result<EpochStats> {
     let (stage, index) = (plan.stage, plan.index);
     let start = Instant::now();
-    schedule(gpu, plan, epoch, lr);
+    schedule(gpu, plan, epoch as f32, lr);
     let batch = config.data.batch_size;
     let order = data::epoch_order(train.len(), config.seed ^ index as u64, epoch as u64);
+    let batches = order.len().div_ceil(batch);
+    // A term ramping smoothly within this epoch has its weight written before every step.
+    let ramping = stage.losses.iter().any(|l| l.ramps_during(epoch));
     let bar = progress_bar(
         opts.progress,
-        order.len().div_ceil(batch),
+        batches,
         &format!("{} {}/{}", stage.name, epoch + 1, stage.epochs),
     );
     let augment_images = stage.augment.unwrap_or(config.data.augment);
     let (mut xb, mut yb, mut tb, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut samples = 0;
     let (mut sampled, mut sampled_count) = (0.0f64, 0usize);
-    // The step that ran last: its losses are the epoch's.
-    let mut last = &plan.step;
+    // Whether the step that ran last (its losses are the epoch's) was the tail step.
+    let mut last_tail = false;
     for (bi, idx) in order.chunks(batch).enumerate() {
         let full = idx.len() == batch;
         // A last batch of one is dropped: batch statistics need two samples.
+        if !full && plan.tail_step.is_none() {
+            continue;
+        }
+        if ramping {
+            schedule(gpu, plan, epoch as f32 + bi as f32 / batches as f32, lr);
+        }
         let Some(step) = (if full {
             Some(&plan.step)
         } else {
@@ -87,7 +96,7 @@ pub fn train_epoch(
         } else {
             step.run(gpu, &xb, &yb)?;
         }
-        last = step;
+        last_tail = !full;
         samples += idx.len();
         if let Some(losses) = plan.step.poll_losses(gpu)? {
             let total: f32 = losses.iter().map(|(_, w, l)| w * l).sum();
@@ -117,6 +126,10 @@ pub fn train_epoch(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let last = match (&plan.tail_step, last_tail) {
+        (Some(tail), true) => tail,
+        _ => &plan.step,
+    };
     let loss = last.total_loss(gpu)?;
     if !loss.is_finite() {
         let at = format!("epoch {}", epoch + 1);
@@ -150,32 +163,30 @@ pub(super) fn diverged(stage: &str, at: &str, kept: Option<usize>) -> crate::Err
     )
 }
 
-/// Writes the epoch's learning rate and each term's weight (ramped over its warm-up) into both
-/// steps' bound uniforms.
-fn schedule(gpu: &Gpu, plan: &mut StagePlan<'_>, epoch: usize, lr: f32) {
+/// Writes the epoch's learning rate and each term's weight (ramped) after `progress` epochs
+/// into both steps' bound uniforms.
+fn schedule(gpu: &Gpu, plan: &mut StagePlan<'_>, progress: f32, lr: f32) {
     let steps = std::iter::once(&mut plan.step).chain(plan.tail_step.as_mut());
-    write_schedule(gpu, steps, plan.stage, &plan.terms, epoch, lr);
+    write_schedule(gpu, steps, plan.stage, &plan.terms, progress, lr);
 }
 
 /// Writes learning rate `lr` and the weight of each of `terms` (configured term of `stage`,
-/// step term) at `epoch`, ramped linearly over its `warmup_epochs`, into `steps`.
+/// step term) after `progress` epochs, ramped as its term says ([`LossConfig::ramp`]), into
+/// `steps`.
+///
+/// [`LossConfig::ramp`]: crate::train::config::LossConfig::ramp
 pub(super) fn write_schedule<'s>(
     gpu: &Gpu,
     steps: impl Iterator<Item = &'s mut crate::graph::TrainStep>,
     stage: &crate::train::config::StageConfig,
     terms: &[(usize, crate::graph::LossSpec)],
-    epoch: usize,
+    progress: f32,
     lr: f32,
 ) {
     for step in steps {
         step.set_learning_rate(gpu, lr);
         for (i, (source, term)) in terms.iter().enumerate() {
-            let warmup = stage.losses[*source].warmup_epochs;
-            let ramp = if warmup > 0 {
-                ((epoch + 1) as f32 / warmup as f32).min(1.0)
-            } else {
-                1.0
-            };
+            let ramp = stage.losses[*source].ramp(progress);
             step.set_loss_weight(gpu, i, term.weight * ramp);
         }
     }

@@ -244,6 +244,8 @@ pub(super) fn check(
                 format!("must be a number ≥ 0, got {}", term.weight),
             ));
         }
+        term.check_ramp(false)
+            .map_err(|(key, m)| (at(&format!(".{key}")), m))?;
         let def = term.loss().map_err(|(key, m)| (at(&key), m))?.def();
         if !term.student_taps().is_empty()
             || !term.teacher_taps().is_empty()
@@ -545,7 +547,7 @@ impl StageRun<'_> {
                 let epoch_started = Instant::now();
                 let lr = learning_rate(opt, epoch, epochs);
                 let steps = std::iter::once(&mut step).chain(tail_step.as_mut());
-                super::epoch::write_schedule(gpu, steps, stage, &terms, epoch, lr);
+                super::epoch::write_schedule(gpu, steps, stage, &terms, epoch as f32, lr);
                 let seed = config.seed ^ ((index as u64) << 48) ^ ((t as u64) << 32);
                 let order = data::epoch_order(samples.len(), seed, epoch as u64);
                 let mut count = 0;
