@@ -32,5 +32,6 @@ pub mod ops;
 pub mod reference;
 pub mod rng;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};

@@ -365,10 +365,22 @@ fn op_list_names_every_loss_with_its_contract() {
 }
 
 fn on_ci_backend(args: &[&str]) -> Option<Output> {
+    on_ci_backend_with(args, &[])
+}
+
+/// [`on_ci_backend`] with these environment variables set.
+fn on_ci_backend_with(args: &[&str], envs: &[(&str, &std::path::Path)]) -> Option<Output> {
     let backend = std::env::var("WGPU_BACKEND").unwrap_or_default();
-    let mut full = vec!["--backend", backend.as_str()];
-    full.extend_from_slice(args);
-    let out = wgdistill(&full);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wgdistill"));
+    command
+        .args(["--backend", backend.as_str()])
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("WGPU_ADAPTER_NAME");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let out = command.output().expect("wgdistill runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stderr.contains("no GPU adapter") {
         assert!(!common::in_ci(), "{stderr}");
@@ -712,4 +724,90 @@ fn search_refuses_a_configuration_without_a_search_in_one_line() {
     assert_one_line_error(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.toml: search.candidates"), "{stderr}");
+}
+
+/// `tune` times every matmul variant the adapter has, on a training step and a square product,
+/// and writes the one with the least geometric-mean time into the tuning file; later runs read
+/// it: `devices` says so and a bench step launches the chosen kernel. A damaged file is one
+/// line naming it.
+#[test]
+fn tune_keeps_the_fastest_variant_and_later_runs_launch_it() {
+    let dir = std::env::temp_dir().join(format!("wgdistill-tune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tuning.json");
+    let args = ["tune", "--quick", "--family", "matmul", "--file"];
+    let Some(out) = on_ci_backend(&[&args[..], &[file.to_str().unwrap()]].concat()) else {
+        return;
+    };
+    assert_success(&out);
+    let mut json: serde_json::Value = read_json(&file);
+    let entries = json["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{json}");
+    let entry = &entries[0];
+    assert!(!entry["adapter"].as_str().unwrap().is_empty());
+    let timings = entry["timings"].as_array().unwrap();
+    let mean_log = |variant: &str| {
+        let logs: Vec<f64> = timings
+            .iter()
+            .filter(|t| t["variant"] == variant)
+            .map(|t| t["seconds"].as_f64().unwrap().ln())
+            .collect();
+        assert_eq!(logs.len(), 2, "{variant}: a step and a product");
+        logs.iter().sum::<f64>() / 2.0
+    };
+    let mut timed: Vec<&str> = timings
+        .iter()
+        .map(|t| t["variant"].as_str().unwrap())
+        .collect();
+    timed.dedup();
+    assert!(
+        timed.starts_with(&["register_blocked", "workgroup_tiled"]),
+        "{timed:?}"
+    );
+    let chosen = entry["choices"]["matmul"].as_str().unwrap();
+    for v in &timed {
+        assert!(
+            mean_log(chosen) <= mean_log(v),
+            "{chosen} chosen over faster {v}"
+        );
+    }
+
+    // Whatever won, a file that says workgroup_tiled makes the step launch the tiled kernel.
+    json["entries"][0]["choices"]["matmul"] = "workgroup_tiled".into();
+    std::fs::write(&file, json.to_string()).unwrap();
+    let env = [("WGDISTILL_TUNING", file.as_path())];
+    let out = on_ci_backend_with(&["devices"], &env).unwrap();
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("kernels: matmul workgroup_tiled")
+            && stdout.contains("tuned on this adapter and driver"),
+        "{stdout}"
+    );
+    let bench = dir.join("bench.json");
+    let args = [
+        "bench",
+        "--filter",
+        "kd_step",
+        "--json",
+        bench.to_str().unwrap(),
+    ];
+    let out = on_ci_backend_with(&args, &env).unwrap();
+    assert_success(&out);
+    let rows: serde_json::Value = read_json(&bench);
+    let kernels = rows[0]["kernels"].to_string();
+    assert!(
+        kernels.contains("matmul_tiled") && !kernels.contains("matmul_sg"),
+        "{kernels}"
+    );
+
+    std::fs::write(&file, "{ \"entries\": [").unwrap();
+    let out = on_ci_backend_with(&["devices"], &env).unwrap();
+    assert_one_line_error(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(file.to_str().unwrap()) && stderr.contains("wgdistill tune"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

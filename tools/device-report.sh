@@ -3,10 +3,11 @@
 # into one JSON file under docs/benchmarks/:
 #   1. `wgdistill devices` (the adapter, its limits and features);
 #   2. `wgdistill check` (every kernel against its f64 reference on this adapter);
-#   3. the PyTorch peer (tools/peers/torch_steps.py: the same training steps and sgemm, on CUDA
+#   3. `wgdistill tune` (each matmul and conv variant timed; the fastest kept for the bench);
+#   4. the PyTorch peer (tools/peers/torch_steps.py: the same training steps and sgemm, on CUDA
 #      when PyTorch sees a GPU, else on the CPU);
-#   4. `wgdistill bench --json --compare` (the bench suite, with same-run baselines, beside the
-#      peer).
+#   5. `wgdistill bench --json --compare` (the bench suite on the tuned variants, with same-run
+#      baselines, beside the peer).
 #
 #   tools/device-report.sh [OUT_DIR]        # default docs/benchmarks
 #
@@ -42,6 +43,11 @@ check_status=0
 "$bin" --backend "$backend" check > "$work/check.txt" || check_status=$?
 tail -n 1 "$work/check.txt"
 
+echo "== tune"
+# Into the report's own file: the user's tuning cache stays as it was.
+"$bin" --backend "$backend" tune --file "$work/tuning.json" | tee "$work/tune.txt"
+export WGDISTILL_TUNING="$work/tuning.json"
+
 echo "== peer"
 # The bench suite's matmul sizes: smaller on CPU-like drivers.
 if [ "$device_type" = "cpu" ]; then sizes="256,1024"; else sizes="1024,4096"; fi
@@ -69,6 +75,7 @@ check = open(os.path.join(work, "check.txt")).read().splitlines()
 json.dump({
     "devices": load("devices.json"),
     "check": {"passed": status == 0, "summary": check[-1] if check else "", "lines": check},
+    "tuning": load("tuning.json"),
     "bench": load("bench.json"),
     "peer": load("peer.json"),
 }, open(report, "w"), indent=1, ensure_ascii=False)

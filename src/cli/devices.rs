@@ -2,7 +2,7 @@
 
 use wgdistill::Error;
 use wgdistill::gpu::caps::Capabilities;
-use wgdistill::gpu::{AdapterQuery, select};
+use wgdistill::gpu::{AdapterQuery, ChoiceSource, select};
 
 use super::CliError;
 
@@ -31,11 +31,11 @@ const TESTED_IN_CI: &[&str] = &[
 pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
     let instance = select::create_instance(query.backends);
     let all = select::enumerate(&instance, query.backends);
-    let caps: Vec<Capabilities> = all
+    let caps = all
         .iter()
         .filter(|a| query.matches(&a.get_info()))
-        .map(|a| Capabilities::of_adapter(&instance, a))
-        .collect();
+        .map(|a| Capabilities::of_adapter(&instance, a).tuned())
+        .collect::<Result<Vec<Capabilities>, Error>>()?;
     if caps.is_empty() {
         // Reuse the adapter search's message: what was tried and how to fix it.
         return Err(select::choose(&instance, query).err().map_or_else(
@@ -74,6 +74,15 @@ pub fn run(query: &AdapterQuery, json: bool) -> Result<(), CliError> {
             l.max_compute_workgroup_storage_size / 1024,
             l.max_compute_invocations_per_workgroup,
             l.max_compute_workgroups_per_dimension
+        );
+        let from = match c.kernels_from {
+            ChoiceSource::DeviceType => "by device type; `wgdistill tune` times them here",
+            ChoiceSource::Tuned => "tuned on this adapter and driver",
+            ChoiceSource::Override => "set by WGDISTILL_KERNEL_STYLE",
+        };
+        println!(
+            "    kernels: matmul {}, conv {} ({from})",
+            c.kernels.matmul, c.kernels.conv
         );
         if let Some(limit) = c.loop_limit {
             println!(

@@ -6,6 +6,7 @@ mod devices;
 mod op;
 mod shaders;
 mod train;
+mod tune;
 
 use std::path::PathBuf;
 
@@ -123,6 +124,20 @@ enum Command {
         /// (in the JSON as `profile`).
         #[arg(long)]
         profile: bool,
+    },
+    /// Time each tunable kernel family's variants (matmul, conv) on the chosen adapter, on whole
+    /// training steps and a square product, and keep the fastest for this adapter and driver in
+    /// the tuning file (WGDISTILL_TUNING, else the user cache), which later runs read.
+    Tune {
+        /// The tuning file to write instead of the default one.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Only these families (matmul, conv); the others keep their current variant.
+        #[arg(long, value_delimiter = ',')]
+        family: Vec<String>,
+        /// Shorter timing rounds (for tests; noisier).
+        #[arg(long)]
+        quick: bool,
     },
     /// Print a checkpoint's test accuracy on Fashion-MNIST.
     Eval {
@@ -270,6 +285,11 @@ pub fn run() -> Result<(), CliError> {
         Some(Command::Devices { json }) => devices::run(&query, json),
         Some(Command::Check { replay }) => check::run(&Gpu::new(&query)?, replay.as_deref()),
         Some(Command::Shaders { export }) => shaders::run(export.as_deref()),
+        Some(Command::Tune {
+            file,
+            family,
+            quick,
+        }) => tune::run(&query, file.as_deref(), &family, quick),
         None => train::main_job(&query, cli.data),
         Some(Command::Eval {
             checkpoint,

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::select::backend_name;
+use super::tuning::{ChoiceSource, KernelChoices};
 
 /// How kernels should block their work on this adapter, chosen once per device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -111,8 +112,13 @@ pub struct Capabilities {
     /// `packed_4x8_integer_dot_product` language extension) are available: the int8 kernels then
     /// use `shaders/int8_dot4.wgsl`, otherwise their by-hand unpacking.
     pub packed_dot: bool,
-    /// The kernel style chosen for this adapter.
+    /// The kernel style chosen for this adapter by its device type (or `WGDISTILL_KERNEL_STYLE`).
     pub kernel_style: KernelStyle,
+    /// The variant each tunable family launches: by [`Capabilities::kernel_style`] until
+    /// `wgdistill tune` has timed them here.
+    pub kernels: KernelChoices,
+    /// Where [`Capabilities::kernels`] came from.
+    pub kernels_from: ChoiceSource,
     /// Limits that matter to compute.
     pub limits: ComputeLimits,
     /// The most loop iterations one invocation may run in all, where the driver cuts loops
@@ -173,6 +179,9 @@ impl Capabilities {
         let style_override = std::env::var("WGDISTILL_KERNEL_STYLE")
             .ok()
             .and_then(|s| KernelStyle::parse(&s));
+        let kernel_style = style_override.unwrap_or(KernelStyle::for_device_type(info.device_type));
+        let subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let subgroup_kernels = subgroups && info.subgroup_min_size >= SUBGROUP_KERNEL_LANES;
         Self {
             name: info.name.clone(),
             backend: backend_name(info.backend),
@@ -188,10 +197,16 @@ impl Capabilities {
             device: info.device,
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
-            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroups,
             subgroup_sizes: [info.subgroup_min_size, info.subgroup_max_size],
             packed_dot: false,
-            kernel_style: style_override.unwrap_or(KernelStyle::for_device_type(info.device_type)),
+            kernel_style,
+            kernels: KernelChoices::by_style(kernel_style, subgroup_kernels),
+            kernels_from: if style_override.is_some() {
+                ChoiceSource::Override
+            } else {
+                ChoiceSource::DeviceType
+            },
             limits: ComputeLimits::from(limits),
             loop_limit: loop_limit_of(&info.name),
         }

@@ -88,7 +88,9 @@ impl Gpu {
             }
         });
         let limits = device.limits();
-        let caps = Capabilities::describe(&info, device.features(), &limits).on(&instance);
+        let caps = Capabilities::describe(&info, device.features(), &limits)
+            .on(&instance)
+            .tuned()?;
         let counters = Arc::new(Counters::default());
         Ok(Gpu {
             _instance: instance,
@@ -113,6 +115,13 @@ impl Gpu {
     /// What this adapter is and can do.
     pub fn caps(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// Makes the tunable families launch these variants from now on (what `tune` times); kernels
+    /// already prepared keep theirs.
+    pub fn set_kernels(&mut self, kernels: super::KernelChoices) {
+        self.caps.kernels = kernels;
+        self.caps.kernels_from = super::ChoiceSource::Override;
     }
 
     /// Refuses a launch of `kernel` whose invocations would each run `iterations` iterations of

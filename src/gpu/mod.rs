@@ -10,6 +10,7 @@ pub mod replay;
 pub mod select;
 pub mod shaders;
 pub mod tensor;
+pub mod tuning;
 
 pub use caps::{Capabilities, KernelStyle};
 pub use context::{BoundPlan, Dispatch, Gpu};
@@ -20,3 +21,4 @@ pub use profiler::{Measurement, TimingSource, measure};
 pub use replay::Replay;
 pub use select::AdapterQuery;
 pub use tensor::{DType, Element, Tensor};
+pub use tuning::{ChoiceSource, KernelChoices, Variant};

@@ -72,8 +72,9 @@ fn use_subgroups(
             format!("a grid of {grid:?} workgroups exceeds the adapter's {max} per dimension")
         })
     };
-    let style = gpu.caps().kernel_style;
-    super::use_subgroup_variant(gpu, "conv2d", requested, style, blocker)
+    let chosen = gpu.caps().kernels.conv;
+    let requested = requested.or(chosen.subgroups());
+    super::use_subgroup_variant(gpu, "conv2d", requested, chosen.style(), blocker)
 }
 
 /// Stride, zero padding and channel groups of a convolution.

@@ -174,11 +174,16 @@ pub fn matmul_into(
         activation: options.activation.code(),
         pad: [0; 3],
     };
-    let style = options.style.unwrap_or(gpu.caps().kernel_style);
+    // A style the caller forces decides alone; otherwise the adapter's (tuned) variant does.
+    let chosen = gpu.caps().kernels.matmul;
+    let style = options.style.unwrap_or(chosen.style());
+    let requested = match options.style {
+        Some(_) => options.subgroups,
+        None => options.subgroups.or(chosen.subgroups()),
+    };
     let subgroup = subgroup_kernel(options.trans_a, options.trans_b, m, n, k);
     let blocker = subgroup.err().map(|why| format!("{m}×{k}·{k}×{n}: {why}"));
-    let use_subgroups =
-        super::use_subgroup_variant(gpu, "matmul", options.subgroups, style, blocker)?;
+    let use_subgroups = super::use_subgroup_variant(gpu, "matmul", requested, style, blocker)?;
     let (spec, (block_rows, block_cols), constants): (_, _, &[(&str, f64)]) = match subgroup {
         Ok(spec) if use_subgroups => (spec, SUBGROUP_BLOCK, &[]),
         _ => (
