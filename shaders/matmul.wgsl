@@ -3,11 +3,13 @@
 // TRANS_B. The transposes are pipeline-overridable constants, so each combination is compiled
 // into its own specialised pipeline; backward passes use them (dA = dC·Bᵀ, dB = Aᵀ·dC).
 //
-// Two shapes of kernel, chosen once per adapter:
+// Two shapes of kernel, chosen per adapter (by device type, or timed by `wgdistill tune`):
 // - matmul_rb: barrier-free, each invocation keeps an 8×8 block of C in registers. CPU-like
 //   drivers (lavapipe, llvmpipe) run a workgroup as SIMD loops and pay dearly for barriers.
 // - matmul_tiled: 64×64 tiles of A and B staged through workgroup memory in steps of 16 along K,
-//   each of 256 invocations computing a 4×4 block. What real GPUs want.
+//   each of 256 invocations computing a 4×4 block. What real GPUs want; products large enough
+//   to fill one with bigger tiles take matmul_tiled128 (128×128, 8×8 per invocation,
+//   double-buffered).
 // Out-of-range rows and columns are clamped on load (always in bounds, no branch in the inner
 // loop) and skipped on store, so shapes need not be multiples of any tile. Because every index
 // is in bounds by construction (and tested at odd shapes), this family is compiled without
@@ -146,6 +148,90 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     for (var i = 0u; i < 4u; i = i + 1u) {
         for (var j = 0u; j < 4u; j = j + 1u) {
             store(tile_row + lid.y * 4u + i, tile_col + lid.x * 4u + j, acc[i][j]);
+        }
+    }
+}
+
+// ---- large workgroup tiles: 128×128 tile, K in steps of 8, 16×16 invocations of 8×8 each -----
+// For products large enough to fill a GPU with 128×128 tiles (the launcher decides). Each
+// invocation owns rows 4ty..4ty+3 and 64+4ty..64+4ty+3 and the same split of columns, so that it
+// reads its operands from workgroup memory as vec4s and neighbouring invocations read
+// neighbouring vec4s. The tiles are double-buffered: the next step's elements are loaded into
+// registers before this step's products, and stored into the other buffer after them, so one
+// barrier per step suffices and the global loads overlap the arithmetic. 16 KiB of workgroup
+// memory, WebGPU's default limit. Each invocation loads 4 elements of each operand per step,
+// along the operand's contiguous dimension where the transposes allow, so that the lanes of a
+// warp read neighbouring addresses.
+const BIG: u32 = 128u;
+const BK: u32 = 8u;
+
+var<workgroup> big_a: array<array<array<vec4<f32>, 32>, 8>, 2>;
+var<workgroup> big_b: array<array<array<vec4<f32>, 32>, 8>, 2>;
+
+// Element (row or column offset within the tile, k offset within the step) loaded by lane `li`:
+// lanes run along the contiguous dimension (k when it is, else the tile's rows or columns).
+fn big_slot(li: u32, along_k: bool) -> vec2<u32> {
+    if (along_k) {
+        return vec2<u32>(li / 8u, li % 8u);
+    }
+    return vec2<u32>(li % 32u, li / 32u);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(local_invocation_index) li: u32) {
+    let tile_row = wid.y * BIG;
+    let tile_col = wid.x * BIG;
+    // A's contiguous dimension is K unless transposed; B's is K when transposed.
+    let sa = big_slot(li, !TRANS_A);
+    let sb = big_slot(li, TRANS_B);
+    let steps = (params.k + BK - 1u) / BK;
+    var pa: vec4<f32>;
+    var pb: vec4<f32>;
+    var acc_lo: array<vec4<f32>, 8>;
+    var acc_hi: array<vec4<f32>, 8>;
+    for (var s = 0u; s <= steps; s = s + 1u) {
+        // Load step s into registers (while step s - 1 is computed from workgroup memory).
+        if (s < steps) {
+            let ka = s * BK + sa.y;
+            let kb = s * BK + sb.y;
+            let ca = min(ka, params.k - 1u);
+            let cb = min(kb, params.k - 1u);
+            let ra = tile_row + sa.x * 4u;
+            let cl = tile_col + sb.x * 4u;
+            pa = select(vec4<f32>(0.0), vec4<f32>(load_a(ra, ca), load_a(ra + 1u, ca), load_a(ra + 2u, ca), load_a(ra + 3u, ca)), ka < params.k);
+            pb = select(vec4<f32>(0.0), vec4<f32>(load_b(cb, cl), load_b(cb, cl + 1u), load_b(cb, cl + 2u), load_b(cb, cl + 3u)), kb < params.k);
+        }
+        if (s > 0u) {
+            let buf = (s - 1u) % 2u;
+            for (var kk = 0u; kk < BK; kk = kk + 1u) {
+                let b_lo = big_b[buf][kk][lid.x];
+                let b_hi = big_b[buf][kk][lid.x + 16u];
+                let a_lo = big_a[buf][kk][lid.y];
+                let a_hi = big_a[buf][kk][lid.y + 16u];
+                for (var i = 0u; i < 4u; i = i + 1u) {
+                    acc_lo[i] = fma(vec4<f32>(a_lo[i]), b_lo, acc_lo[i]);
+                    acc_hi[i] = fma(vec4<f32>(a_lo[i]), b_hi, acc_hi[i]);
+                    acc_lo[i + 4u] = fma(vec4<f32>(a_hi[i]), b_lo, acc_lo[i + 4u]);
+                    acc_hi[i + 4u] = fma(vec4<f32>(a_hi[i]), b_hi, acc_hi[i + 4u]);
+                }
+            }
+        }
+        // Buffer s % 2 was last read in step s - 2, before the previous barrier.
+        if (s < steps) {
+            big_a[s % 2u][sa.y][sa.x] = pa;
+            big_b[s % 2u][sb.y][sb.x] = pb;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let r = tile_row + lid.y * 4u + i;
+            let c = tile_col + lid.x * 4u + j;
+            store(r, c, acc_lo[i][j]);
+            store(r, c + 64u, acc_hi[i][j]);
+            store(r + 64u, c, acc_lo[i + 4u][j]);
+            store(r + 64u, c + 64u, acc_hi[i + 4u][j]);
         }
     }
 }

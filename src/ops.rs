@@ -637,8 +637,7 @@ fn plan(
                 trans_a: a.flag("trans_a"),
                 trans_b: a.flag("trans_b"),
                 activation,
-                style: None,
-                subgroups: None,
+                ..Default::default()
             };
             one(
                 matmul(gpu, t("a"), t("b"), dev.get("bias"), options)?,

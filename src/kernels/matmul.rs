@@ -19,6 +19,12 @@ pub const MATMUL_TILED: KernelSpec =
     KernelSpec::new::<Params>("matmul", "matmul_tiled", &[U, R, R, R, W])
         .with_overrides(&["TRANS_A", "TRANS_B"]);
 
+/// Workgroup-memory tiles of 128×128, 8×8 outputs per invocation, double-buffered (large
+/// products on GPUs).
+pub const MATMUL_TILED128: KernelSpec =
+    KernelSpec::new::<Params>("matmul", "matmul_tiled128", &[U, R, R, R, W])
+        .with_overrides(&["TRANS_A", "TRANS_B"]);
+
 /// Subgroup-shared rows, vec4 loads: A M×K, B K×N (CPU-like drivers with subgroups).
 pub const MATMUL_SG_NN: KernelSpec =
     KernelSpec::new::<Params>("matmul_subgroup", "matmul_sg_nn", &[U, R, R, R, W]);
@@ -33,6 +39,7 @@ pub const MATMUL_SG_TN: KernelSpec =
 pub const KERNELS: &[KernelSpec] = &[
     MATMUL_RB,
     MATMUL_TILED,
+    MATMUL_TILED128,
     MATMUL_SG_NN,
     MATMUL_SG_NT,
     MATMUL_SG_TN,
@@ -60,6 +67,15 @@ fn subgroup_kernel(
         (true, true) => Err("Aᵀ·Bᵀ has no subgroup kernel"),
     }
 }
+
+/// Output block per workgroup of [`MATMUL_TILED128`].
+const LARGE_BLOCK: (usize, usize) = (128, 128);
+
+/// The workgroup-tiled style takes the 128×128 tiles when a product has at least this many of
+/// them: about one per multiprocessor of a large GPU, so that the bigger tiles' reuse is not
+/// paid for with idle units. Smaller products (a batch of 128 through a linear layer) keep the
+/// 64×64 tiles.
+pub const LARGE_TILE_MIN_WORKGROUPS: usize = 128;
 
 /// Output block per workgroup, (rows, columns), of each variant.
 fn block(style: KernelStyle) -> (usize, usize) {
@@ -107,6 +123,9 @@ pub struct MatmulOptions {
     /// whose contiguous dimensions are multiples of 4); `Some(true)` insists, failing when they
     /// do not apply; `Some(false)` never uses them.
     pub subgroups: Option<bool>,
+    /// Override the workgroup-tiled style's tile size: `Some(true)` the 128×128 tiles,
+    /// `Some(false)` the 64×64 ones; `None` decides by [`LARGE_TILE_MIN_WORKGROUPS`].
+    pub large_tiles: Option<bool>,
 }
 
 #[repr(C)]
@@ -184,23 +203,30 @@ pub fn matmul_into(
     let subgroup = subgroup_kernel(options.trans_a, options.trans_b, m, n, k);
     let blocker = subgroup.err().map(|why| format!("{m}×{k}·{k}×{n}: {why}"));
     let use_subgroups = super::use_subgroup_variant(gpu, "matmul", requested, style, blocker)?;
+    let large = style == KernelStyle::WorkgroupTiled
+        && options.large_tiles.unwrap_or_else(|| {
+            m.div_ceil(LARGE_BLOCK.0) * n.div_ceil(LARGE_BLOCK.1) >= LARGE_TILE_MIN_WORKGROUPS
+        });
     let (spec, (block_rows, block_cols), constants): (_, _, &[(&str, f64)]) = match subgroup {
         Ok(spec) if use_subgroups => (spec, SUBGROUP_BLOCK, &[]),
         _ => (
             match style {
                 KernelStyle::RegisterBlocked => &MATMUL_RB,
+                KernelStyle::WorkgroupTiled if large => &MATMUL_TILED128,
                 KernelStyle::WorkgroupTiled => &MATMUL_TILED,
             },
-            block(style),
+            if large { LARGE_BLOCK } else { block(style) },
             &[
                 ("TRANS_A", f64::from(u8::from(options.trans_a))),
                 ("TRANS_B", f64::from(u8::from(options.trans_b))),
             ],
         ),
     };
-    // One loop over K: in steps of 4 (subgroup kernels), 16 (tiles) or 1 (register blocks).
+    // One loop over K: in steps of 4 (subgroup kernels), 8 (large tiles, one more to drain the
+    // double buffer), 16 (tiles) or 1 (register blocks).
     let k_steps = match style {
         _ if use_subgroups && subgroup.is_ok() => k.div_ceil(4),
+        KernelStyle::WorkgroupTiled if large => k.div_ceil(8) + 1,
         KernelStyle::WorkgroupTiled => k.div_ceil(16),
         KernelStyle::RegisterBlocked => k,
     };
@@ -271,13 +297,22 @@ fn linear_case(
 
 /// A plain `m×k · k×n` product for timing, with the variant the adapter picks.
 pub fn bench_case(m: usize, n: usize, k: usize) -> Case {
+    bench_case_with("matmul", (m, n, k), MatmulOptions::default())
+}
+
+/// A plain `m×k · k×n` product for timing, named `kernel`, launched with `options`.
+fn bench_case_with(
+    kernel: &'static str,
+    (m, n, k): (usize, usize, usize),
+    options: MatmulOptions,
+) -> Case {
     let work = Work::Flops(2.0 * (m * n * k) as f64);
-    Case::new("matmul", format!("{m}x{n}x{k}"), work, move |gpu| {
+    Case::new(kernel, format!("{m}x{n}x{k}"), work, move |gpu| {
         let (a, b) = (
             sample_tensor(gpu, &[m, k], 1)?,
             sample_tensor(gpu, &[k, n], 2)?,
         );
-        let (d, c) = matmul(gpu, &a, &b, None, MatmulOptions::default())?;
+        let (d, c) = matmul(gpu, &a, &b, None, options)?;
         Ok(Prepared::new(vec![d], vec![c]))
     })
 }
@@ -285,11 +320,27 @@ pub fn bench_case(m: usize, n: usize, k: usize) -> Case {
 /// The family's catalogue: every variant the adapter can run on shapes off its blocks (the
 /// transposes training uses through the Linear layer), and square products for timing.
 pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
-    if let Suite::Bench { .. } = suite {
-        return [suite.pick(256, 1024), suite.pick(1024, 4096)]
+    if let Suite::Bench { small } = suite {
+        let large = suite.pick(1024, 4096);
+        let mut cases: Vec<Case> = [suite.pick(256, 1024), large]
             .into_iter()
             .map(|s| bench_case(s, s, s))
             .collect();
+        // On GPUs, both tile sizes of the workgroup-tiled style at the large size, whichever
+        // the adapter would pick, so one run shows what the larger tiles buy.
+        if !small {
+            for (kernel, large_tiles) in [("matmul (tiled64)", false), ("matmul (tiled128)", true)]
+            {
+                let options = MatmulOptions {
+                    style: Some(KernelStyle::WorkgroupTiled),
+                    subgroups: Some(false),
+                    large_tiles: Some(large_tiles),
+                    ..Default::default()
+                };
+                cases.push(bench_case_with(kernel, (large, large, large), options));
+            }
+        }
+        return cases;
     }
     let mut cases = Vec::new();
     for shape in [(7usize, 33usize, 129usize), (65, 130, 67)] {
@@ -300,10 +351,22 @@ pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
             let options = MatmulOptions {
                 style: Some(style),
                 subgroups: Some(false),
+                large_tiles: Some(false),
                 ..Default::default()
             };
             cases.push(linear_case(kernel, shape, options));
         }
+    }
+    // The 128×128 tiles: off their tile in every dimension, K off its step of 8, and two tiles
+    // down and across, so that every edge of the double buffer and the split columns is met.
+    for shape in [(7usize, 33usize, 13usize), (131, 259, 67)] {
+        let options = MatmulOptions {
+            style: Some(KernelStyle::WorkgroupTiled),
+            subgroups: Some(false),
+            large_tiles: Some(true),
+            ..Default::default()
+        };
+        cases.push(linear_case("matmul (tiled128) +bias+gelu", shape, options));
     }
     // The subgroup kernels need K % 4 == 0 here; M and N stay off the block size.
     if gpu.caps().subgroup_matmul() {

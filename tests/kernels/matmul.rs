@@ -22,22 +22,30 @@ fn matmul_matches_reference_for_every_style_transpose_and_odd_shape() {
         (65, 130, 67),
         (3, 257, 2),
         (70, 68, 9),
+        // Past one 128×128 tile in both directions, K off the large tiles' step of 8.
+        (131, 259, 67),
     ] {
         for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
             let (av, bv) = (data(m * k, 1), data(k * n, 2));
             let a = up(gpu, &if trans_a { [k, m] } else { [m, k] }, &av);
             let b = up(gpu, &if trans_b { [n, k] } else { [k, n] }, &bv);
             let want = cpu::matmul(&widen(&av), &widen(&bv), m, n, k, trans_a, trans_b);
-            for style in STYLES {
+            // Each style, and the workgroup-tiled one with each tile size.
+            let tiles = [None, Some(false), Some(true)];
+            for (style, large_tiles) in STYLES.into_iter().zip(tiles).chain([(STYLES[1], tiles[2])])
+            {
                 let options = MatmulOptions {
                     trans_a,
                     trans_b,
                     style: Some(style),
+                    large_tiles,
                     ..Default::default()
                 };
                 let got = run(gpu, matmul(gpu, &a, &b, None, options).unwrap());
                 allclose(&got, &want, 1e-5, 1e-5).unwrap_or_else(|e| {
-                    panic!("{style:?} {m}x{n}x{k} ta={trans_a} tb={trans_b}: {e}")
+                    panic!(
+                        "{style:?} large {large_tiles:?} {m}x{n}x{k} ta={trans_a} tb={trans_b}: {e}"
+                    )
                 });
             }
         }
