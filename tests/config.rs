@@ -375,6 +375,13 @@ fn numbers_sizes_and_names_are_range_checked() {
         (
             with(
                 "arch = \"mlp\"\nhidden = [512, 512]",
+                "arch = \"cnn\"\nchannels = [8]\nkernel = 4",
+            ),
+            &["models.teacher.kernel", "odd", "got 4"],
+        ),
+        (
+            with(
+                "arch = \"mlp\"\nhidden = [512, 512]",
                 "arch = \"resnet\"\ndepth = 20000",
             ),
             &["models.teacher.depth", "at most"],
@@ -880,6 +887,13 @@ fn search_settings_are_checked() {
         (
             with(
                 "final_epochs = 5",
+                "final_epochs = 5\nspace = { cnn_kernels = [3, 4] }",
+            ),
+            &["search.space.cnn_kernels", "1, 3, 5 and 7", "[3, 4]"],
+        ),
+        (
+            with(
+                "final_epochs = 5",
                 "final_epochs = 5\nspace = { families = [\"resnet\"] }",
             ),
             &["search.space", "resnet"],
@@ -900,7 +914,7 @@ fn search_settings_are_checked() {
 #[test]
 fn multi_branch_stages_take_logits_terms_only() {
     const ONE: &str = include_str!("../configs/one.toml");
-    let kd = "losses = [{ kind = \"ce\" }, { kind = \"kd\", temperature = 3.0 }]";
+    let kd = "losses = [{ kind = \"ce\" }, { kind = \"kd\", temperature = 3.0, rampup = { epochs = 0.54 } }]";
     assert!(ONE.contains(kd));
     let cases: Vec<(String, &[&str])> = vec![(
         ONE.replacen(kd, "losses = [{ kind = \"ce\" }, { kind = \"hint\" }]", 1),

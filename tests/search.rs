@@ -183,7 +183,10 @@ fn candidates_over_the_budget_are_drawn_again() {
     // The budget between the slowest MLP and the fastest CNN, measured here.
     let (mlp, cnn) = (
         search::space::Candidate::Mlp { hidden: vec![16] },
-        search::space::Candidate::Cnn { channels: vec![64] },
+        search::space::Candidate::Cnn {
+            channels: vec![64],
+            kernel: 3,
+        },
     );
     let time = |c: &search::space::Candidate| {
         search::time_inference(gpu, c, 64, train.shape, 10)

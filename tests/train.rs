@@ -1924,3 +1924,52 @@ losses = [{{ kind = "ce", {term} }}]
         moved(&full)
     );
 }
+
+/// A cnn's `kernel` sets its convolutions' size: a 5×5 cnn trains, its checkpoint holds 5×5
+/// weights, and the same architecture built from the library evaluates to its recorded accuracy.
+#[test]
+fn a_cnn_trains_with_the_kernel_size_it_is_given() {
+    let Some(gpu) = gpu() else { return };
+    let text = r#"
+seed = 5
+[data]
+dataset = "synthetic"
+batch_size = 32
+train_limit = 96
+test_limit = 64
+[models.wide]
+arch = "cnn"
+channels = [8, 12]
+kernel = 5
+[[stages]]
+name = "wide"
+train = ["wide"]
+epochs = 1
+optimizer = { kind = "adamw", lr = 2e-3 }
+losses = [{ kind = "ce" }]
+"#;
+    let cfg = config::parse("kernel", text).unwrap();
+    cfg.check("kernel").unwrap();
+    let opts = RunOptions::new(out_dir("cnn-kernel"));
+    let (train, test) = run::load_data(&cfg, &opts).unwrap();
+    let s = run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap();
+    let w =
+        wgdistill::io::read_safetensors(&opts.out.join("checkpoints/wide.safetensors")).unwrap();
+    assert_eq!(w["features.0.weight"].shape, vec![8, 1, 5, 5]);
+    assert_eq!(w["features.4.weight"].shape, vec![12, 8, 5, 5]);
+    let graph = wgdistill::models::cnn_with_kernel(
+        [64, 1, 28, 28],
+        &[8, 12],
+        5,
+        10,
+        wgdistill::models::Modality::Image,
+    )
+    .unwrap();
+    let weights = wgdistill::graph::Weights::load(gpu, &graph, "wide", &w).unwrap();
+    let acc = run::evaluate(gpu, &graph, &weights, &test).unwrap();
+    let recorded = s.stages[0].models[0].test_accuracy;
+    assert!((acc - recorded).abs() < 1e-9, "{acc} vs {recorded}");
+    // A 3×3 cnn cannot load them.
+    let three = wgdistill::models::cnn([64, 1, 28, 28], &[8, 12], 10).unwrap();
+    assert!(wgdistill::graph::Weights::load(gpu, &three, "wide", &w).is_err());
+}

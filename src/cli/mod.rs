@@ -152,6 +152,9 @@ enum Command {
         /// CNN channels per block, e.g. 32,64.
         #[arg(long, value_delimiter = ',', default_value = "32,64")]
         channels: Vec<usize>,
+        /// CNN kernel size (odd).
+        #[arg(long, default_value_t = 3)]
+        kernel: usize,
         /// ResNet depth (6n + 2).
         #[arg(long, default_value_t = 8)]
         depth: usize,
@@ -296,6 +299,7 @@ pub fn run() -> Result<(), CliError> {
             arch,
             hidden,
             channels,
+            kernel,
             depth,
             widths,
             width,
@@ -312,6 +316,7 @@ pub fn run() -> Result<(), CliError> {
                 arch,
                 hidden,
                 channels,
+                kernel,
                 depth,
                 widths,
                 width,

@@ -215,6 +215,8 @@ pub struct ArchArgs {
     pub hidden: Vec<usize>,
     /// CNN channels.
     pub channels: Vec<usize>,
+    /// CNN kernel size.
+    pub kernel: usize,
     /// ResNet depth.
     pub depth: usize,
     /// ResNet stage widths.
@@ -264,6 +266,7 @@ impl ArchArgs {
             },
             "cnn" => config::ModelConfig::Cnn {
                 channels: self.channels.clone(),
+                kernel: self.kernel,
                 modality: self.modality,
                 checkpoint: None,
                 low_rank: low_rank.clone(),

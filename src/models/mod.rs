@@ -144,11 +144,29 @@ pub fn cnn_seeing(
     classes: usize,
     modality: Modality,
 ) -> Result<Graph> {
+    cnn_with_kernel(input, channels, 3, classes, modality)
+}
+
+/// [`cnn_seeing`] with `kernel`×`kernel` convolutions (odd, zero-padded to keep the map's size)
+/// instead of 3×3.
+pub fn cnn_with_kernel(
+    input: [usize; 4],
+    channels: &[usize],
+    kernel: usize,
+    classes: usize,
+    modality: Modality,
+) -> Result<Graph> {
+    if kernel.is_multiple_of(2) {
+        return Err(shape_error(
+            "cnn",
+            format!("the kernel size must be odd (its padding keeps the map's size), got {kernel}"),
+        ));
+    }
     let mut g = Graph::new();
     let x = g.input("x", &input, DType::F32)?;
     let mut h = modality.maps(&mut g, x)?;
     for (i, &c) in channels.iter().enumerate() {
-        h = cnn_block(&mut g, "features", i, h, c)?;
+        h = cnn_block(&mut g, "features", i, h, c, kernel)?;
     }
     let flat = g.flatten(h)?;
     let logits = g.linear("classifier", flat, classes, true)?;
@@ -156,13 +174,20 @@ pub fn cnn_seeing(
     Ok(g)
 }
 
-/// Block `i` of [`cnn`] under `prefix` (`PREFIX.{4i}` conv, `.{4i+1}` BN, ReLU, max pool), with
-/// its taps `PREFIX.{4i+1}` and `PREFIX.{4i+3}`.
-fn cnn_block(g: &mut Graph, prefix: &str, i: usize, h: Value, channels: usize) -> Result<Value> {
+/// Block `i` of [`cnn`] under `prefix` (`PREFIX.{4i}` `kernel`×`kernel` conv, `.{4i+1}` BN,
+/// ReLU, max pool), with its taps `PREFIX.{4i+1}` and `PREFIX.{4i+3}`.
+fn cnn_block(
+    g: &mut Graph,
+    prefix: &str,
+    i: usize,
+    h: Value,
+    channels: usize,
+    kernel: usize,
+) -> Result<Value> {
     let conv = g.conv2d(
         &format!("{prefix}.{}", 4 * i),
         h,
-        ConvLayer::same(channels, 3),
+        ConvLayer::same(channels, kernel),
     )?;
     let bn = g.batch_norm(&format!("{prefix}.{}", 4 * i + 1), conv)?;
     g.tap(&format!("{prefix}.{}", 4 * i + 1), bn)?;
@@ -199,7 +224,7 @@ pub fn one(
     let mut g = Graph::new();
     let mut h = g.input("x", &input, DType::F32)?;
     for (i, &c) in shared.iter().enumerate() {
-        h = cnn_block(&mut g, "features", i, h, c)?;
+        h = cnn_block(&mut g, "features", i, h, c, 3)?;
     }
     let pooled = g.global_avg_pool(h)?;
     let gate = g.linear("gate.0", pooled, branches, true)?;
@@ -208,7 +233,14 @@ pub fn one(
     let mut logits = Vec::with_capacity(branches);
     for b in 0..branches {
         let prefix = format!("branches.{b}");
-        let out = cnn_block(&mut g, &format!("{prefix}.features"), shared.len(), h, last)?;
+        let out = cnn_block(
+            &mut g,
+            &format!("{prefix}.features"),
+            shared.len(),
+            h,
+            last,
+            3,
+        )?;
         let flat = g.flatten(out)?;
         let z = g.linear(&format!("{prefix}.classifier"), flat, classes, true)?;
         g.tap(&format!("branch.{b}"), z)?;

@@ -107,6 +107,9 @@ pub enum ModelConfig {
         /// Channels per block.
         #[serde(default = "default_channels")]
         channels: Vec<usize>,
+        /// The convolutions' kernel size (odd; 3 by default).
+        #[serde(default = "three", skip_serializing_if = "is_three")]
+        kernel: usize,
         /// What it sees of each image: `image` (the default) or `thumbnail`.
         #[serde(default, skip_serializing_if = "is_image")]
         modality: models::Modality,
@@ -186,6 +189,14 @@ pub enum ModelConfig {
 
 fn default_branches() -> usize {
     3
+}
+
+fn three() -> usize {
+    3
+}
+
+fn is_three(k: &usize) -> bool {
+    *k == 3
 }
 
 fn default_channels() -> Vec<usize> {
@@ -292,8 +303,11 @@ impl ModelConfig {
                 hidden, modality, ..
             } => models::mlp_seeing(input, hidden, classes, *modality),
             ModelConfig::Cnn {
-                channels, modality, ..
-            } => models::cnn_seeing(input, channels, classes, *modality),
+                channels,
+                kernel,
+                modality,
+                ..
+            } => models::cnn_with_kernel(input, channels, *kernel, classes, *modality),
             ModelConfig::Mobilenet {
                 width, activation, ..
             } => models::mobilenet(input, *width, *activation, classes),
@@ -881,10 +895,21 @@ impl ModelConfig {
             ModelConfig::Mlp { hidden, .. } => widths("hidden", hidden, MAX_DEPTH),
             // Each block halves the 28×28 map: four leave 1×1.
             ModelConfig::Cnn {
-                channels, modality, ..
+                channels,
+                kernel,
+                modality,
+                ..
             } => {
                 if channels.is_empty() {
                     return Err((".channels".into(), "needs at least one block".into()));
+                }
+                if !matches!(kernel, 1 | 3 | 5 | 7) {
+                    return Err((
+                        ".kernel".into(),
+                        format!(
+                            "must be 1, 3, 5 or 7 (odd: its padding keeps the map's size), got {kernel}"
+                        ),
+                    ));
                 }
                 match modality {
                     models::Modality::Profiles => Err((

@@ -1,5 +1,5 @@
 //! The search space of student architectures: MLPs (depth and widths), CNNs of conv-bn-relu-pool
-//! blocks (depth and channels: dense 3×3 convolutions) and MobileNet-style networks of
+//! blocks (depth, channels and kernel size: dense convolutions) and MobileNet-style networks of
 //! depthwise-separable blocks (width multiplier); random sampling and the mutations evolution
 //! makes.
 
@@ -14,7 +14,7 @@ use crate::train::config::ModelConfig;
 pub enum Family {
     /// Linear layers with ReLU.
     Mlp,
-    /// Dense 3×3 convolution blocks.
+    /// Dense convolution blocks.
     Cnn,
     /// Depthwise-separable blocks.
     Mobilenet,
@@ -39,6 +39,9 @@ pub struct SpaceConfig {
     /// The channels a CNN block may take.
     #[serde(default = "cnn_channels")]
     pub cnn_channels: Vec<usize>,
+    /// The kernel sizes a CNN's convolutions may take (one per network).
+    #[serde(default = "cnn_kernels")]
+    pub cnn_kernels: Vec<usize>,
     /// The width multipliers a MobileNet-style network may take.
     #[serde(default = "mobilenet_widths")]
     pub mobilenet_widths: Vec<f64>,
@@ -56,6 +59,15 @@ fn mlp_widths() -> Vec<usize> {
 fn cnn_channels() -> Vec<usize> {
     vec![8, 16, 32, 64]
 }
+fn cnn_kernels() -> Vec<usize> {
+    vec![3]
+}
+fn three() -> usize {
+    3
+}
+fn is_three(k: &usize) -> bool {
+    *k == 3
+}
 fn mobilenet_widths() -> Vec<f64> {
     vec![0.25, 0.5, 0.75]
 }
@@ -68,6 +80,7 @@ impl Default for SpaceConfig {
             mlp_widths: mlp_widths(),
             cnn_depth: one_to_three(),
             cnn_channels: cnn_channels(),
+            cnn_kernels: cnn_kernels(),
             mobilenet_widths: mobilenet_widths(),
         }
     }
@@ -86,6 +99,9 @@ pub enum Candidate {
     Cnn {
         /// Channels per block.
         channels: Vec<usize>,
+        /// Its convolutions' kernel size.
+        #[serde(default = "three", skip_serializing_if = "is_three")]
+        kernel: usize,
     },
     /// A MobileNet-style network at this width multiplier.
     Mobilenet {
@@ -100,7 +116,11 @@ impl Candidate {
         let join = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join("-");
         match self {
             Candidate::Mlp { hidden } => format!("mlp-{}", join(hidden)),
-            Candidate::Cnn { channels } => format!("cnn-{}", join(channels)),
+            Candidate::Cnn {
+                channels,
+                kernel: 3,
+            } => format!("cnn-{}", join(channels)),
+            Candidate::Cnn { channels, kernel } => format!("cnn-{}-k{kernel}", join(channels)),
             Candidate::Mobilenet { width } => format!("mobilenet-{width}"),
         }
     }
@@ -109,7 +129,9 @@ impl Candidate {
     pub fn model(&self) -> ModelConfig {
         let text = match self {
             Candidate::Mlp { hidden } => format!("arch = \"mlp\"\nhidden = {hidden:?}"),
-            Candidate::Cnn { channels } => format!("arch = \"cnn\"\nchannels = {channels:?}"),
+            Candidate::Cnn { channels, kernel } => {
+                format!("arch = \"cnn\"\nchannels = {channels:?}\nkernel = {kernel}")
+            }
             Candidate::Mobilenet { width } => format!("arch = \"mobilenet\"\nwidth = {width:?}"),
         };
         // The texts above are the model tables' own keys: they always parse.
@@ -152,6 +174,13 @@ impl SpaceConfig {
                 ));
             }
         }
+        let k = &self.cnn_kernels;
+        if k.is_empty() || k.iter().any(|k| !matches!(k, 1 | 3 | 5 | 7)) {
+            return Err((
+                "cnn_kernels".into(),
+                format!("must list kernel sizes among 1, 3, 5 and 7, got {k:?}"),
+            ));
+        }
         let w = &self.mobilenet_widths;
         if w.is_empty() || w.iter().any(|&m| !(m > 0.0 && m <= 2.0)) {
             return Err((
@@ -176,6 +205,7 @@ impl SpaceConfig {
                 let n = depth(rng, self.cnn_depth);
                 Candidate::Cnn {
                     channels: (0..n).map(|_| pick(rng, &self.cnn_channels)).collect(),
+                    kernel: pick(rng, &self.cnn_kernels),
                 }
             }
             Family::Mobilenet => Candidate::Mobilenet {
@@ -184,8 +214,9 @@ impl SpaceConfig {
         }
     }
 
-    /// A small change of `parent`: one width moved to a neighbouring choice, a layer added or
-    /// removed (within the depth range), or, one time in ten, a fresh sample.
+    /// A small change of `parent`: one width (or a CNN's kernel size) moved to a neighbouring
+    /// choice, a layer added or removed (within the depth range), or, one time in ten, a fresh
+    /// sample.
     pub fn mutate(&self, parent: &Candidate, rng: &mut Rng) -> Candidate {
         if rng.below(10) == 0 {
             return self.sample(rng);
@@ -226,9 +257,20 @@ impl SpaceConfig {
             Candidate::Mlp { hidden } if self.families.contains(&Family::Mlp) => Candidate::Mlp {
                 hidden: layers(rng, hidden, &self.mlp_widths, self.mlp_depth),
             },
-            Candidate::Cnn { channels } if self.families.contains(&Family::Cnn) => Candidate::Cnn {
-                channels: layers(rng, channels, &self.cnn_channels, self.cnn_depth),
-            },
+            Candidate::Cnn { channels, kernel } if self.families.contains(&Family::Cnn) => {
+                // One mutation in four changes the kernel size, where the space has several.
+                if self.cnn_kernels.len() > 1 && rng.below(4) == 0 {
+                    Candidate::Cnn {
+                        channels: channels.clone(),
+                        kernel: step(rng, *kernel, &self.cnn_kernels),
+                    }
+                } else {
+                    Candidate::Cnn {
+                        channels: layers(rng, channels, &self.cnn_channels, self.cnn_depth),
+                        kernel: *kernel,
+                    }
+                }
+            }
             Candidate::Mobilenet { width } if self.families.contains(&Family::Mobilenet) => {
                 Candidate::Mobilenet {
                     width: step(rng, *width, &self.mobilenet_widths),
@@ -245,16 +287,20 @@ mod tests {
 
     #[test]
     fn samples_and_mutations_stay_in_the_space() {
-        let space = SpaceConfig::default();
+        let space = SpaceConfig {
+            cnn_kernels: vec![3, 5],
+            ..SpaceConfig::default()
+        };
         let mut rng = Rng::new(3);
         let inside = |c: &Candidate| match c {
             Candidate::Mlp { hidden } => {
                 (1..=3).contains(&hidden.len())
                     && hidden.iter().all(|w| space.mlp_widths.contains(w))
             }
-            Candidate::Cnn { channels } => {
+            Candidate::Cnn { channels, kernel } => {
                 (1..=3).contains(&channels.len())
                     && channels.iter().all(|w| space.cnn_channels.contains(w))
+                    && space.cnn_kernels.contains(kernel)
             }
             Candidate::Mobilenet { width } => space.mobilenet_widths.contains(width),
         };
@@ -276,6 +322,23 @@ mod tests {
             assert!(keys.iter().any(|k| k.starts_with(family)), "{family}");
         }
         assert!(keys.len() > 100, "{}", keys.len());
+        // Both kernel sizes are drawn; 3×3 keeps the key it had before kernels were searched.
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with("cnn-") && k.ends_with("-k5"))
+        );
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with("cnn-") && !k.contains("-k"))
+        );
+        let k5 = Candidate::Cnn {
+            channels: vec![8],
+            kernel: 5,
+        };
+        let ModelConfig::Cnn { kernel, .. } = k5.model() else {
+            panic!("{:?}", k5.model())
+        };
+        assert_eq!(kernel, 5);
         let only_cnn = SpaceConfig {
             families: vec![Family::Cnn],
             ..SpaceConfig::default()
