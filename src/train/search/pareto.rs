@@ -104,6 +104,14 @@ fn draw(
         .map(|r| r.latency_ms)
         .fold(budget_ms, f64::max)
         * 1.1;
+    // Latencies span orders of magnitude (an MLP against a MobileNet): a log axis keeps the
+    // fast candidates apart.
+    let min_latency = records
+        .iter()
+        .map(|r| r.latency_ms)
+        .filter(|&l| l > 0.0)
+        .fold(budget_ms, f64::min)
+        * 0.8;
     let accs = trained.iter().filter_map(|r| r.proxy_accuracy);
     let low = accs.clone().fold(1.0, f64::min).min(0.9) - 0.02;
     let over = records.len() - trained.len();
@@ -118,10 +126,13 @@ fn draw(
         .margin(14)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(0f64..max_latency, low.max(0.0)..1.0)?;
+        .build_cartesian_2d(
+            (min_latency..max_latency).log_scale(),
+            low.max(0.0)..1.0,
+        )?;
     chart
         .configure_mesh()
-        .x_desc("latency per inference batch, ms (this adapter)")
+        .x_desc("latency per inference batch, ms (this adapter; log scale)")
         .y_desc("validation accuracy after the KD proxy")
         .draw()?;
     chart
