@@ -124,11 +124,18 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Adapter, backend, driver and driver version: what an entry is for.
+    fn key(&self) -> [&str; 4] {
+        [
+            &self.adapter,
+            &self.backend,
+            &self.driver,
+            &self.driver_info,
+        ]
+    }
+
     fn describes(&self, caps: &Capabilities) -> bool {
-        self.adapter == caps.name
-            && self.backend == caps.backend
-            && self.driver == caps.driver
-            && self.driver_info == caps.driver_info
+        self.key() == [&caps.name, caps.backend, &caps.driver, &caps.driver_info]
     }
 }
 
@@ -177,12 +184,7 @@ impl TuningFile {
 
     /// Adds `entry`, replacing the one for the same adapter and driver.
     pub fn insert(&mut self, entry: Entry) {
-        self.entries.retain(|e| {
-            !(e.adapter == entry.adapter
-                && e.backend == entry.backend
-                && e.driver == entry.driver
-                && e.driver_info == entry.driver_info)
-        });
+        self.entries.retain(|e| e.key() != entry.key());
         self.entries.push(entry);
     }
 }

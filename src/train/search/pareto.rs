@@ -126,10 +126,7 @@ fn draw(
         .margin(14)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(
-            (min_latency..max_latency).log_scale(),
-            low.max(0.0)..1.0,
-        )?;
+        .build_cartesian_2d((min_latency..max_latency).log_scale(), low.max(0.0)..1.0)?;
     chart
         .configure_mesh()
         .x_desc("latency per inference batch, ms (this adapter; log scale)")
