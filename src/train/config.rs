@@ -651,6 +651,18 @@ impl LossConfig {
         self.rampup.is_some_and(|r| (epoch as f32) < r.epochs)
     }
 
+    /// The weight is a number ≥ 0.
+    pub(super) fn check_weight(&self) -> std::result::Result<(), (String, String)> {
+        if self.weight.is_finite() && self.weight >= 0.0 {
+            Ok(())
+        } else {
+            Err((
+                "weight".into(),
+                format!("must be a number ≥ 0, got {}", self.weight),
+            ))
+        }
+    }
+
     /// The ramp settings are in range; `per_step` says whether the stage's kind writes the
     /// weights before every step (otherwise a ramp is refused rather than ignored).
     pub(super) fn check_ramp(&self, per_step: bool) -> std::result::Result<(), (String, String)> {
@@ -1140,16 +1152,7 @@ impl StageConfig {
         if self.epochs == 0 {
             return Err(("epochs".into(), "must be at least 1".into()));
         }
-        self.optimizer
-            .as_ref()
-            .ok_or_else(|| {
-                (
-                    "optimizer".to_string(),
-                    "this stage trains models: give optimizer = { kind = …, lr = … }".to_string(),
-                )
-            })?
-            .check()
-            .map_err(|(key, m)| (format!("optimizer{key}"), m))?;
+        self.check_optimizer()?;
         if self.losses.is_empty() {
             return Err(("losses".into(), "at least one loss term is needed".into()));
         }
@@ -1186,12 +1189,7 @@ impl StageConfig {
             });
         for (j, term) in self.losses.iter().enumerate() {
             let at = |key: &str| format!("losses[{j}].{key}");
-            if !(term.weight.is_finite() && term.weight >= 0.0) {
-                return Err((
-                    at("weight"),
-                    format!("must be a number ≥ 0, got {}", term.weight),
-                ));
-            }
+            term.check_weight().map_err(|(key, m)| (at(&key), m))?;
             method.check_term(j, term, !self.teachers.is_empty())?;
             term.check_ramp(true).map_err(|(key, m)| (at(&key), m))?;
             let def = term.loss().map_err(|(key, m)| (at(&key[1..]), m))?.def();
@@ -1233,6 +1231,20 @@ impl StageConfig {
             }
         }
         Ok(())
+    }
+
+    /// It has an optimizer, in range (a stage that trains models).
+    pub(super) fn check_optimizer(&self) -> std::result::Result<(), Fault> {
+        self.optimizer
+            .as_ref()
+            .ok_or_else(|| {
+                (
+                    "optimizer".to_string(),
+                    "this stage trains models: give optimizer = { kind = …, lr = … }".to_string(),
+                )
+            })?
+            .check()
+            .map_err(|(key, m)| (format!("optimizer{key}"), m))
     }
 
     /// The models it trains and learns from exist, are distinct, and the teachers are ready.

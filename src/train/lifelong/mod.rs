@@ -192,17 +192,7 @@ pub(super) fn check(
     if stage.epochs == 0 {
         return Err(("epochs".into(), "must be at least 1 (per task)".into()));
     }
-    stage
-        .optimizer
-        .as_ref()
-        .ok_or_else(|| {
-            (
-                "optimizer".to_string(),
-                "this stage trains a model: give optimizer = { kind = …, lr = … }".to_string(),
-            )
-        })?
-        .check()
-        .map_err(|(key, m)| (format!("optimizer{key}"), m))?;
+    stage.check_optimizer()?;
     if s.memory > 0 {
         if s.joint {
             return Err((
@@ -238,13 +228,8 @@ pub(super) fn check(
     let mut labelled = false;
     for (j, term) in stage.losses.iter().enumerate() {
         let at = |key: &str| format!("losses[{j}]{key}");
-        if !(term.weight.is_finite() && term.weight >= 0.0) {
-            return Err((
-                at(".weight"),
-                format!("must be a number ≥ 0, got {}", term.weight),
-            ));
-        }
-        term.check_ramp(false)
+        term.check_weight()
+            .and_then(|()| term.check_ramp(false))
             .map_err(|(key, m)| (at(&format!(".{key}")), m))?;
         let def = term.loss().map_err(|(key, m)| (at(&key), m))?.def();
         if !term.student_taps().is_empty()
