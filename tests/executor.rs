@@ -1506,7 +1506,9 @@ fn a_compiled_kd_step_folds_its_buffers() {
     };
     let step = TrainStep::compile(gpu, &spec).unwrap();
     let m = step.memory();
-    assert!(m.after * 2 <= m.before, "{m:?}");
+    // The intermediates share few slots (17 buffers in 5 when this was written; the hidden
+    // layers' ReLUs live in their matmuls, so there are fewer to fold than there were).
+    assert!(m.slots * 3 <= m.buffers && m.after < m.before, "{m:?}");
 }
 
 #[test]
@@ -2089,4 +2091,44 @@ fn dropout_in_evaluation_mode_passes_gradients_through() {
         gpu.read::<f32>(&grads["x"]).unwrap()
     };
     assert_eq!(grad(&build(true)), grad(&build(false)));
+}
+
+/// A linear layer read only by a ReLU applies it in its matmul: the MLP's forward launches no
+/// ReLU kernel and gives the unfused plan's values; a tap on the pre-activation keeps the ReLU
+/// launch (the tap must see it unrectified). The gradients through the fused layers are checked
+/// against the f64 interpreter by the tests above.
+#[test]
+fn a_linear_layer_read_only_by_a_relu_applies_it_in_its_matmul() {
+    let Some(gpu) = gpu() else { return };
+    let kernels = |g: &Graph, w: &Weights, x: &Tensor| {
+        let inputs: BTreeMap<String, Tensor> = [("x".to_string(), x.clone())].into();
+        let mut plan = Vec::new();
+        let fwd = plan_forward(gpu, g, w, &inputs, Mode::Train, None, &mut plan).unwrap();
+        let names = wgdistill::bench::kernel_names(&plan);
+        gpu.execute(&plan).unwrap();
+        let logits = gpu.read::<f32>(fwd.get(g.output.unwrap())).unwrap();
+        (names, logits)
+    };
+    let g = models::mlp([5, 1, 3, 3], &[7, 6], 4).unwrap();
+    let w = Weights::init(gpu, &g, 12).unwrap();
+    let x = gpu.upload(&[5, 1, 3, 3], &data(45, 13)).unwrap();
+    let (names, fused) = kernels(&g, &w, &x);
+    assert!(!names.iter().any(|n| n.contains("relu")), "{names:?}");
+
+    // The same network with its first layer's pre-activation tapped.
+    let mut tapped = g.clone();
+    let pre = tapped
+        .nodes
+        .iter()
+        .position(|n| matches!(n.op, wgdistill::graph::Op::Linear { .. }))
+        .unwrap();
+    tapped.tap("pre.0", wgdistill::graph::Value(pre)).unwrap();
+    let (names, unfused) = kernels(&tapped, &w, &x);
+    assert_eq!(
+        names.iter().filter(|n| n.contains("relu")).count(),
+        1,
+        "{names:?}"
+    );
+    let unfused: Vec<f64> = widen(&unfused);
+    wgdistill::reference::allclose(&fused, &unfused, 1e-6, 1e-6).unwrap();
 }

@@ -10,7 +10,7 @@ use crate::error::shape_error;
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::kernels::activation::{self, Kind};
 use crate::kernels::batchnorm::{self, BatchNormSaved, BatchNormState};
-use crate::kernels::matmul::{MatmulOptions, matmul};
+use crate::kernels::matmul::{Activation, MatmulOptions, matmul};
 use crate::kernels::quantize::Quantizer;
 use crate::kernels::reduce::{AxisOp, reduce_axis};
 use crate::kernels::{conv, dropout, elementwise, gate, pool, relation, softmax};
@@ -81,6 +81,36 @@ fn activation_kind(op: &Op) -> Kind {
     }
 }
 
+/// The linear layers whose only reader is a ReLU (and whose output is neither tapped nor the
+/// graph's output): their matmul applies the ReLU in its epilogue, one launch and one pass over
+/// the activations fewer, and the ReLU node takes the same tensor. Nothing else reads the
+/// pre-activation, and the ReLU's backward still reads the right mask from it: max(x, 0) > 0
+/// exactly where x > 0.
+fn linears_into_relu(graph: &Graph) -> std::collections::BTreeSet<usize> {
+    let mut readers = vec![0usize; graph.nodes.len()];
+    for node in &graph.nodes {
+        for v in node.op.inputs() {
+            readers[v.0] += 1;
+        }
+    }
+    let exposed =
+        |v: usize| graph.output.is_some_and(|o| o.0 == v) || graph.taps.values().any(|t| t.0 == v);
+    graph
+        .nodes
+        .iter()
+        .filter_map(|node| match node.op {
+            Op::Relu { x }
+                if matches!(graph.nodes[x.0].op, Op::Linear { .. })
+                    && readers[x.0] == 1
+                    && !exposed(x.0) =>
+            {
+                Some(x.0)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Appends the forward pass of `graph` to `plan`. `inputs` gives a tensor for every Input node;
 /// `step` is the training step counter (u32 `[1]`) that seeds dropout in training mode.
 pub fn plan_forward(
@@ -94,6 +124,7 @@ pub fn plan_forward(
 ) -> Result<Forward> {
     let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
     let mut saved = BTreeMap::new();
+    let relu_fused = linears_into_relu(graph);
     for (i, node) in graph.nodes.iter().enumerate() {
         let v = |x: Value| &values[x.0];
         let out = match node.op {
@@ -111,6 +142,11 @@ pub fn plan_forward(
             Op::Linear { x, weight, bias } => {
                 let options = MatmulOptions {
                     trans_b: true,
+                    activation: if relu_fused.contains(&i) {
+                        Activation::Relu
+                    } else {
+                        Activation::None
+                    },
                     ..Default::default()
                 };
                 let (d, y) = matmul(gpu, v(x), v(weight), bias.map(|b| &values[b.0]), options)?;
@@ -157,6 +193,8 @@ pub fn plan_forward(
                     y
                 }
             }
+            // Its linear layer applied it already (see `linears_into_relu`).
+            Op::Relu { x } if relu_fused.contains(&x.0) => v(x).clone(),
             Op::Relu { x }
             | Op::Relu6 { x }
             | Op::LeakyRelu { x, .. }
