@@ -14,6 +14,7 @@ use wgdistill::kernels::losses::Loss;
 use wgdistill::kernels::optimizer::Sgd;
 use wgdistill::models;
 use wgdistill::rng::sample;
+use wgdistill::train::run::predicted_class;
 
 const BATCH: usize = 64;
 const CLASSES: usize = 10;
@@ -57,12 +58,7 @@ fn accuracy(
     for (xb, yb) in x.chunks(BATCH * PIXELS).zip(y.chunks(BATCH)) {
         let logits = eval.run(gpu, xb)?;
         for (row, &label) in logits.chunks(CLASSES).zip(yb) {
-            let pred = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |p| p.0);
-            correct += usize::from(pred as i32 == label);
+            correct += usize::from(predicted_class(row) as i32 == label);
         }
     }
     Ok(correct as f64 / y.len() as f64)

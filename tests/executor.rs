@@ -719,13 +719,7 @@ fn accuracy(gpu: &Gpu, eval: &EvalStep, x: &[f32], y: &[i32], batch: usize) -> f
     for (xb, yb) in x.chunks(batch * 16).zip(y.chunks(batch)) {
         let logits = eval.run(gpu, xb).unwrap();
         for (row, &label) in logits.chunks(4).zip(yb) {
-            let pred = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap()
-                .0;
-            correct += usize::from(pred as i32 == label);
+            correct += usize::from(wgdistill::train::run::predicted_class(row) as i32 == label);
         }
     }
     correct as f64 / y.len() as f64

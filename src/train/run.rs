@@ -162,6 +162,17 @@ pub fn logits_with(
     Ok(out)
 }
 
+/// The class a row of logits predicts: the index of its largest value, the first on ties (as
+/// PyTorch's `argmax`); 0 for an empty row.
+pub fn predicted_class(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}
+
 /// The share of `test` whose largest logit is its label, where `logits` maps a batch of `batch`
 /// images (the last one padded with zeros) to `batch × classes` logits.
 pub fn accuracy_with(
@@ -173,12 +184,7 @@ pub fn accuracy_with(
     let all = logits_with(test, batch, classes, logits)?;
     let mut correct = 0usize;
     for (row, &label) in all.chunks(classes).zip(&test.labels) {
-        let pred = row
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |p| p.0);
-        correct += usize::from(pred as i32 == label);
+        correct += usize::from(predicted_class(row) as i32 == label);
     }
     Ok(correct as f64 / test.len().max(1) as f64)
 }

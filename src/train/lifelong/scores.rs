@@ -34,15 +34,7 @@ pub fn mean(v: &[f64]) -> f64 {
 
 /// The index of the largest of `row[range]` (the first on ties).
 fn argmax(row: &[f32], range: std::ops::Range<usize>) -> usize {
-    let start = range.start;
-    row[range]
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0
-        + start
+    range.start + crate::train::run::predicted_class(&row[range])
 }
 
 /// Per task 0..=t: (class-IL correct, task-IL correct, samples) on `test`, from its logits.
