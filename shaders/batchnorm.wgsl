@@ -42,6 +42,35 @@ fn at(n: u32, c: u32, s: u32) -> u32 {
     return (n * params.c + c) * params.s + s;
 }
 
+// The per-value kernels (normalising, their backward passes) give a lane RUN consecutive values
+// and find the channel by dividing once per lane, then counting positions: CPU drivers divide
+// integers one lane at a time, so a division pair per value cost more than the value's
+// arithmetic.
+const RUN: u32 = 4u;
+
+struct Run {
+    // The value's index, its channel, and its position in the channel's plane.
+    i: u32,
+    c: u32,
+    s: u32,
+}
+
+fn run_start(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Run {
+    let i = linear_index(wid, nwg, lid, 256u) * RUN;
+    let plane = i / params.s;
+    return Run(i, plane % params.c, i - plane * params.s);
+}
+
+fn run_next(r: Run) -> Run {
+    let wraps = r.s + 1u == params.s;
+    let c = select(r.c, select(r.c + 1u, 0u, r.c + 1u == params.c), wraps);
+    return Run(r.i + 1u, c, select(r.s + 1u, 0u, wraps));
+}
+
+fn run_len() -> u32 {
+    return params.n * params.c * params.s;
+}
+
 // A chunk of one channel: where its first value lies and how many values it has.
 struct Chunk {
     start: u32,
@@ -166,12 +195,13 @@ fn moments_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 @compute @workgroup_size(256)
 fn normalize_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid, 256u);
-    if (i >= params.n * params.c * params.s) {
-        return;
+    var r = run_start(wid, nwg, lid);
+    for (var k = 0u; k < RUN && r.i < run_len(); k = k + 1u) {
+        let i = r.i;
+        let c = r.c;
+        tr_y[i] = (tr_x[i] - tr_stats[c]) * tr_stats[params.c + c] * tr_gamma[c] + tr_beta[c];
+        r = run_next(r);
     }
-    let c = (i / params.s) % params.c;
-    tr_y[i] = (tr_x[i] - tr_stats[c]) * tr_stats[params.c + c] * tr_gamma[c] + tr_beta[c];
 }
 
 // ---- evaluation: running statistics ---------------------------------------------------------
@@ -185,13 +215,14 @@ fn normalize_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 @compute @workgroup_size(256)
 fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid, 256u);
-    if (i >= params.n * params.c * params.s) {
-        return;
+    var r = run_start(wid, nwg, lid);
+    for (var k = 0u; k < RUN && r.i < run_len(); k = k + 1u) {
+        let i = r.i;
+        let c = r.c;
+        let invstd = 1.0 / sqrt(ev_running_var[c] + params.eps);
+        ev_y[i] = (ev_x[i] - ev_running_mean[c]) * invstd * ev_gamma[c] + ev_beta[c];
+        r = run_next(r);
     }
-    let c = (i / params.s) % params.c;
-    let invstd = 1.0 / sqrt(ev_running_var[c] + params.eps);
-    ev_y[i] = (ev_x[i] - ev_running_mean[c]) * invstd * ev_gamma[c] + ev_beta[c];
 }
 
 // ---- backward (training): dgamma = Σ dy·x̂, dbeta = Σ dy per channel, by chunks ----------
@@ -259,16 +290,17 @@ fn grad_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid, 256u);
-    if (i >= params.n * params.c * params.s) {
-        return;
+    var r = run_start(wid, nwg, lid);
+    for (var k = 0u; k < RUN && r.i < run_len(); k = k + 1u) {
+        let i = r.i;
+        let c = r.c;
+        let cc = params.c;
+        let m = f32(params.n * params.s);
+        let invstd = bx_stats[cc + c];
+        let xhat = (bx_x[i] - bx_stats[c]) * invstd;
+        bx_dx[i] = bx_gamma[c] * invstd / m * (m * bx_dy[i] - bx_stats[3u * cc + c] - xhat * bx_stats[2u * cc + c]);
+        r = run_next(r);
     }
-    let c = (i / params.s) % params.c;
-    let cc = params.c;
-    let m = f32(params.n * params.s);
-    let invstd = bx_stats[cc + c];
-    let xhat = (bx_x[i] - bx_stats[c]) * invstd;
-    bx_dx[i] = bx_gamma[c] * invstd / m * (m * bx_dy[i] - bx_stats[3u * cc + c] - xhat * bx_stats[2u * cc + c]);
 }
 
 // ---- evaluation-mode backward: dx = dy·gamma/sqrt(running_var + eps) --------------------------
@@ -280,12 +312,13 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @compute @workgroup_size(256)
 fn backward_input_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid, 256u);
-    if (i >= params.n * params.c * params.s) {
-        return;
+    var r = run_start(wid, nwg, lid);
+    for (var k = 0u; k < RUN && r.i < run_len(); k = k + 1u) {
+        let i = r.i;
+        let c = r.c;
+        be_dx[i] = be_dy[i] * be_gamma[c] / sqrt(be_running_var[c] + params.eps);
+        r = run_next(r);
     }
-    let c = (i / params.s) % params.c;
-    be_dx[i] = be_dy[i] * be_gamma[c] / sqrt(be_running_var[c] + params.eps);
 }
 
 // dx = dmean/M + dvar·2(x − mean)/M, M = N·S.
@@ -297,12 +330,13 @@ fn backward_input_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 @compute @workgroup_size(256)
 fn moments_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid, 256u);
-    if (i >= params.n * params.c * params.s) {
-        return;
+    var r = run_start(wid, nwg, lid);
+    for (var k = 0u; k < RUN && r.i < run_len(); k = k + 1u) {
+        let i = r.i;
+        let c = r.c;
+        let m = f32(params.n * params.s);
+        let centred = mb_x[i] - mb_moments[c];
+        mb_dx[i] = (mb_dmoments[c] + 2.0 * mb_dmoments[params.c + c] * centred) / m;
+        r = run_next(r);
     }
-    let c = (i / params.s) % params.c;
-    let m = f32(params.n * params.s);
-    let centred = mb_x[i] - mb_moments[c];
-    mb_dx[i] = (mb_dmoments[c] + 2.0 * mb_dmoments[params.c + c] * centred) / m;
 }

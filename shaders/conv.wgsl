@@ -215,10 +215,32 @@ fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     bw_partial[t] = acc;
 }
 
-// Depthwise kernels (groups = Cin = Cout: each output plane reads one input plane). A workgroup
-// covers 64 positions of one plane of one image (grid: blocks of the plane × channels ×
-// images), so a lane's only division is splitting its position into row and column (quot), and
-// the window's taps that land inside the map are loop bounds, not tests per tap.
+// Depthwise kernels (groups = Cin = Cout: each output plane reads one input plane). A lane
+// computes SEG neighbouring values of one row of one plane, as a vec4, so the tap loops, their
+// bounds and the weight reads are shared by four outputs and a small plane still fills its
+// workgroup: the grid is (blocks of 64 segments over channels × rows × segments per row, 1,
+// images). Columns outside the map are clamped reads masked to zero, not branches, so a lane's
+// four outputs run in lockstep.
+
+const SEG: u32 = 4u;
+
+// The segment of lane t of an image: (channel, row, first column) over `rows` rows of `cols`
+// columns; the channel is past the last for the lanes past the image's last segment.
+fn segment(t: u32, rows: u32, cols: u32) -> vec3<u32> {
+    let segs = (cols + SEG - 1u) / SEG;
+    let row = quot(t, segs);
+    let c = quot(row, rows);
+    return vec3<u32>(c, row - c * rows, (t - row * segs) * SEG);
+}
+
+// Which of a segment's columns `col` lie in [0, n), and those columns clamped into it (the
+// address of a read whose value the mask then drops).
+fn inside(col: vec4<i32>, n: u32) -> vec4<bool> {
+    return (col >= vec4<i32>(0)) & (col < vec4<i32>(i32(n)));
+}
+fn clamped(col: vec4<i32>, n: u32) -> vec4<u32> {
+    return vec4<u32>(clamp(col, vec4<i32>(0), vec4<i32>(i32(n) - 1)));
+}
 
 @group(0) @binding(1) var<storage, read> dw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> dw_w: array<f32>;
@@ -228,33 +250,41 @@ fn conv_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 @compute @workgroup_size(64)
 fn conv_forward_depthwise(@builtin(workgroup_id) wid: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
-    let per_image = params.ho * params.wo;
-    let pos = wid.x * WG + lid;
-    if (pos >= per_image) {
+    let seg = segment(wid.x * WG + lid, params.ho, params.wo);
+    let c = seg.x;
+    if (c >= params.cout) {
         return;
     }
-    let c = wid.y;
-    let oh = quot(pos, params.wo);
-    let ow = pos - oh * params.wo;
+    let oh = seg.y;
     let rows = tap_range(oh, params.kh, params.sh, params.ph, params.h);
-    let cols = tap_range(ow, params.kw, params.sw, params.pw, params.w);
     let top = oh * params.sh - params.ph;
-    let left = ow * params.sw - params.pw;
+    // Each output's first input column (negative inside the left padding).
+    let ow = vec4<u32>(seg.z) + vec4<u32>(0u, 1u, 2u, 3u);
+    let left = vec4<i32>(ow * params.sw) - vec4<i32>(i32(params.pw));
     let plane = (wid.z * params.cin + c) * params.h * params.w;
-    var acc = select(0.0, dw_bias[c], params.bias == 1u);
+    var acc = vec4<f32>(select(0.0, dw_bias[c], params.bias == 1u));
     for (var i = rows.x; i < rows.y; i = i + 1u) {
-        // top + i and left + j wrap around u32 only for taps outside the map, never taken.
-        let x_row = plane + (top + i) * params.w + left;
+        // top + i wraps around u32 only for rows outside the map, never taken.
+        let x_row = plane + (top + i) * params.w;
         let w_row = (c * params.kh + i) * params.kw;
-        for (var j = cols.x; j < cols.y; j = j + 1u) {
-            acc = fma(dw_x[x_row + j], dw_w[w_row + j], acc);
+        for (var j = 0u; j < params.kw; j = j + 1u) {
+            let col = left + vec4<i32>(i32(j));
+            let at = clamped(col, params.w) + vec4<u32>(x_row);
+            let x = vec4<f32>(dw_x[at.x], dw_x[at.y], dw_x[at.z], dw_x[at.w]);
+            acc = fma(select(vec4<f32>(0.0), x, inside(col, params.w)), vec4<f32>(dw_w[w_row + j]), acc);
         }
     }
-    dw_y[(wid.z * params.cout + c) * per_image + pos] = acc;
+    let out = ((wid.z * params.cout + c) * params.ho + oh) * params.wo + seg.z;
+    let valid = params.wo - seg.z;
+    dw_y[out] = acc.x;
+    if (valid > 1u) { dw_y[out + 1u] = acc.y; }
+    if (valid > 2u) { dw_y[out + 2u] = acc.z; }
+    if (valid > 3u) { dw_y[out + 3u] = acc.w; }
 }
 
 // dx[n, c, ih, iw] = Σ dy[n, c, oh, ow] · w[c, 0, ih + ph − oh·sh, iw + pw − ow·sw] over the
-// output positions whose window covers (ih, iw).
+// output positions whose window covers (ih, iw): the rows from covering, the columns per tap j,
+// ow = (iw + pw − j) / sw where that divides exactly and lands in [0, wo).
 @group(0) @binding(1) var<storage, read> dbi_dy: array<f32>;
 @group(0) @binding(2) var<storage, read> dbi_w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dbi_dx: array<f32>;
@@ -262,25 +292,35 @@ fn conv_forward_depthwise(@builtin(workgroup_id) wid: vec3<u32>,
 @compute @workgroup_size(64)
 fn conv_backward_input_depthwise(@builtin(workgroup_id) wid: vec3<u32>,
                                  @builtin(local_invocation_index) lid: u32) {
-    let per_plane = params.h * params.w;
-    let pos = wid.x * WG + lid;
-    if (pos >= per_plane) {
+    let seg = segment(wid.x * WG + lid, params.h, params.w);
+    let c = seg.x;
+    if (c >= params.cin) {
         return;
     }
-    let c = wid.y;
-    // Padded row and column.
-    let ih = quot(pos, params.w) + params.ph;
-    let iw = pos + params.pw - (ih - params.ph) * params.w;
+    // Padded row and columns.
+    let ih = seg.y + params.ph;
+    let iw = vec4<i32>(vec4<u32>(seg.z + params.pw) + vec4<u32>(0u, 1u, 2u, 3u));
     let rows = covering(ih, params.kh, params.sh, params.ho);
-    let cols = covering(iw, params.kw, params.sw, params.wo);
     let out_plane = (wid.z * params.cout + c) * params.ho * params.wo;
-    var acc = 0.0;
-    for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {
-        let dy_row = out_plane + oh * params.wo;
-        let w_row = (c * params.kh + ih - oh * params.sh) * params.kw + iw;
-        for (var ow = cols.x; ow < cols.y; ow = ow + 1u) {
-            acc = fma(dbi_dy[dy_row + ow], dbi_w[w_row - ow * params.sw], acc);
+    var acc = vec4<f32>(0.0);
+    // Columns outside: the division and the mask are per tap column, the same on every row.
+    for (var j = 0u; j < params.kw; j = j + 1u) {
+        let num = iw - vec4<i32>(i32(j));
+        let ow = vec4<i32>(quot4(vec4<u32>(max(num, vec4<i32>(0))), params.sw));
+        let hit = inside(num, params.wo * params.sw) & (ow * i32(params.sw) == num);
+        let at = clamped(ow, params.wo) + vec4<u32>(out_plane);
+        for (var oh = rows.x; oh < rows.y; oh = oh + 1u) {
+            let dy_row = oh * params.wo;
+            let dy = vec4<f32>(dbi_dy[at.x + dy_row], dbi_dy[at.y + dy_row], dbi_dy[at.z + dy_row],
+                               dbi_dy[at.w + dy_row]);
+            let w = dbi_w[(c * params.kh + ih - oh * params.sh) * params.kw + j];
+            acc = fma(select(vec4<f32>(0.0), dy, hit), vec4<f32>(w), acc);
         }
     }
-    dbi_dx[(wid.z * params.cin + c) * per_plane + pos] = acc;
+    let out = ((wid.z * params.cin + c) * params.h + seg.y) * params.w + seg.z;
+    let valid = params.w - seg.z;
+    dbi_dx[out] = acc.x;
+    if (valid > 1u) { dbi_dx[out + 1u] = acc.y; }
+    if (valid > 2u) { dbi_dx[out + 2u] = acc.z; }
+    if (valid > 3u) { dbi_dx[out + 3u] = acc.w; }
 }

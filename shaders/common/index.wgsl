@@ -10,6 +10,13 @@ fn quot(a: u32, b: u32) -> u32 {
     return q + select(0u, 1u, (q + 1u) * b <= a);
 }
 
+// quot for four numerators at once.
+fn quot4(a: vec4<u32>, b: u32) -> vec4<u32> {
+    var q = vec4<u32>((vec4<f32>(a) + 0.5) / f32(b));
+    q = q - select(vec4<u32>(0u), vec4<u32>(1u), q * b > a);
+    return q + select(vec4<u32>(0u), vec4<u32>(1u), (q + 1u) * b <= a);
+}
+
 // The outputs o in [0, out) whose window [o·stride, o·stride + k) holds the padded index ip
 // (o·stride + t = ip for a tap t in [0, k)): from ceil((ip + 1 − k) / stride), or 0, to
 // floor(ip / stride), as [first, end), empty when first ≥ end.

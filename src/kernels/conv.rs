@@ -1,7 +1,7 @@
 //! 2-D convolution over NCHW tensors (`shaders/conv.wgsl`, `shaders/conv_subgroup.wgsl`):
 //! forward as an implicit GEMM, gradients of the input and the weight, the bias gradient as a
-//! reduction of dy; channel groups as PyTorch's `groups`, with depthwise kernels (a workgroup per
-//! block of one plane) for `groups = Cin = Cout`.
+//! reduction of dy; channel groups as PyTorch's `groups`, with depthwise kernels (a lane per four
+//! neighbouring values of a row) for `groups = Cin = Cout`.
 
 use crate::Result;
 use crate::catalogue::{Case, Prepared, Suite, Work, memory_case, sample_f64, sample_tensor};
@@ -106,18 +106,19 @@ impl Conv2d {
     }
 }
 
-/// The depthwise kernels' grid for planes of `positions` (a workgroup per 64 positions of a plane,
-/// per channel, per image), or `None` where they do not apply: not depthwise, a plane too large
-/// for their division ([`super::QUOT_LIMIT`]), or more channels or images than a grid dimension
-/// holds; the general kernels take those.
-fn depthwise_grid(gpu: &Gpu, p: &Params, conv: &Conv2d, positions: u32) -> Option<[u32; 3]> {
+/// The depthwise kernels' grid for maps of `rows` × `cols` (a lane per 4 neighbouring values of
+/// a row, a workgroup per 64 lanes of an image's channels, per image), or `None` where they do
+/// not apply: not depthwise, an image's lanes too many for their division
+/// ([`super::QUOT_LIMIT`]) or a grid dimension; the general kernels take those.
+fn depthwise_grid(gpu: &Gpu, p: &Params, conv: &Conv2d, rows: u32, cols: u32) -> Option<[u32; 3]> {
     let max = gpu.caps().limits.max_compute_workgroups_per_dimension;
+    let lanes = u64::from(p.cout) * u64::from(rows) * u64::from(cols.div_ceil(4));
+    let blocks = lanes.div_ceil(64);
     let fits = conv.is_depthwise(p.cin as usize, p.cout as usize)
-        && ((p.h * p.w) as usize) < super::QUOT_LIMIT
-        && ((p.ho * p.wo) as usize) < super::QUOT_LIMIT
-        && p.cout <= max
+        && lanes + 64 < super::QUOT_LIMIT as u64
+        && blocks <= u64::from(max)
         && p.n <= max;
-    fits.then(|| [positions.div_ceil(64), p.cout, p.n])
+    fits.then_some([blocks as u32, 1, p.n])
 }
 
 #[repr(C)]
@@ -271,7 +272,7 @@ pub fn forward_with(
     let y = gpu.empty(&out_shape, DType::F32)?;
     // Without a bias the binding is never read; any read-only buffer satisfies the layout.
     let tensors = [x, w, bias.unwrap_or(w), &y];
-    if let Some(grid) = depthwise_grid(gpu, &p, conv, p.ho * p.wo) {
+    if let Some(grid) = depthwise_grid(gpu, &p, conv, p.ho, p.wo) {
         gpu.check_loops(&CONV_FORWARD_DEPTHWISE, nested_trips(&[p.kh, p.kw]))?;
         let d = gpu.dispatch_grid(&CONV_FORWARD_DEPTHWISE, &[], &p, &tensors, grid)?;
         return Ok((d, y));
@@ -367,7 +368,7 @@ pub fn backward_with(
     let subgroups = use_subgroups(gpu, options.subgroups, &input_grid, conv.groups)?
         && use_subgroups(gpu, options.subgroups, &weight_grid, conv.groups)?;
     let mut plan = Vec::new();
-    let depthwise = depthwise_grid(gpu, &p, conv, p.h * p.w);
+    let depthwise = depthwise_grid(gpu, &p, conv, p.h, p.w);
     if options.input_grad {
         let (spec, trips) = if depthwise.is_some() {
             (&CONV_BACKWARD_INPUT_DEPTHWISE, nested_trips(&[p.kh, p.kw]))
