@@ -60,10 +60,23 @@ fn kl_term(log_p: f32, log_q: f32) -> f32 {
 }
 
 // ---- ce: −log_softmax(s)[y]; gradient softmax(s) − onehot(y) -------------------------------
+// A negative label marks an unlabelled row (PyTorch's ignore_index): no loss and no gradient,
+// and the mean runs over the batch's labelled rows. Each row counts them (a batch is a few
+// hundred labels) and scales its loss and gradient by rows / labelled, so the launcher's 1/rows
+// mean becomes 1/labelled; with every row labelled the factor is exactly 1.
 @group(0) @binding(1) var<storage, read> ce_student: array<f32>;
 @group(0) @binding(2) var<storage, read> ce_labels: array<i32>;
 @group(0) @binding(3) var<storage, read_write> ce_grad: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ce_row_loss: array<f32>;
+
+// rows / (labelled rows), 0 for an unlabelled row or a batch without labels.
+fn ce_share(label: i32) -> f32 {
+    var labelled = 0u;
+    for (var r = 0u; r < params.rows; r = r + 1u) {
+        labelled = labelled + select(0u, 1u, ce_labels[r] >= 0);
+    }
+    return select(0.0, f32(params.rows) / f32(max(labelled, 1u)), label >= 0);
+}
 
 @compute @workgroup_size(64)
 fn ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -75,19 +88,21 @@ fn ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
     let cols = params.cols;
     let base = r * cols;
     let label = ce_labels[r];
-    // Launchers check labels on the host; a bad one still never reads out of bounds, and
-    // poisons the loss rather than giving a plausible wrong answer.
-    let valid = label >= 0 && u32(label) < cols;
-    let y = select(0u, u32(label), valid);
+    // Launchers check labels on the host; one past the classes still never reads out of
+    // bounds, and poisons the loss rather than giving a plausible wrong answer.
+    let valid = label < 0 || u32(label) < cols;
+    let y = select(0u, u32(label), label >= 0 && valid);
+    let share = ce_share(label);
     var st = lse_empty();
     for (var c = 0u; c < cols; c = c + 1u) {
         st = lse_push(st, ce_student[base + c]);
     }
     let lse = lse_value(st);
-    ce_row_loss[r] = select(nan(), lse - ce_student[base + y], valid);
+    ce_row_loss[r] = select(nan(), (lse - ce_student[base + y]) * share, valid);
+    let scale = params.grad_scale * share;
     for (var c = 0u; c < cols; c = c + 1u) {
         let onehot = select(0.0, 1.0, c == y);
-        ce_grad[base + c] = (exp(ce_student[base + c] - lse) - onehot) * params.grad_scale;
+        ce_grad[base + c] = (exp(ce_student[base + c] - lse) - onehot) * scale;
     }
 }
 
@@ -176,11 +191,22 @@ fn js(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
 }
 
 // ---- dkd: alpha·TCKD + beta·NCKD (decoupled KD) ---------------------------------------------
+// It splits each row at its label, so unlabelled rows (negative labels) are left out as in ce:
+// the mean runs over the labelled rows.
 @group(0) @binding(1) var<storage, read> dkd_student: array<f32>;
 @group(0) @binding(2) var<storage, read> dkd_teacher: array<f32>;
 @group(0) @binding(3) var<storage, read> dkd_labels: array<i32>;
 @group(0) @binding(4) var<storage, read_write> dkd_grad: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dkd_row_loss: array<f32>;
+
+// ce_share's rule for dkd's labels.
+fn dkd_share(label: i32) -> f32 {
+    var labelled = 0u;
+    for (var r = 0u; r < params.rows; r = r + 1u) {
+        labelled = labelled + select(0u, 1u, dkd_labels[r] >= 0);
+    }
+    return select(0.0, f32(params.rows) / f32(max(labelled, 1u)), label >= 0);
+}
 
 @compute @workgroup_size(64)
 fn dkd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -192,8 +218,9 @@ fn dkd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let cols = params.cols;
     let base = r * cols;
     let label = dkd_labels[r];
-    let valid = label >= 0 && u32(label) < cols;
-    let y = select(0u, u32(label), valid);
+    let valid = label < 0 || u32(label) < cols;
+    let y = select(0u, u32(label), label >= 0 && valid);
+    let share = dkd_share(label);
     let inv_t = 1.0 / params.temperature;
     // Non-target log-sum-exp states; the full and masked states add the target back.
     var nts = lse_empty();
@@ -232,9 +259,9 @@ fn dkd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         // d TCKD / dz: p_s − b_t[0] at the target; p_s − b_t[1]·softmax_non-target(s) elsewhere.
         let d_tckd = select(ps - bt.y * exp(zs - lse_nt_s), ps - bt.x, is_y);
         let d_nckd = exp(log_qs) - exp(log_qt);
-        dkd_grad[base + c] = (params.alpha * d_tckd + params.beta * d_nckd) * params.grad_scale;
+        dkd_grad[base + c] = (params.alpha * d_tckd + params.beta * d_nckd) * params.grad_scale * share;
     }
-    dkd_row_loss[r] = select(nan(), params.alpha * tckd + params.beta * nckd, valid);
+    dkd_row_loss[r] = select(nan(), (params.alpha * tckd + params.beta * nckd) * share, valid);
 }
 
 // ---- bce: binary cross-entropy with logits, per element: max(z, 0) − z·y + log(1 + e^−|z|);

@@ -530,11 +530,14 @@ pub fn validate(
             .unwrap_or(&[])
             .iter()
             .enumerate()
-            .find(|(_, y)| **y < 0 || **y as usize >= classes)
+            .find(|(_, y)| **y >= 0 && **y as usize >= classes)
         {
             return Err(input_error(
                 format!("{op}: input 'labels'"),
-                format!("labels[{i}] = {y} is out of range for {classes} classes (0..{classes})"),
+                format!(
+                    "labels[{i}] = {y} is out of range for {classes} classes (0..{classes}, or \
+                     negative for an unlabelled row)"
+                ),
             ));
         }
     }

@@ -60,6 +60,20 @@ fn with(find: &str, replace: &str) -> String {
 fn every_config_error_names_its_key() {
     let cases: Vec<(String, &[&str])> = vec![
         (
+            with(
+                "name = \"student-kd\"",
+                "name = \"student-kd\"\nlabelled = 0",
+            ),
+            &["stages[2].labelled", "at least 1"],
+        ),
+        (
+            with(
+                "name = \"student-kd\"",
+                "name = \"student-kd\"\nlabelled = -5",
+            ),
+            &["labelled", "run.toml:"],
+        ),
+        (
             with("batch_size = 128", "batch_size = 128\nbatchsize = 3"),
             &["run.toml:", "data", "unknown field `batchsize`"],
         ),
@@ -838,6 +852,10 @@ fn lifelong_stage_errors_name_their_keys() {
                 "name = \"finetune\"",
             ),
             &["stages[0].lifelong", "belongs to lifelong stages"],
+        ),
+        (
+            with(lwf, &format!("{lwf}\nlabelled = 100")),
+            &["stages[1].labelled", "only in a `train` stage"],
         ),
     ];
     assert_refused(cases);

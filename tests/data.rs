@@ -190,3 +190,58 @@ fn negatives_come_from_other_classes_and_follow_the_seed() {
             .all(|(rows, &s)| { rows[1..].iter().all(|&j| labels[j as usize] != labels[s]) })
     );
 }
+
+/// A labelled subset is class-balanced (the remainder to the first classes, a short class given
+/// all it has), the same on every call, and the whole set when asked for at least its size.
+#[test]
+fn labelled_subsets_are_balanced_and_fixed() {
+    // Nine classes of 33 or 34 images, and class 9 with only 2.
+    let mut labels: Vec<i32> = (0..300).map(|i| i % 9).collect();
+    labels.extend([9, 9]);
+    let count = |keep: &[bool], c: i32| {
+        keep.iter()
+            .zip(&labels)
+            .filter(|&(&k, &y)| k && y == c)
+            .count()
+    };
+    let keep = data::labelled_subset(&labels, 45);
+    let per_class: Vec<usize> = (0..10).map(|c| count(&keep, c)).collect();
+    assert_eq!(per_class, [5, 5, 5, 5, 5, 4, 4, 4, 4, 2]);
+    assert_eq!(keep, data::labelled_subset(&labels, 45));
+    // Spread over the set, not its first rows.
+    assert!(keep[150..].iter().any(|&k| k) && keep[..150].iter().any(|&k| k));
+    assert!(data::labelled_subset(&labels, 302).iter().all(|&k| k));
+    assert!(data::labelled_subset(&labels, 1000).iter().all(|&k| k));
+    assert_eq!(
+        data::labelled_subset(&labels, 1)
+            .iter()
+            .filter(|&&k| k)
+            .count(),
+        1
+    );
+}
+
+/// With hidden labels (−1), an unlabelled sample's negatives come from the whole set and a
+/// labelled one's from every sample not known to share its class.
+#[test]
+fn negatives_of_unlabelled_samples_come_from_the_whole_set() {
+    let labels = [0, 1, -1, 0, -1, 1];
+    let mut sampler = NegativeSampler::new(&labels, 2, 3);
+    let mut out = Vec::new();
+    for seed in 0..20 {
+        sampler.fill(&[0, 2], seed, &mut out);
+        // Sample 0 (class 0): never another known class-0 sample.
+        assert!(
+            out[1..4].iter().all(|&j| labels[j as usize] != 0),
+            "{out:?}"
+        );
+        assert_eq!(out[4], 2);
+        assert!(out[5..8].iter().all(|&j| (0..6).contains(&j)));
+    }
+    // Over the seeds, an unlabelled sample draws class-0 samples too.
+    let drawn_zero = (0..20).any(|seed| {
+        sampler.fill(&[2], seed, &mut out);
+        out[1..].iter().any(|&j| labels[j as usize] == 0)
+    });
+    assert!(drawn_zero);
+}

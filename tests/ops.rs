@@ -507,3 +507,36 @@ fn non_finite_inputs_are_refused_naming_the_tensor() {
         "{e}"
     );
 }
+
+/// `ce`'s labels: negative ones are unlabelled rows (no loss, no gradient; the mean over the
+/// others), one at or past the classes is refused naming the tensor and element.
+#[test]
+fn negative_labels_are_unlabelled_rows_and_large_ones_are_refused() {
+    let Some(gpu) = gpu() else { return };
+    let run = |labels: Vec<i32>| {
+        let mut inputs = TensorMap::new();
+        inputs.insert("student".into(), f(&[4, 6], 1));
+        inputs.insert("labels".into(), HostTensor::i32(&[4], labels));
+        ops::run(gpu, "ce", &inputs, &BTreeMap::new())
+    };
+    let all = run(vec![1, 5, 0, 2]).unwrap();
+    let half = run(vec![1, -1, 0, -100]).unwrap();
+    let grad = |o: &TensorMap| values(&o["grad_student"]).to_vec();
+    let (g_all, g_half) = (grad(&all), grad(&half));
+    // The labelled rows' gradients double (a mean over 2 rows, not 4); the others vanish.
+    for (row, doubled) in [(0, true), (1, false), (2, true), (3, false)] {
+        for c in 0..6 {
+            let want = if doubled {
+                2.0 * g_all[row * 6 + c]
+            } else {
+                0.0
+            };
+            assert!(
+                (g_half[row * 6 + c] - want).abs() < 1e-6,
+                "row {row} class {c}"
+            );
+        }
+    }
+    let e = run(vec![1, 6, 0, 2]).unwrap_err().to_string();
+    assert!(e.contains("'labels'") && e.contains("labels[1] = 6"), "{e}");
+}

@@ -1973,3 +1973,73 @@ losses = [{ kind = "ce" }]
     let three = wgdistill::models::cnn([64, 1, 28, 28], &[8, 12], 10).unwrap();
     assert!(wgdistill::graph::Weights::load(gpu, &three, "wide", &w).is_err());
 }
+
+/// `labelled`: the label terms see only that many images' labels, the other terms every image.
+/// With one label, cross-entropy alone can only learn that image's class; KD from a teacher
+/// over the unlabelled images learns them all; and asking for more labels than images is one
+/// line naming the stage and key.
+#[test]
+fn a_stage_with_few_labels_learns_from_the_teacher_on_the_rest() {
+    let Some(gpu) = gpu() else { return };
+    let text = |labelled: usize| {
+        format!(
+            r#"
+seed = 3
+[data]
+dataset = "synthetic"
+batch_size = 32
+train_limit = 320
+test_limit = 160
+[models.teacher]
+arch = "mlp"
+hidden = [32]
+[models.one_label]
+arch = "mlp"
+hidden = [16]
+[models.kd]
+arch = "mlp"
+hidden = [16]
+[[stages]]
+name = "teacher"
+train = ["teacher"]
+epochs = 8
+optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }}
+losses = [{{ kind = "ce" }}]
+[[stages]]
+name = "one-label"
+train = ["one_label"]
+epochs = 3
+labelled = {labelled}
+optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }}
+losses = [{{ kind = "ce" }}]
+[[stages]]
+name = "kd"
+train = ["kd"]
+teachers = ["teacher"]
+epochs = 3
+labelled = {labelled}
+optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }}
+losses = [{{ kind = "ce", weight = 0.1 }}, {{ kind = "kd", weight = 0.9, temperature = 4.0 }}]
+"#
+        )
+    };
+    let run_text = |t: String| {
+        let cfg = config::parse("labelled.toml", &t).unwrap();
+        cfg.check("labelled.toml").unwrap();
+        let opts = RunOptions::new(out_dir("labelled"));
+        let (train, test) = run::load_data(&cfg, &opts).unwrap();
+        run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {})
+    };
+    let s = run_text(text(1)).unwrap();
+    let acc = |i: usize| s.stages[i].models[0].test_accuracy;
+    // The synthetic set draws classes 0 and 7, 1 and 8, 2 and 9 alike: 70% at best.
+    assert!(acc(0) > 0.6, "the teacher learns the set: {}", acc(0));
+    assert!(acc(1) < 0.25, "one label teaches one class: {}", acc(1));
+    assert!(acc(2) > 0.6, "KD teaches the rest: {}", acc(2));
+    let e = run_text(text(321)).err().unwrap().to_string();
+    assert!(
+        e.contains("stage 'one-label': labelled") && e.contains("320 training images"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+}

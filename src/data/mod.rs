@@ -199,6 +199,34 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// Which images of a set with `labels` keep their label when only `n` do: a class-balanced
+/// subset (`n / K` of each of the K classes, one more for the first `n mod K`; all of a class
+/// with fewer), each class's images taken in one fixed shuffled order, so every seed and every
+/// stage keeps the same labels. `n` at least the set's size keeps every label.
+pub fn labelled_subset(labels: &[i32], n: usize) -> Vec<bool> {
+    if n >= labels.len() {
+        return vec![true; labels.len()];
+    }
+    let mut classes: Vec<i32> = labels.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    let k = classes.len().max(1);
+    let mut quota: std::collections::BTreeMap<i32, usize> = classes
+        .iter()
+        .enumerate()
+        .map(|(j, &c)| (c, n / k + usize::from(j < n % k)))
+        .collect();
+    let mut keep = vec![false; labels.len()];
+    // A seed of its own: the subset must not move with the run's seed.
+    for i in epoch_order(labels.len(), 0x1abe_11ed, 0) {
+        if let Some(left) = quota.get_mut(&labels[i]).filter(|q| **q > 0) {
+            *left -= 1;
+            keep[i] = true;
+        }
+    }
+    keep
+}
+
 /// Copies the samples `indices` into a batch (`x` of `indices.len()·C·H·W`, `y`), optionally
 /// augmenting each image: a random crop after zero-padding by `pad` pixels, and a horizontal
 /// flip with probability ½, drawn from `seed`.

@@ -1,13 +1,17 @@
 //! Negatives for contrastive distillation (CRD): for each sample of a batch, its own index and
 //! K indices of samples from other classes, drawn without replacement while K is at most their
-//! count (with replacement beyond, as RepDistiller's `CIFAR100InstanceSample` does).
+//! count (with replacement beyond, as RepDistiller's `CIFAR100InstanceSample` does). Where a
+//! stage hides labels (negative ones), an unlabelled sample's negatives come from the whole set
+//! (its own index among them, rarely), and a labelled one's from every sample not known to share
+//! its class.
 
 use crate::rng::Xorshift;
 
 /// Draws each sample's negatives from the other classes of a training set.
 #[derive(Clone, Debug)]
 pub struct NegativeSampler {
-    // Per class: the indices of every sample of the other classes.
+    // Per class: the indices of every sample of the other classes (and the unlabelled ones);
+    // last, every index, for the unlabelled samples.
     others: Vec<Vec<i32>>,
     labels: Vec<i32>,
     k: usize,
@@ -16,15 +20,19 @@ pub struct NegativeSampler {
 }
 
 impl NegativeSampler {
-    /// A sampler of `k` negatives per sample over a training set's `labels` (in `0..classes`).
+    /// A sampler of `k` negatives per sample over a training set's `labels` (in `0..classes`,
+    /// or negative for a hidden label).
     pub fn new(labels: &[i32], classes: usize, k: usize) -> NegativeSampler {
-        let others = (0..classes as i32)
+        let mut others: Vec<Vec<i32>> = (0..classes as i32)
             .map(|c| {
                 (0..labels.len() as i32)
                     .filter(|&i| labels[i as usize] != c)
                     .collect()
             })
             .collect();
+        if labels.iter().any(|&y| y < 0) {
+            others.push((0..labels.len() as i32).collect());
+        }
         NegativeSampler {
             others,
             labels: labels.to_vec(),
@@ -41,7 +49,7 @@ impl NegativeSampler {
         let mut rng = Xorshift::new(seed);
         for &i in samples {
             out.push(i as i32);
-            let class = self.labels[i].max(0) as usize;
+            let class = usize::try_from(self.labels[i]).unwrap_or(self.others.len() - 1);
             let pool = &mut self.others[class];
             let n = pool.len();
             if n == 0 {

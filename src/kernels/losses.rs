@@ -188,10 +188,12 @@ impl RefInput {
         }
     }
 
-    /// The values as class indices (labels; negative ones clamp to 0, which the op runner
-    /// refuses before any reference runs).
-    pub fn classes(&self) -> Vec<usize> {
-        self.values.iter().map(|&y| y.max(0.0) as usize).collect()
+    /// The values as labels: class indices, `None` for the negative ones (unlabelled rows).
+    pub fn labels(&self) -> Vec<Option<usize>> {
+        self.values
+            .iter()
+            .map(|&y| (y >= 0.0).then_some(y as usize))
+            .collect()
     }
 }
 /// The loss's cases for a suite.

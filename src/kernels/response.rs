@@ -84,7 +84,7 @@ pub const CE: LossDef = LossDef {
     inputs: &[STUDENT, LABELS],
     attrs: &[],
     launch: |gpu, _, x| ce(gpu, x[0], x[1]),
-    reference: |_, x| cpu::ce(&x[0].values, &x[1].classes(), x[0].shape[1]).into(),
+    reference: |_, x| cpu::ce_partly_labelled(&x[0].values, &x[1].labels(), x[0].shape[1]).into(),
     cases: |suite| cases(suite, Which::Ce),
     parameters: None,
     memory: None,
@@ -164,18 +164,10 @@ pub const DKD: LossDef = LossDef {
         )
     },
     reference: |l, x| {
-        let (s, t, y) = (&x[0].values, &x[1].values, x[2].classes());
+        let (s, t, y) = (&x[0].values, &x[1].values, x[2].labels());
         let a = |k| l.attr(k);
-        cpu::dkd(
-            s,
-            t,
-            &y,
-            x[0].shape[1],
-            a("alpha"),
-            a("beta"),
-            a("temperature"),
-        )
-        .into()
+        let weights = [a("alpha"), a("beta")];
+        cpu::dkd_partly_labelled(s, t, &y, x[0].shape[1], weights, a("temperature")).into()
     },
     cases: |suite| cases(suite, Which::Dkd),
     parameters: None,
@@ -261,8 +253,11 @@ fn rows(
     loss_scale: f32,
 ) -> Result<LossPlan> {
     let rows = params.rows as usize;
-    // A few passes over each row's columns (at most four).
-    gpu.check_loops(spec, 4 * u64::from(params.cols))?;
+    // A few passes over each row's columns (at most four); the kernels that read labels also
+    // count the batch's labelled rows.
+    let counting = inputs.iter().any(|t| t.dtype() == DType::I32);
+    let label_trips = if counting { u64::from(params.rows) } else { 0 };
+    gpu.check_loops(spec, 4 * u64::from(params.cols) + label_trips)?;
     let grad = gpu.empty(student.shape(), DType::F32)?;
     let row_loss = gpu.empty(&[rows], DType::F32)?;
     let loss = gpu.empty(&[1], DType::F32)?;
@@ -498,6 +493,21 @@ fn cases(suite: Suite, which: Which) -> Vec<LossCase> {
                     .iter()
                     .map(|&t| case().attrs(&[("temperature", t)]).tolerance(2e-4, 1e-5)),
             ),
+        }
+    }
+    // Unlabelled rows (negative labels): every third one, then all of them (loss 0, no gradient).
+    if matches!(which, Which::Ce | Which::Dkd) && suite == Suite::Check {
+        for (name, every) in [("[33, 10] a third unlabelled", 3), ("[7, 5] unlabelled", 1)] {
+            let (b, c) = if every == 1 { (7, 5) } else { (33, 10) };
+            let mut inputs = logits_case(b, c, which);
+            if let Some(HostData::I32(y)) = inputs.last_mut().map(|t| &mut t.data) {
+                y.iter_mut().step_by(every).for_each(|y| *y = -1);
+            }
+            let case = LossCase::new(name, inputs);
+            out.push(match which {
+                Which::Dkd => case.attrs(&[("temperature", 4.0)]).tolerance(2e-4, 1e-5),
+                _ => case,
+            });
         }
     }
     if which == Which::Dkd && suite == Suite::Check {

@@ -20,10 +20,31 @@ fn kl(p: &[f64], log_p: &[f64], log_q: &[f64]) -> f64 {
 
 /// Cross-entropy: `−(1/B) Σ_b log_softmax(s)_b[y_b]`.
 pub fn ce(s: &[f64], labels: &[usize], classes: usize) -> LossGrad {
-    let b = labels.len() as f64;
+    ce_partly_labelled(s, &all_labelled(labels), classes)
+}
+
+/// Every row labelled.
+fn all_labelled(labels: &[usize]) -> Vec<Option<usize>> {
+    labels.iter().map(|&y| Some(y)).collect()
+}
+
+/// The labelled rows' count, at least 1 (a batch without labels has loss 0 and no gradient).
+fn labelled_rows(labels: &[Option<usize>]) -> f64 {
+    labels.iter().filter(|y| y.is_some()).count().max(1) as f64
+}
+
+/// Cross-entropy over the labelled rows (`None`: unlabelled, PyTorch's `ignore_index`):
+/// `−(1/L) Σ_{b labelled} log_softmax(s)_b[y_b]`, L the labelled rows; an unlabelled row has no
+/// gradient.
+pub fn ce_partly_labelled(s: &[f64], labels: &[Option<usize>], classes: usize) -> LossGrad {
+    let b = labelled_rows(labels);
     let mut loss = 0.0;
     let mut grad = Vec::with_capacity(s.len());
     for (row, &y) in rows(s, classes).zip(labels) {
+        let Some(y) = y else {
+            grad.extend(std::iter::repeat_n(0.0, row.len()));
+            continue;
+        };
         let ls = log_softmax(row);
         loss -= ls[y] / b;
         grad.extend(
@@ -103,11 +124,29 @@ pub fn dkd(
     beta: f64,
     temperature: f64,
 ) -> LossGrad {
-    let b = labels.len() as f64;
+    let labels = all_labelled(labels);
+    dkd_partly_labelled(s, t, &labels, classes, [alpha, beta], temperature)
+}
+
+/// Decoupled KD over the labelled rows (it splits each row at its label), the mean over them as
+/// [`ce_partly_labelled`]'s; `weights` are alpha and beta.
+pub fn dkd_partly_labelled(
+    s: &[f64],
+    t: &[f64],
+    labels: &[Option<usize>],
+    classes: usize,
+    [alpha, beta]: [f64; 2],
+    temperature: f64,
+) -> LossGrad {
+    let b = labelled_rows(labels);
     let scale = temperature * temperature / b;
     let mut loss = 0.0;
     let mut grad = Vec::with_capacity(s.len());
     for ((rs, rt), &y) in rows(s, classes).zip(rows(t, classes)).zip(labels) {
+        let Some(y) = y else {
+            grad.extend(std::iter::repeat_n(0.0, rs.len()));
+            continue;
+        };
         let zs: Vec<f64> = rs.iter().map(|v| v / temperature).collect();
         let zt: Vec<f64> = rt.iter().map(|v| v / temperature).collect();
         let (ps, pt) = (softmax(&zs), softmax(&zt));

@@ -401,6 +401,13 @@ pub struct StageConfig {
     /// Only leading stages can be `once`.
     #[serde(default)]
     pub once: bool,
+    /// Hides the labels of all but this many training images from the stage's label terms
+    /// (`ce`, `dkd`: their mean runs over each batch's labelled rows), while the terms that need
+    /// no labels (KD, feature and relation terms) see every image: Hinton et al.'s setting of a
+    /// small labelled set beside a large unlabelled transfer set. The labelled images are a
+    /// class-balanced subset, the same in every seed ([`crate::data::labelled_subset`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labelled: Option<usize>,
 }
 
 impl StageConfig {
@@ -1141,6 +1148,15 @@ impl StageConfig {
         available: &[&str],
         earlier: &[StageConfig],
     ) -> std::result::Result<(), Fault> {
+        let ordinary = self.kind == StageKind::Train;
+        if self.labelled.is_some() && (!ordinary || self.transfer.is_some()) {
+            let message = "hides labels of the data set's training images: only in a `train` \
+                           stage on them (not lifelong, data-free or on a transfer set)";
+            return Err(("labelled".into(), message.into()));
+        }
+        if self.labelled == Some(0) {
+            return Err(("labelled".into(), "must be at least 1".into()));
+        }
         if data_free::check_kind(self, config, graphs, earlier)? {
             return self.check_teachers_ready(available);
         }

@@ -77,6 +77,9 @@ pub fn train_epoch(
         let augment =
             augment_images.then_some((2, config.seed ^ ((epoch as u64) << 32) ^ bi as u64));
         data::fill_batch(train, idx, augment, &mut xb, &mut yb);
+        if let Some(known) = &plan.known_labels {
+            yb.iter_mut().zip(idx).for_each(|(y, &i)| *y = known[i]);
+        }
         if let Some(outputs) = &plan.cached {
             for (k, (tap, _)) in outputs.taps.iter().enumerate() {
                 outputs.gather(k, idx, &mut tb);

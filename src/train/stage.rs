@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::Result;
-use crate::data::{Dataset, NegativeSampler};
+use crate::data::{self, Dataset, NegativeSampler};
 use crate::error::input_error;
 use crate::gpu::Gpu;
 use crate::graph::{
@@ -170,6 +170,9 @@ pub struct StagePlan<'a> {
     pub samplers: Vec<(usize, NegativeSampler)>,
     /// The teacher's stored outputs, replayed instead of running it.
     pub cached: Option<TeacherOutputs>,
+    /// With `labelled`, the labels the stage sees, per training image: its own where it keeps
+    /// it, −1 (unlabelled) elsewhere; the batches take them in place of the data set's.
+    pub known_labels: Option<Vec<i32>>,
     /// The first epoch to train (after a resumed run's completed ones).
     pub start_epoch: usize,
     /// Each model's best test accuracy so far.
@@ -357,10 +360,22 @@ impl<'a> StagePlan<'a> {
             .zip(&weights)
             .map(|(g, w)| EvalStep::compile(gpu, g, w))
             .collect::<Result<_>>()?;
+        let labelled = match stage.labelled {
+            Some(n) if n > train.len() => {
+                return Err(input_error(
+                    format!("stage '{}': labelled", stage.name),
+                    format!("{n} is more than the {} training images", train.len()),
+                ));
+            }
+            Some(n) => Some(data::labelled_subset(&train.labels, n)),
+            None => None,
+        };
+        let known_labels = labelled.map(|keep| hide_labels(&train.labels, &keep));
         let samplers = step
             .sample_rows()
             .map(|(term, rows, _)| {
-                let sampler = NegativeSampler::new(&train.labels, train.classes, rows - 1);
+                let labels = known_labels.as_deref().unwrap_or(&train.labels);
+                let sampler = NegativeSampler::new(labels, train.classes, rows - 1);
                 (term, sampler)
             })
             .collect();
@@ -376,6 +391,7 @@ impl<'a> StagePlan<'a> {
             evals,
             samplers,
             cached,
+            known_labels,
             start_epoch,
             best,
             accuracy,
@@ -495,4 +511,13 @@ fn replay(outputs: &TeacherOutputs, b: usize) -> Result<Graph> {
         .map(|((n, _), s)| (n.as_str(), s.as_slice()))
         .collect();
     Graph::replay(&taps)
+}
+
+/// `labels` with those of the images that do not keep theirs (`keep[i]` false) hidden: −1.
+fn hide_labels(labels: &[i32], keep: &[bool]) -> Vec<i32> {
+    labels
+        .iter()
+        .zip(keep)
+        .map(|(&y, &k)| if k { y } else { -1 })
+        .collect()
 }
