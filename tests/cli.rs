@@ -695,6 +695,16 @@ fn eval_reads_a_low_rank_checkpoint_and_refuses_a_mismatch_in_one_line() {
     // An int8 file read as a float one, and an export without --qat, fail in one line.
     assert_one_line_error(&run(&[&int8_file, "--qat"]));
     assert_one_line_error(&run(&[&qat_file, "--export-int8", &int8_file]));
+    // Model flags out of range are checked as a config's keys are, naming the flag.
+    for (flag, value, needle) in [
+        ("--kernel", "4", "--kernel: must be 1, 3, 5 or 7"),
+        ("--channels", "4,0", "--channels: must be from 1"),
+    ] {
+        let out = on_ci_backend(&["eval", &qat_file, "--arch", "cnn", flag, value]).unwrap();
+        assert_one_line_error(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{stderr}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

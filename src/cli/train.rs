@@ -234,7 +234,19 @@ pub struct ArchArgs {
 }
 
 impl ArchArgs {
+    /// The model the flags describe, checked as a config's model is, each error naming its
+    /// flag (`.kernel` → `--kernel`, `.channels[1]` → `--channels`).
     fn model(&self) -> Result<config::ModelConfig, CliError> {
+        let model = self.unchecked_model()?;
+        model.check().map_err(|(key, message)| {
+            let field = key.trim_start_matches('.');
+            let field = field.split(['.', '[']).next().unwrap_or(field);
+            CliError::Message(format!("--{}: {message}", field.replace('_', "-")))
+        })?;
+        Ok(model)
+    }
+
+    fn unchecked_model(&self) -> Result<config::ModelConfig, CliError> {
         let mut low_rank = std::collections::BTreeMap::new();
         for entry in &self.low_rank {
             let rank = entry

@@ -892,8 +892,9 @@ fn check_parameter_sizes(graph: &Graph) -> std::result::Result<(), String> {
 }
 
 impl ModelConfig {
-    /// The sizes are within the limits; errors name keys relative to the model.
-    pub(crate) fn check(&self) -> std::result::Result<(), Fault> {
+    /// The sizes are within the limits; errors name keys relative to the model (`.kernel`,
+    /// `.channels[1]`), as a (key, message) pair.
+    pub fn check(&self) -> std::result::Result<(), (String, String)> {
         let widths =
             |key: &str, list: &[usize], max_len: usize| -> std::result::Result<(), Fault> {
                 if list.len() > max_len {
