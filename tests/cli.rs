@@ -821,3 +821,42 @@ fn tune_keeps_the_fastest_variant_and_later_runs_launch_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A setting that only a stage's start can refuse (more labels than training images) is one
+/// line naming the file, the stage and the key.
+#[test]
+fn a_stage_time_error_names_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("wgdistill-cli-stage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("few.toml");
+    let text = r#"
+[data]
+dataset = "synthetic"
+batch_size = 16
+train_limit = 32
+test_limit = 16
+[models.m]
+arch = "mlp"
+hidden = [8]
+[[stages]]
+name = "few"
+train = ["m"]
+epochs = 1
+labelled = 40
+optimizer = { kind = "sgd", lr = 0.1 }
+losses = [{ kind = "ce" }]
+"#;
+    std::fs::write(&config, text).unwrap();
+    let out_dir = dir.join("out");
+    let (config, out_dir) = (config.to_str().unwrap(), out_dir.to_str().unwrap());
+    let Some(out) = on_ci_backend(&["train", config, "--out", out_dir]) else {
+        return;
+    };
+    assert_one_line_error(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("few.toml: stage 'few': labelled: 40 is more than the 32 training images"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

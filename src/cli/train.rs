@@ -83,10 +83,20 @@ fn execute(
     let gpu = open_gpu(query, &train, &test)?;
     let mut log = |line: &str| println!("{line}");
     let summary = if seeds == 1 {
-        run::run(&gpu, &config, &opts, &train, &test, &mut log)?
+        run::run(&gpu, &config, &opts, &train, &test, &mut log)
     } else {
-        seeds::run_seeds(&gpu, &config, &opts, seeds, &train, &test, &mut log)?
+        seeds::run_seeds(&gpu, &config, &opts, seeds, &train, &test, &mut log)
     };
+    // A setting that only the data or a stage's start can refuse names the file too.
+    let summary = summary.map_err(|e| match e {
+        wgdistill::Error::Input { what: key, message } if key.starts_with("stage '") => {
+            wgdistill::Error::Input {
+                what: format!("{what}: {key}"),
+                message,
+            }
+        }
+        other => other,
+    })?;
     print_table(&summary);
     println!("results in {}", opts.out.display());
     Ok(())
