@@ -860,3 +860,39 @@ losses = [{ kind = "ce" }]
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `train --update` starts a run where there is none, and on a changed configuration keeps the
+/// unchanged stages and trains the new one; `--resume` refuses that change in one line.
+#[test]
+fn train_update_keeps_unchanged_stages() {
+    let dir = std::env::temp_dir().join(format!("wgdistill-cli-update-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("rows.toml");
+    let stage = |name: &str| {
+        format!(
+            "[models.{name}]\narch = \"mlp\"\nhidden = [8]\n[[stages]]\nname = \"{name}\"\ntrain = [\"{name}\"]\nepochs = 1\noptimizer = {{ kind = \"sgd\", lr = 0.1 }}\nlosses = [{{ kind = \"ce\" }}]\n"
+        )
+    };
+    let head =
+        "[data]\ndataset = \"synthetic\"\nbatch_size = 16\ntrain_limit = 32\ntest_limit = 16\n";
+    let (config_s, out) = (config.to_str().unwrap(), dir.join("out"));
+    let out_s = out.to_str().unwrap();
+    std::fs::write(&config, format!("{head}{}", stage("a"))).unwrap();
+    let Some(first) = on_ci_backend(&["train", config_s, "--out", out_s, "--update"]) else {
+        return;
+    };
+    assert_success(&first);
+    std::fs::write(&config, format!("{head}{}{}", stage("a"), stage("b"))).unwrap();
+    let refused = on_ci_backend(&["train", config_s, "--out", out_s, "--resume"]).unwrap();
+    assert_one_line_error(&refused);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--update"));
+    let updated = on_ci_backend(&["train", config_s, "--out", out_s, "--update"]).unwrap();
+    assert_success(&updated);
+    let stdout = String::from_utf8_lossy(&updated.stdout);
+    assert!(
+        stdout.contains("1 of its 1 finished stages unchanged") && stdout.contains("b epoch 1/1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("a epoch"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

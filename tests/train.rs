@@ -2043,3 +2043,124 @@ losses = [{{ kind = "ce", weight = 0.1 }}, {{ kind = "kd", weight = 0.9, tempera
     );
     assert_eq!(e.lines().count(), 1, "{e}");
 }
+
+/// An updated run (`--update`: resumed with a changed configuration) keeps the finished stages
+/// whose own settings, data, seed and inputs did not change, and trains the others: a changed
+/// row, a new row, and the rows that read a changed teacher. Its metrics keep one line per epoch
+/// of every stage. A plain resume still refuses the changed configuration.
+#[test]
+fn a_changed_configuration_keeps_its_unchanged_stages() {
+    let Some(gpu) = gpu() else { return };
+    let text = |teacher_epochs: usize, b_lr: f64, extra: &str| {
+        format!(
+            r#"
+seed = 2
+[data]
+dataset = "synthetic"
+batch_size = 32
+train_limit = 96
+test_limit = 32
+[models.teacher]
+arch = "mlp"
+hidden = [16]
+[models.a]
+arch = "mlp"
+hidden = [8]
+[models.b]
+arch = "mlp"
+hidden = [8]
+[models.c]
+arch = "mlp"
+hidden = [8]
+[[stages]]
+name = "teacher"
+train = ["teacher"]
+epochs = {teacher_epochs}
+optimizer = {{ kind = "sgd", lr = 0.1 }}
+losses = [{{ kind = "ce" }}]
+[[stages]]
+name = "a"
+train = ["a"]
+teachers = ["teacher"]
+epochs = 1
+optimizer = {{ kind = "sgd", lr = 0.1 }}
+losses = [{{ kind = "ce" }}, {{ kind = "kd" }}]
+[[stages]]
+name = "b"
+train = ["b"]
+epochs = 2
+optimizer = {{ kind = "sgd", lr = {b_lr} }}
+losses = [{{ kind = "ce" }}]
+{extra}"#
+        )
+    };
+    let c = r#"[[stages]]
+name = "c"
+train = ["c"]
+epochs = 1
+optimizer = { kind = "sgd", lr = 0.1 }
+losses = [{ kind = "ce" }]
+"#;
+    let out = out_dir("changed");
+    let run_text = |t: String, resume: bool| {
+        let cfg = config::parse("changed.toml", &t).unwrap();
+        cfg.check("changed.toml").unwrap();
+        let opts = RunOptions {
+            resume,
+            update: resume,
+            ..RunOptions::new(out.clone())
+        };
+        let (train, test) = run::load_data(&cfg, &opts).unwrap();
+        let mut lines = Vec::new();
+        let s = run::run(gpu, &cfg, &opts, &train, &test, &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+        (s, lines.join("\n"))
+    };
+    let wall = |s: &wgdistill::train::summary::Summary| -> Vec<f64> {
+        s.stages.iter().map(|st| st.wall_seconds).collect()
+    };
+    let (first, _) = run_text(text(1, 0.1, ""), false);
+    let cfg = config::parse("changed.toml", &text(1, 0.05, "")).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..RunOptions::new(out.clone())
+    };
+    let (train, test) = run::load_data(&cfg, &resume).unwrap();
+    let e = run::run(gpu, &cfg, &resume, &train, &test, &mut |_| {}).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("--update keeps its unchanged stages"),
+        "{e}"
+    );
+    // b's learning rate changes and c is added: teacher and a are kept, b and c train.
+    let (second, log) = run_text(text(1, 0.05, c), true);
+    assert!(
+        log.contains("2 of its 3 finished stages unchanged and kept"),
+        "{log}"
+    );
+    let (w1, w2) = (wall(&first), wall(&second));
+    assert_eq!(w2.len(), 4);
+    assert_eq!(w1[..2], w2[..2], "teacher and a kept");
+    assert_ne!(w1[2], w2[2], "b trained again");
+    assert!(log.contains("b epoch 2/2") && log.contains("c epoch 1/1") && !log.contains("a epoch"));
+    // The same configuration again: everything kept, nothing trains.
+    let (third, log) = run_text(text(1, 0.05, c), true);
+    assert_eq!(wall(&third), w2);
+    assert!(!log.contains("epoch"), "{log}");
+    // The teacher changes: it and a (which reads it) train again; b and c are kept.
+    let (fourth, log) = run_text(text(2, 0.05, c), true);
+    let w4 = wall(&fourth);
+    assert!(
+        w4[0] != w2[0] && w4[1] != w2[1] && w4[2..] == w2[2..],
+        "{w4:?} {w2:?}"
+    );
+    assert!(
+        log.contains("teacher epoch 2/2") && log.contains("a epoch 1/1"),
+        "{log}"
+    );
+    // One metrics line per epoch of each stage: 2 + 1 + 2 + 1.
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6, "{metrics}");
+}

@@ -68,6 +68,11 @@ enum Command {
         /// every seed's folder that has progress; the others start).
         #[arg(long)]
         resume: bool,
+        /// Resume a run whose configuration may have changed since it began: keep each finished
+        /// stage whose settings, models, data, seed and inputs are unchanged, train the others
+        /// (a results table's new or changed rows); a folder without a run starts one.
+        #[arg(long, conflicts_with = "resume")]
+        update: bool,
         /// Root of the teacher-output cache that `data.teacher_cache = true` uses (default:
         /// WGDISTILL_CACHE, then $XDG_CACHE_HOME or ~/.cache, under wgdistill/teacher-outputs).
         #[arg(long, value_name = "DIR")]
@@ -350,11 +355,17 @@ pub fn run() -> Result<(), CliError> {
             data,
             seeds,
             resume,
+            update,
             teacher_cache,
             ..
         }) => match (config, out) {
             (Some(config), Some(out)) => {
-                train::train(&query, &config, &out, data, seeds, resume, teacher_cache)
+                let mode = match (resume, update) {
+                    (_, true) => train::Continue::Update,
+                    (true, false) => train::Continue::Resume,
+                    (false, false) => train::Continue::Fresh,
+                };
+                train::train(&query, &config, &out, data, seeds, mode, teacher_cache)
             }
             _ => Err(CliError::Message(
                 "train needs CONFIG and --out DIR (or --print-default-config)".into(),

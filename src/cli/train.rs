@@ -102,6 +102,16 @@ fn execute(
     Ok(())
 }
 
+/// How `train` treats what `--out` holds.
+pub enum Continue {
+    /// A new run.
+    Fresh,
+    /// `--resume`: go on with the same configuration.
+    Resume,
+    /// `--update`: go on with a configuration that may have changed.
+    Update,
+}
+
 /// `wgdistill train`.
 pub fn train(
     query: &AdapterQuery,
@@ -109,13 +119,15 @@ pub fn train(
     out: &Path,
     data: Option<PathBuf>,
     seeds: usize,
-    resume: bool,
+    mode: Continue,
     teacher_cache: Option<PathBuf>,
 ) -> Result<(), CliError> {
     let (what, text) = read_config(config)?;
+    let update = matches!(mode, Continue::Update);
     let opts = RunOptions {
         data_dir: data,
-        resume,
+        resume: !matches!(mode, Continue::Fresh) && (!update || has_run(out)),
+        update,
         progress: true,
         teacher_cache,
         ..RunOptions::new(out)
@@ -468,4 +480,15 @@ pub fn report(
         wgdistill::io::write_atomic(file, json_text.as_bytes())?;
     }
     Ok(())
+}
+
+/// Whether `out` holds a run to go on with: its progress, or with `--seeds` a seed's.
+fn has_run(out: &Path) -> bool {
+    let progress = |dir: &Path| dir.join("progress.json").is_file();
+    progress(out)
+        || std::fs::read_dir(out).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("seed-") && progress(&e.path())
+            })
+        })
 }

@@ -7,7 +7,8 @@
 //!   renamed, so it exists complete or not at all.
 //! - `progress.json`: where the run stands and which state folder holds it, rewritten atomically
 //!   after the folder is in place: the single switch from one epoch to the next. It records the
-//!   configuration's fingerprint, and `--resume` refuses another configuration.
+//!   configuration's fingerprint and each stage's: `--resume` refuses another configuration;
+//!   `--update` keeps the finished stages whose fingerprint is unchanged and trains the others.
 //! - `checkpoints/NAME.safetensors` (and `NAME.heads.safetensors`): the trained models for users,
 //!   copied from the state after the switch; `metrics.jsonl` (one line per model per epoch,
 //!   trimmed on resume to the epochs the progress holds) and `curves.svg`.
@@ -48,29 +49,74 @@ pub struct Progress {
     /// The fingerprint of the configuration the run was started with.
     #[serde(default)]
     pub config: String,
+    /// Its stages' fingerprints ([`Config::stage_fingerprints`]; absent from runs made before
+    /// them, which resume only with the same configuration).
+    #[serde(default)]
+    pub stages: Vec<String>,
 }
 
 impl Progress {
     /// Stages `..stage` done (as `done` says), the next not started.
     pub fn between_stages(config: &Config, stage: usize, done: &[StageSummary]) -> Progress {
+        Progress::after_epoch(config, stage, 0, (vec![], vec![]), done)
+    }
+
+    /// Epoch `epoch` (1-based) of stage `stage` done, with its models' (best, last) test
+    /// accuracies, after the stages `done`.
+    pub fn after_epoch(
+        config: &Config,
+        stage: usize,
+        epoch: usize,
+        (best, accuracy): (Vec<f64>, Vec<f64>),
+        done: &[StageSummary],
+    ) -> Progress {
         Progress {
             stage,
-            epoch: 0,
-            best: vec![],
-            accuracy: vec![],
+            epoch,
+            best,
+            accuracy,
             done: done.to_vec(),
             config: config.fingerprint(),
+            stages: config.stage_fingerprints(),
         }
+    }
+
+    /// Which of `config`'s stages this progress holds finished: with the configuration the run
+    /// started with, those before `stage`; with another, the finished ones whose fingerprint is
+    /// unchanged (the others train again).
+    pub fn finished(&self, config: &Config) -> Vec<bool> {
+        let same = self.config == config.fingerprint();
+        let prints = config.stage_fingerprints();
+        (0..config.stages.len())
+            .map(|i| i < self.done.len() && (same || self.stages.get(i) == Some(&prints[i])))
+            .collect()
+    }
+
+    /// The stage whose completed epochs go on: the one in progress, after at least one epoch,
+    /// when its fingerprint is unchanged.
+    pub fn in_progress(&self, config: &Config) -> Option<usize> {
+        let same = self.config == config.fingerprint()
+            || self.stages.get(self.stage) == config.stage_fingerprints().get(self.stage);
+        (same && self.epoch > 0 && self.stage < config.stages.len()).then_some(self.stage)
     }
 
     /// Checks that this progress belongs to `config` and describes a point inside it; `what`
     /// names the file in errors.
-    fn check(&self, config: &Config, what: &str) -> Result<()> {
+    fn check(&self, config: &Config, changed: bool, what: &str) -> Result<()> {
         if !self.config.is_empty() && self.config != config.fingerprint() {
-            return Err(input_error(
-                what,
-                "the run was started with another configuration (or seed); resume it with the same one, or start afresh in another folder",
-            ));
+            if changed && !self.stages.is_empty() {
+                // Another configuration: its unchanged stages are kept, the others train again.
+                return Ok(());
+            }
+            let message = if changed {
+                "the run was started with another configuration, before runs recorded their \
+                 stages: resume it with the same one, or start afresh in another folder"
+            } else {
+                "the run was started with another configuration (or seed); resume it with the \
+                 same one, update it (--update keeps its unchanged stages and trains the rest), \
+                 or start afresh in another folder"
+            };
+            return Err(input_error(what, message));
         }
         let fault = |m: String| {
             Err(input_error(
@@ -270,15 +316,16 @@ impl RunFolder {
         self.write(path, text.as_bytes())
     }
 
-    /// The progress an interrupted run left, checked against `config`.
-    pub fn read_progress(&self, config: &Config) -> Result<Progress> {
+    /// The progress an interrupted run left, checked against `config`; with `changed`, a
+    /// configuration changed since the run began is taken too (its unchanged stages are kept).
+    pub fn read_progress(&self, config: &Config, changed: bool) -> Result<Progress> {
         let path = self.progress_path();
         let what = path.display().to_string();
         let text = std::fs::read_to_string(&path)
             .map_err(|e| input_error(&what, format!("nothing to resume ({e})")))?;
         let progress: Progress =
             serde_json::from_str(&text).map_err(|e| input_error(&what, e.to_string()))?;
-        progress.check(config, &what)?;
+        progress.check(config, changed, &what)?;
         Ok(progress)
     }
 
@@ -301,6 +348,7 @@ impl RunFolder {
             return Ok(());
         };
         let stage_index = |name: &str| config.stages.iter().position(|s| s.name == name);
+        let (finished, in_progress) = (progress.finished(config), progress.in_progress(config));
         let kept: String = text
             .lines()
             .filter(|line| {
@@ -308,8 +356,8 @@ impl RunFolder {
                 let stage = v["stage"].as_str().and_then(stage_index);
                 let epoch = v["epoch"].as_u64().unwrap_or(u64::MAX) as usize;
                 match stage {
-                    Some(s) if s < progress.stage => true,
-                    Some(s) => s == progress.stage && epoch <= progress.epoch,
+                    Some(s) if finished[s] => true,
+                    Some(s) => in_progress == Some(s) && epoch <= progress.epoch,
                     None => false,
                 }
             })

@@ -986,6 +986,52 @@ impl Config {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Per stage, a fingerprint of everything its results depend on: the data settings and the
+    /// seed, the stage, the models it trains and reads (teachers, `start_from`), and the
+    /// fingerprints of the earlier stages that trained those models or synthesised its
+    /// transfer set. A resumed run whose configuration changed keeps the finished stages whose
+    /// fingerprint did not (a results table's rows, each trained once).
+    pub fn stage_fingerprints(&self) -> Vec<String> {
+        use sha2::Digest;
+        let mut prints: Vec<String> = Vec::with_capacity(self.stages.len());
+        // The stage that last trained each model, so far.
+        let mut trained_by: BTreeMap<&str, usize> = BTreeMap::new();
+        for stage in &self.stages {
+            let read: std::collections::BTreeSet<&str> = stage
+                .train
+                .iter()
+                .chain(&stage.teachers)
+                .chain(&stage.start_from)
+                .map(String::as_str)
+                .collect();
+            let models: BTreeMap<&str, Option<&ModelConfig>> =
+                read.iter().map(|&m| (m, self.models.get(m))).collect();
+            let transfer = stage
+                .transfer
+                .as_ref()
+                .and_then(|t| self.stages.iter().position(|s| &s.name == t));
+            let upstream: Vec<&str> = read
+                .iter()
+                .filter_map(|m| trained_by.get(m))
+                .chain(&transfer)
+                .filter_map(|&s| prints.get(s).map(String::as_str))
+                .collect();
+            let inputs = serde_json::json!({
+                "seed": self.seed,
+                "data": self.data,
+                "stage": stage,
+                "models": models,
+                "upstream": upstream,
+            });
+            let digest = sha2::Sha256::digest(inputs.to_string().as_bytes());
+            prints.push(digest.iter().map(|b| format!("{b:02x}")).collect());
+            for m in &stage.train {
+                trained_by.insert(m, prints.len() - 1);
+            }
+        }
+        prints
+    }
+
     /// How many leading stages are `once`: trained in the first seed only.
     pub fn once_stages(&self) -> usize {
         self.stages.iter().take_while(|s| s.once).count()

@@ -790,14 +790,13 @@ impl StageRun<'_> {
                 state: (key.clone(), dfad.save_state(gpu)?),
                 heads: None,
                 metrics,
-                progress: Progress {
-                    stage: index,
-                    epoch: epoch + 1,
-                    best: vec![best],
-                    accuracy: vec![last],
-                    done: done.to_vec(),
-                    config: config.fingerprint(),
-                },
+                progress: Progress::after_epoch(
+                    config,
+                    index,
+                    epoch + 1,
+                    (vec![best], vec![last]),
+                    done,
+                ),
             };
             folder.commit_epoch(index, epoch + 1, &files)?;
             log(&format!(

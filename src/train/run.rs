@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub fallback_to_synthetic: bool,
     /// Continue an interrupted run in `out` from its last completed epoch.
     pub resume: bool,
+    /// With `resume`, the configuration may have changed since the run began: keep the finished
+    /// stages whose fingerprint is unchanged and train the others (else such a run is refused).
+    pub update: bool,
     /// Stop (as if interrupted) after this many epochs of this stage: (stage index, epochs).
     /// For testing resumption.
     pub stop_after: Option<(usize, usize)>,
@@ -55,6 +58,7 @@ impl RunOptions {
             data_dir: None,
             fallback_to_synthetic: false,
             resume: false,
+            update: false,
             stop_after: None,
             progress: false,
             teacher_cache: None,
@@ -203,7 +207,7 @@ pub fn run(
     let folder = RunFolder::create(&opts.out)?.failing_write(opts.fail_write);
     let _lock = folder.lock()?;
     let resumed = if opts.resume {
-        let progress = folder.read_progress(config)?;
+        let progress = folder.read_progress(config, opts.update)?;
         folder.trim_metrics(config, &progress)?;
         Some(progress)
     } else {
@@ -236,9 +240,24 @@ pub fn run(
     let mut stages: Vec<StageSummary> = Vec::new();
     // The transfer sets synthesised so far, by stage name.
     let mut synthesised: BTreeMap<String, Dataset> = BTreeMap::new();
+    let finished = resumed.as_ref().map(|p| p.finished(config));
+    let in_progress = resumed.as_ref().and_then(|p| p.in_progress(config));
+    if let Some(p) = resumed
+        .as_ref()
+        .filter(|p| p.config != config.fingerprint())
+    {
+        let kept = finished.iter().flatten().filter(|&&f| f).count();
+        log(&format!(
+            "the configuration changed since the run began: {kept} of its {} finished stages \
+             unchanged and kept; the others train",
+            p.done.len()
+        ));
+    }
     for (index, stage) in config.stages.iter().enumerate() {
-        let resuming = resumed.as_ref().filter(|p| p.stage >= index);
-        if let Some(p) = resuming.filter(|p| p.stage > index) {
+        let done_before = resumed
+            .as_ref()
+            .filter(|_| finished.as_ref().is_some_and(|f| f[index]));
+        if let Some(p) = done_before {
             // Completed before the interruption: its models are in their checkpoints, its
             // synthesised set in its file.
             for name in &stage.train {
@@ -273,7 +292,7 @@ pub fn run(
             shapes: &stage_shapes,
         };
         // A stage whose first epoch had not finished starts afresh.
-        let resume = resuming.filter(|p| p.epoch > 0);
+        let resume = resumed.as_ref().filter(|_| in_progress == Some(index));
         let summary = match stage.kind {
             StageKind::Train => {
                 run.train(index, resume, &mut models, &stages, stage_train, test, log)?
@@ -425,14 +444,13 @@ impl StageRun<'_> {
                 state: (plan.key(), plan.step.save_state(gpu)?),
                 heads: plan.heads.as_ref().map(|h| h.to_host(gpu)).transpose()?,
                 metrics,
-                progress: Progress {
-                    stage: index,
-                    epoch: epoch + 1,
-                    best: plan.best.clone(),
-                    accuracy: plan.accuracy.clone(),
-                    done: done.to_vec(),
-                    config: config.fingerprint(),
-                },
+                progress: Progress::after_epoch(
+                    config,
+                    index,
+                    epoch + 1,
+                    (plan.best.clone(), plan.accuracy.clone()),
+                    done,
+                ),
             };
             self.folder.commit_epoch(index, epoch + 1, &files)?;
             let accs: Vec<String> = plan.accuracy.iter().map(|a| format!("{a:.4}")).collect();

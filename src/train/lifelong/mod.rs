@@ -602,14 +602,13 @@ impl StageRun<'_> {
                 state: (name.to_string(), carried.to_tensors()),
                 heads: None,
                 metrics: lines,
-                progress: Progress {
-                    stage: index,
-                    epoch: epoch_done,
-                    best: vec![best],
-                    accuracy: vec![last_accuracy],
-                    done: done.to_vec(),
-                    config: config.fingerprint(),
-                },
+                progress: Progress::after_epoch(
+                    config,
+                    index,
+                    epoch_done,
+                    (vec![best], vec![last_accuracy]),
+                    done,
+                ),
             };
             folder.commit_epoch(index, epoch_done, &files)?;
             if t > 0 {
