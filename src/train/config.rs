@@ -405,7 +405,8 @@ pub struct StageConfig {
     /// (`ce`, `dkd`: their mean runs over each batch's labelled rows), while the terms that need
     /// no labels (KD, feature and relation terms) see every image: Hinton et al.'s setting of a
     /// small labelled set beside a large unlabelled transfer set. The labelled images are a
-    /// class-balanced subset, the same in every seed ([`crate::data::labelled_subset`]).
+    /// class-balanced subset, the same in every seed ([`crate::data::labelled_subset`]); a stage
+    /// of label terms alone trains on them only ([`super::stage::training_pool`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labelled: Option<usize>,
 }

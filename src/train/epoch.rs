@@ -43,7 +43,14 @@ pub fn train_epoch(
     let start = Instant::now();
     schedule(gpu, plan, epoch as f32, lr);
     let batch = config.data.batch_size;
-    let order = data::epoch_order(train.len(), config.seed ^ index as u64, epoch as u64);
+    let mut order = data::epoch_order(
+        plan.pool.as_ref().map_or(train.len(), Vec::len),
+        config.seed ^ index as u64,
+        epoch as u64,
+    );
+    if let Some(pool) = &plan.pool {
+        order.iter_mut().for_each(|i| *i = pool[*i]);
+    }
     let batches = order.len().div_ceil(batch);
     // A term ramping smoothly within this epoch has its weight written before every step.
     let ramping = stage.losses.iter().any(|l| l.ramps_during(epoch));

@@ -283,7 +283,9 @@ pub fn run(
             })?,
             None => train,
         };
-        let stage_shapes = Shapes::of(config, stage_train);
+        let samples = super::stage::training_pool(stage, stage_train)?
+            .map_or(stage_train.len(), |pool| pool.len());
+        let stage_shapes = Shapes::of_epoch(config, stage_train, samples);
         let run = StageRun {
             gpu,
             config,
@@ -428,7 +430,7 @@ impl StageRun<'_> {
                 ));
                 let mut line = serde_json::json!({
                     "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_loss_mean": stats.mean_loss,
-                    "test_accuracy": plan.accuracy[k], "seconds": stats.seconds, "samples_per_second": stats.samples as f64 / stats.seconds,
+                    "test_accuracy": plan.accuracy[k], "seconds": stats.seconds, "samples": stats.samples, "samples_per_second": stats.samples as f64 / stats.seconds,
                 });
                 if let Some(s) = sparsity {
                     line["sparsity"] = s.into();

@@ -37,10 +37,15 @@ pub struct Shapes {
 impl Shapes {
     /// The shapes of `config` on `train`.
     pub fn of(config: &Config, train: &Dataset) -> Shapes {
+        Shapes::of_epoch(config, train, train.len())
+    }
+
+    /// The shapes of `config` on epochs of `samples` of `train`'s images.
+    pub fn of_epoch(config: &Config, train: &Dataset, samples: usize) -> Shapes {
         let batch = config.data.batch_size;
         Shapes {
             batch,
-            tail: train.len() % batch,
+            tail: samples % batch,
             image: train.shape,
             classes: train.classes,
         }
@@ -173,6 +178,8 @@ pub struct StagePlan<'a> {
     /// With `labelled`, the labels the stage sees, per training image: its own where it keeps
     /// it, −1 (unlabelled) elsewhere; the batches take them in place of the data set's.
     pub known_labels: Option<Vec<i32>>,
+    /// The images the epochs go over, when not the whole set ([`training_pool`]).
+    pub pool: Option<Vec<usize>>,
     /// The first epoch to train (after a resumed run's completed ones).
     pub start_epoch: usize,
     /// Each model's best test accuracy so far.
@@ -360,17 +367,9 @@ impl<'a> StagePlan<'a> {
             .zip(&weights)
             .map(|(g, w)| EvalStep::compile(gpu, g, w))
             .collect::<Result<_>>()?;
-        let labelled = match stage.labelled {
-            Some(n) if n > train.len() => {
-                return Err(input_error(
-                    format!("stage '{}': labelled", stage.name),
-                    format!("{n} is more than the {} training images", train.len()),
-                ));
-            }
-            Some(n) => Some(data::labelled_subset(&train.labels, n)),
-            None => None,
-        };
-        let known_labels = labelled.map(|keep| hide_labels(&train.labels, &keep));
+        let known_labels =
+            labelled_images(stage, train)?.map(|keep| hide_labels(&train.labels, &keep));
+        let pool = training_pool(stage, train)?;
         let samplers = step
             .sample_rows()
             .map(|(term, rows, _)| {
@@ -392,6 +391,7 @@ impl<'a> StagePlan<'a> {
             samplers,
             cached,
             known_labels,
+            pool,
             start_epoch,
             best,
             accuracy,
@@ -511,6 +511,38 @@ fn replay(outputs: &TeacherOutputs, b: usize) -> Result<Graph> {
         .map(|((n, _), s)| (n.as_str(), s.as_slice()))
         .collect();
     Graph::replay(&taps)
+}
+
+/// With `labelled`, which of `train`'s images keep their label (refused beyond its size).
+fn labelled_images(stage: &StageConfig, train: &Dataset) -> Result<Option<Vec<bool>>> {
+    match stage.labelled {
+        Some(n) if n > train.len() => Err(input_error(
+            format!("stage '{}': labelled", stage.name),
+            format!("{n} is more than the {} training images", train.len()),
+        )),
+        Some(n) => Ok(Some(data::labelled_subset(&train.labels, n))),
+        None => Ok(None),
+    }
+}
+
+/// The images a stage's epochs go over, when not all of `train`: with `labelled`, a stage whose
+/// every term needs labels (`ce`, `dkd`) learns nothing from an unlabelled image, so it trains on
+/// the labelled ones alone (the baseline of the small-labelled-set setting).
+pub fn training_pool(stage: &StageConfig, train: &Dataset) -> Result<Option<Vec<usize>>> {
+    let label_terms_only = stage
+        .losses
+        .iter()
+        .all(|term| term.loss().is_ok_and(|l| l.def().needs_labels()));
+    let keep = labelled_images(stage, train)?.filter(|_| label_terms_only);
+    let pool: Option<Vec<usize>> = keep.map(|keep| (0..keep.len()).filter(|&i| keep[i]).collect());
+    if pool.as_ref().is_some_and(|p| p.len() < 2) {
+        return Err(input_error(
+            format!("stage '{}': labelled", stage.name),
+            "a stage of label terms alone trains on its labelled images only, and needs at least \
+             2 of them (a batch)",
+        ));
+    }
+    Ok(pool)
 }
 
 /// `labels` with those of the images that do not keep theirs (`keep[i]` false) hidden: −1.
