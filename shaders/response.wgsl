@@ -59,28 +59,46 @@ fn kl_term(log_p: f32, log_q: f32) -> f32 {
     return select(0.0, p * (log_p - log_q), p > 0.0);
 }
 
+// ---- labelled rows ------------------------------------------------------------------------
+// A negative label marks an unlabelled row (PyTorch's ignore_index): ce and dkd give it no loss
+// and no gradient and take their mean over the batch's labelled rows. Every workgroup counts
+// them (each lane a stride of the labels, then a tree in workgroup memory) and each row scales
+// its loss and gradient by rows / labelled, so the launcher's 1/rows mean becomes 1/labelled;
+// with every row labelled the factor is exactly 1.
+var<workgroup> labelled_part: array<u32, WG>;
+
+// The sum over the workgroup of each lane's `count`; every lane calls it (it has barriers).
+fn workgroup_count(lid: u32, count: u32) -> u32 {
+    labelled_part[lid] = count;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half = half / 2u) {
+        if (lid < half) {
+            labelled_part[lid] = labelled_part[lid] + labelled_part[lid + half];
+        }
+        workgroupBarrier();
+    }
+    return labelled_part[0];
+}
+
+// rows / (labelled rows) for a labelled row, 0 for an unlabelled one or a batch without labels.
+fn labelled_share(label: i32, labelled: u32) -> f32 {
+    return select(0.0, f32(params.rows) / f32(max(labelled, 1u)), label >= 0);
+}
+
 // ---- ce: −log_softmax(s)[y]; gradient softmax(s) − onehot(y) -------------------------------
-// A negative label marks an unlabelled row (PyTorch's ignore_index): no loss and no gradient,
-// and the mean runs over the batch's labelled rows. Each row counts them (a batch is a few
-// hundred labels) and scales its loss and gradient by rows / labelled, so the launcher's 1/rows
-// mean becomes 1/labelled; with every row labelled the factor is exactly 1.
 @group(0) @binding(1) var<storage, read> ce_student: array<f32>;
 @group(0) @binding(2) var<storage, read> ce_labels: array<i32>;
 @group(0) @binding(3) var<storage, read_write> ce_grad: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ce_row_loss: array<f32>;
 
-// rows / (labelled rows), 0 for an unlabelled row or a batch without labels.
-fn ce_share(label: i32) -> f32 {
-    var labelled = 0u;
-    for (var r = 0u; r < params.rows; r = r + 1u) {
-        labelled = labelled + select(0u, 1u, ce_labels[r] >= 0);
-    }
-    return select(0.0, f32(params.rows) / f32(max(labelled, 1u)), label >= 0);
-}
-
 @compute @workgroup_size(64)
 fn ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
       @builtin(local_invocation_index) lid: u32) {
+    var mine = 0u;
+    for (var k = lid; k < params.rows; k = k + WG) {
+        mine = mine + select(0u, 1u, ce_labels[k] >= 0);
+    }
+    let labelled = workgroup_count(lid, mine);
     let r = row_index(wid, nwg, lid);
     if (r >= params.rows) {
         return;
@@ -92,7 +110,7 @@ fn ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
     // bounds, and poisons the loss rather than giving a plausible wrong answer.
     let valid = label < 0 || u32(label) < cols;
     let y = select(0u, u32(label), label >= 0 && valid);
-    let share = ce_share(label);
+    let share = labelled_share(label, labelled);
     var st = lse_empty();
     for (var c = 0u; c < cols; c = c + 1u) {
         st = lse_push(st, ce_student[base + c]);
@@ -191,26 +209,21 @@ fn js(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
 }
 
 // ---- dkd: alpha·TCKD + beta·NCKD (decoupled KD) ---------------------------------------------
-// It splits each row at its label, so unlabelled rows (negative labels) are left out as in ce:
-// the mean runs over the labelled rows.
+// It splits each row at its label, so unlabelled rows (negative labels) are left out as in ce.
 @group(0) @binding(1) var<storage, read> dkd_student: array<f32>;
 @group(0) @binding(2) var<storage, read> dkd_teacher: array<f32>;
 @group(0) @binding(3) var<storage, read> dkd_labels: array<i32>;
 @group(0) @binding(4) var<storage, read_write> dkd_grad: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dkd_row_loss: array<f32>;
 
-// ce_share's rule for dkd's labels.
-fn dkd_share(label: i32) -> f32 {
-    var labelled = 0u;
-    for (var r = 0u; r < params.rows; r = r + 1u) {
-        labelled = labelled + select(0u, 1u, dkd_labels[r] >= 0);
-    }
-    return select(0.0, f32(params.rows) / f32(max(labelled, 1u)), label >= 0);
-}
-
 @compute @workgroup_size(64)
 fn dkd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
+    var mine = 0u;
+    for (var k = lid; k < params.rows; k = k + WG) {
+        mine = mine + select(0u, 1u, dkd_labels[k] >= 0);
+    }
+    let labelled = workgroup_count(lid, mine);
     let r = row_index(wid, nwg, lid);
     if (r >= params.rows) {
         return;
@@ -220,7 +233,7 @@ fn dkd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let label = dkd_labels[r];
     let valid = label < 0 || u32(label) < cols;
     let y = select(0u, u32(label), label >= 0 && valid);
-    let share = dkd_share(label);
+    let share = labelled_share(label, labelled);
     let inv_t = 1.0 / params.temperature;
     // Non-target log-sum-exp states; the full and masked states add the target back.
     var nts = lse_empty();

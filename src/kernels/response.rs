@@ -254,9 +254,13 @@ fn rows(
 ) -> Result<LossPlan> {
     let rows = params.rows as usize;
     // A few passes over each row's columns (at most four); the kernels that read labels also
-    // count the batch's labelled rows.
+    // count the batch's labelled rows (a stride of them per lane, then a six-level tree).
     let counting = inputs.iter().any(|t| t.dtype() == DType::I32);
-    let label_trips = if counting { u64::from(params.rows) } else { 0 };
+    let label_trips = if counting {
+        u64::from(params.rows.div_ceil(64)) + 6
+    } else {
+        0
+    };
     gpu.check_loops(spec, 4 * u64::from(params.cols) + label_trips)?;
     let grad = gpu.empty(student.shape(), DType::F32)?;
     let row_loss = gpu.empty(&[rows], DType::F32)?;
@@ -495,10 +499,14 @@ fn cases(suite: Suite, which: Which) -> Vec<LossCase> {
             ),
         }
     }
-    // Unlabelled rows (negative labels): every third one, then all of them (loss 0, no gradient).
+    // Unlabelled rows (negative labels): every third one, in one workgroup and over three (each
+    // counts the batch's labelled rows), then all of them (loss 0, no gradient).
     if matches!(which, Which::Ce | Which::Dkd) && suite == Suite::Check {
-        for (name, every) in [("[33, 10] a third unlabelled", 3), ("[7, 5] unlabelled", 1)] {
-            let (b, c) = if every == 1 { (7, 5) } else { (33, 10) };
+        for (name, b, c, every) in [
+            ("[33, 10] a third unlabelled", 33, 10, 3),
+            ("[129, 7] a third unlabelled", 129, 7, 3),
+            ("[7, 5] unlabelled", 7, 5, 1),
+        ] {
             let mut inputs = logits_case(b, c, which);
             if let Some(HostData::I32(y)) = inputs.last_mut().map(|t| &mut t.data) {
                 y.iter_mut().step_by(every).for_each(|y| *y = -1);
