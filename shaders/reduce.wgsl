@@ -76,3 +76,41 @@ fn sum_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         output[w] = partial[0] * params.scale;
     }
 }
+
+// Few outputs along a long axis (a bias gradient over a large batch): a workgroup per output,
+// its lanes striding the axis, then a tree in workgroup memory, so that a GPU runs every lane on
+// len / 256 values instead of a few lanes walking the whole axis. The strides and the tree are
+// fixed: the same order, and the same sum, every run.
+var<workgroup> wide_part: array<f32, WG>;
+
+@compute @workgroup_size(256)
+fn reduce_axis_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    // The same for the whole workgroup.
+    let o = wid.x + wid.y * nwg.x;
+    let inner = axis_params.inner;
+    let outputs = axis_params.outer * inner;
+    let max_op = axis_params.op == 2u;
+    var acc = select(0.0, -3.402823e38, max_op);
+    if (o < outputs) {
+        let base = (o / inner) * axis_params.len * inner + o % inner;
+        for (var i = lid; i < axis_params.len; i = i + WG) {
+            let v = axis_in[base + i * inner];
+            acc = select(acc + v, max(acc, v), max_op);
+        }
+    }
+    wide_part[lid] = acc;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half = half / 2u) {
+        if (lid < half) {
+            let a = wide_part[lid];
+            let b = wide_part[lid + half];
+            wide_part[lid] = select(a + b, max(a, b), max_op);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u && o < outputs) {
+        let total = wide_part[0];
+        axis_out[o] = select(total, total / f32(axis_params.len), axis_params.op == 1u);
+    }
+}

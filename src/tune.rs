@@ -44,7 +44,7 @@ impl Family {
     pub fn candidates(self, gpu: &Gpu) -> Vec<Variant> {
         let mut v = vec![Variant::RegisterBlocked];
         if self == Family::Matmul {
-            v.push(Variant::WorkgroupTiled);
+            v.extend([Variant::WorkgroupTiled, Variant::WorkgroupTiled128]);
         }
         if gpu.caps().subgroup_matmul() {
             v.push(Variant::Subgroup);

@@ -15,9 +15,14 @@ use crate::error::{Result, input_error};
 pub enum Variant {
     /// Barrier-free, a large block per invocation in registers (`matmul_rb`, the direct convs).
     RegisterBlocked,
-    /// Tiles staged in workgroup memory (`matmul_tiled`); convolutions have no such kernel and
-    /// run their direct ones.
+    /// Tiles staged in workgroup memory, 64×64 (`matmul_tiled`); convolutions have no such
+    /// kernel and run their direct ones.
     WorkgroupTiled,
+    /// The same with 128×128 double-buffered tiles (`matmul_tiled128`) for products of enough
+    /// of them, 64×64 below: faster where registers and workgroup memory allow (on an H200
+    /// through Vulkan, 4× slower than 64×64 at 4096³: timed, never assumed).
+    #[serde(rename = "workgroup_tiled_128")]
+    WorkgroupTiled128,
     /// The `*_subgroup.wgsl` kernels, where a launch's alignment allows, else register-blocked.
     Subgroup,
 }
@@ -26,7 +31,7 @@ impl Variant {
     /// The kernel style the family's launchers block by.
     pub fn style(self) -> KernelStyle {
         match self {
-            Variant::WorkgroupTiled => KernelStyle::WorkgroupTiled,
+            Variant::WorkgroupTiled | Variant::WorkgroupTiled128 => KernelStyle::WorkgroupTiled,
             Variant::RegisterBlocked | Variant::Subgroup => KernelStyle::RegisterBlocked,
         }
     }
@@ -35,7 +40,18 @@ impl Variant {
     pub fn subgroups(self) -> Option<bool> {
         match self {
             Variant::Subgroup => None,
-            Variant::RegisterBlocked | Variant::WorkgroupTiled => Some(false),
+            Variant::RegisterBlocked | Variant::WorkgroupTiled | Variant::WorkgroupTiled128 => {
+                Some(false)
+            }
+        }
+    }
+
+    /// Whether the workgroup-tiled matmul takes its 128×128 tiles: never for
+    /// [`Variant::WorkgroupTiled`], by the product's size for [`Variant::WorkgroupTiled128`].
+    pub fn large_tiles(self) -> Option<bool> {
+        match self {
+            Variant::WorkgroupTiled => Some(false),
+            _ => None,
         }
     }
 
@@ -44,6 +60,7 @@ impl Variant {
         match self {
             Variant::RegisterBlocked => "register_blocked",
             Variant::WorkgroupTiled => "workgroup_tiled",
+            Variant::WorkgroupTiled128 => "workgroup_tiled_128",
             Variant::Subgroup => "subgroup",
         }
     }

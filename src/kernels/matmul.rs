@@ -124,7 +124,8 @@ pub struct MatmulOptions {
     /// do not apply; `Some(false)` never uses them.
     pub subgroups: Option<bool>,
     /// Override the workgroup-tiled style's tile size: `Some(true)` the 128×128 tiles,
-    /// `Some(false)` the 64×64 ones; `None` decides by [`LARGE_TILE_MIN_WORKGROUPS`].
+    /// `Some(false)` the 64×64 ones; `None` takes the adapter's variant (64×64 for
+    /// `workgroup_tiled`), else decides by [`LARGE_TILE_MIN_WORKGROUPS`].
     pub large_tiles: Option<bool>,
 }
 
@@ -203,8 +204,13 @@ pub fn matmul_into(
     let subgroup = subgroup_kernel(options.trans_a, options.trans_b, m, n, k);
     let blocker = subgroup.err().map(|why| format!("{m}×{k}·{k}×{n}: {why}"));
     let use_subgroups = super::use_subgroup_variant(gpu, "matmul", requested, style, blocker)?;
+    let tuned_tiles = options
+        .style
+        .is_none()
+        .then(|| chosen.large_tiles())
+        .flatten();
     let large = style == KernelStyle::WorkgroupTiled
-        && options.large_tiles.unwrap_or_else(|| {
+        && options.large_tiles.or(tuned_tiles).unwrap_or_else(|| {
             m.div_ceil(LARGE_BLOCK.0) * n.div_ceil(LARGE_BLOCK.1) >= LARGE_TILE_MIN_WORKGROUPS
         });
     let (spec, (block_rows, block_cols), constants): (_, _, &[(&str, f64)]) = match subgroup {

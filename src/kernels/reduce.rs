@@ -25,8 +25,15 @@ pub const REDUCE_AXIS: KernelSpec = KernelSpec::new::<AxisParams>(
     &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
 );
 
-/// Both kernels.
-pub const KERNELS: &[KernelSpec] = &[SUM_CHUNKS, REDUCE_AXIS];
+/// The same with a workgroup per output, for few outputs along a long axis on a GPU.
+pub const REDUCE_AXIS_WIDE: KernelSpec = KernelSpec::new::<AxisParams>(
+    "reduce",
+    "reduce_axis_wide",
+    &[Binding::Uniform, Binding::ReadOnly, Binding::Output],
+);
+
+/// The family's kernels.
+pub const KERNELS: &[KernelSpec] = &[SUM_CHUNKS, REDUCE_AXIS, REDUCE_AXIS_WIDE];
 
 /// What an axis reduction computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +56,25 @@ struct AxisParams {
 }
 
 /// Prepares the reduction of `input` over `axis` into a new tensor without that axis (a bias
-/// gradient is `reduce_axis(dy, 0, Sum)`). Deterministic: each output is reduced in order.
+/// gradient is `reduce_axis(dy, 0, Sum)`). Deterministic: each output is reduced in a fixed
+/// order (along the axis; on a GPU, few outputs along a long axis by fixed strides and a tree).
 pub fn reduce_axis(
     gpu: &Gpu,
     input: &Tensor,
     axis: usize,
     op: AxisOp,
+) -> Result<(Dispatch, Tensor)> {
+    reduce_axis_with(gpu, input, axis, op, None)
+}
+
+/// [`reduce_axis`], with `wide` forcing (`Some(true)`) or refusing the workgroup-per-output
+/// kernel instead of choosing by the adapter and the shape (tests run both).
+pub fn reduce_axis_with(
+    gpu: &Gpu,
+    input: &Tensor,
+    axis: usize,
+    op: AxisOp,
+    wide: Option<bool>,
 ) -> Result<(Dispatch, Tensor)> {
     let shape = input.shape();
     if axis >= shape.len() || shape[axis] == 0 {
@@ -72,8 +92,6 @@ pub fn reduce_axis(
         .filter(|(i, _)| *i != axis)
         .map(|(_, d)| *d)
         .collect();
-    // One invocation per output walks the whole axis.
-    gpu.check_loops(&REDUCE_AXIS, shape[axis] as u64)?;
     let out = gpu.empty(&out_shape, DType::F32)?;
     let params = AxisParams {
         outer: outer as u32,
@@ -85,7 +103,23 @@ pub fn reduce_axis(
             AxisOp::Max => 2,
         },
     };
-    let d = gpu.dispatch_over(&REDUCE_AXIS, &params, &[input, &out], outer * inner)?;
+    // Few outputs on a long axis leave most of a GPU idle with a lane per output: there a
+    // workgroup per output (a CPU-like driver runs its lanes in turn anyway, and pays for the
+    // barriers).
+    let outputs = outer * inner;
+    let wide = wide.unwrap_or(
+        gpu.caps().kernel_style == crate::gpu::KernelStyle::WorkgroupTiled
+            && outputs < 16384
+            && shape[axis] >= 256,
+    );
+    let d = if wide {
+        gpu.check_loops(&REDUCE_AXIS_WIDE, shape[axis].div_ceil(256) as u64 + 8)?;
+        gpu.dispatch(&REDUCE_AXIS_WIDE, &params, &[input, &out], outputs as u64)?
+    } else {
+        // One invocation per output walks the whole axis.
+        gpu.check_loops(&REDUCE_AXIS, shape[axis] as u64)?;
+        gpu.dispatch_over(&REDUCE_AXIS, &params, &[input, &out], outputs)?
+    };
     Ok((d, out))
 }
 
@@ -151,10 +185,14 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
         )];
     }
     let mut cases = Vec::new();
-    for (shape, axis) in [
-        (vec![7usize, 33, 5], 1usize),
-        (vec![129, 3], 0),
-        (vec![2, 1000], 1),
+    // The lane-per-output kernel, then the workgroup-per-output one (an axis shorter than, and
+    // several times, its 256 lanes).
+    for (shape, axis, wide) in [
+        (vec![7usize, 33, 5], 1usize, false),
+        (vec![129, 3], 0, false),
+        (vec![2, 1000], 1, false),
+        (vec![2, 1000, 3], 1, true),
+        (vec![129, 3], 0, true),
     ] {
         for (op, name) in [
             (AxisOp::Sum, "sum"),
@@ -163,14 +201,19 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
         ] {
             let n: usize = shape.iter().product();
             let s = shape.clone();
+            let kernel = if wide {
+                "reduce_axis_wide"
+            } else {
+                "reduce_axis"
+            };
             cases.push(
                 Case::new(
-                    format!("reduce_axis ({name})"),
+                    format!("{kernel} ({name})"),
                     format!("{shape:?} axis {axis}"),
                     Work::Bytes(4.0 * n as f64),
                     move |gpu| {
                         let x = sample_tensor(gpu, &s, 20)?;
-                        let (d, out) = reduce_axis(gpu, &x, axis, op)?;
+                        let (d, out) = reduce_axis_with(gpu, &x, axis, op, Some(wide))?;
                         Ok(Prepared::new(vec![d], vec![out]))
                     },
                 )
