@@ -45,13 +45,13 @@ pub fn run(
     let mut gpu = Gpu::new(query)?;
     println!("adapter: {}", gpu.caps().label());
     println!(
-        "{:<8} {:<18} {:<44} {:>11}",
+        "{:<8} {:<19} {:<44} {:>11}",
         "family", "variant", "case", "ms"
     );
     let target = if quick { 0.05 } else { 0.3 };
     let entry = wgdistill::tune::tune(&mut gpu, &families, target, &mut |t| {
         println!(
-            "{:<8} {:<18} {:<44} {:>11.3}",
+            "{:<8} {:<19} {:<44} {:>11.3}",
             t.family,
             t.variant.name(),
             t.case,
