@@ -12,10 +12,13 @@ use crate::reference::batchnorm as cpu;
 
 use Binding::{Output as W, ReadOnly as R, ReadWrite as RW, Uniform as U};
 
+/// Consecutive values per lane of the per-value kernels: `RUN` in `shaders/batchnorm.wgsl`.
+const VALUES_PER_LANE: usize = 4;
+
 /// The lanes of the per-value kernels (normalising, their backward passes): each takes
-/// `RUN` = 4 consecutive values, finding their channels with one division.
+/// [`VALUES_PER_LANE`] consecutive values, finding their channels with one division.
 fn per_value_lanes(x: &Tensor) -> usize {
-    x.numel().div_ceil(4)
+    x.numel().div_ceil(VALUES_PER_LANE)
 }
 
 /// Per chunk of a channel: its mean and sum of squared deviations.

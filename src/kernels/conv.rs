@@ -112,7 +112,9 @@ impl Conv2d {
 /// ([`super::QUOT_LIMIT`]) or a grid dimension; the general kernels take those.
 fn depthwise_grid(gpu: &Gpu, p: &Params, conv: &Conv2d, rows: u32, cols: u32) -> Option<[u32; 3]> {
     let max = gpu.caps().limits.max_compute_workgroups_per_dimension;
-    let lanes = u64::from(p.cout) * u64::from(rows) * u64::from(cols.div_ceil(4));
+    // SEG outputs per lane and 64 lanes per workgroup, as `shaders/conv.wgsl` has them.
+    const SEG: u32 = 4;
+    let lanes = u64::from(p.cout) * u64::from(rows) * u64::from(cols.div_ceil(SEG));
     let blocks = lanes.div_ceil(64);
     let fits = conv.is_depthwise(p.cin as usize, p.cout as usize)
         && lanes + 64 < super::QUOT_LIMIT as u64

@@ -85,19 +85,29 @@ impl Progress {
     /// started with, those before `stage`; with another, the finished ones whose fingerprint is
     /// unchanged (the others train again).
     pub fn finished(&self, config: &Config) -> Vec<bool> {
-        let same = self.config == config.fingerprint();
-        let prints = config.stage_fingerprints();
+        let unchanged = self.unchanged_stages(config);
         (0..config.stages.len())
-            .map(|i| i < self.done.len() && (same || self.stages.get(i) == Some(&prints[i])))
+            .map(|i| i < self.done.len() && unchanged[i])
             .collect()
     }
 
     /// The stage whose completed epochs go on: the one in progress, after at least one epoch,
     /// when its fingerprint is unchanged.
     pub fn in_progress(&self, config: &Config) -> Option<usize> {
-        let same = self.config == config.fingerprint()
-            || self.stages.get(self.stage) == config.stage_fingerprints().get(self.stage);
-        (same && self.epoch > 0 && self.stage < config.stages.len()).then_some(self.stage)
+        let unchanged = self.unchanged_stages(config);
+        (self.epoch > 0 && unchanged.get(self.stage) == Some(&true)).then_some(self.stage)
+    }
+
+    /// Per stage of `config`: whether this progress recorded it as it is now (every stage, with
+    /// the configuration the run started with).
+    fn unchanged_stages(&self, config: &Config) -> Vec<bool> {
+        if self.config == config.fingerprint() {
+            return vec![true; config.stages.len()];
+        }
+        let prints = config.stage_fingerprints();
+        (0..prints.len())
+            .map(|i| self.stages.get(i) == Some(&prints[i]))
+            .collect()
     }
 
     /// Checks that this progress belongs to `config` and describes a point inside it; `what`
