@@ -69,6 +69,13 @@ fn every_config_error_names_its_key() {
         (
             with(
                 "name = \"student-kd\"",
+                "name = \"student-kd\"\ntest_every = 0",
+            ),
+            &["stages[2].test_every", "at least 1"],
+        ),
+        (
+            with(
+                "name = \"student-kd\"",
                 "name = \"student-kd\"\nlabelled = -5",
             ),
             &["labelled", "run.toml:"],

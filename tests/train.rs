@@ -349,6 +349,52 @@ fn run_small(name: &str, text: &str) -> wgdistill::train::summary::Summary {
     run::run(gpu, &cfg, &opts, &train, &test, &mut |_| {}).unwrap()
 }
 
+/// `test_every = N` measures test accuracy every N epochs and after the last: the epochs between
+/// have no `test_accuracy` in `metrics.jsonl`, and the summary holds the last epoch's.
+#[test]
+fn test_every_skips_the_epochs_between() {
+    if gpu().is_none() {
+        return;
+    }
+    let text = r#"
+seed = 3
+[data]
+dataset = "synthetic"
+batch_size = 32
+train_limit = 64
+test_limit = 32
+[models.m]
+arch = "mlp"
+hidden = [8]
+[[stages]]
+name = "sparse"
+train = ["m"]
+epochs = 5
+test_every = 2
+optimizer = { kind = "sgd", lr = 0.1 }
+losses = [{ kind = "ce" }]
+"#;
+    let s = run_small("test-every", text);
+    let metrics =
+        std::fs::read_to_string(out_dir_kept("test-every").join("metrics.jsonl")).unwrap();
+    let measured: Vec<(u64, bool)> = metrics
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["epoch"].as_u64().unwrap(), v["test_accuracy"].is_f64())
+        })
+        .collect();
+    assert_eq!(
+        measured,
+        [(1, false), (2, true), (3, false), (4, true), (5, true)]
+    );
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        s.stages[0].models[0].test_accuracy,
+        last["test_accuracy"].as_f64().unwrap()
+    );
+}
+
 #[test]
 fn a_teacher_assistant_chain_runs_as_successive_stages() {
     if gpu().is_none() {

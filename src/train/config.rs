@@ -409,6 +409,12 @@ pub struct StageConfig {
     /// of label terms alone trains on them only ([`super::stage::training_pool`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labelled: Option<usize>,
+    /// Measures test accuracy every this many epochs and after the last (default 1): a stage of
+    /// many short epochs, such as one on a small labelled subset, would otherwise spend most of
+    /// its time on the test set. The epochs between leave `test_accuracy` out of
+    /// `metrics.jsonl`, and the best accuracy is over the epochs measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_every: Option<usize>,
 }
 
 impl StageConfig {
@@ -1204,6 +1210,9 @@ impl StageConfig {
         }
         if self.labelled == Some(0) {
             return Err(("labelled".into(), "must be at least 1".into()));
+        }
+        if self.test_every == Some(0) {
+            return Err(("test_every".into(), "must be at least 1 (epochs)".into()));
         }
         if data_free::check_kind(self, config, graphs, earlier)? {
             return self.check_teachers_ready(available);

@@ -18,14 +18,15 @@ fn read(metrics: &Path) -> Series {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
     {
-        let (Some(stage), Some(model), Some(epoch), Some(acc)) = (
+        let (Some(stage), Some(model), Some(epoch)) = (
             v["stage"].as_str(),
             v["model"].as_str(),
             v["epoch"].as_f64(),
-            v["test_accuracy"].as_f64(),
         ) else {
             continue;
         };
+        // Absent in the epochs a stage's `test_every` skips.
+        let acc = v["test_accuracy"].as_f64().unwrap_or(f64::NAN);
         // The epoch's mean of sampled losses where the run wrote it, else its last step's.
         let loss = v["train_loss_mean"]
             .as_f64()

@@ -420,9 +420,13 @@ impl StageRun<'_> {
             let steps = plan.step.steps_taken(gpu)?;
             let mut exports = Vec::new();
             let mut metrics = Vec::new();
+            let tested =
+                (epoch + 1) % stage.test_every.unwrap_or(1) == 0 || epoch + 1 == stage.epochs;
             for k in 0..stage.train.len() {
-                plan.accuracy[k] = accuracy(gpu, &plan.evals[k], &plan.graphs[k], test)?;
-                plan.best[k] = plan.best[k].max(plan.accuracy[k]);
+                if tested {
+                    plan.accuracy[k] = accuracy(gpu, &plan.evals[k], &plan.graphs[k], test)?;
+                    plan.best[k] = plan.best[k].max(plan.accuracy[k]);
+                }
                 let name = &stage.train[k];
                 exports.push((
                     name.clone(),
@@ -430,8 +434,11 @@ impl StageRun<'_> {
                 ));
                 let mut line = serde_json::json!({
                     "stage": stage.name, "model": name, "epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_loss_mean": stats.mean_loss,
-                    "test_accuracy": plan.accuracy[k], "seconds": stats.seconds, "samples": stats.samples, "samples_per_second": stats.samples as f64 / stats.seconds,
+                    "seconds": stats.seconds, "samples": stats.samples, "samples_per_second": stats.samples as f64 / stats.seconds,
                 });
+                if tested {
+                    line["test_accuracy"] = plan.accuracy[k].into();
+                }
                 if let Some(s) = sparsity {
                     line["sparsity"] = s.into();
                 }
@@ -455,7 +462,10 @@ impl StageRun<'_> {
                 ),
             };
             self.folder.commit_epoch(index, epoch + 1, &files)?;
-            let accs: Vec<String> = plan.accuracy.iter().map(|a| format!("{a:.4}")).collect();
+            let accs: Vec<String> = match tested {
+                true => plan.accuracy.iter().map(|a| format!("{a:.4}")).collect(),
+                false => vec!["not measured".into()],
+            };
             log(&format!(
                 "{} epoch {}/{}: loss {:.4}, test accuracy {}, {:.0} samples/s",
                 stage.name,
