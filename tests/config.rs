@@ -76,6 +76,13 @@ fn every_config_error_names_its_key() {
         (
             with(
                 "name = \"student-kd\"",
+                "name = \"student-kd\"\nuse_unlabelled = false",
+            ),
+            &["stages[2].use_unlabelled", "set `labelled` too"],
+        ),
+        (
+            with(
+                "name = \"student-kd\"",
                 "name = \"student-kd\"\nlabelled = -5",
             ),
             &["labelled", "run.toml:"],

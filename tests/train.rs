@@ -2066,6 +2066,18 @@ epochs = 3
 labelled = {labelled}
 optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }}
 losses = [{{ kind = "ce", weight = 0.1 }}, {{ kind = "kd", weight = 0.9, temperature = 4.0 }}]
+[models.kd_labelled]
+arch = "mlp"
+hidden = [16]
+[[stages]]
+name = "kd_labelled"
+train = ["kd_labelled"]
+teachers = ["teacher"]
+epochs = 1
+labelled = {labelled}
+use_unlabelled = false
+optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }}
+losses = [{{ kind = "ce", weight = 0.1 }}, {{ kind = "kd", weight = 0.9, temperature = 4.0 }}]
 "#
         )
     };
@@ -2082,11 +2094,13 @@ losses = [{{ kind = "ce", weight = 0.1 }}, {{ kind = "kd", weight = 0.9, tempera
     assert!(acc(0) > 0.6, "the teacher learns the set: {}", acc(0));
     assert!(acc(2) > 0.6, "KD teaches the rest: {}", acc(2));
     assert!(acc(1) < acc(2) - 0.2, "ten labels, one step: {}", acc(1));
-    // Epochs of the ten labelled images alone, and of every image with KD.
+    // Epochs of the ten labelled images alone, and of every image with KD unless told
+    // `use_unlabelled = false`.
     let metrics = std::fs::read_to_string(out_dir_kept("labelled").join("metrics.jsonl")).unwrap();
     for line in metrics.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let want = if v["stage"] == "few" { 10 } else { 320 };
+        let few = v["stage"] == "few" || v["stage"] == "kd_labelled";
+        let want = if few { 10 } else { 320 };
         assert_eq!(v["samples"], want, "{line}");
     }
     for (labelled, needle) in [(321, "320 training images"), (1, "at least 2")] {

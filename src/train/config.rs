@@ -409,6 +409,12 @@ pub struct StageConfig {
     /// of label terms alone trains on them only ([`super::stage::training_pool`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labelled: Option<usize>,
+    /// With `labelled`, `false` keeps the whole stage on its labelled images, terms that need no
+    /// labels included (default `true`: they see every image). For methods without a teacher
+    /// (mutual learning, self-distillation), which on an unlabelled image have only their own
+    /// predictions to agree with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_unlabelled: Option<bool>,
     /// Measures test accuracy every this many epochs and after the last (default 1): a stage of
     /// many short epochs, such as one on a small labelled subset, would otherwise spend most of
     /// its time on the test set. The epochs between leave `test_accuracy` out of
@@ -1210,6 +1216,14 @@ impl StageConfig {
         }
         if self.labelled == Some(0) {
             return Err(("labelled".into(), "must be at least 1".into()));
+        }
+        if self.use_unlabelled.is_some() && self.labelled.is_none() {
+            return Err((
+                "use_unlabelled".into(),
+                "says whether the stage sees the images whose labels `labelled` hides: set \
+                 `labelled` too"
+                    .into(),
+            ));
         }
         if self.test_every == Some(0) {
             return Err(("test_every".into(), "must be at least 1 (epochs)".into()));

@@ -527,19 +527,21 @@ fn labelled_images(stage: &StageConfig, train: &Dataset) -> Result<Option<Vec<bo
 
 /// The images a stage's epochs go over, when not all of `train`: with `labelled`, a stage whose
 /// every term needs labels (`ce`, `dkd`) learns nothing from an unlabelled image, so it trains on
-/// the labelled ones alone (the baseline of the small-labelled-set setting).
+/// the labelled ones alone (the baseline of the small-labelled-set setting), and so does a stage
+/// told `use_unlabelled = false`.
 pub fn training_pool(stage: &StageConfig, train: &Dataset) -> Result<Option<Vec<usize>>> {
     let label_terms_only = stage
         .losses
         .iter()
         .all(|term| term.loss().is_ok_and(|l| l.def().needs_labels()));
-    let keep = labelled_images(stage, train)?.filter(|_| label_terms_only);
+    let labelled_only = label_terms_only || stage.use_unlabelled == Some(false);
+    let keep = labelled_images(stage, train)?.filter(|_| labelled_only);
     let pool: Option<Vec<usize>> = keep.map(|keep| (0..keep.len()).filter(|&i| keep[i]).collect());
     if pool.as_ref().is_some_and(|p| p.len() < 2) {
         return Err(input_error(
             format!("stage '{}': labelled", stage.name),
-            "a stage of label terms alone trains on its labelled images only, and needs at least \
-             2 of them (a batch)",
+            "a stage of label terms alone (or with use_unlabelled = false) trains on its labelled \
+             images only, and needs at least 2 of them (a batch)",
         ));
     }
     Ok(pool)
