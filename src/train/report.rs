@@ -163,11 +163,18 @@ fn agreement(rows: &[ResultRow]) -> Option<Agreement> {
     })
 }
 
-/// The rows of a summary; `baseline` names the stage to compare with (its first model).
+/// The rows of a summary, one per model: the last stage that trained it (a model that stages
+/// train in turn, as AB's and FSP's initialisation and then their training, is a result only
+/// after the last); `baseline` names the stage to compare with (its first model).
 pub fn results(summary: &Summary, baseline: Option<&str>) -> Results {
     let mut rows: Vec<ResultRow> = Vec::new();
-    for stage in &summary.stages {
-        for m in &stage.models {
+    for (i, stage) in summary.stages.iter().enumerate() {
+        let trained_later = |model: &str| {
+            summary.stages[i + 1..]
+                .iter()
+                .any(|later| later.models.iter().any(|m| m.model == model))
+        };
+        for m in stage.models.iter().filter(|m| !trained_later(&m.model)) {
             let per_seed = m
                 .test_accuracy_per_seed
                 .clone()
