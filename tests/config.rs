@@ -871,6 +871,10 @@ fn lifelong_stage_errors_name_their_keys() {
             with(lwf, &format!("{lwf}\nlabelled = 100")),
             &["stages[1].labelled", "only in a `train` stage"],
         ),
+        (
+            with(lwf, &format!("{lwf}\ntest_every = 2")),
+            &["stages[1].test_every", "only there"],
+        ),
     ];
     assert_refused(cases);
 }

@@ -1228,6 +1228,10 @@ impl StageConfig {
         if self.test_every == Some(0) {
             return Err(("test_every".into(), "must be at least 1 (epochs)".into()));
         }
+        if self.test_every.is_some() && !ordinary {
+            let message = "spaces the test evaluations of a `train` stage's epochs: only there";
+            return Err(("test_every".into(), message.into()));
+        }
         if data_free::check_kind(self, config, graphs, earlier)? {
             return self.check_teachers_ready(available);
         }
