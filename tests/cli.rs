@@ -868,11 +868,12 @@ fn train_update_keeps_unchanged_stages() {
     let dir = std::env::temp_dir().join(format!("wgdistill-cli-update-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("rows.toml");
-    let stage = |name: &str| {
+    let stage_at = |name: &str, lr: f64| {
         format!(
-            "[models.{name}]\narch = \"mlp\"\nhidden = [8]\n[[stages]]\nname = \"{name}\"\ntrain = [\"{name}\"]\nepochs = 1\noptimizer = {{ kind = \"sgd\", lr = 0.1 }}\nlosses = [{{ kind = \"ce\" }}]\n"
+            "[models.{name}]\narch = \"mlp\"\nhidden = [8]\n[[stages]]\nname = \"{name}\"\ntrain = [\"{name}\"]\nepochs = 1\noptimizer = {{ kind = \"sgd\", lr = {lr} }}\nlosses = [{{ kind = \"ce\" }}]\n"
         )
     };
+    let stage = |name: &str| stage_at(name, 0.1);
     let head =
         "[data]\ndataset = \"synthetic\"\nbatch_size = 16\ntrain_limit = 32\ntest_limit = 16\n";
     let (config_s, out) = (config.to_str().unwrap(), dir.join("out"));
@@ -894,5 +895,31 @@ fn train_update_keeps_unchanged_stages() {
         "{stdout}"
     );
     assert!(!stdout.contains("a epoch"), "{stdout}");
+    // A change in the middle retrains that stage alone, and the finished stages after it stay
+    // recorded as finished: a second update trains nothing.
+    std::fs::write(
+        &config,
+        format!("{head}{}{}{}", stage("a"), stage("b"), stage("c")),
+    )
+    .unwrap();
+    assert_success(&on_ci_backend(&["train", config_s, "--out", out_s, "--update"]).unwrap());
+    let middle = format!("{head}{}{}{}", stage("a"), stage_at("b", 0.05), stage("c"));
+    std::fs::write(&config, middle).unwrap();
+    let trained = |output: &Output| {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let names = ["a", "b", "c"].into_iter();
+        let trained: Vec<&str> = names
+            .filter(|n| stdout.contains(&format!("{n} epoch")))
+            .collect();
+        (trained.join(","), stdout)
+    };
+    let updated = on_ci_backend(&["train", config_s, "--out", out_s, "--update"]).unwrap();
+    assert_success(&updated);
+    let (names, stdout) = trained(&updated);
+    assert_eq!(names, "b", "{stdout}");
+    let again = on_ci_backend(&["train", config_s, "--out", out_s, "--update"]).unwrap();
+    assert_success(&again);
+    let (names, stdout) = trained(&again);
+    assert_eq!(names, "", "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -253,6 +253,9 @@ pub fn run(
             p.done.len()
         ));
     }
+    // Whether a stage has trained in this run: the finished stages kept after it are then
+    // recorded again, so that progress.json counts them (a later `--update` keeps them too).
+    let mut trained = false;
     for (index, stage) in config.stages.iter().enumerate() {
         let done_before = resumed
             .as_ref()
@@ -271,6 +274,9 @@ pub fn run(
                 synthesised.insert(stage.name.clone(), set);
             }
             stages.push(p.done[index].clone());
+            if trained {
+                folder.write_progress(&Progress::between_stages(config, index + 1, &stages))?;
+            }
             continue;
         }
         // The stage's training set: the data set's, or a synthesised one.
@@ -310,6 +316,7 @@ pub fn run(
             }
         };
         stages.push(summary);
+        trained = true;
         folder.write_progress(&Progress::between_stages(config, index + 1, &stages))?;
     }
     let summary = Summary {
