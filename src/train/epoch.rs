@@ -122,9 +122,12 @@ pub fn train_epoch(
             sampled_count += 1;
             if opts.progress {
                 let rate = samples as f64 / start.elapsed().as_secs_f64();
-                let acc = if epoch > 0 {
+                // The last epoch whose test accuracy was measured (`test_every` skips some).
+                let every = plan.stage.test_every.unwrap_or(1);
+                let measured = epoch / every * every;
+                let acc = if measured > 0 {
                     format!(
-                        ", test accuracy {:.4} after epoch {epoch}",
+                        ", test accuracy {:.4} after epoch {measured}",
                         plan.accuracy[0]
                     )
                 } else {
