@@ -735,6 +735,22 @@ fn self_distillation_trains_heads_that_are_not_exported_and_resumes() {
     Weights::load(gpu, &graph, "ckpt", &ckpt).unwrap();
 }
 
+/// README's results table is `wgdistill report`'s Markdown of the committed JSON, to the digit:
+/// a rerun that updates one without the other fails here.
+#[test]
+fn readme_shows_the_committed_results_json() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/results/fashion-mnist.json")).unwrap();
+    let results: wgdistill::train::report::Results = serde_json::from_str(&text).unwrap();
+    let table = wgdistill::train::report::markdown(&results);
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(table.trim()),
+        "README's table is not the Markdown of docs/results/fashion-mnist.json:\n{table}"
+    );
+    assert!(results.rows.len() >= 26, "{table}");
+}
+
 #[test]
 fn the_results_config_runs_with_seeds_and_reports_a_table_that_matches_its_json() {
     if gpu().is_none() {
