@@ -166,3 +166,49 @@ fn tanh_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         bwd_dx[i] = bwd_dy[i] * tanh_grad_stable(bwd_x[i]);
     }
 }
+
+// ---- ReLU and ReLU6 over vec4 (n a multiple of 4): a lane takes four values in one load, not
+// four; on lavapipe a lane's loads, each at its own address, are what these kernels wait on.
+@group(0) @binding(1) var<storage, read> fq_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> fq_y: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn relu_forward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        fq_y[q] = max(fq_x[q], vec4<f32>(0.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu6_forward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        fq_y[q] = min(max(fq_x[q], vec4<f32>(0.0)), vec4<f32>(6.0));
+    }
+}
+
+@group(0) @binding(1) var<storage, read> bq_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bq_dy: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> bq_dx: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn relu_backward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        bq_dx[q] = select(vec4<f32>(0.0), bq_dy[q], bq_x[q] > vec4<f32>(0.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu6_backward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        let x = bq_x[q];
+        bq_dx[q] = select(vec4<f32>(0.0), bq_dy[q], x > vec4<f32>(0.0) & x < vec4<f32>(6.0));
+    }
+}

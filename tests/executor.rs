@@ -2126,3 +2126,71 @@ fn a_linear_layer_read_only_by_a_relu_applies_it_in_its_matmul() {
     let unfused: Vec<f64> = widen(&unfused);
     wgdistill::reference::allclose(&fused, &unfused, 1e-6, 1e-6).unwrap();
 }
+
+/// conv → batch norm → ReLU → max pool, untapped: the batch norm applies the ReLU in its
+/// normalising pass and the pooling's backward applies the ReLU's mask, so neither ReLU kernel
+/// is launched; the output and every gradient equal those of the same network with the batch
+/// norm's and the ReLU's outputs tapped, which keeps both ReLU launches. Both pooling kernels
+/// are crossed: 8 → 4 tiles its input exactly, 4 → 1 with a 3 × 3 window leaves a row and column
+/// out. (The f64-interpreter gradient checks above cover the fused CNN too.)
+#[test]
+fn batch_norm_relu_and_max_pool_fuse_the_relu_both_ways() {
+    let Some(gpu) = gpu() else { return };
+    let build = |tapped: bool| {
+        let mut g = Graph::new();
+        let mut h = g.input("x", &[4, 2, 8, 8], DType::F32).unwrap();
+        for (i, (c, k)) in [(3, 2), (5, 3)].into_iter().enumerate() {
+            let conv = g
+                .conv2d(&format!("conv{i}"), h, ConvLayer::same(c, 3))
+                .unwrap();
+            let bn = g.batch_norm(&format!("bn{i}"), conv).unwrap();
+            let act = g.relu(bn).unwrap();
+            if tapped {
+                g.tap(&format!("bn{i}"), bn).unwrap();
+                g.tap(&format!("relu{i}"), act).unwrap();
+            }
+            h = g.max_pool(act, k, k, 0).unwrap();
+        }
+        let flat = g.flatten(h).unwrap();
+        let logits = g.linear("head", flat, 3, true).unwrap();
+        g.set_output(logits).unwrap();
+        g
+    };
+    let x = data(4 * 2 * 64, 80);
+    let dy = data(12, 81);
+    let run = |g: &Graph| {
+        let w = Weights::init(gpu, g, 82).unwrap();
+        let inputs: BTreeMap<String, Tensor> =
+            [("x".to_string(), gpu.upload(&[4, 2, 8, 8], &x).unwrap())].into();
+        let mut plan = Vec::new();
+        let fwd = plan_forward(gpu, g, &w, &inputs, Mode::Train, None, &mut plan).unwrap();
+        let out = g.output.unwrap();
+        let seed = vec![(out, gpu.upload(&[4, 3], &dy).unwrap())];
+        let grads = plan_backward(gpu, g, &fwd, seed, &[], &mut plan).unwrap();
+        let names = wgdistill::bench::kernel_names(&plan);
+        gpu.execute(&plan).unwrap();
+        let mut values = vec![("logits".to_string(), gpu.read::<f32>(fwd.get(out)).unwrap())];
+        for (name, t) in &grads {
+            values.push((name.clone(), gpu.read::<f32>(t).unwrap()));
+        }
+        (names, values)
+    };
+    let (names, fused) = run(&build(false));
+    assert!(!names.iter().any(|n| n.contains("relu")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("max_pool_backward_tiled")));
+    assert!(names.iter().any(|n| n.ends_with("max_pool_backward")));
+    let (names, unfused) = run(&build(true));
+    assert!(
+        names.iter().any(|n| n.contains("relu_forward")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.contains("relu_backward")),
+        "{names:?}"
+    );
+    assert_eq!(fused.len(), unfused.len());
+    for ((name, a), (_, b)) in fused.iter().zip(&unfused) {
+        wgdistill::reference::allclose(a, &widen(b), 1e-6, 1e-6)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

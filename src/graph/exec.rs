@@ -81,28 +81,61 @@ fn activation_kind(op: &Op) -> Kind {
     }
 }
 
-/// The linear layers whose only reader is a ReLU (and whose output is neither tapped nor the
-/// graph's output): their matmul applies the ReLU in its epilogue, one launch and one pass over
-/// the activations fewer, and the ReLU node takes the same tensor. Nothing else reads the
-/// pre-activation, and the ReLU's backward still reads the right mask from it: max(x, 0) > 0
-/// exactly where x > 0.
-fn linears_into_relu(graph: &Graph) -> std::collections::BTreeSet<usize> {
+/// The values whose only reader is `reader` (by index) and that are neither tapped nor the
+/// graph's output: nothing but that reader sees them, so the two can be fused.
+fn read_only_by(graph: &Graph) -> impl Fn(usize, usize) -> bool + '_ {
     let mut readers = vec![0usize; graph.nodes.len()];
     for node in &graph.nodes {
         for v in node.op.inputs() {
             readers[v.0] += 1;
         }
     }
-    let exposed =
-        |v: usize| graph.output.is_some_and(|o| o.0 == v) || graph.taps.values().any(|t| t.0 == v);
+    move |v: usize, reader: usize| {
+        let exposed =
+            graph.output.is_some_and(|o| o.0 == v) || graph.taps.values().any(|t| t.0 == v);
+        readers[v] == 1 && graph.nodes[reader].op.inputs().contains(&Value(v)) && !exposed
+    }
+}
+
+/// The linear and batch-norm layers whose only reader is a ReLU (and whose output is neither
+/// tapped nor the graph's output): their kernel applies the ReLU to its output, one launch and
+/// one pass over the activations fewer, and the ReLU node takes the same tensor. Nothing else
+/// reads the pre-activation; the ReLU's backward still reads the right mask from it
+/// (max(x, 0) > 0 exactly where x > 0), and batch norm's backward reads its input and
+/// statistics, not its output.
+fn relu_epilogues(graph: &Graph) -> std::collections::BTreeSet<usize> {
+    let only = read_only_by(graph);
     graph
         .nodes
         .iter()
-        .filter_map(|node| match node.op {
+        .enumerate()
+        .filter_map(|(i, node)| match node.op {
             Op::Relu { x }
-                if matches!(graph.nodes[x.0].op, Op::Linear { .. })
-                    && readers[x.0] == 1
-                    && !exposed(x.0) =>
+                if matches!(
+                    graph.nodes[x.0].op,
+                    Op::Linear { .. } | Op::BatchNorm { .. }
+                ) && only(x.0, i) =>
+            {
+                Some(x.0)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The ReLUs whose only reader is a max pooling (and that are neither tapped nor the output):
+/// their backward pass is fused into the pooling's, which passes the gradient only where the
+/// pooled value is positive (the ReLU's output at the argmax), one launch and two passes over
+/// the activations fewer. The ReLU node then hands its gradient on unchanged.
+fn relus_into_pool(graph: &Graph) -> std::collections::BTreeSet<usize> {
+    let only = read_only_by(graph);
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, node)| match node.op {
+            Op::MaxPool { x, .. }
+                if matches!(graph.nodes[x.0].op, Op::Relu { .. }) && only(x.0, i) =>
             {
                 Some(x.0)
             }
@@ -124,7 +157,7 @@ pub fn plan_forward(
 ) -> Result<Forward> {
     let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
     let mut saved = BTreeMap::new();
-    let relu_fused = linears_into_relu(graph);
+    let relu_fused = relu_epilogues(graph);
     for (i, node) in graph.nodes.iter().enumerate() {
         let v = |x: Value| &values[x.0];
         let out = match node.op {
@@ -182,18 +215,19 @@ pub fn plan_forward(
                     eps,
                     momentum,
                 );
+                let relu = relu_fused.contains(&i);
                 if mode == Mode::Train {
-                    let (p, y, s) = batchnorm::forward_train(gpu, v(x), &st)?;
+                    let (p, y, s) = batchnorm::forward_train_fused(gpu, v(x), &st, relu)?;
                     plan.extend(p);
                     saved.insert(i, Saved::BatchNorm(s));
                     y
                 } else {
-                    let (d, y) = batchnorm::forward_eval(gpu, v(x), &st)?;
+                    let (d, y) = batchnorm::forward_eval_fused(gpu, v(x), &st, relu)?;
                     plan.push(d);
                     y
                 }
             }
-            // Its linear layer applied it already (see `linears_into_relu`).
+            // Its linear or batch-norm layer applied it already (see `relu_epilogues`).
             Op::Relu { x } if relu_fused.contains(&x.0) => v(x).clone(),
             Op::Relu { x }
             | Op::Relu6 { x }
@@ -376,11 +410,12 @@ pub fn plan_backward(
         }
     }
     let f = &fwd.values;
+    let relu_in_pool = relus_into_pool(graph);
     for (i, node) in graph.nodes.iter().enumerate().rev() {
         if matches!(node.op, Op::Param { .. } | Op::Input) {
             continue;
         }
-        let Some((dy, _)) = grads.slots[i].clone() else {
+        let Some((dy, owned)) = grads.slots[i].clone() else {
             continue;
         };
         let want = |x: Value| needs[x.0];
@@ -484,6 +519,8 @@ pub fn plan_backward(
                 plan.push(d);
                 grads.add(gpu, plan, x, dx, true)?;
             }
+            // The max pooling after it applied its mask (see `relus_into_pool`).
+            Op::Relu { x } if relu_in_pool.contains(&i) => grads.add(gpu, plan, x, dy, owned)?,
             Op::Relu { x }
             | Op::Relu6 { x }
             | Op::LeakyRelu { x, .. }
@@ -501,7 +538,9 @@ pub fn plan_backward(
                         "backward needs the forward pass's argmax",
                     ));
                 };
-                let (d, dx) = pool::max_pool_backward(gpu, &f[x.0], &pool, arg, &dy)?;
+                let relu_output = relu_in_pool.contains(&x.0).then_some(&f[i]);
+                let (d, dx) =
+                    pool::max_pool_backward_masked(gpu, &f[x.0], &pool, arg, &dy, relu_output)?;
                 plan.push(d);
                 grads.add(gpu, plan, x, dx, true)?;
             }

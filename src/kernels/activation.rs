@@ -41,8 +41,25 @@ pub const GELU_BACKWARD: KernelSpec =
 pub const TANH_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("activation", "tanh_backward", &[U, R, R, W]);
 
+/// [`RELU_FORWARD`] over vec4 (n a multiple of 4).
+pub const RELU_FORWARD_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("activation", "relu_forward_vec4", &[U, R, W]);
+/// [`RELU6_FORWARD`] over vec4.
+pub const RELU6_FORWARD_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("activation", "relu6_forward_vec4", &[U, R, W]);
+/// [`RELU_BACKWARD`] over vec4.
+pub const RELU_BACKWARD_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("activation", "relu_backward_vec4", &[U, R, R, W]);
+/// [`RELU6_BACKWARD`] over vec4.
+pub const RELU6_BACKWARD_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("activation", "relu6_backward_vec4", &[U, R, R, W]);
+
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
+    RELU_FORWARD_VEC4,
+    RELU6_FORWARD_VEC4,
+    RELU_BACKWARD_VEC4,
+    RELU6_BACKWARD_VEC4,
     RELU_FORWARD,
     RELU6_FORWARD,
     LEAKY_RELU_FORWARD,
@@ -101,35 +118,37 @@ fn params(op: &str, kind: Kind, t: &Tensor) -> Result<Params> {
 
 /// Prepares `y = f(x)` into a new tensor.
 pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> {
-    let spec = match kind {
-        Kind::Relu => &RELU_FORWARD,
-        Kind::Relu6 => &RELU6_FORWARD,
-        Kind::LeakyRelu(_) => &LEAKY_RELU_FORWARD,
-        Kind::Gelu => &GELU_FORWARD,
-        Kind::Tanh => &TANH_FORWARD,
+    // ReLU and ReLU6 take four values per lane where they can (see the shader).
+    let quads = x.numel().is_multiple_of(4);
+    let (spec, lanes) = match kind {
+        Kind::Relu if quads => (&RELU_FORWARD_VEC4, x.numel() / 4),
+        Kind::Relu6 if quads => (&RELU6_FORWARD_VEC4, x.numel() / 4),
+        Kind::Relu => (&RELU_FORWARD, x.numel()),
+        Kind::Relu6 => (&RELU6_FORWARD, x.numel()),
+        Kind::LeakyRelu(_) => (&LEAKY_RELU_FORWARD, x.numel()),
+        Kind::Gelu => (&GELU_FORWARD, x.numel()),
+        Kind::Tanh => (&TANH_FORWARD, x.numel()),
     };
     let y = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch_over(spec, &params(spec.entry, kind, x)?, &[x, &y], x.numel())?;
+    let d = gpu.dispatch_over(spec, &params(spec.entry, kind, x)?, &[x, &y], lanes)?;
     Ok((d, y))
 }
 
 /// Prepares `dx = dy·f'(x)` into a new tensor; `x` is the activation's input.
 pub fn backward(gpu: &Gpu, kind: Kind, x: &Tensor, dy: &Tensor) -> Result<(Dispatch, Tensor)> {
-    let spec = match kind {
-        Kind::Relu => &RELU_BACKWARD,
-        Kind::Relu6 => &RELU6_BACKWARD,
-        Kind::LeakyRelu(_) => &LEAKY_RELU_BACKWARD,
-        Kind::Gelu => &GELU_BACKWARD,
-        Kind::Tanh => &TANH_BACKWARD,
+    let quads = x.numel().is_multiple_of(4);
+    let (spec, lanes) = match kind {
+        Kind::Relu if quads => (&RELU_BACKWARD_VEC4, x.numel() / 4),
+        Kind::Relu6 if quads => (&RELU6_BACKWARD_VEC4, x.numel() / 4),
+        Kind::Relu => (&RELU_BACKWARD, x.numel()),
+        Kind::Relu6 => (&RELU6_BACKWARD, x.numel()),
+        Kind::LeakyRelu(_) => (&LEAKY_RELU_BACKWARD, x.numel()),
+        Kind::Gelu => (&GELU_BACKWARD, x.numel()),
+        Kind::Tanh => (&TANH_BACKWARD, x.numel()),
     };
     dy.expect(spec.entry, "dy", DType::F32, x.shape())?;
     let dx = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch_over(
-        spec,
-        &params(spec.entry, kind, x)?,
-        &[x, dy, &dx],
-        x.numel(),
-    )?;
+    let d = gpu.dispatch_over(spec, &params(spec.entry, kind, x)?, &[x, dy, &dx], lanes)?;
     Ok((d, dx))
 }
 

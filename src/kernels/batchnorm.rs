@@ -21,6 +21,22 @@ fn per_value_lanes(x: &Tensor) -> usize {
     x.numel().div_ceil(VALUES_PER_LANE)
 }
 
+/// Launches a per-value kernel over `p`'s (N, C, S) values: its vec4 variant (`kernels[1]`, a
+/// lane per four values of one channel) where S is a multiple of 4, else `kernels[0]`.
+fn per_value(
+    gpu: &Gpu,
+    kernels: [&KernelSpec; 2],
+    p: &Params,
+    tensors: &[&Tensor],
+) -> Result<Dispatch> {
+    let values = (p.n * p.c * p.s) as usize;
+    if p.s.is_multiple_of(4) {
+        gpu.dispatch_over(kernels[1], p, tensors, values / 4)
+    } else {
+        gpu.dispatch_over(kernels[0], p, tensors, values.div_ceil(VALUES_PER_LANE))
+    }
+}
+
 /// Per chunk of a channel: its mean and sum of squared deviations.
 pub const STATS_PARTIAL: KernelSpec =
     KernelSpec::new::<Params>("batchnorm", "stats_partial", &[U, R, W]);
@@ -30,6 +46,15 @@ pub const STATS_MERGE: KernelSpec =
 /// Normalise with batch statistics.
 pub const NORMALIZE_TRAIN: KernelSpec =
     KernelSpec::new::<Params>("batchnorm", "normalize_train", &[U, R, R, R, R, W]);
+/// Normalise with batch statistics, four values of a channel per lane (S a multiple of 4).
+pub const NORMALIZE_TRAIN_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "normalize_train_vec4", &[U, R, R, R, R, W]);
+/// Normalise with running statistics, four values of a channel per lane.
+pub const NORMALIZE_EVAL_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "normalize_eval_vec4", &[U, R, R, R, R, R, W]);
+/// dx of training-mode batch norm, four values of a channel per lane.
+pub const BACKWARD_INPUT_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "backward_input_vec4", &[U, R, R, R, R, W]);
 /// Normalise with running statistics.
 pub const NORMALIZE_EVAL: KernelSpec =
     KernelSpec::new::<Params>("batchnorm", "normalize_eval", &[U, R, R, R, R, R, W]);
@@ -57,7 +82,10 @@ pub const KERNELS: &[KernelSpec] = &[
     STATS_PARTIAL,
     STATS_MERGE,
     NORMALIZE_TRAIN,
+    NORMALIZE_TRAIN_VEC4,
     NORMALIZE_EVAL,
+    NORMALIZE_EVAL_VEC4,
+    BACKWARD_INPUT_VEC4,
     GRAD_PARTIAL,
     GRAD_MERGE,
     BACKWARD_INPUT,
@@ -76,7 +104,8 @@ struct Params {
     chunks: u32,
     eps: f32,
     momentum: f32,
-    pad: u32,
+    /// 1: the normalising kernels apply a ReLU to their output.
+    relu: u32,
 }
 
 /// Values per chunk and chunks per channel for the per-channel reductions over `len` values:
@@ -137,7 +166,7 @@ fn layout(op: &str, x: &Tensor) -> Result<Params> {
         chunks: chunks as u32,
         eps: 0.0,
         momentum: 0.0,
-        pad: 0,
+        relu: 0,
     })
 }
 
@@ -165,7 +194,21 @@ pub fn forward_train(
     x: &Tensor,
     st: &BatchNormState<'_>,
 ) -> Result<(Vec<Dispatch>, Tensor, BatchNormSaved)> {
-    let p = params("batch_norm", x, st)?;
+    forward_train_fused(gpu, x, st, false)
+}
+
+/// [`forward_train`], with `relu`: y = max(BN(x), 0) in the same pass (a BatchNorm whose only
+/// reader is a ReLU). The backward pass is unchanged: it reads x and the statistics, not y.
+pub fn forward_train_fused(
+    gpu: &Gpu,
+    x: &Tensor,
+    st: &BatchNormState<'_>,
+    relu: bool,
+) -> Result<(Vec<Dispatch>, Tensor, BatchNormSaved)> {
+    let p = Params {
+        relu: relu.into(),
+        ..params("batch_norm", x, st)?
+    };
     let (c, chunks) = (p.c as usize, p.chunks as usize);
     // Two passes over a chunk; the merge walks the chunks.
     gpu.check_loops(&STATS_PARTIAL, 2 * u64::from(p.chunk))?;
@@ -181,11 +224,11 @@ pub fn forward_train(
             &[&partial, &stats, st.running_mean, st.running_var],
             c,
         )?,
-        gpu.dispatch_over(
-            &NORMALIZE_TRAIN,
+        per_value(
+            gpu,
+            [&NORMALIZE_TRAIN, &NORMALIZE_TRAIN_VEC4],
             &p,
             &[x, &stats, st.gamma, st.beta, &y],
-            per_value_lanes(x),
         )?,
     ];
     Ok((plan, y, BatchNormSaved { stats }))
@@ -193,11 +236,24 @@ pub fn forward_train(
 
 /// Prepares the evaluation forward pass with the running statistics.
 pub fn forward_eval(gpu: &Gpu, x: &Tensor, st: &BatchNormState<'_>) -> Result<(Dispatch, Tensor)> {
-    let p = params("batch_norm", x, st)?;
+    forward_eval_fused(gpu, x, st, false)
+}
+
+/// [`forward_eval`], with `relu`: y = max(BN(x), 0) in the same pass.
+pub fn forward_eval_fused(
+    gpu: &Gpu,
+    x: &Tensor,
+    st: &BatchNormState<'_>,
+    relu: bool,
+) -> Result<(Dispatch, Tensor)> {
+    let p = Params {
+        relu: relu.into(),
+        ..params("batch_norm", x, st)?
+    };
     let y = gpu.empty(x.shape(), DType::F32)?;
     let tensors = [x, st.running_mean, st.running_var, st.gamma, st.beta, &y];
     Ok((
-        gpu.dispatch_over(&NORMALIZE_EVAL, &p, &tensors, per_value_lanes(x))?,
+        per_value(gpu, [&NORMALIZE_EVAL, &NORMALIZE_EVAL_VEC4], &p, &tensors)?,
         y,
     ))
 }
@@ -245,11 +301,11 @@ pub fn backward(
             &[&partial, &saved.stats, &dgamma, &dbeta],
             c,
         )?,
-        gpu.dispatch_over(
-            &BACKWARD_INPUT,
+        per_value(
+            gpu,
+            [&BACKWARD_INPUT, &BACKWARD_INPUT_VEC4],
             &p,
             &[x, dy, &saved.stats, st.gamma, &dx],
-            per_value_lanes(x),
         )?,
     ];
     Ok((plan, BatchNormGrads { dx, dgamma, dbeta }))

@@ -16,7 +16,10 @@ pub const MAX_POOL_FORWARD: KernelSpec =
     KernelSpec::new::<Params>("pool", "max_pool_forward", &[U, R, W, W]);
 /// Max pooling backward (gather by argmax).
 pub const MAX_POOL_BACKWARD: KernelSpec =
-    KernelSpec::new::<Params>("pool", "max_pool_backward", &[U, R, R, W]);
+    KernelSpec::new::<Params>("pool", "max_pool_backward", &[U, R, R, R, W]);
+/// Max pooling backward for windows that tile the input (one invocation per window).
+pub const MAX_POOL_BACKWARD_TILED: KernelSpec =
+    KernelSpec::new::<Params>("pool", "max_pool_backward_tiled", &[U, R, R, R, W]);
 /// Average pooling.
 pub const AVG_POOL_FORWARD: KernelSpec =
     KernelSpec::new::<Params>("pool", "avg_pool_forward", &[U, R, W]);
@@ -40,6 +43,7 @@ pub const KERNELS: &[KernelSpec] = &[
     ADAPTIVE_AVG_POOL_BACKWARD,
     MAX_POOL_FORWARD,
     MAX_POOL_BACKWARD,
+    MAX_POOL_BACKWARD_TILED,
     AVG_POOL_FORWARD,
     AVG_POOL_BACKWARD,
     GLOBAL_AVG_POOL_BACKWARD,
@@ -82,7 +86,7 @@ struct Params {
     sw: u32,
     ph: u32,
     pw: u32,
-    pad: u32,
+    relu_mask: u32,
 }
 
 impl Params {
@@ -146,7 +150,7 @@ fn params(gpu: &Gpu, spec: &KernelSpec, x: &Tensor, pool: &Pool2d) -> Result<(Pa
             sw: u(pool.stride[1]),
             ph: u(pool.padding[0]),
             pw: u(pool.padding[1]),
-            pad: 0,
+            relu_mask: 0,
         },
         [n, c, ho, wo],
     ))
@@ -190,17 +194,58 @@ pub fn max_pool_backward(
     arg: &Tensor,
     dy: &Tensor,
 ) -> Result<(Dispatch, Tensor)> {
-    let (p, out_shape) = params(gpu, &MAX_POOL_BACKWARD, x, pool)?;
+    max_pool_backward_masked(gpu, x, pool, arg, dy, None)
+}
+
+/// Whether `pool`'s windows tile an h × w input exactly (each input in exactly one window).
+pub fn tiles_exactly(pool: &Pool2d, h: usize, w: usize) -> bool {
+    pool.kernel == pool.stride
+        && pool.padding == [0, 0]
+        && h.is_multiple_of(pool.kernel[0])
+        && w.is_multiple_of(pool.kernel[1])
+}
+
+/// [`max_pool_backward`], with the backward pass of a ReLU before the pooling fused in when
+/// `relu_output` is the pooling's output `y` (the ReLU's only reader being this pooling): the
+/// gradient passes where y > 0, as the ReLU's would have (its output at the argmax is y). Windows
+/// that tile the input take a kernel of one invocation per window.
+pub fn max_pool_backward_masked(
+    gpu: &Gpu,
+    x: &Tensor,
+    pool: &Pool2d,
+    arg: &Tensor,
+    dy: &Tensor,
+    relu_output: Option<&Tensor>,
+) -> Result<(Dispatch, Tensor)> {
+    let [h, w] = [x.shape().get(2), x.shape().get(3)].map(|d| d.copied().unwrap_or(0));
+    let tiled = tiles_exactly(pool, h, w);
+    let spec = if tiled {
+        &MAX_POOL_BACKWARD_TILED
+    } else {
+        &MAX_POOL_BACKWARD
+    };
+    let (mut p, out_shape) = params(gpu, spec, x, pool)?;
     arg.expect("max_pool_backward", "argmax", DType::I32, &out_shape)?;
     dy.expect("max_pool_backward", "dy", DType::F32, &out_shape)?;
+    if let Some(y) = relu_output {
+        y.expect("max_pool_backward", "relu_output", DType::F32, &out_shape)?;
+        p.relu_mask = 1;
+    }
     let dx = gpu.empty(x.shape(), DType::F32)?;
+    // Without a mask the pooled output is not read: dy stands in for its binding.
+    let y = relu_output.unwrap_or(dy);
+    let per_plane = if tiled {
+        out_shape[2] * out_shape[3]
+    } else {
+        h * w
+    };
     Ok((
         gpu.dispatch_grid(
-            &MAX_POOL_BACKWARD,
+            spec,
             &[],
             &p,
-            &[arg, dy, &dx],
-            planar_grid(gpu, p.planes, x.shape()[2] * x.shape()[3])?,
+            &[arg, dy, y, &dx],
+            planar_grid(gpu, p.planes, per_plane)?,
         )?,
         dx,
     ))
@@ -372,6 +417,25 @@ pub fn cases(_: &Gpu, suite: Suite) -> Vec<Case> {
                 let (mut y, arg) = cpu::max_pool(&sample_f64(len, 30), &win);
                 y.extend(cpu::max_pool_backward(&arg, &sample_f64(out_len, 31), &win));
                 y
+            }),
+        );
+        // With a ReLU's backward fused in: dy passes only where the pooled value is positive.
+        cases.push(
+            Case::new("max_pool2d bwd + relu", shape.clone(), work, move |gpu| {
+                let x = sample_tensor(gpu, &[n, c, h, w], 30)?;
+                let dy = sample_tensor(gpu, &[n, c, ho, wo], 31)?;
+                let (f, y, arg) = max_pool_forward(gpu, &x, &spec)?;
+                let (b, dx) = max_pool_backward_masked(gpu, &x, &spec, &arg, &dy, Some(&y))?;
+                Ok(Prepared::new(vec![f, b], vec![dx]))
+            })
+            .reference(move || {
+                let (y, arg) = cpu::max_pool(&sample_f64(len, 30), &win);
+                let dy: Vec<f64> = sample_f64(out_len, 31)
+                    .iter()
+                    .zip(&y)
+                    .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
+                    .collect();
+                cpu::max_pool_backward(&arg, &dy, &win)
             }),
         );
         cases.push(

@@ -88,16 +88,21 @@ fn leaky_relu_takes_the_negative_slope_at_zero_and_rejects_a_non_finite_one() {
 #[test]
 fn relu6_clamps_at_zero_and_six_and_blocks_the_gradient_at_both() {
     let Some(gpu) = gpu() else { return };
-    let xv = [-1.0f32, 0.0, 0.5, 5.999, 6.0, 6.001, 1e30];
-    let x = up(gpu, &[xv.len()], &xv);
-    let dy = up(gpu, &[xv.len()], &[2.0; 7]);
-    let y = run(gpu, activation::forward(gpu, Kind::Relu6, &x).unwrap());
-    assert_eq!(y, [0.0, 0.0, 0.5, 5.999, 6.0, 6.0, 6.0]);
-    let dx = run(
-        gpu,
-        activation::backward(gpu, Kind::Relu6, &x, &dy).unwrap(),
-    );
-    assert_eq!(dx, [0.0, 0.0, 2.0, 2.0, 0.0, 0.0, 0.0]);
+    // Seven values take the one-per-lane kernel; with an eighth, the vec4 one.
+    let xv = [-1.0f32, 0.0, 0.5, 5.999, 6.0, 6.001, 1e30, 3.0];
+    for n in [7, 8] {
+        let x = up(gpu, &[n], &xv[..n]);
+        let dy = up(gpu, &[n], &vec![2.0; n]);
+        let y = run(gpu, activation::forward(gpu, Kind::Relu6, &x).unwrap());
+        assert_eq!(y, [0.0, 0.0, 0.5, 5.999, 6.0, 6.0, 6.0, 3.0][..n]);
+        let dx = run(
+            gpu,
+            activation::backward(gpu, Kind::Relu6, &x, &dy).unwrap(),
+        );
+        assert_eq!(dx, [0.0, 0.0, 2.0, 2.0, 0.0, 0.0, 0.0, 2.0][..n]);
+        let dx = run(gpu, activation::backward(gpu, Kind::Relu, &x, &dy).unwrap());
+        assert_eq!(dx, [0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0][..n]);
+    }
 }
 
 /// tanh saturates to exactly ±1 with a zero gradient, never NaN, however large the input (some

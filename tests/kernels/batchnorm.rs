@@ -95,6 +95,18 @@ fn batch_norm_matches_reference_in_training_and_evaluation() {
             .collect();
         allclose(&read(gpu, &[d], &y), &want, 1e-5, 1e-6)
             .unwrap_or_else(|e| panic!("eval {shape:?}: {e}"));
+
+        // With the ReLU fused into the normalising pass (after the checks above: a training
+        // pass moves the running statistics again).
+        let relu = |v: &[f64]| v.iter().map(|v| v.max(0.0)).collect::<Vec<f64>>();
+        let (d, y) = batchnorm::forward_eval_fused(gpu, &x, &st, true).unwrap();
+        allclose(&read(gpu, &[d], &y), &relu(&want), 1e-5, 1e-6)
+            .unwrap_or_else(|e| panic!("eval + relu {shape:?}: {e}"));
+        let (plan, y, _) = batchnorm::forward_train_fused(gpu, &x, &st, true).unwrap();
+        let got = read(gpu, &plan, &y);
+        allclose(&got, &relu(&want_y), 1e-4, 1e-5)
+            .unwrap_or_else(|e| panic!("train + relu {shape:?}: {e}"));
+        assert!(got.contains(&0.0) && got.iter().any(|&v| v > 0.0));
     }
 }
 

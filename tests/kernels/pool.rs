@@ -6,16 +6,23 @@ use wgdistill::reference::allclose;
 use wgdistill::reference::conv::Window;
 use wgdistill::reference::pool as cpu;
 
+// Windows that tile the input exactly (the first, fourth and fifth: max pooling's backward takes
+// its per-window kernel) and windows that overlap, pad, or leave a last row and column out (the
+// gather kernel).
 const POOL_CASES: &[Window] = &[
     win(1, 1, 2, 2, [2, 2], [2, 2], [0, 0]),
     win(2, 3, 7, 9, [3, 3], [2, 2], [1, 1]),
     win(3, 2, 5, 6, [2, 3], [1, 2], [1, 0]),
     win(1, 4, 9, 9, [3, 3], [3, 3], [0, 0]),
+    win(2, 3, 6, 10, [3, 2], [3, 2], [0, 0]),
+    win(2, 3, 7, 7, [2, 2], [2, 2], [0, 0]),
 ];
 
 #[test]
 fn pooling_matches_reference_forward_and_backward() {
     let Some(gpu) = gpu() else { return };
+    // Whether the ReLU mask stopped a gradient somewhere (a window of non-positive inputs).
+    let mut masked_some = false;
     for &win in POOL_CASES {
         let Window {
             n,
@@ -51,6 +58,34 @@ fn pooling_matches_reference_forward_and_backward() {
         let want = cpu::max_pool_backward(&want_arg, &widen(&dyv), &win);
         allclose(&read(gpu, &[d], &dx), &want, 1e-6, 1e-7)
             .unwrap_or_else(|e| panic!("max backward {win:?}: {e}"));
+        assert_eq!(
+            pool::tiles_exactly(&spec, h, w),
+            k == s && p == [0, 0] && h % k[0] == 0 && w % k[1] == 0
+        );
+
+        // A ReLU before the pooling, its backward fused into the pooling's: the gradient with
+        // respect to the ReLU's input is the pooling's, masked where that input is not positive.
+        let relu_x: Vec<f32> = xv.iter().map(|v| v.max(0.0)).collect();
+        let (d, y, arg) =
+            pool::max_pool_forward(gpu, &up(gpu, &[n, c, h, w], &relu_x), &spec).unwrap();
+        gpu.execute(&[d]).unwrap();
+        let arg_r: Vec<usize> = gpu
+            .read::<i32>(&arg)
+            .unwrap()
+            .iter()
+            .map(|&a| a as usize)
+            .collect();
+        let want: Vec<f64> = cpu::max_pool_backward(&arg_r, &widen(&dyv), &win)
+            .iter()
+            .zip(&xv)
+            .map(|(g, &v)| if v > 0.0 { *g } else { 0.0 })
+            .collect();
+        let (d, dx) = pool::max_pool_backward_masked(gpu, &x, &spec, &arg, &dy, Some(&y)).unwrap();
+        let got = read(gpu, &[d], &dx);
+        allclose(&got, &want, 1e-6, 1e-7)
+            .unwrap_or_else(|e| panic!("max backward + relu {win:?}: {e}"));
+        let unmasked = cpu::max_pool_backward(&arg_r, &widen(&dyv), &win);
+        masked_some |= unmasked.iter().zip(&want).any(|(a, b)| a != b);
 
         let (d, y) = pool::avg_pool_forward(gpu, &x, &spec).unwrap();
         allclose(
@@ -69,6 +104,7 @@ fn pooling_matches_reference_forward_and_backward() {
         )
         .unwrap_or_else(|e| panic!("avg backward {win:?}: {e}"));
     }
+    assert!(masked_some, "no case exercised the fused ReLU mask");
 }
 
 #[test]

@@ -6,6 +6,11 @@ reads (`kernel`, `shape` as wgdistill names them, `seconds` per run, `peer`).
     python3 tools/peers/torch_steps.py --device cpu --threads 2 --out peer-cpu.json
     python3 tools/peers/torch_steps.py --device cuda --matmul 1024,4096 --out peer-cuda.json
     wgdistill bench --compare peer-cpu.json
+    python3 tools/peers/torch_steps.py --threads 2 --profile cnn_step   # PyTorch's time by op
+
+`--profile CASE` prints where one step's time goes by operator (torch.profiler, self time per
+step), the peer's side of `wgdistill bench --filter CASE --profile`: the two tables together
+tell which kernels make the gap.
 
 The steps, as wgdistill's bench suite builds them (batch 128 of 1×28×28 images, 10 classes,
 SGD lr 0.01, momentum 0.9, weight decay 5e-4, eager mode):
@@ -177,16 +182,47 @@ def timed(fn, device, seconds):
     return best
 
 
+def profile(name, device, steps=20):
+    """Prints one step's self time by operator, averaged over `steps` profiled steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step = make_step(name, device)
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    print(f"{name} {SHAPES[name]}: {total / steps / 1e3:.3f} ms per step (profiled), by operator:")
+    for e in events:
+        us = getattr(e, key)
+        if us / max(total, 1e-9) < 0.005:
+            break
+        print(f"  {100 * us / total:5.1f}%  {us / steps / 1e3:9.3f} ms  {e.count // steps:3d}×  {e.key}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--matmul", default="256,1024", help="square sgemm sizes, as the bench suite's")
     parser.add_argument("--seconds", type=float, default=0.5, help="time per round")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--profile", choices=sorted(SHAPES), help="print one case's time by operator instead")
+    parser.add_argument("--out", help="the JSON to write (needed unless --profile)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(args.profile, args.device)
+        return
+    if not args.out:
+        parser.error("--out is needed (or --profile CASE)")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
