@@ -88,6 +88,47 @@ fn max_pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     max_arg[o] = arg;
 }
 
+// 2 × 2 windows at stride 2 without padding on maps of even width: each window is two aligned
+// pairs, read as two vec2 (two loads, not four: on lavapipe a lane's loads, each at its own
+// address, are what this kernel waits on). The same maximum and argmax as max_pool_forward: the
+// first maximum in row-major order, strictly greater replacing it.
+@group(0) @binding(1) var<storage, read> max2_x: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read_write> max2_y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> max2_arg: array<i32>;
+
+@compute @workgroup_size(64)
+fn max_pool_forward_2x2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let per_plane = params.ho * params.wo;
+    let at = plane_position(wid, nwg, lid, per_plane);
+    if (at.x == NONE) {
+        return;
+    }
+    let o = at.x * per_plane + at.y;
+    let oh = quot(at.y, params.wo);
+    let ow = at.y - oh * params.wo;
+    let idx = 2u * oh * params.w + 2u * ow;
+    let pair = (at.x * params.h * params.w + idx) / 2u;
+    let top = max2_x[pair];
+    let bottom = max2_x[pair + params.w / 2u];
+    var best = top.x;
+    var arg = idx;
+    if (top.y > best) {
+        best = top.y;
+        arg = idx + 1u;
+    }
+    if (bottom.x > best) {
+        best = bottom.x;
+        arg = idx + params.w;
+    }
+    if (bottom.y > best) {
+        best = bottom.y;
+        arg = idx + params.w + 1u;
+    }
+    max2_y[o] = best;
+    max2_arg[o] = i32(arg);
+}
+
 @group(0) @binding(1) var<storage, read> maxb_arg: array<i32>;
 @group(0) @binding(2) var<storage, read> maxb_dy: array<f32>;
 // The pooled output (read when relu_mask is 1).
@@ -128,6 +169,36 @@ fn max_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         }
     }
     maxb_dx[x] = acc;
+}
+
+// max_pool_backward_tiled for 2 × 2 windows: the window's two pairs written as two vec2.
+@group(0) @binding(1) var<storage, read> max2b_arg: array<i32>;
+@group(0) @binding(2) var<storage, read> max2b_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> max2b_y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> max2b_dx: array<vec2<f32>>;
+
+@compute @workgroup_size(64)
+fn max_pool_backward_2x2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let per_plane = params.ho * params.wo;
+    let at = plane_position(wid, nwg, lid, per_plane);
+    if (at.x == NONE) {
+        return;
+    }
+    let o = at.x * per_plane + at.y;
+    let oh = quot(at.y, params.wo);
+    let ow = at.y - oh * params.wo;
+    var g = max2b_dy[o];
+    if (params.relu_mask == 1u && !(max2b_y[o] > 0.0)) {
+        g = 0.0;
+    }
+    // The argmax's place in the window: 0, 1 (top row), 2, 3 (bottom row).
+    let arg = u32(max2b_arg[o]);
+    let idx = 2u * oh * params.w + 2u * ow;
+    let k = select(0u, 2u, arg >= idx + params.w) + (arg & 1u);
+    let pair = (at.x * params.h * params.w + idx) / 2u;
+    max2b_dx[pair] = vec2<f32>(select(0.0, g, k == 0u), select(0.0, g, k == 1u));
+    max2b_dx[pair + params.w / 2u] = vec2<f32>(select(0.0, g, k == 2u), select(0.0, g, k == 3u));
 }
 
 // Windows that tile the input exactly (stride = window, no padding, H = Ho·kh, W = Wo·kw): each

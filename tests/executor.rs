@@ -2131,8 +2131,8 @@ fn a_linear_layer_read_only_by_a_relu_applies_it_in_its_matmul() {
 /// normalising pass and the pooling's backward applies the ReLU's mask, so neither ReLU kernel
 /// is launched; the output and every gradient equal those of the same network with the batch
 /// norm's and the ReLU's outputs tapped, which keeps both ReLU launches. Both pooling kernels
-/// are crossed: 8 → 4 tiles its input exactly, 4 → 1 with a 3 × 3 window leaves a row and column
-/// out. (The f64-interpreter gradient checks above cover the fused CNN too.)
+/// are crossed: 8 → 4 tiles its input exactly (2 × 2 windows), 4 → 1 with a 3 × 3 window leaves
+/// a row and column out. (The f64-interpreter gradient checks above cover the fused CNN too.)
 #[test]
 fn batch_norm_relu_and_max_pool_fuse_the_relu_both_ways() {
     let Some(gpu) = gpu() else { return };
@@ -2177,7 +2177,7 @@ fn batch_norm_relu_and_max_pool_fuse_the_relu_both_ways() {
     };
     let (names, fused) = run(&build(false));
     assert!(!names.iter().any(|n| n.contains("relu")), "{names:?}");
-    assert!(names.iter().any(|n| n.contains("max_pool_backward_tiled")));
+    assert!(names.iter().any(|n| n.contains("max_pool_backward_2x2")));
     assert!(names.iter().any(|n| n.ends_with("max_pool_backward")));
     let (names, unfused) = run(&build(true));
     assert!(

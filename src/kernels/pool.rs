@@ -14,6 +14,12 @@ use Binding::{Output as W, ReadOnly as R, Uniform as U};
 /// Max pooling, writing the argmax.
 pub const MAX_POOL_FORWARD: KernelSpec =
     KernelSpec::new::<Params>("pool", "max_pool_forward", &[U, R, W, W]);
+/// Max pooling backward for 2 × 2 windows that tile the input (two pairs per window).
+pub const MAX_POOL_BACKWARD_2X2: KernelSpec =
+    KernelSpec::new::<Params>("pool", "max_pool_backward_2x2", &[U, R, R, R, W]);
+/// Max pooling over 2 × 2 windows at stride 2, unpadded, on maps of even width.
+pub const MAX_POOL_FORWARD_2X2: KernelSpec =
+    KernelSpec::new::<Params>("pool", "max_pool_forward_2x2", &[U, R, W, W]);
 /// Max pooling backward (gather by argmax).
 pub const MAX_POOL_BACKWARD: KernelSpec =
     KernelSpec::new::<Params>("pool", "max_pool_backward", &[U, R, R, R, W]);
@@ -42,8 +48,10 @@ pub const KERNELS: &[KernelSpec] = &[
     ADAPTIVE_AVG_POOL_FORWARD,
     ADAPTIVE_AVG_POOL_BACKWARD,
     MAX_POOL_FORWARD,
+    MAX_POOL_FORWARD_2X2,
     MAX_POOL_BACKWARD,
     MAX_POOL_BACKWARD_TILED,
+    MAX_POOL_BACKWARD_2X2,
     AVG_POOL_FORWARD,
     AVG_POOL_BACKWARD,
     GLOBAL_AVG_POOL_BACKWARD,
@@ -178,11 +186,21 @@ pub fn max_pool_forward(
     x: &Tensor,
     pool: &Pool2d,
 ) -> Result<(Dispatch, Tensor, Tensor)> {
-    let (p, out_shape) = params(gpu, &MAX_POOL_FORWARD, x, pool)?;
+    // 2 × 2 at stride 2 on an even width reads each window as two aligned pairs.
+    let pairs = pool.kernel == [2, 2]
+        && pool.stride == [2, 2]
+        && pool.padding == [0, 0]
+        && x.shape().get(3).is_some_and(|w| w.is_multiple_of(2));
+    let spec = if pairs {
+        &MAX_POOL_FORWARD_2X2
+    } else {
+        &MAX_POOL_FORWARD
+    };
+    let (p, out_shape) = params(gpu, spec, x, pool)?;
     let y = gpu.empty(&out_shape, DType::F32)?;
     let arg = gpu.empty(&out_shape, DType::I32)?;
     let grid = planar_grid(gpu, p.planes, out_shape[2] * out_shape[3])?;
-    let d = gpu.dispatch_grid(&MAX_POOL_FORWARD, &[], &p, &[x, &y, &arg], grid)?;
+    let d = gpu.dispatch_grid(spec, &[], &p, &[x, &y, &arg], grid)?;
     Ok((d, y, arg))
 }
 
@@ -219,10 +237,10 @@ pub fn max_pool_backward_masked(
 ) -> Result<(Dispatch, Tensor)> {
     let [h, w] = [x.shape().get(2), x.shape().get(3)].map(|d| d.copied().unwrap_or(0));
     let tiled = tiles_exactly(pool, h, w);
-    let spec = if tiled {
-        &MAX_POOL_BACKWARD_TILED
-    } else {
-        &MAX_POOL_BACKWARD
+    let spec = match (tiled, pool.kernel) {
+        (true, [2, 2]) => &MAX_POOL_BACKWARD_2X2,
+        (true, _) => &MAX_POOL_BACKWARD_TILED,
+        (false, _) => &MAX_POOL_BACKWARD,
     };
     let (mut p, out_shape) = params(gpu, spec, x, pool)?;
     arg.expect("max_pool_backward", "argmax", DType::I32, &out_shape)?;

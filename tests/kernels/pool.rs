@@ -8,7 +8,8 @@ use wgdistill::reference::pool as cpu;
 
 // Windows that tile the input exactly (the first, fourth and fifth: max pooling's backward takes
 // its per-window kernel) and windows that overlap, pad, or leave a last row and column out (the
-// gather kernel).
+// gather kernel). 2 × 2 windows at stride 2 on an even width (the first and last) take the
+// forward kernel that reads pairs.
 const POOL_CASES: &[Window] = &[
     win(1, 1, 2, 2, [2, 2], [2, 2], [0, 0]),
     win(2, 3, 7, 9, [3, 3], [2, 2], [1, 1]),
@@ -16,6 +17,7 @@ const POOL_CASES: &[Window] = &[
     win(1, 4, 9, 9, [3, 3], [3, 3], [0, 0]),
     win(2, 3, 6, 10, [3, 2], [3, 2], [0, 0]),
     win(2, 3, 7, 7, [2, 2], [2, 2], [0, 0]),
+    win(2, 3, 7, 10, [2, 2], [2, 2], [0, 0]),
 ];
 
 #[test]
@@ -75,6 +77,12 @@ fn pooling_matches_reference_forward_and_backward() {
             .iter()
             .map(|&a| a as usize)
             .collect();
+        // Ties (windows of zeros) keep the first maximum, as PyTorch.
+        assert_eq!(
+            arg_r,
+            cpu::max_pool(&widen(&relu_x), &win).1,
+            "argmax after relu {win:?}"
+        );
         let want: Vec<f64> = cpu::max_pool_backward(&arg_r, &widen(&dyv), &win)
             .iter()
             .zip(&xv)
