@@ -130,6 +130,56 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     sp_partial[2u * i + 1u] = m2;
 }
 
+// stats_partial where S and the chunk are multiples of 4: the chunk walked four values (one
+// vec4) at a time; the four lanes of the sums are added at the end.
+@group(0) @binding(1) var<storage, read> spq_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> spq_partial: array<f32>;
+
+// The quad after `quad` within one channel, `s` being its position in quads in its plane.
+fn next_quad_in_channel(quad: u32, s: ptr<function, u32>) -> u32 {
+    *s = *s + 1u;
+    if (*s == params.s / 4u) {
+        *s = 0u;
+        return quad + 1u + (params.c - 1u) * (params.s / 4u);
+    }
+    return quad + 1u;
+}
+
+fn lanes_sum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+@compute @workgroup_size(64)
+fn stats_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, WG);
+    if (i >= params.c * params.chunks) {
+        return;
+    }
+    let c = i / params.chunks;
+    let ch = chunk_of(c, i % params.chunks);
+    let s0 = (ch.start % params.s) / 4u;
+    let quads = ch.len / 4u;
+    var s = s0;
+    var quad = ch.start / 4u;
+    var sum = vec4<f32>(0.0);
+    for (var t = 0u; t < quads; t++) {
+        sum += spq_x[quad];
+        quad = next_quad_in_channel(quad, &s);
+    }
+    let mean = lanes_sum(sum) / f32(ch.len);
+    s = s0;
+    quad = ch.start / 4u;
+    var m2 = vec4<f32>(0.0);
+    for (var t = 0u; t < quads; t++) {
+        let d = spq_x[quad] - vec4<f32>(mean);
+        m2 = fma(d, d, m2);
+        quad = next_quad_in_channel(quad, &s);
+    }
+    spq_partial[2u * i] = mean;
+    spq_partial[2u * i + 1u] = lanes_sum(m2);
+}
+
 // ---- per channel: the chunks merged in order (Chan et al.), then the running statistics ------
 @group(0) @binding(1) var<storage, read> sm_partial: array<f32>;
 // stats_merge writes [mean; 1/sqrt(var + eps)] here, moments_merge [mean; var].
@@ -335,6 +385,36 @@ fn grad_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     gp_partial[2u * i] = dxhat * gp_stats[params.c + c];
     gp_partial[2u * i + 1u] = dsum;
+}
+
+// grad_partial where S and the chunk are multiples of 4 (see stats_partial_vec4).
+@group(0) @binding(1) var<storage, read> gpq_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> gpq_dy: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> gpq_stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> gpq_partial: array<f32>;
+
+@compute @workgroup_size(64)
+fn grad_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, WG);
+    if (i >= params.c * params.chunks) {
+        return;
+    }
+    let c = i / params.chunks;
+    let ch = chunk_of(c, i % params.chunks);
+    let mean = vec4<f32>(gpq_stats[c]);
+    var s = (ch.start % params.s) / 4u;
+    var quad = ch.start / 4u;
+    var dxhat = vec4<f32>(0.0);
+    var dsum = vec4<f32>(0.0);
+    for (var t = 0u; t < ch.len / 4u; t++) {
+        let dy = gpq_dy[quad];
+        dxhat = fma(dy, gpq_x[quad] - mean, dxhat);
+        dsum += dy;
+        quad = next_quad_in_channel(quad, &s);
+    }
+    gpq_partial[2u * i] = lanes_sum(dxhat) * gpq_stats[params.c + c];
+    gpq_partial[2u * i + 1u] = lanes_sum(dsum);
 }
 
 @group(0) @binding(1) var<storage, read> gm_partial: array<f32>;

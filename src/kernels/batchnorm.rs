@@ -21,6 +21,12 @@ fn per_value_lanes(x: &Tensor) -> usize {
     x.numel().div_ceil(VALUES_PER_LANE)
 }
 
+/// The per-chunk reduction `kernels[0]`, or its vec4 variant `kernels[1]` where S and the chunk
+/// are multiples of 4 (every chunk then walks whole quads of one plane).
+fn per_chunk<'a>(kernels: [&'a KernelSpec; 2], p: &Params) -> &'a KernelSpec {
+    kernels[usize::from(p.s.is_multiple_of(4) && p.chunk.is_multiple_of(4))]
+}
+
 /// Launches a per-value kernel over `p`'s (N, C, S) values: its vec4 variant (`kernels[1]`, a
 /// lane per four values of one channel) where S is a multiple of 4, else `kernels[0]`.
 fn per_value(
@@ -40,6 +46,12 @@ fn per_value(
 /// Per chunk of a channel: its mean and sum of squared deviations.
 pub const STATS_PARTIAL: KernelSpec =
     KernelSpec::new::<Params>("batchnorm", "stats_partial", &[U, R, W]);
+/// [`STATS_PARTIAL`] a vec4 at a time (S and the chunk multiples of 4).
+pub const STATS_PARTIAL_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "stats_partial_vec4", &[U, R, W]);
+/// [`GRAD_PARTIAL`] a vec4 at a time (S and the chunk multiples of 4).
+pub const GRAD_PARTIAL_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("batchnorm", "grad_partial_vec4", &[U, R, R, R, W]);
 /// Per channel: the chunks merged into mean and inverse std; running-stat update.
 pub const STATS_MERGE: KernelSpec =
     KernelSpec::new::<Params>("batchnorm", "stats_merge", &[U, R, W, RW, RW]);
@@ -80,6 +92,8 @@ pub const MOMENTS_BACKWARD: KernelSpec =
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
     STATS_PARTIAL,
+    STATS_PARTIAL_VEC4,
+    GRAD_PARTIAL_VEC4,
     STATS_MERGE,
     NORMALIZE_TRAIN,
     NORMALIZE_TRAIN_VEC4,
@@ -217,7 +231,12 @@ pub fn forward_train_fused(
     let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
     let y = gpu.empty(x.shape(), DType::F32)?;
     let plan = vec![
-        gpu.dispatch_over(&STATS_PARTIAL, &p, &[x, &partial], c * chunks)?,
+        gpu.dispatch_over(
+            per_chunk([&STATS_PARTIAL, &STATS_PARTIAL_VEC4], &p),
+            &p,
+            &[x, &partial],
+            c * chunks,
+        )?,
         gpu.dispatch_over(
             &STATS_MERGE,
             &p,
@@ -290,7 +309,7 @@ pub fn backward(
     let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
     let plan = vec![
         gpu.dispatch_over(
-            &GRAD_PARTIAL,
+            per_chunk([&GRAD_PARTIAL, &GRAD_PARTIAL_VEC4], &p),
             &p,
             &[x, dy, &saved.stats, &partial],
             c * chunks,
@@ -341,7 +360,12 @@ pub fn moments(gpu: &Gpu, x: &Tensor) -> Result<(Vec<Dispatch>, Tensor)> {
     let partial = gpu.empty(&[c, chunks, 2], DType::F32)?;
     let out = gpu.empty(&[2, c], DType::F32)?;
     let plan = vec![
-        gpu.dispatch_over(&STATS_PARTIAL, &p, &[x, &partial], c * chunks)?,
+        gpu.dispatch_over(
+            per_chunk([&STATS_PARTIAL, &STATS_PARTIAL_VEC4], &p),
+            &p,
+            &[x, &partial],
+            c * chunks,
+        )?,
         gpu.dispatch_over(&MOMENTS_MERGE, &p, &[&partial, &out], c)?,
     ];
     Ok((plan, out))

@@ -21,6 +21,11 @@ fn batch_norm_matches_reference_in_training_and_evaluation() {
         vec![3, 2, 10, 13],
         vec![300, 2],
         vec![128, 3, 28, 28],
+        // H·W a multiple of 4 (the vec4 kernels): planes of one quad, a last chunk shorter
+        // than the others, and chunks of 129 values (an odd chunk: the scalar reductions).
+        vec![300, 3, 2, 2],
+        vec![70, 2, 4, 5],
+        vec![2056, 2, 2, 2],
     ] {
         let (n, c) = (shape[0], shape[1]);
         let s: usize = shape[2..].iter().product();
@@ -106,7 +111,10 @@ fn batch_norm_matches_reference_in_training_and_evaluation() {
         let got = read(gpu, &plan, &y);
         allclose(&got, &relu(&want_y), 1e-4, 1e-5)
             .unwrap_or_else(|e| panic!("train + relu {shape:?}: {e}"));
-        assert!(got.contains(&0.0) && got.iter().any(|&v| v > 0.0));
+        assert!(
+            got.contains(&0.0) && got.iter().any(|&v| v > 0.0),
+            "{shape:?}"
+        );
     }
 }
 
