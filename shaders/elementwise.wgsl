@@ -82,3 +82,62 @@ fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         mul_y[i] = mul_y[i] * mul_x[i];
     }
 }
+
+// ---- the same over vec4, where n is a multiple of 4: a lane takes four elements in one load,
+// not four; on lavapipe a lane's loads, each at its own address, are what these kernels wait on.
+@group(0) @binding(1) var<storage, read> add4_a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> add4_b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> add4_out: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn add_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        add4_out[q] = add4_a[q] + add4_b[q];
+    }
+}
+
+@group(0) @binding(1) var<storage, read> scale4_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> scale4_out: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn scale_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        scale4_out[q] = params.alpha * scale4_x[q];
+    }
+}
+
+@group(0) @binding(1) var<storage, read> inplace4_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> inplace4_y: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn axpy_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        inplace4_y[q] = inplace4_y[q] + params.alpha * inplace4_x[q];
+    }
+}
+
+@compute @workgroup_size(256)
+fn mul_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        inplace4_y[q] = inplace4_y[q] * inplace4_x[q];
+    }
+}
+
+@group(0) @binding(1) var<storage, read_write> fill4_out: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn fill_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let q = linear_index(wid, nwg, lid);
+    if (q < params.n / 4u) {
+        fill4_out[q] = vec4<f32>(params.alpha);
+    }
+}

@@ -29,12 +29,44 @@ pub const MUL: KernelSpec = KernelSpec::new::<Params>("elementwise", "mul", &[U,
 /// `out = alpha`.
 pub const FILL: KernelSpec = KernelSpec::new::<Params>("elementwise", "fill", &[U, W]);
 
+/// The same kernels over vec4, for element counts that are multiples of 4 (see the shader).
+pub const ADD_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("elementwise", "add_vec4", &[U, R, R, W]);
+/// [`SCALE`] over vec4.
+pub const SCALE_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("elementwise", "scale_vec4", &[U, R, W]);
+/// [`AXPY`] over vec4.
+pub const AXPY_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("elementwise", "axpy_vec4", &[U, R, RW]);
+/// [`MUL`] over vec4.
+pub const MUL_VEC4: KernelSpec = KernelSpec::new::<Params>("elementwise", "mul_vec4", &[U, R, RW]);
+/// [`FILL`] over vec4.
+pub const FILL_VEC4: KernelSpec = KernelSpec::new::<Params>("elementwise", "fill_vec4", &[U, W]);
+
 /// Byte offset of `alpha` in the parameters, for a scale whose factor a bound plan rewrites (a
 /// scheduled loss weight).
 pub const ALPHA_OFFSET: u64 = std::mem::offset_of!(Params, alpha) as u64;
 
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[ADD, SCALE, AXPY, MUL, FILL];
+pub const KERNELS: &[KernelSpec] = &[
+    ADD, SCALE, AXPY, MUL, FILL, ADD_VEC4, SCALE_VEC4, AXPY_VEC4, MUL_VEC4, FILL_VEC4,
+];
+
+/// Launches `kernels[0]` over `n` elements, one per lane, or its vec4 variant `kernels[1]`, four
+/// per lane, where `n` is a multiple of 4.
+fn launch(
+    gpu: &Gpu,
+    kernels: [&KernelSpec; 2],
+    p: &Params,
+    tensors: &[&Tensor],
+    n: usize,
+) -> Result<Dispatch> {
+    if n.is_multiple_of(4) {
+        gpu.dispatch_over(kernels[1], p, tensors, n / 4)
+    } else {
+        gpu.dispatch_over(kernels[0], p, tensors, n)
+    }
+}
 
 fn params(op: &str, n: usize, alpha: f32) -> Result<Params> {
     let n = u32::try_from(n)
@@ -55,8 +87,9 @@ fn same_f32(op: &str, names: [&str; 2], a: &Tensor, b: &Tensor) -> Result<()> {
 pub fn add_plan(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<(Dispatch, Tensor)> {
     same_f32("add", ["a", "b"], a, b)?;
     let out = gpu.empty(a.shape(), DType::F32)?;
-    let d = gpu.dispatch_over(
-        &ADD,
+    let d = launch(
+        gpu,
+        [&ADD, &ADD_VEC4],
         &params("add", a.numel(), 0.0)?,
         &[a, b, &out],
         a.numel(),
@@ -68,8 +101,9 @@ pub fn add_plan(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<(Dispatch, Tensor)>
 pub fn scale_plan(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<(Dispatch, Tensor)> {
     x.expect("scale", "x", DType::F32, x.shape())?;
     let out = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch_over(
-        &SCALE,
+    let d = launch(
+        gpu,
+        [&SCALE, &SCALE_VEC4],
         &params("scale", x.numel(), alpha)?,
         &[x, &out],
         x.numel(),
@@ -86,8 +120,9 @@ pub fn axpy_plan(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<Dispat
             "x and y must not share a buffer (y is written while x is read)",
         ));
     }
-    gpu.dispatch_over(
-        &AXPY,
+    launch(
+        gpu,
+        [&AXPY, &AXPY_VEC4],
         &params("axpy", x.numel(), alpha)?,
         &[x, y],
         x.numel(),
@@ -103,14 +138,21 @@ pub fn mul_plan(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
             "x and y must not share a buffer (y is written while x is read)",
         ));
     }
-    gpu.dispatch_over(&MUL, &params("mul", x.numel(), 1.0)?, &[x, y], x.numel())
+    launch(
+        gpu,
+        [&MUL, &MUL_VEC4],
+        &params("mul", x.numel(), 1.0)?,
+        &[x, y],
+        x.numel(),
+    )
 }
 
 /// Prepares setting every element of `out` to `value`.
 pub fn fill_plan(gpu: &Gpu, out: &Tensor, value: f32) -> Result<Dispatch> {
     out.expect("fill", "out", DType::F32, out.shape())?;
-    gpu.dispatch_over(
-        &FILL,
+    launch(
+        gpu,
+        [&FILL, &FILL_VEC4],
         &params("fill", out.numel(), value)?,
         &[out],
         out.numel(),

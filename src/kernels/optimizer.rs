@@ -27,7 +27,30 @@ pub const SQUARE: KernelSpec = KernelSpec::new::<Params>("optimizer", "square", 
 pub const CLIP: KernelSpec = KernelSpec::new::<Params>("optimizer", "clip", &[U, RW, R]);
 
 /// Every kernel of the family.
-pub const KERNELS: &[KernelSpec] = &[ADVANCE_STEP, SGD, ADAMW, SQUARE, CLIP];
+pub const KERNELS: &[KernelSpec] = &[ADVANCE_STEP, SGD, ADAMW, SGD_VEC4, ADAMW_VEC4, SQUARE, CLIP];
+
+/// [`SGD`] four elements per lane (n a multiple of 4).
+pub const SGD_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("optimizer", "sgd_vec4", &[U, RW, R, RW, R]);
+/// [`ADAMW`] four elements per lane (n a multiple of 4).
+pub const ADAMW_VEC4: KernelSpec =
+    KernelSpec::new::<Params>("optimizer", "adamw_vec4", &[U, RW, R, RW, RW, R]);
+
+/// Launches an update over `n` elements: `kernels[1]`, four per lane, where n is a multiple of
+/// 4, else `kernels[0]`.
+fn update(
+    gpu: &Gpu,
+    kernels: [&KernelSpec; 2],
+    p: &Params,
+    tensors: &[&Tensor],
+    n: usize,
+) -> Result<Dispatch> {
+    if n.is_multiple_of(4) {
+        gpu.dispatch_over(kernels[1], p, tensors, n / 4)
+    } else {
+        gpu.dispatch_over(kernels[0], p, tensors, n)
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -118,7 +141,13 @@ pub fn sgd(
         b: s.dampening,
         ..Params::default()
     };
-    gpu.dispatch_over(&SGD, &p, &[param, grad, momentum_buf, step], n as usize)
+    update(
+        gpu,
+        [&SGD, &SGD_VEC4],
+        &p,
+        &[param, grad, momentum_buf, step],
+        n as usize,
+    )
 }
 
 /// Prepares an in-place AdamW update of `param` with its moment buffers `m` and `v`.
@@ -149,7 +178,13 @@ pub fn adamw(
         one_minus_b: (1.0 - s.beta2) as f32,
         ..Params::default()
     };
-    gpu.dispatch_over(&ADAMW, &p, &[param, grad, m, v, step], n as usize)
+    update(
+        gpu,
+        [&ADAMW, &ADAMW_VEC4],
+        &p,
+        &[param, grad, m, v, step],
+        n as usize,
+    )
 }
 
 /// Prepares global-norm clipping of `grad` in place (as `clip_grad_norm_` over one buffer holding

@@ -13,12 +13,15 @@ fn step_counter(gpu: &Gpu) -> Tensor {
 #[test]
 fn sgd_matches_pytorch_rules_over_several_steps() {
     let Some(gpu) = gpu() else { return };
-    let n = 1031;
-    for (momentum, dampening, wd, nesterov) in [
-        (0.0, 0.0, 0.0, false),
-        (0.9, 0.0, 5e-4, false),
-        (0.9, 0.1, 1e-2, true),
-    ] {
+    // 1031 elements take the one-per-lane kernel, 1032 the vec4 one.
+    for (n, (momentum, dampening, wd, nesterov)) in [1031, 1032].into_iter().flat_map(|n| {
+        [
+            (0.0, 0.0, 0.0, false),
+            (0.9, 0.0, 5e-4, false),
+            (0.9, 0.1, 1e-2, true),
+        ]
+        .map(|c| (n, c))
+    }) {
         let s = optimizer::Sgd {
             lr: 0.1,
             momentum,
@@ -52,7 +55,7 @@ fn sgd_matches_pytorch_rules_over_several_steps() {
             );
         }
         allclose(&gpu.read::<f32>(&tp).unwrap(), &p, 1e-5, 1e-6)
-            .unwrap_or_else(|e| panic!("sgd m={momentum} nesterov={nesterov}: {e}"));
+            .unwrap_or_else(|e| panic!("sgd n={n} m={momentum} nesterov={nesterov}: {e}"));
         assert_eq!(gpu.read::<u32>(&step).unwrap(), vec![4]);
     }
 }
@@ -60,7 +63,13 @@ fn sgd_matches_pytorch_rules_over_several_steps() {
 #[test]
 fn adamw_matches_pytorch_rules_over_several_steps() {
     let Some(gpu) = gpu() else { return };
-    let n = 777;
+    // 777 elements take the one-per-lane kernel, 780 the vec4 one.
+    for n in [777, 780] {
+        adamw_steps(gpu, n);
+    }
+}
+
+fn adamw_steps(gpu: &Gpu, n: usize) {
     let s = optimizer::AdamW {
         lr: 1e-2,
         beta1: 0.9,
@@ -97,7 +106,8 @@ fn adamw_matches_pytorch_rules_over_several_steps() {
             0.01,
         );
     }
-    allclose(&gpu.read::<f32>(&tp).unwrap(), &p, 2e-6, 1e-7).unwrap();
+    allclose(&gpu.read::<f32>(&tp).unwrap(), &p, 2e-6, 1e-7)
+        .unwrap_or_else(|e| panic!("adamw n={n}: {e}"));
 }
 
 #[test]
