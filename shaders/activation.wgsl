@@ -209,6 +209,6 @@ fn relu6_backward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     let q = linear_index(wid, nwg, lid);
     if (q < params.n / 4u) {
         let x = bq_x[q];
-        bq_dx[q] = select(vec4<f32>(0.0), bq_dy[q], x > vec4<f32>(0.0) & x < vec4<f32>(6.0));
+        bq_dx[q] = select(vec4<f32>(0.0), bq_dy[q], (x > vec4<f32>(0.0)) & (x < vec4<f32>(6.0)));
     }
 }
