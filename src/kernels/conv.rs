@@ -40,6 +40,16 @@ pub const CONV_BACKWARD_INPUT_SG: KernelSpec =
 /// Per-chunk partial gradients of the weight with subgroup-shared dy, summed by a reduction.
 pub const CONV_BACKWARD_WEIGHT_SG: KernelSpec =
     KernelSpec::new::<Params>("conv_subgroup", "conv_backward_weight_sg", &[U, R, R, W]);
+/// The weight gradient for at most [`NARROW_COLUMNS`] weight columns (Cin·KH·KW) on CPU-like
+/// drivers: every lane takes all the columns over its own positions (per-lane partial sums).
+pub const CONV_BACKWARD_WEIGHT_NARROW: KernelSpec = KernelSpec::new::<Params>(
+    "conv_subgroup",
+    "conv_backward_weight_narrow",
+    &[U, R, R, W],
+)
+.with_overrides(&["KS"]);
+/// The most weight columns [`CONV_BACKWARD_WEIGHT_NARROW`] takes (its accumulator array).
+const NARROW_COLUMNS: usize = 16;
 
 /// Every kernel of the family.
 pub const KERNELS: &[KernelSpec] = &[
@@ -51,6 +61,7 @@ pub const KERNELS: &[KernelSpec] = &[
     CONV_FORWARD_SG,
     CONV_BACKWARD_INPUT_SG,
     CONV_BACKWARD_WEIGHT_SG,
+    CONV_BACKWARD_WEIGHT_NARROW,
 ];
 
 /// Positions (or weight columns) × channels per workgroup of the subgroup kernels.
@@ -408,6 +419,27 @@ pub fn backward_with(
     };
     let dw = if !options.weight_grad {
         None
+    } else if subgroups && ksize <= NARROW_COLUMNS {
+        // Few weight columns (a first layer's): every lane takes all of them, for 4 output
+        // channels, over its own run of positions; about 256 workgroups share the positions.
+        let co_blocks = cout.div_ceil(4);
+        let runs = (256 / co_blocks).clamp(1, rows.div_ceil(64));
+        let run = rows.div_ceil(runs * 8).clamp(1, 2048);
+        let chunk = 8 * run;
+        let chunks = rows.div_ceil(chunk);
+        p.chunk = chunk as u32;
+        gpu.check_loops(&CONV_BACKWARD_WEIGHT_NARROW, (run * (ksize + 1)) as u64)?;
+        let partial = gpu.empty(&[chunks * 8, cout * ksize], DType::F32)?;
+        plan.push(gpu.dispatch_grid(
+            &CONV_BACKWARD_WEIGHT_NARROW,
+            &[("KS", ksize as f64)],
+            &p,
+            &[dy, x, &partial],
+            [1, co_blocks as u32, chunks as u32],
+        )?);
+        let (sum, total) = reduce_axis(gpu, &partial, 0, AxisOp::Sum)?;
+        plan.push(sum);
+        Some(total.reshape(w.shape())?)
     } else if subgroups {
         p.chunk = chunk as u32;
         gpu.check_loops(&CONV_BACKWARD_WEIGHT_SG, chunk as u64)?;

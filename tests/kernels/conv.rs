@@ -18,6 +18,10 @@ const CONV_CASES: &[(Window, usize)] = &[
     // A first layer's batch: each weight's gradient sums 75,264 positions, past the 65,535 loop
     // iterations after which llvmpipe stops an invocation (the reduction must be split).
     (win(96, 1, 28, 28, [3, 3], [1, 1], [1, 1]), 4),
+    // At most 16 weight columns (2·2·3 here, and 4 and 9 above) take the narrow weight-gradient
+    // kernel on CPU-like drivers: output channels in blocks of 4 (7 leaves one short), strides
+    // and padding uneven.
+    (win(3, 2, 9, 11, [2, 3], [2, 1], [1, 0]), 7),
 ];
 
 /// The kernels (forward and backward) this adapter can run: the generic one, and the subgroup one where it
