@@ -141,16 +141,32 @@ fn conv_backward_input_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
     let per_image = params.ho * params.wo;
     let r0 = wid.x * (LANES * POS) + lid.x;
     let ci0 = wid.y * CH;
-    // Per input position: where its image starts in dy, and its padded coordinates.
+    // Per input position: where its image starts in dy, and its padded coordinates. With a
+    // stride, also their quotients and remainders by it, divided once here: tap (i, j) lands on
+    // an output position exactly where its own remainders match (and then at quotient − i / sh),
+    // so the loop below divides only the taps, which every lane shares, not each position (CPU
+    // drivers divide one lane at a time: strided convolutions' dx ran 7× their forward).
     var dy_at: array<u32, 8>;
     var ihp: array<i32, 8>;
     var iwp: array<i32, 8>;
+    var quot_h: array<i32, 8>;
+    var quot_w: array<i32, 8>;
+    var rem_h: array<u32, 8>;
+    var rem_w: array<u32, 8>;
     for (var p = 0u; p < POS; p++) {
         let r = min(r0 + p * LANES, rows - 1u);
         let pos = r % plane;
         dy_at[p] = (r / plane) * params.cout * per_image;
-        ihp[p] = i32(pos / params.w + params.ph);
-        iwp[p] = i32(pos % params.w + params.pw);
+        let hp = pos / params.w + params.ph;
+        let wp = pos % params.w + params.pw;
+        ihp[p] = i32(hp);
+        iwp[p] = i32(wp);
+        if (!UNIT_STRIDE) {
+            quot_h[p] = i32(hp / params.sh);
+            quot_w[p] = i32(wp / params.sw);
+            rem_h[p] = hp % params.sh;
+            rem_w[p] = wp % params.sw;
+        }
     }
     let ci_lo = min(ci0 + lid.x, params.cin - 1u);
     let ci_hi = min(ci0 + LANES + lid.x, params.cin - 1u);
@@ -158,21 +174,25 @@ fn conv_backward_input_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
     var acc: array<array<vec4<f32>, 4>, 8>;
     for (var co = 0u; co < params.cout; co++) {
         for (var i = 0u; i < params.kh; i++) {
+            let ti = i32(i / params.sh);
+            let ri = i % params.sh;
             for (var j = 0u; j < params.kw; j++) {
+                let tj = i32(j / params.sw);
+                let rj = j % params.sw;
                 let tap = i * params.kw + j;
                 let wv = share_channels(bi_w[(co * params.cin + ci_lo) * window + tap],
                                         bi_w[(co * params.cin + ci_hi) * window + tap]);
                 for (var p = 0u; p < POS; p++) {
-                    let th = ihp[p] - i32(i);
-                    let tw = iwp[p] - i32(j);
-                    var oh = u32(max(th, 0));
-                    var ow = u32(max(tw, 0));
+                    var th = ihp[p] - i32(i);
+                    var tw = iwp[p] - i32(j);
                     var on_grid = th >= 0 && tw >= 0;
                     if (!UNIT_STRIDE) {
-                        on_grid = on_grid && oh % params.sh == 0u && ow % params.sw == 0u;
-                        oh = oh / params.sh;
-                        ow = ow / params.sw;
+                        th = quot_h[p] - ti;
+                        tw = quot_w[p] - tj;
+                        on_grid = rem_h[p] == ri && rem_w[p] == rj && th >= 0 && tw >= 0;
                     }
+                    let oh = u32(max(th, 0));
+                    let ow = u32(max(tw, 0));
                     let hits = on_grid && oh < params.ho && ow < params.wo;
                     let at = dy_at[p] + co * per_image
                         + min(oh, params.ho - 1u) * params.wo + min(ow, params.wo - 1u);
