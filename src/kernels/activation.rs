@@ -118,38 +118,48 @@ fn params(op: &str, kind: Kind, t: &Tensor) -> Result<Params> {
 
 /// Prepares `y = f(x)` into a new tensor.
 pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> {
-    // ReLU and ReLU6 take four values per lane where they can (see the shader).
-    let quads = x.numel().is_multiple_of(4);
-    let (spec, lanes) = match kind {
-        Kind::Relu if quads => (&RELU_FORWARD_VEC4, x.numel() / 4),
-        Kind::Relu6 if quads => (&RELU6_FORWARD_VEC4, x.numel() / 4),
-        Kind::Relu => (&RELU_FORWARD, x.numel()),
-        Kind::Relu6 => (&RELU6_FORWARD, x.numel()),
-        Kind::LeakyRelu(_) => (&LEAKY_RELU_FORWARD, x.numel()),
-        Kind::Gelu => (&GELU_FORWARD, x.numel()),
-        Kind::Tanh => (&TANH_FORWARD, x.numel()),
+    // ReLU and ReLU6 have vec4 variants (see the shader).
+    let kernels = match kind {
+        Kind::Relu => [&RELU_FORWARD, &RELU_FORWARD_VEC4],
+        Kind::Relu6 => [&RELU6_FORWARD, &RELU6_FORWARD_VEC4],
+        Kind::LeakyRelu(_) => [&LEAKY_RELU_FORWARD; 2],
+        Kind::Gelu => [&GELU_FORWARD; 2],
+        Kind::Tanh => [&TANH_FORWARD; 2],
     };
-    let y = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch_over(spec, &params(spec.entry, kind, x)?, &[x, &y], lanes)?;
-    Ok((d, y))
+    launch(gpu, kernels, kind, &[x], x)
 }
 
 /// Prepares `dx = dy·f'(x)` into a new tensor; `x` is the activation's input.
 pub fn backward(gpu: &Gpu, kind: Kind, x: &Tensor, dy: &Tensor) -> Result<(Dispatch, Tensor)> {
-    let quads = x.numel().is_multiple_of(4);
-    let (spec, lanes) = match kind {
-        Kind::Relu if quads => (&RELU_BACKWARD_VEC4, x.numel() / 4),
-        Kind::Relu6 if quads => (&RELU6_BACKWARD_VEC4, x.numel() / 4),
-        Kind::Relu => (&RELU_BACKWARD, x.numel()),
-        Kind::Relu6 => (&RELU6_BACKWARD, x.numel()),
-        Kind::LeakyRelu(_) => (&LEAKY_RELU_BACKWARD, x.numel()),
-        Kind::Gelu => (&GELU_BACKWARD, x.numel()),
-        Kind::Tanh => (&TANH_BACKWARD, x.numel()),
+    let kernels = match kind {
+        Kind::Relu => [&RELU_BACKWARD, &RELU_BACKWARD_VEC4],
+        Kind::Relu6 => [&RELU6_BACKWARD, &RELU6_BACKWARD_VEC4],
+        Kind::LeakyRelu(_) => [&LEAKY_RELU_BACKWARD; 2],
+        Kind::Gelu => [&GELU_BACKWARD; 2],
+        Kind::Tanh => [&TANH_BACKWARD; 2],
     };
-    dy.expect(spec.entry, "dy", DType::F32, x.shape())?;
-    let dx = gpu.empty(x.shape(), DType::F32)?;
-    let d = gpu.dispatch_over(spec, &params(spec.entry, kind, x)?, &[x, dy, &dx], lanes)?;
-    Ok((d, dx))
+    dy.expect(kernels[0].entry, "dy", DType::F32, x.shape())?;
+    launch(gpu, kernels, kind, &[x, dy], x)
+}
+
+/// Launches `kernels` (a kernel and its vec4 variant; the same one twice where there is none)
+/// over `x`'s elements, reading `inputs` and writing a new tensor shaped like `x`.
+fn launch(
+    gpu: &Gpu,
+    kernels: [&KernelSpec; 2],
+    kind: Kind,
+    inputs: &[&Tensor],
+    x: &Tensor,
+) -> Result<(Dispatch, Tensor)> {
+    let p = params(kernels[0].entry, kind, x)?;
+    let out = gpu.empty(x.shape(), DType::F32)?;
+    let tensors: Vec<&Tensor> = inputs.iter().copied().chain([&out]).collect();
+    let d = if kernels[0] == kernels[1] {
+        gpu.dispatch_over(kernels[0], &p, &tensors, x.numel())?
+    } else {
+        super::dispatch_per_element(gpu, kernels, &p, &tensors, x.numel())?
+    };
+    Ok((d, out))
 }
 
 /// The family's catalogue: every activation forward and backward at odd sizes (ReLU6's inputs

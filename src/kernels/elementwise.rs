@@ -52,22 +52,6 @@ pub const KERNELS: &[KernelSpec] = &[
     ADD, SCALE, AXPY, MUL, FILL, ADD_VEC4, SCALE_VEC4, AXPY_VEC4, MUL_VEC4, FILL_VEC4,
 ];
 
-/// Launches `kernels[0]` over `n` elements, one per lane, or its vec4 variant `kernels[1]`, four
-/// per lane, where `n` is a multiple of 4.
-fn launch(
-    gpu: &Gpu,
-    kernels: [&KernelSpec; 2],
-    p: &Params,
-    tensors: &[&Tensor],
-    n: usize,
-) -> Result<Dispatch> {
-    if n.is_multiple_of(4) {
-        gpu.dispatch_over(kernels[1], p, tensors, n / 4)
-    } else {
-        gpu.dispatch_over(kernels[0], p, tensors, n)
-    }
-}
-
 fn params(op: &str, n: usize, alpha: f32) -> Result<Params> {
     let n = u32::try_from(n)
         .map_err(|_| shape_error(op, format!("{n} elements exceed u32 indexing")))?;
@@ -87,7 +71,7 @@ fn same_f32(op: &str, names: [&str; 2], a: &Tensor, b: &Tensor) -> Result<()> {
 pub fn add_plan(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<(Dispatch, Tensor)> {
     same_f32("add", ["a", "b"], a, b)?;
     let out = gpu.empty(a.shape(), DType::F32)?;
-    let d = launch(
+    let d = super::dispatch_per_element(
         gpu,
         [&ADD, &ADD_VEC4],
         &params("add", a.numel(), 0.0)?,
@@ -101,7 +85,7 @@ pub fn add_plan(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<(Dispatch, Tensor)>
 pub fn scale_plan(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<(Dispatch, Tensor)> {
     x.expect("scale", "x", DType::F32, x.shape())?;
     let out = gpu.empty(x.shape(), DType::F32)?;
-    let d = launch(
+    let d = super::dispatch_per_element(
         gpu,
         [&SCALE, &SCALE_VEC4],
         &params("scale", x.numel(), alpha)?,
@@ -120,7 +104,7 @@ pub fn axpy_plan(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<Dispat
             "x and y must not share a buffer (y is written while x is read)",
         ));
     }
-    launch(
+    super::dispatch_per_element(
         gpu,
         [&AXPY, &AXPY_VEC4],
         &params("axpy", x.numel(), alpha)?,
@@ -138,7 +122,7 @@ pub fn mul_plan(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
             "x and y must not share a buffer (y is written while x is read)",
         ));
     }
-    launch(
+    super::dispatch_per_element(
         gpu,
         [&MUL, &MUL_VEC4],
         &params("mul", x.numel(), 1.0)?,
@@ -150,7 +134,7 @@ pub fn mul_plan(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
 /// Prepares setting every element of `out` to `value`.
 pub fn fill_plan(gpu: &Gpu, out: &Tensor, value: f32) -> Result<Dispatch> {
     out.expect("fill", "out", DType::F32, out.shape())?;
-    launch(
+    super::dispatch_per_element(
         gpu,
         [&FILL, &FILL_VEC4],
         &params("fill", out.numel(), value)?,

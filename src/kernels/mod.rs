@@ -24,7 +24,7 @@ pub mod softmax;
 use crate::Result;
 use crate::catalogue::{Case, Suite};
 use crate::error::shape_error;
-use crate::gpu::{Gpu, KernelSpec, KernelStyle};
+use crate::gpu::{Dispatch, Gpu, KernelSpec, KernelStyle, Tensor};
 
 /// The range an attribute's value must lie in: `min < v` (or `min ≤ v` when `min_inclusive`)
 /// and `v ≤ max`, always finite, and whole when it counts something (`whole`).
@@ -113,6 +113,24 @@ pub struct AttrDef {
 /// Indices that the window kernels divide through f32 (`quot` in `shaders/common/index.wgsl`) stay
 /// below this: map positions, padded rows and columns.
 pub(crate) const QUOT_LIMIT: usize = 1 << 22;
+
+/// Launches a per-element kernel over `n` elements: `kernels[1]`, its vec4 variant (four elements
+/// per lane), where `n` is a multiple of 4, else `kernels[0]` (one per lane). On CPU drivers a
+/// lane's loads, each at its own address, are what such kernels wait on, so four elements in one
+/// load cost about what one did.
+pub(crate) fn dispatch_per_element<P: bytemuck::Pod>(
+    gpu: &Gpu,
+    kernels: [&KernelSpec; 2],
+    params: &P,
+    tensors: &[&Tensor],
+    n: usize,
+) -> Result<Dispatch> {
+    if n.is_multiple_of(4) {
+        gpu.dispatch_over(kernels[1], params, tensors, n / 4)
+    } else {
+        gpu.dispatch_over(kernels[0], params, tensors, n)
+    }
+}
 
 /// Whether `op` launches its subgroup variant (`*_subgroup.wgsl`). `requested`: `Some(true)`
 /// insists (an error saying why when it cannot run), `Some(false)` forbids, `None` takes it

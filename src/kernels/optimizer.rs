@@ -36,22 +36,6 @@ pub const SGD_VEC4: KernelSpec =
 pub const ADAMW_VEC4: KernelSpec =
     KernelSpec::new::<Params>("optimizer", "adamw_vec4", &[U, RW, R, RW, RW, R]);
 
-/// Launches an update over `n` elements: `kernels[1]`, four per lane, where n is a multiple of
-/// 4, else `kernels[0]`.
-fn update(
-    gpu: &Gpu,
-    kernels: [&KernelSpec; 2],
-    p: &Params,
-    tensors: &[&Tensor],
-    n: usize,
-) -> Result<Dispatch> {
-    if n.is_multiple_of(4) {
-        gpu.dispatch_over(kernels[1], p, tensors, n / 4)
-    } else {
-        gpu.dispatch_over(kernels[0], p, tensors, n)
-    }
-}
-
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -141,7 +125,7 @@ pub fn sgd(
         b: s.dampening,
         ..Params::default()
     };
-    update(
+    super::dispatch_per_element(
         gpu,
         [&SGD, &SGD_VEC4],
         &p,
@@ -178,7 +162,7 @@ pub fn adamw(
         one_minus_b: (1.0 - s.beta2) as f32,
         ..Params::default()
     };
-    update(
+    super::dispatch_per_element(
         gpu,
         [&ADAMW, &ADAMW_VEC4],
         &p,
