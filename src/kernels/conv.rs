@@ -40,7 +40,7 @@ pub const CONV_BACKWARD_INPUT_SG: KernelSpec =
 /// Per-chunk partial gradients of the weight with subgroup-shared dy, summed by a reduction.
 pub const CONV_BACKWARD_WEIGHT_SG: KernelSpec =
     KernelSpec::new::<Params>("conv_subgroup", "conv_backward_weight_sg", &[U, R, R, W]);
-/// The weight gradient for at most [`NARROW_COLUMNS`] weight columns (Cin·KH·KW) on CPU-like
+/// The weight gradient for at most 16 weight columns (Cin·KH·KW) on CPU-like
 /// drivers: every lane takes all the columns over its own positions (per-lane partial sums).
 pub const CONV_BACKWARD_WEIGHT_NARROW: KernelSpec = KernelSpec::new::<Params>(
     "conv_subgroup",
