@@ -53,7 +53,25 @@ pub struct BenchResult {
     /// first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profile: Vec<KernelTime>,
+    /// The slowest launches of that profile, one by one, slowest first: which of a kernel's
+    /// launches costs (a strided convolution among unit-stride ones, a first layer).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slowest: Vec<LaunchTime>,
 }
+
+/// One launch of a case, timed alone.
+#[derive(Clone, Debug, Serialize)]
+pub struct LaunchTime {
+    /// Its place in the case's plan, from 0.
+    pub index: usize,
+    /// `family::entry`.
+    pub kernel: String,
+    /// Seconds per run.
+    pub seconds: f64,
+}
+
+/// Launches listed in a profile's `slowest`.
+const SLOWEST: usize = 5;
 
 /// One kernel's share of a case: its launches, each timed alone, added up.
 #[derive(Clone, Debug, Serialize)]
@@ -86,16 +104,27 @@ pub fn by_kernel(launches: impl IntoIterator<Item = (String, f64)>) -> Vec<Kerne
     out
 }
 
-/// Times each launch of a bound plan alone (`reps` repetitions in one pass) and adds the times
-/// up by kernel. Launches that update state (optimisers) run `reps` extra times: profile work
-/// whose results you do not keep.
-pub fn profile(gpu: &Gpu, bound: &BoundPlan, reps: u32) -> Result<Vec<KernelTime>> {
+/// Times each launch of a bound plan alone (`reps` repetitions in one pass); returns them
+/// added up by kernel ([`by_kernel`]) and the slowest few one by one. Launches that update
+/// state (optimisers) run `reps` extra times: profile work whose results you do not keep.
+pub fn profile(
+    gpu: &Gpu,
+    bound: &BoundPlan,
+    reps: u32,
+) -> Result<(Vec<KernelTime>, Vec<LaunchTime>)> {
     let mut launches = Vec::with_capacity(bound.len());
-    for (i, name) in bound.kernel_names().into_iter().enumerate() {
-        let m = measure(gpu, reps, |pass| bound.record_one(pass, i))?;
-        launches.push((name, m.seconds));
+    for (index, kernel) in bound.kernel_names().into_iter().enumerate() {
+        let m = measure(gpu, reps, |pass| bound.record_one(pass, index))?;
+        launches.push(LaunchTime {
+            index,
+            kernel,
+            seconds: m.seconds,
+        });
     }
-    Ok(by_kernel(launches))
+    let kernels = by_kernel(launches.iter().map(|l| (l.kernel.clone(), l.seconds)));
+    launches.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    launches.truncate(SLOWEST);
+    Ok((kernels, launches))
 }
 
 /// The bench suite's cases whose kernel name contains `filter` (all when `None`), plus the
@@ -160,10 +189,10 @@ pub fn run(gpu: &Gpu, cases: &[Case], target: f64, profile: bool) -> Result<Vec<
             None => (gpu.bind_plan(&prepared.plan)?, kernel_names(&prepared.plan)),
         };
         let (seconds, timing) = time_plan(gpu, &bound, target)?;
-        let launches = if profile && bound.len() > 1 {
+        let (launches, slowest) = if profile && bound.len() > 1 {
             self::profile(gpu, &bound, 3)?
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let (gflops, gbps, samples_per_second) = match c.work {
             Work::Flops(f) => (Some(f / seconds * 1e-9), None, None),
@@ -189,6 +218,7 @@ pub fn run(gpu: &Gpu, cases: &[Case], target: f64, profile: bool) -> Result<Vec<
                 .to_string(),
             timing,
             profile: launches,
+            slowest,
         });
     }
     let rate = |r: &BenchResult| r.gflops.or(r.gbps);

@@ -520,6 +520,21 @@ fn bench_times_a_training_step_and_compares_it_with_a_peer() {
         profile.iter().any(|k| k["kernel"] == "response::kd"),
         "{profile:?}"
     );
+    // The slowest launches, one by one: five, slowest first, each the largest of its kernel's
+    // share, at distinct places in the plan.
+    let slowest = rows[0]["slowest"].as_array().expect("slowest");
+    assert_eq!(slowest.len(), 5, "{slowest:?}");
+    let times: Vec<f64> = slowest
+        .iter()
+        .map(|l| l["seconds"].as_f64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    for l in slowest {
+        let share = profile.iter().find(|k| k["kernel"] == l["kernel"]).unwrap();
+        assert!(l["seconds"].as_f64().unwrap() <= share["seconds"].as_f64().unwrap());
+        assert!(l["index"].as_u64().unwrap() < launches);
+    }
+    assert!(stdout.contains("the slowest launches"), "{stdout}");
     // A peer file that is not one, and one with no case in common.
     std::fs::write(&peer, "[{\"kernel\": 3}]").unwrap();
     let out = on_ci_backend(&["bench", "--compare", peer.to_str().unwrap()]).unwrap();

@@ -88,6 +88,16 @@ pub fn run(
                 k.kernel
             );
         }
+        println!("the slowest launches (their place in the plan, from 0):");
+        for l in &r.slowest {
+            println!(
+                "  {:>5.1}%  {:>9.3} ms  #{:<4} {}",
+                100.0 * l.seconds / total,
+                l.seconds * 1e3,
+                l.index,
+                l.kernel
+            );
+        }
     }
     if let Some(peers) = &peers {
         println!();
