@@ -393,6 +393,13 @@ losses = [{ kind = "ce" }]
         s.stages[0].models[0].test_accuracy,
         last["test_accuracy"].as_f64().unwrap()
     );
+    // The rule the run and its progress bar both read.
+    let config = config::parse("test-every.toml", text).unwrap();
+    let stage = &config.stages[0];
+    let tested: Vec<bool> = (1..=5).map(|e| stage.tests_after(e)).collect();
+    assert_eq!(tested, [false, true, false, true, true]);
+    let last: Vec<Option<usize>> = (0..=5).map(|e| stage.last_tested(e)).collect();
+    assert_eq!(last, [None, None, Some(2), Some(2), Some(4), Some(5)]);
 }
 
 #[test]

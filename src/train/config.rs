@@ -434,6 +434,17 @@ impl StageConfig {
         })
     }
 
+    /// Whether test accuracy is measured after epoch `epoch` (1-based): every `test_every`
+    /// epochs, and after the last.
+    pub fn tests_after(&self, epoch: usize) -> bool {
+        epoch.is_multiple_of(self.test_every.unwrap_or(1).max(1)) || epoch == self.epochs
+    }
+
+    /// The last epoch up to `epoch` (1-based) after which test accuracy was measured, if any.
+    pub fn last_tested(&self, epoch: usize) -> Option<usize> {
+        (1..=epoch).rev().find(|&e| self.tests_after(e))
+    }
+
     /// The epochs the stage runs in all: a lifelong stage's for every task.
     pub fn total_epochs(&self) -> usize {
         match (&self.kind, &self.lifelong) {

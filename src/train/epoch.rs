@@ -123,15 +123,12 @@ pub fn train_epoch(
             if opts.progress {
                 let rate = samples as f64 / start.elapsed().as_secs_f64();
                 // The last epoch whose test accuracy was measured (`test_every` skips some).
-                let every = plan.stage.test_every.unwrap_or(1);
-                let measured = epoch / every * every;
-                let acc = if measured > 0 {
-                    format!(
+                let acc = match plan.stage.last_tested(epoch) {
+                    Some(measured) => format!(
                         ", test accuracy {:.4} after epoch {measured}",
                         plan.accuracy[0]
-                    )
-                } else {
-                    String::new()
+                    ),
+                    None => String::new(),
                 };
                 bar.set_message(format!("loss {total:.4}, {rate:.0} samples/s{acc}"));
             }

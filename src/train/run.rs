@@ -427,8 +427,7 @@ impl StageRun<'_> {
             let steps = plan.step.steps_taken(gpu)?;
             let mut exports = Vec::new();
             let mut metrics = Vec::new();
-            let tested =
-                (epoch + 1) % stage.test_every.unwrap_or(1) == 0 || epoch + 1 == stage.epochs;
+            let tested = stage.tests_after(epoch + 1);
             for k in 0..stage.train.len() {
                 if tested {
                     plan.accuracy[k] = accuracy(gpu, &plan.evals[k], &plan.graphs[k], test)?;
