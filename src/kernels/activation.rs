@@ -120,11 +120,11 @@ fn params(op: &str, kind: Kind, t: &Tensor) -> Result<Params> {
 pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> {
     // ReLU and ReLU6 have vec4 variants (see the shader).
     let kernels = match kind {
-        Kind::Relu => [&RELU_FORWARD, &RELU_FORWARD_VEC4],
-        Kind::Relu6 => [&RELU6_FORWARD, &RELU6_FORWARD_VEC4],
-        Kind::LeakyRelu(_) => [&LEAKY_RELU_FORWARD; 2],
-        Kind::Gelu => [&GELU_FORWARD; 2],
-        Kind::Tanh => [&TANH_FORWARD; 2],
+        Kind::Relu => (&RELU_FORWARD, Some(&RELU_FORWARD_VEC4)),
+        Kind::Relu6 => (&RELU6_FORWARD, Some(&RELU6_FORWARD_VEC4)),
+        Kind::LeakyRelu(_) => (&LEAKY_RELU_FORWARD, None),
+        Kind::Gelu => (&GELU_FORWARD, None),
+        Kind::Tanh => (&TANH_FORWARD, None),
     };
     launch(gpu, kernels, kind, &[x], x)
 }
@@ -132,33 +132,29 @@ pub fn forward(gpu: &Gpu, kind: Kind, x: &Tensor) -> Result<(Dispatch, Tensor)> 
 /// Prepares `dx = dy·f'(x)` into a new tensor; `x` is the activation's input.
 pub fn backward(gpu: &Gpu, kind: Kind, x: &Tensor, dy: &Tensor) -> Result<(Dispatch, Tensor)> {
     let kernels = match kind {
-        Kind::Relu => [&RELU_BACKWARD, &RELU_BACKWARD_VEC4],
-        Kind::Relu6 => [&RELU6_BACKWARD, &RELU6_BACKWARD_VEC4],
-        Kind::LeakyRelu(_) => [&LEAKY_RELU_BACKWARD; 2],
-        Kind::Gelu => [&GELU_BACKWARD; 2],
-        Kind::Tanh => [&TANH_BACKWARD; 2],
+        Kind::Relu => (&RELU_BACKWARD, Some(&RELU_BACKWARD_VEC4)),
+        Kind::Relu6 => (&RELU6_BACKWARD, Some(&RELU6_BACKWARD_VEC4)),
+        Kind::LeakyRelu(_) => (&LEAKY_RELU_BACKWARD, None),
+        Kind::Gelu => (&GELU_BACKWARD, None),
+        Kind::Tanh => (&TANH_BACKWARD, None),
     };
-    dy.expect(kernels[0].entry, "dy", DType::F32, x.shape())?;
+    dy.expect(kernels.0.entry, "dy", DType::F32, x.shape())?;
     launch(gpu, kernels, kind, &[x, dy], x)
 }
 
-/// Launches `kernels` (a kernel and its vec4 variant; the same one twice where there is none)
-/// over `x`'s elements, reading `inputs` and writing a new tensor shaped like `x`.
+/// Launches `(kernel, its vec4 variant if any)` over `x`'s elements, reading `inputs` and
+/// writing a new tensor shaped like `x`.
 fn launch(
     gpu: &Gpu,
-    kernels: [&KernelSpec; 2],
+    (one, quads): (&KernelSpec, Option<&KernelSpec>),
     kind: Kind,
     inputs: &[&Tensor],
     x: &Tensor,
 ) -> Result<(Dispatch, Tensor)> {
-    let p = params(kernels[0].entry, kind, x)?;
+    let p = params(one.entry, kind, x)?;
     let out = gpu.empty(x.shape(), DType::F32)?;
     let tensors: Vec<&Tensor> = inputs.iter().copied().chain([&out]).collect();
-    let d = if kernels[0] == kernels[1] {
-        gpu.dispatch_over(kernels[0], &p, &tensors, x.numel())?
-    } else {
-        super::dispatch_per_element(gpu, kernels, &p, &tensors, x.numel())?
-    };
+    let d = super::dispatch_per_element(gpu, one, quads, &p, &tensors, x.numel())?;
     Ok((d, out))
 }
 

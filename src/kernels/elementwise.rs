@@ -73,7 +73,8 @@ pub fn add_plan(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<(Dispatch, Tensor)>
     let out = gpu.empty(a.shape(), DType::F32)?;
     let d = super::dispatch_per_element(
         gpu,
-        [&ADD, &ADD_VEC4],
+        &ADD,
+        Some(&ADD_VEC4),
         &params("add", a.numel(), 0.0)?,
         &[a, b, &out],
         a.numel(),
@@ -87,7 +88,8 @@ pub fn scale_plan(gpu: &Gpu, x: &Tensor, alpha: f32) -> Result<(Dispatch, Tensor
     let out = gpu.empty(x.shape(), DType::F32)?;
     let d = super::dispatch_per_element(
         gpu,
-        [&SCALE, &SCALE_VEC4],
+        &SCALE,
+        Some(&SCALE_VEC4),
         &params("scale", x.numel(), alpha)?,
         &[x, &out],
         x.numel(),
@@ -106,7 +108,8 @@ pub fn axpy_plan(gpu: &Gpu, alpha: f32, x: &Tensor, y: &Tensor) -> Result<Dispat
     }
     super::dispatch_per_element(
         gpu,
-        [&AXPY, &AXPY_VEC4],
+        &AXPY,
+        Some(&AXPY_VEC4),
         &params("axpy", x.numel(), alpha)?,
         &[x, y],
         x.numel(),
@@ -124,7 +127,8 @@ pub fn mul_plan(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
     }
     super::dispatch_per_element(
         gpu,
-        [&MUL, &MUL_VEC4],
+        &MUL,
+        Some(&MUL_VEC4),
         &params("mul", x.numel(), 1.0)?,
         &[x, y],
         x.numel(),
@@ -136,7 +140,8 @@ pub fn fill_plan(gpu: &Gpu, out: &Tensor, value: f32) -> Result<Dispatch> {
     out.expect("fill", "out", DType::F32, out.shape())?;
     super::dispatch_per_element(
         gpu,
-        [&FILL, &FILL_VEC4],
+        &FILL,
+        Some(&FILL_VEC4),
         &params("fill", out.numel(), value)?,
         &[out],
         out.numel(),

@@ -114,21 +114,21 @@ pub struct AttrDef {
 /// below this: map positions, padded rows and columns.
 pub(crate) const QUOT_LIMIT: usize = 1 << 22;
 
-/// Launches a per-element kernel over `n` elements: `kernels[1]`, its vec4 variant (four elements
-/// per lane), where `n` is a multiple of 4, else `kernels[0]` (one per lane). On CPU drivers a
-/// lane's loads, each at its own address, are what such kernels wait on, so four elements in one
-/// load cost about what one did.
+/// Launches a per-element kernel over `n` elements: its vec4 variant `quads` (four elements per
+/// lane), where it has one and `n` is a multiple of 4, else `one` (an element per lane). On CPU
+/// drivers a lane's loads, each at its own address, are what such kernels wait on, so four
+/// elements in one load cost about what one did.
 pub(crate) fn dispatch_per_element<P: bytemuck::Pod>(
     gpu: &Gpu,
-    kernels: [&KernelSpec; 2],
+    one: &KernelSpec,
+    quads: Option<&KernelSpec>,
     params: &P,
     tensors: &[&Tensor],
     n: usize,
 ) -> Result<Dispatch> {
-    if n.is_multiple_of(4) {
-        gpu.dispatch_over(kernels[1], params, tensors, n / 4)
-    } else {
-        gpu.dispatch_over(kernels[0], params, tensors, n)
+    match quads {
+        Some(spec) if n.is_multiple_of(4) => gpu.dispatch_over(spec, params, tensors, n / 4),
+        _ => gpu.dispatch_over(one, params, tensors, n),
     }
 }
 

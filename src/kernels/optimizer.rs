@@ -127,7 +127,8 @@ pub fn sgd(
     };
     super::dispatch_per_element(
         gpu,
-        [&SGD, &SGD_VEC4],
+        &SGD,
+        Some(&SGD_VEC4),
         &p,
         &[param, grad, momentum_buf, step],
         n as usize,
@@ -164,7 +165,8 @@ pub fn adamw(
     };
     super::dispatch_per_element(
         gpu,
-        [&ADAMW, &ADAMW_VEC4],
+        &ADAMW,
+        Some(&ADAMW_VEC4),
         &p,
         &[param, grad, m, v, step],
         n as usize,
