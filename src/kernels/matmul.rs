@@ -45,8 +45,15 @@ pub const KERNELS: &[KernelSpec] = &[
     MATMUL_SG_TN,
 ];
 
-/// Output block per workgroup of the subgroup kernels, (rows, columns).
-const SUBGROUP_BLOCK: (usize, usize) = (16, 64);
+/// Output block per workgroup of a subgroup kernel, (rows, columns): `matmul_sg_nt` spreads its
+/// strided loads of B over twice the rows (see shaders/matmul_subgroup.wgsl).
+fn subgroup_block(spec: &KernelSpec) -> (usize, usize) {
+    if spec.entry == MATMUL_SG_NT.entry {
+        (32, 64)
+    } else {
+        (16, 64)
+    }
+}
 
 /// The subgroup kernel for these transposes and shape, if the vec4 reads it needs line up:
 /// the contiguous dimensions of A and B must be multiples of 4.
@@ -214,7 +221,7 @@ pub fn matmul_into(
             m.div_ceil(LARGE_BLOCK.0) * n.div_ceil(LARGE_BLOCK.1) >= LARGE_TILE_MIN_WORKGROUPS
         });
     let (spec, (block_rows, block_cols), constants): (_, _, &[(&str, f64)]) = match subgroup {
-        Ok(spec) if use_subgroups => (spec, SUBGROUP_BLOCK, &[]),
+        Ok(spec) if use_subgroups => (spec, subgroup_block(spec), &[]),
         _ => (
             match style {
                 KernelStyle::RegisterBlocked => &MATMUL_RB,
