@@ -177,11 +177,40 @@ impl Tensor {
     /// The same view (offset, shape, dtype) over another tensor's buffer, which must be large
     /// enough (the memory planner moves tensors into shared buffers this way).
     pub fn rebased(&self, onto: &Tensor) -> Tensor {
-        debug_assert!(onto.buffer().size() >= self.extent());
+        self.moved_to(onto, self.offset)
+    }
+
+    /// This view's shape and dtype at byte `offset` of another tensor's buffer, which must be
+    /// large enough (gradients are gathered into their parameters' layout this way).
+    pub fn moved_to(&self, onto: &Tensor, offset: u64) -> Tensor {
+        debug_assert!(onto.buffer().size() >= offset + self.byte_len());
         Tensor {
             buffer: onto.buffer.clone(),
+            offset,
             ..self.clone()
         }
+    }
+
+    /// A view of `shape`, of this tensor's dtype, at byte `offset` of its buffer (one model's
+    /// parameters laid out end to end in one buffer). The offset must be a multiple of 4 and the
+    /// buffer must hold the view.
+    pub fn view_at(&self, offset: u64, shape: &[usize]) -> Result<Tensor> {
+        let view = Tensor {
+            buffer: self.buffer.clone(),
+            offset,
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        };
+        if !offset.is_multiple_of(4) || view.extent() > self.buffer().size() {
+            return Err(shape_error(
+                "view",
+                format!(
+                    "{shape:?} at byte {offset} does not fit a buffer of {} bytes at a multiple of 4",
+                    self.buffer().size()
+                ),
+            ));
+        }
+        Ok(view)
     }
 
     /// Whether two tensors view the same device buffer.

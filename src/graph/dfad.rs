@@ -247,14 +247,16 @@ impl Dfad {
         let grads = plan_backward(gpu, g, &gf, vec![(g_out, dx)], &[], &mut plan)?;
         plan.push(optimizer::advance_step(gpu, &g_step)?);
         let updates = named_updates(gw, &grads)?;
-        let (g_state, g_launches) = plan_updates(
+        let generator = plan_updates(
             gpu,
             &spec.generator_optimizer,
             updates,
+            &gw.arenas().iter().collect::<Vec<_>>(),
             None,
             &g_step,
             &mut plan,
         )?;
+        let (g_state, g_launches) = (generator.state, generator.launches);
         drop((tf, sf, gf));
         let generator_plan = gpu.bind_plan(&plan)?;
 
@@ -278,14 +280,16 @@ impl Dfad {
         let grads = plan_backward(gpu, spec.student, &sf, vec![(s_out, seed)], &[], &mut plan)?;
         plan.push(optimizer::advance_step(gpu, &s_step)?);
         let updates = named_updates(spec.student_weights, &grads)?;
-        let (s_state, s_launches) = plan_updates(
+        let student = plan_updates(
             gpu,
             &spec.student_optimizer,
             updates,
+            &spec.student_weights.arenas().iter().collect::<Vec<_>>(),
             None,
             &s_step,
             &mut plan,
         )?;
+        let (s_state, s_launches) = (student.state, student.launches);
         drop((tf, sf, gf));
         let student_plan = gpu.bind_plan(&plan)?;
         Ok(Dfad {

@@ -65,6 +65,9 @@ pub struct PlannedDiscriminator {
     pub discriminator_losses: [Tensor; 2],
     /// Its state, to share with a sibling step.
     pub state: DiscriminatorState,
+    /// The buffers its gradients were gathered into, which the step's memory planning must pin
+    /// ([`super::update::PlannedUpdates::gradients`]).
+    pub gradients: Vec<Tensor>,
 }
 
 /// A constant `(B, 1)` tensor of `value`.
@@ -164,14 +167,16 @@ pub fn plan_discriminator(
     }
     let grads = summed;
     plan.push(optimizer::advance_step(gpu, &step)?);
-    let (state, _) = plan_updates(
+    let updated = plan_updates(
         gpu,
         &spec.optimizer,
         named_updates(&weights, &grads)?,
+        &weights.arenas().iter().collect::<Vec<_>>(),
         shared.map(|s| &s.optimizer),
         &step,
         plan,
     )?;
+    let (state, gradients) = (updated.state, updated.gradients);
     Ok(PlannedDiscriminator {
         student_seed,
         adversarial_loss: lp.loss,
@@ -182,5 +187,6 @@ pub fn plan_discriminator(
             optimizer: state,
             step,
         },
+        gradients,
     })
 }

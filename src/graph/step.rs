@@ -23,7 +23,7 @@ use super::memory::{MemoryReport, plan_memory};
 use super::update::{
     OptimizerState, named_updates, plan_updates, side_state, state_from_host, state_to_host,
 };
-use super::weights::Weights;
+use super::weights::{Arena, Weights};
 
 /// A trainable regressor between a student tap and the teacher's (FitNet): it trains with the
 /// student and is not part of the student's exported weights. A config's `adapter` key names one
@@ -466,7 +466,7 @@ fn term_parameters(
         .zip(term.loss.initial_parameters(&shapes))
         .map(|(p, v)| (format!("terms.{index}.{}", p.name), v))
         .collect();
-    Weights::upload(gpu, &format!("{index}:{}", def.name), &host)
+    Weights::upload_trained(gpu, &format!("{index}:{}", def.name), &host)
 }
 
 impl Drop for LossFetch {
@@ -868,22 +868,26 @@ impl TrainStep {
         // update per parameter.
         plan.push(optimizer::advance_step(gpu, &step)?);
         let mut updates = named_updates(spec.student_weights, &grads)?;
+        let mut arenas: Vec<&Arena> = spec.student_weights.arenas().iter().collect();
         for (w, grads) in adapter_parts.iter().chain(&parameter_parts) {
             for (name, g) in grads {
                 if let Some(p) = w.get(name) {
                     updates.push((name.clone(), p, g));
                 }
             }
+            arenas.extend(w.arenas());
         }
-        let (opt_state, launches) = plan_updates(
+        let updated = plan_updates(
             gpu,
             &spec.optimizer,
             updates,
+            &arenas,
             shared.as_ref().map(|s| &s.optimizer),
             &step,
             &mut plan,
         )?;
-        optimizer_launches.extend(launches);
+        optimizer_launches.extend(updated.launches);
+        let opt_state = updated.state;
         // Pruned parameters: masked after their update (a sibling applies its main step's).
         let masks = match &shared {
             Some(st) => st.masks.clone(),
@@ -918,6 +922,12 @@ impl TrainStep {
         let logits = fwd.get(logits_value).clone();
         drop((fwd, teacher_fwd, grads));
         let mut pinned: Vec<&Tensor> = vec![&logits];
+        pinned.extend(&updated.gradients);
+        let discriminator_gradients: Vec<Tensor> = discriminator
+            .as_ref()
+            .map(|d| d.gradients.clone())
+            .unwrap_or_default();
+        pinned.extend(&discriminator_gradients);
         pinned.extend(loss_values.iter().map(|(_, _, t)| t));
         let discriminator_losses = discriminator.map(|d| d.discriminator_losses);
         pinned.extend(discriminator_losses.iter().flatten());

@@ -1,19 +1,25 @@
-//! The optimizer's side of a compiled step: one fused update launch per parameter, with the
-//! state each keeps between steps (SGD's momentum buffer; AdamW's two moments). Every compiled
-//! step that trains something (the training step, DFAD's generator and student steps) plans its
-//! updates here.
+//! The optimizer's side of a compiled step: one fused update launch per arena of parameters (or
+//! per parameter, where their gradients cannot be gathered), with the state each keeps between
+//! steps (SGD's momentum buffer; AdamW's two moments). Every compiled step that trains something
+//! (the training step, DFAD's generator and student steps) plans its updates here.
+//!
+//! A model's trained parameters lie end to end in one buffer ([`Arena`]). Their gradients are
+//! gathered into a buffer of the same layout, by moving each gradient's buffer (every launch that
+//! produces or reads it) to its parameter's offset, and the optimizer state is laid out alike, so
+//! that one elementwise launch updates every parameter, as llm.c does. The padding between
+//! parameters holds zeros in all three and stays zero.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::Result;
 use crate::error::input_error;
 use crate::error::shape_error;
-use crate::gpu::{DType, Dispatch, Gpu, Tensor};
+use crate::gpu::{Binding, DType, Dispatch, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
 use crate::kernels::optimizer;
 
 use super::step::OptimizerSpec;
-use super::weights::Weights;
+use super::weights::{Arena, Weights};
 
 /// Per parameter name, the optimizer's state tensors.
 pub type OptimizerState = BTreeMap<String, Vec<Tensor>>;
@@ -26,36 +32,192 @@ pub fn state_slots(optimizer: &OptimizerSpec) -> usize {
     }
 }
 
-/// Appends one update per `(name, parameter, gradient)` to `plan` (after the caller has
-/// advanced `step`, which the updates read). State is taken from `shared` where it holds the
-/// parameter (a sibling step's), else made as zeros. Returns the state and the index of each
-/// update launch in `plan` (to rewrite its learning rate later).
+/// What [`plan_updates`] planned.
+pub struct PlannedUpdates {
+    /// Per parameter name, the optimizer's state tensors (views of one buffer per slot for the
+    /// parameters of an arena updated together).
+    pub state: OptimizerState,
+    /// The index of each update launch in the plan (to rewrite its learning rate later).
+    pub launches: Vec<usize>,
+    /// The buffers gradients were gathered into. Their padding must stay zero, so the memory
+    /// planner must not fold them into shared buffers: the caller pins them.
+    pub gradients: Vec<Tensor>,
+}
+
+/// Appends the updates of every `(name, parameter, gradient)` to `plan` (after the caller has
+/// advanced `step`, which the updates read): one launch for the parameters of each of `arenas`
+/// that the updates cover exactly and whose gradients can be gathered, one per parameter for the
+/// rest. State is taken from `shared` where it holds the parameter (a sibling step's), else made
+/// as zeros.
 pub fn plan_updates(
     gpu: &Gpu,
     optimizer: &OptimizerSpec,
     updates: Vec<(String, &Tensor, &Tensor)>,
+    arenas: &[&Arena],
     shared: Option<&OptimizerState>,
     step: &Tensor,
     plan: &mut Vec<Dispatch>,
-) -> Result<(OptimizerState, Vec<usize>)> {
+) -> Result<PlannedUpdates> {
     let slots = state_slots(optimizer);
-    let mut state = BTreeMap::new();
-    let mut launches = Vec::new();
-    for (name, p, g) in updates {
+    let mut planned = PlannedUpdates {
+        state: BTreeMap::new(),
+        launches: Vec::new(),
+        gradients: Vec::new(),
+    };
+    let mut rest: Vec<Option<(String, &Tensor, &Tensor)>> = updates.into_iter().map(Some).collect();
+    for arena in arenas {
+        let members: Vec<(String, &Tensor, &Tensor)> = rest
+            .iter()
+            .flatten()
+            .filter(|(_, p, _)| p.shares_buffer_with(arena.whole()))
+            .cloned()
+            .collect();
+        let params: Vec<&Tensor> = members.iter().map(|(_, p, _)| *p).collect();
+        if members.is_empty() || !arena.is_exactly(&params) {
+            continue;
+        }
+        let Some(s) = arena_state(gpu, arena, &members, shared, slots)? else {
+            continue;
+        };
+        let pairs: Vec<(&Tensor, &Tensor)> = members.iter().map(|(_, p, g)| (*p, *g)).collect();
+        let Some(g) = gather_gradients(gpu, arena, &pairs, plan)? else {
+            continue;
+        };
+        planned.launches.push(plan.len());
+        plan.push(update(gpu, optimizer, arena.whole(), &g, &s, step)?);
+        for (name, p, _) in &members {
+            let views = s
+                .iter()
+                .map(|whole| whole.view_at(p.offset(), p.shape()))
+                .collect::<Result<_>>()?;
+            planned.state.insert(name.clone(), views);
+        }
+        planned.gradients.push(g);
+        rest.retain(|u| {
+            !u.as_ref()
+                .is_some_and(|(_, p, _)| p.shares_buffer_with(arena.whole()))
+        });
+    }
+    for (name, p, g) in rest.into_iter().flatten() {
         let s: Vec<Tensor> = match shared.and_then(|s| s.get(&name)) {
             Some(existing) if existing.len() == slots => existing.clone(),
             _ => (0..slots)
                 .map(|_| gpu.zeros(p.shape(), DType::F32))
                 .collect::<Result<_>>()?,
         };
-        launches.push(plan.len());
-        plan.push(match optimizer {
-            OptimizerSpec::Sgd(o) => optimizer::sgd(gpu, o, p, g, &s[0], step)?,
-            OptimizerSpec::AdamW(o) => optimizer::adamw(gpu, o, p, g, &s[0], &s[1], step)?,
-        });
-        state.insert(name, s);
+        planned.launches.push(plan.len());
+        plan.push(update(gpu, optimizer, p, g, &s, step)?);
+        planned.state.insert(name, s);
     }
-    Ok((state, launches))
+    Ok(planned)
+}
+
+/// The launch that updates `p` from `g` with state `s`.
+fn update(
+    gpu: &Gpu,
+    optimizer: &OptimizerSpec,
+    p: &Tensor,
+    g: &Tensor,
+    s: &[Tensor],
+    step: &Tensor,
+) -> Result<Dispatch> {
+    match optimizer {
+        OptimizerSpec::Sgd(o) => optimizer::sgd(gpu, o, p, g, &s[0], step),
+        OptimizerSpec::AdamW(o) => optimizer::adamw(gpu, o, p, g, &s[0], &s[1], step),
+    }
+}
+
+/// The optimizer state of an arena's parameters, one buffer per slot laid out as the arena:
+/// zeros, or a sibling step's (`shared`) where it is laid out so. `None` where the sibling keeps
+/// per-parameter state: these parameters are then updated one by one, sharing it.
+fn arena_state(
+    gpu: &Gpu,
+    arena: &Arena,
+    members: &[(String, &Tensor, &Tensor)],
+    shared: Option<&OptimizerState>,
+    slots: usize,
+) -> Result<Option<Vec<Tensor>>> {
+    let existing: Vec<(&Tensor, &Vec<Tensor>)> = members
+        .iter()
+        .filter_map(|(name, p, _)| shared?.get(name).map(|s| (*p, s)))
+        .collect();
+    let Some((_, first)) = existing.first() else {
+        let zeros = (0..slots)
+            .map(|_| gpu.zeros(arena.whole().shape(), DType::F32))
+            .collect::<Result<_>>()?;
+        return Ok(Some(zeros));
+    };
+    let laid_out = existing.len() == members.len()
+        && existing.iter().all(|(p, s)| {
+            s.len() == slots
+                && s.iter()
+                    .zip(first.iter())
+                    .all(|(t, f)| t.shares_buffer_with(f) && t.offset() == p.offset())
+        });
+    if !laid_out {
+        return Ok(None);
+    }
+    let wholes = first
+        .iter()
+        .map(|f| f.view_at(0, arena.whole().shape()))
+        .collect::<Result<_>>()?;
+    Ok(Some(wholes))
+}
+
+/// Moves each parameter's gradient into one new buffer laid out as `arena` (at its parameter's
+/// offset), rewriting every launch of `plan` that touches it, and returns that buffer. Returns
+/// `None`, with `plan` unchanged, where that would be wrong: a gradient at an offset, or of
+/// another size than its parameter, or whose buffer holds more than it, or another gradient, or
+/// is not produced in `plan` (written before it is read); or a launch that would then read the
+/// buffer in one binding while writing it in another (a conflict WebGPU refuses).
+fn gather_gradients(
+    gpu: &Gpu,
+    arena: &Arena,
+    pairs: &[(&Tensor, &Tensor)],
+    plan: &mut [Dispatch],
+) -> Result<Option<Tensor>> {
+    // Per gradient buffer: (its parameter's offset, its parameter's bytes).
+    let mut target: HashMap<usize, (u64, u64)> = HashMap::new();
+    for (p, g) in pairs {
+        let new = target
+            .insert(g.buffer_id(), (p.offset(), p.byte_len()))
+            .is_none();
+        if !new || g.offset() != 0 || g.byte_len() != p.byte_len() {
+            return Ok(None);
+        }
+    }
+    let mut produced: HashSet<usize> = HashSet::new();
+    for d in plan.iter() {
+        let (mut reads, mut writes) = (false, false);
+        for (j, t) in d.tensors.iter().enumerate() {
+            let Some(&(_, bytes)) = target.get(&t.buffer_id()) else {
+                continue;
+            };
+            let kind = d.kernel.spec.bindings[j + 1];
+            if t.extent() > bytes || (produced.insert(t.buffer_id()) && kind != Binding::Output) {
+                return Ok(None);
+            }
+            match kind {
+                Binding::ReadOnly | Binding::Uniform => reads = true,
+                Binding::ReadWrite | Binding::Output => writes = true,
+            }
+        }
+        if reads && writes {
+            return Ok(None);
+        }
+    }
+    if produced.len() != target.len() {
+        return Ok(None);
+    }
+    let whole = gpu.zeros(arena.whole().shape(), DType::F32)?;
+    for d in plan.iter_mut() {
+        for t in d.tensors.iter_mut() {
+            if let Some(&(offset, _)) = target.get(&t.buffer_id()) {
+                *t = t.moved_to(&whole, offset + t.offset());
+            }
+        }
+    }
+    Ok(Some(whole))
 }
 
 /// `(name, parameter, gradient)` for every gradient of `weights`' parameters.
