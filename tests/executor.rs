@@ -2327,3 +2327,39 @@ fn one_launch_updates_a_models_parameters_as_one_launch_per_parameter_does() {
         assert_eq!(&partial[skipped], &before, "{skipped} keeps its values");
     }
 }
+
+#[test]
+fn a_compiled_step_plans_only_the_taps_it_reads() {
+    let Some(gpu) = gpu() else { return };
+    // The CNN taps each block's batch-normalised map (`features.1`, `features.5`); a step that
+    // reads neither fuses every ReLU into its batch norm, while a term on `features.1` keeps
+    // that block's map, and its ReLU launch.
+    let input = [8, 1, 8, 8];
+    let student = models::cnn(input, &[4, 6], 3).unwrap();
+    let sw = Weights::init(gpu, &student, 3).unwrap();
+    let teacher = models::cnn(input, &[4, 6], 3).unwrap();
+    let tw = Weights::init(gpu, &teacher, 4).unwrap();
+    let relus = |losses: Vec<LossSpec>| {
+        let spec = StepSpec {
+            student: &student,
+            student_weights: &sw,
+            teacher: Some((&teacher, &tw)),
+            losses,
+            optimizer: sgd(0.1),
+            seed: 0,
+        };
+        let step = TrainStep::compile(gpu, &spec).unwrap();
+        let (x, y) = (data(8 * 64, 5), vec![0, 1, 2, 0, 1, 2, 0, 1]);
+        step.run(gpu, &x, &y).unwrap();
+        assert!(step.total_loss(gpu).unwrap().is_finite());
+        step.into_bound()
+            .kernel_names()
+            .iter()
+            .filter(|k| k.starts_with("activation::relu_forward"))
+            .count()
+    };
+    assert_eq!(relus(vec![LossSpec::logits(loss("ce"), 1.0)]), 0);
+    let at = LossSpec::taps(loss("at"), 1.0, "features.1", "features.1");
+    // The student's first block and the teacher's.
+    assert_eq!(relus(vec![LossSpec::logits(loss("ce"), 1.0), at]), 2);
+}

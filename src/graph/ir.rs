@@ -934,6 +934,15 @@ impl Graph {
         self.tap("logits", v)
     }
 
+    /// This graph with only the taps named in `names` (and `logits`): what a compiled step plans
+    /// with, so that values no one reads can be fused away (a batch norm's output into its
+    /// ReLU); reading another tap is then an error, not a silently fused value.
+    pub fn keeping_taps(&self, names: &std::collections::BTreeSet<String>) -> Graph {
+        let mut g = self.clone();
+        g.taps.retain(|k, _| k == "logits" || names.contains(k));
+        g
+    }
+
     /// The value behind a tap, or an error listing the taps there are.
     pub fn tapped(&self, name: &str) -> Result<Value> {
         self.taps.get(name).copied().ok_or_else(|| {

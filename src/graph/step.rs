@@ -3,7 +3,7 @@
 //! records the bound launches into one compute pass and submits once: no buffer, bind-group or
 //! pipeline is created per step, and nothing is read back unless asked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -439,6 +439,39 @@ fn banked_term(
     Ok((rows, lp))
 }
 
+/// The taps a step reads, of the student (its terms' student sides, the taps of the student itself
+/// its terms read as targets, the discriminator's) and of the teacher (the terms' other targets,
+/// the discriminator's, and those the student's `teacher:` inputs read).
+fn read_taps(
+    spec: &StepSpec<'_>,
+    discriminator: Option<&DiscriminatorSpec>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut student, mut teacher) = (BTreeSet::new(), BTreeSet::new());
+    for term in &spec.losses {
+        let def = term.loss.def();
+        for k in 0..def.student_inputs().count() {
+            student.insert(term.student_tap(k).to_string());
+        }
+        for k in 0..def.teacher_inputs().count() {
+            let tap = term.teacher_tap(k);
+            match tap.strip_prefix(PEER) {
+                Some(own) => student.insert(own.to_string()),
+                None => teacher.insert(tap.to_string()),
+            };
+        }
+    }
+    if let Some(d) = discriminator {
+        student.insert(d.tap.clone());
+        teacher.insert(d.tap.clone());
+    }
+    for node in spec.student.nodes.iter().filter(|n| n.op == Op::Input) {
+        if let Some(tap) = node.name.strip_prefix(TEACHER_INPUT) {
+            teacher.insert(tap.to_string());
+        }
+    }
+    (student, teacher)
+}
+
 /// The initial parameters of loss term `index` (named `terms.INDEX.NAME`), from the shapes of its
 /// other inputs.
 fn term_parameters(
@@ -521,14 +554,24 @@ impl TrainStep {
         discriminator: Option<&DiscriminatorSpec>,
         masked: &[String],
     ) -> Result<TrainStep> {
-        let student = spec.student;
+        // The discriminator: a sibling's, or the one asked for.
+        let shared_discriminator = shared.as_ref().and_then(|s| s.discriminator.as_ref());
+        let discriminator = shared_discriminator
+            .map(|d| d.spec.clone())
+            .or_else(|| discriminator.cloned());
+        // Both models are planned with only the taps this step reads.
+        let (student_taps, teacher_taps) = read_taps(spec, discriminator.as_ref());
+        let student = &spec.student.keeping_taps(&student_taps);
+        let teacher = spec
+            .teacher
+            .map(|(tg, tw)| (tg.keeping_taps(&teacher_taps), tw));
         // The images, read by the student, or only by the teacher when the student is a module
         // over the teacher's features.
         let reads_teacher = student
             .nodes
             .iter()
             .any(|n| n.op == Op::Input && n.name.starts_with(TEACHER_INPUT));
-        let x_shape = match (reads_teacher, spec.teacher) {
+        let x_shape = match (reads_teacher, &teacher) {
             (false, _) => student.shape(input_value(student, "x")?).to_vec(),
             (true, Some((tg, _))) => tg.shape(input_value(tg, "x")?).to_vec(),
             (true, None) => {
@@ -550,7 +593,7 @@ impl TrainStep {
         // The teacher reads the step's x; any other input it has (a replayed teacher's cached
         // outputs, see Graph::replay) gets a tensor of its own, written from the host per step.
         let mut teacher_inputs: Vec<(String, Tensor)> = Vec::new();
-        let teacher_fwd = match spec.teacher {
+        let teacher_fwd = match &teacher {
             Some((tg, tw)) => {
                 let mut t_inputs = BTreeMap::new();
                 for node in tg.nodes.iter().filter(|n| n.op == Op::Input) {
@@ -837,12 +880,7 @@ impl TrainStep {
                 adapter_parts.push((w, grads));
             }
         }
-        // The discriminator (a sibling's, or the one asked for), after the terms: its
-        // gradient joins theirs in the student's tap.
-        let shared_discriminator = shared.as_ref().and_then(|s| s.discriminator.as_ref());
-        let discriminator = shared_discriminator
-            .map(|d| d.spec.clone())
-            .or_else(|| discriminator.cloned());
+        // The discriminator, after the terms: its gradient joins theirs in the student's tap.
         let discriminator = match discriminator {
             Some(ds) => {
                 let sv = student.tapped(&ds.tap)?;
