@@ -61,7 +61,8 @@ fn rank4(acc: Acc, row: vec4<f32>, panel: Panel) -> Acc {
     return r;
 }
 
-// The 16 rows of the block from two vec4 per lane, lane l holding row l (lo) and row 8 + l (hi).
+// 16 rows of the block (all of them, or matmul_sg_nt's top or bottom half) from two vec4 per
+// lane, lane l holding row l (lo) and row 8 + l (hi).
 // Broadcast lanes must be constants, hence the spelled-out list.
 fn share_rows(lo: vec4<f32>, hi: vec4<f32>) -> array<vec4<f32>, 16> {
     return array<vec4<f32>, 16>(

@@ -2240,7 +2240,7 @@ fn update_from_fixed_gradients(
     } else {
         Vec::new()
     };
-    let planned = plan_updates(gpu, optimizer, updates, &arenas, None, &step, &mut plan).unwrap();
+    let planned = plan_updates(gpu, optimizer, updates, arenas, None, &step, &mut plan).unwrap();
     drop(grads);
     for _ in 0..3 {
         gpu.execute(&plan).unwrap();
@@ -2362,4 +2362,27 @@ fn a_compiled_step_plans_only_the_taps_it_reads() {
     let at = LossSpec::taps(loss("at"), 1.0, "features.1", "features.1");
     // The student's first block and the teacher's.
     assert_eq!(relus(vec![LossSpec::logits(loss("ce"), 1.0), at]), 2);
+}
+
+#[test]
+fn a_prefixed_init_holds_only_its_part_with_the_values_the_whole_gives_it() {
+    let Some(gpu) = gpu() else { return };
+    let g = models::mlp([4, 1, 3, 3], &[6, 5], 3).unwrap();
+    let whole = Weights::init(gpu, &g, 7).unwrap();
+    let part = Weights::init_prefixed(gpu, &g, 7, "hidden.1.").unwrap();
+    let names: Vec<&str> = part.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["hidden.1.bias", "hidden.1.weight"]);
+    for (k, t) in part.iter() {
+        let expected = gpu.read::<f32>(whole.get(k).unwrap()).unwrap();
+        assert_eq!(gpu.read::<f32>(t).unwrap(), expected, "{k}");
+    }
+    // Its own arena, of these two alone: one update launch trains them.
+    let views: Vec<&Tensor> = part.iter().map(|(_, t)| t).collect();
+    assert_eq!(part.arenas().len(), 1);
+    assert!(part.arenas()[0].is_exactly(&views));
+    // A prefix view of the whole shares the whole's arena, which holds more than the part.
+    let sub = whole.with_prefix("hidden.1.");
+    let views: Vec<&Tensor> = sub.iter().map(|(_, t)| t).collect();
+    assert_eq!(sub.arenas().len(), 1);
+    assert!(!sub.arenas()[0].is_exactly(&views));
 }

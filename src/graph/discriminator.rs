@@ -171,7 +171,7 @@ pub fn plan_discriminator(
         gpu,
         &spec.optimizer,
         named_updates(&weights, &grads)?,
-        &weights.arenas().iter().collect::<Vec<_>>(),
+        weights.arenas(),
         shared.map(|s| &s.optimizer),
         &step,
         plan,

@@ -903,7 +903,7 @@ impl TrainStep {
         let grads = plan_backward(gpu, student, &fwd, seeds, &[], &mut plan)?;
 
         // Optimizer: advance the step counter (read by dropout and the updates), then one fused
-        // update per parameter.
+        // update per arena of parameters (see update.rs), or per parameter where one cannot be.
         plan.push(optimizer::advance_step(gpu, &step)?);
         let mut updates = named_updates(spec.student_weights, &grads)?;
         let mut arenas: Vec<&Arena> = spec.student_weights.arenas().iter().collect();
@@ -919,7 +919,7 @@ impl TrainStep {
             gpu,
             &spec.optimizer,
             updates,
-            &arenas,
+            arenas,
             shared.as_ref().map(|s| &s.optimizer),
             &step,
             &mut plan,
@@ -1391,6 +1391,9 @@ impl EvalStep {
         weights: &Weights,
         taps: &[&str],
     ) -> Result<EvalStep> {
+        // Planned with only the taps asked for, so that the rest can be fused (a batch norm's
+        // output into its ReLU).
+        let graph = &graph.keeping_taps(&taps.iter().map(|t| t.to_string()).collect());
         let xv = input_value(graph, "x")?;
         let x = gpu.empty(graph.shape(xv), DType::F32)?;
         let mut plan = Vec::new();

@@ -49,11 +49,11 @@ pub struct PlannedUpdates {
 /// that the updates cover exactly and whose gradients can be gathered, one per parameter for the
 /// rest. State is taken from `shared` where it holds the parameter (a sibling step's), else made
 /// as zeros.
-pub fn plan_updates(
+pub fn plan_updates<'a>(
     gpu: &Gpu,
     optimizer: &OptimizerSpec,
     updates: Vec<(String, &Tensor, &Tensor)>,
-    arenas: &[&Arena],
+    arenas: impl IntoIterator<Item = &'a Arena>,
     shared: Option<&OptimizerState>,
     step: &Tensor,
     plan: &mut Vec<Dispatch>,
@@ -64,24 +64,31 @@ pub fn plan_updates(
         launches: Vec::new(),
         gradients: Vec::new(),
     };
-    let mut rest: Vec<Option<(String, &Tensor, &Tensor)>> = updates.into_iter().map(Some).collect();
+    let mut rest = updates;
     for arena in arenas {
-        let members: Vec<(String, &Tensor, &Tensor)> = rest
-            .iter()
-            .flatten()
-            .filter(|(_, p, _)| p.shares_buffer_with(arena.whole()))
-            .cloned()
-            .collect();
+        let (members, others): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(_, p, _)| p.shares_buffer_with(arena.whole()));
+        rest = others;
         let params: Vec<&Tensor> = members.iter().map(|(_, p, _)| *p).collect();
-        if members.is_empty() || !arena.is_exactly(&params) {
-            continue;
-        }
-        let Some(s) = arena_state(gpu, arena, &members, shared, slots)? else {
-            continue;
+        let state = match arena.is_exactly(&params) {
+            true => arena_state(arena, &members, shared, slots)?,
+            false => None,
         };
         let pairs: Vec<(&Tensor, &Tensor)> = members.iter().map(|(_, p, g)| (*p, *g)).collect();
-        let Some(g) = gather_gradients(gpu, arena, &pairs, plan)? else {
+        let gathered = match state {
+            Some(state) => gather_gradients(gpu, arena, &pairs, plan)?.map(|g| (state, g)),
+            None => None,
+        };
+        let Some((state, g)) = gathered else {
+            rest.extend(members);
             continue;
+        };
+        let s = match state {
+            ArenaState::Shared(wholes) => wholes,
+            ArenaState::Fresh => (0..slots)
+                .map(|_| gpu.zeros(arena.whole().shape(), DType::F32))
+                .collect::<Result<_>>()?,
         };
         planned.launches.push(plan.len());
         plan.push(update(gpu, optimizer, arena.whole(), &g, &s, step)?);
@@ -93,12 +100,8 @@ pub fn plan_updates(
             planned.state.insert(name.clone(), views);
         }
         planned.gradients.push(g);
-        rest.retain(|u| {
-            !u.as_ref()
-                .is_some_and(|(_, p, _)| p.shares_buffer_with(arena.whole()))
-        });
     }
-    for (name, p, g) in rest.into_iter().flatten() {
+    for (name, p, g) in rest {
         let s: Vec<Tensor> = match shared.and_then(|s| s.get(&name)) {
             Some(existing) if existing.len() == slots => existing.clone(),
             _ => (0..slots)
@@ -127,25 +130,29 @@ fn update(
     }
 }
 
-/// The optimizer state of an arena's parameters, one buffer per slot laid out as the arena:
-/// zeros, or a sibling step's (`shared`) where it is laid out so. `None` where the sibling keeps
-/// per-parameter state: these parameters are then updated one by one, sharing it.
+/// Where an arena's optimizer state comes from.
+enum ArenaState {
+    /// Zeros, made once the gradients are gathered.
+    Fresh,
+    /// A sibling step's, one buffer per slot laid out as the arena.
+    Shared(Vec<Tensor>),
+}
+
+/// The optimizer state of an arena's parameters: fresh, or a sibling step's (`shared`) where it
+/// is laid out as the arena. `None` where the sibling keeps per-parameter state: these
+/// parameters are then updated one by one, sharing it.
 fn arena_state(
-    gpu: &Gpu,
     arena: &Arena,
     members: &[(String, &Tensor, &Tensor)],
     shared: Option<&OptimizerState>,
     slots: usize,
-) -> Result<Option<Vec<Tensor>>> {
+) -> Result<Option<ArenaState>> {
     let existing: Vec<(&Tensor, &Vec<Tensor>)> = members
         .iter()
         .filter_map(|(name, p, _)| shared?.get(name).map(|s| (*p, s)))
         .collect();
     let Some((_, first)) = existing.first() else {
-        let zeros = (0..slots)
-            .map(|_| gpu.zeros(arena.whole().shape(), DType::F32))
-            .collect::<Result<_>>()?;
-        return Ok(Some(zeros));
+        return Ok(Some(ArenaState::Fresh));
     };
     let laid_out = existing.len() == members.len()
         && existing.iter().all(|(p, s)| {
@@ -161,15 +168,16 @@ fn arena_state(
         .iter()
         .map(|f| f.view_at(0, arena.whole().shape()))
         .collect::<Result<_>>()?;
-    Ok(Some(wholes))
+    Ok(Some(ArenaState::Shared(wholes)))
 }
 
 /// Moves each parameter's gradient into one new buffer laid out as `arena` (at its parameter's
 /// offset), rewriting every launch of `plan` that touches it, and returns that buffer. Returns
 /// `None`, with `plan` unchanged, where that would be wrong: a gradient at an offset, or of
 /// another size than its parameter, or whose buffer holds more than it, or another gradient, or
-/// is not produced in `plan` (written before it is read); or a launch that would then read the
-/// buffer in one binding while writing it in another (a conflict WebGPU refuses).
+/// is not produced in `plan` (written before it is read), or is bound as a uniform (whose
+/// offsets need another alignment); or a launch that would then read the buffer in one binding
+/// while writing it in another (a conflict WebGPU refuses).
 fn gather_gradients(
     gpu: &Gpu,
     arena: &Arena,
@@ -198,7 +206,8 @@ fn gather_gradients(
                 return Ok(None);
             }
             match kind {
-                Binding::ReadOnly | Binding::Uniform => reads = true,
+                Binding::Uniform => return Ok(None),
+                Binding::ReadOnly => reads = true,
                 Binding::ReadWrite | Binding::Output => writes = true,
             }
         }

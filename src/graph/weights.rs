@@ -140,11 +140,29 @@ impl Weights {
 
     /// Initialises every parameter and buffer of `graph` (PyTorch's default schemes), from `seed`.
     pub fn init(gpu: &Gpu, graph: &Graph, seed: u64) -> Result<Weights> {
+        Self::init_where(gpu, graph, seed, |_| true)
+    }
+
+    /// [`Weights::init`] of the parameters and buffers whose names start with `prefix` alone (an
+    /// auxiliary part of a graph, such as its extra heads), with the values `init` gives them.
+    pub fn init_prefixed(gpu: &Gpu, graph: &Graph, seed: u64, prefix: &str) -> Result<Weights> {
+        Self::init_where(gpu, graph, seed, |name| name.starts_with(prefix))
+    }
+
+    fn init_where(
+        gpu: &Gpu,
+        graph: &Graph,
+        seed: u64,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Weights> {
         let mut entries = Vec::new();
         for (i, (_, node)) in graph.params().enumerate() {
             let Op::Param { init, trainable } = node.op else {
                 continue;
             };
+            if !wanted(&node.name) {
+                continue;
+            }
             // The size is checked against the adapter before any host memory is taken for it.
             let n = node
                 .shape
@@ -213,7 +231,8 @@ impl Weights {
         Self::load_named(gpu, wanted, what, host)
     }
 
-    /// New tensors with these weights' names, shapes and layout, loaded from named host tensors.
+    /// New tensors with these weights' names and shapes, loaded from named host tensors, the
+    /// trained ones (those in an arena here) again in an arena.
     pub fn reload(&self, gpu: &Gpu, what: &str, host: &TensorMap) -> Result<Weights> {
         let wanted = self
             .tensors
@@ -280,7 +299,9 @@ impl Weights {
                 trained,
             });
         }
-        let known = |k: &str| entries.iter().any(|e| e.name == k);
+        let names: std::collections::BTreeSet<&str> =
+            entries.iter().map(|e| e.name.as_str()).collect();
+        let known = |k: &str| names.contains(k);
         let extra = host.keys().find(|k| {
             !known(k)
                 && !k
@@ -329,17 +350,23 @@ impl Weights {
     }
 
     /// Only the tensors whose names start with `prefix` (an auxiliary part, for saving apart).
+    /// The views share their arenas, which then hold more than these tensors: updating them
+    /// takes one launch per parameter (to train a part apart, give it weights of its own, as
+    /// [`Weights::init_prefixed`] does).
     pub fn with_prefix(&self, prefix: &str) -> Weights {
-        let tensors = self
+        let tensors: BTreeMap<String, Tensor> = self
             .tensors
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, t)| (k.clone(), t.clone()))
             .collect();
-        Weights {
-            tensors,
-            arenas: self.arenas.clone(),
-        }
+        let arenas = self
+            .arenas
+            .iter()
+            .filter(|a| tensors.values().any(|t| t.shares_buffer_with(&a.whole)))
+            .cloned()
+            .collect();
+        Weights { tensors, arenas }
     }
 
     /// The tensor called `name`.

@@ -276,8 +276,8 @@ impl<'a> StagePlan<'a> {
         let head_weights = if heads.is_empty() {
             None
         } else {
-            let fresh = Weights::init(gpu, &student, seed_of(config.seed, &stage.name))?
-                .with_prefix("aux.");
+            let fresh =
+                Weights::init_prefixed(gpu, &student, seed_of(config.seed, &stage.name), "aux.")?;
             Some(if start_epoch > 0 {
                 let (what, saved) =
                     folder.read_state(index, start_epoch, &format!("{key}.heads"))?;

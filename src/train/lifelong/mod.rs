@@ -431,7 +431,7 @@ impl StageRun<'_> {
         let tapped = |b: usize| with_taps(config, name, self.shapes.input(b), classes);
         let student = tapped(batch)?;
         // The offsets are frozen buffers beside the model's weights, written per task.
-        let offset_buffers = Weights::init(gpu, &student, 0)?.with_prefix("lifelong.");
+        let offset_buffers = Weights::init_prefixed(gpu, &student, 0, "lifelong.")?;
         let student_weights = weights.merged(&offset_buffers);
         let eval = EvalStep::compile(gpu, &graph, &weights)?;
         let herd = if s.memory > 0 {
