@@ -28,9 +28,7 @@ struct Params {
     bias: u32,
     // 0 none, 1 ReLU, 2 GELU (exact, erf-based, as PyTorch's default).
     activation: u32,
-    // matmul_sg_nt only: 1 when the launcher swapped the operands, so that this launch computes
-    // Cᵀ = B·Aᵀ (params.m and params.n are then C's columns and rows) and stores it transposed.
-    swapped: u32,
+    _pad0: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -82,8 +80,10 @@ fn erf_approx(x: f32) -> f32 {
     return select(-y, y, x >= 0.0);
 }
 
-// The bias of C's column `col` and the activation, applied to v.
-fn epilogue(v: f32, col: u32) -> f32 {
+fn store(row: u32, col: u32, v: f32) {
+    if (row >= params.m || col >= params.n) {
+        return;
+    }
     var x = v;
     if (params.bias == 1u) {
         x = x + bias[col];
@@ -93,24 +93,7 @@ fn epilogue(v: f32, col: u32) -> f32 {
     } else if (params.activation == 2u) {
         x = 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752));
     }
-    return x;
-}
-
-fn store(row: u32, col: u32, v: f32) {
-    if (row >= params.m || col >= params.n) {
-        return;
-    }
-    c[row * params.n + col] = epilogue(v, col);
-}
-
-// matmul_sg_nt's store: element (row, col) of this launch's product, which is C's (col, row)
-// when the operands were swapped.
-fn store_nt(row: u32, col: u32, v: f32) {
-    if (params.swapped == 0u) {
-        store(row, col, v);
-    } else if (row < params.m && col < params.n) {
-        c[col * params.m + row] = epilogue(v, row);
-    }
+    c[row * params.n + col] = x;
 }
 
 // Lane's columns for the vec4-along-N entry points: column quads q0 and q0 + 8 (64 columns per
@@ -152,9 +135,6 @@ fn matmul_sg_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     store_quads(row0, q0, acc);
 }
 
-// A narrow C (a classifier's ten columns) wastes most of a 64-column block's loads of B, so the
-// launcher may swap the operands (see store_nt).
-//
 // matmul_sg_nt's block has twice the rows: its eight loads of B per step of four k are the
 // costly ones (each lane reads four k of eight columns, K apart), so each is spread over 32
 // rows' multiply-adds rather than 16 (a Linear layer's x·Wᵀ at batch 128 gains about 10% on
@@ -202,7 +182,7 @@ fn matmul_sg_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     for (var i = 0u; i < NT_ROWS; i++) {
         for (var j = 0u; j < 8u; j++) {
-            store_nt(row0 + i, col0 + j * LANES, acc[i][j / 4u][j % 4u]);
+            store(row0 + i, col0 + j * LANES, acc[i][j / 4u][j % 4u]);
         }
     }
 }

@@ -144,9 +144,7 @@ struct Params {
     k: u32,
     bias: u32,
     activation: u32,
-    // matmul_sg_nt: the operands were swapped (see [`swap_narrow`]).
-    swapped: u32,
-    pad: [u32; 2],
+    pad: [u32; 3],
 }
 
 fn matrix(what: &str, t: &Tensor) -> Result<(usize, usize)> {
@@ -201,8 +199,7 @@ pub fn matmul_into(
         k: dim(k)?,
         bias: u32::from(bias.is_some()),
         activation: options.activation.code(),
-        swapped: 0,
-        pad: [0; 2],
+        pad: [0; 3],
     };
     // A style the caller forces decides alone; otherwise the adapter's (tuned) variant does.
     let chosen = gpu.caps().kernels.matmul;
@@ -247,22 +244,9 @@ pub fn matmul_into(
         KernelStyle::RegisterBlocked => k,
     };
     gpu.check_loops(spec, k_steps as u64)?;
-    let block = (block_rows, block_cols);
-    let (params, [first, second], (rows, cols)) =
-        if spec.entry == MATMUL_SG_NT.entry && swap_narrow(m, n, block) {
-            let swapped = Params {
-                m: params.n,
-                n: params.m,
-                swapped: 1,
-                ..params
-            };
-            (swapped, [b, a], (n, m))
-        } else {
-            (params, [a, b], (m, n))
-        };
     let grid = [
-        cols.div_ceil(block_cols) as u32,
-        rows.div_ceil(block_rows) as u32,
+        n.div_ceil(block_cols) as u32,
+        m.div_ceil(block_rows) as u32,
         1,
     ];
     // Without a bias the binding is never read; any read-only buffer satisfies the layout.
@@ -270,17 +254,9 @@ pub fn matmul_into(
         spec,
         constants,
         &params,
-        &[first, second, bias.unwrap_or(a), out],
+        &[a, b, bias.unwrap_or(a), out],
         grid,
     )
-}
-
-/// Whether `matmul_sg_nt` computes a narrow `C = A·Bᵀ` as `Cᵀ = B·Aᵀ`, stored transposed (its
-/// operands are both K-contiguous either way): when that takes fewer of its `(rows, columns)`
-/// blocks. Each block loads as much per step of K however little of it lies inside C, so a
-/// batch of 128 through a classifier of 10 takes 4 blocks of 32×64, and swapped 2.
-fn swap_narrow(m: usize, n: usize, (rows, cols): (usize, usize)) -> bool {
-    n.div_ceil(rows) * m.div_ceil(cols) < m.div_ceil(rows) * n.div_ceil(cols)
 }
 
 /// `op(a)·op(b) (+ bias) (→ activation)` into a new tensor; returns the launch and the output.
@@ -405,10 +381,9 @@ pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
         };
         cases.push(linear_case("matmul (tiled128) +bias+gelu", shape, options));
     }
-    // The subgroup kernels need K % 4 == 0 here; M and N stay off the block size. A·Bᵀ at
-    // 130×9 is computed swapped (as Cᵀ = B·Aᵀ, see swap_narrow), the others as they are.
+    // The subgroup kernels need K % 4 == 0 here; M and N stay off the block size.
     if gpu.caps().subgroup_matmul() {
-        for shape in [(7usize, 33usize, 132usize), (65, 130, 68), (130, 9, 68)] {
+        for shape in [(7usize, 33usize, 132usize), (65, 130, 68)] {
             let options = MatmulOptions {
                 subgroups: Some(true),
                 ..Default::default()
@@ -417,24 +392,4 @@ pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
         }
     }
     cases
-}
-
-#[cfg(test)]
-mod tests {
-    use super::swap_narrow;
-
-    #[test]
-    fn narrow_products_are_swapped_when_that_takes_fewer_blocks() {
-        let block = (32, 64);
-        // A classifier (10 or 32 columns) at batch 128: 4 blocks, swapped 2.
-        assert!(swap_narrow(128, 10, block));
-        assert!(swap_narrow(128, 32, block));
-        // The catalogue's swapped case, and its cases kept as they are.
-        assert!(swap_narrow(130, 9, block));
-        assert!(!swap_narrow(7, 33, block));
-        assert!(!swap_narrow(65, 130, block));
-        // Square and wide products gain nothing.
-        assert!(!swap_narrow(128, 512, block));
-        assert!(!swap_narrow(10, 128, block));
-    }
 }
