@@ -2386,3 +2386,49 @@ fn a_prefixed_init_holds_only_its_part_with_the_values_the_whole_gives_it() {
     assert_eq!(sub.arenas().len(), 1);
     assert!(!sub.arenas()[0].is_exactly(&views));
 }
+
+#[test]
+fn a_second_term_on_the_logits_adds_into_the_first_ones_seed_and_follows_its_weight() {
+    let Some(gpu) = gpu() else { return };
+    let batch = 16;
+    let teacher = models::mlp([batch, 1, 4, 4], &[12], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 30).unwrap();
+    let student = models::mlp([batch, 1, 4, 4], &[8], 4).unwrap();
+    let (x, y) = synthetic(batch, 31);
+    let after_one_step = |losses: Vec<LossSpec>, kd_weight: Option<f32>| {
+        let sw = Weights::init(gpu, &student, 32).unwrap();
+        let spec = StepSpec {
+            student: &student,
+            student_weights: &sw,
+            teacher: Some((&teacher, &tw)),
+            losses,
+            optimizer: sgd(0.1),
+            seed: 0,
+        };
+        let mut step = TrainStep::compile(gpu, &spec).unwrap();
+        if let Some(w) = kd_weight {
+            step.set_loss_weight(gpu, 1, w);
+        }
+        step.run(gpu, &x, &y).unwrap();
+        let params = sw.to_host(gpu).unwrap();
+        (step.into_bound().kernel_names(), params)
+    };
+    let ce = || LossSpec::logits(loss("ce"), 0.5);
+    let kd_term = || LossSpec::logits(kd(4.0), 0.5);
+    let (names, both) = after_one_step(vec![ce(), kd_term()], None);
+    let count = |k: &str| names.iter().filter(|n| n.starts_with(k)).count();
+    // CE's gradient is scaled into the seed, KD's added into it: no third launch to sum them.
+    assert_eq!(
+        [
+            count("elementwise::scale"),
+            count("elementwise::axpy"),
+            count("elementwise::add")
+        ],
+        [1, 1, 0]
+    );
+    // The KD weight lives in that axpy: set to zero, the step is the CE step's, exactly.
+    let (_, muted) = after_one_step(vec![ce(), kd_term()], Some(0.0));
+    let (_, ce_only) = after_one_step(vec![ce()], None);
+    assert_eq!(muted, ce_only);
+    assert_ne!(both, ce_only);
+}

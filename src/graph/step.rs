@@ -658,6 +658,9 @@ impl TrainStep {
             .ok_or_else(|| shape_error("student", "the model has no output"))?;
 
         let mut seeds: Vec<(Value, Tensor)> = Vec::new();
+        // The seeds that terms' scale launches made (by value: their index in `seeds`), which
+        // a later term on the same value adds into instead of seeding again.
+        let mut own_seeds: BTreeMap<Value, usize> = BTreeMap::new();
         let mut weight_launches = Vec::new();
         let mut optimizer_launches = Vec::new();
         let mut loss_values = Vec::new();
@@ -844,18 +847,33 @@ impl TrainStep {
                     }
                 }
             };
-            // Always a scale launch per gradient, so the weight can follow a schedule without
-            // recompiling.
+            // Always a launch per gradient that applies the weight (a scale into a seed of its
+            // own, or an axpy into an earlier term's seed on the same value), so that the weight
+            // can follow a schedule without recompiling.
             let mut launches = Vec::new();
-            let mut student_grads = Vec::new();
+            let mut student_grads: Vec<Option<Tensor>> = Vec::new();
             let mut param_grads = Vec::new();
+            let mut student_values = svs.iter();
             for (g, input) in lp.grads.iter().zip(def.trainable_inputs()) {
-                let (d, s) = elementwise::scale_plan(gpu, g, term.weight)?;
+                let value = match input.role {
+                    Role::Parameter => None,
+                    _ => student_values.next(),
+                };
+                let earlier = value
+                    .filter(|_| heads.is_empty())
+                    .and_then(|v| own_seeds.get(v));
                 launches.push(plan.len());
+                if let Some(&i) = earlier {
+                    let seed: &Tensor = &seeds[i].1;
+                    plan.push(elementwise::axpy_plan(gpu, term.weight, g, seed)?);
+                    student_grads.push(None);
+                    continue;
+                }
+                let (d, s) = elementwise::scale_plan(gpu, g, term.weight)?;
                 plan.push(d);
                 match input.role {
                     Role::Parameter => param_grads.push(s),
-                    _ => student_grads.push(s),
+                    _ => student_grads.push(Some(s)),
                 }
             }
             weight_launches.push(launches);
@@ -864,10 +882,17 @@ impl TrainStep {
                 parameter_parts.push((w, param_names.into_iter().zip(param_grads).collect()));
             }
             if heads.is_empty() {
-                seeds.extend(svs.iter().copied().zip(student_grads.drain(..)));
+                for (&v, s) in svs.iter().zip(student_grads.drain(..)) {
+                    if let Some(s) = s {
+                        own_seeds.insert(v, seeds.len());
+                        seeds.push((v, s));
+                    }
+                }
             }
             // Back through each head: the student side's into the student's tap, the teacher
             // side's into the head alone (the teacher stays frozen).
+            // (With heads, every student gradient was scaled into a tensor of its own.)
+            let student_grads = student_grads.into_iter().flatten();
             for ((g, w, f, student_side), grad) in heads.into_iter().zip(student_grads) {
                 let (Some(gx), Some(out)) = (g.find("x"), g.output) else {
                     return Err(shape_error(&label, "the head has no input or output"));
