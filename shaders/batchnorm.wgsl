@@ -133,7 +133,6 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 // stats_partial where S and the chunk are multiples of 4: the chunk walked four values (one
 // vec4) at a time; the four lanes of the sums are added at the end.
 @group(0) @binding(1) var<storage, read> spq_x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> spq_partial: array<f32>;
 
 // The quad after `quad` within one channel, `s` being its position in quads in its plane.
 fn next_quad_in_channel(quad: u32, s: ptr<function, u32>) -> u32 {
@@ -176,8 +175,8 @@ fn stats_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         m2 = fma(d, d, m2);
         quad = next_quad_in_channel(quad, &s);
     }
-    spq_partial[2u * i] = mean;
-    spq_partial[2u * i + 1u] = lanes_sum(m2);
+    sp_partial[2u * i] = mean;
+    sp_partial[2u * i + 1u] = lanes_sum(m2);
 }
 
 // ---- per channel: the chunks merged in order (Chan et al.), then the running statistics ------
@@ -284,11 +283,8 @@ fn normalize_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 // loads, each at its own address, are what these kernels wait on; 2.4× faster for a CNN's
 // first batch norm).
 
-// normalize_train for S a multiple of 4.
+// normalize_train for S a multiple of 4 (the per-channel bindings are normalize_train's).
 @group(0) @binding(1) var<storage, read> tq_x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> tq_stats: array<f32>;
-@group(0) @binding(3) var<storage, read> tq_gamma: array<f32>;
-@group(0) @binding(4) var<storage, read> tq_beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> tq_y: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
@@ -298,9 +294,8 @@ fn normalize_train_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     if (q * 4u >= run_len()) {
         return;
     }
-    let c = (q * 4u / params.s) % params.c;
-    let scale = tq_stats[params.c + c] * tq_gamma[c];
-    let y = fma(tq_x[q] - vec4<f32>(tq_stats[c]), vec4<f32>(scale), vec4<f32>(tq_beta[c]));
+    let f = train_affine((q * 4u / params.s) % params.c);
+    let y = fma(tq_x[q] - vec4<f32>(f.x), vec4<f32>(f.y), vec4<f32>(f.z));
     tq_y[q] = select(y, max(y, vec4<f32>(0.0)), params.relu == 1u);
 }
 
@@ -336,12 +331,8 @@ fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-// normalize_eval for S a multiple of 4.
+// normalize_eval for S a multiple of 4 (the per-channel bindings are normalize_eval's).
 @group(0) @binding(1) var<storage, read> eq_x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> eq_running_mean: array<f32>;
-@group(0) @binding(3) var<storage, read> eq_running_var: array<f32>;
-@group(0) @binding(4) var<storage, read> eq_gamma: array<f32>;
-@group(0) @binding(5) var<storage, read> eq_beta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> eq_y: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
@@ -351,9 +342,8 @@ fn normalize_eval_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     if (q * 4u >= run_len()) {
         return;
     }
-    let c = (q * 4u / params.s) % params.c;
-    let scale = eq_gamma[c] / sqrt(eq_running_var[c] + params.eps);
-    let y = fma(eq_x[q] - vec4<f32>(eq_running_mean[c]), vec4<f32>(scale), vec4<f32>(eq_beta[c]));
+    let f = eval_affine((q * 4u / params.s) % params.c);
+    let y = fma(eq_x[q] - vec4<f32>(f.x), vec4<f32>(f.y), vec4<f32>(f.z));
     eq_y[q] = select(y, max(y, vec4<f32>(0.0)), params.relu == 1u);
 }
 
@@ -390,8 +380,6 @@ fn grad_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // grad_partial where S and the chunk are multiples of 4 (see stats_partial_vec4).
 @group(0) @binding(1) var<storage, read> gpq_x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> gpq_dy: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> gpq_stats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> gpq_partial: array<f32>;
 
 @compute @workgroup_size(64)
 fn grad_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -402,7 +390,7 @@ fn grad_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
     let c = i / params.chunks;
     let ch = chunk_of(c, i % params.chunks);
-    let mean = vec4<f32>(gpq_stats[c]);
+    let mean = vec4<f32>(gp_stats[c]);
     var s = (ch.start % params.s) / 4u;
     var quad = ch.start / 4u;
     var dxhat = vec4<f32>(0.0);
@@ -413,8 +401,8 @@ fn grad_partial_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         dsum += dy;
         quad = next_quad_in_channel(quad, &s);
     }
-    gpq_partial[2u * i] = lanes_sum(dxhat) * gpq_stats[params.c + c];
-    gpq_partial[2u * i + 1u] = lanes_sum(dsum);
+    gp_partial[2u * i] = lanes_sum(dxhat) * gp_stats[params.c + c];
+    gp_partial[2u * i + 1u] = lanes_sum(dsum);
 }
 
 @group(0) @binding(1) var<storage, read> gm_partial: array<f32>;
@@ -479,11 +467,9 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-// backward_input for S a multiple of 4.
+// backward_input for S a multiple of 4 (the per-channel bindings are backward_input's).
 @group(0) @binding(1) var<storage, read> bq_x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bq_dy: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bq_stats: array<f32>;
-@group(0) @binding(4) var<storage, read> bq_gamma: array<f32>;
 @group(0) @binding(5) var<storage, read_write> bq_dx: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
@@ -493,15 +479,9 @@ fn backward_input_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     if (q * 4u >= run_len()) {
         return;
     }
-    let c = (q * 4u / params.s) % params.c;
-    let cc = params.c;
-    let m = f32(params.n * params.s);
-    let invstd = bq_stats[cc + c];
-    let a = bq_gamma[c] * invstd;
-    let b = -a * invstd * bq_stats[2u * cc + c] / m;
-    let k = -a * bq_stats[3u * cc + c] / m;
-    let centred = bq_x[q] - vec4<f32>(bq_stats[c]);
-    bq_dx[q] = fma(vec4<f32>(a), bq_dy[q], fma(vec4<f32>(b), centred, vec4<f32>(k)));
+    let f = backward_affine((q * 4u / params.s) % params.c);
+    let centred = bq_x[q] - vec4<f32>(f.w);
+    bq_dx[q] = fma(vec4<f32>(f.x), bq_dy[q], fma(vec4<f32>(f.y), centred, vec4<f32>(f.z)));
 }
 
 // ---- evaluation-mode backward: dx = dy·gamma/sqrt(running_var + eps) --------------------------

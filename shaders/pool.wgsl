@@ -171,10 +171,8 @@ fn max_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     maxb_dx[x] = acc;
 }
 
-// max_pool_backward_tiled for 2 × 2 windows: the window's two pairs written as two vec2.
-@group(0) @binding(1) var<storage, read> max2b_arg: array<i32>;
-@group(0) @binding(2) var<storage, read> max2b_dy: array<f32>;
-@group(0) @binding(3) var<storage, read> max2b_y: array<f32>;
+// max_pool_backward_tiled for 2 × 2 windows: the window's two pairs written as two vec2 (the
+// other bindings are max_pool_backward's).
 @group(0) @binding(4) var<storage, read_write> max2b_dx: array<vec2<f32>>;
 
 @compute @workgroup_size(64)
@@ -188,12 +186,9 @@ fn max_pool_backward_2x2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let o = at.x * per_plane + at.y;
     let oh = quot(at.y, params.wo);
     let ow = at.y - oh * params.wo;
-    var g = max2b_dy[o];
-    if (params.relu_mask == 1u && !(max2b_y[o] > 0.0)) {
-        g = 0.0;
-    }
+    let g = pooled_grad(o);
     // The argmax's place in the window: 0, 1 (top row), 2, 3 (bottom row).
-    let arg = u32(max2b_arg[o]);
+    let arg = u32(maxb_arg[o]);
     let idx = 2u * oh * params.w + 2u * ow;
     let k = select(0u, 2u, arg >= idx + params.w) + (arg & 1u);
     let pair = (at.x * params.h * params.w + idx) / 2u;

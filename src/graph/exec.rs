@@ -104,23 +104,13 @@ fn read_only_by(graph: &Graph) -> impl Fn(usize, usize) -> bool + '_ {
 /// (max(x, 0) > 0 exactly where x > 0), and batch norm's backward reads its input and
 /// statistics, not its output.
 fn relu_epilogues(graph: &Graph) -> std::collections::BTreeSet<usize> {
-    let only = read_only_by(graph);
-    graph
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, node)| match node.op {
-            Op::Relu { x }
-                if matches!(
-                    graph.nodes[x.0].op,
-                    Op::Linear { .. } | Op::BatchNorm { .. }
-                ) && only(x.0, i) =>
-            {
-                Some(x.0)
-            }
-            _ => None,
-        })
-        .collect()
+    let reader = |op: &Op| match *op {
+        Op::Relu { x } => Some(x),
+        _ => None,
+    };
+    fusible(graph, reader, |op| {
+        matches!(op, Op::Linear { .. } | Op::BatchNorm { .. })
+    })
 }
 
 /// The ReLUs whose only reader is a max pooling (and that are neither tapped nor the output):
@@ -128,18 +118,29 @@ fn relu_epilogues(graph: &Graph) -> std::collections::BTreeSet<usize> {
 /// pooled value is positive (the ReLU's output at the argmax), one launch and two passes over
 /// the activations fewer. The ReLU node then hands its gradient on unchanged.
 fn relus_into_pool(graph: &Graph) -> std::collections::BTreeSet<usize> {
+    let reader = |op: &Op| match *op {
+        Op::MaxPool { x, .. } => Some(x),
+        _ => None,
+    };
+    fusible(graph, reader, |op| matches!(op, Op::Relu { .. }))
+}
+
+/// The values that a node `reader` accepts reads (it returns that input), made by a node
+/// `producer` accepts, when that reader is the value's only one ([`read_only_by`]): the pairs a
+/// fusion may merge.
+fn fusible(
+    graph: &Graph,
+    reader: impl Fn(&Op) -> Option<Value>,
+    producer: impl Fn(&Op) -> bool,
+) -> std::collections::BTreeSet<usize> {
     let only = read_only_by(graph);
     graph
         .nodes
         .iter()
         .enumerate()
-        .filter_map(|(i, node)| match node.op {
-            Op::MaxPool { x, .. }
-                if matches!(graph.nodes[x.0].op, Op::Relu { .. }) && only(x.0, i) =>
-            {
-                Some(x.0)
-            }
-            _ => None,
+        .filter_map(|(i, node)| {
+            let x = reader(&node.op)?;
+            (producer(&graph.nodes[x.0].op) && only(x.0, i)).then_some(x.0)
         })
         .collect()
 }
