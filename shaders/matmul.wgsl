@@ -90,6 +90,13 @@ const RB: u32 = 8u;
 fn matmul_rb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row0 = wid.y * 64u + lid.y * RB;
     let col0 = wid.x * 64u + lid.x;
+    // An invocation whose rows or columns all lie past C's edge has nothing to store: a product
+    // with few rows (a classifier's weight gradient, 10 rows) leaves whole subgroups idle, which
+    // on a CPU-like driver would otherwise run the full loop over K for nothing. No barrier
+    // follows, so returning early is allowed.
+    if (row0 >= params.m || col0 >= params.n) {
+        return;
+    }
     var lo: array<vec4<f32>, 8>;
     var hi: array<vec4<f32>, 8>;
     for (var kk = 0u; kk < params.k; kk = kk + 1u) {

@@ -31,6 +31,10 @@ pub const MATMUL_SG_NN: KernelSpec =
 /// Subgroup-shared rows, vec4 loads: A M×K, B N×K.
 pub const MATMUL_SG_NT: KernelSpec =
     KernelSpec::new::<Params>("matmul_subgroup", "matmul_sg_nt", &[U, R, R, R, W]);
+/// [`MATMUL_SG_NT`] for N ≤ 32: `NARROW_COLS` columns per lane rather than eight.
+pub const MATMUL_SG_NT_NARROW: KernelSpec =
+    KernelSpec::new::<Params>("matmul_subgroup", "matmul_sg_nt_narrow", &[U, R, R, R, W])
+        .with_overrides(&["NARROW_COLS"]);
 /// Subgroup-shared rows, vec4 loads: A K×M, B K×N.
 pub const MATMUL_SG_TN: KernelSpec =
     KernelSpec::new::<Params>("matmul_subgroup", "matmul_sg_tn", &[U, R, R, R, W]);
@@ -42,13 +46,26 @@ pub const KERNELS: &[KernelSpec] = &[
     MATMUL_TILED128,
     MATMUL_SG_NN,
     MATMUL_SG_NT,
+    MATMUL_SG_NT_NARROW,
     MATMUL_SG_TN,
 ];
 
-/// Output block per workgroup of a subgroup kernel, (rows, columns): `matmul_sg_nt` spreads its
-/// strided loads of B over twice the rows (see shaders/matmul_subgroup.wgsl).
-fn subgroup_block(spec: &KernelSpec) -> (usize, usize) {
-    if spec.entry == MATMUL_SG_NT.entry {
+/// The widest product [`MATMUL_SG_NT_NARROW`] takes: four columns per lane.
+const NARROW_MAX_COLS: usize = 32;
+
+/// Columns per lane of [`MATMUL_SG_NT_NARROW`] for an `n`-column product: two up to 16 columns
+/// (a classifier's 10), else four.
+fn narrow_cols(n: usize) -> usize {
+    if n <= 16 { 2 } else { 4 }
+}
+
+/// Output block per workgroup of a subgroup kernel for an `n`-column product, (rows, columns):
+/// `matmul_sg_nt` spreads its strided loads of B over twice the rows, and its narrow form takes
+/// eight lanes' columns (see shaders/matmul_subgroup.wgsl).
+fn subgroup_block(spec: &KernelSpec, n: usize) -> (usize, usize) {
+    if spec.entry == MATMUL_SG_NT_NARROW.entry {
+        (32, 8 * narrow_cols(n))
+    } else if spec.entry == MATMUL_SG_NT.entry {
         (32, 64)
     } else {
         (16, 64)
@@ -67,6 +84,7 @@ fn subgroup_kernel(
     match (trans_a, trans_b) {
         (false, false) if k.is_multiple_of(4) && n.is_multiple_of(4) => Ok(&MATMUL_SG_NN),
         (false, false) => Err("A·B needs K and N to be multiples of 4"),
+        (false, true) if k.is_multiple_of(4) && n <= NARROW_MAX_COLS => Ok(&MATMUL_SG_NT_NARROW),
         (false, true) if k.is_multiple_of(4) => Ok(&MATMUL_SG_NT),
         (false, true) => Err("A·Bᵀ needs K to be a multiple of 4"),
         (true, false) if m.is_multiple_of(4) && n.is_multiple_of(4) => Ok(&MATMUL_SG_TN),
@@ -220,8 +238,13 @@ pub fn matmul_into(
         && options.large_tiles.or(tuned_tiles).unwrap_or_else(|| {
             m.div_ceil(LARGE_BLOCK.0) * n.div_ceil(LARGE_BLOCK.1) >= LARGE_TILE_MIN_WORKGROUPS
         });
-    let (spec, (block_rows, block_cols), constants): (_, _, &[(&str, f64)]) = match subgroup {
-        Ok(spec) if use_subgroups => (spec, subgroup_block(spec), &[]),
+    let (spec, (block_rows, block_cols), constants): (_, _, Vec<(&str, f64)>) = match subgroup {
+        Ok(spec) if use_subgroups && spec.entry == MATMUL_SG_NT_NARROW.entry => (
+            spec,
+            subgroup_block(spec, n),
+            vec![("NARROW_COLS", narrow_cols(n) as f64)],
+        ),
+        Ok(spec) if use_subgroups => (spec, subgroup_block(spec, n), Vec::new()),
         _ => (
             match style {
                 KernelStyle::RegisterBlocked => &MATMUL_RB,
@@ -229,7 +252,7 @@ pub fn matmul_into(
                 KernelStyle::WorkgroupTiled => &MATMUL_TILED,
             },
             if large { LARGE_BLOCK } else { block(style) },
-            &[
+            vec![
                 ("TRANS_A", f64::from(u8::from(options.trans_a))),
                 ("TRANS_B", f64::from(u8::from(options.trans_b))),
             ],
@@ -252,7 +275,7 @@ pub fn matmul_into(
     // Without a bias the binding is never read; any read-only buffer satisfies the layout.
     gpu.dispatch_grid(
         spec,
-        constants,
+        &constants,
         &params,
         &[a, b, bias.unwrap_or(a), out],
         grid,
@@ -383,7 +406,13 @@ pub fn cases(gpu: &Gpu, suite: Suite) -> Vec<Case> {
     }
     // The subgroup kernels need K % 4 == 0 here; M and N stay off the block size.
     if gpu.caps().subgroup_matmul() {
-        for shape in [(7usize, 33usize, 132usize), (65, 130, 68)] {
+        // (7, 10) and (65, 27) take the narrow x·Wᵀ with two and four columns per lane.
+        for shape in [
+            (7usize, 33usize, 132usize),
+            (65, 130, 68),
+            (7, 10, 132),
+            (65, 27, 68),
+        ] {
             let options = MatmulOptions {
                 subgroups: Some(true),
                 ..Default::default()
