@@ -16,6 +16,7 @@ use crate::kernels::losses::{Loss, LossPlan, MemoryDef, Role};
 use crate::kernels::{elementwise, optimizer, pool};
 use crate::{Error, Result};
 
+use super::deferred::defer_value_launches;
 use super::discriminator::{DiscriminatorSpec, DiscriminatorState, plan_discriminator};
 use super::exec::{Forward, Mode, plan_backward, plan_forward};
 use super::ir::{ConvLayer, Graph, Op, Value};
@@ -165,7 +166,9 @@ pub struct StepSpec<'a> {
 
 /// A compiled training step.
 pub struct TrainStep {
+    // The launches of every step; then those that only sum the losses, run when they are read.
     bound: BoundPlan,
+    value_launches: BoundPlan,
     x: Tensor,
     teacher_inputs: Vec<(String, Tensor)>,
     sample_rows: Vec<SampleRows>,
@@ -994,12 +997,30 @@ impl TrainStep {
         pinned.extend(loss_values.iter().map(|(_, _, t)| t));
         let discriminator_losses = discriminator.map(|d| d.discriminator_losses);
         pinned.extend(discriminator_losses.iter().flatten());
+        // The launches that only sum the terms' losses run when they are fetched (deferred.rs).
+        let (mut plan, values_from, moved) = {
+            let values: Vec<&Tensor> = loss_values.iter().map(|(_, _, t)| t).collect();
+            defer_value_launches(plan, &values)
+        };
+        for launch in weight_launches
+            .iter_mut()
+            .flatten()
+            .chain(&mut optimizer_launches)
+        {
+            *launch = moved[*launch];
+            debug_assert!(
+                *launch < values_from,
+                "a weight or optimizer launch was deferred"
+            );
+        }
         let memory = plan_memory(gpu, &mut plan, &pinned)?;
-        let bound = gpu.bind_plan(&plan)?;
+        let bound = gpu.bind_plan(&plan[..values_from])?;
+        let value_launches = gpu.bind_plan(&plan[values_from..])?;
         drop(plan);
         gpu.pool().trim();
         Ok(TrainStep {
             bound,
+            value_launches,
             x,
             teacher_inputs,
             sample_rows,
@@ -1167,6 +1188,12 @@ impl TrainStep {
     fn run_inner(&self, gpu: &Gpu, x: &[f32], labels: &[i32], fetch: bool) -> Result<bool> {
         gpu.write(&self.x, x)?;
         gpu.write(&self.labels, labels)?;
+        let fetching = fetch
+            && self
+                .fetch
+                .phase
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
         let mut encoder = gpu.encoder("train step");
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -1174,13 +1201,10 @@ impl TrainStep {
                 timestamp_writes: None,
             });
             self.bound.record(&mut pass);
+            if fetching {
+                self.value_launches.record(&mut pass);
+            }
         }
-        let fetching = fetch
-            && self
-                .fetch
-                .phase
-                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok();
         if fetching {
             for (i, (_, _, t)) in self.losses.iter().enumerate() {
                 encoder.copy_buffer_to_buffer(
@@ -1244,6 +1268,8 @@ impl TrainStep {
 
     /// Each loss term's label, weight and value from the last step (waits for the GPU).
     pub fn losses(&self, gpu: &Gpu) -> Result<Vec<(String, f32, f32)>> {
+        // The sums of the last step's row losses, which plain steps leave out.
+        self.value_launches.submit(gpu, "loss values")?;
         self.losses
             .iter()
             .map(|(name, w, t)| Ok((name.clone(), *w, gpu.read::<f32>(t)?[0])))
