@@ -1266,9 +1266,9 @@ impl TrainStep {
         ))
     }
 
-    /// Each loss term's label, weight and value from the last step (waits for the GPU).
+    /// Each loss term's label, weight and value from the last step (waits for the GPU). Plain
+    /// steps leave the sums of their row losses out; this submits them for the last step first.
     pub fn losses(&self, gpu: &Gpu) -> Result<Vec<(String, f32, f32)>> {
-        // The sums of the last step's row losses, which plain steps leave out.
         self.value_launches.submit(gpu, "loss values")?;
         self.losses
             .iter()
