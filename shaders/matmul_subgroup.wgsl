@@ -7,8 +7,8 @@
 // over the lanes, so loads, not multiply-adds, bound matmul_rb. Here each lane loads vec4s of B
 // for its own eight columns, while the rows of A are loaded once (one row, or row quad, per lane)
 // and handed to every lane with subgroupBroadcast, a register shuffle. A workgroup is exactly one
-// subgroup of 8 lanes and computes a 16×64 block of C (32×64 for matmul_sg_nt); each lane keeps
-// 16×8 (32×8) accumulators.
+// subgroup of 8 lanes and computes a 16×64 block of C (32×64 for matmul_sg_nt, 32×8·NARROW_COLS
+// for matmul_sg_nt_narrow); each lane keeps 16×8 (32×8, 32×NARROW_COLS) accumulators.
 // The launcher picks these kernels only when the adapter's subgroups have at least 8 lanes (so
 // that the workgroup is one subgroup) and the alignment below holds; otherwise matmul.wgsl.
 //
@@ -201,11 +201,13 @@ override NARROW_COLS: u32 = 4u;
 // N = 10, K = 512 takes 0.6 of the time; N = 32, K = 784 about 0.6.)
 @compute @workgroup_size(8)
 fn matmul_sg_nt_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    // The arrays hold four columns: a larger constant must not index past them.
+    let narrow = min(NARROW_COLS, 4u);
     let kq = params.k / 4u;
     let row0 = wid.y * NT_ROWS;
-    let col0 = wid.x * (NARROW_COLS * LANES) + lid.x;
+    let col0 = wid.x * (narrow * LANES) + lid.x;
     var b_at: array<u32, 4>;
-    for (var j = 0u; j < NARROW_COLS; j++) {
+    for (var j = 0u; j < narrow; j++) {
         b_at[j] = min(col0 + j * LANES, params.n - 1u) * kq;
     }
     var a_at: array<u32, 4>;
@@ -216,25 +218,25 @@ fn matmul_sg_nt_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
     var acc: array<array<f32, 4>, NT_ROWS>;
     for (var kk = 0u; kk < kq; kk++) {
         var cols: array<vec4<f32>, 4>;
-        for (var j = 0u; j < NARROW_COLS; j++) {
+        for (var j = 0u; j < narrow; j++) {
             cols[j] = b[b_at[j] + kk];
         }
         // Two halves of 16 rows, spelled out as in matmul_sg_nt.
         let top = share_rows(a[a_at[0] + kk], a[a_at[1] + kk]);
         for (var i = 0u; i < ROWS; i++) {
-            for (var j = 0u; j < NARROW_COLS; j++) {
+            for (var j = 0u; j < narrow; j++) {
                 acc[i][j] = dot4_add(top[i], cols[j], acc[i][j]);
             }
         }
         let bottom = share_rows(a[a_at[2] + kk], a[a_at[3] + kk]);
         for (var i = 0u; i < ROWS; i++) {
-            for (var j = 0u; j < NARROW_COLS; j++) {
+            for (var j = 0u; j < narrow; j++) {
                 acc[ROWS + i][j] = dot4_add(bottom[i], cols[j], acc[ROWS + i][j]);
             }
         }
     }
     for (var i = 0u; i < NT_ROWS; i++) {
-        for (var j = 0u; j < NARROW_COLS; j++) {
+        for (var j = 0u; j < narrow; j++) {
             store(row0 + i, col0 + j * LANES, acc[i][j]);
         }
     }

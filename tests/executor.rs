@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use common::{data, gpu, widen};
 use wgdistill::gpu::{DType, Dispatch, Gpu, Tensor};
-use wgdistill::graph::deferred::defer_value_launches;
+use wgdistill::graph::deferred::{MAX_DEFERRED_READ, defer_value_launches};
 use wgdistill::graph::exec::{Mode, plan_backward, plan_forward};
 use wgdistill::graph::{
     Adapter, ConvLayer, EvalStep, Graph, LossSpec, OptimizerSpec, Paraphraser, StepSpec, TrainStep,
@@ -1241,7 +1241,8 @@ fn resnet_gradients_match_finite_differences_on_sampled_elements() {
 #[test]
 fn loss_sums_run_only_when_the_losses_are_read() {
     let Some(gpu) = gpu() else { return };
-    let teacher = models::mlp([32, 1, 4, 4], &[24], 4).unwrap();
+    // The hint's squared differences (32 × 256) take two stages of sums.
+    let teacher = models::mlp([32, 1, 4, 4], &[256], 4).unwrap();
     let tw = Weights::init(gpu, &teacher, 50).unwrap();
     let student = models::mlp([32, 1, 4, 4], &[8], 4).unwrap();
     let (wa, wb) = (
@@ -1255,6 +1256,14 @@ fn loss_sums_run_only_when_the_losses_are_read() {
         losses: vec![
             LossSpec::logits(loss("ce"), 0.5),
             LossSpec::logits(kd(4.0), 0.5),
+            LossSpec {
+                loss: loss("hint"),
+                weight: 0.1,
+                student_taps: vec!["hidden.0".into()],
+                teacher_taps: vec!["hidden.0".into()],
+                adapter: Some(Adapter::Linear),
+                paraphraser: None,
+            },
         ],
         optimizer: sgd(0.1),
         seed: 0,
@@ -1273,8 +1282,11 @@ fn loss_sums_run_only_when_the_losses_are_read() {
         };
         plain.run(gpu, &x, &y).unwrap();
     }
-    // Reading the losses sums the last step's rows: the same bits the fetching step got.
+    // Reading the losses sums the last step's rows: the same bits the fetching step got, and
+    // the same weights (the sums feed nothing else).
     assert_eq!(plain.losses(gpu).unwrap(), fetched);
+    assert_eq!(plain.losses(gpu).unwrap(), fetched, "read twice");
+    assert_eq!(wa.to_host(gpu).unwrap(), wb.to_host(gpu).unwrap());
     // And a plain step launches no sum.
     let kernels = plain.into_bound().kernel_names();
     assert!(
@@ -1296,10 +1308,11 @@ fn value_launches_are_deferred_only_when_nothing_else_needs_them() {
     };
     // z is for the host (nothing in the plan reads it), so y's scale and z's stay.
     let (make_z, _z) = elementwise::scale_plan(gpu, &y, 3.0).unwrap();
-    let moves = |plan: Vec<Vec<Dispatch>>| {
-        let (_, from, moved) = defer_value_launches(plan.concat(), &[&v]);
+    let moves_keeping = |plan: Vec<Vec<Dispatch>>, keep: &[&Tensor]| {
+        let (_, from, moved) = defer_value_launches(plan.concat(), &[&v], keep);
         (from, moved)
     };
+    let moves = |plan: Vec<Vec<Dispatch>>| moves_keeping(plan, &[]);
     // The sum of y moves after z's scale.
     let plan = vec![vec![make_y.clone()], sum_of(&y), vec![make_z.clone()]];
     assert_eq!(moves(plan), (2, vec![0, 2, 1]));
@@ -1309,10 +1322,33 @@ fn value_launches_are_deferred_only_when_nothing_else_needs_them() {
     assert_eq!(moves(plan), (3, vec![0, 1, 2]));
     // An intermediate that only the sum reads moves with it.
     let (make_w, w) = elementwise::scale_plan(gpu, &y, 0.5).unwrap();
-    let plan = vec![vec![make_y.clone(), make_w], sum_of(&w), vec![make_z]];
+    let plan = vec![
+        vec![make_y.clone(), make_w.clone()],
+        sum_of(&w),
+        vec![make_z],
+    ];
     assert_eq!(moves(plan), (2, vec![0, 2, 3, 1]));
+    // Unless the host reads it: then its writer stays, and the sum alone moves.
+    let plan = || vec![vec![make_y.clone(), make_w.clone()], sum_of(&w)];
+    assert_eq!(moves(plan()), (1, vec![0, 1, 2]));
+    assert_eq!(moves_keeping(plan(), &[&w]), (2, vec![0, 1, 2]));
+    // A launch that adds into a value stays (running the moved launches twice must not change
+    // it), as does one that reads what the plan does not make (x, which the host writes).
+    let add_into_v = elementwise::axpy_plan(gpu, 1.0, &y.view_at(0, &[1]).unwrap(), &v).unwrap();
+    assert_eq!(
+        moves(vec![vec![make_y.clone(), add_into_v]]),
+        (2, vec![0, 1])
+    );
+    assert_eq!(moves(vec![sum_of(&x)]), (1, vec![0]));
+    // A sum over more than MAX_DEFERRED_READ bytes keeps its first stage in place.
+    const { assert!(20000 * 4 > MAX_DEFERRED_READ) };
+    let big = gpu.upload(&[20000], &data(20000, 61)).unwrap();
+    let (make_big, big_y) = elementwise::scale_plan(gpu, &big, 2.0).unwrap();
+    let stages = sum_of(&big_y);
+    assert_eq!(stages.len(), 2);
+    assert_eq!(moves(vec![vec![make_big], stages]), (2, vec![0, 1, 2]));
     // Without values, nothing moves.
-    let (_, from, _) = defer_value_launches([vec![make_y], sum_of(&y)].concat(), &[]);
+    let (_, from, _) = defer_value_launches([vec![make_y], sum_of(&y)].concat(), &[], &[]);
     assert_eq!(from, 2);
 }
 
@@ -2465,6 +2501,47 @@ fn a_prefixed_init_holds_only_its_part_with_the_values_the_whole_gives_it() {
     let views: Vec<&Tensor> = sub.iter().map(|(_, t)| t).collect();
     assert_eq!(sub.arenas().len(), 1);
     assert!(!sub.arenas()[0].is_exactly(&views));
+}
+
+#[test]
+fn learning_rate_and_loss_weights_set_later_equal_those_compiled_in() {
+    let Some(gpu) = gpu() else { return };
+    let batch = 16;
+    let teacher = models::mlp([batch, 1, 4, 4], &[12], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 33).unwrap();
+    let student = models::mlp([batch, 1, 4, 4], &[8], 4).unwrap();
+    // The loss sums sit between the terms' launches and the update in the plan, and move to its
+    // end: the rewritten launches must be found where they went.
+    let after_two_steps = |lr: f32, weights: [f32; 2], later: Option<(f32, [f32; 2])>| {
+        let sw = Weights::init(gpu, &student, 34).unwrap();
+        let spec = StepSpec {
+            student: &student,
+            student_weights: &sw,
+            teacher: Some((&teacher, &tw)),
+            losses: vec![
+                LossSpec::logits(loss("ce"), weights[0]),
+                LossSpec::logits(kd(4.0), weights[1]),
+            ],
+            optimizer: sgd(lr),
+            seed: 0,
+        };
+        let mut step = TrainStep::compile(gpu, &spec).unwrap();
+        if let Some((lr, weights)) = later {
+            step.set_learning_rate(gpu, lr);
+            for (i, w) in weights.into_iter().enumerate() {
+                step.set_loss_weight(gpu, i, w);
+            }
+        }
+        for seed in [35, 36] {
+            let (x, y) = synthetic(batch, seed);
+            step.run(gpu, &x, &y).unwrap();
+        }
+        (sw.to_host(gpu).unwrap(), step.losses(gpu).unwrap())
+    };
+    let compiled = after_two_steps(0.02, [0.25, 0.75], None);
+    let set_later = after_two_steps(0.1, [0.5, 0.5], Some((0.02, [0.25, 0.75])));
+    assert_eq!(set_later, compiled);
+    assert_ne!(after_two_steps(0.1, [0.5, 0.5], None).0, compiled.0);
 }
 
 #[test]

@@ -8,49 +8,69 @@ use std::collections::BTreeSet;
 
 use crate::gpu::{Binding, Dispatch, Tensor};
 
+/// The most bytes of one buffer a deferred launch may read. Deferring keeps what it reads alive
+/// to the end of the plan, where the memory planner could have reused it: a term's row losses
+/// (a few hundred bytes) are worth that, a feature map's squared differences are not (their
+/// first sum stays in place and only the sum of its partial sums moves).
+pub const MAX_DEFERRED_READ: u64 = 64 * 1024;
+
 /// Splits `plan` into the launches every step runs and, after them, the launches that only
 /// compute `values` (tensors the host reads). Returns the plan reordered, the index where the
 /// value launches begin, and each old launch's new index.
 ///
-/// A launch is deferred when every buffer it writes is one of `values` or an intermediate that
-/// later deferred launches read, no other launch touches those buffers, and no launch that
-/// stays writes a buffer it reads after its old place (so at the end it reads the same data).
-/// A buffer the host reads that is not among `values` (logits, a discriminator's losses) keeps
-/// its writer. Buffers are compared whole, so a view of a parameter arena counts as the arena:
-/// a launch that reads any updated parameter stays.
+/// A launch is deferred when
+/// - everything it writes it writes whole ([`Binding::Output`], so running the deferred
+///   launches again gives the same values, as long as none of their buffers is shared with
+///   another: the caller keeps them out of the memory planner), and is one of `values` or an
+///   intermediate that
+///   later deferred launches read, which no other launch binds and `keep` does not name (the
+///   host reads logits and a discriminator's losses from their writers every step);
+/// - everything it reads was written whole by an earlier launch of the plan (nothing the host
+///   or another step writes between steps), no launch that stays rewrites it later (so at the
+///   end it reads the same data), and is at most [`MAX_DEFERRED_READ`] bytes.
+///
+/// Buffers are compared whole, so a view of a parameter arena counts as the arena.
 pub fn defer_value_launches(
     plan: Vec<Dispatch>,
     values: &[&Tensor],
+    keep: &[&Tensor],
 ) -> (Vec<Dispatch>, usize, Vec<usize>) {
     let values: BTreeSet<usize> = values.iter().map(|t| t.buffer_id()).collect();
-    let accesses: Vec<Vec<(usize, bool)>> = plan.iter().map(accesses).collect();
-    let accesses = &accesses;
+    let keep: BTreeSet<usize> = keep.iter().map(|t| t.buffer_id()).collect();
+    let binds: Vec<Vec<Bound>> = plan.iter().map(bindings).collect();
+    let binds = &binds;
+    // The launches that bind buffer `b`, in plan order.
+    let users =
+        |b: usize| (0..binds.len()).filter(move |&j| binds[j].iter().any(|x| x.buffer == b));
+    // Whether the first launch to bind `b` writes it whole, before launch `i`.
+    let made_before = |b: usize, i: usize| {
+        users(b).next().is_some_and(|first| {
+            first < i
+                && binds[first]
+                    .iter()
+                    .any(|x| x.buffer == b && x.kind == Binding::Output)
+        })
+    };
     let mut deferred = vec![false; plan.len()];
     // From the last launch back: everything after `i` is decided when `i` is.
     for i in (0..plan.len()).rev() {
-        let writes: Vec<usize> = accesses[i]
-            .iter()
-            .filter(|(_, w)| *w)
-            .map(|(b, _)| *b)
-            .collect();
-        // The other launches that bind buffer `b`.
-        let others = |b: usize| {
-            (0..plan.len()).filter(move |&j| j != i && accesses[j].iter().any(|(x, _)| *x == b))
-        };
-        // What it writes: a value, or an intermediate some deferred launch reads; either way
-        // no launch before it or staying after it binds the buffer.
+        let (writes, reads): (Vec<&Bound>, Vec<&Bound>) = binds[i].iter().partition(|x| x.writes());
         let writes_only_values = !writes.is_empty()
-            && writes.iter().all(|&b| {
-                others(b).all(|j| j > i && deferred[j])
-                    && (values.contains(&b) || others(b).next().is_some())
+            && writes.iter().all(|x| {
+                let others: Vec<usize> = users(x.buffer).filter(|&j| j != i).collect();
+                x.kind == Binding::Output
+                    && others.iter().all(|&j| j > i && deferred[j])
+                    && (values.contains(&x.buffer)
+                        || (!keep.contains(&x.buffer) && !others.is_empty()))
             });
-        // What it reads must not change between its place and the end of the plan.
-        let reads_stay = accesses[i].iter().all(|&(b, _)| {
-            !accesses
-                .iter()
-                .enumerate()
-                .skip(i + 1)
-                .any(|(j, a)| !deferred[j] && a.iter().any(|&(x, w)| x == b && w))
+        let reads_stay = reads.iter().all(|x| {
+            x.bytes <= MAX_DEFERRED_READ
+                && made_before(x.buffer, i)
+                && !users(x.buffer).any(|j| {
+                    j > i
+                        && !deferred[j]
+                        && binds[j].iter().any(|y| y.buffer == x.buffer && y.writes())
+                })
         });
         deferred[i] = writes_only_values && reads_stay;
     }
@@ -70,17 +90,28 @@ pub fn defer_value_launches(
     (kept, kept_count, new_index)
 }
 
-/// The buffers a launch binds, each with whether it writes it.
-fn accesses(d: &Dispatch) -> Vec<(usize, bool)> {
+/// One binding of a launch: which buffer, how, and the bytes it spans.
+struct Bound {
+    buffer: usize,
+    kind: Binding,
+    bytes: u64,
+}
+
+impl Bound {
+    fn writes(&self) -> bool {
+        matches!(self.kind, Binding::Output | Binding::ReadWrite)
+    }
+}
+
+/// The buffers a launch binds (its uniform aside).
+fn bindings(d: &Dispatch) -> Vec<Bound> {
     d.tensors
         .iter()
         .enumerate()
-        .map(|(j, t)| {
-            let kind = d.kernel.spec.bindings[j + 1];
-            (
-                t.buffer_id(),
-                matches!(kind, Binding::ReadWrite | Binding::Output),
-            )
+        .map(|(j, t)| Bound {
+            buffer: t.buffer_id(),
+            kind: d.kernel.spec.bindings[j + 1],
+            bytes: t.extent(),
         })
         .collect()
 }

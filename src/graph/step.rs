@@ -1000,7 +1000,7 @@ impl TrainStep {
         // The launches that only sum the terms' losses run when they are fetched (deferred.rs).
         let (mut plan, values_from, moved) = {
             let values: Vec<&Tensor> = loss_values.iter().map(|(_, _, t)| t).collect();
-            defer_value_launches(plan, &values)
+            defer_value_launches(plan, &values, &pinned)
         };
         for launch in weight_launches
             .iter_mut()
@@ -1008,11 +1008,21 @@ impl TrainStep {
             .chain(&mut optimizer_launches)
         {
             *launch = moved[*launch];
-            debug_assert!(
-                *launch < values_from,
-                "a weight or optimizer launch was deferred"
-            );
+            // They read-modify-write their buffers, which deferred launches never do.
+            if *launch >= values_from {
+                return Err(Error::Kernel {
+                    kernel: "train step".into(),
+                    message: "a weight or optimizer launch was deferred".into(),
+                });
+            }
         }
+        // The deferred launches may run again on the same step (fetched, then read), so none of
+        // their buffers may be shared with another: they keep their own (a few small ones).
+        let deferred_tensors: Vec<Tensor> = plan[values_from..]
+            .iter()
+            .flat_map(|d| d.tensors.iter().cloned())
+            .collect();
+        pinned.extend(&deferred_tensors);
         let memory = plan_memory(gpu, &mut plan, &pinned)?;
         let bound = gpu.bind_plan(&plan[..values_from])?;
         let value_launches = gpu.bind_plan(&plan[values_from..])?;
@@ -1084,7 +1094,7 @@ impl TrainStep {
     }
 
     /// The step's bound launches, for timing them alone (the batch is whatever the buffers
-    /// hold).
+    /// hold): those every step runs, without the loss sums that run when the losses are read.
     pub fn into_bound(self) -> BoundPlan {
         self.bound
     }
@@ -1095,7 +1105,8 @@ impl TrainStep {
     }
 
     /// Times each launch of the step on a batch, alone and repeated `reps` times (timestamp
-    /// queries where available): the time per launch, with its kernel, in plan order. For
+    /// queries where available): the time per launch, with its kernel, in plan order (the
+    /// launches every step runs: the loss sums, run only when the losses are read, aside). For
     /// finding where a step's time goes; it updates the weights many times over, so profile a
     /// model you do not mean to keep training.
     pub fn profile(
@@ -1269,7 +1280,9 @@ impl TrainStep {
     /// Each loss term's label, weight and value from the last step (waits for the GPU). Plain
     /// steps leave the sums of their row losses out; this submits them for the last step first.
     pub fn losses(&self, gpu: &Gpu) -> Result<Vec<(String, f32, f32)>> {
-        self.value_launches.submit(gpu, "loss values")?;
+        if !self.value_launches.is_empty() {
+            self.value_launches.submit(gpu, "loss values")?;
+        }
         self.losses
             .iter()
             .map(|(name, w, t)| Ok((name.clone(), *w, gpu.read::<f32>(t)?[0])))

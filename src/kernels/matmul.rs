@@ -59,16 +59,17 @@ fn narrow_cols(n: usize) -> usize {
     if n <= 16 { 2 } else { 4 }
 }
 
-/// Output block per workgroup of a subgroup kernel for an `n`-column product, (rows, columns):
-/// `matmul_sg_nt` spreads its strided loads of B over twice the rows, and its narrow form takes
-/// eight lanes' columns (see shaders/matmul_subgroup.wgsl).
-fn subgroup_block(spec: &KernelSpec, n: usize) -> (usize, usize) {
+/// Output block per workgroup of a subgroup kernel for an `n`-column product, (rows, columns),
+/// and its pipeline constants: `matmul_sg_nt` spreads its strided loads of B over twice the
+/// rows, and its narrow form takes eight lanes' columns (see shaders/matmul_subgroup.wgsl).
+fn subgroup_launch(spec: &KernelSpec, n: usize) -> ((usize, usize), Vec<(&'static str, f64)>) {
     if spec.entry == MATMUL_SG_NT_NARROW.entry {
-        (32, 8 * narrow_cols(n))
+        let cols = narrow_cols(n);
+        ((32, 8 * cols), vec![("NARROW_COLS", cols as f64)])
     } else if spec.entry == MATMUL_SG_NT.entry {
-        (32, 64)
+        ((32, 64), Vec::new())
     } else {
-        (16, 64)
+        ((16, 64), Vec::new())
     }
 }
 
@@ -239,12 +240,10 @@ pub fn matmul_into(
             m.div_ceil(LARGE_BLOCK.0) * n.div_ceil(LARGE_BLOCK.1) >= LARGE_TILE_MIN_WORKGROUPS
         });
     let (spec, (block_rows, block_cols), constants): (_, _, Vec<(&str, f64)>) = match subgroup {
-        Ok(spec) if use_subgroups && spec.entry == MATMUL_SG_NT_NARROW.entry => (
-            spec,
-            subgroup_block(spec, n),
-            vec![("NARROW_COLS", narrow_cols(n) as f64)],
-        ),
-        Ok(spec) if use_subgroups => (spec, subgroup_block(spec, n), Vec::new()),
+        Ok(spec) if use_subgroups => {
+            let (block, constants) = subgroup_launch(spec, n);
+            (spec, block, constants)
+        }
         _ => (
             match style {
                 KernelStyle::RegisterBlocked => &MATMUL_RB,

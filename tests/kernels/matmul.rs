@@ -103,7 +103,7 @@ fn subgroup_matmul_matches_reference_at_shapes_off_its_block() {
     assert!(matmul(gpu, &a, &a, None, tt).is_err());
 
     // Blocks are 16 or 32 rows × 64 columns (16 or 32 for A·Bᵀ with N ≤ 32, the narrow kernel
-    // at two and four columns per lane: N = 10, 17, 27); these shapes are not multiples of
+    // at two and four columns per lane: N = 10, 16, 17, 27, 32); these shapes are not multiples of
     // either, and the Aᵀ·B kernel also steps K in fours (37 leaves a tail).
     let mut ran = [0usize; 3];
     for (m, n, k) in [
@@ -115,8 +115,10 @@ fn subgroup_matmul_matches_reference_at_shapes_off_its_block() {
         (20, 68, 37),
         (4, 4, 1),
         (37, 10, 24),
+        (9, 16, 8),
         (9, 17, 8),
         (40, 27, 16),
+        (9, 32, 8),
     ] {
         for (variant, (trans_a, trans_b)) in [(false, false), (false, true), (true, false)]
             .into_iter()
