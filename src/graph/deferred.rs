@@ -25,9 +25,10 @@ pub const MAX_DEFERRED_READ: u64 = 64 * 1024;
 ///   intermediate that
 ///   later deferred launches read, which no other launch binds and `keep` does not name (the
 ///   host reads logits and a discriminator's losses from their writers every step);
-/// - everything it reads was written whole by an earlier launch of the plan (nothing the host
-///   or another step writes between steps), no launch that stays rewrites it later (so at the
-///   end it reads the same data), and is at most [`MAX_DEFERRED_READ`] bytes.
+/// - every buffer it reads was made by an earlier launch of the plan (the first launch to bind
+///   it binds it as an output: nothing the host or another step writes between steps), no
+///   launch that stays rewrites it later (so at the end it reads the same data), and it is at
+///   most [`MAX_DEFERRED_READ`] bytes.
 ///
 /// Buffers are compared whole, so a view of a parameter arena counts as the arena.
 pub fn defer_value_launches(
@@ -90,7 +91,8 @@ pub fn defer_value_launches(
     (kept, kept_count, new_index)
 }
 
-/// One binding of a launch: which buffer, how, and the bytes it spans.
+/// One binding of a launch: which buffer, how, and that buffer's size (deferring keeps the
+/// whole buffer alive, not only the view).
 struct Bound {
     buffer: usize,
     kind: Binding,
@@ -111,7 +113,7 @@ fn bindings(d: &Dispatch) -> Vec<Bound> {
         .map(|(j, t)| Bound {
             buffer: t.buffer_id(),
             kind: d.kernel.spec.bindings[j + 1],
-            bytes: t.extent(),
+            bytes: t.buffer().size(),
         })
         .collect()
 }

@@ -1008,11 +1008,12 @@ impl TrainStep {
             .chain(&mut optimizer_launches)
         {
             *launch = moved[*launch];
-            // They read-modify-write their buffers, which deferred launches never do.
+            // The backward pass reads their seeds and the optimizer's updates are read-modify-
+            // writes, so the rules never defer them.
             if *launch >= values_from {
                 return Err(Error::Kernel {
-                    kernel: "train step".into(),
-                    message: "a weight or optimizer launch was deferred".into(),
+                    kernel: "graph::deferred".into(),
+                    message: "a loss weight's or the optimizer's launch was deferred".into(),
                 });
             }
         }
