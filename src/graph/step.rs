@@ -12,7 +12,7 @@ use crate::error::shape_error;
 use crate::gpu::pool::PooledBuffer;
 use crate::gpu::{BoundPlan, DType, Dispatch, Gpu, Tensor};
 use crate::io::{HostTensor, TensorMap};
-use crate::kernels::losses::{Loss, LossPlan, MemoryDef, Role};
+use crate::kernels::losses::{GradScale, Loss, LossPlan, MemoryDef, Role};
 use crate::kernels::{elementwise, optimizer, pool};
 use crate::{Error, Result};
 
@@ -179,10 +179,37 @@ pub struct TrainStep {
     fetch: LossFetch,
     memory: MemoryReport,
     // Per term, the scale launches of its gradients.
-    weight_launches: Vec<Vec<usize>>,
+    weight_launches: Vec<Vec<WeightSlot>>,
     optimizer_launches: Vec<usize>,
     // The discriminator's losses on the teacher's and the student's tap, when it has one.
     discriminator_losses: Option<[Tensor; 2]>,
+}
+
+/// Where a term's weight lives in a compiled step: the launch, the byte offset of the factor in
+/// its uniform parameters, and what the weight multiplies there (1 for the `alpha` of a scale or
+/// an axpy, the loss's own gradient scale where the weight is folded into its launch).
+#[derive(Clone, Copy, Debug)]
+struct WeightSlot {
+    launch: usize,
+    offset: u64,
+    base: f32,
+}
+
+impl WeightSlot {
+    /// The `alpha` of an elementwise scale or axpy.
+    fn alpha(launch: usize) -> WeightSlot {
+        WeightSlot {
+            launch,
+            offset: elementwise::ALPHA_OFFSET,
+            base: 1.0,
+        }
+    }
+
+    /// Writes `weight` times the base into a prepared launch's parameters.
+    fn write_into(&self, d: &mut Dispatch, weight: f32) {
+        let at = self.offset as usize;
+        d.params[at..at + 4].copy_from_slice(bytemuck::bytes_of(&(self.base * weight)));
+    }
 }
 
 /// What successive steps share: the step counter, the optimizer's state per parameter, the
@@ -843,16 +870,23 @@ impl TrainStep {
                 }
                 _ => {
                     let lp = term.loss.launch(gpu, &inputs)?;
+                    let first = plan.len();
                     plan.extend(lp.dispatches);
                     LossPlan {
                         dispatches: Vec::new(),
+                        // Its launch, by its place in the step's plan.
+                        grad_scale: lp.grad_scale.map(|s| GradScale {
+                            launch: first + s.launch,
+                            ..s
+                        }),
                         ..lp
                     }
                 }
             };
-            // Always a launch per gradient that applies the weight (a scale into a seed of its
-            // own, or an axpy into an earlier term's seed on the same value), so that the weight
-            // can follow a schedule without recompiling.
+            // The weight is applied where a schedule can rewrite it without recompiling: in the
+            // loss's own launch when it scales its gradient by a parameter (then that gradient
+            // is the seed), else by a launch per gradient (a scale into a seed of its own, or
+            // an axpy into an earlier term's seed on the same value).
             let mut launches = Vec::new();
             let mut student_grads: Vec<Option<Tensor>> = Vec::new();
             let mut param_grads = Vec::new();
@@ -865,13 +899,25 @@ impl TrainStep {
                 let earlier = value
                     .filter(|_| heads.is_empty())
                     .and_then(|v| own_seeds.get(v));
-                launches.push(plan.len());
                 if let Some(&i) = earlier {
                     let seed: &Tensor = &seeds[i].1;
+                    launches.push(WeightSlot::alpha(plan.len()));
                     plan.push(elementwise::axpy_plan(gpu, term.weight, g, seed)?);
                     student_grads.push(None);
                     continue;
                 }
+                if let (Some(s), Role::Student, 1) = (lp.grad_scale, input.role, lp.grads.len()) {
+                    let slot = WeightSlot {
+                        launch: s.launch,
+                        offset: s.offset,
+                        base: s.value,
+                    };
+                    slot.write_into(&mut plan[s.launch], term.weight);
+                    launches.push(slot);
+                    student_grads.push(Some(g.clone()));
+                    continue;
+                }
+                launches.push(WeightSlot::alpha(plan.len()));
                 let (d, s) = elementwise::scale_plan(gpu, g, term.weight)?;
                 plan.push(d);
                 match input.role {
@@ -1005,6 +1051,7 @@ impl TrainStep {
         for launch in weight_launches
             .iter_mut()
             .flatten()
+            .map(|slot| &mut slot.launch)
             .chain(&mut optimizer_launches)
         {
             *launch = moved[*launch];
@@ -1085,10 +1132,14 @@ impl TrainStep {
         if let (Some(launches), Some(term)) =
             (self.weight_launches.get(index), self.losses.get_mut(index))
         {
-            let offset = elementwise::ALPHA_OFFSET;
-            for &launch in launches {
-                self.bound
-                    .write_uniform(gpu, launch, offset, bytemuck::bytes_of(&weight));
+            for slot in launches {
+                let factor = slot.base * weight;
+                self.bound.write_uniform(
+                    gpu,
+                    slot.launch,
+                    slot.offset,
+                    bytemuck::bytes_of(&factor),
+                );
             }
             term.1 = weight;
         }

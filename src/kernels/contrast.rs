@@ -363,6 +363,7 @@ pub fn crd_banked(
         loss,
         grads: vec![grad_s, grad_t],
         updated,
+        grad_scale: None,
     })
 }
 

@@ -639,6 +639,7 @@ pub fn fsp(
         loss,
         grads: vec![grad_a, grad_b],
         updated: Vec::new(),
+        grad_scale: None,
     })
 }
 
@@ -888,6 +889,7 @@ pub fn vid(
         loss,
         grads: vec![grad, grad_log_scale],
         updated: Vec::new(),
+        grad_scale: None,
     })
 }
 

@@ -122,6 +122,19 @@ pub const LABELS: LossInput = LossInput {
     role: Role::Labels,
 };
 
+/// Where a loss's launch multiplies its whole gradient by a factor of its uniform parameters
+/// (the response losses' `grad_scale`): a compiled step folds a term's weight into that factor
+/// rather than scaling the gradient again in a launch of its own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradScale {
+    /// The launch, by its index in [`LossPlan::dispatches`].
+    pub launch: usize,
+    /// The factor's byte offset in that launch's uniform parameters.
+    pub offset: u64,
+    /// The factor as prepared.
+    pub value: f32,
+}
+
 /// The prepared launches of a loss: the loss (shape `[1]`) and its gradient with respect to each
 /// trainable (student or parameter) input, ready to run now or to be recorded into a compiled
 /// step.
@@ -134,6 +147,8 @@ pub struct LossPlan {
     pub grads: Vec<Tensor>,
     /// The updated bank rows for each [`Role::Memory`] input, `(B, D)`, in order.
     pub updated: Vec<Tensor>,
+    /// For a loss of one gradient, the factor its launch multiplies that gradient by, if any.
+    pub grad_scale: Option<GradScale>,
 }
 
 impl LossPlan {
@@ -144,6 +159,7 @@ impl LossPlan {
             loss,
             grads: vec![grad],
             updated: Vec::new(),
+            grad_scale: None,
         }
     }
 

@@ -462,6 +462,7 @@ pub fn irg(
         loss,
         grads: vec![grad_logits, grad_feat, grad_fm1, grad_fm2],
         updated: Vec::new(),
+        grad_scale: None,
     })
 }
 

@@ -17,8 +17,8 @@ use crate::{Result, kernels::reduce};
 use super::AttrDef;
 use super::feature::{self, Distance};
 use super::losses::{
-    LABELS, LossCase, LossDef, LossInput, LossPlan, Range, Reads, Role, STUDENT, TEACHER,
-    check_attr, u32_of,
+    GradScale, LABELS, LossCase, LossDef, LossInput, LossPlan, Range, Reads, Role, STUDENT,
+    TEACHER, check_attr, u32_of,
 };
 
 use Binding::{Output as W, ReadOnly as R, Uniform as U};
@@ -271,7 +271,15 @@ fn rows(
     bound.push(&row_loss);
     let mut dispatches = vec![gpu.dispatch_over(spec, &params, &bound, rows)?];
     reduce::sum_into(gpu, &mut dispatches, &row_loss, &loss, loss_scale)?;
-    Ok(LossPlan::single(dispatches, loss, grad))
+    // Every row kernel multiplies its whole gradient, and nothing else, by grad_scale.
+    Ok(LossPlan {
+        grad_scale: Some(GradScale {
+            launch: 0,
+            offset: std::mem::offset_of!(Params, grad_scale) as u64,
+            value: params.grad_scale,
+        }),
+        ..LossPlan::single(dispatches, loss, grad)
+    })
 }
 
 fn params(op: &str, b: usize, c: usize, temperature: f32, alpha: f32, beta: f32) -> Result<Params> {
