@@ -2513,6 +2513,50 @@ fn a_prefixed_init_holds_only_its_part_with_the_values_the_whole_gives_it() {
 }
 
 #[test]
+fn each_response_loss_takes_its_weight_in_its_own_launch() {
+    let Some(gpu) = gpu() else { return };
+    // A batch whose 1/B is not a power of two, so the folded factor rounds on its own.
+    let batch = 12;
+    let teacher = models::mlp([batch, 1, 4, 4], &[12], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, 37).unwrap();
+    let student = models::mlp([batch, 1, 4, 4], &[8], 4).unwrap();
+    let (x, y) = synthetic(batch, 38);
+    for make in [|| loss("ce"), || kd(4.0), || loss("js"), || loss("dkd")] {
+        let after_one_step = |lr: f32, weight: f32, later: Option<f32>| {
+            let sw = Weights::init(gpu, &student, 39).unwrap();
+            let spec = StepSpec {
+                student: &student,
+                student_weights: &sw,
+                teacher: Some((&teacher, &tw)),
+                losses: vec![LossSpec::logits(make(), weight)],
+                optimizer: sgd(lr),
+                seed: 0,
+            };
+            let mut step = TrainStep::compile(gpu, &spec).unwrap();
+            if let Some(w) = later {
+                step.set_loss_weight(gpu, 0, w);
+            }
+            step.run(gpu, &x, &y).unwrap();
+            let names = step.into_bound().kernel_names();
+            (sw.to_host(gpu).unwrap(), names)
+        };
+        let name = make().name().to_string();
+        let (compiled, names) = after_one_step(0.1, 0.3, None);
+        assert!(
+            !names.iter().any(|k| k.starts_with("elementwise::")),
+            "{name}: {names:?}"
+        );
+        assert_eq!(after_one_step(0.1, 1.0, Some(0.3)).0, compiled, "{name}");
+        let doubled = after_one_step(0.05, 0.6, None).0;
+        for (k, t) in compiled.iter() {
+            let (a, b) = (t.as_f32().unwrap(), doubled[k].as_f32().unwrap());
+            wgdistill::reference::allclose(b, &widen(a), 1e-5, 1e-6)
+                .unwrap_or_else(|e| panic!("{name} {k}: {e}"));
+        }
+    }
+}
+
+#[test]
 fn learning_rate_and_loss_weights_set_later_equal_those_compiled_in() {
     let Some(gpu) = gpu() else { return };
     let batch = 16;

@@ -178,7 +178,7 @@ pub struct TrainStep {
     state: Arc<TrainState>,
     fetch: LossFetch,
     memory: MemoryReport,
-    // Per term, the scale launches of its gradients.
+    // Per term, where its weight lies: its scale or axpy launches, or its loss's own launch.
     weight_launches: Vec<Vec<WeightSlot>>,
     optimizer_launches: Vec<usize>,
     // The discriminator's losses on the teacher's and the student's tap, when it has one.
@@ -462,8 +462,10 @@ fn banked_term(
         bank_rows: tensors[0].shape()[0],
         indices,
     };
+    // Its launches lie in the plan now; a factor of theirs would need its place there too.
     let lp = LossPlan {
         dispatches: Vec::new(),
+        grad_scale: None,
         ..lp
     };
     Ok((rows, lp))
@@ -688,8 +690,8 @@ impl TrainStep {
             .ok_or_else(|| shape_error("student", "the model has no output"))?;
 
         let mut seeds: Vec<(Value, Tensor)> = Vec::new();
-        // The seeds that terms' scale launches made (by value: their index in `seeds`), which
-        // a later term on the same value adds into instead of seeding again.
+        // The seeds the terms made, weighted (by value: their index in `seeds`), which a later
+        // term on the same value adds into instead of seeding again.
         let mut own_seeds: BTreeMap<Value, usize> = BTreeMap::new();
         let mut weight_launches = Vec::new();
         let mut optimizer_launches = Vec::new();
@@ -940,7 +942,8 @@ impl TrainStep {
             }
             // Back through each head: the student side's into the student's tap, the teacher
             // side's into the head alone (the teacher stays frozen).
-            // (With heads, every student gradient was scaled into a tensor of its own.)
+            // (With heads, every student gradient is a tensor of its own: scaled into one, or the
+            // loss's own gradient with the weight folded in.)
             let student_grads = student_grads.into_iter().flatten();
             for ((g, w, f, student_side), grad) in heads.into_iter().zip(student_grads) {
                 let (Some(gx), Some(out)) = (g.find("x"), g.output) else {
