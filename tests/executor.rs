@@ -2548,11 +2548,20 @@ fn each_response_loss_takes_its_weight_in_its_own_launch() {
         );
         assert_eq!(after_one_step(0.1, 1.0, Some(0.3)).0, compiled, "{name}");
         let doubled = after_one_step(0.05, 0.6, None).0;
-        for (k, t) in compiled.iter() {
-            let (a, b) = (t.as_f32().unwrap(), doubled[k].as_f32().unwrap());
-            wgdistill::reference::allclose(b, &widen(a), 1e-5, 1e-6)
-                .unwrap_or_else(|e| panic!("{name} {k}: {e}"));
-        }
+        assert_trained_alike(&doubled, &compiled, &name);
+    }
+}
+
+/// Asserts that two sets of trained weights agree to rounding (1e-5 relative).
+fn assert_trained_alike(
+    got: &wgdistill::io::TensorMap,
+    want: &wgdistill::io::TensorMap,
+    what: &str,
+) {
+    for (k, t) in want.iter() {
+        let (w, g) = (t.as_f32().unwrap(), got[k].as_f32().unwrap());
+        wgdistill::reference::allclose(g, &widen(w), 1e-5, 1e-6)
+            .unwrap_or_else(|e| panic!("{what} {k}: {e}"));
     }
 }
 
@@ -2598,11 +2607,7 @@ fn learning_rate_and_loss_weights_set_later_equal_those_compiled_in() {
     // The weights scale the gradients (CE's inside its own launch, KD's in an axpy): twice the
     // weights at half the learning rate train the same weights, to rounding.
     let doubled = after_two_steps(0.01, [0.5, 1.5], None).0;
-    for (name, t) in compiled.0.iter() {
-        let (a, b) = (t.as_f32().unwrap(), doubled[name].as_f32().unwrap());
-        wgdistill::reference::allclose(b, &widen(a), 1e-5, 1e-6)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
+    assert_trained_alike(&doubled, &compiled.0, "ce + kd");
 }
 
 #[test]
