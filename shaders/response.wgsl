@@ -5,7 +5,8 @@
 //
 // grad_scale is 1/B for ce, T/B for kd and dkd, 1/(B·T) for js; the loss scale (1/B or T²/B)
 // is applied by the reduction. The row kernels multiply their whole gradient, and nothing else,
-// by grad_scale: a compiled step folds a term's weight into it (LossPlan::grad_scale). bce is elementwise (one invocation per element).
+// by grad_scale: a compiled step folds a term's weight into it (LossPlan::grad_scale). bce is
+// elementwise (one invocation per element).
 // balance couples the rows through the batch's mean softmax, so it takes three launches: each
 // row's log-sum-exp, each class's mean probability, then each row's gradient.
 

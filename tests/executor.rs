@@ -2512,14 +2512,20 @@ fn a_prefixed_init_holds_only_its_part_with_the_values_the_whole_gives_it() {
     assert!(!sub.arenas()[0].is_exactly(&views));
 }
 
+/// A teacher MLP [12] with its weights (from `seed`) and a student MLP [8] on 4×4 images of
+/// four classes, for the tests of weighted terms on the logits.
+fn logit_models(gpu: &Gpu, batch: usize, seed: u64) -> (Graph, Weights, Graph) {
+    let teacher = models::mlp([batch, 1, 4, 4], &[12], 4).unwrap();
+    let tw = Weights::init(gpu, &teacher, seed).unwrap();
+    (teacher, tw, models::mlp([batch, 1, 4, 4], &[8], 4).unwrap())
+}
+
 #[test]
 fn each_response_loss_takes_its_weight_in_its_own_launch() {
     let Some(gpu) = gpu() else { return };
     // A batch whose 1/B is not a power of two, so the folded factor rounds on its own.
     let batch = 12;
-    let teacher = models::mlp([batch, 1, 4, 4], &[12], 4).unwrap();
-    let tw = Weights::init(gpu, &teacher, 37).unwrap();
-    let student = models::mlp([batch, 1, 4, 4], &[8], 4).unwrap();
+    let (teacher, tw, student) = logit_models(gpu, batch, 37);
     let (x, y) = synthetic(batch, 38);
     for make in [|| loss("ce"), || kd(4.0), || loss("js"), || loss("dkd")] {
         let after_one_step = |lr: f32, weight: f32, later: Option<f32>| {
@@ -2569,9 +2575,7 @@ fn assert_trained_alike(
 fn learning_rate_and_loss_weights_set_later_equal_those_compiled_in() {
     let Some(gpu) = gpu() else { return };
     let batch = 16;
-    let teacher = models::mlp([batch, 1, 4, 4], &[12], 4).unwrap();
-    let tw = Weights::init(gpu, &teacher, 33).unwrap();
-    let student = models::mlp([batch, 1, 4, 4], &[8], 4).unwrap();
+    let (teacher, tw, student) = logit_models(gpu, batch, 33);
     // The loss sums sit between the terms' launches and the update in the plan, and move to its
     // end: the rewritten launches must be found where they went.
     let after_two_steps = |lr: f32, weights: [f32; 2], later: Option<(f32, [f32; 2])>| {
@@ -2614,9 +2618,7 @@ fn learning_rate_and_loss_weights_set_later_equal_those_compiled_in() {
 fn a_second_term_on_the_logits_adds_into_the_first_ones_seed_and_follows_its_weight() {
     let Some(gpu) = gpu() else { return };
     let batch = 16;
-    let teacher = models::mlp([batch, 1, 4, 4], &[12], 4).unwrap();
-    let tw = Weights::init(gpu, &teacher, 30).unwrap();
-    let student = models::mlp([batch, 1, 4, 4], &[8], 4).unwrap();
+    let (teacher, tw, student) = logit_models(gpu, batch, 30);
     let (x, y) = synthetic(batch, 31);
     let after_one_step = |losses: Vec<LossSpec>, kd_weight: Option<f32>| {
         let sw = Weights::init(gpu, &student, 32).unwrap();

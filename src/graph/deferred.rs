@@ -22,9 +22,9 @@ pub const MAX_DEFERRED_READ: u64 = 64 * 1024;
 /// - everything it writes it writes whole ([`Binding::Output`], so running the deferred
 ///   launches again gives the same values, as long as none of their buffers is shared with
 ///   another: the caller keeps them out of the memory planner), and is one of `values` or an
-///   intermediate that
-///   later deferred launches read, which no other launch binds and `keep` does not name (the
-///   host reads logits and a discriminator's losses from their writers every step);
+///   intermediate that later deferred launches read, which no other launch binds and `keep`
+///   does not name (the host reads logits and a discriminator's losses from their writers every
+///   step);
 /// - every buffer it reads was made by an earlier launch of the plan (the first launch to bind
 ///   it binds it as an output: nothing the host or another step writes between steps), no
 ///   launch that stays rewrites it later (so at the end it reads the same data), and it is at

@@ -179,37 +179,26 @@ pub struct TrainStep {
     fetch: LossFetch,
     memory: MemoryReport,
     // Per term, where its weight lies: its scale or axpy launches, or its loss's own launch.
-    weight_launches: Vec<Vec<WeightSlot>>,
+    weight_launches: Vec<Vec<GradScale>>,
     optimizer_launches: Vec<usize>,
     // The discriminator's losses on the teacher's and the student's tap, when it has one.
     discriminator_losses: Option<[Tensor; 2]>,
 }
 
-/// Where a term's weight lives in a compiled step: the launch, the byte offset of the factor in
-/// its uniform parameters, and what the weight multiplies there (1 for the `alpha` of a scale or
-/// an axpy, the loss's own gradient scale where the weight is folded into its launch).
-#[derive(Clone, Copy, Debug)]
-struct WeightSlot {
-    launch: usize,
-    offset: u64,
-    base: f32,
+/// A term's weight in a compiled step lies in a gradient factor (a launch of the plan, the
+/// factor's offset, its unweighted value): the `alpha` of a scale or an axpy, whose value is 1,
+/// or the loss's own `grad_scale` where the weight is folded into its launch.
+fn alpha_factor(launch: usize) -> GradScale {
+    GradScale {
+        launch,
+        offset: elementwise::ALPHA_OFFSET,
+        value: 1.0,
+    }
 }
 
-impl WeightSlot {
-    /// The `alpha` of an elementwise scale or axpy.
-    fn alpha(launch: usize) -> WeightSlot {
-        WeightSlot {
-            launch,
-            offset: elementwise::ALPHA_OFFSET,
-            base: 1.0,
-        }
-    }
-
-    /// Writes `weight` times the base into a prepared launch's parameters.
-    fn write_into(&self, d: &mut Dispatch, weight: f32) {
-        let at = self.offset as usize;
-        d.params[at..at + 4].copy_from_slice(bytemuck::bytes_of(&(self.base * weight)));
-    }
+/// The bytes of `factor` weighted by `weight`, as its launch's parameters hold them.
+fn weighted(factor: &GradScale, weight: f32) -> [u8; 4] {
+    (factor.value * weight).to_ne_bytes()
 }
 
 /// What successive steps share: the step counter, the optimizer's state per parameter, the
@@ -903,23 +892,19 @@ impl TrainStep {
                     .and_then(|v| own_seeds.get(v));
                 if let Some(&i) = earlier {
                     let seed: &Tensor = &seeds[i].1;
-                    launches.push(WeightSlot::alpha(plan.len()));
+                    launches.push(alpha_factor(plan.len()));
                     plan.push(elementwise::axpy_plan(gpu, term.weight, g, seed)?);
                     student_grads.push(None);
                     continue;
                 }
                 if let (Some(s), Role::Student, 1) = (lp.grad_scale, input.role, lp.grads.len()) {
-                    let slot = WeightSlot {
-                        launch: s.launch,
-                        offset: s.offset,
-                        base: s.value,
-                    };
-                    slot.write_into(&mut plan[s.launch], term.weight);
-                    launches.push(slot);
+                    let at = s.offset as usize;
+                    plan[s.launch].params[at..at + 4].copy_from_slice(&weighted(&s, term.weight));
+                    launches.push(s);
                     student_grads.push(Some(g.clone()));
                     continue;
                 }
-                launches.push(WeightSlot::alpha(plan.len()));
+                launches.push(alpha_factor(plan.len()));
                 let (d, s) = elementwise::scale_plan(gpu, g, term.weight)?;
                 plan.push(d);
                 match input.role {
@@ -1054,7 +1039,7 @@ impl TrainStep {
         for launch in weight_launches
             .iter_mut()
             .flatten()
-            .map(|slot| &mut slot.launch)
+            .map(|factor| &mut factor.launch)
             .chain(&mut optimizer_launches)
         {
             *launch = moved[*launch];
@@ -1135,14 +1120,10 @@ impl TrainStep {
         if let (Some(launches), Some(term)) =
             (self.weight_launches.get(index), self.losses.get_mut(index))
         {
-            for slot in launches {
-                let factor = slot.base * weight;
-                self.bound.write_uniform(
-                    gpu,
-                    slot.launch,
-                    slot.offset,
-                    bytemuck::bytes_of(&factor),
-                );
+            for factor in launches {
+                let bytes = weighted(factor, weight);
+                self.bound
+                    .write_uniform(gpu, factor.launch, factor.offset, &bytes);
             }
             term.1 = weight;
         }
